@@ -1,0 +1,173 @@
+"""Capture the attention rows HI needs (response queries x image keys) without eager attention.
+
+`capture_attention(model, adapter, query_positions, key_positions)` is a context manager. Inside
+it, the language model's attention runs through a registered `AttentionInterface` function that
+computes the layer's output with PyTorch SDPA, exactly as the `sdpa` implementation does, and
+beside it the softmax rows of only the wanted query positions (normalized over all keys, with the
+model's own mask), sliced to the image keys. Nothing of size T x T is kept. The previous
+attention implementation is restored in `finally`, also when the forward raises.
+
+The active recorder lives in a `ContextVar`, so concurrent forwards on other threads (the app)
+never write into each other's cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .families import FamilyAdapter
+
+IMPLEMENTATION = "hi_capture"
+
+
+@dataclass
+class AttentionCache:
+    """Captured attention probabilities, one tensor per language-model layer.
+
+    rows[l]: (batch, heads, queries, image_keys) float32 on CPU, detached; probabilities from
+    each query row to each image key, normalized over all keys of the sequence.
+    """
+
+    num_layers: int
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shapes = {layer: tuple(t.shape) for layer, t in sorted(self.rows.items())}
+        return f"AttentionCache(num_layers={self.num_layers}, rows={shapes})"
+
+    def stacked(self) -> torch.Tensor:
+        """(layers, batch, heads, queries, image_keys); every layer must have been recorded."""
+        missing = [layer for layer in range(self.num_layers) if layer not in self.rows]
+        if missing:
+            raise RuntimeError(f"no attention was captured for layers {missing}")
+        return torch.stack([self.rows[layer] for layer in range(self.num_layers)])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.rows.values())
+
+
+@dataclass
+class _Recorder:
+    layer_of: dict[int, int]  # id(attention module) -> layer index
+    query_positions: torch.Tensor  # (batch, queries) long
+    key_positions: torch.Tensor  # (batch, image_keys) long
+    cache: AttentionCache
+
+
+_ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("hi_capture_recorder", default=None)
+
+
+def _row_probabilities(
+    recorder: _Recorder,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Softmax rows of the recorded queries over all keys, sliced to the image keys.
+
+    query: (B, H, T, D) after rotary embedding; key: (B, KV, S, D) with H = KV * groups.
+    Returns (B, H, R, V) float32.
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads, key_length = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    rows = recorder.query_positions.to(query.device)  # (B, R)
+    cols = recorder.key_positions.to(query.device)  # (B, V)
+    num_rows = rows.shape[1]
+    scale = scaling if scaling is not None else dim**-0.5
+    picked = query.gather(2, rows[:, None, :, None].expand(batch, heads, num_rows, dim)).float()
+    # Grouped-query attention: fold each KV head's query group into the row axis instead of
+    # repeating the keys, (B, KV, groups * R, D) @ (B, KV, D, S).
+    picked = picked.reshape(batch, kv_heads, groups * num_rows, dim)
+    scores = torch.matmul(picked, key.float().transpose(-1, -2)) * scale
+    scores = scores.reshape(batch, heads, num_rows, key_length)
+    if attention_mask is None:  # the pure causal case that SDPA runs with is_causal=True
+        allowed = torch.arange(key_length, device=query.device)[None, None, :] <= rows[:, :, None]
+        allowed = allowed[:, None]  # (B, 1, R, S)
+    else:
+        mask_rows = attention_mask[:, :, :, :key_length]
+        mask_rows = mask_rows.expand(batch, mask_rows.shape[1], mask_rows.shape[2], key_length)
+        mask_rows = mask_rows.gather(2, rows[:, None, :, None].expand(batch, mask_rows.shape[1], num_rows, key_length))
+        if mask_rows.dtype == torch.bool:
+            allowed = mask_rows
+        else:
+            scores = scores + mask_rows.float()
+            allowed = None
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probabilities = torch.softmax(scores, dim=-1)
+    return probabilities.gather(3, cols[:, None, None, :].expand(batch, heads, num_rows, cols.shape[1]))
+
+
+def _capturing_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA attention that also records the wanted rows when a recorder is active."""
+    softcap = kwargs.pop("softcap", None)
+    if softcap is not None:
+        raise NotImplementedError("attention logit soft-capping is not supported by the SDPA-based capture")
+    recorder = _ACTIVE.get()
+    if recorder is not None and id(module) in recorder.layer_of and query.shape[2] > 1:
+        with torch.no_grad():
+            rows = _row_probabilities(recorder, query, key, attention_mask, kwargs.get("scaling"))
+        recorder.cache.rows[recorder.layer_of[id(module)]] = rows.detach().cpu()
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(IMPLEMENTATION, _capturing_attention)
+AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def _as_batch(positions: np.ndarray | torch.Tensor) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    return tensor[None] if tensor.dim() == 1 else tensor
+
+
+@contextlib.contextmanager
+def capture_attention(
+    model: Any,
+    adapter: FamilyAdapter,
+    query_positions: np.ndarray | torch.Tensor,
+    key_positions: np.ndarray | torch.Tensor,
+) -> Iterator[AttentionCache]:
+    """Record attention from `query_positions` to `key_positions` in every language-model layer.
+
+    query_positions: (R,) or (B, R); key_positions: (V,) or (B, V). The cache fills during the
+    forward pass(es) run inside the block; the model's attention implementation is restored after.
+    """
+    modules = adapter.attention_modules(model)
+    cache = AttentionCache(num_layers=len(modules))
+    recorder = _Recorder(
+        layer_of={id(module): index for index, module in enumerate(modules)},
+        query_positions=_as_batch(query_positions),
+        key_positions=_as_batch(key_positions),
+        cache=cache,
+    )
+    config_key = adapter.text_config_key(model)
+    previous = getattr(model.config, config_key)._attn_implementation
+    token = _ACTIVE.set(recorder)
+    try:
+        if previous != IMPLEMENTATION:
+            model.set_attn_implementation({config_key: IMPLEMENTATION})
+        yield cache
+    finally:
+        _ACTIVE.reset(token)
+        if previous != IMPLEMENTATION:
+            model.set_attn_implementation({config_key: previous})

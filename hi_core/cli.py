@@ -1,0 +1,99 @@
+"""Command line: `python -m hi_core SUBCOMMAND ...`, one subcommand per library entry point.
+
+Exit codes: 0 on success; 2 on bad input, with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import get_args
+
+from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
+from .errors import InputError
+from .inputs import Queries
+from .loading import Device, DType, LoadConfig, load_model
+from .masks import load_image, load_mask
+from .scoring import Binarization, LayerScore, ScoringConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line (exit 2), like every other input error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_score(subcommands: argparse._SubParsersAction) -> None:
+    score = subcommands.add_parser(
+        "score",
+        help="HI of every attention head on one image",
+        description="Score every language-model attention head by Head Impact (IoU of its binarized "
+        "image map with the key-object mask) on one image and its description.",
+    )
+    score.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
+    score.add_argument("--image", required=True, help="image file")
+    score.add_argument("--mask", required=True, help="key-object mask: an image of the same size, nonzero = object")
+    text = score.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the description to score (teacher-forced)")
+    text.add_argument("--generate", action="store_true", help="let the model describe the image, then score that")
+    score.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt (default: %(default)r)")
+    score.add_argument("--key-phrase", help="score only the response tokens overlapping this phrase")
+    score.add_argument("--queries", choices=get_args(Queries), default="producing",
+                       help="query rows: the row producing each token, or the token's own row (default: %(default)s)")
+    score.add_argument("--binarize", choices=get_args(Binarization), default="area", help="default: %(default)s")
+    score.add_argument("--quantile", type=float, default=0.9, help="q for --binarize quantile (default: %(default)s)")
+    score.add_argument("--layer-score", choices=get_args(LayerScore), default="max", help="default: %(default)s")
+    score.add_argument("--max-new-tokens", type=int, default=64, help="length limit with --generate (default: %(default)s)")
+    score.add_argument("--out", help="write the JSON here (default: stdout)")
+    score.add_argument("--maps", help="write the head maps to this .npz (maps: layers x heads x gh x gw)")
+    score.add_argument("--device", choices=get_args(Device), default="auto", help="default: %(default)s")
+    score.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
+    score.add_argument("--trust-remote-code", action="store_true",
+                       help="allow the model's own Python code from the Hub (off by default)")
+    score.set_defaults(run=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> None:
+    config = AnalysisConfig(
+        prompt=args.prompt,
+        key_phrase=args.key_phrase,
+        queries=args.queries,
+        scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
+        max_new_tokens=args.max_new_tokens,
+    )
+    image = load_image(args.image)
+    mask = load_mask(args.mask)
+    loaded = load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    analysis = analyze_image(loaded, image, mask, None if args.generate else args.text, config)
+    if args.maps:
+        analysis.save_maps(args.maps)
+    if args.out:
+        analysis.save_json(args.out)
+    else:
+        json.dump(analysis.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m hi_core", description="HI Explorer: Head Impact of the attention heads of multimodal LMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_score(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except InputError as error:
+        message = " ".join(str(error).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0

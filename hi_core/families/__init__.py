@@ -1,0 +1,26 @@
+"""Model families: one adapter per family, looked up by the config's `model_type`."""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .base import FamilyAdapter, ImageLayout
+from .llava import LlavaAdapter
+
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter,)
+
+
+def supported_families() -> list[str]:
+    return [adapter.name for adapter in ADAPTERS]
+
+
+def adapter_for(model_type: str) -> FamilyAdapter:
+    """The adapter of a config's `model_type`; an unknown family is an input error naming ours."""
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter()
+    raise InputError(
+        f"unsupported model family {model_type!r}: supported families are {', '.join(supported_families())}"
+    )
+
+
+__all__ = ["ADAPTERS", "FamilyAdapter", "ImageLayout", "adapter_for", "supported_families"]

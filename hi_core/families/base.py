@@ -1,0 +1,118 @@
+"""The family adapter interface: everything that differs between model families, in one place.
+
+An adapter answers four questions about a loaded model, and nothing else in `hi_core` asks
+"is this Qwen?":
+- how the prefix (prompt + image + generation prompt) is built (`prefix_inputs`);
+- which sequence positions hold the scored view's image tokens, and the (row, col) grid they form
+  (`image_layout`);
+- where a key-object mask lands on that grid after the processor's resize / crop / pad / tiling
+  (`mask_fractions`: the mask is sent through the processor's own image pipeline, so the
+  geometry is the processor's, not a copy of it);
+- which modules are the language model's decoder layers (`decoder_layers`), shared by attention
+  capture and LoRA targeting, so "layer 7" means one module everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """The scored view's image tokens as a grid.
+
+    positions: (gh, gw) int64, the sequence position of the token at each grid cell.
+    valid: (gh, gw) bool, False where the cell only holds padding added by the processor.
+    view: which view of the image is scored, in words ("image", "base view", "global view").
+    """
+
+    positions: np.ndarray
+    valid: np.ndarray
+    view: str = "image"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(n) for n in self.positions.shape)  # type: ignore[return-value]
+
+
+def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
+    """Area-average a (H, W) array onto (H // cell_h, W // cell_w) cells (H, W multiples of them)."""
+    height, width = view.shape
+    if height % cell_h or width % cell_w:
+        raise RuntimeError(f"view {height}x{width} is not a multiple of the {cell_h}x{cell_w} cell")
+    return view.reshape(height // cell_h, cell_h, width // cell_w, cell_w).mean(axis=(1, 3))
+
+
+def mask_as_image(mask: np.ndarray) -> Image.Image:
+    """A binary (H, W) mask as an RGB image (object white, rest black) for the image processor."""
+    return Image.fromarray(np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1))
+
+
+def processed_mask(processor: Any, mask: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Send a mask through the processor's image pipeline, unnormalized: pixel values in [0, 1].
+
+    The result has the layout of the processor's `pixel_values` for that image, so it went
+    through exactly the image's geometric transform (resize, crop, pad, tiling).
+    """
+    out = processor.image_processor(
+        images=[mask_as_image(mask)], do_normalize=False, do_rescale=True, return_tensors="pt", **kwargs
+    )
+    return out["pixel_values"].float().clamp(0.0, 1.0).numpy()
+
+
+def token_positions(input_ids: torch.Tensor, token_id: int) -> np.ndarray:
+    """Positions of `token_id` in a (1, T) or (T,) id tensor, in sequence order."""
+    return torch.nonzero(input_ids.reshape(-1) == token_id).reshape(-1).cpu().numpy()
+
+
+class FamilyAdapter:
+    """Base adapter; subclasses set `name`, `model_types` and implement the grid and the mask."""
+
+    name: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: What to append to per-token tensors other than input_ids for each response token.
+    response_token_values: ClassVar[dict[str, int]] = {
+        "attention_mask": 1,
+        "token_type_ids": 0,
+        "mm_token_type_ids": 0,
+    }
+
+    def prefix_inputs(self, processor: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
+        """Processor outputs for the prompt with the image and the generation prompt (batch of 1)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return dict(processor(text=text, images=[image], return_tensors="pt"))
+
+    def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
+        raise NotImplementedError
+
+    def mask_fractions(
+        self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]
+    ) -> np.ndarray:
+        """(gh, gw) float in [0, 1]: the fraction of each grid cell covered by the mask."""
+        raise NotImplementedError
+
+    def decoder_layers(self, model: Any) -> torch.nn.ModuleList:
+        """The language model's decoder layers, in order (layer l = element l)."""
+        return model.get_decoder().layers
+
+    def decoder_layers_path(self, model: Any) -> str:
+        """The dotted module name of `decoder_layers(model)` inside `model` (for peft targeting)."""
+        layers = self.decoder_layers(model)
+        for name, module in model.named_modules():
+            if module is layers:
+                return name
+        raise RuntimeError("decoder layers not found among the model's modules")
+
+    def attention_modules(self, model: Any) -> list[torch.nn.Module]:
+        """The self-attention module of each decoder layer, in layer order."""
+        return [layer.self_attn for layer in self.decoder_layers(model)]
+
+    def text_config_key(self, model: Any) -> str:
+        """The name of the language model's sub-config (for `set_attn_implementation`)."""
+        return "text_config"

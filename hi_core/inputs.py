@@ -1,0 +1,118 @@
+"""The sequence of DESIGN 1.1: prefix (prompt + image + generation prompt) followed by the response.
+
+The response tokens are `tokenizer(R, add_special_tokens=False).input_ids`, appended after the
+prefix, so one forward pass teacher-forces the description. Also here: which response tokens a
+key phrase selects, and which query rows (`producing` / `reading`) stand for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+from .families import FamilyAdapter, ImageLayout
+
+Queries = Literal["producing", "reading"]
+
+
+@dataclass
+class ModelInputs:
+    """One sequence ready for the forward pass.
+
+    tensors: processor outputs with the response appended (input_ids (1, T), attention_mask, ...).
+    prefix_length: number of prefix tokens; response token i sits at position prefix_length + i.
+    response_offsets: (start, end) character span of each response token in `response_text`.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    prefix_length: int
+    response_text: str
+    response_offsets: list[tuple[int, int]]
+    layout: ImageLayout
+
+    @property
+    def num_response_tokens(self) -> int:
+        return len(self.response_offsets)
+
+    def query_positions(self, token_indices: np.ndarray, queries: Queries) -> np.ndarray:
+        """Sequence positions of the query rows for the selected response tokens.
+
+        `producing`: the row that produced token i (position prefix_length + i - 1);
+        `reading`: the row of token i itself (position prefix_length + i).
+        """
+        if queries not in get_args(Queries):
+            raise InputError(f"queries must be one of {', '.join(get_args(Queries))}, got {queries!r}")
+        shift = -1 if queries == "producing" else 0
+        return self.prefix_length + np.asarray(token_indices, dtype=np.int64) + shift
+
+
+def _response_offsets(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Character span of each response token: from the fast tokenizer, else by decoding prefixes."""
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+    offsets, start = [], 0
+    for i in range(len(ids)):
+        end = len(tokenizer.decode(ids[: i + 1]))
+        offsets.append((start, max(end, start)))
+        start = max(end, start)
+    return offsets
+
+
+def build_inputs(
+    adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str
+) -> ModelInputs:
+    """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended."""
+    if not response_text.strip():
+        raise InputError("the description text is empty: give a text to score, or generate one")
+    tensors = adapter.prefix_inputs(processor, image, prompt)
+    tokenizer = processor.tokenizer
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    if not response_ids:
+        raise InputError(f"the description {response_text!r} has no tokens for this model's tokenizer")
+    input_ids = tensors["input_ids"]
+    if input_ids.shape[0] != 1:
+        raise RuntimeError("build_inputs makes one sequence at a time")
+    prefix_length = int(input_ids.shape[1])
+    extra = len(response_ids)
+    extended: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key == "input_ids":
+            value = torch.cat([value, torch.tensor([response_ids], dtype=value.dtype)], dim=1)
+        elif isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == input_ids.shape:
+            fill = adapter.response_token_values.get(key, int(value[0, -1]))
+            value = torch.cat([value, torch.full((1, extra), fill, dtype=value.dtype)], dim=1)
+        extended[key] = value
+    layout = adapter.image_layout(model, extended)
+    return ModelInputs(
+        tensors=extended,
+        prefix_length=prefix_length,
+        response_text=response_text,
+        response_offsets=_response_offsets(tokenizer, response_text, response_ids),
+        layout=layout,
+    )
+
+
+def key_phrase_tokens(inputs: ModelInputs, key_phrase: str | None) -> np.ndarray:
+    """Indices of the response tokens to average over: all, or those overlapping the key phrase.
+
+    The phrase is matched at its first occurrence in the response (case-insensitive); a token is
+    selected when its character span overlaps the phrase's span.
+    """
+    count = inputs.num_response_tokens
+    if key_phrase is None or not key_phrase.strip():
+        return np.arange(count)
+    phrase = key_phrase.strip()
+    start = inputs.response_text.lower().find(phrase.lower())
+    if start < 0:
+        raise InputError(f"key phrase {phrase!r} does not occur in the description {inputs.response_text!r}")
+    end = start + len(phrase)
+    selected = [i for i, (a, b) in enumerate(inputs.response_offsets) if a < end and b > start]
+    if not selected:
+        raise InputError(f"key phrase {phrase!r} covers no token of the description")
+    return np.asarray(selected, dtype=np.int64)

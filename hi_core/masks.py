@@ -1,0 +1,87 @@
+"""Images and key-object masks: reading them, checking them, and putting the mask on the grid.
+
+DESIGN 1.4: the mask goes through the image's geometric transform (the family adapter sends it
+through the processor), is area-averaged onto the image grid, and a cell belongs to the object
+when at least half of it is covered; if none is, the one cell with the largest coverage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+OBJECT_FRACTION = 0.5
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image from a file; a missing or non-image file is an input error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"{str(path)!r} is not an image file PIL can read ({error})") from None
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A boolean (H, W) mask from an image file: nonzero pixels (any channel) are the key object."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"mask file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"mask {str(path)!r} is not an image file PIL can read ({error})") from None
+    if array.ndim == 3:
+        if array.shape[-1] == 4:  # RGBA: a transparent pixel is not the object, whatever its colour
+            array = np.where(array[..., 3:] > 0, array[..., :3], 0)
+        array = array.max(axis=-1)
+    return array > 0
+
+
+def check_mask(mask: np.ndarray, image: Image.Image) -> np.ndarray:
+    """The mask as a boolean array, checked against the image: same size, not empty."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(f"mask must be a 2-D array (height, width), got shape {mask.shape}")
+    height, width = mask.shape
+    if (width, height) != image.size:
+        raise InputError(
+            f"mask is {width}x{height} but the image is {image.size[0]}x{image.size[1]}: they must be the same size"
+        )
+    mask = mask > 0
+    if not mask.any():
+        raise InputError("mask is empty: mark the key object with nonzero pixels")
+    return mask
+
+
+@dataclass(frozen=True)
+class MaskGrid:
+    """The key object on the image grid.
+
+    fractions: (gh, gw) share of each cell covered by the object, in [0, 1].
+    object_patches: (gh, gw) bool, the cells that belong to the object.
+    """
+
+    fractions: np.ndarray
+    object_patches: np.ndarray
+
+
+def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> MaskGrid:
+    """Cells with coverage >= 0.5, or else the single most covered cell (padding cells excluded)."""
+    fractions = np.where(valid, fractions, 0.0) if valid is not None else fractions
+    if not (fractions > 0).any():
+        raise InputError("the mask lies outside the part of the image the model sees (after resize / crop)")
+    patches = fractions >= OBJECT_FRACTION
+    if not patches.any():
+        patches = np.zeros(fractions.shape, dtype=bool)
+        patches.flat[int(np.argmax(fractions))] = True
+    return MaskGrid(fractions=fractions, object_patches=patches)

@@ -1,0 +1,156 @@
+"""Head Impact and everything computed from head maps: pure NumPy, no model.
+
+Maps arrive as (layers, heads, cells) over the valid cells of the image grid, the key object as a
+boolean (cells,) vector (DESIGN 1.4-1.8):
+- `binarize`: keep the k highest cells (`area`), the cells at or above the q-quantile
+  (`quantile`), or those above Otsu's threshold (`otsu`);
+- `head_impact`: IoU of the binarized map with the object cells;
+- `attention_mass`: share of a map's mass on the object cells;
+- `chance_iou`: expected IoU of k cells drawn at random (exact, hypergeometric);
+- `layer_scores` and the rankings of heads and layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+from scipy.stats import hypergeom
+
+from .errors import InputError
+
+Binarization = Literal["area", "quantile", "otsu"]
+LayerScore = Literal["max", "mean", "topn"]
+
+
+def check_choice(field: str, value: str, literal: object) -> None:
+    """Raise InputError when `value` is not one of the `Literal` type's options."""
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise InputError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How maps become scores (DESIGN 1.5-1.8). Defaults are the method's defaults."""
+
+    binarize: Binarization = "area"
+    quantile: float = 0.9
+    layer_score: LayerScore = "max"
+    top_n: int | None = None  # for layer_score="topn"; None means 2 x heads
+
+    def __post_init__(self) -> None:
+        check_choice("binarize", self.binarize, Binarization)
+        check_choice("layer_score", self.layer_score, LayerScore)
+        if not 0.0 < self.quantile < 1.0:
+            raise InputError(f"quantile must be strictly between 0 and 1, got {self.quantile}")
+        if self.top_n is not None and self.top_n < 1:
+            raise InputError(f"top_n must be at least 1, got {self.top_n}")
+
+
+def _binarize_area(maps: np.ndarray, k: int) -> np.ndarray:
+    # Stable sort of the negated values: descending value, ties by token (cell) order.
+    order = np.argsort(-maps, axis=-1, kind="stable")[..., :k]
+    kept = np.zeros(maps.shape, dtype=bool)
+    np.put_along_axis(kept, order, True, axis=-1)
+    return kept
+
+
+def _binarize_quantile(maps: np.ndarray, q: float) -> np.ndarray:
+    return maps >= np.quantile(maps, q, axis=-1, keepdims=True)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D array (histogram of `bins` bins, as scikit-image computes it).
+
+    A constant array has no threshold between classes: its single value is returned, so that
+    `values > threshold` keeps nothing.
+    """
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        return low
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight_below = np.cumsum(counts)
+    weight_above = np.cumsum(counts[::-1])[::-1]
+    mean_below = np.cumsum(counts * centers) / np.maximum(weight_below, 1)
+    mean_above = (np.cumsum((counts * centers)[::-1]) / np.maximum(np.cumsum(counts[::-1]), 1))[::-1]
+    # Between-class variance for a split after bin i: classes [0..i] and [i+1..].
+    variance = weight_below[:-1] * weight_above[1:] * (mean_below[:-1] - mean_above[1:]) ** 2
+    return float(centers[int(np.argmax(variance))])
+
+
+def _binarize_otsu(maps: np.ndarray) -> np.ndarray:
+    flat = maps.reshape(-1, maps.shape[-1])
+    thresholds = np.array([otsu_threshold(row) for row in flat]).reshape(maps.shape[:-1] + (1,))
+    return maps > thresholds
+
+
+def binarize(maps: np.ndarray, k: int, config: ScoringConfig = ScoringConfig()) -> np.ndarray:
+    """Boolean (..., cells): the cells each map keeps. `k` = number of object cells (for `area`)."""
+    if config.binarize == "area":
+        return _binarize_area(maps, k)
+    if config.binarize == "quantile":
+        return _binarize_quantile(maps, config.quantile)
+    return _binarize_otsu(maps)
+
+
+def iou(kept: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """IoU over the last axis of boolean arrays (broadcasting); 0 where the union is empty."""
+    intersection = np.logical_and(kept, target).sum(axis=-1)
+    union = np.logical_or(kept, target).sum(axis=-1)
+    return np.where(union > 0, intersection / np.maximum(union, 1), 0.0)
+
+
+def head_impact(maps: np.ndarray, object_cells: np.ndarray, config: ScoringConfig = ScoringConfig()) -> np.ndarray:
+    """HI of every map: IoU(binarized map, object cells). maps (..., cells) -> (...)."""
+    k = int(object_cells.sum())
+    if k == 0:
+        raise InputError("the key object covers no patch of the image grid")
+    return iou(binarize(maps, k, config), object_cells)
+
+
+def attention_mass(maps: np.ndarray, object_cells: np.ndarray) -> np.ndarray:
+    """Share of each map's mass on the object cells. maps (..., cells) -> (...)."""
+    total = maps.sum(axis=-1)
+    inside = maps[..., object_cells].sum(axis=-1)
+    return np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+
+
+def chance_iou(cells: int, k: int) -> float:
+    """Expected IoU between k fixed object cells and k cells drawn uniformly without replacement.
+
+    The overlap X is hypergeometric (population `cells`, k successes, k draws); IoU = X / (2k - X).
+    """
+    if not 0 < k <= cells:
+        raise ValueError(f"need 0 < k <= cells, got k={k}, cells={cells}")
+    overlaps = np.arange(0, k + 1)
+    probabilities = hypergeom.pmf(overlaps, cells, k, k)
+    return float(np.sum(probabilities * overlaps / (2 * k - overlaps)))
+
+
+def layer_scores(hi: np.ndarray, config: ScoringConfig = ScoringConfig()) -> np.ndarray:
+    """(layers,) score of each layer from hi (layers, heads): max / mean over heads, or topn."""
+    if config.layer_score == "max":
+        return hi.max(axis=1)
+    if config.layer_score == "mean":
+        return hi.mean(axis=1)
+    top_n = config.top_n or 2 * hi.shape[1]
+    top_heads = rank_heads(hi)[:top_n]
+    counts = np.zeros(hi.shape[0])
+    for layer, _ in top_heads:
+        counts[layer] += 1
+    return counts
+
+
+def rank_heads(hi: np.ndarray) -> list[tuple[int, int]]:
+    """(layer, head) pairs of hi (layers, heads) by HI descending, ties by layer then head."""
+    layers, heads = np.unravel_index(np.arange(hi.size), hi.shape)
+    order = np.lexsort((heads, layers, -hi.reshape(-1)))
+    return [(int(layers[i]), int(heads[i])) for i in order]
+
+
+def rank_layers(scores: np.ndarray) -> list[int]:
+    """Layer indices by score descending, ties by layer index."""
+    return [int(i) for i in np.lexsort((np.arange(scores.size), -scores))]

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models are built once per session, offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hi_core.loading import LoadConfig, load_model
+
+from . import tiny_models
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory):
+    return tiny_models.build_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="session")
+def llava(llava_dir):
+    return load_model(LoadConfig(model=str(llava_dir), device="cpu"))
+
+
+@pytest.fixture
+def scene():
+    """A 60x80 image with a bright square, and the square's mask."""
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((60, 80, 3)) * 80).astype(np.uint8)
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[20:40, 30:50] = True
+    pixels[mask] = (250, 40, 40)
+    return Image.fromarray(pixels), mask
