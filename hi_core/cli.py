@@ -12,11 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import get_args
 
+from transformers.utils import logging as transformers_logging
+
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
 from .errors import InputError
 from .inputs import Queries
 from .loading import Device, DType, LoadConfig, load_model
-from .masks import load_image, load_mask
+from .masks import check_mask, load_image, load_mask
 from .scoring import Binarization, LayerScore, ScoringConfig
 
 
@@ -66,7 +68,9 @@ def _run_score(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
     )
     image = load_image(args.image)
-    mask = load_mask(args.mask)
+    mask = check_mask(load_mask(args.mask), image)  # before the (slow) model load
+    if args.text is not None and not args.text.strip():
+        raise InputError("the description text is empty: give a text to score, or --generate")
     loaded = load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
     analysis = analyze_image(loaded, image, mask, None if args.generate else args.text, config)
     if args.maps:
@@ -90,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.verbose or sys.stderr.isatty()):
+        transformers_logging.disable_progress_bar()  # keep stderr to the one line that matters
     try:
         args.run(args)
     except InputError as error:

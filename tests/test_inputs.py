@@ -1,0 +1,52 @@
+"""The sequence: prefix + response tokens, key-phrase token selection, producing/reading rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hi_core.errors import InputError
+from hi_core.inputs import build_inputs, key_phrase_tokens
+
+
+@pytest.fixture
+def inputs(llava, scene):
+    image, _ = scene
+    return build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", "a big red square on the left")
+
+
+def test_response_follows_the_prefix(llava, scene, inputs):
+    image, _ = scene
+    prefix = llava.adapter.prefix_inputs(llava.processor, image, "Describe the image.")
+    ids = inputs.tensors["input_ids"][0].tolist()
+    assert ids[: inputs.prefix_length] == prefix["input_ids"][0].tolist()
+    assert ids[inputs.prefix_length :] == llava.processor.tokenizer("a big red square on the left", add_special_tokens=False)["input_ids"]
+    assert inputs.tensors["attention_mask"].shape == inputs.tensors["input_ids"].shape
+    assert inputs.tensors["attention_mask"].all()
+    # the prefix ends with the generation prompt
+    assert llava.processor.tokenizer.decode(ids[inputs.prefix_length - 2 : inputs.prefix_length]).replace(" ", "") == "assistant:"
+
+
+def test_key_phrase_selects_overlapping_tokens(inputs):
+    np.testing.assert_array_equal(key_phrase_tokens(inputs, "red square"), [2, 3])
+    np.testing.assert_array_equal(key_phrase_tokens(inputs, "RED SQ"), [2, 3])  # case-insensitive, partial token
+    np.testing.assert_array_equal(key_phrase_tokens(inputs, None), np.arange(7))
+
+
+def test_key_phrase_missing_is_an_input_error(inputs):
+    with pytest.raises(InputError, match="does not occur"):
+        key_phrase_tokens(inputs, "green star")
+
+
+def test_producing_rows_are_one_before_the_token(inputs):
+    tokens = np.array([0, 3])
+    np.testing.assert_array_equal(inputs.query_positions(tokens, "producing"), inputs.prefix_length + tokens - 1)
+    np.testing.assert_array_equal(inputs.query_positions(tokens, "reading"), inputs.prefix_length + tokens)
+    with pytest.raises(InputError, match="queries must be one of producing, reading"):
+        inputs.query_positions(tokens, "writing")
+
+
+def test_empty_text_is_an_input_error(llava, scene):
+    image, _ = scene
+    with pytest.raises(InputError, match="empty"):
+        build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", " ")

@@ -1,0 +1,58 @@
+"""Masks: reading files, checking them against the image, object patches on the grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from hi_core.errors import InputError
+from hi_core.masks import check_mask, load_image, load_mask, object_patches
+
+
+def test_rgba_mask_uses_alpha_and_any_channel(tmp_path):
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[1, 1] = (0, 0, 255, 255)  # blue, opaque: object
+    rgba[2, 2] = (255, 255, 255, 0)  # white but transparent: not object
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    mask = load_mask(tmp_path / "m.png")
+    assert mask.shape == (4, 5) and mask.sum() == 1 and mask[1, 1]
+
+
+def test_check_mask_size_and_emptiness():
+    image = Image.new("RGB", (5, 4))
+    with pytest.raises(InputError, match="mask is 4x4 but the image is 5x4"):
+        check_mask(np.ones((4, 4)), image)
+    with pytest.raises(InputError, match="mask is empty"):
+        check_mask(np.zeros((4, 5)), image)
+    assert check_mask(np.eye(4, 5) * 3, image).dtype == bool
+
+
+def test_missing_and_non_image_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+    (tmp_path / "x.png").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="not an image file"):
+        load_mask(tmp_path / "x.png")
+
+
+@given(arrays(np.float64, (4, 5), elements=st.floats(0, 1)))
+def test_object_patches_threshold_or_best_cell(fractions):
+    if not (fractions > 0).any():
+        with pytest.raises(InputError, match="outside"):
+            object_patches(fractions)
+        return
+    patches = object_patches(fractions).object_patches
+    if (fractions >= 0.5).any():
+        np.testing.assert_array_equal(patches, fractions >= 0.5)
+    else:
+        assert patches.sum() == 1 and fractions[patches][0] == fractions.max()
+
+
+def test_padding_cells_never_belong_to_the_object():
+    fractions = np.array([[0.9, 0.9], [0.1, 0.0]])
+    valid = np.array([[False, True], [True, True]])
+    np.testing.assert_array_equal(object_patches(fractions, valid).object_patches, [[False, True], [False, False]])
