@@ -15,6 +15,7 @@ from typing import get_args
 from transformers.utils import logging as transformers_logging
 
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
+from .datasets import write_synthetic
 from .errors import InputError
 from .inputs import Queries
 from .loading import Device, DType, LoadConfig, load_model
@@ -82,11 +83,28 @@ def _run_score(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
 
 
+def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
+    dataset = subcommands.add_parser("dataset", help="build datasets in the dataset format (data.jsonl + images + masks)")
+    kinds = dataset.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    synth = kinds.add_parser("synth", help="generate synthetic scenes with exact masks and descriptions")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--n", type=int, default=100, help="number of scenes (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    synth.add_argument("--size", type=int, default=96, help="image side in pixels (default: %(default)s)")
+    synth.set_defaults(run=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size)
+    print(f"wrote {args.n} scenes to {folder}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hi_core", description="HI Explorer: Head Impact of the attention heads of multimodal LMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_score(subcommands)
+    _add_dataset(subcommands)
     return parser
 
 

@@ -1,0 +1,145 @@
+"""Synthetic captioning scenes with exact object masks: the demo model's training data.
+
+Each scene has one to `max_objects` coloured shapes of two sizes on a textured background; later
+objects may occlude earlier ones, and each object's mask is its *visible* pixels. The description
+names every object with its size, colour, shape and position on a 3 x 3 layout, e.g.
+"a big red circle at the top left and a small blue star at the center". One object is the key
+object (its mask and its phrase, e.g. "big red circle"). Scenes are a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "cyan": (40, 210, 220),
+    "magenta": (210, 50, 200),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+}
+SIZES = {"small": 0.11, "big": 0.19}  # radius as a share of the image side
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+
+
+def position_phrase(row: int, column: int) -> str:
+    """Words for a cell of the 3 x 3 layout: "top left", "top", ..., "center", ..., "bottom right"."""
+    if row == 1 and column == 1:
+        return "center"
+    if row == 1:
+        return COLUMNS[column]
+    if column == 1:
+        return ROWS[row]
+    return f"{ROWS[row]} {COLUMNS[column]}"
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    row: int
+    column: int
+
+    @property
+    def phrase(self) -> str:
+        """The object's noun phrase without the article, e.g. "big red circle"."""
+        return f"{self.size} {self.colour} {self.shape}"
+
+    @property
+    def description(self) -> str:
+        return f"a {self.phrase} at the {position_phrase(self.row, self.column)}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """image: (H, W, 3) uint8; masks: (objects, H, W) bool, visible pixels of each object."""
+
+    image: np.ndarray
+    masks: np.ndarray
+    objects: tuple[SceneObject, ...]
+    key: int
+
+    @property
+    def text(self) -> str:
+        return " and ".join(obj.description for obj in self.objects)
+
+    @property
+    def key_phrase(self) -> str:
+        return self.objects[self.key].phrase
+
+
+def _polygon(shape: str, centre: np.ndarray, radius: float) -> np.ndarray:
+    angles = {
+        "square": np.deg2rad([45, 135, 225, 315]),
+        "diamond": np.deg2rad([0, 90, 180, 270]),
+        "triangle": np.deg2rad([90, 210, 330]),
+    }
+    if shape == "star":
+        angles_ = np.deg2rad(np.arange(10) * 36 + 90)
+        radii = np.where(np.arange(10) % 2 == 0, radius, radius * 0.45)
+        points = np.stack([np.cos(angles_) * radii, -np.sin(angles_) * radii], axis=1)
+    elif shape == "cross":
+        a, b = radius, radius * 0.38
+        points = np.array([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)])
+    else:
+        scale = radius * (1.0 if shape != "square" else 1.25)
+        points = np.stack([np.cos(angles[shape]) * scale, -np.sin(angles[shape]) * scale], axis=1)
+    return np.round(points + centre).astype(np.int32)
+
+
+def draw_shape(canvas: np.ndarray, shape: str, centre: np.ndarray, radius: float, value) -> None:
+    """Draw a filled shape (no anti-aliasing, so masks are exact)."""
+    if shape == "circle":
+        cv2.circle(canvas, (int(centre[0]), int(centre[1])), int(round(radius)), value, thickness=-1, lineType=cv2.LINE_8)
+    else:
+        cv2.fillPoly(canvas, [_polygon(shape, centre, radius)], value, lineType=cv2.LINE_8)
+
+
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A dull textured background: a smooth colour field plus noise, sometimes stripes."""
+    low = rng.random((4, 4, 3)).astype(np.float32)
+    field = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) * 70 + 25
+    field += rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+    if rng.random() < 0.5:
+        period = rng.integers(6, 16)
+        stripes = (np.arange(size) // period % 2).astype(np.float32) * 18
+        field += (stripes[None, :, None] if rng.random() < 0.5 else stripes[:, None, None])
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def make_scene(rng: np.random.Generator, size: int = 96, max_objects: int = 3) -> Scene:
+    """One random scene; objects sit in distinct cells of the 3 x 3 layout."""
+    count = int(rng.integers(1, max_objects + 1))
+    cells = rng.choice(9, size=count, replace=False)
+    image = background(rng, size)
+    label = np.zeros((size, size), dtype=np.uint8)  # 0 = background, i + 1 = object i (visible)
+    objects = []
+    cell = size / 3
+    for index, flat in enumerate(cells):
+        row, column = divmod(int(flat), 3)
+        obj = SceneObject(
+            shape=str(rng.choice(SHAPES)),
+            colour=str(rng.choice(list(COLOURS))),
+            size=str(rng.choice(list(SIZES))),
+            row=row,
+            column=column,
+        )
+        radius = SIZES[obj.size] * size
+        jitter = rng.uniform(-0.12, 0.12, 2) * cell
+        centre = np.array([(column + 0.5) * cell, (row + 0.5) * cell]) + jitter
+        draw_shape(image, obj.shape, centre, radius, COLOURS[obj.colour])
+        draw_shape(label, obj.shape, centre, radius, index + 1)
+        objects.append(obj)
+    masks = np.stack([label == i + 1 for i in range(count)])
+    visible = [i for i in range(count) if masks[i].any()]
+    key = int(rng.choice(visible))
+    return Scene(image=image, masks=masks, objects=tuple(objects), key=key)
