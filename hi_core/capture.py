@@ -74,10 +74,13 @@ def _row_probabilities(
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float | None,
+    causal: bool = True,
 ) -> torch.Tensor:
     """Softmax rows of the recorded queries over all keys, sliced to the image keys.
 
     query: (B, H, T, D) after rotary embedding; key: (B, KV, S, D) with H = KV * groups.
+    `causal`: what SDPA does when there is no mask (the module's `is_causal`; False for a
+    bidirectional text model such as PaliGemma's when the mask was skipped).
     Returns (B, H, R, V) float32.
     """
     batch, heads, _, dim = query.shape
@@ -93,7 +96,9 @@ def _row_probabilities(
     picked = picked.reshape(batch, kv_heads, groups * num_rows, dim)
     scores = torch.matmul(picked, key.float().transpose(-1, -2)) * scale
     scores = scores.reshape(batch, heads, num_rows, key_length)
-    if attention_mask is None:  # the pure causal case that SDPA runs with is_causal=True
+    if attention_mask is None and not causal:  # SDPA runs unmasked: every key is allowed
+        allowed = None
+    elif attention_mask is None:  # the pure causal case that SDPA runs with is_causal=True
         allowed = torch.arange(key_length, device=query.device)[None, None, :] <= rows[:, :, None]
         allowed = allowed[:, None]  # (B, 1, R, S)
     else:
@@ -126,7 +131,9 @@ def _capturing_attention(
     recorder = _ACTIVE.get()
     if recorder is not None and id(module) in recorder.layer_of and query.shape[2] > 1:
         with torch.no_grad():
-            rows = _row_probabilities(recorder, query, key, attention_mask, kwargs.get("scaling"))
+            causal = kwargs.get("is_causal")
+            causal = getattr(module, "is_causal", True) if causal is None else causal
+            rows = _row_probabilities(recorder, query, key, attention_mask, kwargs.get("scaling"), causal)
         recorder.cache.rows[recorder.layer_of[id(module)]] = rows.detach().cpu()
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 

@@ -8,6 +8,7 @@ from its tokenizer and image processor with no video processor (images are all w
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass
@@ -107,10 +108,18 @@ def _processor_without_video(source: str, config: Any, trust_remote_code: bool) 
     template_file = Path(source) / "chat_template.jinja"
     if template_file.is_file():
         chat_template = template_file.read_text()
-    return build_processor_without_video(processor_class, image_processor, tokenizer, chat_template)
+    # The processor's own settings from processor_config.json (e.g. SmolVLM's `image_seq_len`,
+    # without which it expands `<image>` to the class default, not the model's token count).
+    saved, _ = processor_class.get_processor_dict(source, trust_remote_code=trust_remote_code)
+    accepted = inspect.signature(processor_class.__init__).parameters
+    skip = {"self", "image_processor", "tokenizer", "video_processor", "chat_template"}
+    settings = {key: value for key, value in saved.items() if key in accepted and key not in skip}
+    return build_processor_without_video(processor_class, image_processor, tokenizer, chat_template, **settings)
 
 
-def build_processor_without_video(processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str | None) -> Any:
+def build_processor_without_video(
+    processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str | None, **settings: Any
+) -> Any:
     """Instantiate a processor that declares a video processor, passing None for it."""
     # ProcessorMixin checks every declared attribute's class; it must accept None for the video
     # processor, which we never use (images only).
@@ -124,7 +133,11 @@ def build_processor_without_video(processor_class: type, image_processor: Any, t
     processor_class.check_argument_for_proper_class = check
     try:
         return processor_class(
-            image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **settings,
         )
     finally:
         processor_class.check_argument_for_proper_class = original
