@@ -1,0 +1,106 @@
+"""The demo model's vocabulary, tokenizer, processor and architecture (a standard transformers LLaVA).
+
+A word-level tokenizer over the synthetic scenes' words; a CLIP vision tower (2 layers, hidden 64,
+8-px patches on 96-px images: a 12 x 12 grid) and a Llama language model (3 layers, hidden 128,
+4 heads). Everything is built locally: no download.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from ..synth import COLOURS, COLUMNS, ROWS, SHAPES, SIZES
+
+IMAGE_SIZE = 96
+PATCH_SIZE = 8
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
+    "{% else %}{{ content['text'] }}{% endif %}{% endfor %} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def vocabulary() -> list[str]:
+    """Every word the scenes' descriptions, the default prompt and the chat template use."""
+    words = ["a", "at", "the", "and", "describe", "image", ".", "user", "assistant", ":"]
+    words += list(SIZES) + list(COLOURS) + list(SHAPES) + list(ROWS) + list(COLUMNS)
+    return SPECIAL_TOKENS + sorted(set(words))
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {token: index for index, token in enumerate(vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, glues "." style tokens
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+def build_processor() -> LlavaProcessor:
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+    return LlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+        ),
+        text_config=dict(
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        tie_word_embeddings=True,
+    )
+
+
+def build_model(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A freshly initialized demo model (seeded) and its processor."""
+    processor = build_processor()
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(build_config(processor.tokenizer))
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    return model, processor
