@@ -8,7 +8,7 @@ Data flows one way: `build_inputs` (inputs.py) -> `capture_attention` (capture.p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,17 @@ class ImageAnalysis:
             ],
             "layers": [{"layer": layer, "score": float(self.layer_scores[layer])} for layer in rank_layers(self.layer_scores)],
         }
+
+    def rescored(self, scoring: ScoringConfig) -> ImageAnalysis:
+        """The same maps scored with other binarization / layer-score options (no forward pass)."""
+        hi, mass, chance = score_maps(self.maps, self.mask, self.valid, scoring)
+        return replace(self, hi=hi, mass=mass, chance=chance, layer_scores=layer_scores(hi, scoring))
+
+    def to_csv(self) -> str:
+        """One row per head, by HI descending: layer, head, hi, mass."""
+        rows = ["layer,head,hi,mass"]
+        rows += [f"{layer},{head},{self.hi[layer, head]:.6f},{self.mass[layer, head]:.6f}" for layer, head in self.ranked_heads()]
+        return "\n".join(rows) + "\n"
 
     def save_json(self, path: str | Path) -> None:
         write_json(path, self.to_json())

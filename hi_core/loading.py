@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -176,3 +178,26 @@ def load_model(config: LoadConfig) -> LoadedModel:
         raise InputError(f"could not load model {config.model!r}: {error}") from None
     model.to(device).eval()
     return LoadedModel(name=config.model, model=model, processor=processor, adapter=adapter, device=device)
+
+
+class ModelCache:
+    """Loaded models shared across sessions (the app), least recently used dropped first."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[LoadConfig, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config: LoadConfig) -> LoadedModel:
+        with self._lock:  # one load at a time; a second session asking for the same model waits for it
+            if config in self._models:
+                self._models.move_to_end(config)
+                return self._models[config]
+            loaded = load_model(config)
+            self._models[config] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return loaded
+
+    def __contains__(self, config: LoadConfig) -> bool:
+        return config in self._models

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -85,3 +86,51 @@ def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> Ma
         patches = np.zeros(fractions.shape, dtype=bool)
         patches.flat[int(np.argmax(fractions))] = True
     return MaskGrid(fractions=fractions, object_patches=patches)
+
+
+def painted_mask(layers: list[np.ndarray | None], size: tuple[int, int]) -> np.ndarray:
+    """The union of painted strokes as a boolean (H, W) mask of the image's `size` (width, height).
+
+    `layers` are the RGBA brush layers of an image editor; a pixel is painted where a layer's
+    alpha is nonzero (colour differences against the background would miss strokes in the image's
+    own colours). A layer of another size is scaled to the image when the aspect ratio agrees
+    (editors may return a resized canvas), and is an input error otherwise.
+    """
+    width, height = size
+    painted = np.zeros((height, width), dtype=bool)
+    for layer in layers:
+        if layer is None:
+            continue
+        layer = np.asarray(layer)
+        alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[-1] == 4 else (layer.max(axis=-1) if layer.ndim == 3 else layer)
+        if alpha.shape != (height, width):
+            layer_height, layer_width = alpha.shape
+            if abs(layer_width * height - layer_height * width) > max(width, height):
+                raise InputError(f"painted layer is {layer_width}x{layer_height} but the image is {width}x{height}")
+            alpha = cv2.resize(alpha.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        painted |= alpha > 0
+    return painted
+
+
+def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """Propose an object mask from a rough hint with OpenCV's GrabCut.
+
+    `hint` (H, W) bool is a scribble or a filled box over the object: its bounding box (grown by
+    a margin) bounds the object and its pixels are marked probable foreground. Returns (H, W) bool.
+    """
+    hint = np.asarray(hint, dtype=bool)
+    if not hint.any():
+        raise InputError("draw a rough box or scribble over the object first")
+    pixels = np.asarray(image.convert("RGB"))[..., ::-1].copy()  # OpenCV wants BGR
+    height, width = hint.shape
+    ys, xs = np.nonzero(hint)
+    margin = max(2, int(0.05 * max(height, width)))
+    x0, x1 = max(0, xs.min() - margin), min(width - 1, xs.max() + margin)
+    y0, y1 = max(0, ys.min() - margin), min(height - 1, ys.max() + margin)
+    labels = np.full((height, width), cv2.GC_BGD, dtype=np.uint8)
+    labels[y0 : y1 + 1, x0 : x1 + 1] = cv2.GC_PR_BGD
+    labels[hint] = cv2.GC_PR_FGD
+    background_model, foreground_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(pixels, labels, None, background_model, foreground_model, iterations, cv2.GC_INIT_WITH_MASK)
+    proposal = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    return proposal if proposal.any() else hint

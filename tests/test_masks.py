@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from hi_core.errors import InputError
-from hi_core.masks import check_mask, load_image, load_mask, object_patches
+from hi_core.masks import check_mask, grabcut_mask, load_image, load_mask, object_patches, painted_mask
 
 
 def test_rgba_mask_uses_alpha_and_any_channel(tmp_path):
@@ -56,3 +56,35 @@ def test_padding_cells_never_belong_to_the_object():
     fractions = np.array([[0.9, 0.9], [0.1, 0.0]])
     valid = np.array([[False, True], [True, True]])
     np.testing.assert_array_equal(object_patches(fractions, valid).object_patches, [[False, True], [False, False]])
+
+
+def test_painted_mask_reads_alpha_and_rescales_same_aspect_layers():
+    stroke = np.zeros((40, 60, 4), np.uint8)
+    stroke[10:20, 30:45] = (255, 0, 0, 255)
+    faint = np.zeros((20, 30, 4), np.uint8)  # half-size canvas: same aspect, scaled up
+    faint[0:2, 0:3, 3] = 10
+    mask = painted_mask([stroke, None, faint], (60, 40))
+    assert mask.shape == (40, 60)
+    assert mask[10:20, 30:45].all() and mask[0:4, 0:6].all()
+    assert mask.sum() == 10 * 15 + 4 * 6
+
+
+def test_painted_mask_rejects_another_aspect():
+    with pytest.raises(InputError, match="painted layer is 10x40 but the image is 60x40"):
+        painted_mask([np.full((40, 10, 4), 255, np.uint8)], (60, 40))
+
+
+def test_grabcut_recovers_an_object_from_a_loose_box():
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((80, 100, 3)) * 60).astype(np.uint8)
+    obj = np.zeros((80, 100), bool)
+    yy, xx = np.mgrid[:80, :100]
+    obj[(yy - 40) ** 2 + (xx - 55) ** 2 < 15**2] = True
+    pixels[obj] = (230, 200, 30)
+    box = np.zeros_like(obj)
+    box[20:62, 35:76] = True  # loose box around the disc
+    proposal = grabcut_mask(Image.fromarray(pixels), box)
+    iou = (proposal & obj).sum() / (proposal | obj).sum()
+    assert iou > 0.9 and (box & obj).sum() / (box | obj).sum() < 0.5
+    with pytest.raises(InputError, match="draw a rough box"):
+        grabcut_mask(Image.fromarray(pixels), np.zeros_like(obj))

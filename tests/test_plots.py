@@ -1,0 +1,51 @@
+"""Plots: figures built without pyplot; the clickable HI image maps pixels to (layer, head)."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+
+from hi_core.plots import figure_to_array, hi_cells, hi_heatmap, layer_bars, mask_overlay, overlay_grid
+
+
+def test_figures_never_touch_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    image = np.zeros((20, 30, 3), np.uint8)
+    figures = [
+        overlay_grid([image] * 3, [np.random.rand(4, 6)] * 3, [np.eye(20, 30, dtype=bool)] * 3, ["a", "b", "c"], columns=2),
+        hi_heatmap(np.random.rand(3, 4)),
+        layer_bars(np.array([0.1, 0.5, 0.3]), top_k=1),
+    ]
+    assert plt.get_fignums() == before
+    for figure in figures:
+        array = figure_to_array(figure)
+        assert array.ndim == 3 and array.shape[2] == 3 and array.std() > 0
+    assert matplotlib.get_backend()  # unchanged backend still importable
+
+
+def test_layer_bars_highlight_the_top_k_layers():
+    figure = layer_bars(np.array([0.1, 0.9, 0.3, 0.7]), top_k=2)
+    colours = [tuple(np.round(p.get_facecolor()[:3], 2)) for p in figure.axes[0].patches]
+    red = tuple(np.round(matplotlib.colors.to_rgb("#d62728"), 2))
+    assert [c == red for c in colours] == [False, True, False, True]
+
+
+def test_hi_cells_maps_pixels_to_layer_and_head():
+    hi = np.zeros((3, 5))
+    hi[2, 4] = 1.0
+    image = hi_cells(hi, cell=10)
+    assert image.shape == (30, 50, 3)
+    brightest = np.unravel_index(np.argmax(image[..., 1].astype(int) + image[..., 0]), image.shape[:2])
+    assert (brightest[0] // 10, brightest[1] // 10) == (2, 4)
+    outlined = hi_cells(hi, cell=10, selected=(0, 1))
+    assert (outlined[0:10, 10:12] == 255).all() and not (image[0:10, 10:12] == 255).all()
+
+
+def test_mask_overlay_tints_only_the_mask():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    mask = np.zeros((4, 4), bool)
+    mask[1, 2] = True
+    tinted = mask_overlay(image, mask)
+    assert (tinted[~mask] == 100).all() and (tinted[1, 2] != 100).any()
