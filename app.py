@@ -1,0 +1,351 @@
+"""HI Explorer in the browser: load a model, mark the key object, see where every head looks.
+
+UI only: every number shown is computed by `hi_core`. `build_demo()` returns the Blocks (tests
+import it without serving); `python app.py [--host H] [--port P] [--share] [--model M]` serves it.
+On a ZeroGPU Space the analysis runs under `spaces.GPU`; without that package it runs as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
+from hi_core.datasets import read_dataset
+from hi_core.errors import InputError
+from hi_core.loading import LoadConfig, ModelCache
+from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
+from hi_core.plots import figure_to_array, hi_cells, layer_bars, mask_overlay, overlay_grid
+from hi_core.scoring import ScoringConfig
+
+try:  # Hugging Face ZeroGPU Spaces: the GPU is attached only inside functions decorated with spaces.GPU
+    import spaces
+
+    on_gpu = spaces.GPU
+except ImportError:
+
+    def on_gpu(function):
+        return function
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+CELL_PX = 24  # size of one head's square in the clickable HI heatmap
+INTRO = """# HI Explorer
+Which attention heads of a multimodal LM look at the object a description names? Mark the key
+object, run the analysis, and every head of the language model is scored by **Head Impact** (IoU
+of its binarized attention map over the image with the object's mask).
+Click a cell of the heatmap (rows: layers, columns: heads) to see that head's map."""
+
+
+@dataclass
+class Session:
+    """What one browser session has analyzed (kept in `gr.State`, never shared between tabs)."""
+
+    analysis: ImageAnalysis
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    selected: tuple[int, int]
+
+
+def _input_error(function):
+    """Show `InputError`s as a visible message in the page; the app keeps serving."""
+
+    @functools.wraps(function)  # keeps the signature: gradio reads gr.Progress / gr.SelectData from it
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InputError as error:
+            raise gr.Error(str(error)) from None
+
+    return wrapper
+
+
+def _background(editor: dict | None) -> np.ndarray:
+    if not editor or editor.get("background") is None:
+        raise InputError("upload an image or pick an example first")
+    return np.asarray(editor["background"])[..., :3].astype(np.uint8)
+
+
+def _mask_from_inputs(editor: dict | None, uploaded_mask: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask): the uploaded mask file if given, else the painted strokes."""
+    image = _background(editor)
+    size = (image.shape[1], image.shape[0])
+    if uploaded_mask:
+        mask = load_mask(uploaded_mask)
+    else:
+        mask = painted_mask(list(editor.get("layers") or []), size)
+    return image, check_mask(mask, Image.fromarray(image))
+
+
+def _examples() -> list[dict[str, Any]]:
+    if not (EXAMPLES_DIR / "data.jsonl").is_file():
+        return []
+    return [
+        {"image": np.asarray(r.image), "mask": r.mask, "text": r.text, "key_phrase": r.key_phrase or "", "id": r.id}
+        for r in read_dataset(EXAMPLES_DIR)
+    ]
+
+
+def _views(session: Session, top_n: int, layer: int, top_k: int) -> tuple:
+    """Everything the results column shows, from the session's analysis."""
+    analysis = session.analysis
+    layers, heads = analysis.hi.shape
+    selected_layer, selected_head = session.selected
+    best_layer, best_head = analysis.ranked_heads()[0]
+    summary = (
+        f"**Scored text:** {analysis.text}  \n"
+        f"**Model:** `{analysis.model}` ({analysis.family}, {analysis.view}) · **grid** {analysis.grid[0]}×{analysis.grid[1]} · "
+        f"**object patches** {int(analysis.mask.object_patches.sum())} · **chance IoU** {analysis.chance:.3f} · "
+        f"**response tokens** {analysis.response_tokens} ({analysis.queries} rows)  \n"
+        f"**Best head:** layer {best_layer}, head {best_head}, HI {analysis.hi[best_layer, best_head]:.3f} "
+        f"({analysis.hi[best_layer, best_head] / max(analysis.chance, 1e-9):.1f}× chance)"
+    )
+    head_view = figure_to_array(
+        overlay_grid(
+            [session.image, session.image],
+            [analysis.maps[selected_layer, selected_head], analysis.mask.object_patches.astype(float)],
+            [session.mask, session.mask],
+            [
+                f"layer {selected_layer} head {selected_head}: HI {analysis.hi[selected_layer, selected_head]:.3f}, "
+                f"mass {analysis.mass[selected_layer, selected_head]:.3f}",
+                "object patches on the grid",
+            ],
+            columns=2,
+        )
+    )
+    top = analysis.ranked_heads()[:top_n]
+    top_view = figure_to_array(
+        overlay_grid(
+            [session.image] * len(top),
+            [analysis.maps[l, h] for l, h in top],
+            [session.mask] * len(top),
+            [f"L{l} H{h}: {analysis.hi[l, h]:.2f}" for l, h in top],
+            suptitle=f"top {len(top)} heads by HI",
+        )
+    )
+    layer = int(np.clip(layer, 0, layers - 1))
+    layer_view = figure_to_array(
+        overlay_grid(
+            [session.image] * heads,
+            [analysis.maps[layer, h] for h in range(heads)],
+            [session.mask] * heads,
+            [f"H{h}: {analysis.hi[layer, h]:.2f}" for h in range(heads)],
+            suptitle=f"layer {layer}",
+        )
+    )
+    ranking = [[l, h, round(float(analysis.hi[l, h]), 4), round(float(analysis.mass[l, h]), 4)] for l, h in analysis.ranked_heads()]
+    bars = figure_to_array(layer_bars(analysis.layer_scores, top_k=min(top_k, layers)))
+    return (
+        summary,
+        hi_cells(analysis.hi, CELL_PX, session.selected),
+        head_view,
+        top_view,
+        layer_view,
+        ranking,
+        bars,
+        selected_layer,
+        selected_head,
+    )
+
+
+def _downloads(session: Session, views: tuple) -> list[str]:
+    """Scores (JSON, CSV) and the figures (PNG) in a fresh folder for this analysis."""
+    folder = Path(tempfile.mkdtemp(prefix="hi-explorer-"))
+    analysis = session.analysis
+    (folder / "scores.json").write_text(json.dumps(analysis.to_json(), indent=2))
+    (folder / "heads.csv").write_text(analysis.to_csv())
+    for name, array in (("head.png", views[2]), ("top_heads.png", views[3]), ("layer_scores.png", views[6])):
+        Image.fromarray(array).save(folder / name)
+    return [str(folder / name) for name in ("scores.json", "heads.csv", "head.png", "top_heads.png", "layer_scores.png")]
+
+
+def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> gr.Blocks:
+    """The explorer's UI; `cache` holds loaded models across sessions."""
+    cache = cache or ModelCache()
+    examples = _examples()
+
+    def scoring(binarize: str, quantile: float, layer_score: str) -> ScoringConfig:
+        return ScoringConfig(binarize=binarize, quantile=float(quantile), layer_score=layer_score)
+
+    @_input_error
+    def load(model_name: str, device: str, progress=gr.Progress()):
+        progress(0.1, desc=f"loading {model_name}")
+        loaded = cache.get(LoadConfig(model=model_name.strip(), device=device))
+        layers = len(loaded.adapter.decoder_layers(loaded.model))
+        return f"Loaded `{loaded.name}`: {loaded.family}, {layers} language-model layers."
+
+    def pick_example(event: gr.SelectData):
+        example = examples[event.index]
+        layer = np.zeros(example["image"].shape[:2] + (4,), np.uint8)
+        return {"background": example["image"], "layers": [layer], "composite": example["image"]}, example["text"], example["key_phrase"], None
+
+    @_input_error
+    def propose_mask(editor: dict | None):
+        image = _background(editor)
+        hint = painted_mask(list(editor.get("layers") or []), (image.shape[1], image.shape[0]))
+        proposal = grabcut_mask(Image.fromarray(image), hint)
+        layer = np.zeros(image.shape[:2] + (4,), np.uint8)
+        layer[proposal] = (255, 0, 0, 255)
+        return {"background": image, "layers": [layer], "composite": image}, mask_overlay(image, proposal)
+
+    @_input_error
+    def preview_mask(editor: dict | None, uploaded_mask: str | None):
+        image, mask = _mask_from_inputs(editor, uploaded_mask)
+        return mask_overlay(image, mask)
+
+    @on_gpu
+    @_input_error
+    def analyze(model_name, device, editor, uploaded_mask, text, generate, key_phrase, prompt, queries,
+                binarize, quantile, layer_score, top_n, layer, top_k, progress=gr.Progress()):
+        image, mask = _mask_from_inputs(editor, uploaded_mask)
+        config = AnalysisConfig(
+            prompt=prompt or "Describe the image.",
+            key_phrase=key_phrase or None,
+            queries=queries,
+            scoring=scoring(binarize, quantile, layer_score),
+        )
+        if not generate and not (text or "").strip():
+            raise InputError("type the description to score, or tick 'generate'")
+        progress(0.2, desc="loading model")
+        loaded = cache.get(LoadConfig(model=model_name.strip(), device=device))
+        progress(0.5, desc="capturing attention")
+        analysis = analyze_image(loaded, Image.fromarray(image), mask, None if generate else text, config)
+        session = Session(analysis=analysis, image=image, mask=mask, selected=analysis.ranked_heads()[0])
+        views = _views(session, int(top_n), int(layer), int(top_k))
+        return (session, mask_overlay(image, mask), *views, _downloads(session, views))
+
+    @_input_error
+    def select_cell(session: Session | None, top_n, layer, top_k, event: gr.SelectData):
+        if session is None:
+            raise InputError("run an analysis first")
+        x, y = event.index
+        layers, heads = session.analysis.hi.shape
+        session.selected = (min(int(y) // CELL_PX, layers - 1), min(int(x) // CELL_PX, heads - 1))
+        return (session, *_views(session, int(top_n), int(layer), int(top_k)))
+
+    @_input_error
+    def select_head(session: Session | None, selected_layer, selected_head, top_n, layer, top_k):
+        if session is None:
+            raise InputError("run an analysis first")
+        layers, heads = session.analysis.hi.shape
+        session.selected = (int(np.clip(selected_layer, 0, layers - 1)), int(np.clip(selected_head, 0, heads - 1)))
+        return (session, *_views(session, int(top_n), int(layer), int(top_k)))
+
+    @_input_error
+    def rescore(session: Session | None, binarize, quantile, layer_score, top_n, layer, top_k):
+        if session is None:  # options changed before any analysis: nothing to redraw
+            return tuple(gr.skip() for _ in range(11))
+        session.analysis = session.analysis.rescored(scoring(binarize, quantile, layer_score))
+        views = _views(session, int(top_n), int(layer), int(top_k))
+        return (session, *views, _downloads(session, views))
+
+    with gr.Blocks(title="HI Explorer") as demo:
+        state = gr.State(None)
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=2, min_width=340):
+                with gr.Group():
+                    with gr.Row():
+                        model_name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3)
+                        device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90)
+                    load_button = gr.Button("Load model", size="sm")
+                    model_status = gr.Markdown("The embedded `demo` model is loaded on first use.", elem_id="model-status")
+                editor = gr.ImageEditor(
+                    label="Image: upload one or pick an example, then paint the key object",
+                    type="numpy",
+                    sources=["upload", "clipboard"],
+                    brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
+                    eraser=gr.Eraser(default_size=8),
+                    transforms=(),
+                    layers=False,
+                    height=420,
+                    elem_id="editor",
+                )
+                if examples:
+                    gallery = gr.Gallery(
+                        [e["image"] for e in examples], label="Examples (click one)", columns=8, height=110,
+                        allow_preview=False, elem_id="examples",
+                    )
+                with gr.Row():
+                    grabcut_button = gr.Button("Propose mask from my box/scribble (GrabCut)", size="sm")
+                    uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath", height=80)
+                mask_view = gr.Image(label="Key-object mask", interactive=False, height=160, elem_id="mask-view")
+                text = gr.Textbox(label="Description to score", lines=2, elem_id="description")
+                with gr.Row():
+                    generate = gr.Checkbox(label="Generate the description with the model instead")
+                    key_phrase = gr.Textbox(label="Key phrase (optional)", elem_id="key-phrase")
+                with gr.Accordion("Options", open=False):
+                    prompt = gr.Textbox("Describe the image.", label="Prompt")
+                    queries = gr.Radio(["producing", "reading"], value="producing", label="Query rows")
+                    binarize = gr.Radio(["area", "quantile", "otsu"], value="area", label="Binarization")
+                    quantile = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Quantile (for quantile binarization)")
+                    layer_score = gr.Radio(["max", "mean", "topn"], value="max", label="Layer score")
+                    top_k = gr.Slider(1, 16, value=4, step=1, label="Top-k layers to highlight (LoRA's k)")
+                    top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show")
+                analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+            with gr.Column(scale=3):
+                summary = gr.Markdown("Results appear here.", elem_id="summary")
+                with gr.Row():
+                    heatmap = gr.Image(label="HI per head (rows: layers, columns: heads); click a cell", interactive=False,
+                                       elem_id="heatmap", height=260, buttons=["download"])
+                    head_view = gr.Image(label="Selected head over the image, and the object patches", interactive=False,
+                                         elem_id="head-view", height=260, buttons=["download"])
+                with gr.Row():
+                    selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0)
+                    selected_head = gr.Number(label="Head", precision=0, value=0, minimum=0)
+                    show_head = gr.Button("Show head", size="sm")
+                with gr.Tabs():
+                    with gr.Tab("Top heads"):
+                        top_view = gr.Image(interactive=False, show_label=False, elem_id="top-heads")
+                    with gr.Tab("One layer"):
+                        layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0)
+                        layer_view = gr.Image(interactive=False, show_label=False, elem_id="layer-view")
+                    with gr.Tab("Ranking"):
+                        ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, elem_id="ranking")
+                    with gr.Tab("Layers"):
+                        bars = gr.Image(interactive=False, show_label=False, elem_id="layer-bars")
+                downloads = gr.File(label="Downloads: scores (JSON, CSV) and figures (PNG)", file_count="multiple", elem_id="downloads")
+
+        views = [summary, heatmap, head_view, top_view, layer_view, ranking, bars, selected_layer, selected_head]
+        load_button.click(load, [model_name, device], model_status, api_name="load_model")
+        if examples:
+            gallery.select(pick_example, None, [editor, text, key_phrase, uploaded_mask], api_name=False)
+        grabcut_button.click(propose_mask, editor, [editor, mask_view], api_name="propose_mask")
+        uploaded_mask.change(lambda e, m: preview_mask(e, m) if m else None, [editor, uploaded_mask], mask_view, api_name=False)
+        analyze_button.click(
+            analyze,
+            [model_name, device, editor, uploaded_mask, text, generate, key_phrase, prompt, queries,
+             binarize, quantile, layer_score, top_n, layer, top_k],
+            [state, mask_view, *views, downloads],
+            api_name="analyze",
+        )
+        heatmap.select(select_cell, [state, top_n, layer, top_k], [state, *views], api_name=False)
+        show_head.click(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name="select_head")
+        layer.submit(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name=False)
+        for option in (binarize, quantile, layer_score, top_k):
+            option.change(rescore, [state, binarize, quantile, layer_score, top_n, layer, top_k], [state, *views, downloads], api_name=False)
+    demo.queue(default_concurrency_limit=2)
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve HI Explorer.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve the network)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--model", default="demo", help="the model selected at start (default: demo)")
+    args = parser.parse_args()
+    build_demo(args.model).launch(server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()
