@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_models import CHAT_TEMPLATE, _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import CHAT_TEMPLATE, _randomize, tiny_clip_vision_config, tiny_text_config, word_tokenizer
 
 IMAGE_SIZE = 48
 PATCH = 8
@@ -36,15 +36,7 @@ def build_llava_next(folder: Path, image_size: int = IMAGE_SIZE, patch_size: int
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaNextConfig(
-        vision_config=dict(
-            model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        vision_config=tiny_clip_vision_config(image_size, patch_size),
         text_config=tiny_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",

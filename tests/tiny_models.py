@@ -63,6 +63,19 @@ def tiny_text_config(vocab_size: int, model_type: str = "llama", **overrides) ->
     return config
 
 
+def tiny_clip_vision_config(image_size: int, patch_size: int) -> dict:
+    """A one-layer CLIP vision tower (LLaVA and LLaVA-NeXT)."""
+    return dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Larger-than-init random weights, so attention is far from uniform and tests can fail."""
     generator = torch.Generator().manual_seed(seed)
@@ -90,15 +103,7 @@ def build_llava(folder: Path, image_size: int = 48, patch_size: int = 8) -> Path
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config=dict(
-            model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        vision_config=tiny_clip_vision_config(image_size, patch_size),
         text_config=tiny_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
