@@ -38,7 +38,13 @@ except ImportError:
 
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
-CELL_PX = 24  # size of one head's square in the clickable HI heatmap
+
+
+def heatmap_cell_px(layers: int, heads: int) -> int:
+    """Side of one head's square in the clickable HI heatmap: as large as fits ~320 x 260 px."""
+    return int(np.clip(min(320 // heads, 260 // layers), 8, 48))
+
+
 INTRO = """# HI Explorer
 Which attention heads of a multimodal LM look at the object a description names? Mark the key
 object, run the analysis, and every head of the language model is scored by **Head Impact** (IoU
@@ -146,7 +152,7 @@ def _views(session: Session, top_n: int, layer: int, top_k: int) -> tuple:
     bars = figure_to_array(layer_bars(analysis.layer_scores, top_k=min(top_k, layers)))
     return (
         summary,
-        hi_cells(analysis.hi, CELL_PX, session.selected),
+        hi_cells(analysis.hi, heatmap_cell_px(layers, heads), session.selected),
         head_view,
         top_view,
         layer_view,
@@ -229,7 +235,8 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
             raise InputError("run an analysis first")
         x, y = event.index
         layers, heads = session.analysis.hi.shape
-        session.selected = (min(int(y) // CELL_PX, layers - 1), min(int(x) // CELL_PX, heads - 1))
+        cell = heatmap_cell_px(layers, heads)
+        session.selected = (min(int(y) // cell, layers - 1), min(int(x) // cell, heads - 1))
         return (session, *_views(session, int(top_n), int(layer), int(top_k)))
 
     @_input_error
@@ -318,8 +325,11 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         views = [summary, heatmap, head_view, top_view, layer_view, ranking, bars, selected_layer, selected_head]
         load_button.click(load, [model_name, device], model_status, api_name="load_model")
         if examples:
-            gallery.select(pick_example, None, [editor, text, key_phrase, uploaded_mask], api_name=False)
-        grabcut_button.click(propose_mask, editor, [editor, mask_view], api_name="propose_mask")
+            # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
+            # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
+            gallery.select(pick_example, None, [editor, text, key_phrase, uploaded_mask], api_name=False,
+                           show_progress_on=[text])
+        grabcut_button.click(propose_mask, editor, [editor, mask_view], api_name="propose_mask", show_progress_on=[mask_view])
         uploaded_mask.change(lambda e, m: preview_mask(e, m) if m else None, [editor, uploaded_mask], mask_view, api_name=False)
         analyze_button.click(
             analyze,
@@ -330,6 +340,8 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         )
         heatmap.select(select_cell, [state, top_n, layer, top_k], [state, *views], api_name=False)
         show_head.click(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name="select_head")
+        for box in (selected_layer, selected_head):
+            box.submit(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name=False)
         layer.submit(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name=False)
         for option in (binarize, quantile, layer_score, top_k):
             option.change(rescore, [state, binarize, quantile, layer_score, top_n, layer, top_k], [state, *views, downloads], api_name=False)

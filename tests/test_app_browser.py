@@ -1,0 +1,289 @@
+"""The app in a real browser, driven the way a person would: pick an example, paint the key object
+on the editor's canvas, analyze, click a heatmap cell, trip over an empty mask and recover.
+
+Chromium is Debian's /usr/bin/chromium (never `playwright install`). Screenshots of the main views
+go to $HI_SCREENSHOTS (default artifacts/screenshots/), which CI keeps as artifacts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+from scipy import ndimage
+from transformers import AutoConfig
+
+import app
+from hi_core.loading import DEMO_MODEL_DIR
+from hi_core.plots import mask_overlay
+
+# The model the page analyzes: "demo" (the embedded model in assets/demo-model/), or None for the
+# tiny random LLaVA of the `llava_dir` fixture (same family, same UI, random scores).
+MODEL: str | None = "demo"
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = Path(os.environ.get("HI_SCREENSHOTS", REPO / "artifacts" / "screenshots"))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 60_000  # the analysis takes 1-3 s on an idle CPU; CI machines are not idle
+EXAMPLES = [json.loads(line) for line in (app.EXAMPLES_DIR / "data.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_folder(request) -> Path:
+    return DEMO_MODEL_DIR if MODEL == "demo" else Path(MODEL or request.getfixturevalue("llava_dir"))
+
+
+@pytest.fixture(scope="module")
+def server(model_folder):
+    demo = app.build_demo("demo" if MODEL == "demo" else str(model_folder))
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            tmp_path_factory.mktemp("chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000},
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server) -> Page:
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server)
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def model_shape(model_folder) -> tuple[int, int, int]:
+    """(layers, heads, grid side) from the model's own config: the page must show these."""
+    config = AutoConfig.from_pretrained(model_folder)
+    text = config.get_text_config()
+    return text.num_hidden_layers, text.num_attention_heads, config.vision_config.image_size // config.vision_config.patch_size
+
+
+def _screenshot(page: Page, name: str, full_page: bool = True) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / name, full_page=full_page)
+
+
+def _example_pixels(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image (H, W, 3) uint8, mask (H, W) bool) of example `index`, read from the dataset folder."""
+    record = EXAMPLES[index]
+    image = np.asarray(Image.open(app.EXAMPLES_DIR / record["image"]).convert("RGB"))
+    mask = np.asarray(Image.open(app.EXAMPLES_DIR / record["mask"]).convert("L")) > 0
+    return image, mask
+
+
+def _longest_run(flags: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of True."""
+    best, start = (0, 0), None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            best = max(best, (start, i), key=lambda run: run[1] - run[0])
+            start = None
+    return best
+
+
+def _image_on_canvas(page: Page, image: np.ndarray) -> tuple[float, float, float]:
+    """Where the editor draws `image` on screen: (left, top, CSS px per image px).
+
+    The editor centres the image on its canvas at the zoom it shows ("373%"); the pixels there are
+    checked against the image itself, so a wrong guess (or a blank editor) fails here, not later.
+    """
+    canvas = page.locator("#editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"))
+    box = canvas.bounding_box()  # after the screenshot, which may scroll
+    zoom = re.fullmatch(r"\s*(\d+)%\s*", page.locator("#editor .zoom-number").inner_text())
+    assert zoom, "the editor shows no zoom level"
+    scale = int(zoom.group(1)) / 100 * shot.shape[1] / box["width"]  # screenshot px per image px
+    height, width = image.shape[:2]
+    x0, y0 = (shot.shape[1] - width * scale) / 2, (shot.shape[0] - height * scale) / 2
+    shown = Image.fromarray(shot).resize((width, height), Image.BILINEAR, box=(x0, y0, x0 + width * scale, y0 + height * scale))
+    difference = np.abs(np.asarray(shown).astype(int) - image.astype(int)).mean()
+    assert difference < 25, f"the editor does not show the example (mean difference {difference:.1f})"
+    css_per_shot_px = box["width"] / shot.shape[1]
+    return box["x"] + x0 * css_per_shot_px, box["y"] + y0 * css_per_shot_px, scale * css_per_shot_px
+
+
+def _pick_example(page: Page, index: int) -> None:
+    page.locator("#examples button.thumbnail-item").nth(index).click()
+    expect(page.locator("#description textarea")).to_have_value(EXAMPLES[index]["text"])
+
+
+def _wait_for_editor_image(page: Page, image: np.ndarray) -> tuple[float, float, float]:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        try:
+            return _image_on_canvas(page, image)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            page.wait_for_timeout(250)
+
+
+def _strokes_over(mask: np.ndarray, inset: int = 4) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Two strokes (image px, start -> end) inside the object: along its widest row and its tallest
+    column, stopping `inset` px short of the edges, as a person scribbles over a shape."""
+    row = int(mask.sum(axis=1).argmax())
+    column = int(mask.sum(axis=0).argmax())
+    x0, x1 = _longest_run(mask[row])
+    y0, y1 = _longest_run(mask[:, column])
+    return [((x0 + inset, row), (x1 - 1 - inset, row)), ((column, y0 + inset), (column, y1 - 1 - inset))]
+
+
+def _paint_object(page: Page, index: int) -> np.ndarray:
+    """Scribble over example `index`'s key object with the mouse; returns the object's mask."""
+    image, mask = _example_pixels(index)
+    left, top, scale = _wait_for_editor_image(page, image)
+
+    def on_screen(x: int, y: int) -> tuple[float, float]:
+        return left + (x + 0.5) * scale, top + (y + 0.5) * scale
+
+    for start, end in _strokes_over(mask):
+        page.mouse.move(*on_screen(*start))
+        page.mouse.down()
+        page.mouse.move(*on_screen(*end), steps=12)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+    return mask
+
+
+def _image_src(page: Page, elem_id: str) -> str:
+    image = page.locator(f"#{elem_id} img")
+    expect(image).to_have_attribute("src", re.compile(r"\S"))
+    return image.get_attribute("src")
+
+
+def _shown_image(page: Page, elem_id: str) -> np.ndarray:
+    """The pixels an output image shows, fetched from its src: (H, W, 3) uint8."""
+    response = page.request.get(_image_src(page, elem_id))
+    assert response.ok, response.status
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def _analyze(page: Page, expected_text: str) -> None:
+    page.locator("#analyze").click()
+    expect(page.locator("#summary")).to_contain_text(expected_text)
+    _image_src(page, "heatmap")
+    _image_src(page, "head-view")
+
+
+def _selected_head(page: Page) -> tuple[int, int]:
+    return int(page.get_by_label("Layer", exact=True).input_value()), int(page.get_by_label("Head", exact=True).input_value())
+
+
+def test_picking_an_example_fills_the_editor_and_the_description(page):
+    _pick_example(page, 0)
+    image, _ = _example_pixels(0)
+    _wait_for_editor_image(page, image)  # the canvas shows the example's pixels
+    expect(page.locator("#key-phrase textarea")).to_have_value(EXAMPLES[0]["key_phrase"])
+
+
+def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
+    layers, heads, grid = model_shape
+    _pick_example(page, 0)
+    mask = _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    _screenshot(page, "01-analysis.png")
+
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text(f"grid {grid}×{grid}")
+    expect(summary).to_contain_text(re.compile(r"chance IoU \d\.\d{3}"))
+
+    # The key-object mask the page shows (the image tinted where painted) lies on the object.
+    image, _ = _example_pixels(0)
+    shown, tinted = _shown_image(page, "mask-view").astype(int), mask_overlay(image, np.ones_like(mask)).astype(int)
+    painted = np.abs(shown - tinted).sum(axis=-1) < np.abs(shown - image.astype(int)).sum(axis=-1)
+    near_object = ndimage.binary_dilation(mask, iterations=10)  # the brush spills over the edges
+    assert painted.sum() > 0.3 * mask.sum(), f"{painted.sum()} px painted, the object has {mask.sum()}"
+    assert (painted & near_object).sum() > 0.9 * painted.sum(), "the strokes landed off the object"
+
+    heatmap = page.locator("#heatmap img")
+    natural = heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    cell = app.heatmap_cell_px(layers, heads)
+    assert natural == [heads * cell, layers * cell]
+
+    page.get_by_role("tab", name="Ranking").click()
+    table = page.locator("#ranking [role=grid]")
+    expect(table).to_have_attribute("aria-rowcount", str(layers * heads + 1))  # + the header row
+    expect(page.locator("#ranking [role=gridcell][data-col='0']")).to_have_count(layers * heads)
+    pairs = [(int(page.locator(f"#ranking [data-testid='cell-{row}-0']").inner_text()),
+              int(page.locator(f"#ranking [data-testid='cell-{row}-1']").inner_text())) for row in range(layers * heads)]
+    assert sorted(pairs) == [(l, h) for l in range(layers) for h in range(heads)]
+    assert pairs[0] == _selected_head(page)  # the best head is the one shown first
+
+
+def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
+    layers, heads, _ = model_shape
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    best = _selected_head(page)
+    target = (layers - 1, heads - 1) if best != (layers - 1, heads - 1) else (0, 0)
+    head_view_before = _image_src(page, "head-view")
+
+    heatmap = page.locator("#heatmap img")
+    heatmap.scroll_into_view_if_needed()
+    # Where gradio draws the image inside its box: scaled down to fit, never up, and centred.
+    box, (width, height) = heatmap.bounding_box(), heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    scale = min(box["width"] / width, box["height"] / height, 1.0)
+    left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
+    layer, head = target
+    cell = app.heatmap_cell_px(layers, heads)
+    page.mouse.click(left + (head + 0.5) * cell * scale, top + (layer + 0.5) * cell * scale)
+
+    expect(page.get_by_label("Layer", exact=True)).to_have_value(str(layer))
+    expect(page.get_by_label("Head", exact=True)).to_have_value(str(head))
+    expect(page.locator("#head-view img")).not_to_have_attribute("src", head_view_before)
+    _screenshot(page, "02-head-selected.png")
+
+
+def test_an_empty_mask_shows_an_error_and_a_painted_one_then_works(page):
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+
+    _pick_example(page, 1)  # a new example starts with no strokes
+    image, _ = _example_pixels(1)
+    _wait_for_editor_image(page, image)
+    page.locator("#analyze").click()
+    error = page.get_by_test_id("toast-body").filter(has_text="mask is empty")
+    expect(error).to_be_visible()
+    expect(error).to_have_css("opacity", "1")  # the toast slides in; photograph it when it is there
+    page.wait_for_timeout(300)
+    _screenshot(page, "03-empty-mask-error.png", full_page=False)  # the toast sits on the viewport
+    error.get_by_test_id("toast-close").click()
+
+    _paint_object(page, 1)
+    _analyze(page, EXAMPLES[1]["text"])
+    expect(page.get_by_test_id("toast-body")).to_have_count(0)
