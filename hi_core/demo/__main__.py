@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig(**{item.name: getattr(args, item.name) for item in fields(TrainConfig)})
     report = run(args.out, config)
-    print(f"final loss {report['final_loss']:.4f}, best head HI {report['hi_trained']['best_hi']:.3f} "
-          f"(untrained {report['hi_untrained']['best_hi']:.3f}), chance {report['hi_trained']['chance']:.3f}", file=sys.stderr)
+    logging.getLogger("hi_core.demo").info(
+        "final loss %.4f, best head HI %.3f (untrained %.3f), chance %.3f", report["final_loss"],
+        report["hi_trained"]["best_hi"], report["hi_untrained"]["best_hi"], report["hi_trained"]["chance"])
     return 0
 
 
