@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .capture import capture_attention
-from .errors import InputError
+from .errors import InputError, check_choice
 from .inputs import ModelInputs, Queries, build_inputs, key_phrase_tokens
 from .loading import LoadedModel
 from .masks import MaskGrid, check_mask, object_patches
@@ -26,7 +26,6 @@ from .scoring import (
     ScoringConfig,
     attention_mass,
     chance_iou,
-    check_choice,
     head_impact,
     layer_scores,
     rank_heads,

@@ -7,6 +7,15 @@ visible error. Programming errors stay ordinary exceptions.
 
 from __future__ import annotations
 
+from typing import get_args
+
 
 class InputError(ValueError):
     """Bad user input: a missing file, a mask of the wrong size, an unknown option, ..."""
+
+
+def check_choice(field: str, value: str, literal: object) -> None:
+    """Raise InputError when `value` is not one of the `Literal` type's options."""
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise InputError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")

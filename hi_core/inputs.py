@@ -8,13 +8,13 @@ key phrase selects, and which query rows (`producing` / `reading`) stand for the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, check_choice
 from .families import FamilyAdapter, ImageLayout
 
 Queries = Literal["producing", "reading"]
@@ -45,8 +45,7 @@ class ModelInputs:
         `producing`: the row that produced token i (position prefix_length + i - 1);
         `reading`: the row of token i itself (position prefix_length + i).
         """
-        if queries not in get_args(Queries):
-            raise InputError(f"queries must be one of {', '.join(get_args(Queries))}, got {queries!r}")
+        check_choice("queries", queries, Queries)
         shift = -1 if queries == "producing" else 0
         return self.prefix_length + np.asarray(token_indices, dtype=np.int64) + shift
 

@@ -20,9 +20,8 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from .errors import InputError
+from .errors import InputError, check_choice
 from .families import FamilyAdapter, adapter_for
-from .scoring import check_choice
 
 logger = logging.getLogger(__name__)
 

@@ -19,28 +19,28 @@ from .errors import InputError
 OBJECT_FRACTION = 0.5
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image from a file; a missing or non-image file is an input error."""
+def _read_image_file(path: str | Path, kind: str) -> Image.Image:
+    """The decoded image of a file; a missing or non-image file is an input error naming `kind`."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image file {str(path)!r} does not exist")
+        raise InputError(f"{kind} file {str(path)!r} does not exist")
+    prefix = "" if kind == "image" else f"{kind} "
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return image
     except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"{str(path)!r} is not an image file PIL can read ({error})") from None
+        raise InputError(f"{prefix}{str(path)!r} is not an image file PIL can read ({error})") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image from a file; a missing or non-image file is an input error."""
+    return _read_image_file(path, "image").convert("RGB")
 
 
 def load_mask(path: str | Path) -> np.ndarray:
     """A boolean (H, W) mask from an image file: nonzero pixels (any channel) are the key object."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mask file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image)
-    except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"mask {str(path)!r} is not an image file PIL can read ({error})") from None
+    array = np.asarray(_read_image_file(path, "mask"))
     if array.ndim == 3:
         if array.shape[-1] == 4:  # RGBA: a transparent pixel is not the object, whatever its colour
             array = np.where(array[..., 3:] > 0, array[..., :3], 0)

@@ -13,22 +13,15 @@ boolean (cells,) vector (DESIGN 1.4-1.8):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 from scipy.stats import hypergeom
 
-from .errors import InputError
+from .errors import InputError, check_choice
 
 Binarization = Literal["area", "quantile", "otsu"]
 LayerScore = Literal["max", "mean", "topn"]
-
-
-def check_choice(field: str, value: str, literal: object) -> None:
-    """Raise InputError when `value` is not one of the `Literal` type's options."""
-    allowed = get_args(literal)
-    if value not in allowed:
-        raise InputError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass(frozen=True)
