@@ -1,10 +1,13 @@
 """HI Explorer: which attention heads of a multimodal LM look at the object a description names.
 
-The public API, re-exported: load a model, analyze an image, score maps.
+The public API, re-exported: load a model, analyze an image or a dataset, score maps.
 """
 
 from .analysis import AnalysisConfig, ImageAnalysis, analyze_image, generate_description, head_maps
+from .batching import batch_head_maps, collate
 from .capture import AttentionCache, capture_attention
+from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset
+from .datasets import Record, read_dataset
 from .errors import InputError
 from .families import adapter_for, supported_families
 from .inputs import ModelInputs, build_inputs, key_phrase_tokens
@@ -24,6 +27,10 @@ from .scoring import (
 __all__ = [
     "AnalysisConfig",
     "AttentionCache",
+    "DatasetAnalysis",
+    "DatasetConfig",
+    "ImageScore",
+    "Record",
     "ImageAnalysis",
     "InputError",
     "LoadConfig",
@@ -34,10 +41,12 @@ __all__ = [
     "adapter_for",
     "analyze_image",
     "attention_mass",
+    "batch_head_maps",
     "binarize",
     "build_inputs",
     "capture_attention",
     "chance_iou",
+    "collate",
     "check_mask",
     "generate_description",
     "head_impact",
@@ -50,5 +59,7 @@ __all__ = [
     "object_patches",
     "rank_heads",
     "rank_layers",
+    "read_dataset",
+    "score_dataset",
     "supported_families",
 ]

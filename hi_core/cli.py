@@ -10,17 +10,21 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import get_args
 
 from transformers.utils import logging as transformers_logging
 
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
-from .datasets import write_synthetic
+from .coco import convert_coco
+from .dataset_scoring import DatasetConfig, process_state, score_dataset
+from .datasets import count_records, write_synthetic
 from .errors import InputError
 from .inputs import Queries
 from .loading import Device, DType, LoadConfig, load_model
 from .masks import check_mask, load_image, load_mask
 from .scoring import Binarization, LayerScore, ScoringConfig
+from .synth import Order
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,16 +37,27 @@ class _Parser(argparse.ArgumentParser):
 def _add_score(subcommands: argparse._SubParsersAction) -> None:
     score = subcommands.add_parser(
         "score",
-        help="HI of every attention head on one image",
+        help="HI of every attention head on one image, or over a dataset",
         description="Score every language-model attention head by Head Impact (IoU of its binarized "
-        "image map with the key-object mask) on one image and its description.",
+        "image map with the key-object mask) on one image and its description (--image, --mask, "
+        "--text/--generate), or over a dataset folder (--dataset: mean HI with 95%% bootstrap intervals).",
     )
     score.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
-    score.add_argument("--image", required=True, help="image file")
-    score.add_argument("--mask", required=True, help="key-object mask: an image of the same size, nonzero = object")
-    text = score.add_mutually_exclusive_group(required=True)
+    score.add_argument("--image", help="image file")
+    score.add_argument("--mask", help="key-object mask: an image of the same size, nonzero = object")
+    text = score.add_mutually_exclusive_group()
     text.add_argument("--text", help="the description to score (teacher-forced)")
     text.add_argument("--generate", action="store_true", help="let the model describe the image, then score that")
+    data = score.add_argument_group("dataset scoring")
+    data.add_argument("--dataset", help="a dataset folder (data.jsonl + images + masks) to score instead of one image")
+    data.add_argument("--limit", type=int, help="score only the first N records")
+    data.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    data.add_argument("--cache", help="folder of per-image results, for resuming (default: OUT with .cache for .json)")
+    data.add_argument("--images-csv", help="per-image results, one row per image and head (default: OUT with .images.csv)")
+    data.add_argument("--all-tokens", action="store_true",
+                      help="average over every response token instead of each record's key phrase")
+    data.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals (default: %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     score.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt (default: %(default)r)")
     score.add_argument("--key-phrase", help="score only the response tokens overlapping this phrase")
     score.add_argument("--queries", choices=get_args(Queries), default="producing",
@@ -61,6 +76,14 @@ def _add_score(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> None:
+    if args.dataset is not None:
+        _run_score_dataset(args)
+        return
+    missing = [flag for flag, value in (("--image", args.image), ("--mask", args.mask)) if value is None]
+    if args.text is None and not args.generate:
+        missing.append("--text or --generate")
+    if missing:
+        raise InputError(f"score needs {', '.join(missing)} (or --dataset DIR)")
     config = AnalysisConfig(
         prompt=args.prompt,
         key_phrase=args.key_phrase,
@@ -83,6 +106,44 @@ def _run_score(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
 
 
+def _run_score_dataset(args: argparse.Namespace) -> None:
+    given = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--text", args.text), ("--generate", args.generate)) if value]
+    if given:
+        raise InputError(f"--dataset scores the records' own images and texts; drop {', '.join(given)}")
+    config = DatasetConfig(
+        analysis=AnalysisConfig(
+            prompt=args.prompt,
+            key_phrase=args.key_phrase,
+            queries=args.queries,
+            scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
+        ),
+        use_key_phrases=not args.all_tokens and args.key_phrase is None,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
+    out = Path(args.out) if args.out else None
+    cache = args.cache or (out.with_suffix(".cache") if out else None)
+    csv_path = args.images_csv or (out.with_suffix(".images.csv") if out else None)
+    count_records(args.dataset)  # a missing dataset fails before the (slow) model load
+    process_state()  # under `accelerate launch`: join the process group (and take this process's GPU) first
+    loaded = load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    result = score_dataset(loaded, args.dataset, config, cache=cache)
+    if result is None:  # a non-main process of a data-parallel run: the main one writes the result
+        return
+    if csv_path:
+        result.save_csv(csv_path)
+    if out:
+        result.save_json(out)
+    else:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    print(f"scored {len(result.images)} image(s), skipped {len(result.skipped)}", file=sys.stderr)
+    for line, rid, reason in result.skipped[:10]:
+        print(f"  skipped line {line} ({rid or 'no id'}): {reason}", file=sys.stderr)
+
+
 def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     dataset = subcommands.add_parser("dataset", help="build datasets in the dataset format (data.jsonl + images + masks)")
     kinds = dataset.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
@@ -91,12 +152,30 @@ def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     synth.add_argument("--n", type=int, default=100, help="number of scenes (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--size", type=int, default=96, help="image side in pixels (default: %(default)s)")
+    synth.add_argument("--order", choices=get_args(Order), default="drawing",
+                       help="list the objects as drawn (the demo model's captions) or in reading order, "
+                       "top to bottom then left to right (default: %(default)s)")
     synth.set_defaults(run=_run_synth)
+    coco = kinds.add_parser("from-coco", help="convert COCO annotations (instances + captions) to the dataset format",
+                            description="Convert COCO-format annotations to the dataset format. An image's key "
+                            "object is the largest non-crowd object of the categories named by its first caption "
+                            "that names one (synonyms and plurals count); images without one are skipped.")
+    coco.add_argument("--instances", required=True, metavar="F", help="COCO instances JSON (e.g. instances_val2017.json)")
+    coco.add_argument("--captions", required=True, metavar="F", help="COCO captions JSON (e.g. captions_val2017.json)")
+    coco.add_argument("--images", required=True, metavar="DIR", help="folder holding the images the instances file names")
+    coco.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    coco.add_argument("--limit", type=int, metavar="N", help="stop after N records (default: all)")
+    coco.set_defaults(run=_run_from_coco)
 
 
 def _run_synth(args: argparse.Namespace) -> None:
-    folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size)
+    folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size, order=args.order)
     print(f"wrote {args.n} scenes to {folder}", file=sys.stderr)
+
+
+def _run_from_coco(args: argparse.Namespace) -> None:
+    summary = convert_coco(args.instances, args.captions, args.images, args.out, limit=args.limit)
+    print(summary.line(), file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

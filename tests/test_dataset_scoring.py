@@ -1,0 +1,172 @@
+"""Dataset HI: batched == one image at a time, resume == uninterrupted, bad records skipped and
+counted, bootstrap intervals, the `score --dataset` CLI, and 2 processes under `accelerate launch`
+== 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hi_core.dataset_scoring as dataset_scoring
+from hi_core.analysis import AnalysisConfig, analyze_image
+from hi_core.cli import main
+from hi_core.dataset_scoring import DatasetConfig, bootstrap_interval, score_dataset
+from hi_core.datasets import read_dataset, write_synthetic
+from hi_core.errors import InputError
+from hi_core.loading import LoadConfig, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model(LoadConfig("demo", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data") / "set", n=7, seed=3, size=64)
+
+
+def _json(result) -> dict:
+    out = result.to_json()
+    out.pop("dataset")
+    return out
+
+
+def test_batched_equals_one_image_at_a_time(demo, dataset):
+    result = score_dataset(demo, dataset, DatasetConfig(batch_size=3))
+    records = list(read_dataset(dataset))
+    assert [image.id for image in result.images] == [r.id for r in records] and not result.skipped
+    for record, image in zip(records, result.images):
+        alone = analyze_image(demo, record.image, record.mask, record.text, AnalysisConfig(key_phrase=record.key_phrase))
+        np.testing.assert_allclose(image.hi, alone.hi, atol=1e-5)
+        np.testing.assert_allclose(image.mass, alone.mass, atol=1e-5)
+        assert image.chance == pytest.approx(alone.chance) and image.response_tokens == alone.response_tokens
+    stacked = np.stack([image.hi for image in result.images])
+    np.testing.assert_allclose(result.hi, stacked.mean(axis=0))
+    assert (result.hi_low <= result.hi + 1e-12).all() and (result.hi <= result.hi_high + 1e-12).all()
+    assert (result.hi_high - result.hi_low).max() > 0
+    heads = result.to_json()["heads"]
+    assert [h["hi"] for h in heads] == sorted((h["hi"] for h in heads), reverse=True)
+    assert len(heads) == demo.model.config.text_config.num_hidden_layers * demo.model.config.text_config.num_attention_heads
+    best_layer = result.to_json()["layers"][0]
+    assert best_layer["score"] == pytest.approx(result.hi.max(axis=1).max())
+
+
+def test_resume_after_an_interruption_equals_one_run(demo, dataset, tmp_path, monkeypatch):
+    config = DatasetConfig(batch_size=2)
+    whole = score_dataset(demo, dataset, config, cache=tmp_path / "whole")
+
+    def interrupt(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score_dataset(demo, dataset, config, cache=tmp_path / "cut", progress=interrupt)
+    part = tmp_path / "cut" / "part-0.jsonl"
+    assert len(part.read_text().splitlines()) == 4
+    with open(part, "a") as handle:  # a line cut short, as a kill mid-write leaves it
+        handle.write('{"id": "synth-3-00004", "hi": [[0.1')
+    scored = []
+    original = dataset_scoring.score_batch
+    monkeypatch.setattr(dataset_scoring, "score_batch", lambda loaded, records, cfg: scored.extend(r.id for r in records) or original(loaded, records, cfg))
+    resumed = score_dataset(demo, dataset, config, cache=tmp_path / "cut")
+    assert scored == [f"synth-3-{i:05d}" for i in range(4, 7)]  # only the missing images
+    assert _json(resumed) == _json(whole)
+    assert resumed.to_csv() == whole.to_csv()
+
+
+def test_cache_of_other_settings_is_refused(demo, dataset, tmp_path):
+    score_dataset(demo, dataset, DatasetConfig(limit=2), cache=tmp_path / "c")
+    with pytest.raises(InputError, match="other settings.*queries"):
+        score_dataset(demo, dataset, DatasetConfig(limit=2, analysis=AnalysisConfig(queries="reading")), cache=tmp_path / "c")
+
+
+def test_corrupt_records_are_skipped_and_counted(demo, dataset, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(dataset, folder)
+    lines = (folder / "data.jsonl").read_text().splitlines()
+    gone = json.loads(lines[1]) | {"id": "gone", "image": "images/nothing.png"}
+    small = json.loads(lines[2]) | {"id": "small", "mask": "small.png"}
+    Image.fromarray(np.full((5, 5), 255, dtype=np.uint8)).save(folder / "small.png")
+    (folder / "data.jsonl").write_text("\n".join([lines[0], json.dumps(gone), json.dumps(small), lines[3]]) + "\n")
+    result = score_dataset(demo, folder, DatasetConfig(batch_size=4))
+    assert [image.id for image in result.images] == [json.loads(lines[i])["id"] for i in (0, 3)]
+    reasons = {rid: reason for _, rid, reason in result.skipped}
+    assert set(reasons) == {"gone", "small"} and "does not exist" in reasons["gone"] and "5x5" in reasons["small"]
+    assert result.to_json()["images"] == 2 and len(result.to_json()["skipped"]) == 2
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    rng = np.random.default_rng(0)
+    values = rng.random((400, 2, 3))
+    values[:, 1, 2] = 0.25  # a head with the same HI everywhere: a zero-width interval
+    low, high = bootstrap_interval(values, 0.95, 2000, seed=1)
+    mean, half = values.mean(axis=0), 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(values))
+    varying = np.ones((2, 3), dtype=bool)
+    varying[1, 2] = False
+    np.testing.assert_allclose((high - low)[varying], 2 * half[varying], rtol=0.15)
+    np.testing.assert_allclose(((high + low) / 2)[varying], mean[varying], atol=0.3 * half.max())
+    assert low[1, 2] == high[1, 2] == 0.25
+    single_low, single_high = bootstrap_interval(values[:1], 0.95, 100, seed=1)
+    np.testing.assert_array_equal(single_low, values[0]) and np.testing.assert_array_equal(single_high, values[0])
+
+
+def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys):
+    out = tmp_path / "ranking.json"
+    assert main(["score", "--model", "demo", "--dataset", str(dataset), "--limit", "5", "--batch-size", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 5 and result["skipped"] == []
+    assert {"hi", "hi_low", "hi_high", "mass", "layer", "head"} == set(result["heads"][0])
+    rows = (tmp_path / "ranking.images.csv").read_text().splitlines()
+    assert rows[0] == "id,layer,head,hi,mass,object_patches,chance"
+    assert len(rows) == 1 + 5 * result["num_layers"] * result["num_heads"]
+    assert (tmp_path / "ranking.cache" / "config.json").is_file()
+    assert main(["score", "--model", "demo", "--dataset", str(dataset), "--limit", "5", "--out", str(tmp_path / "again.json"),
+                 "--cache", str(tmp_path / "ranking.cache")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text()) == result
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "nowhere"], "is not a dataset folder"),
+        (["--dataset", "DATA", "--text", "a cat"], "drop --text"),
+        (["--dataset", "DATA", "--batch-size", "0"], "batch size must be at least 1"),
+        ([], "score needs --image, --mask, --text or --generate"),
+    ],
+)
+def test_cli_score_dataset_bad_input(dataset, capsys, extra, message):
+    extra = [str(dataset) if arg == "DATA" else arg for arg in extra]
+    assert main(["score", "--model", "demo", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_two_processes_under_accelerate_equal_one(dataset, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): each scores a shard, the main one merges."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = ["score", "--model", "demo", "--dataset", str(dataset), "--batch-size", "2"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+    two = subprocess.run([*launch, "-m", "hi_core", *command, "--out", str(tmp_path / "two.json")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "two.cache").glob("part-*.jsonl")) == ["part-0.jsonl", "part-1.jsonl"]
+    parts = [len(p.read_text().splitlines()) for p in sorted((tmp_path / "two.cache").glob("part-*.jsonl"))]
+    assert parts == [4, 3]  # records 0, 2, 4, 6 and 1, 3, 5
+    assert main([*command, "--out", str(tmp_path / "one.json")]) == 0
+    one, two_result = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert [(h["layer"], h["head"]) for h in one["heads"]] == [(h["layer"], h["head"]) for h in two_result["heads"]]
+    for a, b in zip(one["heads"], two_result["heads"]):
+        assert a == pytest.approx(b, abs=1e-6)
+    assert one["layers"] == two_result["layers"] and one["images"] == two_result["images"] == 7
