@@ -5,14 +5,21 @@ objects may occlude earlier ones, and each object's mask is its *visible* pixels
 names every object with its size, colour, shape and position on a 3 x 3 layout, e.g.
 "a big red circle at the top left and a small blue star at the center". One object is the key
 object (its mask and its phrase, e.g. "big red circle"). Scenes are a pure function of the seed.
+
+Objects are listed in drawing order by default (random, as the demo model learned them), or in
+reading order (top to bottom, then left to right): a caption style the demo model never saw, which
+makes a small fine-tuning task for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
+
+from .errors import check_choice
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLOURS = {
@@ -28,6 +35,9 @@ COLOURS = {
 SIZES = {"small": 0.11, "big": 0.19}  # radius as a share of the image side
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
+
+#: In which order a description lists the objects: as drawn (random), or top-to-bottom, left-to-right.
+Order = Literal["drawing", "reading"]
 
 
 def position_phrase(row: int, column: int) -> str:
@@ -70,7 +80,14 @@ class Scene:
 
     @property
     def text(self) -> str:
-        return " and ".join(obj.description for obj in self.objects)
+        """The description in drawing order (the demo model's training captions)."""
+        return self.caption("drawing")
+
+    def caption(self, order: Order = "drawing") -> str:
+        """The description with the objects in drawing order or in reading order (row, then column)."""
+        check_choice("order", order, Order)
+        objects = self.objects if order == "drawing" else sorted(self.objects, key=lambda obj: (obj.row, obj.column))
+        return " and ".join(obj.description for obj in objects)
 
     @property
     def key_phrase(self) -> str:
