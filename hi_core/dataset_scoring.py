@@ -172,6 +172,10 @@ class DatasetAnalysis:
             temporary.write_text(self.to_csv(), encoding="utf-8")
 
 
+#: A record's result by id: its score, or its failure {"id", "skipped": reason, "line"?: n}.
+Entries = dict[str, "ImageScore | dict[str, Any]"]
+
+
 # --- the cache: config.json + one JSON-lines part file per process ---------------------------
 
 
@@ -206,22 +210,24 @@ def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> Non
         write_json(path, settings)
 
 
-def read_cache(cache: Path) -> dict[str, dict[str, Any]]:
-    """Every cached entry by id (scored images and skipped records), from all part files.
+def read_cache(cache: Path) -> Entries:
+    """Every cached record by id (scored images and failures), from all part files, streamed.
 
-    A line cut short by an interruption is ignored (its image is scored again); a scored entry
-    wins over a failure of the same record.
+    A line cut short by an interruption is ignored (its image is scored again); a score wins over
+    a failure of the same record.
     """
-    entries: dict[str, dict[str, Any]] = {}
+    entries: Entries = {}
     for part in sorted(cache.glob(PART_PATTERN)):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "skipped" in entry and "hi" in entries.get(entry["id"], {}):
-                continue  # a record that failed once and was scored later
-            entries[entry["id"]] = entry
+        with open(part, encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "skipped" not in entry:
+                    entries[entry["id"]] = ImageScore.from_json(entry)
+                elif not isinstance(entries.get(entry["id"]), ImageScore):  # a failure, unless scored later
+                    entries[entry["id"]] = entry
     return entries
 
 
@@ -297,7 +303,7 @@ def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, se
     if values.shape[0] < 2:
         return values.mean(axis=0), values.mean(axis=0)
     flat = values.reshape(values.shape[0], -1)
-    batch = max(1, 20_000_000 // flat.size)  # bounds the resampled array to ~160 MB
+    batch = max(1, 1_000_000 // flat.size)  # resamples per step: ~8 MB at a time (larger is slower, too)
     result = stats.bootstrap(
         (flat,), np.mean, axis=0, vectorized=True, n_resamples=resamples, confidence_level=confidence,
         method="percentile", batch=batch, rng=np.random.default_rng(seed),
@@ -336,13 +342,13 @@ def score_dataset(
     total = count_records(folder, config.limit)  # raises InputError on a folder without data.jsonl
     if processes > 1 and cache is None:
         raise InputError("a data-parallel run needs a cache folder (--cache, or --out) to merge its parts")
-    done: dict[str, dict[str, Any]] = {}
+    done: set[str] = set()
     writer = None
     if cache is not None:
         cache = Path(cache)
         open_cache(cache, _cache_settings(loaded, folder, config), process == 0)
         barrier()
-        done = {rid: entry for rid, entry in read_cache(cache).items() if "hi" in entry}  # failures are retried
+        done = {rid for rid, entry in read_cache(cache).items() if isinstance(entry, ImageScore)}  # failures are retried
         writer = _PartWriter(cache / f"part-{process}.jsonl")
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
@@ -351,17 +357,18 @@ def score_dataset(
     mine = len(range(process, total, processes))
     already = sum(1 for position, rid in enumerate(record_ids(folder, total)) if position % processes == process and rid in done)
     bar = tqdm(total=mine, initial=already, desc=f"scoring {folder.name}", unit="img", disable=None, position=process)
-    fresh: dict[str, dict[str, Any]] = {}
+    fresh: Entries = {}  # this run's results, kept only when there is no cache to read them back from
     count = already
     try:
-        records = read_dataset(folder, problems, config.limit, shard=(process, processes), skip_ids=done.keys())
+        records = read_dataset(folder, problems, config.limit, shard=(process, processes), skip_ids=done)
         for batch in _batches(records, config.batch_size):
             results, failed = score_batch(loaded, batch, config)
-            entries = [result.to_json() for result in results]
-            entries += [{"id": rid, "skipped": reason} for rid, reason in failed]
+            failures = [{"id": rid, "skipped": reason} for rid, reason in failed]
             if writer is not None:
-                writer.append(entries)
-            fresh.update((entry["id"], entry) for entry in entries)
+                writer.append([result.to_json() for result in results] + failures)
+            else:
+                fresh.update((result.id, result) for result in results)
+                fresh.update((failure["id"], failure) for failure in failures)
             bar.update(len(batch))
             count += len(batch)
             if progress is not None:
@@ -379,7 +386,7 @@ def score_dataset(
     return _summarize(loaded, folder, config, total, entries)
 
 
-def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: int, entries: dict[str, dict[str, Any]]) -> DatasetAnalysis:
+def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: int, entries: Entries) -> DatasetAnalysis:
     """Merge per-image entries (in dataset order) into the dataset result."""
     images: list[ImageScore] = []
     skipped: list[tuple[int, str | None, str]] = []
@@ -394,10 +401,10 @@ def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: 
             skipped.append((line, rid, problem["skipped"] if problem else "not scored"))
             continue
         seen.add(rid)
-        if "skipped" in entry:
-            skipped.append((entry.get("line", line), rid, entry["skipped"]))
+        if isinstance(entry, ImageScore):
+            images.append(entry)
         else:
-            images.append(ImageScore.from_json(entry))
+            skipped.append((entry.get("line", line), rid, entry["skipped"]))
     if not images:
         reasons = "; ".join(sorted({reason for _, _, reason in skipped})[:3])
         raise InputError(f"no record of {str(folder)!r} could be scored ({reasons})")
