@@ -2,7 +2,9 @@
 
 UI only: every number shown is computed by `hi_core`. `build_demo()` returns the Blocks (tests
 import it without serving); `python app.py [--host H] [--port P] [--share] [--model M]` serves it.
-On a ZeroGPU Space the analysis runs under `spaces.GPU`; without that package it runs as is.
+Two tabs: the single-image explorer, and "Dataset" (score a dataset's every head: mean HI with
+intervals, layer bars, the images where a chosen head scores best and worst). On a ZeroGPU Space
+the model runs under `spaces.GPU`; without that package it runs as is.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +24,39 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from hi_core.archives import check_record_paths, extract_dataset_zip
 from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
-from hi_core.datasets import read_dataset
+from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from hi_core.datasets import INDEX, Record, read_dataset
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig, ModelCache
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
-from hi_core.plots import figure_to_array, hi_cells, layer_bars, mask_overlay, overlay_grid
+from hi_core.plots import figure_to_array, hi_cells, layer_bars, map_overlay, mask_overlay, overlay_grid
 from hi_core.scoring import ScoringConfig
 
 try:  # Hugging Face ZeroGPU Spaces: the GPU is attached only inside functions decorated with spaces.GPU
     import spaces
 
     on_gpu = spaces.GPU
+    on_gpu_long = spaces.GPU(duration=300)  # a dataset: minutes, not seconds
 except ImportError:
 
     def on_gpu(function):
         return function
 
+    on_gpu_long = on_gpu
+
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+
+# The Dataset tab's sources, and the limits on what an upload may hold.
+DEMO_SET, UPLOADED_ZIP = "demo", "zip"
+ON_SPACE = bool(os.environ.get("SPACE_ID"))  # set on Hugging Face Spaces
+MAX_IMAGES_ON_SPACE = 200  # a Space's GPU slot and patience are short; locally there is no cap
+GALLERY_SIZE = 4  # images shown where the selected head scores best, and worst
+SHOWN_KEPT = 64  # gallery images (and their maps) a session keeps for the next head it selects
+UNPACKED = Path(tempfile.gettempdir()) / "hi-explorer-datasets"  # one folder per scoring run, below this
+UNPACKED_TTL_S = 6 * 3600  # a run's folder older than this is removed when a new run starts
 
 
 def heatmap_cell_px(layers: int, heads: int) -> int:
@@ -49,7 +68,8 @@ INTRO = """# HI Explorer
 Which attention heads of a multimodal LM look at the object a description names? Mark the key
 object, run the analysis, and every head of the language model is scored by **Head Impact** (IoU
 of its binarized attention map over the image with the object's mask).
-Click a cell of the heatmap (rows: layers, columns: heads) to see that head's map."""
+Click a cell of the heatmap (rows: layers, columns: heads) to see that head's map. The **Dataset** tab
+scores every head over a whole dataset (the demo set, or a .zip of your own)."""
 
 
 @dataclass
@@ -174,6 +194,154 @@ def _downloads(session: Session, views: tuple) -> list[str]:
     return [str(folder / name) for name in ("scores.json", "heads.csv", "head.png", "top_heads.png", "layer_scores.png")]
 
 
+# --- the Dataset tab ----------------------------------------------------------------------------
+
+
+def _new_run_folder() -> Path:
+    """A fresh folder for one scoring run (its unpacked upload, its downloads); stale ones go."""
+    UNPACKED.mkdir(parents=True, exist_ok=True)
+    for old in UNPACKED.glob("run-*"):
+        try:
+            if time.time() - old.stat().st_mtime > UNPACKED_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another session removed it first
+            pass
+    return Path(tempfile.mkdtemp(prefix="run-", dir=UNPACKED))
+
+
+class _AllBut:
+    """Every id except `wanted`: as read_dataset's `skip_ids`, it reads only the wanted records."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id not in self.wanted
+
+
+@dataclass
+class DatasetSession:
+    """One browser session's scored dataset (in `gr.State`); `run_folder` is removed with it."""
+
+    analysis: DatasetAnalysis
+    name: str  # what was scored: the demo set or the zip's file name
+    folder: Path  # the dataset folder (the demo set, or the unpacked upload in run_folder)
+    run_folder: Path  # this run's unpacked upload and downloads
+    load: LoadConfig  # the model that scored it (the gallery's overlays run it again)
+    selected: tuple[int, int]
+    shown: dict[str, tuple[Record, np.ndarray | None]] = field(default_factory=dict)  # id -> (record, maps)
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.run_folder, ignore_errors=True)
+
+
+def _forget(session: DatasetSession | None) -> None:
+    """gr.State's delete callback: a closed session's files go with it."""
+    if session is not None:
+        session.remove_files()
+
+
+def _dataset_views(session: DatasetSession, top_k: int) -> tuple:
+    """The summary, the ranking table (every head), the layer bars and the skipped records."""
+    analysis = session.analysis
+    layers = analysis.hi.shape[0]
+    best_layer, best_head = analysis.ranked_heads()[0]
+    chance = float(np.mean([image.chance for image in analysis.images]))
+    confidence = round(analysis.config.confidence * 100)
+    summary = (
+        f"**{len(analysis.images)} images scored** from {session.name}"
+        f"{f' ({len(analysis.skipped)} skipped)' if analysis.skipped else ''} · **model** `{analysis.model}` "
+        f"({analysis.family}, {analysis.queries} rows) · **mean chance IoU** {chance:.3f}  \n"
+        f"**Best head:** layer {best_layer}, head {best_head}: mean HI {analysis.hi[best_layer, best_head]:.3f} "
+        f"({confidence}% interval {analysis.hi_low[best_layer, best_head]:.3f}–{analysis.hi_high[best_layer, best_head]:.3f}), "
+        f"{analysis.hi[best_layer, best_head] / max(chance, 1e-9):.1f}× chance"
+    )
+    ranking = [
+        [l, h, *(round(float(values[l, h]), 4) for values in (analysis.hi, analysis.hi_low, analysis.hi_high, analysis.mass))]
+        for l, h in analysis.ranked_heads()
+    ]
+    bars = figure_to_array(layer_bars(analysis.layer_scores, top_k=min(top_k, layers)))
+    skipped = ""
+    if analysis.skipped:
+        lines = [f"- line {line} ({rid or 'no id'}): {reason}" for line, rid, reason in analysis.skipped[:20]]
+        more = [f"- ... and {len(analysis.skipped) - 20} more (all in the JSON)"] if len(analysis.skipped) > 20 else []
+        skipped = f"**{len(analysis.skipped)} record(s) skipped:**\n" + "\n".join(lines + more)
+    return summary, ranking, bars, skipped
+
+
+def _gallery(session: DatasetSession, order: np.ndarray, loaded_model, overlay: bool) -> list[tuple[np.ndarray, str]]:
+    """(image, caption) of the images at `order`: the selected head's map over each (when `overlay`;
+    the model runs again on the images not yet shown) and the key object's outline."""
+    layer, head = session.selected
+    images = [session.analysis.images[i] for i in order]
+    missing = {image.id for image in images} - session.shown.keys()
+    if missing:
+        if not (session.folder / INDEX).is_file():
+            raise InputError("this dataset's files were cleaned up after a long idle time; score it again")
+        for record in read_dataset(session.folder, limit=session.analysis.config.limit, skip_ids=_AllBut(missing)):
+            if record.id in missing:  # a duplicate id was scored once: its first record
+                session.shown[record.id] = (record, None)
+                missing.discard(record.id)
+        for stale in list(session.shown)[: max(0, len(session.shown) - SHOWN_KEPT)]:
+            if stale not in {image.id for image in images}:
+                del session.shown[stale]
+    items = []
+    for image in images:
+        record, maps = session.shown[image.id]
+        if overlay and maps is None:
+            config = session.analysis.config
+            # the response tokens score_dataset scored: the record's key phrase, or the set-wide one
+            phrase = record.key_phrase if config.use_key_phrases and record.key_phrase else config.analysis.key_phrase
+            analysis_config = AnalysisConfig(prompt=config.analysis.prompt, key_phrase=phrase, queries=config.analysis.queries,
+                                             scoring=config.analysis.scoring)
+            maps = analyze_image(loaded_model(), record.image, record.mask, record.text, analysis_config).maps
+            session.shown[image.id] = (record, maps)
+        head_map = maps[layer, head] if overlay else None
+        picture = map_overlay(np.asarray(record.image.convert("RGB")), head_map, record.mask, min_side=192)
+        items.append((picture, f"HI {image.hi[layer, head]:.2f} · {image.id}"))
+    return items
+
+
+def _head_views(session: DatasetSession, overlay: bool, cache: ModelCache) -> tuple:
+    """The heatmap with the selected head outlined, its line of numbers, and its best/worst images."""
+    analysis = session.analysis
+    layers, heads = analysis.hi.shape
+    layer, head = session.selected
+    per_image = analysis.image_hi[:, layer, head]  # (images,)
+    best = np.argsort(-per_image, kind="stable")[:GALLERY_SIZE]
+    worst = np.argsort(per_image, kind="stable")[:GALLERY_SIZE]
+    described = (
+        f"**Layer {layer}, head {head}:** mean HI {analysis.hi[layer, head]:.3f} "
+        f"(interval {analysis.hi_low[layer, head]:.3f}–{analysis.hi_high[layer, head]:.3f}), mass {analysis.mass[layer, head]:.3f}; "
+        f"HI {per_image.min():.2f}–{per_image.max():.2f} over the images"
+        + (" (the head's attention over each image, the key object outlined)" if overlay else " (the key object outlined)")
+    )
+    loaded_model = functools.partial(cache.get, session.load)
+    return (
+        hi_cells(analysis.hi, heatmap_cell_px(layers, heads), session.selected),
+        described,
+        layer,
+        head,
+        _gallery(session, best, loaded_model, overlay),
+        _gallery(session, worst, loaded_model, overlay),
+    )
+
+
+def _dataset_downloads(session: DatasetSession) -> list[str]:
+    analysis = session.analysis
+    analysis.save_json(session.run_folder / "dataset_scores.json")
+    analysis.save_csv(session.run_folder / "images.csv")
+    return [str(session.run_folder / "dataset_scores.json"), str(session.run_folder / "images.csv")]
+
+
+def _clicked_head(event: gr.SelectData, hi: np.ndarray) -> tuple[int, int]:
+    """The (layer, head) of the heatmap cell a click landed on (the image `hi_cells` drew)."""
+    x, y = event.index
+    layers, heads = hi.shape
+    cell = heatmap_cell_px(layers, heads)
+    return min(int(y) // cell, layers - 1), min(int(x) // cell, heads - 1)
+
+
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> gr.Blocks:
     """The explorer's UI; `cache` holds loaded models across sessions."""
     cache = cache or ModelCache()
@@ -233,10 +401,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
     def select_cell(session: Session | None, top_n, layer, top_k, event: gr.SelectData):
         if session is None:
             raise InputError("run an analysis first")
-        x, y = event.index
-        layers, heads = session.analysis.hi.shape
-        cell = heatmap_cell_px(layers, heads)
-        session.selected = (min(int(y) // cell, layers - 1), min(int(x) // cell, heads - 1))
+        session.selected = _clicked_head(event, session.analysis.hi)
         return (session, *_views(session, int(top_n), int(layer), int(top_k)))
 
     @_input_error
@@ -255,72 +420,179 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         views = _views(session, int(top_n), int(layer), int(top_k))
         return (session, *views, _downloads(session, views))
 
+    @on_gpu_long
+    @_input_error
+    def score_set(session: DatasetSession | None, model_name, device, source, archive, batch_size, limit, prompt, queries,
+                  binarize, quantile, layer_score, use_key_phrases, top_k, overlay, progress=gr.Progress()):
+        limit = int(limit or 0) or None
+        if ON_SPACE:
+            limit = min(limit or MAX_IMAGES_ON_SPACE, MAX_IMAGES_ON_SPACE)
+        config = DatasetConfig(
+            analysis=AnalysisConfig(prompt=prompt or "Describe the image.", queries=queries,
+                                    scoring=scoring(binarize, quantile, layer_score)),
+            use_key_phrases=bool(use_key_phrases), batch_size=int(batch_size), limit=limit,
+        )
+        if source == UPLOADED_ZIP and not archive:
+            raise InputError("upload a dataset .zip first, or choose the demo set")
+        run_folder = _new_run_folder()
+        try:
+            if source == UPLOADED_ZIP:
+                progress(0, desc="unpacking the zip")
+                folder = extract_dataset_zip(archive, run_folder / "dataset")
+                check_record_paths(folder)
+                name = f"`{Path(archive).name}`"
+            else:
+                folder, name = EXAMPLES_DIR, "the demo set"
+            progress(0, desc="loading model")
+            load_config = LoadConfig(model=model_name.strip(), device=device)
+            loaded = cache.get(load_config)
+            analysis = score_dataset(loaded, folder, config,
+                                     progress=lambda done, total: progress((done, total), desc="scoring", unit="images"))
+            fresh = DatasetSession(analysis, name, folder, run_folder, load_config, selected=analysis.ranked_heads()[0])
+            views = (*_dataset_views(fresh, int(top_k)), *_head_views(fresh, bool(overlay), cache))
+        except BaseException:
+            shutil.rmtree(run_folder, ignore_errors=True)
+            raise
+        _forget(session)  # the previous run's files, now that this one stands
+        return (fresh, *views, _dataset_downloads(fresh))
+
+    @on_gpu
+    @_input_error
+    def select_dataset_cell(session: DatasetSession | None, overlay, event: gr.SelectData):
+        if session is None:
+            raise InputError("score a dataset first")
+        session.selected = _clicked_head(event, session.analysis.hi)
+        return (session, *_head_views(session, bool(overlay), cache))
+
+    @on_gpu
+    @_input_error
+    def select_dataset_head(session: DatasetSession | None, selected_layer, selected_head, overlay):
+        if session is None:
+            raise InputError("score a dataset first")
+        layers, heads = session.analysis.hi.shape
+        session.selected = (int(np.clip(selected_layer, 0, layers - 1)), int(np.clip(selected_head, 0, heads - 1)))
+        return (session, *_head_views(session, bool(overlay), cache))
+
+    def redraw_bars(session: DatasetSession | None, top_k):
+        return gr.skip() if session is None else _dataset_views(session, int(top_k))[2]
+
     with gr.Blocks(title="HI Explorer") as demo:
         state = gr.State(None)
+        dataset_state = gr.State(None, delete_callback=_forget)
         gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=2, min_width=340):
-                with gr.Group():
-                    with gr.Row():
-                        model_name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3)
-                        device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90)
-                    load_button = gr.Button("Load model", size="sm")
-                    model_status = gr.Markdown("The embedded `demo` model is loaded on first use.", elem_id="model-status")
-                editor = gr.ImageEditor(
-                    label="Image: upload one or pick an example, then paint the key object",
-                    type="numpy",
-                    sources=["upload", "clipboard"],
-                    brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
-                    eraser=gr.Eraser(default_size=8),
-                    transforms=(),
-                    layers=False,
-                    height=420,
-                    elem_id="editor",
+        with gr.Tabs():
+            with gr.Tab("Explorer", id="explorer"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=340):
+                        with gr.Group():
+                            with gr.Row():
+                                model_name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3)
+                                device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90)
+                            load_button = gr.Button("Load model", size="sm")
+                            model_status = gr.Markdown("The embedded `demo` model is loaded on first use.", elem_id="model-status")
+                        editor = gr.ImageEditor(
+                            label="Image: upload one or pick an example, then paint the key object",
+                            type="numpy",
+                            sources=["upload", "clipboard"],
+                            brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
+                            eraser=gr.Eraser(default_size=8),
+                            transforms=(),
+                            layers=False,
+                            height=420,
+                            elem_id="editor",
+                        )
+                        if examples:
+                            gallery = gr.Gallery(
+                                [e["image"] for e in examples], label="Examples (click one)", columns=8, height=110,
+                                allow_preview=False, elem_id="examples",
+                            )
+                        with gr.Row():
+                            grabcut_button = gr.Button("Propose mask from my box/scribble (GrabCut)", size="sm")
+                            uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath", height=80)
+                        mask_view = gr.Image(label="Key-object mask", interactive=False, height=160, elem_id="mask-view")
+                        text = gr.Textbox(label="Description to score", lines=2, elem_id="description")
+                        with gr.Row():
+                            generate = gr.Checkbox(label="Generate the description with the model instead")
+                            key_phrase = gr.Textbox(label="Key phrase (optional)", elem_id="key-phrase")
+                        with gr.Accordion("Options", open=False):
+                            prompt = gr.Textbox("Describe the image.", label="Prompt")
+                            queries = gr.Radio(["producing", "reading"], value="producing", label="Query rows")
+                            binarize = gr.Radio(["area", "quantile", "otsu"], value="area", label="Binarization")
+                            quantile = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Quantile (for quantile binarization)")
+                            layer_score = gr.Radio(["max", "mean", "topn"], value="max", label="Layer score")
+                            top_k = gr.Slider(1, 16, value=4, step=1, label="Top-k layers to highlight (LoRA's k)")
+                            top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show")
+                        analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown("Results appear here.", elem_id="summary")
+                        with gr.Row():
+                            heatmap = gr.Image(label="HI per head (rows: layers, columns: heads); click a cell", interactive=False,
+                                               elem_id="heatmap", height=260, buttons=["download"])
+                            head_view = gr.Image(label="Selected head over the image, and the object patches", interactive=False,
+                                                 elem_id="head-view", height=260, buttons=["download"])
+                        with gr.Row():
+                            selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0)
+                            selected_head = gr.Number(label="Head", precision=0, value=0, minimum=0)
+                            show_head = gr.Button("Show head", size="sm")
+                        with gr.Tabs():
+                            with gr.Tab("Top heads"):
+                                top_view = gr.Image(interactive=False, show_label=False, elem_id="top-heads")
+                            with gr.Tab("One layer"):
+                                layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0)
+                                layer_view = gr.Image(interactive=False, show_label=False, elem_id="layer-view")
+                            with gr.Tab("Ranking"):
+                                ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, elem_id="ranking")
+                            with gr.Tab("Layers"):
+                                bars = gr.Image(interactive=False, show_label=False, elem_id="layer-bars")
+                        downloads = gr.File(label="Downloads: scores (JSON, CSV) and figures (PNG)", file_count="multiple", elem_id="downloads")
+            with gr.Tab("Dataset", id="dataset"):
+                gr.Markdown(
+                    "Score every head over a dataset: mean HI with its interval over the images, the layer scores, and "
+                    "the images where a chosen head scores best and worst. The model is the one chosen in the Explorer tab. "
+                    "A dataset .zip holds `data.jsonl` (one `{\"id\", \"image\", \"mask\", \"text\", \"key_phrase\"}` "
+                    "per line, paths relative to it) with its images and mask PNGs, at its root or in one top folder."
                 )
-                if examples:
-                    gallery = gr.Gallery(
-                        [e["image"] for e in examples], label="Examples (click one)", columns=8, height=110,
-                        allow_preview=False, elem_id="examples",
-                    )
                 with gr.Row():
-                    grabcut_button = gr.Button("Propose mask from my box/scribble (GrabCut)", size="sm")
-                    uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath", height=80)
-                mask_view = gr.Image(label="Key-object mask", interactive=False, height=160, elem_id="mask-view")
-                text = gr.Textbox(label="Description to score", lines=2, elem_id="description")
-                with gr.Row():
-                    generate = gr.Checkbox(label="Generate the description with the model instead")
-                    key_phrase = gr.Textbox(label="Key phrase (optional)", elem_id="key-phrase")
-                with gr.Accordion("Options", open=False):
-                    prompt = gr.Textbox("Describe the image.", label="Prompt")
-                    queries = gr.Radio(["producing", "reading"], value="producing", label="Query rows")
-                    binarize = gr.Radio(["area", "quantile", "otsu"], value="area", label="Binarization")
-                    quantile = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Quantile (for quantile binarization)")
-                    layer_score = gr.Radio(["max", "mean", "topn"], value="max", label="Layer score")
-                    top_k = gr.Slider(1, 16, value=4, step=1, label="Top-k layers to highlight (LoRA's k)")
-                    top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show")
-                analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-            with gr.Column(scale=3):
-                summary = gr.Markdown("Results appear here.", elem_id="summary")
-                with gr.Row():
-                    heatmap = gr.Image(label="HI per head (rows: layers, columns: heads); click a cell", interactive=False,
-                                       elem_id="heatmap", height=260, buttons=["download"])
-                    head_view = gr.Image(label="Selected head over the image, and the object patches", interactive=False,
-                                         elem_id="head-view", height=260, buttons=["download"])
-                with gr.Row():
-                    selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0)
-                    selected_head = gr.Number(label="Head", precision=0, value=0, minimum=0)
-                    show_head = gr.Button("Show head", size="sm")
-                with gr.Tabs():
-                    with gr.Tab("Top heads"):
-                        top_view = gr.Image(interactive=False, show_label=False, elem_id="top-heads")
-                    with gr.Tab("One layer"):
-                        layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0)
-                        layer_view = gr.Image(interactive=False, show_label=False, elem_id="layer-view")
-                    with gr.Tab("Ranking"):
-                        ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, elem_id="ranking")
-                    with gr.Tab("Layers"):
-                        bars = gr.Image(interactive=False, show_label=False, elem_id="layer-bars")
-                downloads = gr.File(label="Downloads: scores (JSON, CSV) and figures (PNG)", file_count="multiple", elem_id="downloads")
+                    with gr.Column(scale=2, min_width=300):
+                        source = gr.Radio([(f"demo set ({len(examples)} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
+                                          value=DEMO_SET, label="Dataset", elem_id="ds-source")
+                        archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", elem_id="ds-zip")
+                        with gr.Accordion("Options", open=False):
+                            ds_batch_size = gr.Slider(1, 32, value=8, step=1, label="Batch size (images per forward pass)")
+                            ds_limit = gr.Number(
+                                MAX_IMAGES_ON_SPACE if ON_SPACE else 0, precision=0, minimum=0,
+                                label=f"Max images (0: all{f'; at most {MAX_IMAGES_ON_SPACE} here' if ON_SPACE else ''})",
+                            )
+                            ds_prompt = gr.Textbox("Describe the image.", label="Prompt")
+                            ds_key_phrases = gr.Checkbox(True, label="Score each record's key-phrase tokens (else every token)")
+                            ds_queries = gr.Radio(["producing", "reading"], value="producing", label="Query rows")
+                            ds_binarize = gr.Radio(["area", "quantile", "otsu"], value="area", label="Binarization")
+                            ds_quantile = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Quantile (for quantile binarization)")
+                            ds_layer_score = gr.Radio(["max", "mean", "topn"], value="max", label="Layer score")
+                            ds_top_k = gr.Slider(1, 16, value=4, step=1, label="Top-k layers to highlight (LoRA's k)")
+                        ds_overlay = gr.Checkbox(True, label="Show the head's attention on the gallery images (runs the model on them)")
+                        score_button = gr.Button("Score dataset", variant="primary", elem_id="ds-score")
+                    with gr.Column(scale=3):
+                        ds_summary = gr.Markdown("Scores appear here.", elem_id="ds-summary")
+                        ds_skipped = gr.Markdown(elem_id="ds-skipped")
+                        with gr.Row():
+                            ds_heatmap = gr.Image(label="Mean HI (rows: layers, columns: heads): click a cell",
+                                                  interactive=False, elem_id="ds-heatmap", height=260, buttons=["download"])
+                            ds_bars = gr.Image(label="Layer scores", show_label=False, interactive=False, elem_id="ds-layer-bars",
+                                               height=260, buttons=["download"])
+                        with gr.Row():
+                            ds_layer = gr.Number(label="Selected layer", precision=0, value=0, minimum=0)
+                            ds_head = gr.Number(label="Selected head", precision=0, value=0, minimum=0)
+                            ds_show_head = gr.Button("Show head", size="sm")
+                        ds_head_summary = gr.Markdown(elem_id="ds-head")
+                        ds_best = gr.Gallery(label=f"Best {GALLERY_SIZE} images for the head (highest HI first)",
+                                             columns=GALLERY_SIZE, rows=1, height=240, elem_id="ds-best")
+                        ds_worst = gr.Gallery(label=f"Worst {GALLERY_SIZE} images for the head (lowest HI first)",
+                                              columns=GALLERY_SIZE, rows=1, height=240, elem_id="ds-worst")
+                        ds_ranking = gr.Dataframe(headers=["layer", "head", "mean HI", "HI low", "HI high", "mass"],
+                                                  interactive=False, elem_id="ds-ranking", max_height=400)
+                        ds_downloads = gr.File(label="Downloads: dataset scores (JSON), per-image HI (CSV)",
+                                               file_count="multiple", elem_id="ds-downloads")
 
         views = [summary, heatmap, head_view, top_view, layer_view, ranking, bars, selected_layer, selected_head]
         load_button.click(load, [model_name, device], model_status, api_name="load_model")
@@ -345,6 +617,26 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         layer.submit(select_head, [state, selected_layer, selected_head, top_n, layer, top_k], [state, *views], api_name=False)
         for option in (binarize, quantile, layer_score, top_k):
             option.change(rescore, [state, binarize, quantile, layer_score, top_n, layer, top_k], [state, *views, downloads], api_name=False)
+
+        dataset_views = [ds_summary, ds_ranking, ds_bars, ds_skipped, ds_heatmap, ds_head_summary, ds_layer, ds_head, ds_best, ds_worst]
+        head_views = dataset_views[4:]
+        archive.upload(lambda: UPLOADED_ZIP, None, source, api_name=False)
+        archive.clear(lambda: DEMO_SET, None, source, api_name=False)
+        score_button.click(
+            score_set,
+            [dataset_state, model_name, device, source, archive, ds_batch_size, ds_limit, ds_prompt, ds_queries,
+             ds_binarize, ds_quantile, ds_layer_score, ds_key_phrases, ds_top_k, ds_overlay],
+            [dataset_state, *dataset_views, ds_downloads],
+            api_name="score_dataset",
+            concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
+        )
+        ds_heatmap.select(select_dataset_cell, [dataset_state, ds_overlay], [dataset_state, *head_views], api_name=False)
+        ds_show_head.click(select_dataset_head, [dataset_state, ds_layer, ds_head, ds_overlay], [dataset_state, *head_views],
+                           api_name="select_dataset_head")
+        for box in (ds_layer, ds_head):
+            box.submit(select_dataset_head, [dataset_state, ds_layer, ds_head, ds_overlay], [dataset_state, *head_views], api_name=False)
+        ds_overlay.change(select_dataset_head, [dataset_state, ds_layer, ds_head, ds_overlay], [dataset_state, *head_views], api_name=False)
+        ds_top_k.change(redraw_bars, [dataset_state, ds_top_k], ds_bars, api_name=False)
     demo.queue(default_concurrency_limit=2)
     return demo
 

@@ -62,6 +62,9 @@ def _parse(folder: Path, line: str) -> Record:
     missing = [key for key in ("id", "image", "mask", "text") if not entry.get(key)]
     if missing:
         raise InputError(f"missing field(s) {', '.join(missing)}")
+    wrong = [key for key in ("image", "mask", "text") if not isinstance(entry[key], str)]
+    if wrong:
+        raise InputError(f"field(s) {', '.join(wrong)} must be strings")
     image = load_image(folder / entry["image"])
     mask = check_mask(load_mask(folder / entry["mask"]), image)
     text = str(entry["text"])

@@ -31,6 +31,8 @@ def _read_image_file(path: str | Path, kind: str) -> Image.Image:
             return image
     except (UnidentifiedImageError, OSError) as error:
         raise InputError(f"{prefix}{str(path)!r} is not an image file PIL can read ({error})") from None
+    except Image.DecompressionBombError as error:  # not an OSError: PIL's guard against huge images
+        raise InputError(f"{prefix}{str(path)!r} is too large to decode ({error})") from None
 
 
 def load_image(path: str | Path) -> Image.Image:

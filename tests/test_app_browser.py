@@ -1,5 +1,6 @@
 """The app in a real browser, driven the way a person would: pick an example, paint the key object
-on the editor's canvas, analyze, click a heatmap cell, trip over an empty mask and recover.
+on the editor's canvas, analyze, click a heatmap cell, trip over an empty mask and recover; in the
+Dataset tab, score the demo set and click a head to see where it scores best and worst.
 
 Chromium is Debian's /usr/bin/chromium (never `playwright install`). Screenshots of the main views
 go to $HI_SCREENSHOTS (default artifacts/screenshots/), which CI keeps as artifacts.
@@ -23,7 +24,8 @@ from scipy import ndimage
 from transformers import AutoConfig
 
 import app
-from hi_core.loading import DEMO_MODEL_DIR
+from hi_core.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.plots import mask_overlay
 
 # The model the page analyzes: "demo" (the embedded model in assets/demo-model/), or None for the
@@ -202,6 +204,19 @@ def _selected_head(page: Page) -> tuple[int, int]:
     return int(page.get_by_label("Layer", exact=True).input_value()), int(page.get_by_label("Head", exact=True).input_value())
 
 
+def _click_heatmap_cell(page: Page, elem_id: str, cell_of: tuple[int, int], shape: tuple[int, int]) -> None:
+    """Click the cell of head `cell_of` = (layer, head) on a heatmap of `shape` = (layers, heads)."""
+    heatmap = page.locator(f"#{elem_id} img")
+    heatmap.scroll_into_view_if_needed()
+    # Where gradio draws the image inside its box: scaled down to fit, never up, and centred.
+    width, height = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")
+    box = heatmap.bounding_box()
+    scale = min(box["width"] / width, box["height"] / height, 1.0)
+    left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
+    (layer, head), cell = cell_of, app.heatmap_cell_px(*shape)
+    page.mouse.click(left + (head + 0.5) * cell * scale, top + (layer + 0.5) * cell * scale)
+
+
 def test_picking_an_example_fills_the_editor_and_the_description(page):
     _pick_example(page, 0)
     image, _ = _example_pixels(0)
@@ -229,7 +244,7 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
     assert (painted & near_object).sum() > 0.9 * painted.sum(), "the strokes landed off the object"
 
     heatmap = page.locator("#heatmap img")
-    natural = heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
     cell = app.heatmap_cell_px(layers, heads)
     assert natural == [heads * cell, layers * cell]
 
@@ -252,15 +267,8 @@ def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
     target = (layers - 1, heads - 1) if best != (layers - 1, heads - 1) else (0, 0)
     head_view_before = _image_src(page, "head-view")
 
-    heatmap = page.locator("#heatmap img")
-    heatmap.scroll_into_view_if_needed()
-    # Where gradio draws the image inside its box: scaled down to fit, never up, and centred.
-    box, (width, height) = heatmap.bounding_box(), heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
-    scale = min(box["width"] / width, box["height"] / height, 1.0)
-    left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
     layer, head = target
-    cell = app.heatmap_cell_px(layers, heads)
-    page.mouse.click(left + (head + 0.5) * cell * scale, top + (layer + 0.5) * cell * scale)
+    _click_heatmap_cell(page, "heatmap", target, (layers, heads))
 
     expect(page.get_by_label("Layer", exact=True)).to_have_value(str(layer))
     expect(page.get_by_label("Head", exact=True)).to_have_value(str(head))
@@ -287,3 +295,56 @@ def test_an_empty_mask_shows_an_error_and_a_painted_one_then_works(page):
     _paint_object(page, 1)
     _analyze(page, EXAMPLES[1]["text"])
     expect(page.get_by_test_id("toast-body")).to_have_count(0)
+
+
+@pytest.fixture(scope="module")
+def dataset_scores(model_folder):
+    """The demo set scored by the library itself: what the Dataset tab must show."""
+    loaded = load_model(LoadConfig(model=str(model_folder), device="cpu"))
+    return score_dataset(loaded, app.EXAMPLES_DIR, DatasetConfig())
+
+
+def _expected_captions(scores, head: tuple[int, int], best: bool) -> list[str]:
+    per_image = [(image.id, float(image.hi[head])) for image in scores.images]
+    ordered = sorted(per_image, key=lambda item: -item[1] if best else item[1])[: app.GALLERY_SIZE]
+    return [f"HI {hi:.2f} · {rid}" for rid, hi in ordered]
+
+
+def test_the_dataset_tab_scores_the_demo_set_and_a_clicked_head_shows_its_best_and_worst_images(page, model_shape, dataset_scores):
+    layers, heads, _ = model_shape
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text(f"demo set ({len(EXAMPLES)} scenes)")).to_be_visible()
+    page.locator("#ds-score").click()
+    expect(page.locator("#ds-summary")).to_contain_text(f"{len(EXAMPLES)} images scored from the demo set")
+    best = dataset_scores.ranked_heads()[0]
+    expect(page.locator("#ds-summary")).to_contain_text(
+        f"layer {best[0]}, head {best[1]}: mean HI {dataset_scores.hi[best]:.3f} "
+        f"(95% interval {dataset_scores.hi_low[best]:.3f}–{dataset_scores.hi_high[best]:.3f})"
+    )
+    expect(page.locator("#ds-ranking [role=grid]")).to_have_attribute("aria-rowcount", str(layers * heads + 1))
+    # the first row: the best head, its mean HI and its interval (the table shows them rounded to 4 places)
+    first_row = [str(best[0]), str(best[1]), *(f"{round(float(values[best]), 4):g}" for values in
+                                              (dataset_scores.hi, dataset_scores.hi_low, dataset_scores.hi_high))]
+    for column, shown in enumerate(first_row):
+        expect(page.locator(f"#ds-ranking [data-testid='cell-0-{column}']")).to_have_text(shown)
+    heatmap = page.locator("#ds-heatmap img")
+    expect(heatmap).to_have_attribute("src", re.compile(r"\S"))
+    cell = app.heatmap_cell_px(layers, heads)
+    natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
+    assert natural == [heads * cell, layers * cell]
+    expect(page.locator("#ds-best .caption-label")).to_have_text(_expected_captions(dataset_scores, best, best=True))
+    expect(page.locator("#ds-worst .caption-label")).to_have_text(_expected_captions(dataset_scores, best, best=False))
+    _screenshot(page, "04-dataset.png")
+
+    # the head whose best images differ most from the best head's
+    target = max(((l, h) for l in range(layers) for h in range(heads) if (l, h) != best),
+                 key=lambda head: len(set(_expected_captions(dataset_scores, head, True)) - set(_expected_captions(dataset_scores, best, True))))
+    _click_heatmap_cell(page, "ds-heatmap", target, (layers, heads))
+    expect(page.get_by_label("Selected layer", exact=True)).to_have_value(str(target[0]))
+    expect(page.get_by_label("Selected head", exact=True)).to_have_value(str(target[1]))
+    # every caption, in order (to_have_text with a list waits until the whole gallery shows them)
+    expect(page.locator("#ds-best .caption-label")).to_have_text(_expected_captions(dataset_scores, target, best=True))
+    expect(page.locator("#ds-worst .caption-label")).to_have_text(_expected_captions(dataset_scores, target, best=False))
+    expect(page.locator("#ds-head")).to_contain_text(f"Layer {target[0]}, head {target[1]}: mean HI {dataset_scores.hi[target]:.3f}")
+    page.locator("#ds-best").scroll_into_view_if_needed()
+    _screenshot(page, "05-dataset-head-selected.png")

@@ -64,3 +64,19 @@ def test_cli_dataset_synth(tmp_path):
     assert main(["dataset", "synth", "--out", str(tmp_path / "s"), "--n", "3", "--seed", "4"]) == 0
     assert len(list(read_dataset(tmp_path / "s"))) == 3
     assert main(["dataset", "synth", "--out", str(tmp_path / "z"), "--n", "0"]) == 2
+
+
+def test_non_string_paths_and_huge_images_are_bad_records(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    folder = write_synthetic(tmp_path / "d", n=2, seed=0)
+    lines = (folder / "data.jsonl").read_text().splitlines()
+    numeric = json.loads(lines[0]) | {"id": "numeric", "image": 7}
+    (folder / "data.jsonl").write_text("\n".join([json.dumps(numeric), lines[1]]) + "\n")
+    problems = Problems()
+    assert [r.id for r in read_dataset(folder, problems)] == [json.loads(lines[1])["id"]]
+    assert "image must be strings" in problems.skipped[0][2]
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # every 96x96 scene is now a "bomb"
+    problems = Problems()
+    assert list(read_dataset(folder, problems)) == []
+    assert "too large to decode" in problems.skipped[-1][2]
