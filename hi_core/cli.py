@@ -8,21 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
+import torch
 from transformers.utils import logging as transformers_logging
 
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
 from .coco import convert_coco
+from .compare import CompareConfig, run_compare
 from .dataset_scoring import DatasetConfig, process_state, score_dataset
 from .datasets import count_records, write_synthetic
 from .errors import InputError
+from .finetune import DataConfig, FinetuneConfig, Schedule
 from .inputs import Queries
-from .loading import Device, DType, LoadConfig, load_model
+from .layer_selection import LayerChoice, Ranking, needs_ranking, read_ranking
+from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
 from .masks import check_mask, load_image, load_mask
+from .runs import RUN_FILE, dataset_ranking, run_finetune
 from .scoring import Binarization, LayerScore, ScoringConfig
 from .synth import Order
 
@@ -178,12 +184,137 @@ def _run_from_coco(args: argparse.Namespace) -> None:
     print(summary.line(), file=sys.stderr)
 
 
+def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `finetune` and `compare` (defaults: DESIGN 1.9 and FinetuneConfig)."""
+    defaults = FinetuneConfig()
+    parser.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
+    parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder (data.jsonl + images + masks)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("-k", type=int, default=defaults.k, help="how many layers top/bottom/random adapt (default: %(default)s)")
+    parser.add_argument("--ranking", metavar="SCORE.json",
+                        help="the layer ranking: a JSON written by `score` (default: score the dataset now)")
+    parser.add_argument("--ranking-limit", type=int, metavar="N", help="score only the first N records for the ranking")
+    parser.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="LoRA alpha (default: %(default)s)")
+    parser.add_argument("--dropout", type=float, default=defaults.dropout, help="LoRA dropout (default: %(default)s)")
+    parser.add_argument("--targets", help="comma-separated linear modules of the attention to adapt "
+                        "(default: all of them, e.g. q_proj,k_proj,v_proj,o_proj)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="records per step and process (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up share of the steps (default: %(default)s)")
+    parser.add_argument("--schedule", choices=get_args(Schedule), default=defaults.schedule, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed (compare: the first seed) (default: %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt (default: %(default)r)")
+    parser.add_argument("--eval-fraction", type=float, default=defaults.data.eval_fraction,
+                        help="share of records held out for the caption metrics, by a hash of the id (default: %(default)s)")
+    parser.add_argument("--eval-dataset", metavar="DIR", help="a separate held-out dataset (its ids are left out of training)")
+    parser.add_argument("--eval-limit", type=int, metavar="N", help="caption at most N held-out records")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.data.max_new_tokens, help="caption length limit (default: %(default)s)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
+    parser.add_argument("--device", choices=get_args(Device), default="auto", help="default: %(default)s")
+    parser.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model's own Python code from the Hub (off by default)")
+
+
+def _add_finetune(subcommands: argparse._SubParsersAction) -> None:
+    finetune = subcommands.add_parser(
+        "finetune", help="LoRA on the top-HI (or other) language-model layers",
+        description="Train LoRA on the attention projections of the chosen language-model layers (--layers top: "
+        "the k best by layer score), caption the held-out records, and write a peft adapter and run.json to --out.",
+    )
+    _add_tuning_options(finetune)
+    finetune.add_argument("--layers", required=True, metavar="top|bottom|random|all|L1,L2,..",
+                          help="which layers: by the ranking (top/bottom k), k random ones (seeded), all, or a list")
+    finetune.set_defaults(run=_run_finetune)
+
+
+def _add_compare(subcommands: argparse._SubParsersAction) -> None:
+    compare = subcommands.add_parser(
+        "compare", help="top-k HI layers against random-k, bottom-k, all layers and no tuning",
+        description="Fine-tune with each layer strategy and several seeds on the same budget, and write "
+        "report.md, results.json and figures to --out (each run in OUT/runs/; a rerun reuses finished runs).",
+    )
+    _add_tuning_options(compare)
+    compare.add_argument("--seeds", type=int, default=CompareConfig().seeds, help="runs per strategy (default: %(default)s)")
+    compare.add_argument("--strategies", default=",".join(CompareConfig().strategies),
+                         help="comma-separated subset of the strategies (default: %(default)s)")
+    compare.set_defaults(run=_run_compare)
+
+
+def _finetune_config(args: argparse.Namespace, layers: str) -> FinetuneConfig:
+    data = DataConfig(prompt=args.prompt, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
+                      max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
+    targets = tuple(name.strip() for name in args.targets.split(",")) if args.targets else ()
+    return FinetuneConfig(layers=layers, k=args.k, rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets,
+                          lr=args.lr, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
+                          schedule=args.schedule, seed=args.seed, data=data)
+
+
+def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedModel]:
+    """Check the dataset and the ranking file (before the slow model load), then load the model."""
+    for folder in filter(None, (args.dataset, args.eval_dataset)):
+        if count_records(folder) == 0:
+            raise InputError(f"dataset {folder!r} is empty: its data.jsonl has no records")
+    ranking = read_ranking(args.ranking) if args.ranking else None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: bind this process to its GPU first
+        from accelerate import PartialState
+
+        PartialState(cpu=resolve_device(args.device).type == "cpu")
+    return ranking, load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+
+
+def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking | None, layers: LayerChoice) -> Ranking | None:
+    if ranking is None and needs_ranking(layers):
+        print(f"no --ranking: scoring {args.dataset} for the layer ranking", file=sys.stderr)
+        return dataset_ranking(loaded, args.dataset, args.ranking_limit)
+    return ranking
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    config = _finetune_config(args, args.layers)
+    ranking, loaded = _tuning_inputs(args)
+    ranking = _ranking_for(args, loaded, ranking, config.layers)
+    finished = (Path(args.out) / RUN_FILE).is_file()
+    record = run_finetune(loaded, args.dataset, args.out, config, ranking, args.eval_dataset)
+    if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: the main one reports
+        return
+    if finished:
+        print(f"{args.out} already holds this finished run: not trained again", file=sys.stderr)
+    metrics = ", ".join(f"{name} {value:.3f}" for name, value in record.metrics.items())
+    print(f"layers {record.layers}: {record.trainable_parameters:,} trainable parameters "
+          f"({record.trainable_share:.4%}); held-out {metrics or 'not evaluated'}; wrote {args.out}", file=sys.stderr)
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    strategies = tuple(name.strip() for name in args.strategies.split(","))
+    config = CompareConfig(finetune=_finetune_config(args, "top"), seeds=args.seeds, strategies=strategies)  # type: ignore[arg-type]
+    ranking, loaded = _tuning_inputs(args)
+
+    def announce(index: int, total: int, name: str, reused: bool) -> None:
+        print(f"run {index}/{total} {name}: " + ("finished earlier, reused" if reused else "running"), file=sys.stderr)
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, the main process reports
+    comparison = run_compare(loaded, args.dataset, args.out, config, ranking, args.eval_dataset, args.ranking_limit,
+                             announce if main_process else None)
+    if main_process:
+        print(f"{len(comparison.reused)} run(s) reused; wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hi_core", description="HI Explorer: Head Impact of the attention heads of multimodal LMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_score(subcommands)
     _add_dataset(subcommands)
+    _add_finetune(subcommands)
+    _add_compare(subcommands)
     return parser
 
 

@@ -1,0 +1,310 @@
+"""The paper's comparison (DESIGN 1.9): LoRA on the top-k HI layers against the same budget on
+random or bottom-k layers, on all layers, and no tuning, over several seeds.
+
+`run_compare` runs, in `OUT/runs/`, `pretrained` once and each other strategy once per seed
+(seed s sets the LoRA initialization, the data order and, for `random`, the layers); each run is a
+run folder of `runs.py`, so a rerun reuses the finished ones (and says so through `on_run`) and an
+interruption loses only the run in progress. Then it summarizes the held-out metrics per strategy
+(mean over seeds, 95% t-interval), the differences top - random and top - bottom (95% Welch
+interval), and writes `results.json`, `report.md` and the figures `metrics.png`, `loss.png`,
+`layers.png`. The ranking, when computed from the dataset, is kept in `ranking.json` for reruns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+from scipy import stats
+
+from .errors import InputError
+from .finetune import FinetuneConfig, TrainCallbacks, split_dataset
+from .layer_selection import Ranking, select_layers
+from .loading import LoadedModel
+from .outputs import atomic_path, write_json
+from .runs import RUN_FILE, RunRecord, dataset_ranking, run_finetune, run_pretrained
+
+logger = logging.getLogger(__name__)
+
+CompareStrategy = Literal["pretrained", "top", "random", "bottom", "all"]
+METRICS = {"bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr", "meteor": "METEOR", "exact": "exact match"}
+RANKING_FILE = "ranking.json"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The runs of a comparison: `finetune` for every tuned run (its `layers` is replaced by each
+    strategy, its `seed` is the first seed), `seeds` runs per tuned strategy."""
+
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seeds: int = 3
+    strategies: tuple[CompareStrategy, ...] = get_args(CompareStrategy)
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise InputError(f"seeds must be at least 1, got {self.seeds}")
+        unknown = [name for name in self.strategies if name not in get_args(CompareStrategy)]
+        if unknown or not self.strategies:
+            raise InputError(f"strategies must be among {', '.join(get_args(CompareStrategy))}, got {list(self.strategies)}")
+
+    def run_names(self) -> list[tuple[str, str, int]]:
+        """(folder name, strategy, seed) of every run, in the order they run."""
+        names = []
+        for strategy in self.strategies:
+            if strategy == "pretrained":
+                names.append(("pretrained", strategy, self.finetune.seed))
+            else:
+                names += [(f"{strategy}-seed{seed}", strategy, seed) for seed in range(self.finetune.seed, self.finetune.seed + self.seeds)]
+        return names
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of runs with a t-interval (low/high None for a single run)."""
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean())
+    if array.size < 2:
+        return {"mean": mean, "low": None, "high": None, "values": array.tolist()}
+    half = float(stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "values": array.tolist()}
+
+
+def difference_interval(a: list[float], b: list[float], confidence: float = 0.95) -> dict[str, Any] | None:
+    """mean(a) - mean(b) with a Welch t-interval; None when either side has fewer than 2 runs."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size < 2 or y.size < 2:
+        return None
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    difference = float(x.mean() - y.mean())
+    if vx + vy == 0:
+        return {"difference": difference, "low": difference, "high": difference}
+    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * np.sqrt(vx + vy))
+    return {"difference": difference, "low": difference - half, "high": difference + half}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every run of a comparison by strategy (in seed order), and which were reused."""
+
+    config: CompareConfig
+    model: str
+    dataset: str
+    ranking: Ranking | None
+    runs: dict[str, list[RunRecord]]
+    reused: list[str]
+
+    def metric_names(self) -> list[str]:
+        present = {name for records in self.runs.values() for record in records for name in record.metrics}
+        return [name for name in METRICS if name in present]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per strategy: metrics (mean/low/high/values), parameters, layers per seed, final loss."""
+        result = {}
+        for strategy, records in self.runs.items():
+            result[strategy] = {
+                "runs": len(records),
+                "layers": [record.layers for record in records],
+                "trainable_parameters": records[0].trainable_parameters,
+                "trainable_share": records[0].trainable_share,
+                "metrics": {name: mean_interval([r.metrics[name] for r in records]) for name in self.metric_names()
+                            if all(name in r.metrics for r in records)},
+                "final_loss": mean_interval([float(np.mean(r.losses[-10:])) for r in records]) if records[0].losses else None,
+                "seconds_per_step": float(np.mean([r.timings["seconds_per_step"] for r in records])),
+            }
+        return result
+
+    def differences(self) -> dict[str, dict[str, Any]]:
+        """top - random and top - bottom for each metric (Welch 95% interval over seeds)."""
+        result: dict[str, dict[str, Any]] = {}
+        for other in ("random", "bottom"):
+            if "top" not in self.runs or other not in self.runs:
+                continue
+            result[f"top - {other}"] = {
+                name: difference_interval([r.metrics[name] for r in self.runs["top"]], [r.metrics[name] for r in self.runs[other]])
+                for name in self.metric_names()
+                if all(name in r.metrics for r in self.runs["top"] + self.runs[other])
+            }
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        any_run = next(iter(self.runs.values()))[0]
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "config": asdict(self.config),
+            "ranking": self.ranking.to_json() if self.ranking is not None else None,
+            "num_layers": any_run.num_layers,
+            "split": any_run.split,
+            "strategies": self.summary(),
+            "differences": self.differences(),
+            "metric_notes": sorted({note for records in self.runs.values() for r in records for note in r.metric_notes}),
+            "runs": {strategy: [f"runs/{_folder(r)}" for r in records] for strategy, records in self.runs.items()},
+            "reused": self.reused,
+        }
+
+
+def _folder(record: RunRecord) -> str:
+    return "pretrained" if record.strategy == "pretrained" else f"{record.strategy}-seed{record.settings['config']['seed']}"
+
+
+def _ranking(loaded: LoadedModel, dataset: str | Path, out: Path, ranking: Ranking | None, limit: int | None) -> Ranking:
+    """The given ranking, else the one kept in OUT/ranking.json, else dataset HI computed now (and kept)."""
+    if ranking is not None:
+        return ranking
+    kept = out / RANKING_FILE
+    if kept.is_file():
+        data = json.loads(kept.read_text(encoding="utf-8"))
+        logger.info("using the ranking kept in %s", kept)
+        return Ranking.from_json(data, data["source"])
+    ranking = dataset_ranking(loaded, dataset, limit)
+    if _main_process():
+        write_json(kept, ranking.to_json())
+    return ranking
+
+
+def _main_process() -> bool:
+    """False on the other processes of an `accelerate launch` run: they train, they do not write."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_compare(
+    loaded: LoadedModel,
+    dataset: str | Path,
+    out: str | Path,
+    config: CompareConfig = CompareConfig(),
+    ranking: Ranking | None = None,
+    eval_dataset: str | Path | None = None,
+    ranking_limit: int | None = None,
+    on_run: Callable[[int, int, str, bool], None] | None = None,
+    callbacks: TrainCallbacks | None = None,
+) -> Comparison:
+    """Run (or reuse) every run of the comparison in OUT/runs/, then write the report into OUT.
+
+    on_run(index, total, name, reused): called before each run (1-based index), for progress.
+    """
+    out = Path(out)
+    num_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    needs = any(strategy in ("top", "bottom") for strategy in config.strategies)
+    for strategy in config.strategies:  # input errors (k too large, ...) before any work
+        if strategy not in ("pretrained", "top", "bottom"):
+            select_layers(strategy, num_layers, config.finetune.k, None, config.finetune.seed)
+    ranking = _ranking(loaded, dataset, out, ranking, ranking_limit) if needs else None
+    if ranking is not None:
+        select_layers("top", num_layers, config.finetune.k, ranking)
+    split = None
+    runs: dict[str, list[RunRecord]] = {}
+    reused: list[str] = []
+    names = config.run_names()
+    for index, (name, strategy, seed) in enumerate(names, start=1):
+        folder = out / "runs" / name
+        finished = (folder / RUN_FILE).is_file()
+        if on_run is not None:
+            on_run(index, len(names), name, finished)
+        if finished:
+            reused.append(name)
+        elif split is None:
+            split = split_dataset(dataset, config.finetune.data, eval_dataset)
+        if strategy == "pretrained":
+            record = run_pretrained(loaded, dataset, folder, config.finetune.data, eval_dataset, split)
+        else:
+            run_config = replace(config.finetune, layers=strategy, seed=seed)
+            record = run_finetune(loaded, dataset, folder, run_config, ranking, eval_dataset, callbacks, split)
+        runs.setdefault(strategy, []).append(record)
+    comparison = Comparison(config=config, model=loaded.name, dataset=str(dataset), ranking=ranking, runs=runs, reused=reused)
+    if _main_process():
+        write_report(comparison, out)
+    return comparison
+
+
+def _save(figure: Any, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+
+
+def write_report(comparison: Comparison, out: Path) -> None:
+    """results.json, report.md and the figures, each written atomically."""
+    from .plots import layer_choices, loss_curves, metric_bars  # matplotlib only when a report is written
+
+    summary = comparison.summary()
+    strategies = list(summary)
+    metrics = comparison.metric_names()
+
+    def column(key: str) -> np.ndarray:
+        return np.array([[np.nan if summary[s]["metrics"].get(m, {}).get(key) is None else summary[s]["metrics"][m][key]
+                          for m in metrics] for s in strategies], dtype=np.float64)
+
+    if metrics:
+        _save(metric_bars(strategies, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high")), out / "metrics.png")
+    curves = {s: [np.asarray(r.losses) for r in records] for s, records in comparison.runs.items() if records[0].losses}
+    if curves:
+        _save(loss_curves(curves), out / "loss.png")
+    labelled = [(_folder(r), r.layers) for records in comparison.runs.values() for r in records if r.strategy != "pretrained"]
+    if labelled:
+        num_layers = next(iter(comparison.runs.values()))[0].num_layers
+        selected = np.zeros((len(labelled), num_layers), dtype=bool)
+        for row, (_, layers) in enumerate(labelled):
+            selected[row, layers] = True
+        scores = None
+        if comparison.ranking is not None:
+            scores = np.zeros(num_layers)
+            scores[list(comparison.ranking.layers)] = comparison.ranking.scores
+        _save(layer_choices(selected, [label for label, _ in labelled], scores), out / "layers.png")
+    write_json(out / "results.json", comparison.to_json())
+    with atomic_path(out / "report.md") as temporary:
+        temporary.write_text(report_markdown(comparison), encoding="utf-8")
+
+
+def _cell(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    if entry is None:
+        return "-"
+    if entry["low"] is None:
+        return f"{entry['mean']:.{digits}f}"
+    return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+
+
+def report_markdown(comparison: Comparison) -> str:
+    """The comparison as a Markdown report: settings, the table with 95% intervals, differences."""
+    data = comparison.to_json()
+    summary = data["strategies"]
+    metrics = comparison.metric_names()
+    tuned = comparison.config.finetune
+    ranking = comparison.ranking
+    lines = [
+        "# LoRA layer selection: top-k HI layers against the same budget elsewhere",
+        "",
+        f"- model: `{comparison.model}` ({data['num_layers']} language-model layers); dataset: `{comparison.dataset}` "
+        f"({data['split']['train']} training records, {data['split']['held_out']} held out; {data['split']['how']})",
+        f"- LoRA: k = {tuned.k}, rank {tuned.rank}, alpha {tuned.alpha:g}, dropout {tuned.dropout:g}, lr {tuned.lr:g}, "
+        f"{tuned.steps} steps x batch {tuned.batch_size}, {tuned.schedule} schedule with {tuned.warmup:.0%} warm-up; "
+        f"seeds {tuned.seed}..{tuned.seed + comparison.config.seeds - 1}",
+    ]
+    if ranking is not None:
+        order = ", ".join(f"{layer} ({score:.3f})" for layer, score in zip(ranking.layers, ranking.scores))
+        lines.append(f"- ranking (layer score, best first): {order}; from {ranking.source}")
+    lines += [
+        "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run",
+        "",
+        "| strategy | layers (per seed) | trainable parameters | " + " | ".join(METRICS[m] for m in metrics) + " | final loss |",
+        "|---|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for strategy, entry in summary.items():
+        layers = " / ".join(",".join(str(l) for l in layers) or "-" for layers in entry["layers"])
+        share = f"{entry['trainable_parameters']:,} ({entry['trainable_share']:.3%})"
+        cells = [_cell(entry["metrics"].get(m)) for m in metrics]
+        lines.append(f"| {strategy} | {layers} | {share} | " + " | ".join(cells) + f" | {_cell(entry['final_loss'])} |")
+    for name, differences in data["differences"].items():
+        lines += ["", f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours top):", ""]
+        for metric, value in differences.items():
+            if value is not None:
+                lines.append(f"- {METRICS[metric]}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]")
+    lines += ["", "Notes: " + "; ".join(data["metric_notes"]) + "." if data["metric_notes"] else ""]
+    if comparison.reused:
+        lines += ["", f"Reused finished runs: {', '.join(comparison.reused)}."]
+    lines += ["", "![metrics](metrics.png)", "", "![loss](loss.png)", "", "![layers](layers.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,306 @@
+"""LoRA on the language-model layers chosen by HI (DESIGN 1.9): configuration, held-out split,
+targeting, training loop.
+
+- `lora_config` targets the attention projections (every linear module of a decoder layer's
+  attention: q/k/v/o for Llama-style models) of the chosen layers only, with a `target_modules`
+  regex anchored at the adapter's decoder-layer path. (peft's `layers_pattern="layers"` would also
+  wrap the vision tower's layers with the same numbers; see NOTES.)
+- `train_lora` trains the attached adapter: AdamW, warm-up then cosine/linear decay, seeded; the
+  batches are built like scoring's (`build_inputs` + `collate`, right padding), with the loss on the
+  description tokens and the end-of-sequence token only. It runs through `accelerate.Accelerator`,
+  so the same loop works under `accelerate launch` (each process takes its slice of every batch).
+- `split_dataset` holds records out by a hash of their id (or takes a separate dataset).
+A whole run (selection, training, held-out captions, the saved adapter and `run.json`) is
+`runs.run_finetune`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .analysis import DEFAULT_PROMPT
+from .batching import collate, pad_token_id
+from .datasets import Record, read_dataset
+from .errors import InputError, check_choice
+from .inputs import ModelInputs, build_inputs
+from .layer_selection import LayerChoice, parse_layer_choice
+from .loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+Schedule = Literal["cosine", "linear", "constant_with_warmup"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How records become sequences, and how the held-out split is made and captioned.
+
+    eval_fraction: share of records held out, chosen by a hash of the record id (the same records
+    whatever the order or size of the file); ignored when a separate evaluation dataset is given.
+    eval_limit: caption at most this many held-out records (None: all).
+    """
+
+    prompt: str = DEFAULT_PROMPT
+    eval_fraction: float = 0.2
+    eval_limit: int | None = None
+    max_new_tokens: int = 64
+    eval_batch_size: int = 16
+    meteor: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eval_fraction < 1:
+            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise InputError(f"eval_limit must be at least 1, got {self.eval_limit}")
+        if self.max_new_tokens < 1 or self.eval_batch_size < 1:
+            raise InputError("max_new_tokens and eval_batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One LoRA run (defaults: DESIGN 1.9). `layers`: a strategy name or explicit layer indices;
+    `targets`: names of linear modules inside the attention module (empty: all of them)."""
+
+    layers: LayerChoice = "top"
+    k: int = 4
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ()
+    lr: float = 2e-4
+    steps: int = 200
+    batch_size: int = 8
+    warmup: float = 0.1  # share of the steps
+    schedule: Schedule = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str):
+            object.__setattr__(self, "layers", parse_layer_choice(self.layers))
+        else:
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        check_choice("schedule", self.schedule, Schedule)
+        for name in ("k", "rank", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.alpha <= 0:
+            raise InputError(f"lr and alpha must be positive, got lr={self.lr}, alpha={self.alpha}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.warmup < 1:
+            raise InputError(f"dropout and warmup must be in [0, 1), got dropout={self.dropout}, warmup={self.warmup}")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FinetuneConfig:
+        layers = data["layers"]
+        return cls(**data | {"layers": tuple(layers) if isinstance(layers, list) else layers, "data": DataConfig(**data["data"])})
+
+
+@dataclass
+class TrainCallbacks:
+    """Hooks for a live view: `on_step(step, loss)` after every step (1-based); training stops with
+    `TrainingCancelled` at the next step once `should_stop()` is true (nothing is saved)."""
+
+    on_step: Callable[[int, float], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+class TrainingCancelled(Exception):
+    """Training was stopped by `TrainCallbacks.should_stop`; no run folder was written."""
+
+
+# --- the held-out split -------------------------------------------------------------------------
+
+
+def is_held_out(record_id: str, fraction: float) -> bool:
+    """Whether a record belongs to the held-out share: a hash of its id, not its position."""
+    digest = hashlib.sha256(record_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and held-out records; `description` says how the split was made."""
+
+    train: list[Record]
+    held_out: list[Record]
+    description: str
+
+
+def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None) -> Split:
+    """The training records and the held-out ones (a hashed share of `dataset`, or `eval_dataset`;
+    the training set never contains a held-out id)."""
+    records = list(read_dataset(dataset))
+    if eval_dataset is not None:
+        held_out = list(read_dataset(eval_dataset))
+        description = f"held out: {eval_dataset}"
+    else:
+        held_out = [record for record in records if is_held_out(record.id, data.eval_fraction)]
+        description = f"held out: {data.eval_fraction:.0%} of {dataset} by a hash of the record id"
+    held_ids = {record.id for record in held_out}
+    train = [record for record in records if record.id not in held_ids]
+    if not train:
+        raise InputError(f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else ""))
+    if data.eval_limit is not None:
+        held_out = held_out[: data.eval_limit]
+    return Split(train=train, held_out=held_out, description=description)
+
+
+# --- LoRA on the chosen layers ------------------------------------------------------------------
+
+
+def attention_targets(loaded: LoadedModel, targets: Sequence[str] = ()) -> list[str]:
+    """Names, relative to a decoder layer, of the linear modules LoRA wraps (e.g. `self_attn.q_proj`)."""
+    layer = loaded.adapter.decoder_layers(loaded.model)[0]
+    attention = loaded.adapter.attention_modules(loaded.model)[0]
+    prefix = next(name for name, module in layer.named_modules() if module is attention)
+    linears = [name for name, module in attention.named_modules() if isinstance(module, torch.nn.Linear)]
+    unknown = [name for name in targets if name not in linears]
+    if unknown:
+        raise InputError(f"target {unknown[0]!r} is not a linear module of the attention; it has {', '.join(linears)}")
+    return [f"{prefix}.{name}" if prefix else name for name in (targets or linears)]
+
+
+def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConfig) -> Any:
+    """A peft LoraConfig wrapping the attention projections of `layers` of the language model only."""
+    from peft import LoraConfig
+
+    path = loaded.adapter.decoder_layers_path(loaded.model)
+    names = attention_targets(loaded, config.targets)
+    regex = rf"{re.escape(path)}\.({'|'.join(str(layer) for layer in layers)})\.({'|'.join(re.escape(name) for name in names)})"
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=regex, bias="none")
+
+
+@contextlib.contextmanager
+def lora_attached(loaded: LoadedModel, config: Any, seed: int = 0) -> Iterator[Any]:
+    """The model with LoRA layers injected (a peft model; A initialized from `seed`) inside the
+    block; on exit, always, the LoRA layers are removed without merging, so the base weights are
+    exactly as before."""
+    from peft import get_peft_model
+
+    flags = {name: parameter.requires_grad for name, parameter in loaded.model.named_parameters()}
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(loaded.model, config)
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()
+        for name, parameter in loaded.model.named_parameters():
+            parameter.requires_grad_(flags[name])
+        loaded.model.eval()
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def training_inputs(loaded: LoadedModel, record: Record, prompt: str) -> ModelInputs:
+    """The record's sequence (prefix + description) with the end-of-sequence token appended."""
+    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, prompt, record.text)
+    eos = loaded.processor.tokenizer.eos_token_id
+    if eos is None:
+        return inputs
+    length = inputs.tensors["input_ids"].shape[1]
+    tensors = {}
+    for key, value in inputs.tensors.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:
+            fill = eos if key == "input_ids" else loaded.adapter.response_token_values.get(key, int(value[0, -1]))
+            value = torch.cat([value, torch.full((1, 1), fill, dtype=value.dtype)], dim=1)
+        tensors[key] = value
+    return dataclasses.replace(inputs, tensors=tensors)
+
+
+def training_batch(loaded: LoadedModel, records: Sequence[Record], prompt: str) -> dict[str, torch.Tensor]:
+    """A right-padded batch with `labels`: the description + eos tokens, -100 on prefix and padding."""
+    items = [training_inputs(loaded, record, prompt) for record in records]
+    batch = collate(items, pad_token_id(loaded.processor.tokenizer))
+    labels = batch["input_ids"].clone()  # (B, T)
+    for row, item in enumerate(items):
+        labels[row, : item.prefix_length] = -100
+    labels[batch["attention_mask"] == 0] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def _sample_order(count: int, seed: int) -> Iterator[int]:
+    """Record indices, epoch after epoch, each epoch a fresh seeded permutation."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield from (int(i) for i in rng.permutation(count))
+
+
+def make_accelerator(loaded: LoadedModel) -> Any:
+    """The `accelerate.Accelerator` of this process: one GPU of `accelerate launch`, or the model's device."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=loaded.device.type == "cpu")
+
+
+def train_lora(
+    loaded: LoadedModel,
+    records: Sequence[Record],
+    config: FinetuneConfig,
+    callbacks: TrainCallbacks | None = None,
+    accelerator: Any = None,
+) -> list[float]:
+    """Train the trainable parameters of `loaded.model` (the attached LoRA) in place; the loss of every step."""
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    callbacks = callbacks or TrainCallbacks()
+    accelerator = accelerator or make_accelerator(loaded)
+    set_seed(config.seed)
+    parameters = [parameter for parameter in loaded.model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    # stepped once per step by hand: an accelerate-prepared scheduler steps once per process
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=round(config.warmup * config.steps), num_training_steps=config.steps)
+    model, optimizer = accelerator.prepare(loaded.model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    order = _sample_order(len(records), config.seed)
+    losses: list[float] = []
+    model.train()
+    progress = tqdm(range(1, config.steps + 1), desc="lora", unit="step", disable=not accelerator.is_local_main_process or None)
+    try:
+        for step in progress:
+            if callbacks.should_stop is not None and callbacks.should_stop():
+                raise TrainingCancelled(f"cancelled at step {step} of {config.steps}")
+            chosen = [records[next(order)] for _ in range(config.batch_size * processes)]
+            batch = training_batch(loaded, chosen[rank * config.batch_size : (rank + 1) * config.batch_size], config.data.prompt)
+            batch = {key: value.to(accelerator.device, unwrapped.dtype) if value.is_floating_point() else value.to(accelerator.device)
+                     for key, value in batch.items()}
+            loss = model(**batch, use_cache=False).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+            losses.append(value)
+            progress.set_postfix(loss=f"{value:.3f}")
+            if callbacks.on_step is not None:
+                callbacks.on_step(step, value)
+    finally:
+        progress.close()
+        unwrapped.eval()
+    return losses

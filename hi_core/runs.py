@@ -1,0 +1,259 @@
+"""A fine-tuning run on disk: one folder per run, complete or absent, reused when finished.
+
+`run_finetune` does one run end to end: the held-out split, layer selection (`layer_selection.py`),
+LoRA training (`finetune.py`), greedy captions of the held-out records (`captioning.py`), then a run
+folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`), the held-out
+captions (`captions.jsonl`) and `run.json` (`RunRecord`). The folder is written under a temporary
+name and renamed into place, `run.json` last, so an interrupted run leaves nothing behind; a rerun
+with the same settings finds the finished run and returns it without training again. `run_pretrained`
+is the no-tuning baseline in the same format. Under `accelerate launch` every process trains, and
+the main process alone evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .captioning import SAMPLES, evaluate_captions, generate_captions
+from .errors import InputError
+from .finetune import (
+    DataConfig,
+    FinetuneConfig,
+    Split,
+    TrainCallbacks,
+    attention_targets,
+    lora_attached,
+    lora_config,
+    make_accelerator,
+    split_dataset,
+    train_lora,
+    trainable_parameters,
+)
+from .layer_selection import Ranking, needs_ranking, select_layers
+from .loading import LoadedModel
+from .outputs import write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CAPTIONS_FILE = "captions.jsonl"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What `run.json` holds. strategy: top/bottom/random/all/list, or `pretrained` (no tuning).
+    losses: (steps,) training loss per step. metrics: held-out caption metrics (may be empty)."""
+
+    strategy: str
+    settings: dict[str, Any]
+    layers: list[int]
+    num_layers: int
+    targets: list[str]
+    ranking: dict[str, Any] | None
+    trainable_parameters: int
+    total_parameters: int
+    losses: list[float]
+    metrics: dict[str, float]
+    metric_notes: list[str]
+    samples: list[dict[str, str]]
+    split: dict[str, Any]
+    timings: dict[str, Any]
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_parameters / self.total_parameters
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"trainable_share": self.trainable_share}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def run_settings(loaded: LoadedModel, dataset: str | Path, eval_dataset: str | Path | None, config: FinetuneConfig | DataConfig,
+                 ranking: Ranking | None = None) -> dict[str, Any]:
+    """What a run's result depends on; a finished run is reused only when these are equal.
+    `ranking`: the one its layers were chosen from (top/bottom), else None."""
+    settings = {
+        "model": loaded.name,
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "dataset": str(Path(dataset).resolve()),
+        "eval_dataset": None if eval_dataset is None else str(Path(eval_dataset).resolve()),
+        "config": asdict(config),
+        "ranking": None if ranking is None else {"source": ranking.source, "layers": list(ranking.layers)},
+    }
+    return json.loads(json.dumps(settings))  # tuples as lists, as they come back from run.json
+
+
+def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | None:
+    """The run in `folder` if it finished with these settings; None if there is none yet."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        if Path(folder).is_dir() and any(Path(folder).iterdir()):
+            raise InputError(f"{str(folder)!r} exists and is not a run folder (no {RUN_FILE}); choose a new or empty folder")
+        return None
+    record = RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+    if record.settings != settings:
+        differing = sorted(key for key in settings.keys() | record.settings.keys() if settings.get(key) != record.settings.get(key))
+        raise InputError(f"{str(folder)!r} holds a run made with other settings ({', '.join(differing)}); "
+                         "delete it or choose another output folder")
+    return record
+
+
+@contextlib.contextmanager
+def run_folder(folder: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `folder`, renamed onto it when the block succeeds (replacing an
+    empty or earlier one); removed when the block fails or is interrupted."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+            os.replace(partial, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _evaluate(loaded: LoadedModel, split: Split, data: DataConfig) -> tuple[dict[str, float], list[str], list[dict[str, str]]]:
+    if not split.held_out:
+        return {}, ["no held-out records: metrics not computed"], []
+    generated = generate_captions(loaded, [r.image for r in split.held_out], data.prompt, data.max_new_tokens, data.eval_batch_size)
+    result = evaluate_captions({r.id: r.text for r in split.held_out}, {r.id: g for r, g in zip(split.held_out, generated)}, data.meteor)
+    return result.metrics, result.notes, result.captions
+
+
+def _write_run(folder: Path, record: RunRecord, captions: list[dict[str, str]], save_adapter: Callable[[Path], None] | None) -> None:
+    with run_folder(folder) as partial:
+        if save_adapter is not None:
+            save_adapter(partial)
+        (partial / CAPTIONS_FILE).write_text("".join(json.dumps(c) + "\n" for c in captions), encoding="utf-8")
+        write_json(partial / RUN_FILE, record.to_json())  # last: its presence marks a finished run
+
+
+def _split_summary(split: Split) -> dict[str, Any]:
+    return {"train": len(split.train), "held_out": len(split.held_out), "how": split.description}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run_finetune(
+    loaded: LoadedModel,
+    dataset: str | Path,
+    out: str | Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    ranking: Ranking | None = None,
+    eval_dataset: str | Path | None = None,
+    callbacks: TrainCallbacks | None = None,
+    split: Split | None = None,
+) -> RunRecord:
+    """Select layers, train LoRA, caption the held-out records, write `out` (adapter + run.json).
+
+    A finished run in `out` with the same settings is returned as it is (logged), not retrained.
+    `split` may be passed to reuse records already read (compare does).
+    """
+    num_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    layers = select_layers(config.layers, num_layers, config.k, ranking, config.seed)  # input errors before any work
+    settings = run_settings(loaded, dataset, eval_dataset, config, ranking if needs_ranking(config.layers) else None)
+    done = finished_run(out, settings)
+    if done is not None:
+        logger.info("%s already holds this finished run: not training again", out)
+        return done
+    split = split or split_dataset(dataset, config.data, eval_dataset)
+    accelerator = make_accelerator(loaded)
+    started = _now()
+    with lora_attached(loaded, lora_config(loaded, layers, config), config.seed) as peft_model:
+        trainable = trainable_parameters(peft_model)
+        clock = time.perf_counter()
+        losses = train_lora(loaded, split.train, config, callbacks, accelerator)
+        train_seconds = time.perf_counter() - clock
+        clock = time.perf_counter()
+        main = accelerator.is_main_process  # the other processes of a multi-GPU run only train
+        metrics, notes, captions = _evaluate(loaded, split, config.data) if main else ({}, [], [])
+        eval_seconds = time.perf_counter() - clock
+        total = sum(parameter.numel() for name, parameter in peft_model.named_parameters() if "lora_" not in name)
+        record = RunRecord(
+            strategy=config.layers if isinstance(config.layers, str) else "list",
+            settings=settings,
+            layers=list(layers),
+            num_layers=num_layers,
+            targets=attention_targets(loaded, config.targets),
+            ranking=ranking.to_json() if ranking is not None else None,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            losses=losses,
+            metrics=metrics,
+            metric_notes=notes,
+            samples=captions[:SAMPLES],
+            split=_split_summary(split),
+            timings={"started": started, "finished": _now(), "train_seconds": train_seconds,
+                     "seconds_per_step": train_seconds / config.steps, "eval_seconds": eval_seconds},
+        )
+        if main:
+            _write_run(Path(out), record, captions, peft_model.save_pretrained)
+        accelerator.wait_for_everyone()
+    return record
+
+
+def run_pretrained(
+    loaded: LoadedModel, dataset: str | Path, out: str | Path, data: DataConfig = DataConfig(),
+    eval_dataset: str | Path | None = None, split: Split | None = None,
+) -> RunRecord:
+    """The baseline without tuning: the held-out captions of the model as it is, in a run folder."""
+    settings = run_settings(loaded, dataset, eval_dataset, data)
+    done = finished_run(out, settings)
+    if done is not None:
+        logger.info("%s already holds this finished run: not evaluating again", out)
+        return done
+    split = split or split_dataset(dataset, data, eval_dataset)
+    accelerator = make_accelerator(loaded)
+    main = accelerator.is_main_process  # under `accelerate launch` the main process alone evaluates
+    started, clock = _now(), time.perf_counter()
+    metrics, notes, captions = _evaluate(loaded, split, data) if main else ({}, [], [])
+    total = sum(parameter.numel() for parameter in loaded.model.parameters())
+    record = RunRecord(
+        strategy="pretrained", settings=settings, layers=[], num_layers=len(loaded.adapter.decoder_layers(loaded.model)),
+        targets=[], ranking=None, trainable_parameters=0, total_parameters=total, losses=[], metrics=metrics,
+        metric_notes=notes, samples=captions[:SAMPLES], split=_split_summary(split),
+        timings={"started": started, "finished": _now(), "train_seconds": 0.0, "seconds_per_step": 0.0,
+                 "eval_seconds": time.perf_counter() - clock},
+    )
+    if main:
+        _write_run(Path(out), record, captions, None)
+    accelerator.wait_for_everyone()
+    return record
+
+
+def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
+    """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
+    try:
+        from .dataset_scoring import DatasetConfig, score_dataset
+    except ImportError:
+        raise InputError("scoring a dataset on the fly is not available here: give --ranking SCORE.json") from None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
+    analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
+    if analysis is None:
+        raise RuntimeError("score_dataset returned no result on a single process")
+    return Ranking.from_scores(analysis.layer_scores, f"dataset HI of {dataset} ({len(analysis.images)} images)")

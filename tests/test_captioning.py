@@ -1,0 +1,59 @@
+"""Held-out captions: left-padded batches generate what one-at-a-time generation does; metrics and notes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hi_core.captioning import evaluate_captions, generate_captions, left_padded
+
+
+def test_left_padding_aligns_the_ends_and_masks_the_padding():
+    short = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.ones(1, 2, dtype=torch.long), "pixel_values": torch.zeros(1, 3, 4, 4)}
+    long = {"input_ids": torch.tensor([[7, 8, 9, 10]]), "attention_mask": torch.ones(1, 4, dtype=torch.long), "pixel_values": torch.ones(1, 3, 4, 4)}
+    batch = left_padded([short, long], pad_id=0)
+    assert batch["input_ids"].tolist() == [[0, 0, 5, 6], [7, 8, 9, 10]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["pixel_values"][1].eq(1).all()
+
+
+def test_batched_captions_equal_one_at_a_time(llava):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)) for i in range(5)]
+    batched = generate_captions(llava, images, "describe the image .", max_new_tokens=6, batch_size=3)
+    assert batched == [one_caption(llava, image) for image in images]
+    assert any(batched)
+
+
+@torch.inference_mode()
+def one_caption(loaded, image):
+    prefix = loaded.adapter.prefix_inputs(loaded.processor, image, "describe the image .")
+    output = loaded.model.generate(**prefix, max_new_tokens=6, do_sample=False)
+    return loaded.processor.tokenizer.decode(output[0, prefix["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_metrics_exact_match_and_notes():
+    references = {"1": "a big red circle at the top", "2": "a small blue star at the left"}
+    result = evaluate_captions(references, {"1": "a big red circle at the top", "2": "a small red star at the left"}, meteor=False)
+    assert result.metrics["exact"] == 0.5 and 0 < result.metrics["bleu4"] < 1
+    assert "meteor" not in result.metrics and any("SPICE" in n for n in result.notes) and any("METEOR" in n for n in result.notes)
+    assert result.samples == [{"id": "1", "reference": references["1"], "generated": "a big red circle at the top"},
+                              {"id": "2", "reference": references["2"], "generated": "a small red star at the left"}]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
+def test_meteor_where_java_is_installed():
+    references = {"1": "a big red circle at the top", "2": "a small blue star at the left"}
+    half = evaluate_captions(references, {"1": "a dog", "2": "a small blue star at the left"})  # one Java start (~6 s)
+    assert 0 < half.metrics["meteor"] < 1
+    assert not any("METEOR" in note for note in half.notes)
+
+
+def test_meteor_is_skipped_with_a_note_without_java(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = evaluate_captions({"1": "a cat"}, {"1": "a cat"})
+    assert "meteor" not in result.metrics and any("Java is not installed" in note for note in result.notes)

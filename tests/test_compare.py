@@ -1,0 +1,154 @@
+"""The comparison: every strategy and seed run once, the right layers per strategy, report.md,
+results.json and figures; a rerun reuses finished runs; an interruption keeps the finished ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import hi_core.compare as compare
+import hi_core.runs as runs
+from hi_core.cli import main
+from hi_core.compare import CompareConfig, difference_interval, mean_interval, run_compare
+from hi_core.datasets import write_synthetic
+from hi_core.errors import InputError
+from hi_core.finetune import DataConfig, FinetuneConfig
+from hi_core.layer_selection import Ranking, select_layers
+
+FAST = DataConfig(max_new_tokens=3, meteor=False, eval_fraction=0.3)
+CONFIG = CompareConfig(finetune=FinetuneConfig(k=1, rank=4, steps=2, batch_size=2, lr=1e-2, data=FAST), seeds=2)
+RANKING = Ranking.from_scores(np.array([0.2, 0.6]), "test ranking")  # layer 1 first
+NAMES = ["pretrained", "top-seed0", "top-seed1", "random-seed0", "random-seed1", "bottom-seed0", "bottom-seed1", "all-seed0", "all-seed1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data"), n=10, seed=6, size=48, order="reading")
+
+
+@pytest.fixture(scope="module")
+def compared(llava, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return out, run_compare(llava, tiny_data, out, CONFIG, RANKING)
+
+
+def test_every_run_once_with_the_right_layers(compared):
+    out, comparison = compared
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(NAMES)
+    layers = {strategy: [r.layers for r in records] for strategy, records in comparison.runs.items()}
+    assert layers["pretrained"] == [[]]
+    assert layers["top"] == [[1], [1]] and layers["bottom"] == [[0], [0]] and layers["all"] == [[0, 1], [0, 1]]
+    assert layers["random"] == [list(select_layers("random", 2, 1, None, seed)) for seed in (0, 1)]
+    seeds = [r.settings["config"]["seed"] for r in comparison.runs["top"]]
+    assert seeds == [0, 1] and comparison.reused == []
+
+
+def test_report_results_and_figures(compared):
+    out, comparison = compared
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["strategies"]) == ["pretrained", "top", "random", "bottom", "all"]
+    for strategy, entry in results["strategies"].items():
+        for metric in ("bleu4", "rouge_l", "cider", "exact"):
+            value = entry["metrics"][metric]
+            if strategy == "pretrained":
+                assert value["low"] is None and len(value["values"]) == 1
+            else:
+                assert value["low"] <= value["mean"] <= value["high"] and len(value["values"]) == 2
+    assert results["strategies"]["all"]["trainable_parameters"] > results["strategies"]["top"]["trainable_parameters"] > 0
+    assert set(results["differences"]) == {"top - random", "top - bottom"}
+    assert results["ranking"]["layers"][0] == {"layer": 1, "score": 0.6}
+    report = (out / "report.md").read_text()
+    assert "| top | 1 / 1 |" in report and "| all | 0,1 / 0,1 |" in report and "top - bottom" in report
+    for figure in ("metrics.png", "loss.png", "layers.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*")) and not list((out / "runs").glob(".*"))
+
+
+def test_a_rerun_reuses_every_finished_run(compared, llava, tiny_data, monkeypatch):
+    out, first = compared
+    stamps = {name: (out / "runs" / name / "run.json").stat().st_mtime_ns for name in NAMES}
+    calls = []
+    monkeypatch.setattr(runs, "train_lora", lambda *args, **kwargs: calls.append(1) or [])
+    monkeypatch.setattr(runs, "generate_captions", lambda *args, **kwargs: calls.append(1) or [])
+    announced = []
+    again = run_compare(llava, tiny_data, out, CONFIG, RANKING, on_run=lambda i, n, name, reused: announced.append((name, reused)))
+    assert calls == [] and again.reused == NAMES and announced == [(name, True) for name in NAMES]
+    assert {name: (out / "runs" / name / "run.json").stat().st_mtime_ns for name in NAMES} == stamps
+    assert again.summary() == first.summary()
+    assert "Reused finished runs" in (out / "report.md").read_text()
+
+
+def test_an_interrupted_compare_keeps_finished_runs_and_resumes(llava, tiny_data, tmp_path):
+    config = CompareConfig(finetune=CONFIG.finetune, seeds=1, strategies=("top", "bottom", "all"))
+
+    def interrupt(index, total, name, reused):
+        if index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(llava, tiny_data, tmp_path, config, RANKING, on_run=interrupt)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["top-seed0"] and not (tmp_path / "report.md").exists()
+    comparison = run_compare(llava, tiny_data, tmp_path, config, RANKING)
+    assert comparison.reused == ["top-seed0"] and (tmp_path / "report.md").is_file()
+
+
+def test_the_ranking_is_computed_from_the_dataset_once_and_kept(llava, tiny_data, tmp_path, monkeypatch):
+    config = CompareConfig(finetune=CONFIG.finetune, seeds=1, strategies=("top",))
+    comparison = run_compare(llava, tiny_data, tmp_path, config)
+    kept = json.loads((tmp_path / "ranking.json").read_text())
+    assert kept["source"].startswith("dataset HI of") and len(kept["layers"]) == 2
+    assert comparison.runs["top"][0].layers == [kept["layers"][0]["layer"]]
+    monkeypatch.setattr(compare, "dataset_ranking", lambda *args: pytest.fail("the kept ranking should be used"))
+    assert run_compare(llava, tiny_data, tmp_path, config).reused == ["top-seed0"]
+
+
+def test_intervals_match_scipy():
+    values = [0.51, 0.55, 0.49, 0.60]
+    ci = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    entry = mean_interval(values)
+    assert entry["low"] == pytest.approx(ci.low) and entry["high"] == pytest.approx(ci.high)
+    a, b = [0.7, 0.72, 0.69], [0.6, 0.66, 0.61, 0.58]
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    entry = difference_interval(a, b)
+    assert entry["low"] == pytest.approx(welch.low) and entry["high"] == pytest.approx(welch.high)
+    assert mean_interval([0.3])["low"] is None and difference_interval([0.3], b) is None
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="seeds must be at least 1"):
+        CompareConfig(seeds=0)
+    with pytest.raises(InputError, match="strategies must be among"):
+        CompareConfig(strategies=("top", "middle"))
+
+
+def test_cli_compare_and_its_errors(llava_dir, tiny_data, tmp_path, capsys):
+    ranking = tmp_path / "score.json"
+    ranking.write_text(json.dumps({"layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.1}]}))
+    base = ["compare", "--model", str(llava_dir), "--dataset", str(tiny_data), "--out", str(tmp_path / "c"), "--steps", "1",
+            "--batch-size", "2", "--max-new-tokens", "2", "--no-meteor", "--eval-fraction", "0.3"]
+    argv = base + ["-k", "1", "--seeds", "1", "--strategies", "pretrained,top,bottom", "--ranking", str(ranking)]
+    assert main(argv) == 0
+    assert {"report.md", "results.json", "metrics.png", "loss.png", "layers.png"} <= {p.name for p in (tmp_path / "c").iterdir()}
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "run 2/3 top-seed0: finished earlier, reused" in err and "3 run(s) reused" in err
+    for extra, message in [(["-k", "3"], "k must be between 1 and the language model's 2 layers, got 3"),
+                           (["-k", "1", "--ranking", str(tmp_path / "nope.json")], "does not exist"),
+                           (["-k", "1", "--seeds", "0"], "seeds must be at least 1"),
+                           (["-k", "1", "--strategies", "top,best"], "strategies must be among")]:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err

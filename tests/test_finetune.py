@@ -1,0 +1,235 @@
+"""LoRA on chosen layers: exact targeting and parameter counts, training that changes only the
+adapter, labels on the description + eos, the held-out split, cancellation, the finetune CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from hi_core.cli import main
+from hi_core.datasets import read_dataset, write_synthetic
+from hi_core.errors import InputError
+from hi_core.finetune import (
+    DataConfig,
+    FinetuneConfig,
+    TrainCallbacks,
+    TrainingCancelled,
+    is_held_out,
+    lora_attached,
+    lora_config,
+    split_dataset,
+    train_lora,
+    training_batch,
+    trainable_parameters,
+)
+
+FAST = DataConfig(max_new_tokens=4, meteor=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train ~30x faster on one thread on a shared machine (see bench/README.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data"), n=12, seed=3, size=48, order="reading")
+
+
+@pytest.fixture(scope="module")
+def records(tiny_data):
+    return list(read_dataset(tiny_data))
+
+
+def lora_modules(model):
+    return [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
+
+
+@pytest.mark.parametrize("layers", [(0,), (1,), (0, 1)])
+def test_lora_wraps_only_the_chosen_layers_attention_projections(llava, layers):
+    config = FinetuneConfig(layers=layers, rank=4)
+    # independent count: rank * (in + out) for every q/k/v/o projection of the chosen text layers
+    expected = 0
+    for layer in layers:
+        attention = llava.model.model.language_model.layers[layer].self_attn
+        expected += sum(4 * (p.in_features + p.out_features) for p in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj))
+    with lora_attached(llava, lora_config(llava, layers, config)) as peft_model:
+        wrapped = lora_modules(llava.model)
+        assert trainable_parameters(peft_model) == expected
+        assert sorted(wrapped) == sorted(f"model.language_model.layers.{l}.self_attn.{p}" for l in layers for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        # the vision tower has layer 0 too, with q/k/v projections: never wrapped
+        assert not any("vision" in name for name in wrapped)
+        assert all(("lora_" in name) == parameter.requires_grad for name, parameter in peft_model.named_parameters())
+    assert lora_modules(llava.model) == []
+
+
+def test_named_targets_and_unknown_target(llava):
+    config = FinetuneConfig(layers=(1,), targets=("q_proj", "v_proj"))
+    with lora_attached(llava, lora_config(llava, (1,), config)):
+        assert sorted(lora_modules(llava.model)) == ["model.language_model.layers.1.self_attn.q_proj", "model.language_model.layers.1.self_attn.v_proj"]
+    with pytest.raises(InputError, match="target 'gate_proj' is not a linear module of the attention"):
+        lora_config(llava, (1,), FinetuneConfig(targets=("gate_proj",)))
+
+
+def test_labels_cover_the_description_and_eos_only(llava, records):
+    tokenizer = llava.processor.tokenizer
+    two = [records[0], max(records, key=lambda r: len(r.text))]
+    batch = training_batch(llava, two, "describe the image .")
+    for row, record in enumerate(two):
+        ids = tokenizer(record.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        labels = batch["labels"][row]
+        kept = labels[labels != -100].tolist()
+        assert kept == ids
+        start = int(torch.nonzero(labels != -100)[0])
+        assert batch["input_ids"][row, start : start + len(ids)].tolist() == ids  # at the response positions
+        assert batch["attention_mask"][row, start + len(ids) :].sum() == 0  # after them only padding
+
+
+def test_training_changes_only_the_adapter_and_leaves_the_base_bitwise_equal(llava, records):
+    before = {name: tensor.clone() for name, tensor in llava.model.state_dict().items()}
+    config = FinetuneConfig(layers=(1,), steps=3, batch_size=2, lr=1e-2, data=FAST)
+    with lora_attached(llava, lora_config(llava, (1,), config)) as peft_model:
+        train_lora(llava, records, config)
+        lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it was trained
+    after = llava.model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert all(parameter.requires_grad for parameter in llava.model.parameters())  # flags restored
+    assert not llava.model.training
+
+
+def test_a_few_steps_reduce_the_loss(llava, records):
+    config = FinetuneConfig(layers=(0, 1), rank=8, steps=12, batch_size=4, lr=2e-2, warmup=0.0, dropout=0.0, data=FAST)
+    with lora_attached(llava, lora_config(llava, (0, 1), config)):
+        losses = train_lora(llava, records[:4], config)
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.5 * losses[0]
+
+
+def test_training_is_seeded(llava, records):
+    config = FinetuneConfig(layers=(1,), steps=3, batch_size=2, data=FAST)
+    runs = []
+    for _ in range(2):
+        with lora_attached(llava, lora_config(llava, (1,), config)):
+            runs.append(train_lora(llava, records, config))
+    assert runs[0] == runs[1]
+
+
+def test_callbacks_see_every_step_and_cancel_restores_the_model(llava, records):
+    seen = []
+    config = FinetuneConfig(layers=(0,), steps=4, batch_size=2, data=FAST)
+    with lora_attached(llava, lora_config(llava, (0,), config)):
+        train_lora(llava, records, config, TrainCallbacks(on_step=lambda step, loss: seen.append((step, loss))))
+    assert [step for step, _ in seen] == [1, 2, 3, 4] and all(np.isfinite(loss) for _, loss in seen)
+    with pytest.raises(TrainingCancelled):
+        with lora_attached(llava, lora_config(llava, (0,), config)):
+            train_lora(llava, records, config, TrainCallbacks(should_stop=lambda: len(seen) >= 6, on_step=lambda s, l: seen.append((s, l))))
+    assert len(seen) == 6 and lora_modules(llava.model) == []
+
+
+def test_held_out_split_is_by_id_and_never_trained_on(tiny_data, tmp_path):
+    split = split_dataset(tiny_data, DataConfig(eval_fraction=0.3))
+    train_ids, held_ids = {r.id for r in split.train}, {r.id for r in split.held_out}
+    assert train_ids and held_ids and not train_ids & held_ids and len(train_ids | held_ids) == 12
+    assert held_ids == {r.id for r in read_dataset(tiny_data) if is_held_out(r.id, 0.3)}
+    # the same records whatever the file order
+    lines = (tiny_data / "data.jsonl").read_text().splitlines()
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for sub in ("images", "masks"):
+        (shuffled / sub).symlink_to(tiny_data / sub)
+    (shuffled / "data.jsonl").write_text("\n".join(reversed(lines)) + "\n")
+    assert {r.id for r in split_dataset(shuffled, DataConfig(eval_fraction=0.3)).held_out} == held_ids
+    # a separate evaluation set: its ids are left out of training
+    other = write_synthetic(tmp_path / "other", n=3, seed=3, size=48)  # the ids of the first 3 records
+    separate = split_dataset(tiny_data, DataConfig(), eval_dataset=other)
+    assert len(separate.held_out) == 3 and {r.id for r in separate.train} == {r.id for r in list(read_dataset(tiny_data))[3:]}
+    with pytest.raises(InputError, match="no records to train on outside the held-out set"):
+        split_dataset(tiny_data, DataConfig(), eval_dataset=tiny_data)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("rank", 0, "rank must be at least 1"), ("lr", -1.0, "lr and alpha must be positive"), ("schedule", "step", "schedule must be one of"),
+     ("layers", "best", "layers must be one of"), ("dropout", 1.5, "dropout and warmup must be in")],
+)
+def test_config_validation(field, value, message):
+    with pytest.raises(InputError, match=message):
+        FinetuneConfig(**{field: value})
+    with pytest.raises(InputError, match="eval_fraction must be in"):
+        DataConfig(eval_fraction=1.0)
+
+
+def test_config_round_trips_through_json():
+    config = FinetuneConfig(layers=(2, 0), targets=("q_proj",), data=DataConfig(eval_limit=3))
+    assert FinetuneConfig.from_json(json.loads(json.dumps(asdict(config)))) == config
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_finetune_writes_a_peft_adapter_and_run_json(llava_dir, tiny_data, tmp_path, capsys):
+    ranking = tmp_path / "score.json"
+    ranking.write_text(json.dumps({"num_layers": 2, "layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.2}]}))
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--layers", "top", "-k", "1",
+            "--ranking", str(ranking), "--steps", "2", "--batch-size", "2", "--rank", "4", "--max-new-tokens", "3",
+            "--no-meteor", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["layers"] == [1] and record["strategy"] == "top" and len(record["losses"]) == 2
+    assert record["ranking"]["source"] == str(ranking)
+    assert {"adapter_config.json", "adapter_model.safetensors", "captions.jsonl"} <= {p.name for p in out.iterdir()}
+    assert "layers [1]" in capsys.readouterr().err
+    assert main(argv) == 0  # a rerun finds the finished run
+    assert "not trained again" in capsys.readouterr().err
+    argv[argv.index("--steps") + 1] = "3"
+    assert main(argv) == 2
+    assert "holds a run made with other settings (config)" in capsys.readouterr().err
+
+
+def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "data.jsonl").write_text("\n")
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"layers": [{"layer": i, "score": 1.0 - i / 28} for i in range(28)]}))
+    base = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--out", str(tmp_path / "o"), "--steps", "1"]
+    return {
+        "unknown layer": (base + ["--layers", "0,7"], "layer 7 does not exist: the language model has layers 0..1"),
+        "k too large": (base + ["--layers", "random", "-k", "3"], "k must be between 1 and the language model's 2 layers, got 3"),
+        "missing ranking": (base + ["--layers", "top", "--ranking", str(tmp_path / "nope.json")], "does not exist"),
+        "other model's ranking": (base + ["--layers", "bottom", "-k", "1", "--ranking", str(big)], "covers 28 layers but the model has 2"),
+        "empty dataset": (["finetune", "--model", str(llava_dir), "--dataset", str(tmp_path / "empty"), "--layers", "all",
+                           "--out", str(tmp_path / "o")], "is empty"),
+        "no dataset": (["finetune", "--model", str(llava_dir), "--dataset", str(tmp_path / "nowhere"), "--layers", "all",
+                        "--out", str(tmp_path / "o")], "is not a dataset folder"),
+        "bad layers": (base + ["--layers", "best"], "layers must be one of top, bottom, random, all"),
+        "bad rank": (base + ["--layers", "all", "--rank", "0"], "rank must be at least 1"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown layer", "k too large", "missing ranking", "other model's ranking", "empty dataset",
+                                  "no dataset", "bad layers", "bad rank"])
+def test_cli_finetune_bad_input_exits_2_with_one_line(case, tmp_path, tiny_data, llava_dir, capsys):
+    argv, message = _cli_bad_cases(tmp_path, tiny_data, llava_dir)[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_regex_targets_are_anchored_at_the_decoder_layers(llava):
+    config = lora_config(llava, (1,), FinetuneConfig())
+    assert re.fullmatch(config.target_modules, "model.language_model.layers.1.self_attn.q_proj")
+    assert not re.fullmatch(config.target_modules, "model.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj")
+    assert not re.fullmatch(config.target_modules, "model.language_model.layers.11.self_attn.q_proj")

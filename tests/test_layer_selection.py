@@ -1,0 +1,93 @@
+"""Layer selection: each strategy picks the right layers from a ranking; bad input is an InputError."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hi_core.errors import InputError
+from hi_core.layer_selection import Ranking, parse_layer_choice, read_ranking, select_layers
+
+# layer scores of an 8-layer model: best 5, 2, 7, 0, ...; worst 3
+SCORES = np.array([0.40, 0.20, 0.70, 0.05, 0.30, 0.90, 0.10, 0.50])
+RANKING = Ranking.from_scores(SCORES, "test")
+
+
+def test_ranking_orders_layers_by_score_descending_ties_by_index():
+    assert RANKING.layers == (5, 2, 7, 0, 4, 1, 6, 3)
+    assert list(RANKING.scores) == sorted(SCORES, reverse=True)
+    assert Ranking.from_scores(np.array([0.5, 0.5, 0.7]), "t").layers == (2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "choice, k, expected",
+    [
+        ("top", 1, (5,)),
+        ("top", 3, (2, 5, 7)),
+        ("bottom", 1, (3,)),
+        ("bottom", 3, (1, 3, 6)),
+        ("all", 3, tuple(range(8))),
+        ((6, 0, 4), 3, (0, 4, 6)),
+        ((7,), 1, (7,)),
+    ],
+)
+def test_strategies_pick_the_right_layers(choice, k, expected):
+    assert select_layers(choice, 8, k, RANKING) == expected
+
+
+def test_random_is_seeded_reproducible_and_needs_no_ranking():
+    picks = [select_layers("random", 8, 3, None, seed) for seed in range(10)]
+    assert picks == [select_layers("random", 8, 3, RANKING, seed) for seed in range(10)]
+    assert all(len(set(p)) == 3 and list(p) == sorted(p) and all(0 <= l < 8 for l in p) for p in picks)
+    assert len(set(picks)) > 1  # seeds differ
+
+
+def test_parse_layer_choice():
+    assert parse_layer_choice("top") == "top"
+    assert parse_layer_choice(" 0,5 ,7") == (0, 5, 7)
+    with pytest.raises(InputError, match="layers must be one of top, bottom, random, all"):
+        parse_layer_choice("best")
+
+
+@pytest.mark.parametrize(
+    "choice, k, ranking, message",
+    [
+        ((0, 8), 1, RANKING, "layer 8 does not exist: the language model has layers 0..7"),
+        ((1, 1), 1, RANKING, "repeat"),
+        ("top", 9, RANKING, "k must be between 1 and the language model's 8 layers, got 9"),
+        ("random", 0, None, "k must be between 1"),
+        ("top", 2, None, "needs a ranking: give --ranking"),
+        ("bottom", 2, Ranking.from_scores(np.zeros(28), "big.json"), "covers 28 layers but the model has 8"),
+    ],
+)
+def test_bad_choices_are_input_errors(choice, k, ranking, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        select_layers(choice, 8, k, ranking)
+
+
+def test_read_ranking_from_a_score_json(tmp_path):
+    path = tmp_path / "score.json"
+    path.write_text(json.dumps({"num_layers": 8, "layers": RANKING.to_json()["layers"]}))
+    assert read_ranking(path).layers == RANKING.layers
+    assert read_ranking(path).source == str(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("{not json", "is not JSON"),
+        (json.dumps({"heads": []}), "has no `layers` list"),
+        (json.dumps({"layers": [{"layer": 0, "score": 1.0}, {"layer": 0, "score": 0.5}]}), "exactly once"),
+        (json.dumps({"layers": [{"layer": "x"}]}), "needs an integer `layer`"),
+        (json.dumps({"num_layers": 3, "layers": [{"layer": 0, "score": 1.0}]}), "says num_layers=3"),
+    ],
+)
+def test_bad_ranking_files(tmp_path, content, message):
+    path = tmp_path / "score.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_ranking(path)

@@ -1,0 +1,158 @@
+"""Run folders: a standard peft adapter that reloads and reproduces the logits, run.json, reuse of
+finished runs, refusal of other settings, and nothing left behind by an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hi_core.runs as runs
+from hi_core.datasets import write_synthetic
+from hi_core.errors import InputError
+from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
+from hi_core.layer_selection import Ranking
+from hi_core.loading import LoadConfig, load_model
+from hi_core.runs import RunRecord, run_finetune, run_pretrained
+
+FAST = DataConfig(max_new_tokens=4, meteor=False, eval_fraction=0.3)
+CONFIG = FinetuneConfig(layers="top", k=1, rank=4, steps=3, batch_size=2, lr=1e-2, dropout=0.0, data=FAST)
+RANKING = Ranking.from_scores(torch.tensor([0.2, 0.6]).numpy(), "test ranking")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data"), n=10, seed=5, size=48, order="reading")
+
+
+@pytest.fixture(scope="module")
+def finished(llava, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "top"
+    return out, run_finetune(llava, tiny_data, out, CONFIG, RANKING)
+
+
+def test_run_folder_holds_adapter_run_json_and_captions(finished):
+    out, record = finished
+    assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "run.json", "captions.jsonl"}
+    assert not list(out.parent.glob(".*"))  # no partial folder left
+    saved = json.loads((out / "run.json").read_text())
+    assert RunRecord.from_json(saved) == record
+    assert saved["layers"] == [1] and saved["num_layers"] == 2 and len(saved["losses"]) == 3
+    assert saved["trainable_share"] == pytest.approx(saved["trainable_parameters"] / saved["total_parameters"])
+    assert saved["split"]["train"] + saved["split"]["held_out"] == 10
+    assert set(saved["metrics"]) >= {"bleu4", "rouge_l", "cider", "exact"}
+    assert any("SPICE" in note for note in saved["metric_notes"]) and any("METEOR" in note for note in saved["metric_notes"])
+    assert saved["samples"] and set(saved["samples"][0]) == {"id", "reference", "generated"}
+    assert set(saved["timings"]) >= {"train_seconds", "seconds_per_step", "eval_seconds", "started", "finished"}
+    assert saved["ranking"]["source"] == "test ranking" and saved["settings"]["ranking"]["layers"] == [1, 0]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 16
+
+
+def test_adapter_reloads_with_peft_and_matches_the_merged_weights(finished, llava_dir, tiny_data):
+    """Oracle: W + (alpha / r) B A, computed by hand from the saved tensors on a fresh base model."""
+    from peft import PeftModel
+
+    out, _ = finished
+    reloaded = load_model(LoadConfig(str(llava_dir), device="cpu"))
+    merged = load_model(LoadConfig(str(llava_dir), device="cpu"))
+    batch = training_batch(reloaded, split_dataset(tiny_data, FAST).train[:2], FAST.prompt)
+    batch.pop("labels")
+    with torch.no_grad():
+        base_logits = merged.model(**batch).logits
+    tensors = load_file(out / "adapter_model.safetensors")
+    assert tensors and all(".layers.1.self_attn." in key and "vision" not in key for key in tensors)
+    with torch.no_grad():
+        for key, a in tensors.items():
+            if ".lora_A." not in key:
+                continue
+            b = tensors[key.replace(".lora_A.", ".lora_B.")]
+            module_name = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+            merged.model.get_submodule(module_name).weight += (16 / 4) * b @ a
+        merged_logits = merged.model(**batch).logits
+        peft_model = PeftModel.from_pretrained(reloaded.model, out).eval()
+        peft_logits = peft_model(**batch).logits
+    torch.testing.assert_close(peft_logits, merged_logits, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(peft_logits, base_logits)  # the adapter does something
+
+
+def test_a_rerun_reuses_the_finished_run(finished, llava, tiny_data, monkeypatch):
+    out, record = finished
+    stamp = (out / "run.json").stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(runs, "train_lora", lambda *args, **kwargs: calls.append(1) or [])
+    assert run_finetune(llava, tiny_data, out, CONFIG, RANKING) == record
+    assert calls == [] and (out / "run.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"steps": 4}, "other settings (config)"), ({"layers": "bottom"}, "other settings (config)")],
+)
+def test_a_folder_with_other_settings_is_refused(finished, llava, tiny_data, change, message):
+    out, _ = finished
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_finetune(llava, tiny_data, out, replace(CONFIG, **change), RANKING)
+
+
+def test_another_ranking_is_other_settings(finished, llava, tiny_data):
+    out, _ = finished
+    with pytest.raises(InputError, match=r"other settings \(ranking\)"):
+        run_finetune(llava, tiny_data, out, CONFIG, Ranking.from_scores(torch.tensor([0.2, 0.6]).numpy(), "elsewhere"))
+
+
+def test_a_folder_that_is_not_a_run_is_refused(llava, tiny_data, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="exists and is not a run folder"):
+        run_finetune(llava, tiny_data, tmp_path, CONFIG, RANKING)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("stop", ["cancel", "interrupt"])
+def test_an_interrupted_run_leaves_nothing(llava, tiny_data, tmp_path, stop):
+    def on_step(step, loss):
+        if step == 2 and stop == "interrupt":
+            raise KeyboardInterrupt
+
+    callbacks = TrainCallbacks(on_step=on_step, should_stop=(lambda: True) if stop == "cancel" else None)
+    with pytest.raises(TrainingCancelled if stop == "cancel" else KeyboardInterrupt):
+        run_finetune(llava, tiny_data, tmp_path / "run", CONFIG, RANKING, callbacks=callbacks)
+    assert list(tmp_path.iterdir()) == []
+    assert not any("lora" in name for name, _ in llava.model.named_modules())
+
+
+def test_pretrained_run_is_the_untuned_baseline(llava, tiny_data, tmp_path):
+    record = run_pretrained(llava, tiny_data, tmp_path / "pretrained", FAST)
+    assert record.strategy == "pretrained" and record.layers == [] and record.trainable_parameters == 0 and record.losses == []
+    assert set(record.metrics) >= {"bleu4", "cider"}
+    assert json.loads((tmp_path / "pretrained" / "run.json").read_text())["trainable_share"] == 0
+    assert not (tmp_path / "pretrained" / "adapter_model.safetensors").exists()
+
+
+def test_data_parallel_run_on_two_cpu_processes(llava_dir, tiny_data, tmp_path):
+    """torchrun starts 2 processes (what `accelerate launch` does on GPUs): both train on their
+    slices, the main one alone captions and writes; the folder is one complete run."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hi_core", "finetune",
+               "--model", str(llava_dir), "--dataset", str(tiny_data), "--layers", "1", "--steps", "2", "--batch-size", "2",
+               "--rank", "4", "--max-new-tokens", "2", "--no-meteor", "--eval-fraction", "0.3", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("layers [1]") == 1  # reported once, by the main process
+    record = json.loads((out / "run.json").read_text())
+    assert record["layers"] == [1] and len(record["losses"]) == 2 and record["metrics"]
+    assert (out / "adapter_model.safetensors").is_file() and not list(tmp_path.glob(".*"))
