@@ -9,6 +9,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hi_core.loading import LoadConfig, load_model
@@ -24,6 +25,15 @@ def llava_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llava(llava_dir):
     return load_model(LoadConfig(model=str(llava_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Training tiny models: ~30x faster on one torch thread on a shared 2-core machine (bench/README.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

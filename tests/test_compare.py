@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 import hi_core.compare as compare
@@ -25,12 +24,7 @@ RANKING = Ranking.from_scores(np.array([0.2, 0.6]), "test ranking")  # layer 1 f
 NAMES = ["pretrained", "top-seed0", "top-seed1", "random-seed0", "random-seed1", "bottom-seed0", "bottom-seed1", "all-seed0", "all-seed1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

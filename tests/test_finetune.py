@@ -31,13 +31,7 @@ from hi_core.finetune import (
 FAST = DataConfig(max_new_tokens=4, meteor=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train ~30x faster on one thread on a shared machine (see bench/README.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ CONFIG = FinetuneConfig(layers="top", k=1, rank=4, steps=3, batch_size=2, lr=1e-
 RANKING = Ranking.from_scores(torch.tensor([0.2, 0.6]).numpy(), "test ranking")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
