@@ -7,6 +7,7 @@ key phrase selects, and which query rows (`producing` / `reading`) stand for the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -97,20 +98,31 @@ def build_inputs(
     )
 
 
+def phrase_span(text: str, phrase: str) -> tuple[int, int] | None:
+    """(start, end) of the phrase's first occurrence in `text`, case-insensitive: as whole words if it
+    occurs so ("man" in "a snowman and a man" is the second word), else anywhere; None if absent."""
+    whole = re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
+    if whole is not None:
+        return whole.span()
+    start = text.lower().find(phrase.lower())
+    return None if start < 0 else (start, start + len(phrase))
+
+
 def key_phrase_tokens(inputs: ModelInputs, key_phrase: str | None) -> np.ndarray:
     """Indices of the response tokens to average over: all, or those overlapping the key phrase.
 
-    The phrase is matched at its first occurrence in the response (case-insensitive); a token is
-    selected when its character span overlaps the phrase's span.
+    The phrase is matched at its first whole-word occurrence in the response (else its first
+    occurrence; case-insensitive, `phrase_span`); a token is selected when its character span
+    overlaps the phrase's span.
     """
     count = inputs.num_response_tokens
     if key_phrase is None or not key_phrase.strip():
         return np.arange(count)
     phrase = key_phrase.strip()
-    start = inputs.response_text.lower().find(phrase.lower())
-    if start < 0:
+    span = phrase_span(inputs.response_text, phrase)
+    if span is None:
         raise InputError(f"key phrase {phrase!r} does not occur in the description {inputs.response_text!r}")
-    end = start + len(phrase)
+    start, end = span
     selected = [i for i, (a, b) in enumerate(inputs.response_offsets) if a < end and b > start]
     if not selected:
         raise InputError(f"key phrase {phrase!r} covers no token of the description")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hi_core.errors import InputError
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs, key_phrase_tokens, phrase_span
 
 
 @pytest.fixture
@@ -50,3 +50,14 @@ def test_empty_text_is_an_input_error(llava, scene):
     image, _ = scene
     with pytest.raises(InputError, match="empty"):
         build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", " ")
+
+
+@pytest.mark.parametrize("text, phrase, expected", [
+    ("a snowman and a man", "man", (16, 19)),  # whole words first
+    ("A Man and a snowman", "man", (2, 5)),
+    ("two red squares", "square", (8, 14)),  # no whole-word match: the first substring (a plural)
+    ("a hot-dog", "dog", (6, 9)),
+    ("a cat", "dog", None),
+])
+def test_phrase_span_prefers_whole_words(text, phrase, expected):
+    assert phrase_span(text, phrase) == expected
