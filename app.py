@@ -2,19 +2,25 @@
 
 UI only: every number shown is computed by `hi_core`. `build_demo()` returns the Blocks (tests
 import it without serving); `python app.py [--host H] [--port P] [--share] [--model M]` serves it.
-Two tabs: the single-image explorer, and "Dataset" (score a dataset's every head: mean HI with
-intervals, layer bars, the images where a chosen head scores best and worst). On a ZeroGPU Space
-the model runs under `spaces.GPU`; without that package it runs as is.
+Three tabs: the single-image explorer, "Dataset" (score a dataset's every head: mean HI with
+intervals, layer bars, the images where a chosen head scores best and worst), and "Fine-tune" (LoRA
+on chosen layers with a live loss plot and a cancel button; held-out captions before and after; the
+adapter as a zip, and the tuned model back in the explorer). On a ZeroGPU Space the model runs under
+`spaces.GPU`; without that package it runs as is.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
 import functools
+import inspect
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +28,21 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from hi_core.archives import check_record_paths, extract_dataset_zip
 from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
+from hi_core.compare import METRICS
 from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
-from hi_core.datasets import INDEX, Record, read_dataset
+from hi_core.datasets import INDEX, Record, read_dataset, write_synthetic
 from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, ModelCache
+from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset
+from hi_core.layer_selection import Ranking, needs_ranking, select_layers
+from hi_core.loading import LoadConfig, LoadedModel, ModelCache, load_model
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
-from hi_core.plots import figure_to_array, hi_cells, layer_bars, map_overlay, mask_overlay, overlay_grid
+from hi_core.plots import figure_to_array, hi_cells, layer_bars, layer_choices, map_overlay, mask_overlay, overlay_grid
+from hi_core.runs import RunRecord, dataset_ranking, run_finetune, run_pretrained
 from hi_core.scoring import ScoringConfig
 
 try:  # Hugging Face ZeroGPU Spaces: the GPU is attached only inside functions decorated with spaces.GPU
@@ -49,8 +60,8 @@ except ImportError:
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
 
-# The Dataset tab's sources, and the limits on what an upload may hold.
-DEMO_SET, UPLOADED_ZIP = "demo", "zip"
+# The Dataset and Fine-tune tabs' sources (the generated scenes: Fine-tune only), and the limits on an upload.
+DEMO_SET, UPLOADED_ZIP, SYNTHETIC = "demo", "zip", "synthetic"
 ON_SPACE = bool(os.environ.get("SPACE_ID"))  # set on Hugging Face Spaces
 MAX_IMAGES_ON_SPACE = 200  # a Space's GPU slot and patience are short; locally there is no cap
 GALLERY_SIZE = 4  # images shown where the selected head scores best, and worst
@@ -69,7 +80,8 @@ Which attention heads of a multimodal LM look at the object a description names?
 object, run the analysis, and every head of the language model is scored by **Head Impact** (IoU
 of its binarized attention map over the image with the object's mask).
 Click a cell of the heatmap (rows: layers, columns: heads) to see that head's map. The **Dataset** tab
-scores every head over a whole dataset (the demo set, or a .zip of your own)."""
+scores every head over a whole dataset (the demo set, or a .zip of your own); **Fine-tune** tunes LoRA
+on the layers with the highest HI (or others, to compare) and shows the captions before and after."""
 
 
 @dataclass
@@ -84,6 +96,17 @@ class Session:
 
 def _input_error(function):
     """Show `InputError`s as a visible message in the page; the app keeps serving."""
+
+    if inspect.isgeneratorfunction(function):  # a handler that streams updates
+
+        @functools.wraps(function)
+        def generator(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except InputError as error:
+                raise gr.Error(str(error)) from None
+
+        return generator
 
     @functools.wraps(function)  # keeps the signature: gradio reads gr.Progress / gr.SelectData from it
     def wrapper(*args, **kwargs):
@@ -342,6 +365,169 @@ def _clicked_head(event: gr.SelectData, hi: np.ndarray) -> tuple[int, int]:
     return min(int(y) // cell, layers - 1), min(int(x) // cell, heads - 1)
 
 
+def _dataset_folder(source: str, archive: str | None, run_folder: Path) -> tuple[Path, str]:
+    """The folder of the chosen dataset (an upload is unpacked and checked into `run_folder`) and its name in the page."""
+    if source == UPLOADED_ZIP:
+        folder = extract_dataset_zip(archive, run_folder / "dataset")
+        check_record_paths(folder)
+        return folder, f"`{Path(archive).name}`"
+    if source == SYNTHETIC:
+        return _synthetic_set(), f"the synthetic scenes ({SYNTHETIC_SCENES}, reading order)"
+    return EXAMPLES_DIR, "the demo set"
+
+
+# --- the Fine-tune tab ----------------------------------------------------------------------------
+
+SYNTHETIC_SCENES = 200  # scenes captioned in reading order: a shift the demo model learns (docs/compare-demo.md)
+RANKING_LIMIT = 200  # records scored when a run ranks the layers itself
+EVAL_LIMIT = 200  # held-out records captioned before and after tuning
+LIVE_REFRESH_S = 0.5  # how often a running fine-tune updates the page
+LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
+_synthetic_lock = threading.Lock()
+
+
+def _synthetic_set() -> Path:
+    """The generated reading-order scenes (same seed, same files), written once and shared by sessions."""
+    folder = UNPACKED / f"synthetic-reading-{SYNTHETIC_SCENES}"
+    with _synthetic_lock:
+        if not (folder / INDEX).is_file():  # data.jsonl is written last
+            write_synthetic(folder, SYNTHETIC_SCENES, seed=1, order="reading")
+    return folder
+
+
+def _layer_ranking(scored: DatasetSession | None, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel) -> Ranking:
+    """Layers by dataset HI: the Dataset tab's scores when this session scored the same records (the same
+    data.jsonl) with the same model there; else scored now (default options, at most RANKING_LIMIT records)."""
+    try:
+        same = scored is not None and scored.load == load and (scored.folder / INDEX).read_bytes() == (folder / INDEX).read_bytes()
+    except OSError:  # the Dataset tab's files were cleaned up
+        same = False
+    if same:
+        return Ranking.from_scores(scored.analysis.layer_scores,
+                                   f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)")
+    ranking = dataset_ranking(loaded, folder, limit=RANKING_LIMIT)
+    return dataclasses.replace(ranking, source=f"dataset HI of {name}, scored for this run (default options, at most {RANKING_LIMIT} records)")
+
+
+@dataclass
+class FinetuneSession:
+    """One browser session's last finished fine-tune (in `gr.State`); `run_folder` is removed with it."""
+
+    load: LoadConfig  # the base model
+    dataset: str  # the dataset's name in the page
+    ranking: Ranking | None  # what top/bottom chose from
+    before: RunRecord  # the model as it is, on the held-out records
+    after: RunRecord  # the tuned model, on the same records
+    run_folder: Path  # adapter/ (peft adapter, run.json, captions), its zip, pretrained/, an unpacked upload
+
+    @property
+    def adapter(self) -> Path:
+        return self.run_folder / "adapter"
+
+    @property
+    def archive(self) -> Path:
+        return self.run_folder / "lora-adapter.zip"
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.run_folder, ignore_errors=True)
+
+
+@dataclass
+class _Live:
+    """A running fine-tune as the page shows it: written by the worker thread, read by the page's loop."""
+
+    steps: int
+    stage: str = "starting"
+    losses: list[float] = field(default_factory=list)  # (steps done,)
+    started: float = field(default_factory=time.monotonic)
+
+
+def _finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
+                  scored: DatasetSession | None, live: _Live, stop: threading.Event) -> FinetuneSession:
+    """One run (in a worker thread): the dataset, a private copy of the model (so the explorer's cached
+    model never carries LoRA, and keeps serving), the ranking, the untuned baseline, LoRA, the zip."""
+
+    def stage(text: str) -> None:
+        if stop.is_set():
+            raise TrainingCancelled("cancelled before training started")
+        live.stage = text
+
+    def on_step(step: int, loss: float) -> None:
+        live.losses.append(loss)
+        if step == config.steps:
+            live.stage = "captioning the held-out records with the tuned model"
+
+    stage("unpacking the zip" if source == UPLOADED_ZIP else "preparing the dataset")
+    folder, name = _dataset_folder(source, archive, run_folder)
+    stage("loading a private copy of the model")
+    loaded = load_model(load)
+    layers = len(loaded.adapter.decoder_layers(loaded.model))
+    # a bad k or layer list fails now, before the slow steps (any ranking of the right size checks them)
+    select_layers(config.layers, layers, config.k, Ranking.from_scores(np.zeros(layers), "check"), config.seed)
+    ranking = None
+    if needs_ranking(config.layers):
+        stage("ranking the layers by dataset HI")
+        ranking = _layer_ranking(scored, load, folder, name, loaded)
+    split = split_dataset(folder, config.data)
+    stage(f"captioning the {len(split.held_out)} held-out record(s) with the model as it is")
+    before = run_pretrained(loaded, folder, run_folder / "pretrained", config.data, split=split)
+    stage("training")
+    after = run_finetune(loaded, folder, run_folder / "adapter", config, ranking, callbacks=TrainCallbacks(on_step, stop.is_set), split=split)
+    session = FinetuneSession(load, name, ranking, before, after, run_folder)
+    shutil.make_archive(str(session.archive.with_suffix("")), "zip", root_dir=session.adapter)
+    return session
+
+
+def _progress(done: int, steps: int) -> str:
+    return f'\n\n<progress value="{done}" max="{steps}" style="width: 100%"></progress>'
+
+
+def _live_status(live: _Live, stop: threading.Event) -> str:
+    done = len(live.losses)
+    line = f"**{'Cancelling' if stop.is_set() else live.stage.capitalize()}...**"
+    if done:
+        line += f" · step {done} of {live.steps} · loss {live.losses[-1]:.3f}"
+    return f"{line} · {time.monotonic() - live.started:.0f} s" + _progress(done, live.steps)
+
+
+def _loss_frame(losses: list[float]) -> pd.DataFrame:
+    """(step, loss) rows for the live plot: every step, or every n-th and the last beyond LOSS_POINTS steps."""
+    steps = np.arange(1, len(losses) + 1)
+    if len(losses) > LOSS_POINTS:
+        steps = np.unique(np.append(steps[:: -(-len(losses) // LOSS_POINTS)], len(losses)))
+    return pd.DataFrame({"step": steps, "loss": np.asarray(losses, dtype=float)[steps - 1]})
+
+
+def _tuned_views(session: FinetuneSession) -> tuple:
+    """The status line, the metrics table, the summary, the adapted layers, sample captions, the zip."""
+    before, after, ranking = session.before, session.after, session.ranking
+    config = after.settings["config"]
+    status = (f"**Finished:** {len(after.losses)} steps, final loss {after.losses[-1]:.3f}, "
+              f"{after.timings['train_seconds']:.1f} s of training" + _progress(len(after.losses), len(after.losses)))
+    metrics = [[label, *(round(value, 4) for value in (before.metrics[key], after.metrics[key], after.metrics[key] - before.metrics[key]))]
+               for key, label in METRICS.items() if key in before.metrics and key in after.metrics]
+    how = {"top": f"the top {config['k']} by HI", "bottom": f"the bottom {config['k']} by HI", "all": "every layer",
+           "random": f"{config['k']} drawn at random, seed {config['seed']}", "list": "chosen by hand"}[after.strategy]
+    summary = (
+        f"**Tuned** `{session.load.model}` on {session.dataset}: LoRA rank {config['rank']} on layer(s) "
+        f"{', '.join(map(str, after.layers))} of {after.num_layers} ({how}) · **trainable parameters** "
+        f"{after.trainable_parameters:,} of {after.total_parameters:,} ({100 * after.trainable_share:.3g}%)  \n"
+        + (f"**Ranking:** {ranking.source}  \n" if ranking is not None else "")
+        + f"**Captioned before and after:** {after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
+        + " ".join(note.rstrip(".") + "." for note in after.metric_notes)
+    )
+    selected = np.zeros((1, after.num_layers), bool)  # (runs, layers)
+    selected[0, after.layers] = True
+    scores = None
+    if ranking is not None:
+        scores = np.zeros(after.num_layers)
+        scores[list(ranking.layers)] = ranking.scores
+    layers = figure_to_array(layer_choices(selected, [after.strategy], scores, title="Adapted layers (bars: layer scores)"))
+    untuned = {caption["id"]: caption["generated"] for caption in before.samples}
+    samples = [[c["id"], c["reference"], untuned.get(c["id"], ""), c["generated"]] for c in after.samples]
+    return status, metrics, summary, layers, samples, str(session.archive)
+
+
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> gr.Blocks:
     """The explorer's UI; `cache` holds loaded models across sessions."""
     cache = cache or ModelCache()
@@ -350,12 +536,13 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
     def scoring(binarize: str, quantile: float, layer_score: str) -> ScoringConfig:
         return ScoringConfig(binarize=binarize, quantile=float(quantile), layer_score=layer_score)
 
+    def loaded_message(loaded: LoadedModel) -> str:
+        return f"Loaded `{loaded.name}`: {loaded.family}, {len(loaded.adapter.decoder_layers(loaded.model))} language-model layers."
+
     @_input_error
-    def load(model_name: str, device: str, progress=gr.Progress()):
+    def load(model_name: str, device: str, lora: str = "", progress=gr.Progress()):
         progress(0.1, desc=f"loading {model_name}")
-        loaded = cache.get(LoadConfig(model=model_name.strip(), device=device))
-        layers = len(loaded.adapter.decoder_layers(loaded.model))
-        return f"Loaded `{loaded.name}`: {loaded.family}, {layers} language-model layers."
+        return loaded_message(cache.get(LoadConfig(model=model_name.strip(), device=device, lora=lora)))
 
     def pick_example(event: gr.SelectData):
         example = examples[event.index]
@@ -379,7 +566,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
     @on_gpu
     @_input_error
     def analyze(model_name, device, editor, uploaded_mask, text, generate, key_phrase, prompt, queries,
-                binarize, quantile, layer_score, top_n, layer, top_k, progress=gr.Progress()):
+                binarize, quantile, layer_score, top_n, layer, top_k, lora="", progress=gr.Progress()):
         image, mask = _mask_from_inputs(editor, uploaded_mask)
         config = AnalysisConfig(
             prompt=prompt or "Describe the image.",
@@ -390,7 +577,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         if not generate and not (text or "").strip():
             raise InputError("type the description to score, or tick 'generate'")
         progress(0.2, desc="loading model")
-        loaded = cache.get(LoadConfig(model=model_name.strip(), device=device))
+        loaded = cache.get(LoadConfig(model=model_name.strip(), device=device, lora=lora))
         progress(0.5, desc="capturing attention")
         analysis = analyze_image(loaded, Image.fromarray(image), mask, None if generate else text, config)
         session = Session(analysis=analysis, image=image, mask=mask, selected=analysis.ranked_heads()[0])
@@ -423,7 +610,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
     @on_gpu_long
     @_input_error
     def score_set(session: DatasetSession | None, model_name, device, source, archive, batch_size, limit, prompt, queries,
-                  binarize, quantile, layer_score, use_key_phrases, top_k, overlay, progress=gr.Progress()):
+                  binarize, quantile, layer_score, use_key_phrases, top_k, overlay, lora="", progress=gr.Progress()):
         limit = int(limit or 0) or None
         if ON_SPACE:
             limit = min(limit or MAX_IMAGES_ON_SPACE, MAX_IMAGES_ON_SPACE)
@@ -436,15 +623,10 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
             raise InputError("upload a dataset .zip first, or choose the demo set")
         run_folder = _new_run_folder()
         try:
-            if source == UPLOADED_ZIP:
-                progress(0, desc="unpacking the zip")
-                folder = extract_dataset_zip(archive, run_folder / "dataset")
-                check_record_paths(folder)
-                name = f"`{Path(archive).name}`"
-            else:
-                folder, name = EXAMPLES_DIR, "the demo set"
+            progress(0, desc="unpacking the zip" if source == UPLOADED_ZIP else "reading the dataset")
+            folder, name = _dataset_folder(source, archive, run_folder)
             progress(0, desc="loading model")
-            load_config = LoadConfig(model=model_name.strip(), device=device)
+            load_config = LoadConfig(model=model_name.strip(), device=device, lora=lora)
             loaded = cache.get(load_config)
             analysis = score_dataset(loaded, folder, config,
                                      progress=lambda done, total: progress((done, total), desc="scoring", unit="images"))
@@ -476,11 +658,67 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
     def redraw_bars(session: DatasetSession | None, top_k):
         return gr.skip() if session is None else _dataset_views(session, int(top_k))[2]
 
+    stops: dict[str, threading.Event] = {}  # session -> the stop flag of its running fine-tune
+
+    @on_gpu_long
+    @_input_error
+    def finetune(previous: FinetuneSession | None, scored: DatasetSession | None, model_name, device, source, archive,
+                 strategy, layer_list, k, rank, steps, lr, batch_size, seed, meteor=True, request: gr.Request = None):
+        if strategy == "list" and not (layer_list or "").strip():
+            raise InputError("type the layers to tune, e.g. 0,2")
+        config = FinetuneConfig(layers=layer_list if strategy == "list" else strategy, k=int(k or 0), rank=int(rank or 0),
+                                steps=int(steps or 0), lr=float(lr or 0), batch_size=int(batch_size or 0), seed=int(seed or 0),
+                                data=DataConfig(eval_limit=EVAL_LIMIT, meteor=bool(meteor)))
+        if source == UPLOADED_ZIP and not archive:
+            raise InputError("upload a dataset .zip first, or choose another dataset")
+        load = LoadConfig(model=model_name.strip(), device=device)
+        stop = stops[request.session_hash] = threading.Event()
+        live, run_folder, fresh = _Live(config.steps), _new_run_folder(), None
+        worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="finetune")
+        job = worker.submit(_finetune_job, load, config, source, archive, run_folder, scored, live, stop)
+        try:
+            while not job.done():
+                concurrent.futures.wait([job], timeout=LIVE_REFRESH_S)
+                yield gr.skip(), _live_status(live, stop), _loss_frame(live.losses), *(gr.skip(),) * 6
+            fresh = job.result()  # re-raises the job's error
+        except TrainingCancelled as cancelled:
+            done = len(live.losses)
+            kept = " (below: the last finished run)" if previous is not None else ""
+            yield (gr.skip(), f"**{str(cancelled).capitalize()}**: nothing was saved{kept}." + _progress(done, config.steps),
+                   _loss_frame(live.losses), *(gr.skip(),) * 6)
+        finally:
+            stop.set()  # the page was closed, or the job failed: training stops at its next step
+            worker.shutdown(wait=True)
+            if stops.get(request.session_hash) is stop:
+                del stops[request.session_hash]
+            if fresh is None:
+                shutil.rmtree(run_folder, ignore_errors=True)
+        if fresh is not None:
+            _forget(previous)  # the previous run's files, now that this one stands
+            status, *views = _tuned_views(fresh)
+            yield fresh, status, _loss_frame(fresh.after.losses), *views, gr.Button(interactive=True)
+
+    def cancel_finetune(request: gr.Request):
+        stop = stops.get(request.session_hash)
+        if stop is None:
+            gr.Warning("Nothing is training in this session.")
+        else:
+            stop.set()  # read by the training loop before its next step
+
+    @_input_error
+    def use_tuned_model(session: FinetuneSession | None, progress=gr.Progress()):
+        if session is None:
+            raise InputError("fine-tune a model first")
+        progress(0.2, desc="merging the adapter into the model")
+        config = dataclasses.replace(session.load, lora=str(session.adapter))
+        return config.model, config.device, config.lora, loaded_message(cache.get(config)), gr.Tabs(selected="explorer")
+
     with gr.Blocks(title="HI Explorer") as demo:
         state = gr.State(None)
         dataset_state = gr.State(None, delete_callback=_forget)
+        finetune_state = gr.State(None, delete_callback=_forget)
         gr.Markdown(INTRO)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Explorer", id="explorer"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=340):
@@ -488,6 +726,8 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
                             with gr.Row():
                                 model_name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3)
                                 device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90)
+                            lora_folder = gr.Textbox("", label="LoRA adapter folder (optional): merged into the model",
+                                                     placeholder="set by the Fine-tune tab's 'Use the tuned model'", elem_id="lora")
                             load_button = gr.Button("Load model", size="sm")
                             model_status = gr.Markdown("The embedded `demo` model is loaded on first use.", elem_id="model-status")
                         editor = gr.ImageEditor(
@@ -593,9 +833,53 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
                                                   interactive=False, elem_id="ds-ranking", max_height=400)
                         ds_downloads = gr.File(label="Downloads: dataset scores (JSON), per-image HI (CSV)",
                                                file_count="multiple", elem_id="ds-downloads")
+            with gr.Tab("Fine-tune", id="finetune"):
+                gr.Markdown(
+                    "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), then "
+                    "caption the held-out records (a hashed 20% of the dataset) before and after. `top`/`bottom` take the layers "
+                    "by dataset HI: the Dataset tab's scores if you scored the same dataset there with the same model, else "
+                    "scored when the run starts. The defaults suit the demo model (3 layers): the synthetic scenes are captioned "
+                    "in reading order, which it learns in about 100 steps. Training uses a private copy of the model; the "
+                    "explorer keeps serving meanwhile."
+                )
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=300):
+                        ft_source = gr.Radio([(f"synthetic scenes (reading-order captions, N={SYNTHETIC_SCENES})", SYNTHETIC),
+                                              (f"demo set ({len(examples)} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
+                                             value=SYNTHETIC, label="Dataset", elem_id="ft-source")
+                        ft_archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", height=120, elem_id="ft-zip")
+                        ft_strategy = gr.Radio([("top-k by HI", "top"), ("bottom-k by HI", "bottom"), ("random k", "random"),
+                                                ("all", "all"), ("these:", "list")], value="top", label="Layers to tune",
+                                               elem_id="ft-strategy")
+                        ft_layer_list = gr.Textbox(label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
+                        with gr.Row():
+                            ft_k = gr.Number(1, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
+                            ft_rank = gr.Number(8, precision=0, minimum=1, label="LoRA rank", min_width=90, elem_id="ft-rank")
+                            ft_steps = gr.Number(100, precision=0, minimum=1, label="Steps", min_width=90, elem_id="ft-steps")
+                        with gr.Row():
+                            ft_lr = gr.Number(2e-3, label="Learning rate", min_width=90, elem_id="ft-lr")
+                            ft_batch_size = gr.Number(16, precision=0, minimum=1, label="Batch size", min_width=90, elem_id="ft-batch-size")
+                            ft_seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="ft-seed")
+                        ft_meteor = gr.Checkbox(True, label="METEOR too (needs Java; ~5 s per evaluation)", elem_id="ft-meteor")
+                        with gr.Row():
+                            ft_launch = gr.Button("Launch fine-tune", variant="primary", elem_id="ft-launch")
+                            ft_cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+                    with gr.Column(scale=3):
+                        ft_status = gr.Markdown("Progress appears here.", elem_id="ft-status")
+                        ft_loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, elem_id="ft-loss")
+                        ft_summary = gr.Markdown(elem_id="ft-summary")
+                        ft_metrics = gr.Dataframe(headers=["metric", "before", "after", "change"], interactive=False,
+                                                  label="Held-out caption metrics", elem_id="ft-metrics")
+                        ft_samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
+                                                  column_widths=["16%", "28%", "28%", "28%"],
+                                                  label="Sample captions", elem_id="ft-samples")
+                        ft_layers = gr.Image(label="Adapted layers", interactive=False, height=200, elem_id="ft-layers")
+                        with gr.Row():
+                            ft_download = gr.File(label="The adapter (peft) with run.json, zipped", elem_id="ft-download")
+                            ft_use = gr.Button("Use the tuned model in the Explorer", interactive=False, elem_id="ft-use")
 
         views = [summary, heatmap, head_view, top_view, layer_view, ranking, bars, selected_layer, selected_head]
-        load_button.click(load, [model_name, device], model_status, api_name="load_model")
+        load_button.click(load, [model_name, device, lora_folder], model_status, api_name="load_model")
         if examples:
             # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
             # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
@@ -606,7 +890,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         analyze_button.click(
             analyze,
             [model_name, device, editor, uploaded_mask, text, generate, key_phrase, prompt, queries,
-             binarize, quantile, layer_score, top_n, layer, top_k],
+             binarize, quantile, layer_score, top_n, layer, top_k, lora_folder],
             [state, mask_view, *views, downloads],
             api_name="analyze",
         )
@@ -625,7 +909,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
         score_button.click(
             score_set,
             [dataset_state, model_name, device, source, archive, ds_batch_size, ds_limit, ds_prompt, ds_queries,
-             ds_binarize, ds_quantile, ds_layer_score, ds_key_phrases, ds_top_k, ds_overlay],
+             ds_binarize, ds_quantile, ds_layer_score, ds_key_phrases, ds_top_k, ds_overlay, lora_folder],
             [dataset_state, *dataset_views, ds_downloads],
             api_name="score_dataset",
             concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
@@ -637,6 +921,21 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None) -> 
             box.submit(select_dataset_head, [dataset_state, ds_layer, ds_head, ds_overlay], [dataset_state, *head_views], api_name=False)
         ds_overlay.change(select_dataset_head, [dataset_state, ds_layer, ds_head, ds_overlay], [dataset_state, *head_views], api_name=False)
         ds_top_k.change(redraw_bars, [dataset_state, ds_top_k], ds_bars, api_name=False)
+
+        ft_archive.upload(lambda: UPLOADED_ZIP, None, ft_source, api_name=False)
+        ft_archive.clear(lambda: SYNTHETIC, None, ft_source, api_name=False)
+        ft_layer_list.input(lambda: "list", None, ft_strategy, api_name=False)
+        ft_launch.click(
+            finetune,
+            [finetune_state, dataset_state, model_name, device, ft_source, ft_archive, ft_strategy, ft_layer_list, ft_k, ft_rank,
+             ft_steps, ft_lr, ft_batch_size, ft_seed, ft_meteor],
+            [finetune_state, ft_status, ft_loss, ft_metrics, ft_summary, ft_layers, ft_samples, ft_download, ft_use],
+            api_name="finetune",
+            concurrency_limit=1,  # one run at a time (each holds a private copy of the model)
+            show_progress_on=[ft_status],
+        )
+        ft_cancel.click(cancel_finetune, None, None, api_name="cancel_finetune")
+        ft_use.click(use_tuned_model, finetune_state, [model_name, device, lora_folder, model_status, tabs], api_name="use_tuned_model")
     demo.queue(default_concurrency_limit=2)
     return demo
 

@@ -4,6 +4,8 @@ Loading is plain transformers (`AutoProcessor` + `AutoModelForImageTextToText`),
 safetensors only, `trust_remote_code` off unless asked for. Processors that own a video processor
 (Qwen2-VL, SmolVLM) cannot be built without torchvision; for those the processor is assembled
 from its tokenizer and image processor with no video processor (images are all we need).
+A LoRA adapter (a peft folder, as `finetune` writes) can be merged into the weights at load
+(`LoadConfig.lora`): the result is a plain model of the same family, analyzed like any other.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import inspect
 import logging
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +37,18 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """Which model to load and how. `model` is `demo`, a Hub id (owner/name) or a local folder."""
+    """Which model to load and how. `model` is `demo`, a Hub id (owner/name) or a local folder;
+    `lora`, if given, a peft LoRA adapter folder (safetensors) merged into the model's weights."""
 
     model: str
     device: Device = "auto"
     dtype: DType = "auto"
     trust_remote_code: bool = False
+    lora: str | None = None
 
     def __post_init__(self) -> None:
+        if self.lora is not None and not self.lora.strip():
+            object.__setattr__(self, "lora", None)  # an empty field in a form: no adapter
         check_choice("device", self.device, Device)
         check_choice("dtype", self.dtype, DType)
         if not self.model.strip():
@@ -175,8 +182,34 @@ def load_model(config: LoadConfig) -> LoadedModel:
         )
     except OSError as error:
         raise InputError(f"could not load model {config.model!r}: {error}") from None
-    model.to(device).eval()
-    return LoadedModel(name=config.model, model=model, processor=processor, adapter=adapter, device=device)
+    model.to(device)
+    if config.lora is not None:
+        model = merge_lora(model, config.lora)
+    name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"
+    return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device)
+
+
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def merge_lora(model: Any, folder: str) -> Any:
+    """`model` with the LoRA adapter saved in `folder` (peft's `save_pretrained`) merged into its
+    weights; the returned model has no LoRA layers left. Safetensors only: a folder with just
+    `adapter_model.bin` (a pickle) is refused before anything is read."""
+    from peft import PeftModel
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InputError(f"LoRA adapter folder {folder!r} does not exist")
+    missing = [name for name in LORA_FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"LoRA adapter folder {folder!r} has no {missing[0]} (expected a peft adapter saved as safetensors)")
+    try:
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise InputError(f"could not apply the LoRA adapter {folder!r} to this model: {error}") from None
 
 
 class ModelCache:

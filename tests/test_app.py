@@ -1,5 +1,7 @@
 """The app through its API (gradio_client): analysis, head selection, per-session state, errors; the
-Dataset tab: scoring the demo set or an uploaded zip, best/worst galleries, unsafe and bad zips."""
+Dataset tab: scoring the demo set or an uploaded zip, best/worst galleries, unsafe and bad zips; the
+Fine-tune tab: a run that finishes (metrics, loss curve, a loadable adapter zip, the tuned model back in
+the explorer, whose cached model never carries LoRA), a cancelled run, bad input."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import re
 import shutil
 import socket
 import stat
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -21,6 +25,7 @@ import app
 from hi_core import archives
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
+from hi_core.loading import LoadConfig, ModelCache, load_model
 from hi_core.plots import map_overlay
 
 EXAMPLE_DIR = app.EXAMPLES_DIR
@@ -33,8 +38,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(llava_dir):
-    demo = app.build_demo(str(llava_dir))
+def explorer_cache():
+    """The server's model cache: what the explorer analyzes with."""
+    return ModelCache()
+
+
+@pytest.fixture(scope="module")
+def server(llava_dir, explorer_cache):
+    demo = app.build_demo(str(llava_dir), explorer_cache)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", str(llava_dir)
@@ -290,3 +301,125 @@ def test_gallery_overlay_puts_the_map_on_its_cells_and_outlines_the_mask():
     assert shown.shape == (16, 16, 3)
     assert (shown[:8, :8].sum(-1) > shown[:8, 8:].sum(-1)).all()  # the hot cell is brighter (inferno)
     assert (shown[8:10, 8:] == (0, 255, 255)).all() and (shown[12, 12] != (0, 255, 255)).any()  # outline only
+
+
+# --- the Fine-tune tab -----------------------------------------------------------------------------
+
+
+def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False):
+    return client.submit(model, "cpu", source, handle_file(str(archive)) if archive else None, strategy, layers, k, 4, steps,
+                         1e-3, 2, 0, meteor, api_name="/finetune")
+
+
+def _finetune(client, model, **options):
+    return _finetune_job(client, model, **options).result(timeout=300)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft asks transformers
+def test_a_finetune_finishes_with_metrics_a_loss_curve_and_a_loadable_adapter(server, explorer_cache, tmp_path):
+    from peft import PeftModel
+
+    url, model = server
+    client = Client(url, verbose=False)
+    client.predict(model, "cpu", api_name="/load_model")  # the explorer's model, cached before the run
+    explorer = explorer_cache.get(LoadConfig(model=model, device="cpu"))
+    weights = {name: value.clone() for name, value in explorer.model.state_dict().items()}
+    layer_scores = json.loads(open(next(p for p in _score(client, model)[-1] if p.endswith(".json"))).read())["layers"]
+
+    status, loss, metrics, summary, layers_figure, samples, archive = _finetune(client, model, steps=3, meteor=True)
+    assert status.startswith("**Finished:** 3 steps")
+    assert [row[0] for row in loss["data"]] == [1, 2, 3]
+    meteor = ["METEOR"] if shutil.which("java") else []  # METEOR runs on Java, where it is installed
+    assert [row[0] for row in metrics["data"]] == ["BLEU-4", "ROUGE-L", "CIDEr", *meteor, "exact match"]
+    assert all(after == pytest.approx(before + change, abs=2e-4) for _, before, after, change in metrics["data"])
+    # top-1: the best layer of the Dataset tab's scores of the same set, which this session made just before
+    assert f"on layer(s) {layer_scores[0]['layer']} of 2 (the top 1 by HI)" in summary
+    assert "the Dataset tab's scores of the demo set (8 images)" in summary
+    assert re.search(r"trainable parameters\*\* [\d,]+ of [\d,]+ \(\d", summary)
+    assert samples["headers"] == ["id", "reference", "before", "after"] and samples["data"]
+    assert Image.open(layers_figure).size[0] > 100
+
+    with zipfile.ZipFile(archive) as bundle:
+        assert {"adapter_config.json", "adapter_model.safetensors", "run.json"} <= set(bundle.namelist())
+        bundle.extractall(tmp_path / "adapter")
+    run = json.loads((tmp_path / "adapter" / "run.json").read_text())
+    assert len(run["losses"]) == 3 and run["layers"] == [layer_scores[0]["layer"]]
+    tuned = PeftModel.from_pretrained(load_model(LoadConfig(model=model, device="cpu")).model, str(tmp_path / "adapter"))
+    assert sum("lora_A" in name for name, _ in tuned.named_parameters()) == 4  # q, k, v, o of one layer
+
+    # the explorer's cached model was never touched: same weights, no LoRA layers
+    assert explorer_cache.get(LoadConfig(model=model, device="cpu")) is explorer
+    assert explorer.model.state_dict().keys() == weights.keys()
+    assert all(torch.equal(value, weights[name]) for name, value in explorer.model.state_dict().items())
+
+    # the tuned model, back in the explorer
+    shown_model, device, lora, loaded = client.predict(api_name="/use_tuned_model")
+    assert (shown_model, device) == (model, "cpu") and Path(lora, "adapter_model.safetensors").is_file()
+    assert "+ LoRA" in loaded and "2 language-model layers" in loaded
+    _, mask, _ = _example()
+    image, _, _ = _example()
+    editor = {"background": handle_file(image), "layers": [], "composite": handle_file(image)}
+    analysis = client.predict(model, "cpu", editor, handle_file(mask), "a small orange cross at the left", False, "",
+                              "Describe the image.", "producing", "area", 0.9, "max", 8, 0, 4, lora, api_name="/analyze")
+    assert f"`{model} + LoRA {lora}`" in analysis[1]
+
+
+def _wait_for(job, pattern: str, timeout: float = 120) -> None:
+    """Until the status a running job streams matches `pattern`."""
+    deadline = time.monotonic() + timeout
+    while not any(re.search(pattern, output[0] or "") for output in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), f"no {pattern!r} in the status: {str(job.outputs()[-1:])[:300]}"
+        time.sleep(0.1)
+
+
+def test_cancelling_a_finetune_stops_it_and_leaves_no_files(server):
+    url, model = server
+    client = Client(url, verbose=False)
+    before = _run_folders()
+    job = _finetune_job(client, model, strategy="random", steps=100_000)
+    _wait_for(job, r"step \d+ of 100000")
+    client.predict(api_name="/cancel_finetune")
+    status, loss, *others = job.result(timeout=60)
+    steps = re.match(r"\*\*Cancelled at step (\d+) of 100000\*\*: nothing was saved", status)
+    assert steps and loss["data"][-1][0] == int(steps.group(1)) - 1  # the plot ends at the last step done
+    assert _run_folders() == before
+    with pytest.raises(Exception, match="fine-tune a model first"):  # nothing was kept for this session
+        client.predict(api_name="/use_tuned_model")
+    assert _finetune(client, model, strategy="all", steps=1)[0].startswith("**Finished:** 1 steps")  # and it keeps serving
+
+
+def test_a_zip_can_be_fine_tuned_on(server, tmp_path):
+    url, model = server
+    client = Client(url, verbose=False)
+    archive = _zip_of(EXAMPLE_DIR, tmp_path / "scenes.zip", top="scenes/")
+    status, _, _, summary, *_ = _finetune(client, model, source="zip", archive=archive, strategy="list", layers="1", steps=2)
+    assert status.startswith("**Finished:** 2 steps") and "on `scenes.zip`: LoRA rank 4 on layer(s) 1 of 2 (chosen by hand)" in summary
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": 3}, "k must be between 1 and the language model's 2 layers, got 3"),
+    ({"strategy": "list", "layers": "0,7"}, "layer 7 does not exist"),
+    ({"strategy": "list", "layers": "0,x"}, "layers must be one of top, bottom, random, all or indices"),
+    ({"strategy": "list", "layers": " "}, "type the layers to tune"),
+    ({"steps": 0}, "Value 0 is less than minimum value 1"),  # the page checks it before the handler runs
+    ({"source": "zip"}, "upload a dataset .zip first"),
+    ({"source": "zip", "archive": "not-a-zip"}, "not a readable zip"),
+    ({"source": "zip", "archive": "outside"}, "is not a path inside the dataset"),
+])
+def test_bad_finetune_input_is_shown_and_leaves_no_files(server, tmp_path, options, message):
+    url, model = server
+    client = Client(url, verbose=False)
+    makers = {"not-a-zip": _not_a_zip, "outside": _outside_path}
+    if "archive" in options:
+        options["archive"] = makers[options["archive"]](tmp_path / "upload.zip")
+    before = _run_folders()
+    with pytest.raises(Exception, match=re.escape(message)):
+        _finetune(client, model, **options)
+    assert _run_folders() <= before
+
+
+def test_a_cancel_with_nothing_running_does_not_stop_the_next_run(server):
+    url, model = server
+    client = Client(url, verbose=False)
+    client.predict(api_name="/cancel_finetune")  # only a warning in the page
+    assert _finetune(client, model, strategy="random", steps=2)[0].startswith("**Finished:** 2 steps")

@@ -1,6 +1,7 @@
 """The app in a real browser, driven the way a person would: pick an example, paint the key object
 on the editor's canvas, analyze, click a heatmap cell, trip over an empty mask and recover; in the
-Dataset tab, score the demo set and click a head to see where it scores best and worst.
+Dataset tab, score the demo set and click a head to see where it scores best and worst; in the
+Fine-tune tab, run a tiny fine-tune to the end, cancel a long one, and take the tuned model to the explorer.
 
 Chromium is Debian's /usr/bin/chromium (never `playwright install`). Screenshots of the main views
 go to $HI_SCREENSHOTS (default artifacts/screenshots/), which CI keeps as artifacts.
@@ -14,6 +15,7 @@ import os
 import re
 import socket
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +350,41 @@ def test_the_dataset_tab_scores_the_demo_set_and_a_clicked_head_shows_its_best_a
     expect(page.locator("#ds-head")).to_contain_text(f"Layer {target[0]}, head {target[1]}: mean HI {dataset_scores.hi[target]:.3f}")
     page.locator("#ds-best").scroll_into_view_if_needed()
     _screenshot(page, "05-dataset-head-selected.png")
+
+
+def _set_number(page: Page, elem_id: str, value: float) -> None:
+    page.locator(f"#{elem_id} input").fill(str(value))
+
+
+def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_loads_the_tuned_model(page, model_shape):
+    layers = model_shape[0]
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_text(f"demo set ({len(EXAMPLES)} scenes)").click()
+    _set_number(page, "ft-steps", 4)
+    _set_number(page, "ft-batch-size", 4)
+    page.locator("#ft-meteor input").uncheck()  # METEOR starts a JVM: seconds this test does not need
+    page.locator("#ft-launch").click()
+    status = page.locator("#ft-status")
+    expect(status).to_contain_text("Finished: 4 steps")
+    expect(status.locator("progress")).to_have_attribute("value", "4")
+    expect(page.locator("#ft-metrics [data-testid='cell-0-0']")).to_have_text("BLEU-4")
+    expect(page.locator("#ft-summary")).to_contain_text(re.compile(rf"on layer\(s\) \d of {layers} \(the top 1 by HI\)"))
+    expect(page.locator("#ft-samples [data-testid='cell-0-1']")).not_to_be_empty()  # a reference caption
+    link = page.locator("#ft-download a")
+    expect(link).to_have_attribute("href", re.compile(r"lora-adapter\.zip$"))
+    with zipfile.ZipFile(io.BytesIO(page.request.get(link.get_attribute("href")).body())) as bundle:  # what the link downloads
+        assert {"adapter_config.json", "adapter_model.safetensors", "run.json"} <= set(bundle.namelist())
+    _image_src(page, "ft-layers")
+    _screenshot(page, "06-finetune.png")
+
+    _set_number(page, "ft-steps", 100000)
+    page.locator("#ft-launch").click()
+    expect(status).to_contain_text(re.compile(r"Training\.\.\. · step \d+ of 100000"))
+    page.locator("#ft-cancel").click()
+    expect(status).to_contain_text(re.compile(r"Cancelled at step \d+ of 100000: nothing was saved"))
+    page.locator("#ft-loss").scroll_into_view_if_needed()
+    _screenshot(page, "07-finetune-cancelled.png")
+
+    page.locator("#ft-use").click()  # the finished run's adapter: a cancelled run replaces nothing
+    expect(page.locator("#model-status")).to_contain_text(re.compile(r"Loaded demo \+ LoRA \S*adapter: "))
+    expect(page.locator("#lora input, #lora textarea")).to_have_value(re.compile(r"adapter$"))
