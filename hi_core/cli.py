@@ -20,7 +20,7 @@ from transformers.utils import logging as transformers_logging
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
 from .coco import convert_coco
 from .compare import CompareConfig, run_compare
-from .dataset_scoring import DatasetConfig, process_state, score_dataset
+from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .errors import InputError
 from .finetune import DataConfig, FinetuneConfig, Schedule
@@ -74,11 +74,25 @@ def _add_score(subcommands: argparse._SubParsersAction) -> None:
     score.add_argument("--max-new-tokens", type=int, default=64, help="length limit with --generate (default: %(default)s)")
     score.add_argument("--out", help="write the JSON here (default: stdout)")
     score.add_argument("--maps", help="write the head maps to this .npz (maps: layers x heads x gh x gw)")
-    score.add_argument("--device", choices=get_args(Device), default="auto", help="default: %(default)s")
-    score.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
-    score.add_argument("--trust-remote-code", action="store_true",
-                       help="allow the model's own Python code from the Hub (off by default)")
+    _add_model_options(score)
     score.set_defaults(run=_run_score)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the model loads (every command that loads one)."""
+    parser.add_argument("--device", choices=get_args(Device), default="auto", help="default: %(default)s")
+    parser.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model's own Python code from the Hub (off by default)")
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
+    """The model of --model; under `accelerate launch`, after binding this process to its device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=resolve_device(args.device).type == "cpu")
+    return load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
 
 
 def _run_score(args: argparse.Namespace) -> None:
@@ -101,7 +115,7 @@ def _run_score(args: argparse.Namespace) -> None:
     mask = check_mask(load_mask(args.mask), image)  # before the (slow) model load
     if args.text is not None and not args.text.strip():
         raise InputError("the description text is empty: give a text to score, or --generate")
-    loaded = load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    loaded = _load(args)
     analysis = analyze_image(loaded, image, mask, None if args.generate else args.text, config)
     if args.maps:
         analysis.save_maps(args.maps)
@@ -133,8 +147,7 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
     cache = args.cache or (out.with_suffix(".cache") if out else None)
     csv_path = args.images_csv or (out.with_suffix(".images.csv") if out else None)
     count_records(args.dataset)  # a missing dataset fails before the (slow) model load
-    process_state()  # under `accelerate launch`: join the process group (and take this process's GPU) first
-    loaded = load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    loaded = _load(args)
     result = score_dataset(loaded, args.dataset, config, cache=cache)
     if result is None:  # a non-main process of a data-parallel run: the main one writes the result
         return
@@ -212,11 +225,8 @@ def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-limit", type=int, metavar="N", help="caption at most N held-out records")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.data.max_new_tokens, help="caption length limit (default: %(default)s)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
-    parser.add_argument("--device", choices=get_args(Device), default="auto", help="default: %(default)s")
-    parser.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model's own Python code from the Hub (off by default)")
+    _add_model_options(parser)
 
 
 def _add_finetune(subcommands: argparse._SubParsersAction) -> None:
@@ -263,11 +273,7 @@ def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedMode
         if args.threads < 1:
             raise InputError(f"threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: bind this process to its GPU first
-        from accelerate import PartialState
-
-        PartialState(cpu=resolve_device(args.device).type == "cpu")
-    return ranking, load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    return ranking, _load(args)
 
 
 def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking | None, layers: LayerChoice) -> Ranking | None:

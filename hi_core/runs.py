@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .captioning import SAMPLES, evaluate_captions, generate_captions
+from .dataset_scoring import DatasetConfig, score_dataset
 from .errors import InputError
 from .finetune import (
     DataConfig,
@@ -247,10 +248,6 @@ def run_pretrained(
 
 def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
     """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
-    try:
-        from .dataset_scoring import DatasetConfig, score_dataset
-    except ImportError:
-        raise InputError("scoring a dataset on the fly is not available here: give --ranking SCORE.json") from None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
     analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
