@@ -39,7 +39,7 @@ from hi_core.datasets import INDEX, Record, read_dataset, write_synthetic
 from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset
 from hi_core.layer_selection import Ranking, needs_ranking, select_layers
-from hi_core.loading import LoadConfig, LoadedModel, ModelCache, load_model
+from hi_core.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache, load_model
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
 from hi_core.plots import figure_to_array, hi_cells, layer_bars, layer_choices, map_overlay, mask_overlay, overlay_grid
 from hi_core.runs import RunRecord, dataset_ranking, run_finetune, run_pretrained
@@ -58,7 +58,7 @@ except ImportError:
     on_gpu_long = on_gpu
 
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLES_DIR = ASSETS_DIR / "examples"
 
 # The Dataset and Fine-tune tabs' sources (the generated scenes: Fine-tune only), and the limits on an upload.
 DEMO_SET, UPLOADED_ZIP, SYNTHETIC = "demo", "zip", "synthetic"

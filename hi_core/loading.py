@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # package data: the demo model and the examples
+DEMO_MODEL_DIR = ASSETS_DIR / "demo-model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

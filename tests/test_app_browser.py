@@ -30,7 +30,7 @@ from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.plots import mask_overlay
 
-# The model the page analyzes: "demo" (the embedded model in assets/demo-model/), or None for the
+# The model the page analyzes: "demo" (the embedded model in hi_core/assets/demo-model/), or None for the
 # tiny random LLaVA of the `llava_dir` fixture (same family, same UI, random scores).
 MODEL: str | None = "demo"
 

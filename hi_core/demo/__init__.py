@@ -1,5 +1,5 @@
 """The embedded demo model: a tiny LLaVA trained by `python -m hi_core.demo train` on synthetic scenes.
 
 `build.py` defines its tokenizer, processor and architecture; `train.py` trains, evaluates and
-saves it with a model card. The shipped weights live in `assets/demo-model/`.
+saves it with a model card. The shipped weights live in `hi_core/assets/demo-model/`.
 """

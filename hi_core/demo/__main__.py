@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hi_core.demo", description="Train the embedded demo model.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train, evaluate and save the demo model with its model card")
-    train.add_argument("--out", required=True, type=Path, help="output folder (e.g. assets/demo-model)")
+    train.add_argument("--out", required=True, type=Path, help="output folder (e.g. hi_core/assets/demo-model)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     for item in fields(TrainConfig):
         train.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default), default=item.default,
