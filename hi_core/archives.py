@@ -8,13 +8,12 @@ unpacked); files are only copied out, never run or unpickled.
 
 from __future__ import annotations
 
-import json
 import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .datasets import INDEX
+from .datasets import INDEX, scan_dataset
 from .errors import InputError
 
 MAX_ZIP_BYTES = 1 << 30  # uncompressed, all members together
@@ -67,25 +66,21 @@ def extract_dataset_zip(archive: str | Path, into: Path) -> Path:
 
 def check_record_paths(folder: Path) -> None:
     """Refuse an uploaded data.jsonl whose image or mask paths lead out of the dataset folder (an
-    absolute path or `..`), which would show the server's own files in the page."""
+    absolute path or `..`), which would show the server's own files in the page. Only the records
+    a reader would open are checked (`scan_dataset`: malformed lines and duplicates are skipped
+    records, never opened); line numbers are the file's own."""
     root = folder.resolve()
 
-    def inside(value: object) -> bool:
+    def inside(value: str) -> bool:
         try:
-            return isinstance(value, str) and (root / value).resolve().is_relative_to(root)
+            return (root / value).resolve().is_relative_to(root)
         except (OSError, ValueError):  # e.g. a NUL character
             return False
 
-    try:
-        lines = (folder / INDEX).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{INDEX} is not UTF-8 text") from None
-    for number, line in enumerate(lines, start=1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # read_dataset reports malformed lines as skipped records
+    for line in scan_dataset(folder):
+        if line.problem is not None:
+            continue  # read_dataset reports it as a skipped record, without opening any file
         for key in ("image", "mask"):
-            value = entry.get(key) if isinstance(entry, dict) else None
-            if value and not inside(value):
-                raise InputError(f"{INDEX} line {number}: {key} {value!r} is not a path inside the dataset")
+            value = line.fields[key]
+            if not inside(value):
+                raise InputError(f"{INDEX} line {line.number}: {key} {value!r} is not a path inside the dataset")

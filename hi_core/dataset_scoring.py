@@ -11,6 +11,18 @@ Data-parallel: under `accelerate launch`, each process scores every num_processe
 (its shard) into its own part file; after a barrier the main process merges all parts into the
 result. The result is the same as one process's, whatever the number of processes.
 
+Which records count is decided by the dataset's one scan (`datasets.scan_dataset`): the first
+record of an id is scored and a later one is a skipped duplicate, in full, resumed and sharded runs
+alike; the summary lists every skipped record under its line in data.jsonl, by the same scan, so a
+result never depends on which run scored what. A record's own `prompt` replaces the run's prompt
+for that record (`DatasetConfig.record_analysis`).
+
+The cache folder holds `config.json` (the settings its results depend on; a cache of other
+settings, a file, or a folder of part files without config.json is refused with an InputError
+before any image is scored: `check_cache_folder`) and one part file per process: scored images and
+records whose files failed, by id. Lines of a part file that cannot be read (cut short by a kill,
+or edited) are ignored, and those records scored again.
+
 The memory held is one batch of images and their maps, plus a (images, layers, heads) array of
 HI and mass for the intervals (a few KB per image).
 """
@@ -23,7 +35,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .analysis import AnalysisConfig, mask_grid, score_maps
 from .batching import batch_head_maps
-from .datasets import Problems, Record, count_records, read_dataset, record_ids
+from .datasets import INDEX, Record, count_records, load_record, scan_dataset
 from .errors import InputError
 from .inputs import ModelInputs, build_inputs, key_phrase_tokens
 from .loading import LoadedModel
@@ -73,6 +85,12 @@ class DatasetConfig:
             raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.resamples < 1:
             raise InputError(f"resamples must be at least 1, got {self.resamples}")
+
+    def record_analysis(self, record: Record) -> AnalysisConfig:
+        """The per-image options a record is scored with: its own prompt, if it has one, and its own
+        key phrase with `use_key_phrases` (else the run's key phrase, or every token)."""
+        phrase = record.key_phrase if self.use_key_phrases and record.key_phrase else self.analysis.key_phrase
+        return replace(self.analysis, prompt=record.prompt or self.analysis.prompt, key_phrase=phrase)
 
 
 @dataclass(frozen=True)
@@ -194,11 +212,35 @@ def _cache_settings(loaded: LoadedModel, folder: Path, config: DatasetConfig) ->
     }
 
 
+def check_cache_folder(cache: str | Path) -> Path:
+    """Refuse a cache path that cannot be a cache folder, before any model work: an existing file,
+    a path under a file, or a folder holding part files but no config.json (results of unknown
+    settings). The CLI can call this before loading the model."""
+    cache = Path(cache)
+    for parent in (cache, *cache.parents):
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == cache else f"is under {str(parent)!r}, which is a file"
+            raise InputError(f"the cache {str(cache)!r} {what}: give a folder (it is created if missing)")
+        if parent.is_dir():
+            break
+    if cache.is_dir() and not (cache / CONFIG_FILE).is_file():
+        if (cache / CONFIG_FILE).exists() or any(cache.glob(PART_PATTERN)):
+            raise InputError(f"the folder {str(cache)!r} holds results without a readable {CONFIG_FILE}: "
+                             "it is not a cache of this program; delete it or choose another cache folder")
+    return cache
+
+
 def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> None:
     """Create the cache folder, or check that an existing one was made with the same settings."""
+    check_cache_folder(cache)
     path = cache / CONFIG_FILE
     if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise InputError(f"the cache {str(cache)!r} has an unreadable {CONFIG_FILE}; delete the folder or choose another")
         differing = sorted(key for key in settings.keys() | saved.keys() if settings.get(key) != saved.get(key))
         if differing:
             raise InputError(
@@ -206,27 +248,44 @@ def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> Non
                 "delete it or choose another cache folder"
             )
     elif main_process:
-        cache.mkdir(parents=True, exist_ok=True)
-        write_json(path, settings)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            write_json(path, settings)
+        except OSError as error:
+            raise InputError(f"cannot create the cache folder {str(cache)!r} ({error.strerror or error})") from None
+
+
+def _cache_entry(line: bytes) -> ImageScore | dict[str, Any] | None:
+    """A part file's line as a score or a failure {"id", "skipped", "line"?}; None if unreadable."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        return None
+    if "skipped" in entry:
+        return entry if isinstance(entry["skipped"], str) else None
+    try:
+        score = ImageScore.from_json(entry)
+    except (TypeError, ValueError):  # missing or extra keys, ragged arrays
+        return None
+    return score if score.hi.ndim == 2 and score.hi.shape == score.mass.shape else None
 
 
 def read_cache(cache: Path) -> Entries:
     """Every cached record by id (scored images and failures), from all part files, streamed.
 
-    A line cut short by an interruption is ignored (its image is scored again); a score wins over
-    a failure of the same record.
+    A line that cannot be read (cut short by an interruption, or edited) is ignored (its image is
+    scored again); a score wins over a failure of the same record.
     """
     entries: Entries = {}
     for part in sorted(cache.glob(PART_PATTERN)):
-        with open(part, encoding="utf-8") as lines:
+        with open(part, "rb") as lines:
             for line in lines:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "skipped" not in entry:
-                    entries[entry["id"]] = ImageScore.from_json(entry)
-                elif not isinstance(entries.get(entry["id"]), ImageScore):  # a failure, unless scored later
+                entry = _cache_entry(line)
+                if isinstance(entry, ImageScore):
+                    entries[entry.id] = entry
+                elif entry is not None and not isinstance(entries.get(entry["id"]), ImageScore):  # a failure, unless scored
                     entries[entry["id"]] = entry
     return entries
 
@@ -270,10 +329,10 @@ def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfi
     prepared: list[tuple[Record, ModelInputs, np.ndarray, Any]] = []
     failed: list[tuple[str, str]] = []
     for record in records:
-        phrase = record.key_phrase if config.use_key_phrases and record.key_phrase else analysis.key_phrase
+        options = config.record_analysis(record)
         try:
-            inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, analysis.prompt, record.text)
-            prepared.append((record, inputs, key_phrase_tokens(inputs, phrase), mask_grid(loaded, inputs, record.mask)))
+            inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, options.prompt, record.text)
+            prepared.append((record, inputs, key_phrase_tokens(inputs, options.key_phrase), mask_grid(loaded, inputs, record.mask)))
         except InputError as error:
             failed.append((record.id, str(error)))
     if not prepared:
@@ -338,14 +397,15 @@ def score_dataset(
     progress(done, total): called after every batch (for the app); a tqdm bar is shown too.
     """
     folder = Path(folder)
-    process, processes, barrier = process_state()
     total = count_records(folder, config.limit)  # raises InputError on a folder without data.jsonl
+    if cache is not None:
+        cache = check_cache_folder(cache)
+    process, processes, barrier = process_state()
     if processes > 1 and cache is None:
         raise InputError("a data-parallel run needs a cache folder (--cache, or --out) to merge its parts")
     done: set[str] = set()
     writer = None
     if cache is not None:
-        cache = Path(cache)
         open_cache(cache, _cache_settings(loaded, folder, config), process == 0)
         barrier()
         done = {rid for rid, entry in read_cache(cache).items() if isinstance(entry, ImageScore)}  # failures are retried
@@ -353,32 +413,24 @@ def score_dataset(
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
 
-    problems = Problems()
-    mine = len(range(process, total, processes))
-    already = sum(1 for position, rid in enumerate(record_ids(folder, total)) if position % processes == process and rid in done)
-    bar = tqdm(total=mine, initial=already, desc=f"scoring {folder.name}", unit="img", disable=None, position=process)
+    shard = _Shard(folder, config.limit, process, processes, done)
+    bar = tqdm(total=shard.size, initial=shard.already, desc=f"scoring {folder.name}", unit="img", disable=None, position=process)
     fresh: Entries = {}  # this run's results, kept only when there is no cache to read them back from
-    count = already
+    shown = shard.already
     try:
-        records = read_dataset(folder, problems, config.limit, shard=(process, processes), skip_ids=done)
-        for batch in _batches(records, config.batch_size):
+        for batch in _batches(shard.records(), config.batch_size):
             results, failed = score_batch(loaded, batch, config)
-            failures = [{"id": rid, "skipped": reason} for rid, reason in failed]
-            if writer is not None:
-                writer.append([result.to_json() for result in results] + failures)
-            else:
-                fresh.update((result.id, result) for result in results)
-                fresh.update((failure["id"], failure) for failure in failures)
-            bar.update(len(batch))
-            count += len(batch)
+            lines = {record.id: record.line for record in batch}
+            failures = shard.take_failures() + [{"id": rid, "skipped": reason, "line": lines[rid]} for rid, reason in failed]
+            _keep(writer, fresh, results, failures)
+            bar.update(shard.passed - shown)
+            shown = shard.passed
             if progress is not None:
-                progress(count, mine)
+                progress(shard.passed, shard.size)
+        _keep(writer, fresh, [], shard.take_failures())  # records after the last batch that failed to load
+        bar.update(shard.passed - shown)
     finally:
         bar.close()
-    unreadable = [{"id": rid or f"line {line}", "skipped": reason, "line": line} for line, rid, reason in problems.skipped]
-    fresh.update((entry["id"], entry) for entry in unreadable)
-    if writer is not None:
-        writer.append(unreadable)
     barrier()
     if process != 0:
         return None
@@ -386,25 +438,63 @@ def score_dataset(
     return _summarize(loaded, folder, config, total, entries)
 
 
+def _keep(writer: _PartWriter | None, fresh: Entries, results: list[ImageScore], failures: list[dict[str, Any]]) -> None:
+    """Store a batch's scores and failures: in the cache's part file, or in memory without a cache."""
+    if writer is not None:
+        writer.append([result.to_json() for result in results] + failures)
+    else:
+        fresh.update((result.id, result) for result in results)
+        fresh.update((failure["id"], failure) for failure in failures)
+
+
+class _Shard:
+    """This process's records: every processes-th record of the scan, less those already cached.
+
+    Malformed records and duplicates are passed over here (the summary reports them from the same
+    scan); records whose files fail to load are collected as failures, by id.
+    """
+
+    def __init__(self, folder: Path, limit: int | None, process: int, processes: int, done: set[str]) -> None:
+        self.folder, self.limit, self.process, self.processes, self.done = folder, limit, process, processes, done
+        lines = (line for position, line in enumerate(scan_dataset(folder, limit)) if position % processes == process)
+        self.size, self.already = 0, 0
+        for line in lines:
+            self.size += 1
+            self.already += line.id in done
+        self.passed = self.already  # records of the shard looked at so far (for progress)
+        self._failures: list[dict[str, Any]] = []
+
+    def records(self) -> Iterator[Record]:
+        for position, line in enumerate(scan_dataset(self.folder, self.limit)):
+            if position % self.processes != self.process or line.id in self.done:
+                continue
+            self.passed += 1
+            if line.problem is not None:
+                continue
+            try:
+                yield load_record(self.folder, line)
+            except InputError as error:
+                logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
+                self._failures.append({"id": line.id, "skipped": str(error), "line": line.number})
+
+    def take_failures(self) -> list[dict[str, Any]]:
+        failures, self._failures = self._failures, []
+        return failures
+
+
 def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: int, entries: Entries) -> DatasetAnalysis:
-    """Merge per-image entries (in dataset order) into the dataset result."""
+    """Merge per-image entries into the dataset result, in dataset order: the scan of data.jsonl
+    decides which record each id means and which records are skipped, under their own line numbers."""
     images: list[ImageScore] = []
     skipped: list[tuple[int, str | None, str]] = []
-    seen: set[str] = set()
-    for line, rid in enumerate(record_ids(folder, total), start=1):
-        entry = entries.get(rid) if rid is not None else None
-        if rid is not None and rid in seen:
-            skipped.append((line, rid, "duplicate id (scored once)"))
-            continue
-        if entry is None:
-            problem = entries.get(f"line {line}")
-            skipped.append((line, rid, problem["skipped"] if problem else "not scored"))
-            continue
-        seen.add(rid)
-        if isinstance(entry, ImageScore):
+    for line in scan_dataset(folder, total):
+        entry = entries.get(line.id) if line.id is not None and line.problem is None else None
+        if line.problem is not None:
+            skipped.append((line.number, line.id, line.problem))
+        elif isinstance(entry, ImageScore):
             images.append(entry)
         else:
-            skipped.append((entry.get("line", line), rid, entry["skipped"]))
+            skipped.append((line.number, line.id, entry["skipped"] if entry is not None else "not scored"))
     if not images:
         reasons = "; ".join(sorted({reason for _, _, reason in skipped})[:3])
         raise InputError(f"no record of {str(folder)!r} could be scored ({reasons})")

@@ -1,9 +1,31 @@
 """The dataset format (DESIGN 5): a folder with `data.jsonl`, one record per line,
-`{"id", "image", "mask", "text", "key_phrase"?}`, paths relative to the folder; the mask is a PNG
-of the image's size, nonzero = key object.
+`{"id", "image", "mask", "text", "key_phrase"?, "prompt"?}`, paths relative to the folder; the
+mask is a PNG of the image's size, nonzero = key object.
 
-`read_dataset` streams validated records and reports bad ones (missing file, mask size mismatch,
-empty mask, malformed line) instead of crashing; `write_synthetic` writes a generated set.
+Reading is two steps. `scan_dataset` reads only `data.jsonl` (cheap: no image is opened) and
+gives every record its line number, its id and, for a malformed one, the reason it is skipped;
+`load_record` then opens a record's image and mask. `read_dataset` streams the valid records of a
+folder (or of one shard of it) and reports bad ones instead of crashing. Every reader of a dataset
+(scoring, resuming, data-parallel shards, the app's gallery, fine-tuning) goes through the same
+scan, so all of them agree on which record an id means. The rules:
+
+- A record is a non-blank line. Line numbers are the file's own (1-based, blank lines counted),
+  wherever a skipped record is reported. The file is read as bytes and decoded line by line, so a
+  line that is not UTF-8 is one skipped record ("not UTF-8"); a UTF-8 byte-order mark before the
+  first line is ignored, and so is a `\\r` before a line's end.
+- `id`: a non-empty string, or a JSON integer (written as its decimal string: `7` and `"7"` are
+  the same id). Anything else (float, boolean, null, list, empty string) is a skipped record.
+- Ids are unique: the first record of an id is the one that counts, valid or not (an id is claimed
+  by the first line that names it, even if that record is skipped for another reason); every later
+  record with that id is skipped as "duplicate id, first at line N". This holds with `limit`,
+  `shard` and `skip_ids` alike, since the scan always reads every line before the ones it yields.
+- `image`, `mask`, `text`: required, non-empty strings. `key_phrase`, `prompt`: optional; when
+  present and not null they must be non-empty strings (null means absent), and the key phrase must
+  occur in the text. Unknown fields are ignored.
+- Then the files: a missing or unreadable image or mask, a mask of another size than its image, or
+  an empty mask make a skipped record too (`load_record`).
+
+`write_synthetic` writes a generated set in this format.
 """
 
 from __future__ import annotations
@@ -13,11 +35,13 @@ import logging
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .inputs import phrase_span
 from .masks import check_mask, load_image, load_mask
 from .outputs import atomic_path
 from .synth import Order, make_scene
@@ -25,17 +49,37 @@ from .synth import Order, make_scene
 logger = logging.getLogger(__name__)
 
 INDEX = "data.jsonl"
+REQUIRED = ("id", "image", "mask", "text")
+OPTIONAL = ("key_phrase", "prompt")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One example: the image, its key-object mask (H, W) bool, the description, the key phrase."""
+    """One example: the image, its key-object mask (H, W) bool, the description, the key phrase,
+    the record's own prompt (None: the run's prompt), and its line in data.jsonl (0: not from a file)."""
 
     id: str
     image: Image.Image
     mask: np.ndarray
     text: str
     key_phrase: str | None = None
+    prompt: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class RecordLine:
+    """One record of data.jsonl as scanned, before any file is opened.
+
+    number: the file's own line number (1-based, blank lines counted). id: the record's id, or None
+    where it has no usable one. fields: the checked fields (image, mask, text, key_phrase, prompt)
+    of a well-formed record. problem: why the record is skipped, or None.
+    """
+
+    number: int
+    id: str | None
+    fields: dict[str, str | None] = field(default_factory=dict)
+    problem: str | None = None
 
 
 @dataclass
@@ -52,26 +96,103 @@ class Problems:
         return f"{len(self)} bad record(s) skipped:\n" + "\n".join(lines) if lines else "no bad records"
 
 
-def _parse(folder: Path, line: str) -> Record:
+def _index_path(folder: str | Path) -> Path:
+    index = Path(folder) / INDEX
+    if not index.is_file():
+        raise InputError(f"{str(folder)!r} is not a dataset folder: it has no {INDEX}")
+    return index
+
+
+def _raw_lines(index: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line of the file, streamed."""
+    with open(index, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                raw = raw[3:]
+            if raw.strip():
+                yield number, raw
+
+
+def _record_id(value: Any) -> str | None:
+    """The id as a string: a non-empty string as it is, an integer in decimal; else None."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, for messages."""
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _check_fields(entry: dict[str, Any]) -> tuple[dict[str, str | None], str | None]:
+    """The record's checked fields, and why it is malformed (None when it is not)."""
+    missing = [key for key in REQUIRED if entry.get(key) is None or entry.get(key) == ""]
+    if missing:
+        return {}, f"missing field(s) {', '.join(missing)}"
+    if _record_id(entry["id"]) is None:
+        return {}, f"id must be a non-empty string or an integer, got {_kind(entry['id'])} {json.dumps(entry['id'])[:40]}"
+    wrong = [key for key in ("image", "mask", "text") if not isinstance(entry[key], str)]
+    wrong += [key for key in OPTIONAL if entry.get(key) is not None and not isinstance(entry[key], str)]
+    if wrong:
+        return {}, "; ".join(f"{key} must be a string, got {_kind(entry[key])}" for key in wrong)
+    empty = [key for key in OPTIONAL if isinstance(entry.get(key), str) and not entry[key].strip()]
+    if empty:
+        return {}, f"field(s) {', '.join(empty)} are empty (leave them out, or write null, for none)"
+    fields = {key: entry[key] for key in ("image", "mask", "text")} | {key: entry.get(key) for key in OPTIONAL}
+    if fields["key_phrase"] is not None and phrase_span(fields["text"], fields["key_phrase"].strip()) is None:
+        return {}, f"key phrase {fields['key_phrase']!r} does not occur in the text"
+    return fields, None
+
+
+def _scan_line(number: int, raw: bytes) -> RecordLine:
+    """One line's id and checked fields, or its problem; no file is opened."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return RecordLine(number, None, problem="not UTF-8")
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON ({error.msg})") from None
+        return RecordLine(number, None, problem=f"not valid JSON ({error.msg})")
+    except RecursionError:  # thousands of nested brackets
+        return RecordLine(number, None, problem="not valid JSON (nested too deeply)")
     if not isinstance(entry, dict):
-        raise InputError("a record must be a JSON object")
-    missing = [key for key in ("id", "image", "mask", "text") if not entry.get(key)]
-    if missing:
-        raise InputError(f"missing field(s) {', '.join(missing)}")
-    wrong = [key for key in ("image", "mask", "text") if not isinstance(entry[key], str)]
-    if wrong:
-        raise InputError(f"field(s) {', '.join(wrong)} must be strings")
-    image = load_image(folder / entry["image"])
-    mask = check_mask(load_mask(folder / entry["mask"]), image)
-    text = str(entry["text"])
-    key_phrase = entry.get("key_phrase") or None
-    if key_phrase is not None and key_phrase.lower() not in text.lower():
-        raise InputError(f"key phrase {key_phrase!r} does not occur in the text")
-    return Record(id=str(entry["id"]), image=image, mask=mask, text=text, key_phrase=key_phrase)
+        return RecordLine(number, None, problem=f"a record must be a JSON object, got {_kind(entry)}")
+    record_id = _record_id(entry.get("id"))
+    fields, problem = _check_fields(entry)
+    return RecordLine(number, record_id, fields, problem)
+
+
+def scan_dataset(folder: str | Path, limit: int | None = None) -> Iterator[RecordLine]:
+    """Every record (non-blank line) of data.jsonl in file order, up to `limit` records, with its id
+    and any problem, duplicate ids included; reads only data.jsonl (no image is opened)."""
+    first_line: dict[str, int] = {}
+    for position, (number, raw) in enumerate(_raw_lines(_index_path(folder))):
+        if limit is not None and position >= limit:
+            return
+        line = _scan_line(number, raw)
+        if line.id is not None:
+            if line.id in first_line:
+                line = RecordLine(number, line.id, problem=f"duplicate id, first at line {first_line[line.id]}")
+            else:
+                first_line[line.id] = number
+        yield line
+
+
+def load_record(folder: str | Path, line: RecordLine) -> Record:
+    """Open a well-formed record's image and mask (InputError: missing, unreadable, mismatched, empty)."""
+    if line.problem is not None or line.id is None:
+        raise InputError(line.problem or "the record has no id")
+    folder = Path(folder)
+    fields = line.fields
+    image = load_image(folder / fields["image"])
+    mask = check_mask(load_mask(folder / fields["mask"]), image)
+    return Record(id=line.id, image=image, mask=mask, text=fields["text"], key_phrase=fields["key_phrase"],
+                  prompt=fields["prompt"], line=line.number)
 
 
 def read_dataset(
@@ -83,60 +204,35 @@ def read_dataset(
 ) -> Iterator[Record]:
     """Yield the valid records of a dataset folder, in file order; bad ones go to `problems`.
 
-    limit: read only the first `limit` records (non-empty lines, valid or not, so every shard
-    agrees on where the data ends). shard (index, count): read only every count-th record,
-    starting at the index-th (data-parallel workers split a dataset this way). skip_ids: records
-    with these ids are passed over without opening their files (resuming a run).
+    limit: read only the first `limit` records (non-blank lines, valid or not, so every shard
+    agrees on where the data ends). shard (index, count): yield only every count-th record,
+    starting at the index-th (data-parallel workers split a dataset this way); duplicates are
+    still found across shards. skip_ids: records with these ids are passed over without opening
+    their files or reporting them (resuming a run; reading only some records).
     """
-    folder = Path(folder)
-    index = folder / INDEX
-    if not index.is_file():
-        raise InputError(f"{str(folder)!r} is not a dataset folder: it has no {INDEX}")
     shard_index, shard_count = shard
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"bad shard {shard}")
     problems = problems if problems is not None else Problems()
-    with open(index, encoding="utf-8") as lines:
-        records = ((number, line) for number, line in enumerate(lines, start=1) if line.strip())
-        for position, (number, line) in enumerate(records):
-            if limit is not None and position >= limit:
-                return
-            if position % shard_count != shard_index or (skip_ids and _line_id(line) in skip_ids):
-                continue
-            try:
-                record = _parse(folder, line)
-            except InputError as error:
-                problems.skipped.append((number, _line_id(line), str(error)))
-                logger.warning("skipping %s line %d: %s", INDEX, number, error)
-                continue
-            yield record
+    for position, line in enumerate(scan_dataset(folder, limit)):
+        if position % shard_count != shard_index or (skip_ids and line.id in skip_ids):
+            continue
+        try:
+            yield load_record(folder, line)
+        except InputError as error:
+            problems.skipped.append((line.number, line.id, str(error)))
+            logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
 
 
 def count_records(folder: str | Path, limit: int | None = None) -> int:
-    """How many records (non-empty lines) `read_dataset` will look at, without reading them."""
-    if not (Path(folder) / INDEX).is_file():
-        raise InputError(f"{str(folder)!r} is not a dataset folder: it has no {INDEX}")
-    with open(Path(folder) / INDEX, encoding="utf-8") as lines:
-        total = sum(1 for line in lines if line.strip())
+    """How many records (non-blank lines) `read_dataset` will look at, without reading them."""
+    total = sum(1 for _ in _raw_lines(_index_path(folder)))
     return total if limit is None else min(total, limit)
 
 
 def record_ids(folder: str | Path, limit: int | None = None) -> Iterator[str | None]:
-    """The id of each record (None where a line has none), in file order, without reading files."""
-    with open(Path(folder) / INDEX, encoding="utf-8") as lines:
-        records = (line for line in lines if line.strip())
-        for position, line in enumerate(records):
-            if limit is not None and position >= limit:
-                return
-            yield _line_id(line)
-
-
-def _line_id(line: str) -> str | None:
-    try:
-        value = json.loads(line).get("id")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return None if value is None else str(value)
+    """The id of each record (None where a line has none), in file order, without opening files."""
+    return (line.id for line in scan_dataset(folder, limit))
 
 
 def write_synthetic(

@@ -75,7 +75,7 @@ def test_non_string_paths_and_huge_images_are_bad_records(tmp_path, monkeypatch)
     (folder / "data.jsonl").write_text("\n".join([json.dumps(numeric), lines[1]]) + "\n")
     problems = Problems()
     assert [r.id for r in read_dataset(folder, problems)] == [json.loads(lines[1])["id"]]
-    assert "image must be strings" in problems.skipped[0][2]
+    assert "image must be a string, got a number" in problems.skipped[0][2]
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # every 96x96 scene is now a "bomb"
     problems = Problems()
     assert list(read_dataset(folder, problems)) == []
