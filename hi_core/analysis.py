@@ -3,6 +3,8 @@
 `analyze_image` is the library's main entry point (the CLI's `score` and the app call it).
 Data flows one way: `build_inputs` (inputs.py) -> `capture_attention` (capture.py) ->
 `object_patches` (masks.py) -> `head_impact` & co. (scoring.py) -> `ImageAnalysis`.
+Image and mask are first brought together to the size the model uses (`images.reduce_image`,
+`images.reduce_mask`), so no step after the check of the mask works at the upload's resolution.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from PIL import Image
 
 from .capture import capture_attention
 from .errors import InputError, check_choice
-from .inputs import ModelInputs, Queries, build_inputs, key_phrase_tokens
+from .images import reduce_mask
+from .inputs import ModelInputs, Queries, build_inputs, key_phrase_tokens, model_image
 from .loading import LoadedModel
 from .masks import MaskGrid, check_mask, object_patches
 from .outputs import write_json, write_npz
@@ -138,6 +141,7 @@ def _to_device(tensors: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
 @torch.inference_mode()
 def generate_description(loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64) -> str:
     """The model's own description of the image (greedy decoding), to be scored afterwards."""
+    image = model_image(loaded.adapter, loaded.processor, image)
     prefix = _to_device(loaded.adapter.prefix_inputs(loaded.processor, image, prompt), loaded.model)
     output = loaded.model.generate(**prefix, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[0, prefix["input_ids"].shape[1] :]
@@ -164,6 +168,8 @@ def head_maps(loaded: LoadedModel, inputs: ModelInputs, token_indices: np.ndarra
 
 
 def mask_grid(loaded: LoadedModel, inputs: ModelInputs, mask: np.ndarray) -> MaskGrid:
+    """The mask (H, W), bool or float coverage, on the grid of `inputs` (brought to the model's size first)."""
+    mask = reduce_mask(mask, loaded.adapter.view_side(loaded.processor))
     fractions = loaded.adapter.mask_fractions(loaded.model, loaded.processor, mask, inputs.tensors)
     return object_patches(fractions, inputs.layout.valid)
 
@@ -186,6 +192,8 @@ def analyze_image(
 ) -> ImageAnalysis:
     """HI of every language-model head on one image. `text=None` scores the model's own description."""
     mask = check_mask(mask, image)
+    view_side = loaded.adapter.view_side(loaded.processor)
+    image, mask = model_image(loaded.adapter, loaded.processor, image), reduce_mask(mask, view_side)
     if text is None:
         text = generate_description(loaded, image, config.prompt, config.max_new_tokens)
         logger.info("generated description: %s", text)

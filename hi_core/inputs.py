@@ -1,8 +1,10 @@
 """The sequence of DESIGN 1.1: prefix (prompt + image + generation prompt) followed by the response.
 
 The response tokens are `tokenizer(R, add_special_tokens=False).input_ids`, appended after the
-prefix, so one forward pass teacher-forces the description. Also here: which response tokens a
-key phrase selects, and which query rows (`producing` / `reading`) stand for them.
+prefix, so one forward pass teacher-forces the description. The image is first brought to the
+size the model uses (`images.reduce_image`), and a sequence longer than the language model's
+context (`max_position_embeddings` of its text config) is refused. Also here: which response
+tokens a key phrase selects, and which query rows (`producing` / `reading`) stand for them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image
 
 from .errors import InputError, check_choice
 from .families import FamilyAdapter, ImageLayout
+from .images import check_image_size, reduce_image
 
 Queries = Literal["producing", "reading"]
 
@@ -64,13 +67,30 @@ def _response_offsets(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[i
     return offsets
 
 
+def context_length(model: Any) -> int | None:
+    """The language model's context in tokens (`max_position_embeddings`), None if it has none."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def model_image(adapter: FamilyAdapter, processor: Any, image: Image.Image) -> Image.Image:
+    """The image checked (not too small) and downscaled to the size the model uses."""
+    check_image_size(image.size)
+    return reduce_image(image, adapter.view_side(processor))
+
+
 def build_inputs(
     adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str
 ) -> ModelInputs:
-    """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended."""
+    """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended.
+
+    Refused (InputError) when prefix + response exceed the language model's context.
+    """
     if not response_text.strip():
         raise InputError("the description text is empty: give a text to score, or generate one")
-    tensors = adapter.prefix_inputs(processor, image, prompt)
+    tensors = adapter.prefix_inputs(processor, model_image(adapter, processor, image), prompt)
     tokenizer = processor.tokenizer
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     if not response_ids:
@@ -80,6 +100,12 @@ def build_inputs(
         raise RuntimeError("build_inputs makes one sequence at a time")
     prefix_length = int(input_ids.shape[1])
     extra = len(response_ids)
+    limit = context_length(model)
+    if limit is not None and prefix_length + extra > limit:
+        raise InputError(
+            f"prompt, image and description are {prefix_length + extra} tokens ({prefix_length} + {extra} of the "
+            f"description), more than the model's context of {limit} tokens: shorten the description"
+        )
     extended: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         if key == "input_ids":

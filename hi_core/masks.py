@@ -1,53 +1,45 @@
-"""Images and key-object masks: reading them, checking them, and putting the mask on the grid.
+"""Key-object masks: checking them against the image, and putting them on the model's grid.
 
 DESIGN 1.4: the mask goes through the image's geometric transform (the family adapter sends it
 through the processor), is area-averaged onto the image grid, and a cell belongs to the object
 when at least half of it is covered; if none is, the one cell with the largest coverage.
+A mask that covers every cell the model sees is refused: every head's HI would be 1 whatever it
+attends to. One that covers more than `ALMOST_FULL_SHARE` of them is scored with a logged
+warning (chance IoU is then high, and HI tells heads apart poorly).
+
+Reading image and mask files (every PIL mode, the pixel cap) lives in `images.py`;
+`load_image` and `load_mask` are re-exported here, where callers have always found them.
+Also here: masks from a painting editor's layers, and GrabCut proposals.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import InputError
+from .images import MAX_IMAGE_PIXELS, check_image_size, image_to_rgb, load_image, load_mask
+
+logger = logging.getLogger(__name__)
 
 OBJECT_FRACTION = 0.5
+ALMOST_FULL_SHARE = 0.75  # above this share of the valid cells, a logged warning
+GRABCUT_SIDE = 512  # GrabCut runs on a copy whose longer side is at most this many pixels
 
-
-def _read_image_file(path: str | Path, kind: str) -> Image.Image:
-    """The decoded image of a file; a missing or non-image file is an input error naming `kind`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{kind} file {str(path)!r} does not exist")
-    prefix = "" if kind == "image" else f"{kind} "
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"{prefix}{str(path)!r} is not an image file PIL can read ({error})") from None
-    except Image.DecompressionBombError as error:  # not an OSError: PIL's guard against huge images
-        raise InputError(f"{prefix}{str(path)!r} is too large to decode ({error})") from None
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image from a file; a missing or non-image file is an input error."""
-    return _read_image_file(path, "image").convert("RGB")
-
-
-def load_mask(path: str | Path) -> np.ndarray:
-    """A boolean (H, W) mask from an image file: nonzero pixels (any channel) are the key object."""
-    array = np.asarray(_read_image_file(path, "mask"))
-    if array.ndim == 3:
-        if array.shape[-1] == 4:  # RGBA: a transparent pixel is not the object, whatever its colour
-            array = np.where(array[..., 3:] > 0, array[..., :3], 0)
-        array = array.max(axis=-1)
-    return array > 0
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MaskGrid",
+    "check_mask",
+    "grabcut_mask",
+    "load_image",
+    "load_mask",
+    "object_patches",
+    "painted_mask",
+]
 
 
 def check_mask(mask: np.ndarray, image: Image.Image) -> np.ndarray:
@@ -79,14 +71,30 @@ class MaskGrid:
 
 
 def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> MaskGrid:
-    """Cells with coverage >= 0.5, or else the single most covered cell (padding cells excluded)."""
-    fractions = np.where(valid, fractions, 0.0) if valid is not None else fractions
+    """Cells with coverage >= 0.5, or else the single most covered cell (padding cells excluded).
+
+    Refused when the object covers every valid cell (HI would be 1 for every head); a warning is
+    logged above `ALMOST_FULL_SHARE` of them.
+    """
+    valid = np.ones(fractions.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    fractions = np.where(valid, fractions, 0.0)
     if not (fractions > 0).any():
         raise InputError("the mask lies outside the part of the image the model sees (after resize / crop)")
     patches = fractions >= OBJECT_FRACTION
     if not patches.any():
         patches = np.zeros(fractions.shape, dtype=bool)
         patches.flat[int(np.argmax(fractions))] = True
+    covered, cells = int(patches.sum()), int(valid.sum())
+    if covered == cells:
+        raise InputError(
+            f"the mask covers the whole image the model sees (all {cells} grid cells): every head's HI would be 1; "
+            "mark only the key object"
+        )
+    if covered > ALMOST_FULL_SHARE * cells:
+        logger.warning(
+            "the mask covers %d of %d grid cells (more than %.0f%%): HI tells heads apart poorly when the object "
+            "fills the image", covered, cells, 100 * ALMOST_FULL_SHARE,
+        )
     return MaskGrid(fractions=fractions, object_patches=patches)
 
 
@@ -118,21 +126,41 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
     """Propose an object mask from a rough hint with OpenCV's GrabCut.
 
     `hint` (H, W) bool is a scribble or a filled box over the object: its bounding box (grown by
-    a margin) bounds the object and its pixels are marked probable foreground. Returns (H, W) bool.
+    a margin) bounds the object and its pixels are marked probable foreground. GrabCut runs on a
+    copy of at most `GRABCUT_SIDE` px per side (its cost does not grow with the upload), and its
+    proposal is scaled back to the image. Returns (H, W) bool.
     """
     hint = np.asarray(hint, dtype=bool)
+    width, height = image.size
+    check_image_size(image.size)
+    if hint.shape != (height, width):
+        raise InputError(f"the hint is {hint.shape[1]}x{hint.shape[0]} but the image is {width}x{height}")
     if not hint.any():
         raise InputError("draw a rough box or scribble over the object first")
-    pixels = np.asarray(image.convert("RGB"))[..., ::-1].copy()  # OpenCV wants BGR
-    height, width = hint.shape
+    original_hint = hint
+    scale = min(1.0, GRABCUT_SIDE / max(width, height))
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    rgb = image_to_rgb(image)
+    if small != (width, height):
+        rgb = rgb.resize(small, Image.Resampling.BOX)
+        # A thin scribble must survive the downscale: any covered share marks the small pixel.
+        hint = cv2.resize(hint.view(np.uint8) * np.uint8(255), small, interpolation=cv2.INTER_AREA) > 0
+    if hint.all():
+        raise InputError("the hint covers the whole image: GrabCut needs background around the object; mark only the object")
+    pixels = np.asarray(rgb)[..., ::-1].copy()  # OpenCV wants BGR
+    small_height, small_width = hint.shape
     ys, xs = np.nonzero(hint)
-    margin = max(2, int(0.05 * max(height, width)))
-    x0, x1 = max(0, xs.min() - margin), min(width - 1, xs.max() + margin)
-    y0, y1 = max(0, ys.min() - margin), min(height - 1, ys.max() + margin)
-    labels = np.full((height, width), cv2.GC_BGD, dtype=np.uint8)
+    margin = max(2, int(0.05 * max(small_height, small_width)))
+    x0, x1 = max(0, xs.min() - margin), min(small_width - 1, xs.max() + margin)
+    y0, y1 = max(0, ys.min() - margin), min(small_height - 1, ys.max() + margin)
+    labels = np.full((small_height, small_width), cv2.GC_BGD, dtype=np.uint8)
     labels[y0 : y1 + 1, x0 : x1 + 1] = cv2.GC_PR_BGD
     labels[hint] = cv2.GC_PR_FGD
     background_model, foreground_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(pixels, labels, None, background_model, foreground_model, iterations, cv2.GC_INIT_WITH_MASK)
     proposal = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    return proposal if proposal.any() else hint
+    if not proposal.any():
+        return original_hint
+    if proposal.shape != (height, width):
+        proposal = cv2.resize(proposal.view(np.uint8) * np.uint8(255), (width, height), interpolation=cv2.INTER_LINEAR) >= 128
+    return proposal

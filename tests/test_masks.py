@@ -45,6 +45,10 @@ def test_object_patches_threshold_or_best_cell(fractions):
         with pytest.raises(InputError, match="outside"):
             object_patches(fractions)
         return
+    if (fractions >= 0.5).all():
+        with pytest.raises(InputError, match="covers the whole image"):
+            object_patches(fractions)
+        return
     patches = object_patches(fractions).object_patches
     if (fractions >= 0.5).any():
         np.testing.assert_array_equal(patches, fractions >= 0.5)

@@ -49,8 +49,23 @@ def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
 
 
 def mask_as_image(mask: np.ndarray) -> Image.Image:
-    """A binary (H, W) mask as an RGB image (object white, rest black) for the image processor."""
-    return Image.fromarray(np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1))
+    """A (H, W) mask as an RGB image for the image processor: object white, rest black.
+
+    A boolean mask is 0 / 255; a float one is coverage in [0, 1] (a mask area-averaged to the
+    model's size, `images.reduce_mask`) and becomes grey levels.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        levels = mask.astype(np.uint8) * np.uint8(255)
+    else:
+        levels = np.round(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(np.repeat(levels[..., None], 3, axis=-1))
+
+
+def size_value(size: Any, key: str) -> int | None:
+    """One entry of an image processor's size setting (a dict or a `SizeDict`), None if unset."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
 
 
 def processed_mask(processor: Any, mask: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -87,6 +102,23 @@ class FamilyAdapter:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return dict(processor(text=text, images=[image], return_tensors="pt"))
+
+    def view_side(self, processor: Any) -> int | None:
+        """The most pixels along one axis that the processor's output takes from an image.
+
+        Inputs larger than about twice this are downscaled before the processor runs
+        (`images.fit_size`), so memory does not depend on the upload's size. The default reads
+        the image processor's `size` and `crop_size` (height, width, shortest / longest edge);
+        families whose size means something else override it. None: no downscaling.
+        """
+        image_processor = processor.image_processor
+        values = [
+            size_value(getattr(image_processor, name, None) or {}, key)
+            for name in ("size", "crop_size")
+            for key in ("height", "width", "shortest_edge", "longest_edge")
+        ]
+        values = [value for value in values if value]
+        return max(values) if values else None
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError

@@ -1,0 +1,230 @@
+"""Images and key-object masks as the user meant them: decoding files, every PIL mode, sizes.
+
+Decoding is bounded (DESIGN 7): `Image.open` only reads the header, so the pixel count is
+checked against a cap (`MAX_IMAGE_PIXELS` by default; a public app passes a smaller one) before
+anything is decoded. A 17.6 KB 1-bit PNG of 12000 x 12000 px is refused here instead of becoming
+gigabytes of arrays. Images smaller than `MIN_IMAGE_SIDE` on a side are refused where a model or
+GrabCut would read them (`check_image_size`: nothing to localize, and GrabCut fails on them).
+
+How each PIL mode is read (`image_to_rgb` for images, `mask_from_image` for masks):
+- Images become 8-bit RGB. 16-bit (`I;16*`) keeps its top 8 bits; 32-bit `I` is read in the
+  smallest of the ranges 0..255, 0..65535 that holds its values, else stretched from its own
+  minimum to maximum; `F` in [0, 1] is scaled by 255, else stretched the same way. So a 16-bit
+  PNG is never saturated to white. Alpha (`LA`, `RGBA`, `P` with transparency, ...) is
+  composited over white (`ALPHA_BACKGROUND`): a transparent pixel shows as the page behind it.
+  `CMYK`, `P`, `1`, `L`, ... go through PIL's own conversion.
+- Masks are thresholded at half their range: `1` set; `L` and colour modes >= 128 in some channel
+  (`P` by its palette colours); `I;16*` >= 32768; `I` at half of the smallest of 0..255,
+  0..65535, 0..2^31-1 that holds its values; `F` >= 0.5 (read as coverage). So JPEG noise never
+  counts as object. A mask with an alpha channel that is not opaque everywhere is read from its
+  alpha alone (>= 128: transparent = not object, as an exported brush layer is); an all-opaque
+  alpha carries no information, and the grey or colour value decides.
+
+Bringing image and mask to what the model will see (`fit_size`, `reduce_image`, `reduce_mask`):
+a model uses at most `view_side` pixels along an axis (the family adapter says how many); an
+image is downscaled, aspect kept, until its shorter side is at most 2 x `view_side` and its area
+at most (4 x `view_side`)^2. The processor's own resize then still shrinks every axis by 2x or
+more (for aspect ratios up to 4:1; up to 16:1 it never has to enlarge), so it is barely affected,
+while memory after this step no longer depends on the upload's size. The mask is area-averaged
+onto the same size (values: the share of each pixel covered), so grid fractions stay right.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+MAX_IMAGE_PIXELS = 50_000_000  # 50 Mpx: an 8000 x 6000 photo passes; decoding it costs ~150 MB
+MIN_IMAGE_SIDE = 8
+ALPHA_BACKGROUND = (255, 255, 255)
+
+_ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def check_image_size(size: tuple[int, int], max_pixels: int | None = None, kind: str = "image") -> None:
+    """Refuse a (width, height) below `MIN_IMAGE_SIDE` on a side, or above `max_pixels` in all."""
+    check_pixels(size, max_pixels, kind)
+    width, height = size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"{kind} is {width}x{height} px: it must be at least {MIN_IMAGE_SIDE} px on each side")
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None, kind: str = "image") -> None:
+    """Refuse a (width, height) of more than `max_pixels` pixels (None: any size)."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(
+            f"{kind} is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}: "
+            "downscale it first"
+        )
+
+
+def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The decoded image of a file, its size checked from the header before decoding.
+
+    A missing or non-image file, or one beyond `max_pixels` (None: no cap but PIL's
+    own decompression-bomb limit) is an input error naming `kind`, the size and the cap.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{kind} file {str(path)!r} does not exist")
+    try:
+        # PIL warns about (and above twice its limit refuses) a huge image while opening it; the
+        # warning is replaced by our own check of the same size right after, so it is ignored.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            try:
+                check_pixels(image.size, max_pixels, f"{kind} {str(path)!r}")
+                image.load()
+            except BaseException:
+                image.close()
+                raise
+    except Image.DecompressionBombError as error:  # not an OSError: PIL's guard against huge images
+        raise InputError(f"{kind} {str(path)!r} is too large to decode: {error}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"{kind} {str(path)!r} is not an image file PIL can read ({error})") from None
+    return image
+
+
+def _integer_range_top(values: np.ndarray) -> int | None:
+    """The top of the smallest of the ranges 0..255, 0..65535, 0..2^31-1 holding `values`."""
+    low, high = int(values.min()), int(values.max())
+    if low < 0:
+        return None
+    return next(top for top in (255, 65535, 2**31 - 1) if high <= top)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Values mapped linearly from their own [min, max] onto 0..255 (a constant image: 0)."""
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.round((values - low) * scale).astype(np.uint8)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """An `I;16*`, `I` or `F` image as 8-bit grey (`L`), scaled by its range, never saturated."""
+    values = np.asarray(image)
+    if image.mode in _SIXTEEN_BIT:
+        grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    elif image.mode == "I":
+        top = _integer_range_top(values)
+        grey = _stretch(values) if top is None or top > 65535 else (
+            values.astype(np.uint8) if top == 255 else (values >> 8).astype(np.uint8)
+        )
+    else:  # F
+        finite = np.isfinite(values).all()
+        in_unit = finite and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+        grey = np.round(values * 255.0).astype(np.uint8) if in_unit else _stretch(values)
+    return Image.fromarray(grey, mode="L")
+
+
+def image_to_rgb(image: Image.Image) -> Image.Image:
+    """An image of any PIL mode as 8-bit RGB, by the rules in the module docstring."""
+    if image.mode in (*_SIXTEEN_BIT, "I", "F"):
+        image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ("L", "1") and "transparency" in image.info:
+        image = image.convert("LA")
+    if image.mode in _ALPHA_MODES:
+        background = Image.new("RGBA", image.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _alpha(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel when the image has one that is not opaque everywhere, else None."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif image.mode in ("L", "1", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in _ALPHA_MODES:
+        return None
+    alpha = np.asarray(image.getchannel("A"))
+    return alpha if (alpha < 255).any() else None
+
+
+def mask_from_image(image: Image.Image) -> np.ndarray:
+    """A boolean (H, W) mask from an image of any PIL mode: half the range, or alpha (see module)."""
+    alpha = _alpha(image)
+    if alpha is not None:
+        return alpha >= 128
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image, dtype=bool)
+    if mode in _SIXTEEN_BIT:
+        return np.asarray(image).astype(np.uint16) >= 32768
+    if mode == "I":
+        values = np.asarray(image)
+        top = _integer_range_top(np.maximum(values, 0))
+        return values >= (top + 1) // 2
+    if mode == "F":
+        return np.asarray(image) >= 0.5
+    if mode in ("L", "LA", "La"):
+        return np.asarray(image.getchannel(0)) >= 128
+    rgb = np.asarray(image.convert("RGB"))  # RGB(A), P, CMYK, YCbCr, ...: via RGB colours
+    return rgb.max(axis=-1) >= 128
+
+
+def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An 8-bit RGB image from a file of any mode; size checked before decoding (see module)."""
+    return image_to_rgb(open_image(path, "image", max_pixels))
+
+
+def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A boolean (H, W) key-object mask from a file of any mode, thresholded at half its range."""
+    mask = mask_from_image(open_image(path, "mask", max_pixels))
+    if not mask.any():
+        raise InputError(
+            f"mask {str(path)!r} marks no object: a pixel is the object when it is at least half its range "
+            "(>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
+        )
+    return mask
+
+
+def fit_size(size: tuple[int, int], view_side: int | None) -> tuple[int, int]:
+    """The (width, height) to downscale `size` to for a model that uses `view_side` px per axis.
+
+    Shorter side at most 2 x view_side and area at most (4 x view_side)^2, aspect kept; a size
+    already within both is returned as is (so fitting twice changes nothing).
+    """
+    width, height = size
+    if view_side is None:
+        return width, height
+    scale = min(1.0, 2 * view_side / min(width, height), 4 * view_side / math.sqrt(width * height))
+    scale = max(scale, min(1.0, MIN_IMAGE_SIDE / min(width, height)))  # a very long image stays readable
+    if scale >= 1.0:
+        return width, height
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def reduce_image(image: Image.Image, view_side: int | None) -> Image.Image:
+    """The image downscaled (area average) to `fit_size`, or itself when it already fits."""
+    target = fit_size(image.size, view_side)
+    return image if target == image.size else image.resize(target, Image.Resampling.BOX)
+
+
+def reduce_mask(mask: np.ndarray, view_side: int | None) -> np.ndarray:
+    """A mask (H, W) area-averaged to `fit_size`: float32 coverage in [0, 1], or itself if it fits.
+
+    An input already fractional (float) is averaged as coverage; a boolean one as 0 / 1.
+    """
+    mask = np.asarray(mask)
+    height, width = mask.shape
+    target = fit_size((width, height), view_side)
+    if target == (width, height):
+        return mask
+    if mask.dtype == bool:
+        levels = Image.fromarray(mask.view(np.uint8) * np.uint8(255), mode="L")
+        return np.asarray(levels.resize(target, Image.Resampling.BOX), dtype=np.float32) / 255.0
+    coverage = Image.fromarray(np.clip(mask, 0.0, 1.0).astype(np.float32), mode="F")
+    return np.asarray(coverage.resize(target, Image.Resampling.BOX), dtype=np.float32)
