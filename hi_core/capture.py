@@ -4,17 +4,25 @@
 it, the language model's attention runs through a registered `AttentionInterface` function that
 computes the layer's output with PyTorch SDPA, exactly as the `sdpa` implementation does, and
 beside it the softmax rows of only the wanted query positions (normalized over all keys, with the
-model's own mask), sliced to the image keys. Nothing of size T x T is kept. The previous
-attention implementation is restored in `finally`, also when the forward raises.
+model's own mask), sliced to the image keys. Nothing of size T x T is kept.
 
-The active recorder lives in a `ContextVar`, so concurrent forwards on other threads (the app)
-never write into each other's cache.
+That implementation is installed on the model's text sub-config once (`install_capture`) and
+never switched back per call. Switching it on entry and back on exit raced in a threaded server
+sharing one model (the app): one analysis switched the model back to plain SDPA under another's
+forward, which then captured nothing ("no attention was captured": 17 of 80 analyses with two
+threads). With no recorder active the installed function *is* SDPA (same output, same mask), so
+plain forwards, `generate()` and training of an SDPA model are unchanged (a text model loaded with
+eager attention computes with SDPA from its first capture on, as it did inside captures before;
+the vision tower keeps its own implementation). The per-call state lives only in the
+recorder, in a `ContextVar`: concurrent forwards on other threads never write into each other's
+cache, and the recorder is cleared in `finally`, also when the forward raises.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +150,39 @@ AttentionInterface.register(IMPLEMENTATION, _capturing_attention)
 AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
+# `set_attn_implementation` rewrites the configs of every sub-model in turn and is not
+# thread-safe: installs (rare, once per loaded model) happen one at a time. A plain forward that
+# overlaps an install is unaffected: sdpa and the capture compute the same thing.
+_INSTALL_LOCK = threading.Lock()
+
+
+def install_capture(model: Any, adapter: FamilyAdapter) -> str:
+    """Make the language model's attention capture-capable, once; returns the implementation it had.
+
+    Idempotent and thread-safe. Only the text sub-config changes (the vision tower keeps its own
+    implementation). The installed state lives in the model's config, so a deep copy keeps it and
+    a freshly loaded model gets it on its first capture; outside `capture_attention` the model
+    computes exactly what SDPA computes. Returns `IMPLEMENTATION` when it was already installed.
+    """
+    config_key = adapter.text_config_key(model)
+    with _INSTALL_LOCK:
+        previous = getattr(model.config, config_key)._attn_implementation
+        if previous != IMPLEMENTATION:
+            model.set_attn_implementation({config_key: IMPLEMENTATION})
+        return previous
+
+
+def remove_capture(model: Any, adapter: FamilyAdapter, implementation: str = "sdpa") -> None:
+    """Give the language model `implementation` back (e.g. what `install_capture` returned).
+
+    Nothing in hi_core needs this; only call it while no forward with a capture runs on `model`.
+    """
+    config_key = adapter.text_config_key(model)
+    with _INSTALL_LOCK:
+        if getattr(model.config, config_key)._attn_implementation == IMPLEMENTATION:
+            model.set_attn_implementation({config_key: implementation})
+
+
 def _as_batch(positions: np.ndarray | torch.Tensor) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(positions), dtype=torch.long)
     return tensor[None] if tensor.dim() == 1 else tensor
@@ -157,8 +198,11 @@ def capture_attention(
     """Record attention from `query_positions` to `key_positions` in every language-model layer.
 
     query_positions: (R,) or (B, R); key_positions: (V,) or (B, V). The cache fills during the
-    forward pass(es) run inside the block; the model's attention implementation is restored after.
+    forward pass(es) run inside the block, in this thread (context) only. The capture
+    implementation stays installed after the block (see the module docstring); the recorder does
+    not, also when the forward raises.
     """
+    install_capture(model, adapter)
     modules = adapter.attention_modules(model)
     cache = AttentionCache(num_layers=len(modules))
     recorder = _Recorder(
@@ -167,14 +211,8 @@ def capture_attention(
         key_positions=_as_batch(key_positions),
         cache=cache,
     )
-    config_key = adapter.text_config_key(model)
-    previous = getattr(model.config, config_key)._attn_implementation
     token = _ACTIVE.set(recorder)
     try:
-        if previous != IMPLEMENTATION:
-            model.set_attn_implementation({config_key: IMPLEMENTATION})
         yield cache
     finally:
         _ACTIVE.reset(token)
-        if previous != IMPLEMENTATION:
-            model.set_attn_implementation({config_key: previous})

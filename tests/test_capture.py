@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hi_core.analysis import head_maps, run_forward
-from hi_core.capture import IMPLEMENTATION, capture_attention
+from hi_core.capture import _ACTIVE, IMPLEMENTATION, capture_attention
 from hi_core.inputs import build_inputs, key_phrase_tokens
 
 from .oracles import eager_rows
@@ -41,18 +41,37 @@ def test_head_maps_average_the_key_phrase_rows(llava, llava_dir, scene):
     np.testing.assert_allclose(maps.reshape(expected.shape), expected, atol=1e-5)
 
 
-def test_capture_restores_attention_implementation_when_forward_raises(llava, scene):
+class _FailingLayer(Exception):
+    pass
+
+
+def _fail(*_):
+    raise _FailingLayer("layer 1 fails")
+
+
+def test_recorder_is_cleared_and_model_usable_when_forward_raises(llava, scene):
     image, _ = scene
     inputs = build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", TEXT)
-    before = llava.model.config.text_config._attn_implementation
-    broken = dict(inputs.tensors, pixel_values=inputs.tensors["pixel_values"][..., :5])  # wrong size: the forward raises
-    with pytest.raises(Exception):
-        with capture_attention(llava.model, llava.adapter, [inputs.prefix_length], [0]):
-            assert llava.model.config.text_config._attn_implementation == IMPLEMENTATION
-            run_forward(llava, broken)
-    assert llava.model.config.text_config._attn_implementation == before != IMPLEMENTATION
-    # and the model still runs normally afterwards
-    run_forward(llava, inputs.tensors)
+    with torch.no_grad():
+        before = llava.model(**inputs.tensors, use_cache=False).logits
+    # The forward fails inside the language model, after layer 0's rows were recorded.
+    hook = llava.adapter.attention_modules(llava.model)[1].register_forward_pre_hook(_fail)
+    try:
+        with pytest.raises(_FailingLayer):
+            with capture_attention(llava.model, llava.adapter, [inputs.prefix_length], [0]) as cache:
+                recorder = _ACTIVE.get()
+                run_forward(llava, inputs.tensors)
+    finally:
+        hook.remove()
+    assert recorder is not None and recorder.cache is cache and list(cache.rows) == [0]
+    assert _ACTIVE.get() is None
+    # The capture implementation stays installed (it is never switched back per call), records
+    # nothing any more, and the model computes what it computed before.
+    assert llava.model.config.text_config._attn_implementation == IMPLEMENTATION
+    with torch.no_grad():
+        after = llava.model(**inputs.tensors, use_cache=False).logits
+    assert list(cache.rows) == [0]
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
 def test_nothing_is_recorded_outside_the_context(llava, scene):
