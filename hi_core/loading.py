@@ -16,6 +16,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .errors import InputError, check_choice
-from .families import FamilyAdapter, adapter_for
+from .families import FamilyAdapter, adapter_for, supported_families
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,55 @@ def resolve_source(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") != 1 or not _HUB_ID.match(name):
         raise InputError(f"model folder {name!r} does not exist (and it is not a Hub id of the form owner/name)")
     return name
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _adapter(model_type: str, name: str) -> FamilyAdapter:
+    """The family adapter; an unsupported family is an input error naming the model and our families."""
+    try:
+        return adapter_for(model_type)
+    except InputError as error:
+        raise InputError(f"model {name!r}: {error}") from None
+
+
+def check_model_folder(folder: str | Path, name: str, trust_remote_code: bool = False) -> None:
+    """Refuse a local model folder we cannot load, in one message naming the model and the problem,
+    before anything slow is read: config.json that is not a JSON object or has no `model_type`,
+    a family we do not support, a model that needs its own code without `trust_remote_code`,
+    no safetensors weights (pickled ones are never loaded) or a safetensors file that is damaged."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"model {name!r}: config.json is not readable JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"model {name!r}: config.json is not a JSON object")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise InputError(f"model {name!r}: config.json has no `model_type`; supported families are {', '.join(supported_families())}")
+    if "auto_map" in config and not trust_remote_code:
+        raise InputError(f"model {name!r} ({model_type}) needs its own Python code (config.json has `auto_map`); "
+                         "allow it with --trust-remote-code only if you trust its source")
+    _adapter(model_type, name)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in folder.glob(pattern))
+        if pickled:
+            raise InputError(f"model {name!r} has only pickled weights ({', '.join(pickled)}), which are never loaded "
+                             "(they can run code): convert them to model.safetensors")
+        raise InputError(f"model {name!r} has no weights: expected model.safetensors (or its shards) in the folder")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as error:
+            raise InputError(f"model {name!r}: {path.name} is damaged or not a safetensors file ({error})") from None
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -164,16 +214,24 @@ def load_processor(source: str, config: Any, trust_remote_code: bool = False) ->
 
 def load_model(config: LoadConfig) -> LoadedModel:
     """Load model, processor and family adapter; bad names and unsupported families are input errors."""
+    from safetensors import SafetensorError
+
     source = resolve_source(config.model)
+    if Path(source).is_dir():
+        check_model_folder(source, config.model, config.trust_remote_code)
     try:
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
-    except OSError as error:
-        raise InputError(f"could not load the configuration of model {config.model!r}: {error}") from None
-    adapter = adapter_for(model_config.model_type)
+    except (OSError, ValueError, KeyError) as error:  # missing, not JSON, unknown model_type, remote code refused
+        raise InputError(f"could not load the configuration of model {config.model!r}: {_first_line(error)}") from None
+    adapter = _adapter(model_config.model_type, config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     try:
         processor = load_processor(source, model_config, config.trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:  # a missing or damaged tokenizer or processor file
+        raise InputError(f"could not load the processor (tokenizer, image processor) of model {config.model!r}: "
+                         f"{_first_line(error)}") from None
+    try:
         model = AutoModelForImageTextToText.from_pretrained(
             source,
             dtype=dtype,
@@ -181,13 +239,19 @@ def load_model(config: LoadConfig) -> LoadedModel:
             trust_remote_code=config.trust_remote_code,
             attn_implementation="sdpa",
         )
-    except OSError as error:
-        raise InputError(f"could not load model {config.model!r}: {error}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing or damaged files of the model
+        raise InputError(f"could not load model {config.model!r}: {_first_line(error)}") from None
     model.to(device)
     if config.lora is not None:
         model = merge_lora(model, config.lora)
     name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"
     return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device)
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message without the advice paragraphs some libraries append."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -214,23 +278,50 @@ def merge_lora(model: Any, folder: str) -> Any:
 
 
 class ModelCache:
-    """Loaded models shared across sessions (the app), least recently used dropped first."""
+    """Loaded models shared across sessions (the app), least recently used dropped first.
+
+    A cached model is returned at once, also while another model loads: loading happens outside
+    the cache's lock, one load at a time (a load can take minutes and gigabytes), and sessions
+    asking for a model that is being loaded wait for that load instead of starting another.
+    `on_wait(position)` is called while a load waits for others (position 1: next).
+    """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._models: OrderedDict[LoadConfig, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _models and _waiting; held only for dictionary work
+        self._loading = threading.Lock()  # one load at a time
+        self._waiting: list[LoadConfig] = []  # loads queued behind the running one, in arrival order
 
-    def get(self, config: LoadConfig) -> LoadedModel:
-        with self._lock:  # one load at a time; a second session asking for the same model waits for it
+    def get(self, config: LoadConfig, on_wait: Callable[[int], None] | None = None) -> LoadedModel:
+        with self._lock:
             if config in self._models:
                 self._models.move_to_end(config)
                 return self._models[config]
+            self._waiting.append(config)
+        try:
+            while not self._loading.acquire(timeout=0.5):
+                if on_wait is not None:
+                    with self._lock:
+                        position = self._waiting.index(config) + 1
+                    on_wait(position)
+        finally:
+            with self._lock:
+                self._waiting.remove(config)
+        try:
+            with self._lock:  # loaded by the session we waited for?
+                if config in self._models:
+                    self._models.move_to_end(config)
+                    return self._models[config]
             loaded = load_model(config)
-            self._models[config] = loaded
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
+            with self._lock:
+                self._models[config] = loaded
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
             return loaded
+        finally:
+            self._loading.release()
 
     def __contains__(self, config: LoadConfig) -> bool:
-        return config in self._models
+        with self._lock:
+            return config in self._models

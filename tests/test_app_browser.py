@@ -25,7 +25,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from scipy import ndimage
 from transformers import AutoConfig
 
-import app
+from ui import app
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.plots import mask_overlay
@@ -387,4 +387,4 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_loads_the_
 
     page.locator("#ft-use").click()  # the finished run's adapter: a cancelled run replaces nothing
     expect(page.locator("#model-status")).to_contain_text(re.compile(r"Loaded demo \+ LoRA \S*adapter: "))
-    expect(page.locator("#lora input, #lora textarea")).to_have_value(re.compile(r"adapter$"))
+    expect(page.locator("#lora input, #lora textarea")).to_have_value(re.compile(r"^fine-tune: run-\w+$"))  # a name, not a path

@@ -1,0 +1,65 @@
+"""Gradio components with the explorer's limits built in.
+
+`bounded_image_editor` makes a `gr.ImageEditor` whose server side never decodes more than the deployment
+allows: Gradio's own preprocessing opens each uploaded layer with PIL and converts it at full
+resolution (a 17.6 KB 1-bit PNG of 12000 x 12000 px becomes gigabytes of RGBA), before any handler
+runs. Here the pixel count is read from the file's header first (refused beyond `max_pixels`), and
+a large image is reduced to at most `max_side` pixels per side while it is decoded (JPEG draft
+mode, then a box filter), so the handler, the overlays and the model only ever see a bounded image.
+The background and the brush layers have one canvas size, so they are reduced alike.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import gradio as gr
+import PIL.Image
+from gradio.data_classes import FileData
+
+from hi_core.errors import InputError
+
+
+def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
+    """An image file opened with at most `max_pixels` (else InputError) and reduced to `max_side` per side."""
+    try:
+        image = PIL.Image.open(source)
+    except (PIL.UnidentifiedImageError, OSError):
+        raise InputError("the uploaded file is not an image that can be read (PNG, JPEG, WebP, ...)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(
+            f"the image is {width}x{height} ({width * height / 1e6:.1f} Mpx); this deployment accepts at most "
+            f"{max_pixels / 1e6:.1f} Mpx: downscale it first"
+        )
+    if max(width, height) > max_side:
+        image.draft(image.mode, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
+        image.thumbnail((max_side, max_side), PIL.Image.Resampling.BOX)
+    return image
+
+
+def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.ImageEditor:
+    """A `gr.ImageEditor(**kwargs)` that refuses images over `max_pixels` and reduces them to `max_side` on arrival.
+
+    The editor's own `convert_and_format_image` (the step of its preprocessing that decodes each
+    layer) is wrapped on this instance only. (A subclass would do, but Gradio writes a `.pyi` stub
+    beside the module of every Component subclass it meets.)
+    """
+    editor = gr.ImageEditor(**kwargs)
+    convert = editor.convert_and_format_image
+
+    def bounded_convert(file: FileData | None | bytes, flatten_on_white: bool = False) -> Any:
+        if file is None:
+            return None
+        source = file.path if isinstance(file, FileData) else BytesIO(file)
+        try:
+            image = bounded_open(source, max_pixels, max_side)
+        except InputError as error:
+            raise gr.Error(str(error)) from None
+        buffer = BytesIO()  # the reduced image, handed to Gradio's own conversion (mode, alpha, type)
+        image.save(buffer, format="PNG")
+        return convert(buffer.getvalue(), flatten_on_white)
+
+    editor.convert_and_format_image = bounded_convert
+    return editor

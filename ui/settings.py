@@ -1,0 +1,162 @@
+"""What a visitor may do: the deployment policy, one settings object read from flags and environment.
+
+Locally (`python app.py`) everything stays open: any model name (Hub id or folder), any LoRA folder,
+no caps beyond the library's own. In public (on a Hugging Face Space, where `SPACE_ID` is set, or
+with `--public` / `HI_PUBLIC=1`) a visitor can load only the allow-listed models, never a path on
+the server; messages never name the server's files; images, uploads, datasets, fine-tunes, the queue
+and the temporary files are bounded. Every limit is a field below with its environment variable, and
+the README's reliability table lists them with their defaults.
+
+The app reads `Settings.from_env(args)` once at start-up; the object is frozen (shared by every
+session of a threaded server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+from hi_core.errors import InputError
+from hi_core.finetune import FinetuneConfig
+
+#: Models a public deployment offers by default: the embedded demo and small released models of
+#: supported families (all under 2.5B parameters, safetensors, no remote code).
+DEFAULT_ALLOWED_MODELS = (
+    "demo",
+    "HuggingFaceTB/SmolVLM-256M-Instruct",
+    "HuggingFaceTB/SmolVLM-500M-Instruct",
+    "llava-hf/llava-interleave-qwen-0.5b-hf",
+    "Qwen/Qwen2-VL-2B-Instruct",
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()]+){2,}[\\/]?")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment policy. `None` in a limit means "no limit" (the local default)."""
+
+    public: bool = False
+    allowed_models: tuple[str, ...] = DEFAULT_ALLOWED_MODELS  # enforced only when public
+    max_image_pixels: int = 50_000_000  # an upload's pixels, read from its header before decoding
+    max_image_side: int = 2048  # images are brought to at most this side on arrival (the models see less)
+    max_upload_mb: float | None = None  # per uploaded file (Gradio's max_file_size)
+    max_dataset_images: int | None = None  # records scored per dataset run
+    max_finetune_steps: int | None = None
+    max_lora_rank: int | None = None
+    max_batch_size: int | None = None  # fine-tune and dataset scoring
+    queue_size: int | None = None  # events waiting in the queue; more are turned away with a message
+    concurrency: int = 2  # events of one kind running at once (the dataset and fine-tune: 1)
+    max_run_storage_mb: float = 2048  # unpacked uploads, downloads and adapters on disk, all sessions; oldest go first
+    cache_ttl_s: int = 3600  # Gradio's upload cache: files older than this are deleted (checked as often)
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value) or value <= 0:
+                    raise InputError(f"setting {item.name} must be a positive number, got {value!r}")
+        if not self.allowed_models:
+            raise InputError("setting allowed_models is empty: name at least one model (e.g. demo)")
+
+    @classmethod
+    def public_defaults(cls) -> Settings:
+        """The limits a public deployment starts from (each can still be overridden by its variable)."""
+        return cls(
+            public=True,
+            max_image_pixels=24_000_000,
+            max_image_side=1536,
+            max_upload_mb=50,
+            max_dataset_images=200,
+            max_finetune_steps=500,
+            max_lora_rank=64,
+            max_batch_size=32,
+            queue_size=32,
+            concurrency=2,
+            max_run_storage_mb=1024,
+        )
+
+    @classmethod
+    def from_env(cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment (`HI_*` variables, `SPACE_ID`) and the app's flags.
+
+        Public when `SPACE_ID` is set (a Hugging Face Space), or `HI_PUBLIC=1`, or `--public`.
+        Each field can be set by `HI_<FIELD>` (e.g. `HI_MAX_IMAGE_PIXELS=10000000`,
+        `HI_ALLOWED_MODELS=demo,owner/name`); an empty value in a limit means "no limit".
+        """
+        environ = os.environ if environ is None else environ
+        public = bool(environ.get("SPACE_ID")) or environ.get("HI_PUBLIC", "").lower() in _TRUE
+        public = public or bool(getattr(args, "public", False))
+        base = cls.public_defaults() if public else cls()
+        overrides: dict[str, object] = {}
+        for item in fields(cls):
+            raw = environ.get(f"HI_{item.name.upper()}")
+            if raw is None or item.name == "public":
+                continue
+            overrides[item.name] = _parse(item.name, raw)
+        allowed = getattr(args, "allow_model", None)
+        if allowed:
+            overrides["allowed_models"] = tuple(dict.fromkeys([*overrides.get("allowed_models", base.allowed_models), *allowed]))
+        return replace(base, **overrides)
+
+    # --- the checks handlers make ----------------------------------------------------------------
+
+    def check_model(self, name: str) -> str:
+        """The model name to load, or an InputError that says nothing about the server's files."""
+        name = (name or "").strip()
+        if not name:
+            raise InputError("choose a model")
+        if self.public and name not in self.allowed_models:
+            raise InputError(f"this deployment offers only these models: {', '.join(self.allowed_models)}")
+        return name
+
+    def check_finetune(self, config: FinetuneConfig) -> None:
+        for value, limit, what in (
+            (config.steps, self.max_finetune_steps, "steps"),
+            (config.rank, self.max_lora_rank, "LoRA rank"),
+            (config.batch_size, self.max_batch_size, "batch size"),
+        ):
+            if limit is not None and value > limit:
+                raise InputError(f"{what} is {value}; this deployment allows at most {limit}")
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if self.max_batch_size is not None and batch_size > self.max_batch_size:
+            raise InputError(f"batch size is {batch_size}; this deployment allows at most {self.max_batch_size}")
+
+    def dataset_limit(self, asked: int | None) -> int | None:
+        """The number of records to score: what the visitor asked for, within the deployment's cap."""
+        if self.max_dataset_images is None:
+            return asked
+        return min(asked or self.max_dataset_images, self.max_dataset_images)
+
+    @property
+    def max_file_size(self) -> int | None:
+        """Gradio's `launch(max_file_size=...)`, in bytes."""
+        return None if self.max_upload_mb is None else int(self.max_upload_mb * 1024 * 1024)
+
+
+def scrub_paths(message: str) -> str:
+    """A message with every absolute path replaced by its last component (`/tmp/gradio/ab12/m.png` -> `m.png`).
+
+    Library messages name the user's files, which is right on the command line; in the app the files
+    are the server's (uploads in Gradio's cache, run folders), and their paths are nobody's business.
+    """
+    return _ABSOLUTE_PATH.sub(lambda match: re.split(r"[\\/]", match.group(0).rstrip("\\/"))[-1], message)
+
+
+def _parse(name: str, raw: str) -> object:
+    raw = raw.strip()
+    if name == "allowed_models":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if raw == "":
+        return None  # no limit
+    try:
+        number = float(raw)
+    except ValueError:
+        raise InputError(f"environment variable HI_{name.upper()} must be a number, got {raw!r}") from None
+    return int(number) if number.is_integer() else number
