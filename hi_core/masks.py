@@ -52,7 +52,7 @@ def check_mask(mask: np.ndarray, image: Image.Image) -> np.ndarray:
         raise InputError(
             f"mask is {width}x{height} but the image is {image.size[0]}x{image.size[1]}: they must be the same size"
         )
-    mask = mask > 0
+    mask = mask if mask.dtype == bool else mask > 0
     if not mask.any():
         raise InputError("mask is empty: mark the key object with nonzero pixels")
     return mask
@@ -144,7 +144,7 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
     if small != (width, height):
         rgb = rgb.resize(small, Image.Resampling.BOX)
         # A thin scribble must survive the downscale: any covered share marks the small pixel.
-        hint = cv2.resize(hint.view(np.uint8) * np.uint8(255), small, interpolation=cv2.INTER_AREA) > 0
+        hint = cv2.resize(np.where(hint, np.uint8(255), np.uint8(0)), small, interpolation=cv2.INTER_AREA) > 0
     if hint.all():
         raise InputError("the hint covers the whole image: GrabCut needs background around the object; mark only the object")
     pixels = np.asarray(rgb)[..., ::-1].copy()  # OpenCV wants BGR
@@ -162,5 +162,5 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
     if not proposal.any():
         return original_hint
     if proposal.shape != (height, width):
-        proposal = cv2.resize(proposal.view(np.uint8) * np.uint8(255), (width, height), interpolation=cv2.INTER_LINEAR) >= 128
+        proposal = cv2.resize(np.where(proposal, np.uint8(255), np.uint8(0)), (width, height), interpolation=cv2.INTER_LINEAR) >= 128
     return proposal

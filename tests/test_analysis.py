@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 
-from hi_core.analysis import AnalysisConfig, analyze_image
+from hi_core.analysis import AnalysisConfig, analyze_image, mask_grid
+from hi_core.errors import InputError
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, ModelCache
 from hi_core.scoring import ScoringConfig
 
@@ -38,3 +42,54 @@ def test_model_cache_reuses_and_evicts(llava_dir):
     other = LoadConfig(model=str(llava_dir), device="cpu", dtype="bfloat16")
     assert cache.get(other) is not first
     assert cpu not in cache and other in cache
+
+
+def _large_scene() -> tuple[Image.Image, np.ndarray]:
+    """A 1200x900 picture (gradient + noise) with a red disc, and the disc's mask."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:900, :1200]
+    pixels = np.stack([xx * 255 // 1200, yy * 255 // 900, np.full_like(xx, 90)], -1).astype(np.float64)
+    pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
+    mask = (yy - 400) ** 2 + (xx - 700) ** 2 < 200**2
+    pixels[mask] = (240, 40, 40)
+    return Image.fromarray(pixels), mask
+
+
+def test_a_large_image_is_downscaled_before_the_processor_with_the_same_result(llava, monkeypatch):
+    """The 48-px model sees a 1200x900 image through a 128x96 copy; against the full-resolution path:
+    maps within 5e-3 (of values up to ~0.1), mask fractions within 0.01, the same object cells and HI."""
+    image, mask = _large_scene()
+    seen = []
+    processor_call = type(llava.processor.image_processor).__call__
+    monkeypatch.setattr(
+        type(llava.processor.image_processor), "__call__",
+        lambda self, images, *args, **kwargs: seen.append(images[0].size) or processor_call(self, images, *args, **kwargs),
+    )
+    reduced = analyze_image(llava, image, mask, "a red circle at the right")
+    assert set(seen) == {(128, 96)}  # image and mask both reach the processor at 2x its 48-px view
+    monkeypatch.setattr(type(llava.adapter), "view_side", lambda self, processor: None)  # no downscaling
+    full = analyze_image(llava, image, mask, "a red circle at the right")
+    assert (1200, 900) in seen
+    np.testing.assert_allclose(reduced.maps, full.maps, atol=5e-3)
+    np.testing.assert_allclose(reduced.mask.fractions, full.mask.fractions, atol=0.01)
+    np.testing.assert_array_equal(reduced.mask.object_patches, full.mask.object_patches)
+    np.testing.assert_array_equal(reduced.hi, full.hi)
+
+
+def test_the_dataset_path_fits_the_mask_like_analyze_image(llava):
+    image, mask = _large_scene()
+    inputs = build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", "a red circle")
+    from_full_mask = mask_grid(llava, inputs, mask)  # dataset scoring passes the full-resolution mask
+    analysis = analyze_image(llava, image, mask, "a red circle")
+    np.testing.assert_allclose(from_full_mask.fractions, analysis.mask.fractions, atol=1e-6)
+
+
+def test_a_mask_of_the_whole_image_is_refused(llava, scene):
+    image, mask = scene
+    with pytest.raises(InputError, match="covers the whole image the model sees"):
+        analyze_image(llava, image, np.ones_like(mask), "a red square")
+
+
+def test_a_one_pixel_image_is_one_input_error(llava):
+    with pytest.raises(InputError, match="image is 1x1 px"):
+        analyze_image(llava, Image.new("RGB", (1, 1)), np.ones((1, 1), bool), "a red square")

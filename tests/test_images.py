@@ -201,3 +201,13 @@ def test_reduced_mask_keeps_its_coverage_and_the_image_its_size():
     assert abs(reduced.mean() - mask.mean()) < 0.005
     assert reduce_image(Image.new("RGB", (1200, 900)), 48).size == (128, 96)
     assert reduce_mask(reduced, 48) is reduced  # already fitting: unchanged
+
+
+def test_a_one_bit_mask_file_keeps_its_coverage_when_reduced(tmp_path):
+    block = Image.new("1", (1200, 900))
+    block.paste(1, (300, 100, 1000, 700))  # PIL stores set pixels as byte 255: bools must still be 0 / 1
+    block.save(tmp_path / "mask.png")
+    mask = load_mask(tmp_path / "mask.png")
+    assert mask.sum() == 700 * 600
+    reduced = reduce_mask(mask, 48)
+    assert reduced.max() == 1.0 and abs(reduced.mean() - mask.mean()) < 0.005

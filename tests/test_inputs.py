@@ -61,3 +61,22 @@ def test_empty_text_is_an_input_error(llava, scene):
 ])
 def test_phrase_span_prefers_whole_words(text, phrase, expected):
     assert phrase_span(text, phrase) == expected
+
+
+def test_text_beyond_the_context_is_refused_naming_the_limit(llava, scene):
+    image, _ = scene
+    limit = llava.model.config.get_text_config().max_position_embeddings
+    assert limit == 4096
+    words = " ".join(["red"] * 5000)
+    with pytest.raises(InputError, match=r"are \d+ tokens \(\d+ \+ 5000 of the description\), more than the model's context of 4096"):
+        build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", words)
+    prefix = build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", "red").prefix_length
+    fits = build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", " ".join(["red"] * (limit - prefix)))
+    assert fits.tensors["input_ids"].shape[1] == limit  # exactly the context is allowed
+
+
+def test_a_too_small_image_is_an_input_error(llava):
+    from PIL import Image
+
+    with pytest.raises(InputError, match="image is 1x1 px: it must be at least 8 px"):
+        build_inputs(llava.adapter, llava.model, llava.processor, Image.new("RGB", (1, 1)), "Describe the image.", "a red square")

@@ -92,3 +92,56 @@ def test_grabcut_recovers_an_object_from_a_loose_box():
     assert iou > 0.9 and (box & obj).sum() / (box | obj).sum() < 0.5
     with pytest.raises(InputError, match="draw a rough box"):
         grabcut_mask(Image.fromarray(pixels), np.zeros_like(obj))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 30)])
+def test_grabcut_on_a_too_small_image_is_an_input_error(size):
+    width, height = size
+    with pytest.raises(InputError, match="at least 8 px on each side"):
+        grabcut_mask(Image.new("RGB", size), np.ones((height, width), bool))
+
+
+def test_grabcut_needs_background_outside_the_hint():
+    with pytest.raises(InputError, match="covers the whole image"):
+        grabcut_mask(Image.new("RGB", (20, 16)), np.ones((16, 20), bool))
+    with pytest.raises(InputError, match="the hint is 10x16 but the image is 20x16"):
+        grabcut_mask(Image.new("RGB", (20, 16)), np.ones((16, 10), bool))
+
+
+def test_grabcut_on_a_large_image_runs_on_a_bounded_copy(monkeypatch):
+    import cv2
+
+    height, width = 1800, 2400
+    yy, xx = np.mgrid[:height, :width]
+    obj = (yy - 900) ** 2 + (xx - 1300) ** 2 < 300**2
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((height, width, 3)) * 60).astype(np.uint8)
+    pixels[obj] = (230, 200, 30)
+    box = np.zeros_like(obj)
+    box[500:1300, 900:1700] = True
+    seen = []
+    grabcut = cv2.grabCut
+    monkeypatch.setattr(cv2, "grabCut", lambda image, *args: seen.append(image.shape) or grabcut(image, *args))
+    proposal = grabcut_mask(Image.fromarray(pixels), box)
+    assert seen and max(seen[0][:2]) <= 512  # the work is on a copy of at most GRABCUT_SIDE px
+    assert proposal.shape == obj.shape
+    assert (proposal & obj).sum() / (proposal | obj).sum() > 0.95
+
+
+def test_a_mask_covering_every_cell_is_refused_and_almost_every_cell_warned(caplog):
+    with pytest.raises(InputError, match="covers the whole image the model sees .*HI would be 1"):
+        object_patches(np.full((4, 5), 0.8))
+    valid = np.ones((4, 5), bool)
+    valid[0, 0] = False  # padding does not count: the object still covers every cell that is image
+    with pytest.raises(InputError, match="all 19 grid cells"):
+        object_patches(np.full((4, 5), 0.8), valid)
+    almost = np.ones((4, 5))
+    almost[0, :4] = 0.0  # 16 of 20 cells: 80%
+    with caplog.at_level("WARNING", logger="hi_core.masks"):
+        assert object_patches(almost).object_patches.sum() == 16
+    assert "covers 16 of 20 grid cells" in caplog.text
+    caplog.clear()
+    almost[1, :2] = 0.0  # 14 of 20: 70%, no warning
+    with caplog.at_level("WARNING", logger="hi_core.masks"):
+        object_patches(almost)
+    assert caplog.text == ""
