@@ -439,11 +439,12 @@ def score_dataset(
 
 
 def _keep(writer: _PartWriter | None, fresh: Entries, results: list[ImageScore], failures: list[dict[str, Any]]) -> None:
-    """Store a batch's scores and failures: in the cache's part file, or in memory without a cache."""
+    """Store a batch's scores and failures: in the cache's part file, or in memory without a cache
+    (rounded as the cache rounds them, so a run gives the same numbers with or without a cache)."""
     if writer is not None:
         writer.append([result.to_json() for result in results] + failures)
     else:
-        fresh.update((result.id, result) for result in results)
+        fresh.update((result.id, ImageScore.from_json(result.to_json())) for result in results)
         fresh.update((failure["id"], failure) for failure in failures)
 
 

@@ -18,10 +18,11 @@ from PIL import Image
 import hi_core.dataset_scoring as dataset_scoring
 from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.cli import main
-from hi_core.dataset_scoring import DatasetConfig, bootstrap_interval, score_dataset
+from hi_core.dataset_scoring import DatasetConfig, bootstrap_interval, read_cache, score_dataset
 from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig, load_model
+from hi_core.masks import load_image, load_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,8 @@ def test_bootstrap_interval_matches_the_normal_approximation():
     np.testing.assert_allclose(((high + low) / 2)[varying], mean[varying], atol=0.3 * half.max())
     assert low[1, 2] == high[1, 2] == 0.25
     single_low, single_high = bootstrap_interval(values[:1], 0.95, 100, seed=1)
-    np.testing.assert_array_equal(single_low, values[0]) and np.testing.assert_array_equal(single_high, values[0])
+    np.testing.assert_array_equal(single_low, values[0])
+    np.testing.assert_array_equal(single_high, values[0])
 
 
 def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys):
@@ -142,11 +144,14 @@ def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys
         (["--dataset", "nowhere"], "is not a dataset folder"),
         (["--dataset", "DATA", "--text", "a cat"], "drop --text"),
         (["--dataset", "DATA", "--batch-size", "0"], "batch size must be at least 1"),
+        (["--dataset", "DATA", "--cache", "FILE"], "is a file: give a folder"),
+        (["--dataset", "DATA", "--cache", "FILE/cache"], "which is a file"),
         ([], "score needs --image, --mask, --text or --generate"),
     ],
 )
-def test_cli_score_dataset_bad_input(dataset, capsys, extra, message):
-    extra = [str(dataset) if arg == "DATA" else arg for arg in extra]
+def test_cli_score_dataset_bad_input(dataset, tmp_path, capsys, extra, message):
+    (tmp_path / "file").write_text("not a folder")
+    extra = [arg.replace("DATA", str(dataset)).replace("FILE", str(tmp_path / "file")) for arg in extra]
     assert main(["score", "--model", "demo", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
@@ -170,3 +175,112 @@ def test_two_processes_under_accelerate_equal_one(dataset, tmp_path):
     for a, b in zip(one["heads"], two_result["heads"]):
         assert a == pytest.approx(b, abs=1e-6)
     assert one["layers"] == two_result["layers"] and one["images"] == two_result["images"] == 7
+
+
+def _messy(dataset, folder):
+    """A copy of `dataset` whose data.jsonl has blank lines, a duplicate id whose record differs from
+    the first (another image, mask and text), a non-string key phrase and a line that is not UTF-8."""
+    shutil.copytree(dataset, folder)
+    entries = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()]
+    lines = [json.dumps(entries[0]), "", json.dumps(entries[1]), json.dumps(entries[2]), "   ", json.dumps(entries[3] | {"key_phrase": 7}),
+             json.dumps(entries[5] | {"id": entries[1]["id"]}),  # line 7: the duplicate of line 3, in the other shard
+             json.dumps(entries[4]), "\udcff", json.dumps(entries[6])]
+    raw = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"  # line 9: the single byte 0xff
+    (folder / "data.jsonl").write_bytes(raw)
+    return entries
+
+
+def test_duplicate_ids_and_bad_lines_give_one_result_whatever_the_history(demo, dataset, tmp_path, monkeypatch):
+    """Full run == resumed run == two data-parallel shards: the first record of a duplicate id is
+    scored, the later one is skipped, every skipped record is listed under its own line."""
+    entries = _messy(dataset, tmp_path / "messy")
+    folder = tmp_path / "messy"
+    config = DatasetConfig(batch_size=2)
+    whole = score_dataset(demo, folder, config)  # no cache
+    ids = [entries[i]["id"] for i in (0, 1, 2, 4, 6)]
+    assert [image.id for image in whole.images] == ids
+    duplicate = whole.images[1]
+    first = entries[1]
+    alone = analyze_image(demo, load_image(folder / first["image"]), load_mask(folder / first["mask"]), first["text"],
+                          AnalysisConfig(key_phrase=first["key_phrase"]))
+    np.testing.assert_allclose(duplicate.hi, alone.hi, atol=1e-5)
+    assert duplicate.text == first["text"]
+    assert [(line, rid) for line, rid, _ in whole.skipped] == [(6, entries[3]["id"]), (7, first["id"]), (9, None)]
+    reasons = [reason for _, _, reason in whole.skipped]
+    assert "key_phrase must be a string" in reasons[0] and reasons[1] == "duplicate id, first at line 3" and reasons[2] == "not UTF-8"
+    assert whole.to_json()["skipped"][1] == {"line": 7, "id": first["id"], "reason": "duplicate id, first at line 3"}
+
+    def interrupt(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the first record of the duplicate id is in the cache, the later not yet read
+        score_dataset(demo, folder, config, cache=tmp_path / "cut", progress=interrupt)
+    assert set(read_cache(tmp_path / "cut")) == {entries[0]["id"], entries[1]["id"]}
+    resumed = score_dataset(demo, folder, config, cache=tmp_path / "cut")
+    assert _json(resumed) == _json(whole) and resumed.skipped == whole.skipped
+    assert resumed.to_csv() == whole.to_csv()
+
+    barriers = []
+    # two data-parallel processes, one after the other, sharing the cache; the main one creates it before the first barrier
+    dataset_scoring.open_cache(tmp_path / "shards", dataset_scoring._cache_settings(demo, folder, config), main_process=True)
+    for process in (1, 0):
+        monkeypatch.setattr(dataset_scoring, "process_state", lambda p=process: (p, 2, lambda: barriers.append(p)))
+        sharded = score_dataset(demo, folder, config, cache=tmp_path / "shards")
+    assert barriers == [1, 1, 0, 0]
+    assert _json(sharded) == _json(whole) and sharded.skipped == whole.skipped
+    parts = {p.name: [json.loads(line)["id"] for line in p.read_text().splitlines()] for p in (tmp_path / "shards").glob("part-*")}
+    assert parts == {"part-0.jsonl": [entries[i]["id"] for i in (0, 2)], "part-1.jsonl": [entries[i]["id"] for i in (1, 4, 6)]}
+
+
+def test_a_record_prompt_is_used_for_that_record(demo, dataset, tmp_path):
+    folder = tmp_path / "vqa"
+    shutil.copytree(dataset, folder)
+    entries = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()][:2]
+    entries[0]["prompt"] = "Which shape is it?"
+    (folder / "data.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    result = score_dataset(demo, folder, DatasetConfig())
+    for entry, image in zip(entries, result.images):
+        config = AnalysisConfig(prompt=entry.get("prompt", AnalysisConfig().prompt), key_phrase=entry["key_phrase"])
+        alone = analyze_image(demo, load_image(folder / entry["image"]), load_mask(folder / entry["mask"]), entry["text"], config)
+        np.testing.assert_allclose(image.hi, alone.hi, atol=1e-5)
+        np.testing.assert_allclose(image.mass, alone.mass, atol=1e-5)
+    default = analyze_image(demo, load_image(folder / entries[0]["image"]), load_mask(folder / entries[0]["mask"]),
+                            entries[0]["text"], AnalysisConfig(key_phrase=entries[0]["key_phrase"]))
+    assert not np.allclose(result.images[0].mass, default.mass, atol=1e-5)  # the prompt made a difference
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda cache: cache.write_text("a file"), "is a file: give a folder"),
+    (lambda cache: None, "which is a file"),
+    (lambda cache: (cache.mkdir(), (cache / "part-0.jsonl").write_text("{}\n")), "without a readable config.json"),
+    (lambda cache: (cache.mkdir(), (cache / "config.json").write_text("{oops")), "unreadable config.json"),
+    (lambda cache: (cache.mkdir(), (cache / "config.json").write_bytes(b"\xff")), "unreadable config.json"),
+    (lambda cache: (cache.mkdir(), (cache / "config.json").write_text("[1]")), "unreadable config.json"),
+])
+def test_a_cache_that_cannot_be_one_is_refused_before_scoring(demo, dataset, tmp_path, monkeypatch, make, message):
+    cache = tmp_path / "cache"
+    if message == "which is a file":
+        (tmp_path / "file").write_text("a file")
+        cache = tmp_path / "file" / "cache"
+    make(cache)
+    monkeypatch.setattr(dataset_scoring, "score_batch", lambda *args: pytest.fail("a record was scored"))
+    with pytest.raises(InputError, match=message):
+        score_dataset(demo, dataset, DatasetConfig(limit=2), cache=cache)
+
+
+def test_unreadable_cache_lines_are_scored_again(demo, dataset, tmp_path, monkeypatch):
+    config = DatasetConfig(limit=3)
+    whole = score_dataset(demo, dataset, config, cache=tmp_path / "c")
+    part = tmp_path / "c" / "part-0.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)
+    broken = json.loads(lines[1]) | {"hi": "nonsense"}
+    part.write_bytes(lines[0] + json.dumps(broken).encode() + b"\n" + lines[2]
+                     + b'{}\n[1]\n\xff\xfe\n{"id": "x", "skipped": 5}\n{"id": 3, "hi": []}\n')
+    scored = []
+    original = dataset_scoring.score_batch
+    monkeypatch.setattr(dataset_scoring, "score_batch", lambda loaded, records, cfg: scored.extend(r.id for r in records) or original(loaded, records, cfg))
+    again = score_dataset(demo, dataset, config, cache=tmp_path / "c")
+    assert scored == [whole.images[1].id]
+    assert [image.id for image in again.images] == [image.id for image in whole.images] and not again.skipped
+    np.testing.assert_allclose(again.image_hi, whole.image_hi, atol=1e-5)  # rescored alone, not in a batch of 3
