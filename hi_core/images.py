@@ -188,7 +188,7 @@ def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np
     mask = mask_from_image(open_image(path, "mask", max_pixels))
     if not mask.any():
         raise InputError(
-            f"mask {str(path)!r} marks no object: a pixel is the object when it is at least half its range "
+            f"mask is empty: no pixel of {str(path)!r} marks the object, which takes at least half the range "
             "(>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
         )
     return mask
