@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hi_core.analysis import AnalysisConfig, analyze_image, mask_grid
 from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, ModelCache
+from hi_core.images import fit_size
+from hi_core.inputs import build_inputs, model_image
+from hi_core.loading import LoadConfig, load_model
+from hi_core.loading import ModelCache
 from hi_core.scoring import ScoringConfig
+
+from . import tiny_idefics3, tiny_llava_next, tiny_models, tiny_paligemma, tiny_qwen2_vl
 
 
 def test_rescored_equals_a_fresh_analysis_with_those_options(llava, scene):
@@ -93,3 +98,36 @@ def test_a_mask_of_the_whole_image_is_refused(llava, scene):
 def test_a_one_pixel_image_is_one_input_error(llava):
     with pytest.raises(InputError, match="image is 1x1 px"):
         analyze_image(llava, Image.new("RGB", (1, 1)), np.ones((1, 1), bool), "a red square")
+
+
+FAMILY_BUILDERS = {
+    "llava": tiny_models.build_llava,
+    "llava_next": tiny_llava_next.build_llava_next,
+    "paligemma": tiny_paligemma.build_paligemma,
+    "qwen2_vl": tiny_qwen2_vl.build_qwen2_vl,
+    "idefics3": tiny_idefics3.build_idefics3,
+    "smolvlm": tiny_idefics3.build_smolvlm,
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_BUILDERS))
+def test_every_family_sees_the_same_geometry_from_the_downscaled_image(family, tmp_path):
+    """`view_side` per family: the 2x-downscaled copy gives the processor's same tokens and tensor
+    shapes (same grid, tiles, resize targets) as the full image, and the same mask fractions (0.02)."""
+    loaded = load_model(LoadConfig(model=str(FAMILY_BUILDERS[family](tmp_path)), device="cpu"))
+    adapter, processor = loaded.adapter, loaded.processor
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((1000, 1600, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((1000, 1600), bool)
+    mask[200:700, 300:1100] = True
+    reduced = model_image(adapter, processor, image)
+    assert max(reduced.size) < 1600 and reduced.size == fit_size(image.size, adapter.view_side(processor))
+    full = adapter.prefix_inputs(processor, image, "Describe the image.")
+    small = adapter.prefix_inputs(processor, reduced, "Describe the image.")
+    assert full.keys() == small.keys()
+    torch.testing.assert_close(small["input_ids"], full["input_ids"])
+    assert all(small[key].shape == full[key].shape for key in full)
+    inputs = build_inputs(adapter, loaded.model, processor, image, "Describe the image.", "a red circle")
+    from_full = adapter.mask_fractions(loaded.model, processor, mask, inputs.tensors)
+    from_reduced = mask_grid(loaded, inputs, mask).fractions
+    np.testing.assert_allclose(from_reduced, np.where(inputs.layout.valid, from_full, 0.0), atol=0.02)
