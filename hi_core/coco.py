@@ -9,8 +9,11 @@ For each image of the instances file (in file order):
    pixel area of its rasterized mask (not the annotation's `area` field; ties: annotation order).
    Crowd regions (iscrowd=1) are never the key object.
 The record's `text` is that caption (stripped), its `key_phrase` the words that named the object,
-as written. An image is skipped, and counted, under the first reason that applies: no caption names
-an object of it; its file is missing; unreadable; of another size than its annotation says.
+as written. An image is skipped, and counted, under the first reason that applies: its id was already seen
+(ids are written as strings, so 7 and "7" are one id; the first image of an id counts, as in the
+dataset format); no caption names an object of it; its file is missing; unreadable; of another size
+than its annotation says. Malformed annotation files (wrong types, bad segmentations) are one
+InputError before anything is written.
 
 The annotation JSONs are loaded whole (COCO train2017's instances file is ~450 MB of JSON, a few
 GB in memory); images are processed one at a time, and `data.jsonl` is written atomically at the end.
@@ -18,6 +21,7 @@ GB in memory); images are processed one at a time, and `data.jsonl` is written a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -33,7 +37,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .datasets import INDEX
+from .datasets import INDEX, make_dataset_folder
 from .errors import InputError
 from .masks import load_image
 from .outputs import atomic_path
@@ -142,6 +146,7 @@ _IRREGULAR = {
 _WORD = re.compile(r"[A-Za-z]+")
 
 NO_NAMED_OBJECT = "no named object"
+DUPLICATE_IMAGE = "duplicate image id"
 MISSING_IMAGE = "missing image file"
 UNREADABLE_IMAGE = "unreadable image file"
 SIZE_MISMATCH = "image size differs from its annotation"
@@ -263,8 +268,10 @@ def _load_json(path: str | Path, kind: str, keys: Sequence[str]) -> dict[str, An
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise InputError(f"{kind} file {str(path)!r} is not valid JSON ({error})") from None
+    except OSError as error:
+        raise InputError(f"cannot read {kind} file {str(path)!r} ({error.strerror or error})") from None
     missing = [key for key in keys if not isinstance(data, dict) or not isinstance(data.get(key), list)]
     if missing:
         raise InputError(f"{kind} file {str(path)!r} is not a COCO {kind} file: it has no {', '.join(missing)} list")
@@ -281,13 +288,27 @@ class _Coco:
     captions: dict[int, list[str]]
 
 
+#: The JSON types each field must have (ids are integers or strings, as COCO-format tools write them).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int, str), "image_id": (int, str), "category_id": (int, str), "name": (str,), "caption": (str,),
+    "file_name": (str,), "height": (int,), "width": (int,), "segmentation": (list, dict),
+}
+
+
 def _require(entry: Any, keys: Sequence[str], kind: str) -> None:
-    """Check that an image / annotation / category entry is an object with `keys`."""
+    """Check that an image / annotation / category entry is an object with `keys` of the right types."""
     if not isinstance(entry, dict):
         raise InputError(f"malformed COCO annotations: a {kind} entry is not a JSON object ({str(entry)[:60]})")
     missing = [key for key in keys if key not in entry]
     if missing:
         raise InputError(f"malformed COCO annotations: {kind} {entry.get('id')!r} has no {', '.join(missing)}")
+    for key in keys:
+        value = entry[key]
+        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
+            allowed = " or ".join(allowed_type.__name__ for allowed_type in _TYPES[key])
+            raise InputError(f"malformed COCO annotations: {kind} {entry.get('id')!r} has {key} {str(value)[:40]!r} (expected {allowed})")
+    if kind == "image" and (entry["height"] < 1 or entry["width"] < 1):
+        raise InputError(f"malformed COCO annotations: image {entry['id']!r} is {entry['width']}x{entry['height']} pixels")
 
 
 def _index(instances_path: str | Path, captions_path: str | Path) -> _Coco:
@@ -296,7 +317,7 @@ def _index(instances_path: str | Path, captions_path: str | Path) -> _Coco:
     categories: dict[int, str] = {}
     for category in instances["categories"]:
         _require(category, ("id", "name"), "category")
-        categories[category["id"]] = str(category["name"])
+        categories[category["id"]] = category["name"]
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for annotation in instances["annotations"]:
         _require(annotation, ("image_id", "category_id", "segmentation"), "instance annotation")
@@ -304,7 +325,7 @@ def _index(instances_path: str | Path, captions_path: str | Path) -> _Coco:
     texts: dict[int, list[str]] = defaultdict(list)
     for annotation in captions["annotations"]:
         _require(annotation, ("image_id", "caption"), "caption annotation")
-        texts[annotation["image_id"]].append(str(annotation["caption"]))
+        texts[annotation["image_id"]].append(annotation["caption"])
     for image in instances["images"]:
         _require(image, ("id", "file_name", "height", "width"), "image")
     return _Coco(instances["images"], categories, by_image, texts)
@@ -325,11 +346,28 @@ class CocoSummary:
 
 
 def _annotation_rle(annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-    """`coco_rle` of an instance annotation; a bad segmentation is an input error naming the annotation."""
+    """`coco_rle` of an instance annotation, with its pixel area checked by decoding it; a bad
+    segmentation is an input error naming the annotation."""
+    where = f"instance annotation {annotation.get('id')!r} of image {annotation['image_id']!r}"
     try:
-        return coco_rle(annotation["segmentation"], height, width)
+        rle = coco_rle(annotation["segmentation"], height, width)
+        mask_utils.area(rle)
     except InputError as error:
-        raise InputError(f"instance annotation {annotation.get('id')!r} of image {annotation['image_id']!r}: {error}") from None
+        raise InputError(f"{where}: {error}") from None
+    except (TypeError, ValueError, OverflowError, IndexError) as error:  # pycocotools on malformed polygons or counts
+        raise InputError(f"{where}: its segmentation cannot be read ({error})") from None
+    return rle
+
+
+_SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _file_stem(record_id: str) -> str:
+    """The record's file name (without extension): its id where that is a plain file name, else a
+    hash of it (an id like "a/b" or "../x" must not become a path)."""
+    if _SAFE_STEM.fullmatch(record_id):
+        return record_id
+    return "id-" + hashlib.sha1(record_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _image_problem(path: Path, width: int, height: int) -> str | None:
@@ -357,13 +395,16 @@ def convert_coco(instances: str | Path, captions: str | Path, images: str | Path
         raise InputError(f"images folder {str(images_dir)!r} does not exist")
     coco = _index(instances, captions)
     phrases = vocabulary(coco.categories.values())
-    folder = Path(out)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    folder = make_dataset_folder(out)
     records: list[dict[str, str]] = []
     skipped: Counter[str] = Counter()
+    seen: set[str] = set()
     for image in tqdm(coco.images, desc="images", unit="image", disable=None):  # disable=None: off without a tty
-        height, width = int(image["height"]), int(image["width"])
+        if str(image["id"]) in seen:
+            skipped[DUPLICATE_IMAGE] += 1
+            continue
+        seen.add(str(image["id"]))
+        height, width = image["height"], image["width"]
         candidates = [annotation for annotation in coco.instances.get(image["id"], []) if not annotation.get("iscrowd", 0)]
         rles = [_annotation_rle(annotation, height, width) for annotation in candidates]
         key = choose_key_object(coco.captions.get(image["id"], []),
@@ -376,7 +417,8 @@ def convert_coco(instances: str | Path, captions: str | Path, images: str | Path
             logger.debug("skipping image %s: %s", image["id"], reason)
             continue
         record_id = str(image["id"])
-        image_path, mask_path = f"images/{record_id}{source.suffix}", f"masks/{record_id}.png"
+        stem = _file_stem(record_id)
+        image_path, mask_path = f"images/{stem}{source.suffix}", f"masks/{stem}.png"
         shutil.copyfile(source, folder / image_path)
         mask = mask_utils.decode(rles[key.index])  # (height, width) uint8 0/1
         Image.fromarray(mask * 255).save(folder / mask_path)

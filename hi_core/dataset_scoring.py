@@ -223,10 +223,15 @@ def check_cache_folder(cache: str | Path) -> Path:
             raise InputError(f"the cache {str(cache)!r} {what}: give a folder (it is created if missing)")
         if parent.is_dir():
             break
-    if cache.is_dir() and not (cache / CONFIG_FILE).is_file():
-        if (cache / CONFIG_FILE).exists() or any(cache.glob(PART_PATTERN)):
+    if cache.is_dir():
+        if not (cache / CONFIG_FILE).is_file() and ((cache / CONFIG_FILE).exists() or any(cache.glob(PART_PATTERN))):
             raise InputError(f"the folder {str(cache)!r} holds results without a readable {CONFIG_FILE}: "
                              "it is not a cache of this program; delete it or choose another cache folder")
+        odd = sorted(part.name for part in cache.glob(PART_PATTERN) if not part.is_file())
+        if odd:
+            raise InputError(f"the cache {str(cache)!r} holds {', '.join(odd)}, which should be files: delete them")
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise InputError(f"the cache folder {str(cache)!r} is not writable")
     return cache
 
 

@@ -105,12 +105,30 @@ def _index_path(folder: str | Path) -> Path:
 
 def _raw_lines(index: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of every non-blank line of the file, streamed."""
-    with open(index, "rb") as lines:
+    try:
+        lines = open(index, "rb")
+    except OSError as error:
+        raise InputError(f"cannot read {str(index)!r} ({error.strerror or error})") from None
+    with lines:
         for number, raw in enumerate(lines, start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
                 raw = raw[3:]
             if raw.strip():
                 yield number, raw
+
+
+def make_dataset_folder(folder: str | Path) -> Path:
+    """Create `folder` with its images/ and masks/ for writing a dataset; a path that is a file, or
+    under one, or that cannot be created, is an InputError (before anything is written)."""
+    folder = Path(folder)
+    try:
+        for sub in ("images", "masks"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"cannot write a dataset to {str(folder)!r}: it is a file, or under a file") from None
+    except OSError as error:
+        raise InputError(f"cannot create the dataset folder {str(folder)!r} ({error.strerror or error})") from None
+    return folder
 
 
 def _record_id(value: Any) -> str | None:
@@ -245,9 +263,7 @@ def write_synthetic(
     """
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}")
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    folder = make_dataset_folder(folder)
     rng = np.random.default_rng(seed)
     records = []
     for index in range(n):

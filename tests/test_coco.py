@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from hi_core.cli import main
-from hi_core.coco import (MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, SYNONYMS, UNREADABLE_IMAGE, convert_coco,
+from hi_core.coco import (DUPLICATE_IMAGE, MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, SYNONYMS, UNREADABLE_IMAGE, convert_coco,
                           find_mentions, plural, vocabulary)
 from hi_core.datasets import Problems, read_dataset
 from hi_core.errors import InputError
@@ -234,3 +234,68 @@ def test_a_bad_segmentation_names_its_annotation(coco, tmp_path):
     instances.write_text(json.dumps(data))
     with pytest.raises(InputError, match="instance annotation 12 of image 1: an RLE mask is 10x10 but its image is 40x30"):
         convert_coco(instances, captions, images_dir, tmp_path / "out")
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["images"][0].update(height="30"), "image 1 has height '30' (expected int)"),
+    (lambda d: d["images"][0].update(width=0), "image 1 is 0x30 pixels"),
+    (lambda d: d["images"][0].update(file_name=5), "image 1 has file_name '5' (expected str)"),
+    (lambda d: d["images"][0].update(id=[1]), "image [1] has id '[1]' (expected int or str)"),
+    (lambda d: d["categories"][0].update(id={"a": 1}), "category"),
+    (lambda d: d["annotations"][0].update(image_id=None), "instance annotation 11 has image_id 'None'"),
+    (lambda d: d["annotations"][0].update(segmentation=[["a", "b", "c", "d", "e", "f"]]), "instance annotation 11 of image 1: its segmentation cannot be read"),
+    (lambda d: d["annotations"][0].update(segmentation=[5]), "instance annotation 11 of image 1: its segmentation cannot be read"),
+    (lambda d: d["annotations"][0].update(segmentation="polygon"), "instance annotation 11 has segmentation 'polygon' (expected list or dict)"),
+    (lambda d: d["annotations"][0].update(segmentation={"size": [30, 40]}), "instance annotation 11 of image 1: a segmentation must be polygons or RLE"),
+])
+def test_malformed_annotations_are_one_input_error(coco, tmp_path, change, message):
+    instances, captions, images_dir, _ = coco
+    _edit(instances, change)
+    with pytest.raises(InputError) as raised:
+        convert_coco(instances, captions, images_dir, tmp_path / "out")
+    assert message in str(raised.value)
+
+
+def test_a_bad_caption_is_one_input_error(coco, tmp_path):
+    instances, captions, images_dir, _ = coco
+    _edit(captions, lambda d: d["annotations"][0].update(caption=None))
+    with pytest.raises(InputError, match="caption annotation .* has caption 'None'"):
+        convert_coco(instances, captions, images_dir, tmp_path / "out")
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_path_that_is_a_file_is_an_input_error(coco, tmp_path, where):
+    instances, captions, images_dir, _ = coco
+    (tmp_path / "taken").write_text("my notes")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "out"
+    with pytest.raises(InputError, match="is a file, or under a file"):
+        convert_coco(instances, captions, images_dir, out)
+    assert (tmp_path / "taken").read_text() == "my notes"
+
+
+def test_duplicate_image_ids_keep_the_first_and_odd_ids_make_safe_file_names(coco, tmp_path):
+    instances, captions, images_dir, _ = coco
+
+    def change(data):
+        data["images"].append(dict(data["images"][1], file_name="one.png", width=40, height=30))  # id 2 again, another file
+        data["images"][2]["id"] = "../3"  # the hot dog: an id that is no file name
+        for annotation in data["annotations"]:
+            if annotation["image_id"] == 3:
+                annotation["image_id"] = "../3"
+
+    _edit(instances, change)
+    _edit(captions, lambda d: [a.update(image_id="../3") for a in d["annotations"] if a["image_id"] == 3])
+    summary = convert_coco(instances, captions, images_dir, tmp_path / "out")
+    assert summary.written == 3 and summary.skipped[DUPLICATE_IMAGE] == 1
+    records = list(read_dataset(tmp_path / "out"))
+    assert [record.id for record in records] == ["1", "2", "../3"]
+    assert records[1].image.size == (32, 24)  # the first image of id 2, not the later one
+    index = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
+    assert index[2]["image"].startswith("images/id-") and "/" not in index[2]["image"][len("images/"):]
+    assert list((tmp_path / "out").glob("3*")) == []  # nothing written beside images/ and masks/

@@ -257,6 +257,8 @@ def test_a_record_prompt_is_used_for_that_record(demo, dataset, tmp_path):
     (lambda cache: (cache.mkdir(), (cache / "config.json").write_text("{oops")), "unreadable config.json"),
     (lambda cache: (cache.mkdir(), (cache / "config.json").write_bytes(b"\xff")), "unreadable config.json"),
     (lambda cache: (cache.mkdir(), (cache / "config.json").write_text("[1]")), "unreadable config.json"),
+    (lambda cache: ((cache / "part-0.jsonl").mkdir(parents=True), (cache / "config.json").write_text("{}")),
+     "holds part-0.jsonl, which should be files"),
 ])
 def test_a_cache_that_cannot_be_one_is_refused_before_scoring(demo, dataset, tmp_path, monkeypatch, make, message):
     cache = tmp_path / "cache"

@@ -61,6 +61,14 @@ def test_limit_and_missing_index(tmp_path):
         list(read_dataset(tmp_path))
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_synthetic_set_into_a_file_is_an_input_error(tmp_path, under):
+    (tmp_path / "taken").write_text("my notes")
+    with pytest.raises(InputError, match="is a file, or under a file"):
+        write_synthetic(tmp_path / "taken" / "set" if under else tmp_path / "taken", n=1)
+    assert (tmp_path / "taken").read_text() == "my notes"
+
+
 def test_cli_dataset_synth(tmp_path):
     assert main(["dataset", "synth", "--out", str(tmp_path / "s"), "--n", "3", "--seed", "4"]) == 0
     assert len(list(read_dataset(tmp_path / "s"))) == 3
