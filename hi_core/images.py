@@ -79,15 +79,12 @@ def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = M
     try:
         # PIL warns about (and above twice its limit refuses) a huge image while opening it; the
         # warning is replaced by our own check of the same size right after, so it is ignored.
+        # (The filter is process-wide while it lasts; at worst another thread's such warning is lost.)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            try:
+            with Image.open(path) as image:  # only the header so far
                 check_pixels(image.size, max_pixels, f"{kind} {str(path)!r}")
                 image.load()
-            except BaseException:
-                image.close()
-                raise
     except Image.DecompressionBombError as error:  # not an OSError: PIL's guard against huge images
         raise InputError(f"{kind} {str(path)!r} is too large to decode: {error}") from None
     except (UnidentifiedImageError, OSError) as error:
