@@ -144,8 +144,8 @@ def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys
         (["--dataset", "nowhere"], "is not a dataset folder"),
         (["--dataset", "DATA", "--text", "a cat"], "drop --text"),
         (["--dataset", "DATA", "--batch-size", "0"], "batch size must be at least 1"),
-        (["--dataset", "DATA", "--cache", "FILE"], "is a file: give a folder"),
-        (["--dataset", "DATA", "--cache", "FILE/cache"], "which is a file"),
+        (["--dataset", "DATA", "--cache", "FILE"], "is a file"),
+        (["--dataset", "DATA", "--cache", "FILE/cache"], "is a file"),
         ([], "score needs --image, --mask, --text or --generate"),
     ],
 )
