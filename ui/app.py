@@ -135,12 +135,12 @@ def _background(editor: dict | None) -> np.ndarray:
     return np.asarray(editor["background"])[..., :3].astype(np.uint8)
 
 
-def _mask_from_inputs(editor: dict | None, uploaded_mask: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask): the uploaded mask file if given, else the painted strokes."""
+def _mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes."""
     image = _background(editor)
     size = (image.shape[1], image.shape[0])
     if uploaded_mask:  # a mask of the uploaded image's size, reduced like the image if the editor reduced it
-        mask = painted_mask([load_mask(uploaded_mask)], size)
+        mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
     else:
         mask = painted_mask(list(editor.get("layers") or []), size)
     return image, check_mask(mask, Image.fromarray(image))
@@ -311,12 +311,7 @@ def _gallery(session: DatasetSession, order: np.ndarray, record_maps, overlay: b
     for image in images:
         record, maps = session.shown[image.id]
         if overlay and maps is None:
-            config = session.analysis.config
-            # the response tokens score_dataset scored: the record's key phrase, or the set-wide one
-            phrase = record.key_phrase if config.use_key_phrases and record.key_phrase else config.analysis.key_phrase
-            analysis_config = AnalysisConfig(prompt=config.analysis.prompt, key_phrase=phrase, queries=config.analysis.queries,
-                                             scoring=config.analysis.scoring)
-            maps = record_maps(record, analysis_config)
+            maps = record_maps(record, session.analysis.config.record_analysis(record))  # exactly as it was scored
             session.shown[image.id] = (record, maps)
         head_map = maps[layer, head] if overlay else None
         picture = map_overlay(np.asarray(record.image.convert("RGB")), head_map, record.mask, min_side=192)
@@ -605,7 +600,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
 
     @_input_error
     def preview_mask(editor: dict | None, uploaded_mask: str | None):
-        image, mask = _mask_from_inputs(editor, uploaded_mask)
+        image, mask = _mask_from_inputs(editor, uploaded_mask, settings.max_image_pixels)
         return mask_overlay(image, mask)
 
     @_input_error
@@ -613,7 +608,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
                 binarize, quantile, layer_score, top_n, layer, top_k, lora="", previous: Session | None = None,
                 tuned: FinetuneSession | None = None, progress=gr.Progress()):
         load_config = model_config(model_name, device, lora, tuned)
-        image, mask = _mask_from_inputs(editor, uploaded_mask)
+        image, mask = _mask_from_inputs(editor, uploaded_mask, settings.max_image_pixels)
         config = AnalysisConfig(
             prompt=prompt or "Describe the image.",
             key_phrase=key_phrase or None,

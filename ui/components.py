@@ -11,6 +11,7 @@ The background and the brush layers have one canvas size, so they are reduced al
 
 from __future__ import annotations
 
+import warnings
 from io import BytesIO
 from typing import Any
 
@@ -19,21 +20,21 @@ import PIL.Image
 from gradio.data_classes import FileData
 
 from hi_core.errors import InputError
+from hi_core.images import check_pixels, image_to_rgb
 
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
     """An image file opened with at most `max_pixels` (else InputError) and reduced to `max_side` per side."""
     try:
-        image = PIL.Image.open(source)
+        with warnings.catch_warnings():  # our own cap, checked next, replaces PIL's warning
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(source)
+    except PIL.Image.DecompressionBombError:
+        raise InputError(f"the image is far larger than this deployment accepts ({max_pixels / 1e6:.0f} Mpx)") from None
     except (PIL.UnidentifiedImageError, OSError):
         raise InputError("the uploaded file is not an image that can be read (PNG, JPEG, WebP, ...)") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise InputError(
-            f"the image is {width}x{height} ({width * height / 1e6:.1f} Mpx); this deployment accepts at most "
-            f"{max_pixels / 1e6:.1f} Mpx: downscale it first"
-        )
-    if max(width, height) > max_side:
+    check_pixels(image.size, max_pixels, "the image")
+    if max(image.size) > max_side:
         image.draft(image.mode, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
         image.thumbnail((max_side, max_side), PIL.Image.Resampling.BOX)
     return image
@@ -57,7 +58,10 @@ def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.Im
             image = bounded_open(source, max_pixels, max_side)
         except InputError as error:
             raise gr.Error(str(error)) from None
-        buffer = BytesIO()  # the reduced image, handed to Gradio's own conversion (mode, alpha, type)
+        # The image (any mode: 16-bit, CMYK, ...) as 8-bit RGB, or a brush layer as RGBA, reduced, handed
+        # to Gradio's own conversion (mode, alpha, type).
+        image = image_to_rgb(image) if flatten_on_white else image.convert("RGBA")
+        buffer = BytesIO()
         image.save(buffer, format="PNG")
         return convert(buffer.getvalue(), flatten_on_white)
 

@@ -3,8 +3,8 @@
 `run-*` folders hold one dataset or fine-tune run (its unpacked upload, downloads, adapter) and
 belong to the browser session that made it (removed with it, or when it makes its next run);
 `session-*` folders hold one session's analysis downloads. A new folder first removes runs older
-than `ttl_s`, then, while the finished runs together exceed `max_mb`, the oldest first. Runs in
-progress are never removed. A session whose finished run was removed is told to run it again.
+than `ttl_s`, then, while all runs together exceed `max_mb`, the oldest finished runs. Runs in
+progress count towards the total but are never removed. A session whose finished run was removed is told to run it again.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ class RunStorage:
 
     def _clean(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        finished = []
+        finished, active_bytes = [], 0
         for folder in self.root.glob("run-*"):
-            if folder in self._active:
+            if folder in self._active:  # counts towards the total, but is never removed
+                active_bytes += folder_bytes(folder)
                 continue
             try:
                 modified = folder.stat().st_mtime
@@ -71,7 +72,7 @@ class RunStorage:
                 finished.append((modified, folder_bytes(folder), folder))
         if self.max_mb is None:
             return
-        total = sum(size for _, size, _ in finished)
+        total = active_bytes + sum(size for _, size, _ in finished)
         for _, size, folder in sorted(finished, key=lambda run: run[0]):
             if total <= self.max_mb * 1024 * 1024:
                 break

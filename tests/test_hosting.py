@@ -1,0 +1,254 @@
+"""Running in public (ui/settings.py, ui/storage.py, ui/components.py, app.py's launch): where the server
+binds, the deployment policy, bounded uploads and files, and the Space's front matter."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from hi_core.errors import InputError
+from hi_core.finetune import FinetuneConfig
+from hi_core.loading import ModelCache
+from ui import app
+from ui.components import bounded_open
+from ui.settings import DEFAULT_ALLOWED_MODELS, Settings, scrub_paths
+from ui.storage import RunStorage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening_address(port: int) -> str | None:
+    """The local address a socket listening on `port` is bound to, read from /proc/net/tcp (Linux)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            return socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    return None
+
+
+@pytest.mark.parametrize(
+    "environment, address",
+    [
+        ({"SPACE_ID": "someone/hi-explorer", "GRADIO_SERVER_NAME": "0.0.0.0"}, "0.0.0.0"),  # what a Space sets
+        ({}, "127.0.0.1"),  # locally, loopback unless --host says otherwise
+    ],
+)
+def test_the_app_binds_where_the_environment_says(environment, address):
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GRADIO_SERVER", "SPACE_ID", "HI_"))}
+    env |= environment | {"GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _listening_address(port) is None:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the app did not start listening"
+            time.sleep(0.5)
+        assert _listening_address(port) == address
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30).read())
+        if environment:  # public: uploads are capped
+            assert config["max_file_size"] == Settings.public_defaults().max_file_size
+        else:
+            assert config["max_file_size"] is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_settings_are_open_locally_and_bounded_on_a_space():
+    local = Settings.from_env(environ={})
+    assert not local.public and local.max_dataset_images is None and local.queue_size is None
+    assert local.check_model("/any/folder") == "/any/folder"
+    space = Settings.from_env(environ={"SPACE_ID": "someone/space"})
+    assert space.public and space.max_dataset_images == 200 and space.queue_size == 32 and space.max_upload_mb == 50
+    assert Settings.from_env(environ={"HI_PUBLIC": "1"}).public
+
+
+def test_environment_variables_override_each_limit():
+    settings = Settings.from_env(environ={"SPACE_ID": "x/y", "HI_MAX_DATASET_IMAGES": "20", "HI_QUEUE_SIZE": "",
+                                          "HI_ALLOWED_MODELS": "demo, owner/small", "HI_MAX_UPLOAD_MB": "1.5"})
+    assert settings.max_dataset_images == 20 and settings.queue_size is None and settings.max_upload_mb == 1.5
+    assert settings.allowed_models == ("demo", "owner/small")
+    with pytest.raises(InputError, match="HI_MAX_LORA_RANK must be a number"):
+        Settings.from_env(environ={"HI_MAX_LORA_RANK": "many"})
+    with pytest.raises(InputError, match="max_image_pixels must be a positive number"):
+        Settings.from_env(environ={"HI_MAX_IMAGE_PIXELS": "nan"})
+
+
+@pytest.mark.parametrize("name", ["/etc", "/etc/passwd", "/no/such/folder", "~/models/x", "../x", "meta-llama/Llama-3.3-70B-Instruct"])
+def test_the_public_policy_refuses_paths_and_other_models_with_one_path_free_message(name):
+    settings = Settings.public_defaults()
+    with pytest.raises(InputError) as refused:
+        settings.check_model(name)
+    assert str(refused.value) == f"this deployment offers only these models: {', '.join(DEFAULT_ALLOWED_MODELS)}"
+    assert settings.check_model(" demo ") == "demo"
+
+
+def test_public_finetune_and_batch_limits_name_the_limit():
+    settings = Settings.public_defaults()
+    settings.check_finetune(FinetuneConfig(layers="top", k=1, rank=64, steps=500))
+    with pytest.raises(InputError, match="LoRA rank is 20000; this deployment allows at most 64"):
+        settings.check_finetune(FinetuneConfig(layers="top", k=1, rank=20000))
+    with pytest.raises(InputError, match="steps is 501"):
+        settings.check_finetune(FinetuneConfig(layers="top", k=1, steps=501))
+    assert settings.dataset_limit(None) == 200 and settings.dataset_limit(5) == 5 and settings.dataset_limit(10_000) == 200
+    assert Settings().dataset_limit(None) is None
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("mask file '/tmp/gradio/ab12cd/mask.png' is not an image", "mask file 'mask.png' is not an image"),
+        ("model folder '/root/.cache/huggingface/hub' has no config.json", "model folder 'hub' has no config.json"),
+        ("demo + LoRA /tmp/hi-explorer-datasets/run-x1/adapter", "demo + LoRA adapter"),
+        ("layer 3 of 2: pick 0-1", "layer 3 of 2: pick 0-1"),  # fractions and ranges are not paths
+        ("C:\\Users\\me\\data\\m.png is bad", "m.png is bad"),
+    ],
+)
+def test_scrub_paths_keeps_only_the_last_component(message, shown):
+    assert scrub_paths(message) == shown
+
+
+def _png(image: Image.Image) -> io.BytesIO:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    buffer.seek(0)
+    return buffer
+
+
+def test_bounded_open_refuses_a_huge_image_from_its_header_and_reduces_a_large_one():
+    huge = _png(Image.new("1", (12000, 12000)))  # ~18 KB on disk, 144 Mpx
+    assert len(huge.getvalue()) < 100_000
+    with pytest.raises(InputError, match="12000x12000 = 144,000,000 pixels, more than the limit of 24,000,000"):
+        bounded_open(huge, max_pixels=24_000_000, max_side=1536)
+    large = bounded_open(_png(Image.new("RGB", (4000, 3000), (10, 20, 30))), max_pixels=24_000_000, max_side=1536)
+    assert large.size == (1536, 1152)
+
+
+def _public_server(llava_dir, **overrides):
+    settings = Settings.public_defaults()
+    settings = type(settings)(**{**settings.__dict__, "allowed_models": ("demo", str(llava_dir)), **overrides})
+    demo = app.build_demo(str(llava_dir), ModelCache(), settings)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+def _example():
+    record = json.loads((app.EXAMPLES_DIR / "data.jsonl").read_text().splitlines()[1])
+    return str(app.EXAMPLES_DIR / record["image"]), str(app.EXAMPLES_DIR / record["mask"]), record
+
+
+def _analyze(client, model, image, mask, lora=""):
+    editor = {"background": handle_file(image), "layers": [], "composite": handle_file(image)}
+    return client.predict(model, "cpu", editor, handle_file(mask), "a small orange cross at the left", False, "",
+                          "Describe the image.", "producing", "area", 0.9, "max", 8, 0, 4, lora, api_name="/analyze")
+
+
+def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_messages_and_keeps_serving(llava_dir, tmp_path):
+    demo, url = _public_server(llava_dir)
+    try:
+        client = Client(url, verbose=False)
+        image, mask, _ = _example()
+        refusals = set()
+        for name in ("/etc", "/etc/passwd", str(tmp_path / "missing"), "someone/other-model"):
+            with pytest.raises(Exception) as refused:  # the model box is a list: Gradio refuses any other value
+                _analyze(client, name, image, mask)
+            refusals.add(str(refused.value).replace(name, "NAME"))
+        assert len(refusals) == 1 and "is not in the list of choices" in refusals.pop()  # folder, file, missing: alike
+        with pytest.raises(Exception, match="applies only the adapter of this session's fine-tune"):
+            _analyze(client, str(llava_dir), image, mask, lora=str(tmp_path))
+        huge = tmp_path / "huge.png"
+        Image.new("1", (12000, 12000)).save(huge)
+        with pytest.raises(Exception, match="more than the limit of 24,000,000"):
+            _analyze(client, str(llava_dir), str(huge), mask)
+        outputs = _analyze(client, str(llava_dir), image, mask)  # and it keeps serving
+        assert "Best head" in outputs[1] and str(tmp_path) not in outputs[1]
+        with pytest.raises(Exception, match="LoRA rank is 20000; this deployment allows at most 64"):
+            client.predict(str(llava_dir), "cpu", "demo", None, "top", "", 1, 20000, 3, 2e-3, 4, 0, False, api_name="/finetune")
+    finally:
+        demo.close()
+
+
+def _session_folders() -> set[Path]:
+    return set(app.UNPACKED.glob("session-*")) | set(Path(tempfile.gettempdir()).glob("hi-explorer-*"))
+
+
+def test_temporary_folders_do_not_grow_over_20_analyses(llava_dir):
+    demo, url = _public_server(llava_dir)
+    try:
+        client = Client(url, verbose=False)
+        image, mask, _ = _example()
+        before = _session_folders()
+        _analyze(client, str(llava_dir), image, mask)
+        after_one = _session_folders()
+        for _ in range(19):
+            downloads = _analyze(client, str(llava_dir), image, mask)[-1]
+            assert all(Path(path).is_file() for path in downloads)
+        assert _session_folders() == after_one and len(after_one - before) == 1  # one folder for the session, reused
+    finally:
+        demo.close()
+
+
+def test_run_storage_removes_the_oldest_finished_runs_beyond_its_cap_but_never_a_running_one(tmp_path):
+    storage = RunStorage(tmp_path, max_mb=1.5, ttl_s=3600)
+    finished = []
+    for index in range(3):
+        with storage.run() as folder:
+            (folder / "data.bin").write_bytes(b"x" * 600_000)
+            os.utime(folder, (time.time() - 100 + index, time.time() - 100 + index))
+        finished.append(folder)
+    assert all(folder.is_dir() for folder in finished)  # 1.8 MB: over the cap, but nothing new was made yet
+    with storage.run() as running:
+        assert not finished[0].exists() and finished[1].is_dir() and finished[2].is_dir()  # 1.2 MB left
+        (running / "big.bin").write_bytes(b"x" * 2_000_000)
+        with storage.run() as other:  # the running one is over the cap alone, and stays
+            assert running.is_dir() and other.is_dir() and not finished[1].exists() and not finished[2].exists()
+
+
+def test_run_storage_removes_runs_older_than_its_age_limit(tmp_path):
+    storage = RunStorage(tmp_path, max_mb=None, ttl_s=60)
+    with storage.run() as old:
+        pass
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    with storage.run():
+        assert not old.exists()
+
+
+def test_the_space_front_matter_names_a_python_that_our_requirements_install_on():
+    from huggingface_hub import metadata_load
+
+    card = metadata_load(REPO / "README.md")
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
+    assert card["python_version"] == "3.11"  # transformers >= 5.21 needs Python >= 3.11; a Space defaults to 3.10
+    import gradio
+
+    assert card["sdk_version"] == gradio.__version__
+
+
+def test_the_examples_the_bounded_editor_gets_are_unchanged_below_the_limits():
+    image, _, _ = _example()
+    original = np.asarray(Image.open(image).convert("RGB"))
+    with open(image, "rb") as file:
+        reopened = np.asarray(bounded_open(io.BytesIO(file.read()), 24_000_000, 1536).convert("RGB"))
+    assert np.array_equal(original, reopened)
