@@ -11,7 +11,7 @@ from hi_core.plots import figure_to_array, hi_cells, hi_heatmap, layer_bars, mas
 def test_figures_never_touch_pyplot_state():
     import matplotlib.pyplot as plt
 
-    before = plt.get_fignums()
+    before, backend = plt.get_fignums(), matplotlib.get_backend()
     image = np.zeros((20, 30, 3), np.uint8)
     figures = [
         overlay_grid([image] * 3, [np.random.rand(4, 6)] * 3, [np.eye(20, 30, dtype=bool)] * 3, ["a", "b", "c"], columns=2),
@@ -22,7 +22,7 @@ def test_figures_never_touch_pyplot_state():
     for figure in figures:
         array = figure_to_array(figure)
         assert array.ndim == 3 and array.shape[2] == 3 and array.std() > 0
-    assert matplotlib.get_backend()  # unchanged backend still importable
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == before  # pyplot's state untouched
 
 
 def test_layer_bars_highlight_the_top_k_layers():
