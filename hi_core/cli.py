@@ -1,6 +1,12 @@
 """Command line: `python -m hi_core SUBCOMMAND ...`, one subcommand per library entry point.
 
 Exit codes: 0 on success; 2 on bad input, with one line on stderr and no traceback.
+
+Inputs and output paths are checked before anything slow starts (model load, scoring, training):
+an output file may exist (it is replaced, atomically) and its missing parent folders are created,
+but a folder where a file goes, a file where a folder goes, or a path under a file is refused. An
+output folder of `finetune`, `compare` or `dataset` must be new or empty, or (finetune, compare)
+one they wrote before: nothing else of the user's is ever renamed, replaced or deleted.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 
 from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
 from .coco import convert_coco
-from .compare import CompareConfig, run_compare
+from .compare import CompareConfig, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .errors import InputError
@@ -28,9 +34,10 @@ from .inputs import Queries
 from .layer_selection import LayerChoice, Ranking, needs_ranking, read_ranking
 from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
 from .masks import check_mask, load_image, load_mask
-from .runs import RUN_FILE, dataset_ranking, run_finetune
+from .outputs import check_output_file, check_output_folder
+from .runs import RUN_FILE, check_run_folder, dataset_ranking, run_finetune
 from .scoring import Binarization, LayerScore, ScoringConfig
-from .synth import Order
+from .synth import Order, check_scene_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,23 +118,37 @@ def _run_score(args: argparse.Namespace) -> None:
         scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
         max_new_tokens=args.max_new_tokens,
     )
+    _check_output_files(("--out", args.out), ("--maps", args.maps))
     image = load_image(args.image)
     mask = check_mask(load_mask(args.mask), image)  # before the (slow) model load
     if args.text is not None and not args.text.strip():
         raise InputError("the description text is empty: give a text to score, or --generate")
     loaded = _load(args)
     analysis = analyze_image(loaded, image, mask, None if args.generate else args.text, config)
-    if args.maps:
+    if args.maps is not None:
         analysis.save_maps(args.maps)
-    if args.out:
+    if args.out is not None:
         analysis.save_json(args.out)
     else:
         json.dump(analysis.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
 
 
+def _check_output_files(*flags: tuple[str, str | None]) -> None:
+    """Each given (flag, path) can be written as a file, and no two flags name the same file."""
+    seen: dict[Path, str] = {}
+    for flag, path in flags:
+        if path is None:
+            continue
+        resolved = check_output_file(path, flag).resolve()
+        if resolved in seen:
+            raise InputError(f"{seen[resolved]} and {flag} name the same file {path!r}: give two different files")
+        seen[resolved] = flag
+
+
 def _run_score_dataset(args: argparse.Namespace) -> None:
-    given = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--text", args.text), ("--generate", args.generate)) if value]
+    given = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--text", args.text),
+                                      ("--generate", args.generate), ("--maps", args.maps)) if value]
     if given:
         raise InputError(f"--dataset scores the records' own images and texts; drop {', '.join(given)}")
     config = DatasetConfig(
@@ -143,9 +164,16 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
         resamples=args.resamples,
         seed=args.seed,
     )
-    out = Path(args.out) if args.out else None
-    cache = args.cache or (out.with_suffix(".cache") if out else None)
-    csv_path = args.images_csv or (out.with_suffix(".images.csv") if out else None)
+    if args.seed < 0:
+        raise InputError(f"seed must be a whole number >= 0, got {args.seed}")
+    _check_output_files(("--out", args.out), ("--images-csv", args.images_csv))
+    out = Path(args.out) if args.out is not None else None
+    cache = args.cache if args.cache is not None else (out.with_suffix(".cache") if out else None)
+    csv_path = args.images_csv if args.images_csv is not None else (out.with_suffix(".images.csv") if out else None)
+    if cache is not None:
+        check_output_folder(cache, "--cache" if args.cache is not None else "the cache folder (--out with .cache)")
+    if csv_path is not None and args.images_csv is None:
+        check_output_file(csv_path, "the per-image CSV (--out with .images.csv)")
     count_records(args.dataset)  # a missing dataset fails before the (slow) model load
     loaded = _load(args)
     result = score_dataset(loaded, args.dataset, config, cache=cache)
@@ -167,7 +195,7 @@ def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     dataset = subcommands.add_parser("dataset", help="build datasets in the dataset format (data.jsonl + images + masks)")
     kinds = dataset.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
     synth = kinds.add_parser("synth", help="generate synthetic scenes with exact masks and descriptions")
-    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--out", required=True, help="output folder (new or empty)")
     synth.add_argument("--n", type=int, default=100, help="number of scenes (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--size", type=int, default=96, help="image side in pixels (default: %(default)s)")
@@ -182,17 +210,31 @@ def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     coco.add_argument("--instances", required=True, metavar="F", help="COCO instances JSON (e.g. instances_val2017.json)")
     coco.add_argument("--captions", required=True, metavar="F", help="COCO captions JSON (e.g. captions_val2017.json)")
     coco.add_argument("--images", required=True, metavar="DIR", help="folder holding the images the instances file names")
-    coco.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    coco.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     coco.add_argument("--limit", type=int, metavar="N", help="stop after N records (default: all)")
     coco.set_defaults(run=_run_from_coco)
 
 
+def _new_dataset_folder(path: str) -> None:
+    """A dataset is written only into a new or empty folder, never over a user's files."""
+    folder = check_output_folder(path, "--out")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise InputError(f"--out {path!r} exists and is not empty: choose a new or empty folder for the dataset")
+
+
 def _run_synth(args: argparse.Namespace) -> None:
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be a whole number >= 0, got {args.seed}")
+    check_scene_options(args.size)
+    _new_dataset_folder(args.out)
     folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size, order=args.order)
     print(f"wrote {args.n} scenes to {folder}", file=sys.stderr)
 
 
 def _run_from_coco(args: argparse.Namespace) -> None:
+    _new_dataset_folder(args.out)
     summary = convert_coco(args.instances, args.captions, args.images, args.out, limit=args.limit)
     print(summary.line(), file=sys.stderr)
 
@@ -269,6 +311,8 @@ def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedMode
         if count_records(folder) == 0:
             raise InputError(f"dataset {folder!r} is empty: its data.jsonl has no records")
     ranking = read_ranking(args.ranking) if args.ranking else None
+    if args.ranking_limit is not None and args.ranking_limit < 1:
+        raise InputError(f"--ranking-limit must be at least 1, got {args.ranking_limit}")
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"threads must be at least 1, got {args.threads}")
@@ -285,6 +329,7 @@ def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking
 
 def _run_finetune(args: argparse.Namespace) -> None:
     config = _finetune_config(args, args.layers)
+    check_run_folder(args.out, "--out")
     ranking, loaded = _tuning_inputs(args)
     ranking = _ranking_for(args, loaded, ranking, config.layers)
     finished = (Path(args.out) / RUN_FILE).is_file()
@@ -301,6 +346,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_compare(args: argparse.Namespace) -> None:
     strategies = tuple(name.strip() for name in args.strategies.split(","))
     config = CompareConfig(finetune=_finetune_config(args, "top"), seeds=args.seeds, strategies=strategies)  # type: ignore[arg-type]
+    check_compare_folder(args.out, "--out")
     ranking, loaded = _tuning_inputs(args)
 
     def announce(index: int, total: int, name: str, reused: bool) -> None:

@@ -23,11 +23,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 from scipy import stats
 
-from .errors import InputError
-from .finetune import FinetuneConfig, TrainCallbacks, split_dataset
+from .errors import InputError, check_number
+from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, split_dataset
 from .layer_selection import Ranking, select_layers
 from .loading import LoadedModel
-from .outputs import atomic_path, write_json
+from .outputs import atomic_path, check_output_folder, write_json
 from .runs import RUN_FILE, RunRecord, dataset_ranking, run_finetune, run_pretrained
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ class CompareConfig:
     strategies: tuple[CompareStrategy, ...] = get_args(CompareStrategy)
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise InputError(f"seeds must be at least 1, got {self.seeds}")
+        check_number("seeds", self.seeds, "at least 1", lambda v: v >= 1)
+        last = self.finetune.seed + self.seeds - 1
+        if last > MAX_SEED:
+            raise InputError(f"seeds {self.finetune.seed}..{last} go past the largest seed {MAX_SEED}: lower seed or seeds")
         unknown = [name for name in self.strategies if name not in get_args(CompareStrategy)]
         if unknown or not self.strategies:
             raise InputError(f"strategies must be among {', '.join(get_args(CompareStrategy))}, got {list(self.strategies)}")
@@ -159,9 +161,13 @@ def _ranking(loaded: LoadedModel, dataset: str | Path, out: Path, ranking: Ranki
         return ranking
     kept = out / RANKING_FILE
     if kept.is_file():
-        data = json.loads(kept.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(kept.read_text(encoding="utf-8"))
+            source = str(data["source"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{str(kept)!r} is damaged ({error}); delete it to score the dataset again") from None
         logger.info("using the ranking kept in %s", kept)
-        return Ranking.from_json(data, data["source"])
+        return Ranking.from_json(data, source)
     ranking = dataset_ranking(loaded, dataset, limit)
     if _main_process():
         write_json(kept, ranking.to_json())
@@ -171,6 +177,18 @@ def _ranking(loaded: LoadedModel, dataset: str | Path, out: Path, ranking: Ranki
 def _main_process() -> bool:
     """False on the other processes of an `accelerate launch` run: they train, they do not write."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_compare_folder(out: str | Path, what: str = "comparison folder") -> Path:
+    """`out` if a comparison can be written there: absent, empty, or one an earlier comparison wrote
+    (it has `runs/`, `ranking.json` or `results.json`, which a rerun reuses); else InputError, so that
+    report files never land among a user's own files."""
+    out = check_output_folder(out, what)
+    ours = ("runs", RANKING_FILE, "results.json")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+        raise InputError(f"{what} {str(out)!r} exists and is not a comparison folder (no runs/ or results.json); "
+                         "choose a new or empty folder")
+    return out
 
 
 def run_compare(
@@ -188,7 +206,7 @@ def run_compare(
 
     on_run(index, total, name, reused): called before each run (1-based index), for progress.
     """
-    out = Path(out)
+    out = check_compare_folder(out)
     num_layers = len(loaded.adapter.decoder_layers(loaded.model))
     needs = any(strategy in ("top", "bottom") for strategy in config.strategies)
     for strategy in config.strategies:  # input errors (k too large, ...) before any work

@@ -7,6 +7,9 @@ visible error. Programming errors stay ordinary exceptions.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Callable
 from typing import get_args
 
 
@@ -19,3 +22,13 @@ def check_choice(field: str, value: str, literal: object) -> None:
     allowed = get_args(literal)
     if value not in allowed:
         raise InputError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_number(field: str, value: float, allowed: str, ok: Callable[[float], bool]) -> None:
+    """Raise InputError unless `value` is a finite number for which `ok(value)` holds.
+
+    `allowed` says what is accepted, e.g. "a number > 0": NaN and infinities are always refused
+    (they compare False with everything, so a bare `value <= 0` lets NaN through).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+        raise InputError(f"{field} must be {allowed}, got {value!r}")

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from .analysis import DEFAULT_PROMPT
 from .batching import collate, pad_token_id
 from .datasets import Record, read_dataset
-from .errors import InputError, check_choice
+from .errors import InputError, check_choice, check_number
 from .inputs import ModelInputs, build_inputs
 from .layer_selection import LayerChoice, parse_layer_choice
 from .loading import LoadedModel
@@ -42,6 +43,7 @@ from .loading import LoadedModel
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["cosine", "linear", "constant_with_warmup"]
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (accelerate's `set_seed`) accepts 0..2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,11 @@ class DataConfig:
     meteor: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 <= self.eval_fraction < 1:
-            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise InputError(f"eval_limit must be at least 1, got {self.eval_limit}")
-        if self.max_new_tokens < 1 or self.eval_batch_size < 1:
-            raise InputError("max_new_tokens and eval_batch_size must be at least 1")
+        check_number("eval_fraction", self.eval_fraction, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        if self.eval_limit is not None:
+            check_number("eval_limit", self.eval_limit, "at least 1", lambda v: v >= 1)
+        for name in ("max_new_tokens", "eval_batch_size"):
+            check_number(name, getattr(self, name), "at least 1", lambda v: v >= 1)
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,20 @@ class FinetuneConfig:
         else:
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
         object.__setattr__(self, "targets", tuple(self.targets))
+        if any(not isinstance(name, str) or not name.strip() for name in self.targets):
+            raise InputError(f"targets must be names of linear modules of the attention (e.g. q_proj), got {list(self.targets)}")
         check_choice("schedule", self.schedule, Schedule)
         for name in ("k", "rank", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.alpha <= 0:
-            raise InputError(f"lr and alpha must be positive, got lr={self.lr}, alpha={self.alpha}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.warmup < 1:
-            raise InputError(f"dropout and warmup must be in [0, 1), got dropout={self.dropout}, warmup={self.warmup}")
+            check_number(name, getattr(self, name), "at least 1", lambda v: v >= 1)
+        check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
+        # AdamW moves every weight by about lr per step: above 1 it only destroys the weights (and
+        # near float32's range the step itself overflows), so such values are refused up front.
+        check_number("lr", self.lr, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_number("alpha", self.alpha, "a number > 0", lambda v: v > 0)
+        check_number("dropout", self.dropout, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        check_number("warmup", self.warmup, "a share of the steps in [0, 1)", lambda v: 0 <= v < 1)
+        check_number("weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0)
+        check_number("max_grad_norm", self.max_grad_norm, "a number > 0", lambda v: v > 0)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FinetuneConfig:
@@ -122,6 +129,11 @@ class TrainCallbacks:
 
 class TrainingCancelled(Exception):
     """Training was stopped by `TrainCallbacks.should_stop`; no run folder was written."""
+
+
+class TrainingDiverged(InputError):
+    """The loss or the adapter's weights became NaN or infinite (usually: the learning rate is too
+    high); training stopped there and no run folder was written."""
 
 
 # --- the held-out split -------------------------------------------------------------------------
@@ -290,12 +302,19 @@ def train_lora(
             batch = {key: value.to(accelerator.device, unwrapped.dtype) if value.is_floating_point() else value.to(accelerator.device)
                      for key, value in batch.items()}
             loss = model(**batch, use_cache=False).loss
+            value = float(accelerator.reduce(loss.detach(), reduction="mean"))  # the same on every process
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged at step {step} of {config.steps} (loss {value}): lower lr (now {config.lr:g})")
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+            # A finite loss can still give non-finite weights (an overflowing update); the adapter
+            # would then be saved as NaN, so check the (few) trainable weights after every step.
+            if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
+                raise TrainingDiverged(f"training diverged at step {step} of {config.steps} (the adapter's weights "
+                                       f"became NaN or infinite): lower lr (now {config.lr:g})")
             losses.append(value)
             progress.set_postfix(loss=f"{value:.3f}")
             if callbacks.on_step is not None:

@@ -68,6 +68,8 @@ class Ranking:
 def read_ranking(path: str | Path) -> Ranking:
     """The ranking in a `score` JSON file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"ranking file {str(path)!r} is a folder (give the JSON written by `score`)")
     if not path.is_file():
         raise InputError(f"ranking file {str(path)!r} does not exist (give the JSON written by `score`)")
     try:

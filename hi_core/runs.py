@@ -5,9 +5,11 @@ LoRA training (`finetune.py`), greedy captions of the held-out records (`caption
 folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`), the held-out
 captions (`captions.jsonl`) and `run.json` (`RunRecord`). The folder is written under a temporary
 name and renamed into place, `run.json` last, so an interrupted run leaves nothing behind; a rerun
-with the same settings finds the finished run and returns it without training again. `run_pretrained`
-is the no-tuning baseline in the same format. Under `accelerate launch` every process trains, and
-the main process alone evaluates and writes.
+with the same settings finds the finished run and returns it without training again. The output
+folder must be new or empty (or hold that finished run): a file there, or a folder with anything
+else in it, is refused before any work, and nothing the user owns is ever renamed or replaced.
+`run_pretrained` is the no-tuning baseline in the same format. Under `accelerate launch` every
+process trains, and the main process alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .finetune import (
 )
 from .layer_selection import Ranking, needs_ranking, select_layers
 from .loading import LoadedModel
-from .outputs import write_json
+from .outputs import check_output_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +100,24 @@ def run_settings(loaded: LoadedModel, dataset: str | Path, eval_dataset: str | P
     return json.loads(json.dumps(settings))  # tuples as lists, as they come back from run.json
 
 
+def check_run_folder(folder: str | Path, what: str = "run folder") -> Path:
+    """`folder` if a run can be written there or read back from it: absent, empty, or holding a
+    `run.json`; else InputError (a file, a folder under a file, a folder with other things in it)."""
+    folder = check_output_folder(folder, what)
+    if folder.is_dir() and not (folder / RUN_FILE).is_file() and any(folder.iterdir()):
+        raise InputError(f"{what} {str(folder)!r} exists and is not a run folder (no {RUN_FILE}); choose a new or empty folder")
+    return folder
+
+
 def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | None:
     """The run in `folder` if it finished with these settings; None if there is none yet."""
-    path = Path(folder) / RUN_FILE
+    path = check_run_folder(folder) / RUN_FILE
     if not path.is_file():
-        if Path(folder).is_dir() and any(Path(folder).iterdir()):
-            raise InputError(f"{str(folder)!r} exists and is not a run folder (no {RUN_FILE}); choose a new or empty folder")
         return None
-    record = RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        record = RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise InputError(f"{str(path)!r} is not a {RUN_FILE} written by a run ({error}); delete the folder or choose another") from None
     if record.settings != settings:
         differing = sorted(key for key in settings.keys() | record.settings.keys() if settings.get(key) != record.settings.get(key))
         raise InputError(f"{str(folder)!r} holds a run made with other settings ({', '.join(differing)}); "
@@ -113,24 +125,30 @@ def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | No
     return record
 
 
+def _check_replaceable(folder: Path) -> None:
+    """A run folder may take the place of nothing, or of an empty folder: never of a user's file or
+    of a folder with anything in it (a finished run is reused or refused by `finished_run` first)."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{str(folder)!r} is a file, not a folder: choose a new or empty folder for the run")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise InputError(f"{str(folder)!r} exists and is not empty; choose a new or empty folder")
+
+
 @contextlib.contextmanager
 def run_folder(folder: str | Path) -> Iterator[Path]:
-    """A temporary folder beside `folder`, renamed onto it when the block succeeds (replacing an
-    empty or earlier one); removed when the block fails or is interrupted."""
-    folder = Path(folder)
+    """A temporary folder beside `folder`, renamed onto it when the block succeeds; removed when the
+    block fails or is interrupted. `folder` must be absent or an empty folder (checked before and
+    after the block): nothing the user owns is renamed, replaced or deleted."""
+    folder = check_output_folder(folder, "run folder")
+    _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
         yield partial
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-            os.replace(partial, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, folder)
+        _check_replaceable(folder)  # something may have appeared there while the run was written
+        os.replace(partial, folder)  # onto an absent or empty folder: one atomic rename
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import hypergeom
 
-from .errors import InputError, check_choice
+from .errors import InputError, check_choice, check_number
 
 Binarization = Literal["area", "quantile", "otsu"]
 LayerScore = Literal["max", "mean", "topn"]
@@ -36,10 +36,9 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         check_choice("binarize", self.binarize, Binarization)
         check_choice("layer_score", self.layer_score, LayerScore)
-        if not 0.0 < self.quantile < 1.0:
-            raise InputError(f"quantile must be strictly between 0 and 1, got {self.quantile}")
-        if self.top_n is not None and self.top_n < 1:
-            raise InputError(f"top_n must be at least 1, got {self.top_n}")
+        check_number("quantile", self.quantile, "strictly between 0 and 1", lambda v: 0.0 < v < 1.0)
+        if self.top_n is not None:
+            check_number("top_n", self.top_n, "at least 1", lambda v: v >= 1)
 
 
 def _binarize_area(maps: np.ndarray, k: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .errors import check_choice
+from .errors import check_choice, check_number
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLOURS = {
@@ -33,6 +33,7 @@ COLOURS = {
     "white": (245, 245, 245),
 }
 SIZES = {"small": 0.11, "big": 0.19}  # radius as a share of the image side
+MIN_SIZE, MAX_SIZE = 16, 4096  # image side in pixels
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 
@@ -133,8 +134,17 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(field, 0, 255).astype(np.uint8)
 
 
+def check_scene_options(size: int, max_objects: int = 3) -> None:
+    """Scenes need room for their smallest shape (a few pixels wide) and fit in memory; at most one
+    object per cell of the 3 x 3 layout."""
+    check_number("size", size, f"a whole number of pixels in [{MIN_SIZE}, {MAX_SIZE}]",
+                 lambda v: v == int(v) and MIN_SIZE <= v <= MAX_SIZE)
+    check_number("max_objects", max_objects, "a whole number in [1, 9]", lambda v: v == int(v) and 1 <= v <= 9)
+
+
 def make_scene(rng: np.random.Generator, size: int = 96, max_objects: int = 3) -> Scene:
     """One random scene; objects sit in distinct cells of the 3 x 3 layout."""
+    check_scene_options(size, max_objects)
     count = int(rng.integers(1, max_objects + 1))
     cells = rng.choice(9, size=count, replace=False)
     image = background(rng, size)

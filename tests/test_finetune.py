@@ -19,6 +19,7 @@ from hi_core.finetune import (
     FinetuneConfig,
     TrainCallbacks,
     TrainingCancelled,
+    TrainingDiverged,
     is_held_out,
     lora_attached,
     lora_config,
@@ -131,6 +132,50 @@ def test_callbacks_see_every_step_and_cancel_restores_the_model(llava, records):
     assert len(seen) == 6 and lora_modules(llava.model) == []
 
 
+def test_training_stops_when_the_loss_becomes_nan(llava, records):
+    calls = []
+
+    def nan_logits(module, inputs, output):  # from the second forward on, the loss is NaN
+        calls.append(1)
+        return output * float("nan") if len(calls) >= 2 else output
+
+    seen = []
+    config = FinetuneConfig(layers=(0,), steps=4, batch_size=2, lr=1e-2, data=FAST)
+    hook = llava.model.get_output_embeddings().register_forward_hook(nan_logits)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"^training diverged at step 2 of 4 \(loss nan\): lower lr \(now 0.01\)$"):
+            with lora_attached(llava, lora_config(llava, (0,), config)):
+                train_lora(llava, records, config, TrainCallbacks(on_step=lambda step, loss: seen.append(step)))
+    finally:
+        hook.remove()
+    assert seen == [1] and lora_modules(llava.model) == [] and not llava.model.training
+    assert isinstance(TrainingDiverged("x"), InputError)  # the CLI's exit 2 and the app's message
+
+
+def test_training_stops_when_the_weights_become_infinite(llava, records, monkeypatch):
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned_step(torch.optim.AdamW.step, after=2))
+    config = FinetuneConfig(layers=(0,), steps=4, batch_size=2, lr=1e-2, data=FAST)
+    with pytest.raises(TrainingDiverged, match=r"at step 2 of 4 \(the adapter's weights became NaN or infinite\)"):
+        with lora_attached(llava, lora_config(llava, (0,), config)):
+            train_lora(llava, records, config)
+    assert lora_modules(llava.model) == []
+
+
+def poisoned_step(original, after):
+    """An optimizer step that, from step `after` on, leaves an infinite weight (an overflowing update)."""
+    count = []
+
+    def step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        count.append(1)
+        if len(count) >= after:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    return step
+
+
 def test_held_out_split_is_by_id_and_never_trained_on(tiny_data, tmp_path):
     split = split_dataset(tiny_data, DataConfig(eval_fraction=0.3))
     train_ids, held_ids = {r.id for r in split.train}, {r.id for r in split.held_out}
@@ -152,16 +197,30 @@ def test_held_out_split_is_by_id_and_never_trained_on(tiny_data, tmp_path):
         split_dataset(tiny_data, DataConfig(), eval_dataset=tiny_data)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
     "field, value, message",
-    [("rank", 0, "rank must be at least 1"), ("lr", -1.0, "lr and alpha must be positive"), ("schedule", "step", "schedule must be one of"),
-     ("layers", "best", "layers must be one of"), ("dropout", 1.5, "dropout and warmup must be in")],
+    [("rank", 0, "rank must be at least 1, got 0"), ("steps", -1, "steps must be at least 1, got -1"),
+     ("lr", -1.0, r"lr must be a number in \(0, 1\], got -1.0"), ("lr", NAN, r"lr must be a number in \(0, 1\], got nan"),
+     ("lr", INF, "lr must .*, got inf"), ("lr", 1e30, "lr must .*, got 1e\\+30"), ("alpha", NAN, "alpha must be a number > 0, got nan"),
+     ("alpha", -INF, "alpha must .*, got -inf"), ("dropout", 1.5, r"dropout must be a number in \[0, 1\), got 1.5"),
+     ("dropout", NAN, "dropout must .*, got nan"), ("warmup", INF, "warmup must .*, got inf"),
+     ("weight_decay", NAN, "weight_decay must .*, got nan"), ("max_grad_norm", 0.0, "max_grad_norm must be a number > 0"),
+     ("seed", -1, "seed must be a whole number in"), ("targets", ("q_proj", " "), "targets must be names"),
+     ("schedule", "step", "schedule must be one of"), ("layers", "best", "layers must be one of")],
 )
-def test_config_validation(field, value, message):
+def test_config_validation_names_the_field_the_value_and_what_is_allowed(field, value, message):
     with pytest.raises(InputError, match=message):
         FinetuneConfig(**{field: value})
-    with pytest.raises(InputError, match="eval_fraction must be in"):
-        DataConfig(eval_fraction=1.0)
+
+
+@pytest.mark.parametrize("field, value", [("eval_fraction", 1.0), ("eval_fraction", NAN), ("eval_limit", 0),
+                                          ("max_new_tokens", 0), ("eval_batch_size", INF)])
+def test_data_config_validation(field, value):
+    with pytest.raises(InputError, match=f"{field} must be"):
+        DataConfig(**{field: value})
 
 
 def test_config_round_trips_through_json():
@@ -220,6 +279,16 @@ def test_cli_finetune_bad_input_exits_2_with_one_line(case, tmp_path, tiny_data,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_finetune_that_diverges_exits_2_and_writes_nothing(llava_dir, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned_step(torch.optim.AdamW.step, after=1))
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--layers", "all", "--steps", "3",
+            "--batch-size", "2", "--no-meteor", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: training diverged at step 1 of 3 (the adapter's weights became NaN or infinite): lower lr (now 0.0002)\n"
+    assert list(tmp_path.iterdir()) == []  # no run folder, no partial one
 
 
 def test_regex_targets_are_anchored_at_the_decoder_layers(llava):

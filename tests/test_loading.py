@@ -47,14 +47,66 @@ def test_loaded_model_is_in_eval_mode_with_its_family(llava):
     assert llava.model.config.text_config._attn_implementation == "sdpa"
 
 
-def test_pickled_weights_are_refused(llava_dir, tmp_path):
-    folder = tmp_path / "pickled"
+# --- model folders that cannot be loaded: one InputError each, naming the model and the problem ---------
+
+
+def broken_model(llava_dir, folder, change):
+    """A copy of the tiny model with one thing broken (`change`: a key of BROKEN_MODELS)."""
     shutil.copytree(llava_dir, folder)
-    state = load_file(folder / "model.safetensors")
-    (folder / "model.safetensors").unlink()
-    torch.save(state, folder / "pytorch_model.bin")
-    with pytest.raises(InputError, match="could not load model"):
+    config = json.loads((folder / "config.json").read_text())
+    weights = folder / "model.safetensors"
+    if change == "unknown model_type":
+        (folder / "config.json").write_text(json.dumps(config | {"model_type": "frobnicator"}))
+    elif change == "no model_type":
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "model_type"}))
+    elif change == "config not JSON":
+        (folder / "config.json").write_text("{not json")
+    elif change == "config a list":
+        (folder / "config.json").write_text("[1, 2]")
+    elif change == "remote code":
+        (folder / "config.json").write_text(json.dumps(config | {"model_type": "custom_vlm", "auto_map": {
+            "AutoConfig": "configuration_custom.CustomConfig", "AutoModelForImageTextToText": "modeling_custom.CustomModel"}}))
+        (folder / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    elif change == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif change == "garbage weights":
+        weights.write_bytes(b"\x00garbage" * 100)
+    elif change == "pickled weights":
+        torch.save(load_file(weights), folder / "pytorch_model.bin")
+        weights.unlink()
+    elif change == "no weights":
+        weights.unlink()
+    elif change == "broken tokenizer":
+        (folder / "tokenizer.json").write_text("garbage")
+    return folder
+
+
+BROKEN_MODELS = {  # change -> message
+    "unknown model_type": "unsupported model family 'frobnicator': supported families are",
+    "no model_type": "config.json has no `model_type`",
+    "config not JSON": "config.json is not readable JSON",
+    "config a list": "config.json is not a JSON object",
+    "remote code": "needs its own Python code (config.json has `auto_map`); allow it with --trust-remote-code",
+    "truncated weights": "model.safetensors is damaged or not a safetensors file",
+    "garbage weights": "model.safetensors is damaged or not a safetensors file",
+    "pickled weights": "has only pickled weights (pytorch_model.bin), which are never loaded",
+    "no weights": "has no weights: expected model.safetensors",
+    "broken tokenizer": "could not load the processor (tokenizer, image processor) of model",
+}
+
+
+@pytest.mark.parametrize("change", list(BROKEN_MODELS))
+def test_a_broken_model_folder_is_one_input_error_naming_the_model(change, llava_dir, tmp_path):
+    folder = broken_model(llava_dir, tmp_path / "model", change)
+    with pytest.raises(InputError) as raised:
         load_model(LoadConfig(model=str(folder), device="cpu"))
+    assert BROKEN_MODELS[change] in str(raised.value) and str(folder) in str(raised.value)
+
+
+def test_remote_code_is_never_run_even_when_allowed_for_an_unsupported_family(llava_dir, tmp_path):
+    folder = broken_model(llava_dir, tmp_path / "model", "remote code")
+    with pytest.raises(InputError, match="unsupported model family 'custom_vlm'"):
+        load_model(LoadConfig(model=str(folder), device="cpu", trust_remote_code=True))
 
 
 # --- a LoRA adapter merged at load ------------------------------------------------------------------

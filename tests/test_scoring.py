@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -46,8 +46,7 @@ def test_head_impact_is_an_iou_in_unit_interval(case, method):
 @given(map_and_object(), st.sampled_from(["area", "quantile", "otsu"]))
 def test_map_equal_to_the_mask_scores_one(case, method):
     _, target = case
-    if target.all() and method != "area":
-        return  # a constant map has no threshold between classes
+    assume(method == "area" or not target.all())  # a constant map has no threshold between classes
     maps = target.astype(np.float32)[None]
     if method == "quantile":
         # The q-quantile of a 0/1 map falls on 1 only when at least 1 - q of the cells are 1.
@@ -64,7 +63,10 @@ def test_area_binarization_keeps_k_patches_with_the_highest_values(case):
     kept = binarize(maps, k)
     assert np.all(kept.sum(axis=-1) == k)
     for row, keep in zip(maps, kept):
-        assert row[keep].min() >= row[~keep].max() if (~keep).any() else True
+        if keep.all():  # k is every cell: nothing is left out to compare with
+            assert k == row.size
+        else:
+            assert row[keep].min() >= row[~keep].max()
 
 
 def test_area_binarization_breaks_ties_by_token_order():
@@ -150,8 +152,12 @@ def test_rank_layers_descending_ties_by_index():
     [
         ({"binarize": "median"}, "binarize must be one of area, quantile, otsu"),
         ({"layer_score": "sum"}, "layer_score must be one of max, mean, topn"),
-        ({"quantile": 1.5}, "quantile must be strictly between 0 and 1"),
+        ({"quantile": 1.5}, "quantile must be strictly between 0 and 1, got 1.5"),
+        ({"quantile": float("nan")}, "quantile must be strictly between 0 and 1, got nan"),
+        ({"quantile": float("inf")}, "quantile must be strictly between 0 and 1, got inf"),
+        ({"quantile": "0.5"}, "quantile must be strictly between 0 and 1, got '0.5'"),
         ({"top_n": 0}, "top_n must be at least 1"),
+        ({"top_n": float("nan")}, "top_n must be at least 1, got nan"),
     ],
 )
 def test_scoring_config_rejects_bad_values(kwargs, message):
