@@ -314,8 +314,9 @@ def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedMode
     if args.ranking_limit is not None and args.ranking_limit < 1:
         raise InputError(f"--ranking-limit must be at least 1, got {args.ranking_limit}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"threads must be at least 1, got {args.threads}")
+        cpus = os.cpu_count() or 1
+        if not 1 <= args.threads <= cpus:  # far more threads than CPUs only exhausts memory
+            raise InputError(f"threads must be between 1 and this machine's {cpus} CPUs, got {args.threads}")
         torch.set_num_threads(args.threads)
     return ranking, _load(args)
 
