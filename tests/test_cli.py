@@ -207,6 +207,7 @@ def _cases(tmp, files, dataset_dir, llava_dir):
         "finetune --threads huge": (finetune + ["--threads", "100000"], "CPUs, got 100000", True),
         "finetune --eval-dataset missing": (finetune + ["--eval-dataset", str(tmp / "none")], "is not a dataset folder", True),
         "finetune --layers 5": (finetune[:-4] + ["--layers", "0,5", "--out", str(tmp / "run")], "layer 5 does not exist", False),
+        "finetune --rank huge": (finetune + ["--rank", "1000000000"], "rank must be at most 32 for this model", False),
         "finetune -k 9 random": (finetune[:-4] + ["--layers", "random", "-k", "9", "--out", str(tmp / "run")], "k must be between 1 and", False),
         # compare
         "compare --out is a file": (compare[:-1] + [str(user_file)], "is a file, not a folder", True),
@@ -246,7 +247,7 @@ CASE_NAMES = [
     "finetune --targets ,", "finetune --layers empty", "finetune --layers 0,,1", "finetune --eval-limit 0",
     "finetune --max-new-tokens 0", "finetune --ranking-limit 0", "finetune --ranking is a folder",
     "finetune --ranking not JSON", "finetune --threads 0", "finetune --threads huge", "finetune --eval-dataset missing", "finetune --layers 5",
-    "finetune -k 9 random", "compare --out is a file", "compare --out is someone's folder", "compare --seeds 0",
+    "finetune --rank huge", "finetune -k 9 random", "compare --out is a file", "compare --out is someone's folder", "compare --seeds 0",
     "compare seeds past the largest", "compare --strategies empty", "compare --lr nan", "synth --n 0", "synth --n -3",
     "synth --out is a file", "synth --out under a file", "synth --out is someone's folder", "synth --size 0",
     "synth --size huge", "synth --seed -1", "from-coco --out is a file",
