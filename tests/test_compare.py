@@ -146,3 +146,24 @@ def test_cli_compare_and_its_errors(llava_dir, tiny_data, tmp_path, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("target, message", [("notes.txt", "is a file, not a folder"), ("notes.txt/out", "is a file, not a folder"),
+                                             ("mine", "is not a comparison folder"), ("kept", "ranking.json' is damaged")])
+def test_a_comparison_is_never_written_over_what_the_user_owns(llava, tiny_data, tmp_path, target, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my own report")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "ranking.json").write_text("{not json")
+    before = {str(p): p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
+    with pytest.raises(InputError, match=message):
+        run_compare(llava, tiny_data, tmp_path / target, CONFIG)
+    assert {str(p): p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
+
+
+@pytest.mark.parametrize("kwargs, message", [({"seeds": float("nan")}, "seeds must be at least 1, got nan"),
+                                             ({"seeds": 2, "finetune": FinetuneConfig(seed=2**32 - 1)}, "go past the largest seed")])
+def test_config_refuses_nan_and_seeds_past_numpys_range(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        CompareConfig(**kwargs)

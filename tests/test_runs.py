@@ -117,6 +117,47 @@ def test_a_folder_that_is_not_a_run_is_refused(llava, tiny_data, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def _tree(folder):
+    return {str(path.relative_to(folder)): (path.read_bytes() if path.is_file() else "folder") for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("target, message", [("notes.txt", "is a file, not a folder"), ("notes.txt/run", "is a file, not a folder"),
+                                             ("mine", "exists and is not a run folder"), ("damaged", "is not a run.json written by a run")])
+def test_a_run_is_never_written_over_what_the_user_owns(llava, tiny_data, tmp_path, target, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("keep")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "run.json").write_text("{not json")
+    before = _tree(tmp_path)
+    with pytest.raises(InputError, match=message):
+        run_finetune(llava, tiny_data, tmp_path / target, CONFIG, RANKING)
+    with pytest.raises(InputError, match=message):
+        run_pretrained(llava, tiny_data, tmp_path / target, FAST)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("appears", ["file", "folder with a file"])
+def test_run_folder_does_not_replace_what_appeared_meanwhile(tmp_path, appears):
+    target = tmp_path / "run"
+    with pytest.raises(InputError):
+        with runs.run_folder(target) as partial:
+            (partial / "run.json").write_text("{}")
+            if appears == "file":
+                target.write_text("theirs")
+            else:
+                target.mkdir()
+                (target / "theirs.txt").write_text("theirs")
+    assert _tree(tmp_path) == ({"run": b"theirs"} if appears == "file" else {"run": "folder", "run/theirs.txt": b"theirs"})
+
+
+def test_run_folder_takes_the_place_of_an_empty_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    with runs.run_folder(tmp_path / "run") as partial:
+        (partial / "run.json").write_text("{}")
+    assert _tree(tmp_path) == {"run": "folder", "run/run.json": b"{}"}
+
+
 @pytest.mark.parametrize("stop", ["cancel", "interrupt"])
 def test_an_interrupted_run_leaves_nothing(llava, tiny_data, tmp_path, stop):
     def on_step(step, loss):
