@@ -82,3 +82,9 @@ def test_reading_order_dataset_has_the_same_scenes_and_reordered_texts(tmp_path)
         assert sorted(a["text"].split(" and ")) == sorted(b["text"].split(" and "))
         assert (tmp_path / "drawing" / a["image"]).read_bytes() == (tmp_path / "reading" / b["image"]).read_bytes()
     assert sum(a["text"] != b["text"] for a, b in zip(drawing, reading)) > 0  # multi-object scenes reorder
+
+
+@pytest.mark.parametrize("size, max_objects", [(0, 3), (15, 3), (4097, 3), (float("nan"), 3), (48, 0), (48, 10)])
+def test_scene_options_out_of_range_are_input_errors(size, max_objects):
+    with pytest.raises(InputError, match="size must be a whole number of pixels in|max_objects must be a whole number in"):
+        make_scene(np.random.default_rng(0), size=size, max_objects=max_objects)
