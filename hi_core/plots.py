@@ -6,17 +6,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
+#: Figures and thumbnails never draw an image with more pixels per side than this (a panel is ~240 px):
+#: an upload of thousands of pixels would otherwise cost gigabytes in matplotlib's resampling.
+PANEL_SIDE = 480
+
+
+def fit_for_display(image: np.ndarray, mask: np.ndarray | None = None, max_side: int = PANEL_SIDE) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, mask) area-averaged down so the longer side is at most `max_side` (the mask as a coverage
+    fraction in [0, 1]); unchanged when already that small."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image, mask
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    if mask is not None:
+        mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return image, mask
+
+
 def draw_overlay(ax: Axes, image: np.ndarray, head_map: np.ndarray, mask: np.ndarray | None = None, title: str = "") -> None:
     """The image with a head's map (gh, gw) over it as patch blocks, and the mask's outline."""
+    image, mask = fit_for_display(image, mask)
     height, width = image.shape[:2]
     ax.imshow(image)
     ax.imshow(head_map, extent=(0, width, height, 0), cmap="inferno", alpha=0.6, interpolation="nearest")
-    if mask is not None and mask.any():
+    if mask is not None and (mask >= 0.5).any():
         ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
@@ -116,9 +137,12 @@ def map_overlay(image: np.ndarray, head_map: np.ndarray | None = None, mask: np.
     """`draw_overlay` as a plain (H', W', 3) uint8 array, without a figure (fast, for galleries): the
     head's map (gh, gw) stretched over the image as patch blocks (inferno over the map's range, 0.6
     opacity) and the mask's outline in cyan. A small image is first enlarged by an integer factor
-    (nearest) until its shorter side is at least `min_side` px, so thumbnails stay sharp."""
+    (nearest) until its shorter side is at least `min_side` px, so thumbnails stay sharp; a large one
+    is reduced to PANEL_SIDE."""
     from matplotlib import colormaps
 
+    image, mask = fit_for_display(image, mask)
+    mask = None if mask is None else mask >= 0.5
     factor = max(1, -(-min_side // min(image.shape[:2])))
     pixels = image[..., :3].astype(np.float32).repeat(factor, axis=0).repeat(factor, axis=1)
     height, width = pixels.shape[:2]
