@@ -6,14 +6,15 @@ layers by HI and fine-tune LoRA on them, compare strategies.
 
 from .analysis import AnalysisConfig, ImageAnalysis, analyze_image, generate_description, head_maps
 from .batching import batch_head_maps, collate
-from .capture import AttentionCache, capture_attention
+from .capture import AttentionCache, capture_attention, install_capture
 from .coco import convert_coco
 from .compare import CompareConfig, Comparison, run_compare
 from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset
-from .datasets import Record, read_dataset
+from .datasets import Record, load_record, read_dataset, scan_dataset
 from .errors import InputError
 from .families import adapter_for, supported_families
-from .finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, lora_config
+from .finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_config
+from .images import MAX_IMAGE_PIXELS, image_to_rgb, mask_from_image
 from .inputs import ModelInputs, build_inputs, key_phrase_tokens
 from .layer_selection import Ranking, read_ranking, select_layers
 from .loading import LoadConfig, LoadedModel, load_model
@@ -31,30 +32,11 @@ from .scoring import (
 )
 
 __all__ = [
-    "AnalysisConfig",
-    "AttentionCache",
-    "CompareConfig",
-    "Comparison",
-    "DataConfig",
-    "DatasetAnalysis",
-    "DatasetConfig",
-    "FinetuneConfig",
-    "ImageAnalysis",
-    "ImageScore",
-    "InputError",
-    "LoadConfig",
-    "LoadedModel",
-    "MaskGrid",
-    "ModelInputs",
-    "Ranking",
-    "Record",
-    "RunRecord",
-    "ScoringConfig",
-    "TrainCallbacks",
-    "TrainingCancelled",
     "adapter_for",
+    "AnalysisConfig",
     "analyze_image",
     "attention_mass",
+    "AttentionCache",
     "batch_head_maps",
     "binarize",
     "build_inputs",
@@ -62,26 +44,52 @@ __all__ = [
     "chance_iou",
     "check_mask",
     "collate",
+    "CompareConfig",
+    "Comparison",
     "convert_coco",
+    "DataConfig",
     "dataset_ranking",
+    "DatasetAnalysis",
+    "DatasetConfig",
+    "FinetuneConfig",
     "generate_description",
     "head_impact",
     "head_maps",
+    "image_to_rgb",
+    "ImageAnalysis",
+    "ImageScore",
+    "InputError",
+    "install_capture",
     "key_phrase_tokens",
     "layer_scores",
     "load_image",
     "load_mask",
     "load_model",
+    "load_record",
+    "LoadConfig",
+    "LoadedModel",
     "lora_config",
+    "mask_from_image",
+    "MaskGrid",
+    "MAX_IMAGE_PIXELS",
+    "ModelInputs",
     "object_patches",
     "rank_heads",
     "rank_layers",
+    "Ranking",
     "read_dataset",
     "read_ranking",
+    "Record",
     "run_compare",
     "run_finetune",
     "run_pretrained",
+    "RunRecord",
+    "scan_dataset",
     "score_dataset",
+    "ScoringConfig",
     "select_layers",
     "supported_families",
+    "TrainCallbacks",
+    "TrainingCancelled",
+    "TrainingDiverged",
 ]

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,6 +187,8 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
     else:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
+    if args.cache is None and cache is not None:  # the default cache only served a resume: the run is done
+        shutil.rmtree(cache, ignore_errors=True)
     print(f"scored {len(result.images)} image(s), skipped {len(result.skipped)}", file=sys.stderr)
     for line, rid, reason in result.skipped[:10]:
         print(f"  skipped line {line} ({rid or 'no id'}): {reason}", file=sys.stderr)

@@ -132,10 +132,13 @@ def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys
     rows = (tmp_path / "ranking.images.csv").read_text().splitlines()
     assert rows[0] == "id,layer,head,hi,mass,object_patches,chance"
     assert len(rows) == 1 + 5 * result["num_layers"] * result["num_heads"]
-    assert (tmp_path / "ranking.cache" / "config.json").is_file()
-    assert main(["score", "--model", "demo", "--dataset", str(dataset), "--limit", "5", "--out", str(tmp_path / "again.json"),
-                 "--cache", str(tmp_path / "ranking.cache")]) == 0
-    assert json.loads((tmp_path / "again.json").read_text()) == result
+    assert not (tmp_path / "ranking.cache").exists()  # the default cache (OUT.cache) goes once the run is done
+    assert main(["score", "--model", "demo", "--dataset", str(dataset), "--limit", "5", "--batch-size", "2",
+                 "--out", str(tmp_path / "again.json"), "--cache", str(tmp_path / "kept.cache")]) == 0
+    assert (tmp_path / "kept.cache" / "config.json").is_file()  # a cache the user named stays, and is reused
+    assert main(["score", "--model", "demo", "--dataset", str(dataset), "--limit", "5", "--out", str(tmp_path / "third.json"),
+                 "--cache", str(tmp_path / "kept.cache")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text()) == result == json.loads((tmp_path / "third.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -163,7 +166,7 @@ def test_two_processes_under_accelerate_equal_one(dataset, tmp_path):
     command = ["score", "--model", "demo", "--dataset", str(dataset), "--batch-size", "2"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-    two = subprocess.run([*launch, "-m", "hi_core", *command, "--out", str(tmp_path / "two.json")],
+    two = subprocess.run([*launch, "-m", "hi_core", *command, "--out", str(tmp_path / "two.json"), "--cache", str(tmp_path / "two.cache")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "two.cache").glob("part-*.jsonl")) == ["part-0.jsonl", "part-1.jsonl"]
