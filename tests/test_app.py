@@ -423,3 +423,22 @@ def test_a_cancel_with_nothing_running_does_not_stop_the_next_run(server):
     client = Client(url, verbose=False)
     client.predict(api_name="/cancel_finetune")  # only a warning in the page
     assert _finetune(client, model, strategy="random", steps=2)[0].startswith("**Finished:** 2 steps")
+
+
+def test_a_tiny_image_and_grabcut_on_it_show_a_message_and_the_app_keeps_serving(server, tmp_path):
+    url, model = server
+    client = Client(url, verbose=False)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
+    Image.new("L", (1, 1), 255).save(tmp_path / "tiny-mask.png")
+    editor = {"background": handle_file(str(tiny)), "layers": [], "composite": handle_file(str(tiny))}
+    with pytest.raises(Exception, match="1x1 px: it must be at least 8 px on each side"):
+        client.predict(model, "cpu", editor, handle_file(str(tmp_path / "tiny-mask.png")), "a red dot", False, "",
+                       "Describe the image.", "producing", "area", 0.9, "max", 8, 0, 4, api_name="/analyze")
+    brush = tmp_path / "brush.png"
+    Image.new("RGBA", (1, 1), (255, 0, 0, 255)).save(brush)
+    with pytest.raises(Exception, match="at least 8 px"):
+        client.predict({"background": handle_file(str(tiny)), "layers": [handle_file(str(brush))],
+                        "composite": handle_file(str(tiny))}, api_name="/propose_mask")
+    _, mask, _ = _example()
+    assert "Best head" in _analyze(client, model, mask)[1]
