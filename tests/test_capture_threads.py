@@ -30,15 +30,6 @@ ANALYSES_PER_THREAD = 8
 
 
 @pytest.fixture
-def single_torch_thread():
-    """One intra-op thread: Python threads then really interleave their forwards, cheaply."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def fresh_llava(llava_dir):
     """A model of its own, loaded with SDPA and never captured from."""
     return load_model(LoadConfig(model=str(llava_dir), device="cpu"))
@@ -58,7 +49,7 @@ def _analysis(loaded, index: int) -> list[np.ndarray]:
     return [head_maps(loaded, inputs, tokens, queries)]
 
 
-def test_overlapping_analyses_on_one_model_equal_serial_ones(fresh_llava, single_torch_thread):
+def test_overlapping_analyses_on_one_model_equal_serial_ones(fresh_llava, one_thread):
     count = THREADS * ANALYSES_PER_THREAD
     serial = [_analysis(fresh_llava, index) for index in range(count)]
     concurrent: dict[int, list[np.ndarray]] = {}

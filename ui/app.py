@@ -993,7 +993,7 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve HI Explorer.")
-    parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1; "
+    parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME, else loopback only; "
                                        "0.0.0.0 serves the network; a Space sets it)")
     parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
