@@ -16,10 +16,10 @@ from .families import adapter_for, supported_families
 from .finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_config
 from .images import MAX_IMAGE_PIXELS, image_to_rgb, mask_from_image
 from .inputs import ModelInputs, build_inputs, key_phrase_tokens
-from .layer_selection import Ranking, read_ranking, select_layers
+from .layer_selection import Ranking, check_layer_choice, read_ranking, select_layers
 from .loading import LoadConfig, LoadedModel, load_model
 from .masks import MaskGrid, check_mask, load_image, load_mask, object_patches
-from .runs import RunRecord, dataset_ranking, run_finetune, run_pretrained
+from .runs import BeforeAfter, RunRecord, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained
 from .scoring import (
     ScoringConfig,
     attention_mass,
@@ -38,10 +38,12 @@ __all__ = [
     "attention_mass",
     "AttentionCache",
     "batch_head_maps",
+    "BeforeAfter",
     "binarize",
     "build_inputs",
     "capture_attention",
     "chance_iou",
+    "check_layer_choice",
     "check_mask",
     "collate",
     "CompareConfig",
@@ -80,6 +82,8 @@ __all__ = [
     "read_dataset",
     "read_ranking",
     "Record",
+    "reuse_ranking",
+    "run_before_after",
     "run_compare",
     "run_finetune",
     "run_pretrained",

@@ -32,11 +32,21 @@ from .datasets import count_records, write_synthetic
 from .errors import InputError
 from .finetune import DataConfig, FinetuneConfig, Schedule
 from .inputs import Queries
-from .layer_selection import LayerChoice, Ranking, needs_ranking, read_ranking
+from .layer_selection import LayerChoice, Ranking, check_layer_choice, needs_ranking, read_ranking
 from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
 from .masks import check_mask, load_image, load_mask
 from .outputs import check_output_file, check_output_folder
-from .runs import RUN_FILE, check_run_folder, dataset_ranking, run_finetune
+from .runs import (
+    ADAPTER_FOLDER,
+    PRETRAINED_FOLDER,
+    RUN_FILE,
+    RunRecord,
+    check_before_after_folder,
+    check_run_folder,
+    dataset_ranking,
+    run_before_after,
+    run_finetune,
+)
 from .scoring import Binarization, LayerScore, ScoringConfig
 from .synth import Order, check_scene_options
 
@@ -92,6 +102,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code from the Hub (off by default)")
+
+
+def is_main_process() -> bool:  # replaced by distributed.is_main_process
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
@@ -283,6 +297,9 @@ def _add_finetune(subcommands: argparse._SubParsersAction) -> None:
     _add_tuning_options(finetune)
     finetune.add_argument("--layers", required=True, metavar="top|bottom|random|all|L1,L2,..",
                           help="which layers: by the ranking (top/bottom k), k random ones (seeded), all, or a list")
+    finetune.add_argument("--before", action="store_true",
+                          help="also caption the held-out records with the untuned model, and report both metric sets: "
+                          "OUT/pretrained holds that run, OUT/adapter the tuned one")
     finetune.set_defaults(run=_run_finetune)
 
 
@@ -333,18 +350,32 @@ def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking
 
 def _run_finetune(args: argparse.Namespace) -> None:
     config = _finetune_config(args, args.layers)
-    check_run_folder(args.out, "--out")
+    if args.before:
+        check_before_after_folder(args.out, "--out")
+    else:
+        check_run_folder(args.out, "--out")
     ranking, loaded = _tuning_inputs(args)
+    check_layer_choice(config.layers, len(loaded.adapter.decoder_layers(loaded.model)), config.k)  # before any ranking
     ranking = _ranking_for(args, loaded, ranking, config.layers)
-    finished = (Path(args.out) / RUN_FILE).is_file()
-    record = run_finetune(loaded, args.dataset, args.out, config, ranking, args.eval_dataset)
-    if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: the main one reports
+    adapter = Path(args.out) / ADAPTER_FOLDER if args.before else Path(args.out)
+    finished = (adapter / RUN_FILE).is_file()
+    if args.before:
+        result = run_before_after(loaded, args.dataset, args.out, config, ranking, eval_dataset=args.eval_dataset)
+        record = result.after
+    else:
+        record = run_finetune(loaded, args.dataset, args.out, config, ranking, args.eval_dataset)
+    if not is_main_process():  # another process of `accelerate launch`: the main one reports
         return
     if finished:
-        print(f"{args.out} already holds this finished run: not trained again", file=sys.stderr)
-    metrics = ", ".join(f"{name} {value:.3f}" for name, value in record.metrics.items())
+        print(f"{adapter} already holds this finished run: not trained again", file=sys.stderr)
+    if args.before:
+        print(f"before tuning: held-out {_metrics_line(result.before)}; wrote {Path(args.out) / PRETRAINED_FOLDER}", file=sys.stderr)
     print(f"layers {record.layers}: {record.trainable_parameters:,} trainable parameters "
-          f"({record.trainable_share:.4%}); held-out {metrics or 'not evaluated'}; wrote {args.out}", file=sys.stderr)
+          f"({record.trainable_share:.4%}); held-out {_metrics_line(record)}; wrote {adapter}", file=sys.stderr)
+
+
+def _metrics_line(record: RunRecord) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in record.metrics.items()) or "not evaluated"
 
 
 def _run_compare(args: argparse.Namespace) -> None:
@@ -356,7 +387,7 @@ def _run_compare(args: argparse.Namespace) -> None:
     def announce(index: int, total: int, name: str, reused: bool) -> None:
         print(f"run {index}/{total} {name}: " + ("finished earlier, reused" if reused else "running"), file=sys.stderr)
 
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, the main process reports
+    main_process = is_main_process()  # under `accelerate launch`, the main process reports
     comparison = run_compare(loaded, args.dataset, args.out, config, ranking, args.eval_dataset, args.ranking_limit,
                              announce if main_process else None)
     if main_process:

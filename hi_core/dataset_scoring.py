@@ -142,6 +142,24 @@ class DatasetAnalysis:
     def image_hi(self) -> np.ndarray:
         return np.stack([image.hi for image in self.images])
 
+    @property
+    def mean_chance(self) -> float:
+        """The chance IoU (DESIGN 1.6) averaged over the scored images: what a mean HI is set against."""
+        return float(np.mean([image.chance for image in self.images]))
+
+    def extremes(self, layer: int, head: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into `images` of the `count` images where this head's HI is highest (descending)
+        and lowest (ascending); equal HI keeps dataset order. Fewer when there are fewer images."""
+        num_layers, num_heads = self.hi.shape
+        if not (0 <= layer < num_layers and 0 <= head < num_heads):
+            raise InputError(f"head ({layer}, {head}) does not exist: the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}")
+        if count < 0:
+            raise InputError(f"count must be at least 0, got {count}")
+        per_image = np.array([image.hi[layer, head] for image in self.images])
+        highest = np.argsort(-per_image, kind="stable")[:count]
+        lowest = np.argsort(per_image, kind="stable")[:count]
+        return highest, lowest
+
     def ranked_heads(self) -> list[tuple[int, int]]:
         return rank_heads(self.hi)
 
@@ -157,7 +175,7 @@ class DatasetAnalysis:
             "num_layers": int(num_layers),
             "num_heads": int(num_heads),
             "object_patches": float(np.mean([image.object_patches for image in self.images])),
-            "chance": float(np.mean([image.chance for image in self.images])),
+            "chance": self.mean_chance,
             "response_tokens": float(np.mean([image.response_tokens for image in self.images])),
             "queries": self.queries,
             "key_phrases": "record" if self.config.use_key_phrases else self.config.analysis.key_phrase,
@@ -329,23 +347,23 @@ def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfig) -> tuple[list[ImageScore], list[tuple[str, str]]]:
-    """Score records in one forward pass: (their results, (id, reason) of those that failed)."""
-    analysis = config.analysis
-    prepared: list[tuple[Record, ModelInputs, np.ndarray, Any]] = []
+    """Score records in one forward pass: (their results, (id, reason) of those that failed).
+    Each record is scored with `config.record_analysis(record)`, the options the app's gallery uses too."""
+    prepared: list[tuple[Record, AnalysisConfig, ModelInputs, np.ndarray, Any]] = []
     failed: list[tuple[str, str]] = []
     for record in records:
         options = config.record_analysis(record)
         try:
             inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, options.prompt, record.text)
-            prepared.append((record, inputs, key_phrase_tokens(inputs, options.key_phrase), mask_grid(loaded, inputs, record.mask)))
+            prepared.append((record, options, inputs, key_phrase_tokens(inputs, options.key_phrase), mask_grid(loaded, inputs, record.mask)))
         except InputError as error:
             failed.append((record.id, str(error)))
     if not prepared:
         return [], failed
-    maps = batch_head_maps(loaded, [p[1] for p in prepared], [p[2] for p in prepared], analysis.queries)
+    maps = batch_head_maps(loaded, [p[2] for p in prepared], [p[3] for p in prepared], config.analysis.queries)
     results = []
-    for (record, inputs, tokens, grid), image_maps in zip(prepared, maps):
-        hi, mass, chance = score_maps(image_maps, grid, inputs.layout.valid, analysis.scoring)
+    for (record, options, inputs, tokens, grid), image_maps in zip(prepared, maps):
+        hi, mass, chance = score_maps(image_maps, grid, inputs.layout.valid, options.scoring)
         results.append(
             ImageScore(
                 id=record.id,

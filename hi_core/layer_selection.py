@@ -95,16 +95,26 @@ def needs_ranking(choice: LayerChoice) -> bool:
     return choice in ("top", "bottom")
 
 
+def check_layer_choice(layers: str | LayerChoice, num_layers: int, k: int) -> None:
+    """InputError unless `layers` (a strategy, layer indices, or their text such as `0,5,7`) and `k`
+    can be applied to a model of `num_layers` layers. Needs no ranking, so a front door can check
+    the choice before it ranks anything (top/bottom then still need a ranking of the same model)."""
+    choice = parse_layer_choice(layers) if isinstance(layers, str) else layers
+    if isinstance(choice, tuple):
+        check_layers(choice, num_layers)
+    elif choice != "all" and not 1 <= k <= num_layers:
+        raise InputError(f"k must be between 1 and the language model's {num_layers} layers, got {k}")
+
+
 def select_layers(choice: LayerChoice, num_layers: int, k: int, ranking: Ranking | None = None, seed: int = 0) -> tuple[int, ...]:
     """The layers to adapt, ascending. `k` applies to top/bottom/random; `seed` to random."""
-    if isinstance(choice, tuple):
-        return check_layers(choice, num_layers)
-    if choice not in get_args(Strategy):
+    if isinstance(choice, str) and choice not in get_args(Strategy):
         raise InputError(f"layers must be one of {', '.join(get_args(Strategy))} or a list of indices, got {choice!r}")
+    check_layer_choice(choice, num_layers, k)
+    if isinstance(choice, tuple):
+        return tuple(sorted(choice))
     if choice == "all":
         return tuple(range(num_layers))
-    if not 1 <= k <= num_layers:
-        raise InputError(f"k must be between 1 and the language model's {num_layers} layers, got {k}")
     if choice == "random":
         return tuple(sorted(int(i) for i in np.random.default_rng(seed).choice(num_layers, size=k, replace=False)))
     if ranking is None:

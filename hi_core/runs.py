@@ -8,8 +8,12 @@ name and renamed into place, `run.json` last, so an interrupted run leaves nothi
 with the same settings finds the finished run and returns it without training again. The output
 folder must be new or empty (or hold that finished run): a file there, or a folder with anything
 else in it, is refused before any work, and nothing the user owns is ever renamed or replaced.
-`run_pretrained` is the no-tuning baseline in the same format. Under `accelerate launch` every
-process trains, and the main process alone evaluates and writes.
+`run_pretrained` is the no-tuning baseline in the same format. `run_before_after` is the two on
+the same held-out records (OUT/pretrained, OUT/adapter): what the model gained from the tuning.
+Under `accelerate launch` every process trains, and the main process alone evaluates and writes.
+
+The layer ranking top/bottom choose from is given, or scored now (`dataset_ranking`), or reused
+from dataset scores made earlier with the same model on the same records (`reuse_ranking`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .captioning import SAMPLES, evaluate_captions, generate_captions
-from .dataset_scoring import DatasetConfig, score_dataset
+from .dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from .datasets import INDEX
 from .errors import InputError
 from .finetune import (
     DataConfig,
@@ -43,7 +48,7 @@ from .finetune import (
     trainable_parameters,
 )
 from .layer_selection import Ranking, needs_ranking, select_layers
-from .loading import LoadedModel
+from .loading import LoadConfig, LoadedModel
 from .outputs import check_output_folder, write_json
 
 logger = logging.getLogger(__name__)
@@ -272,3 +277,84 @@ def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None 
     if analysis is None:
         raise RuntimeError("score_dataset returned no result on a single process")
     return Ranking.from_scores(analysis.layer_scores, f"dataset HI of {dataset} ({len(analysis.images)} images)")
+
+
+def reuse_ranking(
+    scored: DatasetAnalysis | None,
+    scored_load: LoadConfig | None,
+    scored_folder: Path | None,
+    load: LoadConfig,
+    folder: Path,
+) -> Ranking | None:
+    """The layer ranking of dataset scores made earlier (`scored`, by the model of `scored_load`, on
+    the dataset in `scored_folder`), if they fit a run of the model of `load` on `folder`: the same
+    model configuration and the same records (byte-identical data.jsonl); else None (rank anew).
+    Scores whose dataset files are gone are not reused."""
+    if scored is None or scored_load is None or scored_folder is None or scored_load != load:
+        return None
+    try:
+        same_records = (Path(scored_folder) / INDEX).read_bytes() == (Path(folder) / INDEX).read_bytes()
+    except OSError:  # either dataset is gone (cleaned up), or unreadable
+        return None
+    if not same_records:
+        return None
+    return Ranking.from_scores(scored.layer_scores, f"dataset HI of {Path(folder).name} ({len(scored.images)} images, scored earlier)")
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """The model before and after tuning, captioning the same held-out records.
+    ranking: what top/bottom chose the layers from (None for random/all/a list)."""
+
+    before: RunRecord
+    after: RunRecord
+    ranking: Ranking | None
+
+
+PRETRAINED_FOLDER = "pretrained"
+ADAPTER_FOLDER = "adapter"
+
+
+def check_before_after_folder(out: str | Path, what: str = "output folder") -> Path:
+    """`out` if a before/after run can be written there: absent, empty, or holding only the two run
+    folders of an earlier one (each new, empty, or a finished run); else InputError."""
+    out = check_output_folder(out, what)
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in (PRETRAINED_FOLDER, ADAPTER_FOLDER))
+        if others:
+            raise InputError(f"{what} {str(out)!r} holds other things ({', '.join(others[:3])}): choose a new or empty folder "
+                             f"(a before/after run writes {PRETRAINED_FOLDER}/ and {ADAPTER_FOLDER}/ there)")
+    for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
+        check_run_folder(out / name, f"{what}'s {name}/")
+    return out
+
+
+def run_before_after(
+    loaded: LoadedModel,
+    folder: str | Path,
+    out: str | Path,
+    config: FinetuneConfig,
+    ranking: Ranking | None,
+    callbacks: TrainCallbacks | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    eval_dataset: str | Path | None = None,
+) -> BeforeAfter:
+    """The untuned model's held-out captions (`run_pretrained` into out/pretrained), then a LoRA run
+    (`run_finetune` into out/adapter), on one held-out split made once. Each is reused when finished.
+
+    The layer choice (and the ranking, for top/bottom) is checked before any work; `on_stage(text)`
+    is told each slow stage as it starts (it may raise to stop the run there).
+    """
+    out = Path(out)
+    stage = on_stage or (lambda text: None)
+    num_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    select_layers(config.layers, num_layers, config.k, ranking, config.seed)  # a bad choice fails before the slow steps
+    for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
+        check_run_folder(out / name, f"{name} run folder")
+    stage("reading the held-out split")
+    split = split_dataset(folder, config.data, eval_dataset)
+    stage(f"captioning the {len(split.held_out)} held-out record(s) with the model as it is")
+    before = run_pretrained(loaded, folder, out / PRETRAINED_FOLDER, config.data, eval_dataset, split=split)
+    stage("training")
+    after = run_finetune(loaded, folder, out / ADAPTER_FOLDER, config, ranking, eval_dataset, callbacks, split=split)
+    return BeforeAfter(before=before, after=after, ranking=ranking if needs_ranking(config.layers) else None)

@@ -146,6 +146,8 @@ def _cases(tmp, files, dataset_dir, llava_dir):
     (user_dir / "keep.txt").write_text("keep me")
     (tmp / "empty").mkdir()
     (tmp / "r.cache").write_text("not a cache folder")
+    (tmp / "before").mkdir()
+    (tmp / "before" / "adapter").write_text("not a run folder")
     image, mask = str(files / "image.png"), str(files / "mask.png")
     score = ["score", "--model", str(llava_dir), "--image", image, "--mask", mask, "--text", "a red square"]
     data = ["score", "--model", str(llava_dir), "--dataset", str(dataset_dir)]
@@ -181,6 +183,8 @@ def _cases(tmp, files, dataset_dir, llava_dir):
         "finetune --out under a file": (finetune[:-1] + [str(user_file / "run")], "is a file, not a folder", True),
         "finetune --out is someone's folder": (finetune[:-1] + [str(user_dir)], "is not a run folder (no run.json)", True),
         "finetune --out empty": (finetune[:-1] + [""], "--out is empty", True),
+        "finetune --before --out is someone's folder": (finetune[:-1] + [str(user_dir), "--before"], "holds other things (keep.txt)", True),
+        "finetune --before --out/adapter is a file": (finetune[:-1] + [str(tmp / "before"), "--before"], "--out's adapter/ '", True),
         "finetune --lr nan": (finetune + ["--lr", "nan"], "lr must be a number in (0, 1], got nan", True),
         "finetune --lr inf": (finetune + ["--lr", "inf"], "lr must be a number in (0, 1], got inf", True),
         "finetune --lr 1e30": (finetune + ["--lr", "1e30"], "lr must be a number in (0, 1], got 1e+30", True),
@@ -241,6 +245,7 @@ CASE_NAMES = [
     "dataset --out is a folder", "dataset --images-csv is a folder", "dataset with --maps", "dataset --batch-size 0",
     "dataset --seed -1", "dataset --quantile nan", "dataset missing", "score bad int",
     "finetune --out is a file", "finetune --out under a file", "finetune --out is someone's folder", "finetune --out empty",
+    "finetune --before --out is someone's folder", "finetune --before --out/adapter is a file",
     "finetune --lr nan", "finetune --lr inf", "finetune --lr 1e30", "finetune --lr 0", "finetune --alpha nan",
     "finetune --dropout nan", "finetune --warmup inf", "finetune --eval-fraction nan", "finetune --steps 0",
     "finetune --steps -5", "finetune --batch-size 0", "finetune --rank -1", "finetune -k 0", "finetune --seed -1",

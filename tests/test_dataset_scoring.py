@@ -289,3 +289,63 @@ def test_unreadable_cache_lines_are_scored_again(demo, dataset, tmp_path, monkey
     assert scored == [whole.images[1].id]
     assert [image.id for image in again.images] == [image.id for image in whole.images] and not again.skipped
     np.testing.assert_allclose(again.image_hi, whole.image_hi, atol=1e-5)  # rescored alone, not in a batch of 3
+
+
+def _analysis_of(per_image_hi: list[list[float]], chances: list[float]) -> dataset_scoring.DatasetAnalysis:
+    """A DatasetAnalysis of 1 layer x len(row) heads from per-image HI, without a model."""
+    images = [
+        dataset_scoring.ImageScore(id=f"r{i}", text="t", key_phrase=None, object_patches=1, cells=4, chance=chance,
+                                   response_tokens=1, hi=np.array([row]), mass=np.array([row]))
+        for i, (row, chance) in enumerate(zip(per_image_hi, chances))
+    ]
+    hi = np.mean([image.hi for image in images], axis=0)
+    return dataset_scoring.DatasetAnalysis(
+        model="m", family="f", dataset="d", queries="producing", images=images, hi=hi, hi_low=hi, hi_high=hi, mass=hi,
+        layer_scores=hi.max(axis=1), skipped=[], config=DatasetConfig())
+
+
+def test_extremes_are_a_heads_best_and_worst_images_with_stable_ties():
+    # head 1's HI over five images: 0.5, 0.9, 0.5, 0.1, 0.9 (ties keep dataset order)
+    analysis = _analysis_of([[0.0, 0.5], [0.3, 0.9], [0.2, 0.5], [0.9, 0.1], [0.1, 0.9]], [0.1] * 5)
+    highest, lowest = analysis.extremes(0, 1, 3)
+    assert highest.tolist() == [1, 4, 0] and lowest.tolist() == [3, 0, 2]
+    highest, lowest = analysis.extremes(0, 0, 10)  # more than there are: every image, once
+    assert highest.tolist() == [3, 1, 2, 4, 0] and lowest.tolist() == [0, 4, 2, 1, 3]
+    assert [len(side) for side in analysis.extremes(0, 0, 0)] == [0, 0]
+    for layer, head, count in [(1, 0, 2), (0, 2, 2), (-1, 0, 2), (0, 0, -1)]:
+        with pytest.raises(InputError):
+            analysis.extremes(layer, head, count)
+
+
+def test_mean_chance_is_the_mean_over_images_and_goes_into_the_json():
+    analysis = _analysis_of([[0.5], [0.7], [0.2]], [0.1, 0.25, 0.4])
+    assert analysis.mean_chance == pytest.approx(0.25)
+    assert analysis.to_json()["chance"] == pytest.approx(0.25)
+
+
+def test_score_batch_scores_each_record_with_record_analysis(demo, dataset, monkeypatch):
+    """The one function that says how a record is scored: what it returns is what score_batch uses."""
+    records = list(read_dataset(dataset, limit=2))
+    config = DatasetConfig()
+    seen = []
+    original = DatasetConfig.record_analysis
+
+    def spy(self, record):
+        options = original(self, record)
+        seen.append(record.id)
+        if record.id == records[1].id:  # another prompt and binarization for this record only
+            from dataclasses import replace
+
+            from hi_core.scoring import ScoringConfig
+            options = replace(options, prompt="Which shape is it?", scoring=ScoringConfig(binarize="otsu"))
+        return options
+
+    monkeypatch.setattr(DatasetConfig, "record_analysis", spy)
+    results, failed = dataset_scoring.score_batch(demo, records, config)
+    assert not failed and seen == [r.id for r in records]
+    for record, result in zip(records, results):
+        alone = analyze_image(demo, record.image, record.mask, record.text, spy(config, record))
+        np.testing.assert_allclose(result.hi, alone.hi, atol=1e-5)
+        np.testing.assert_allclose(result.mass, alone.mass, atol=1e-5)
+    plain = analyze_image(demo, records[1].image, records[1].mask, records[1].text, original(config, records[1]))
+    assert not np.allclose(results[1].hi, plain.hi)  # the record's own options made a difference

@@ -251,6 +251,21 @@ def test_cli_finetune_writes_a_peft_adapter_and_run_json(llava_dir, tiny_data, t
     assert "holds a run made with other settings (config)" in capsys.readouterr().err
 
 
+def test_cli_finetune_before_reports_the_untuned_and_the_tuned_model(llava_dir, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--layers", "1", "--steps", "2",
+            "--batch-size", "2", "--rank", "4", "--max-new-tokens", "3", "--no-meteor", "--before", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("before tuning: held-out bleu4") and str(out / "pretrained") in err[0]
+    assert err[1].startswith("layers [1]: ") and str(out / "adapter") in err[1]
+    before, after = (json.loads((out / name / "run.json").read_text()) for name in ("pretrained", "adapter"))
+    assert before["strategy"] == "pretrained" and after["layers"] == [1] and before["split"] == after["split"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and sorted(p.name for p in out.iterdir()) == ["adapter", "pretrained"]
+    assert main(argv) == 0  # a rerun finds both finished runs
+    assert "not trained again" in capsys.readouterr().err
+
+
 def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "data.jsonl").write_text("\n")

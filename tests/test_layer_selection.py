@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hi_core.errors import InputError
-from hi_core.layer_selection import Ranking, parse_layer_choice, read_ranking, select_layers
+from hi_core.layer_selection import Ranking, check_layer_choice, parse_layer_choice, read_ranking, select_layers
 
 # layer scores of an 8-layer model: best 5, 2, 7, 0, ...; worst 3
 SCORES = np.array([0.40, 0.20, 0.70, 0.05, 0.30, 0.90, 0.10, 0.50])
@@ -91,3 +91,32 @@ def test_bad_ranking_files(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(InputError, match=message):
         read_ranking(path)
+
+
+@pytest.mark.parametrize("layers, k", [("top", 1), ("bottom", 8), ("random", 3), ("all", 0), ("all", 99), ("0,7", 0), ((2, 5), 1), ("top", 8)])
+def test_check_layer_choice_accepts_what_select_layers_can_apply(layers, k):
+    assert check_layer_choice(layers, 8, k) is None
+    choice = parse_layer_choice(layers) if isinstance(layers, str) else layers
+    assert len(select_layers(choice, 8, k, RANKING)) in (k, 8, 2)
+
+
+@pytest.mark.parametrize(
+    "layers, k, message",
+    [
+        ("top", 9, "k must be between 1 and the language model's 8 layers, got 9"),
+        ("bottom", 0, "k must be between 1 and the language model's 8 layers, got 0"),
+        ("random", 9, "got 9"),
+        ("0,8", 1, "layer 8 does not exist: the language model has layers 0..7"),
+        ((3, 3), 1, "repeat"),
+        ("best", 1, "layers must be one of top, bottom, random, all"),
+        ("", 1, "layers must be one of"),
+    ],
+)
+def test_check_layer_choice_refuses_what_no_ranking_could_fix(layers, k, message):
+    """The same errors select_layers gives with a ranking of the right size: no fake ranking needed."""
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_layer_choice(layers, 8, k)
+    if layers not in ("best", ""):
+        choice = parse_layer_choice(layers) if isinstance(layers, str) else layers
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            select_layers(choice, 8, k, RANKING)

@@ -19,7 +19,7 @@ from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
 from hi_core.layer_selection import Ranking
 from hi_core.loading import LoadConfig, load_model
-from hi_core.runs import RunRecord, run_finetune, run_pretrained
+from hi_core.runs import BeforeAfter, RunRecord, reuse_ranking, run_before_after, run_finetune, run_pretrained
 
 FAST = DataConfig(max_new_tokens=4, meteor=False, eval_fraction=0.3)
 CONFIG = FinetuneConfig(layers="top", k=1, rank=4, steps=3, batch_size=2, lr=1e-2, dropout=0.0, data=FAST)
@@ -192,3 +192,84 @@ def test_data_parallel_run_on_two_cpu_processes(llava_dir, tiny_data, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["layers"] == [1] and len(record["losses"]) == 2 and record["metrics"]
     assert (out / "adapter_model.safetensors").is_file() and not list(tmp_path.glob(".*"))
+
+
+def _scored(layer_scores, images=3):
+    """A DatasetAnalysis standing for the Dataset tab's scores (only layer_scores and images matter here)."""
+    from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig
+
+    hi = torch.zeros(len(layer_scores), 2).numpy()
+    return DatasetAnalysis(model="m", family="f", dataset="d", queries="producing", images=[None] * images, hi=hi,
+                           hi_low=hi, hi_high=hi, mass=hi, layer_scores=torch.tensor(layer_scores).numpy(),
+                           skipped=[], config=DatasetConfig())
+
+
+def test_reuse_ranking_only_for_the_same_model_config_and_the_same_records(tmp_path):
+    scored_folder, same, other = tmp_path / "scored", tmp_path / "same", tmp_path / "other"
+    for folder, text in ((scored_folder, '{"id": "a"}\n'), (same, '{"id": "a"}\n'), (other, '{"id": "b"}\n')):
+        folder.mkdir()
+        (folder / "data.jsonl").write_text(text)
+    load = LoadConfig("demo", device="cpu")
+    scored = _scored([0.1, 0.7, 0.4])
+    ranking = reuse_ranking(scored, load, scored_folder, LoadConfig("demo", device="cpu"), same)
+    assert ranking is not None and ranking.layers == (1, 2, 0) and ranking.scores == pytest.approx((0.7, 0.4, 0.1))
+    assert "3 images" in ranking.source
+    assert reuse_ranking(scored, load, scored_folder, load, scored_folder).layers == (1, 2, 0)
+    assert reuse_ranking(scored, load, scored_folder, load, other) is None  # other records
+    assert reuse_ranking(scored, load, scored_folder, LoadConfig("demo", device="cpu", lora="x"), same) is None  # other model
+    assert reuse_ranking(None, load, scored_folder, load, same) is None
+    assert reuse_ranking(scored, None, scored_folder, load, same) is None
+    assert reuse_ranking(scored, load, None, load, same) is None
+    assert reuse_ranking(scored, load, tmp_path / "gone", load, same) is None  # the scored files were cleaned up
+
+
+@pytest.fixture(scope="module")
+def before_after(llava, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("before-after")
+    (out / "dataset").mkdir()  # the caller's own things beside the two runs stay
+    stages = []
+    return out, stages, run_before_after(llava, tiny_data, out, CONFIG, RANKING, on_stage=stages.append)
+
+
+def test_before_after_is_the_untuned_and_the_tuned_model_on_one_split(before_after, llava, tiny_data):
+    out, stages, result = before_after
+    assert isinstance(result, BeforeAfter) and result.ranking == RANKING
+    assert result.before.strategy == "pretrained" and result.after.strategy == "top" and result.after.layers == [1]
+    assert result.before.split == result.after.split and result.before.split["held_out"] > 0
+    before_ids = [json.loads(line)["id"] for line in (out / "pretrained" / "captions.jsonl").read_text().splitlines()]
+    after_ids = [json.loads(line)["id"] for line in (out / "adapter" / "captions.jsonl").read_text().splitlines()]
+    assert before_ids == after_ids == [r.id for r in split_dataset(tiny_data, FAST).held_out]
+    assert RunRecord.from_json(json.loads((out / "pretrained" / "run.json").read_text())) == result.before
+    assert RunRecord.from_json(json.loads((out / "adapter" / "run.json").read_text())) == result.after
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "dataset").is_dir()
+    assert [stage.split(" ")[0] for stage in stages] == ["reading", "captioning", "training"]
+    assert not any("lora" in name for name, _ in llava.model.named_modules())
+
+
+def test_before_after_reuses_both_finished_runs(before_after, llava, tiny_data, monkeypatch):
+    out, _, result = before_after
+    monkeypatch.setattr(runs, "train_lora", lambda *args, **kwargs: pytest.fail("trained again"))
+    monkeypatch.setattr(runs, "generate_captions", lambda *args, **kwargs: pytest.fail("captioned again"))
+    assert run_before_after(llava, tiny_data, out, CONFIG, RANKING) == result
+
+
+@pytest.mark.parametrize("config, ranking, message", [
+    (replace(CONFIG, k=3), RANKING, "k must be between 1 and the language model's 2 layers, got 3"),
+    (CONFIG, None, "needs a ranking"),
+    (replace(CONFIG, layers="0,2"), None, "layer 2 does not exist"),
+])
+def test_before_after_checks_the_layer_choice_before_any_work(llava, tiny_data, tmp_path, monkeypatch, config, ranking, message):
+    stages = []
+    with pytest.raises(InputError, match=message):
+        run_before_after(llava, tiny_data, tmp_path / "out", config, ranking, on_stage=stages.append)
+    assert stages == [] and not (tmp_path / "out").exists()
+
+
+def test_before_after_stops_where_on_stage_raises(llava, tiny_data, tmp_path):
+    def on_stage(text):
+        if text == "training":
+            raise TrainingCancelled("cancelled before training started")
+
+    with pytest.raises(TrainingCancelled):
+        run_before_after(llava, tiny_data, tmp_path, CONFIG, RANKING, on_stage=on_stage)
+    assert (tmp_path / "pretrained" / "run.json").is_file() and not (tmp_path / "adapter").exists()
