@@ -25,11 +25,34 @@ def test_figures_never_touch_pyplot_state():
     assert matplotlib.get_backend() == backend and plt.get_fignums() == before  # pyplot's state untouched
 
 
+def _red_bars(figure) -> list[bool]:
+    red = tuple(np.round(matplotlib.colors.to_rgb("#d62728"), 2))
+    return [tuple(np.round(p.get_facecolor()[:3], 2)) == red for p in figure.axes[0].patches]
+
+
 def test_layer_bars_highlight_the_top_k_layers():
     figure = layer_bars(np.array([0.1, 0.9, 0.3, 0.7]), top_k=2)
-    colours = [tuple(np.round(p.get_facecolor()[:3], 2)) for p in figure.axes[0].patches]
-    red = tuple(np.round(matplotlib.colors.to_rgb("#d62728"), 2))
-    assert [c == red for c in colours] == [False, True, False, True]
+    assert _red_bars(figure) == [False, True, False, True]
+    assert "top 2 of 4 layers in red" in figure.axes[0].get_title()
+
+
+def test_layer_bars_never_paint_every_layer_as_top():
+    for top_k in (3, 4, 10):  # a 3-layer model (the demo) with the app's default k = 4
+        figure = layer_bars(np.array([0.1, 0.9, 0.3]), top_k=top_k)
+        assert _red_bars(figure) == [False, False, False]
+        assert "none marked" in figure.axes[0].get_title() and f"k={top_k}" in figure.axes[0].get_title()
+    assert _red_bars(layer_bars(np.array([0.1, 0.9, 0.3]), top_k=2)) == [False, True, True]
+    assert _red_bars(layer_bars(np.array([0.1, 0.9, 0.3]), top_k=0)) == [False, False, False]
+
+
+def test_the_names_the_app_imports_stay_importable_from_plots():
+    from hi_core import heatmap, overlays, plots
+
+    assert plots.map_overlay is overlays.map_overlay and plots.mask_overlay is overlays.mask_overlay
+    assert plots.overlay_panels is overlays.overlay_panels and plots.fit_for_display is overlays.fit_for_display
+    assert plots.draw_heatmap is heatmap.draw_heatmap and plots.HeatmapLayout is heatmap.HeatmapLayout
+    for name in ("figure_to_array", "hi_cells", "layer_bars", "layer_choices", "overlay_grid"):
+        assert callable(getattr(plots, name))
 
 
 def test_hi_cells_maps_pixels_to_layer_and_head():
