@@ -42,7 +42,7 @@ LABEL_BAND = 15  # the head numbers
 BAR_GAP, BAR_WIDTH, TICKS_WIDTH = 14, 14, 42  # grid -> colour bar -> its tick values
 BAR_MIN_HEIGHT = 100
 CAPTION_BAND = 20  # the selected cell's line
-MIN_WIDTH = 250
+MIN_WIDTH = 300  # the title and the selected cell's line fit
 SELECTION_PX = 3  # the outline's reach beyond the cell (black, white, white)
 NICE_STEPS = (1, 2, 4, 5, 10, 20, 25, 50, 100)
 NAN_COLOUR = (200, 200, 200)
@@ -266,7 +266,7 @@ def draw_heatmap(
         _boxed(draw, (x0 - SELECTION_PX - 3, (cy0 + cy1) / 2), str(layer), bold, "rm")
         _boxed(draw, ((cx0 + cx1) / 2, head_row), str(head), bold, "ms")
         value = values[layer, head]
-        caption = f"selected: layer {layer}, head {head} · {label} {_number(value, 3)}"
+        caption = f"selected layer {layer}, head {head}: {label} {_number(value, 3)}"
         face = font(TITLE_PX, bold=True)
         draw.text((PAD, layout.caption_top), cut(caption, face, layout.width - 2 * PAD), font=face, fill=INK)
     return np.array(picture)

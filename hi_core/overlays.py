@@ -83,14 +83,11 @@ def outline(mask: np.ndarray, thickness: int = OUTLINE_PX) -> np.ndarray:
 
 def map_colours(head_map: np.ndarray, size: tuple[int, int], colormap: str = "inferno") -> np.ndarray:
     """A map (gh, gw) as (height, width, 3) uint8 blocks over `size` = (width, height): `colormap` over the
-    map's own min..max; pixel row y shows map row y * gh // height (the map covers the whole image)."""
+    map's own min..max; pixel row y shows map row floor(y * gh / height) (the map covers the whole image)."""
     head_map = np.asarray(head_map, np.float64)
     low, high = np.nanmin(head_map), np.nanmax(head_map)
     colours = colormap_lut(colormap)[lut_indices(head_map, low, high)]  # (gh, gw, 3)
-    width, height = size
-    rows = np.arange(height) * head_map.shape[0] // height
-    columns = np.arange(width) * head_map.shape[1] // width
-    return colours[rows][:, columns]
+    return cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST)
 
 
 def _panel(image: np.ndarray, head_map: np.ndarray | None, edge: np.ndarray | None) -> np.ndarray:
