@@ -4,9 +4,10 @@ The public API, re-exported: load a model, analyze an image or a dataset, score 
 layers by HI and fine-tune LoRA on them, compare strategies.
 """
 
-from .analysis import AnalysisConfig, ImageAnalysis, analyze_image, generate_description, head_maps
-from .batching import batch_head_maps, collate
+from .analysis import ImageAnalysis, analyze_image
+from .batching import collate
 from .capture import AttentionCache, capture_attention, install_capture
+from .captioning import generate_description
 from .coco import convert_coco
 from .compare import CompareConfig, Comparison, run_compare
 from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset
@@ -14,11 +15,13 @@ from .datasets import Record, load_record, read_dataset, scan_dataset
 from .errors import InputError
 from .families import adapter_for, supported_families
 from .finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_config
+from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from .images import MAX_IMAGE_PIXELS, image_to_rgb, mask_from_image
-from .inputs import ModelInputs, build_inputs, key_phrase_tokens
+from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs, key_phrase_tokens
 from .layer_selection import Ranking, check_layer_choice, read_ranking, select_layers
 from .loading import LoadConfig, LoadedModel, load_model
-from .masks import MaskGrid, check_mask, load_image, load_mask, object_patches
+from .maps import batch_head_maps, head_maps, run_forward
+from .masks import MaskGrid, check_mask, load_image, load_mask, mask_grid, object_patches
 from .runs import BeforeAfter, RunRecord, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained
 from .scoring import (
     ScoringConfig,
@@ -29,6 +32,7 @@ from .scoring import (
     layer_scores,
     rank_heads,
     rank_layers,
+    score_maps,
 )
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "dataset_ranking",
     "DatasetAnalysis",
     "DatasetConfig",
+    "DEFAULT_PROMPT",
     "FinetuneConfig",
     "generate_description",
     "head_impact",
@@ -72,10 +77,13 @@ __all__ = [
     "LoadedModel",
     "lora_config",
     "mask_from_image",
+    "mask_grid",
     "MaskGrid",
     "MAX_IMAGE_PIXELS",
     "ModelInputs",
     "object_patches",
+    "prepare_image",
+    "PreparedImage",
     "rank_heads",
     "rank_layers",
     "Ranking",
@@ -86,10 +94,12 @@ __all__ = [
     "run_before_after",
     "run_compare",
     "run_finetune",
+    "run_forward",
     "run_pretrained",
     "RunRecord",
     "scan_dataset",
     "score_dataset",
+    "score_maps",
     "ScoringConfig",
     "select_layers",
     "supported_families",

@@ -1,4 +1,4 @@
-"""Batches of sequences: several `ModelInputs` in one forward pass, each scored as if alone.
+"""Batches of sequences: several `ModelInputs` as one right-padded batch, each read as if alone.
 
 `collate` joins sequences built one at a time (`build_inputs`, so every image goes through the
 processor exactly as in single-image scoring) into one batch, padded on the right: per-token
@@ -8,9 +8,8 @@ mask, never sees a padding token. Image tensors are concatenated along their fir
 images differ in size (tiles, views) their other axes are zero-padded, as the processors do for a
 batch (the models drop all-zero tiles, or read the real size from `image_sizes`).
 
-`batch_head_maps` captures every sequence's own query rows and image keys in one pass: positions
-are padded to the longest row/key list by repeating a valid position, and the padded entries are
-dropped before averaging, so each sequence's maps equal its one-at-a-time maps.
+Scoring runs the batch with the capture installed (`maps.batch_head_maps`); training runs it with
+labels (`finetune.training_batch`).
 """
 
 from __future__ import annotations
@@ -18,13 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .analysis import run_forward
-from .capture import capture_attention
-from .inputs import ModelInputs, Queries
+from .inputs import ModelInputs
 
 #: Padding value of each per-token tensor; input_ids use the tokenizer's pad (or eos) id.
 TOKEN_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
@@ -78,31 +74,3 @@ def collate(items: Sequence[ModelInputs], pad_id: int) -> dict[str, torch.Tensor
         else:
             raise ValueError(f"cannot batch the non-tensor input {key!r}")
     return batch
-
-
-def _padded_positions(lists: Sequence[np.ndarray]) -> torch.Tensor:
-    """(B, N) positions, each list right-padded by repeating its last entry."""
-    width = max(int(p.size) for p in lists)
-    return torch.as_tensor(np.stack([np.pad(p, (0, width - p.size), mode="edge") for p in lists]), dtype=torch.long)
-
-
-@torch.inference_mode()
-def batch_head_maps(
-    loaded: Any,
-    items: Sequence[ModelInputs],
-    token_indices: Sequence[np.ndarray],
-    queries: Queries,
-) -> list[np.ndarray]:
-    """Each sequence's (layers, heads, gh, gw) float32 maps, from one batched forward pass."""
-    rows = [item.query_positions(tokens, queries) for item, tokens in zip(items, token_indices)]
-    keys = [item.layout.positions.reshape(-1) for item in items]
-    batch = collate(items, pad_token_id(loaded.processor.tokenizer))
-    with capture_attention(loaded.model, loaded.adapter, _padded_positions(rows), _padded_positions(keys)) as cache:
-        run_forward(loaded, batch)
-    captured = cache.stacked()  # (layers, batch, heads, rows, keys)
-    maps = []
-    for index, item in enumerate(items):
-        own = captured[:, index, :, : rows[index].size, : keys[index].size]
-        grid = own.mean(dim=2).reshape(own.shape[0], own.shape[1], *item.layout.grid)
-        maps.append(grid.numpy().astype(np.float32))
-    return maps

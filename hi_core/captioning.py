@@ -1,4 +1,6 @@
-"""Held-out caption evaluation: greedy captions of many images, scored against their references.
+"""Captions the model writes: one image's description (`generate_description`, which a one-image
+run scores when no text is given), and held-out caption evaluation: greedy captions of many images,
+scored against their references.
 
 `generate_captions` builds each image's prefix with the family adapter (exactly as for one image),
 pads the prefixes on the left so that every sequence ends where generation starts, and decodes
@@ -19,6 +21,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .batching import TOKEN_PAD_VALUES, pad_token_id
+from .errors import InputError
+from .inputs import DEFAULT_PROMPT, model_image, to_model_device
 from .metrics import SPICE_NOTE, caption_metrics, meteor_score, normalize_caption
 
 SAMPLES = 5  # captions kept in a run record
@@ -38,6 +42,19 @@ class CaptionEvaluation:
     @property
     def samples(self) -> list[dict[str, str]]:
         return self.captions[:SAMPLES]
+
+
+@torch.inference_mode()
+def generate_description(loaded: Any, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64) -> str:
+    """The model's own description of the image (greedy decoding), to be scored afterwards."""
+    image = model_image(loaded.adapter, loaded.processor, image)
+    prefix = to_model_device(loaded.adapter.prefix_inputs(loaded.processor, image, prompt), loaded.model)
+    output = loaded.model.generate(**prefix, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[0, prefix["input_ids"].shape[1] :]
+    text = loaded.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    if not text:
+        raise InputError("the model generated an empty description; give the text to score instead")
+    return text
 
 
 def left_padded(prefixes: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -80,9 +97,7 @@ def generate_captions(
     prefixes = [loaded.adapter.prefix_inputs(loaded.processor, image, prompt) for image in images]
     captions: list[str] = [""] * len(images)
     for group in tqdm(_groups(prefixes, batch_size), desc="captions", unit="batch", disable=None, leave=False):
-        batch = left_padded([prefixes[i] for i in group], pad_id)
-        batch = {key: value.to(model.device, model.dtype) if value.is_floating_point() else value.to(model.device)
-                 for key, value in batch.items()}
+        batch = to_model_device(left_padded([prefixes[i] for i in group], pad_id), model)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
         start = batch["input_ids"].shape[1]
         for index, sequence in zip(group, output):

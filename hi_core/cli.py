@@ -24,14 +24,15 @@ from typing import get_args
 import torch
 from transformers.utils import logging as transformers_logging
 
-from .analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image
+from .analysis import analyze_image
 from .coco import convert_coco
 from .compare import CompareConfig, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .errors import InputError
 from .finetune import DataConfig, FinetuneConfig, Schedule
-from .inputs import Queries
+from .image_scoring import AnalysisConfig
+from .inputs import DEFAULT_PROMPT, Queries
 from .layer_selection import LayerChoice, Ranking, check_layer_choice, needs_ranking, read_ranking
 from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
 from .masks import check_mask, load_image, load_mask

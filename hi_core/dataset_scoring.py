@@ -1,8 +1,8 @@
 """Dataset HI (DESIGN 1.7): every head's mean HI over a dataset, with a 95% bootstrap interval.
 
 `score_dataset` streams the records of a dataset folder (never the whole set in memory), scores
-them in batched forward passes (`batching.py`: each image's maps equal its one-at-a-time maps),
-and appends each image's per-head HI and mass to a JSON-lines file in a cache folder as soon as
+them with the per-image steps of a one-image run (`image_scoring.py`), the forward step batched
+(`maps.batch_head_maps`: each image's maps equal its one-at-a-time maps), and appends each image's per-head HI and mass to a JSON-lines file in a cache folder as soon as
 its batch is done. A rerun with the same settings, or a run after an interruption, reads the
 cache and scores only the images that are missing. Intervals are percentile bootstrap intervals
 over images (scipy.stats.bootstrap), and layers are ranked by the layer score of the mean HI.
@@ -44,12 +44,11 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .analysis import AnalysisConfig, mask_grid, score_maps
-from .batching import batch_head_maps
+from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from .datasets import INDEX, Record, count_records, load_record, scan_dataset
 from .errors import InputError
-from .inputs import ModelInputs, build_inputs, key_phrase_tokens
 from .loading import LoadedModel
+from .maps import batch_head_maps
 from .outputs import atomic_path, write_json
 from .scoring import layer_scores, rank_heads, rank_layers
 
@@ -348,31 +347,35 @@ def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfig) -> tuple[list[ImageScore], list[tuple[str, str]]]:
     """Score records in one forward pass: (their results, (id, reason) of those that failed).
-    Each record is scored with `config.record_analysis(record)`, the options the app's gallery uses too."""
-    prepared: list[tuple[Record, AnalysisConfig, ModelInputs, np.ndarray, Any]] = []
+
+    The steps of a one-image run (`image_scoring`), in its order: each record prepared with the
+    options `config.record_analysis(record)` gives it (what the app's gallery uses too), the maps of
+    all in one batch, then each record's scores.
+    """
+    prepared: list[tuple[Record, AnalysisConfig, PreparedImage]] = []
     failed: list[tuple[str, str]] = []
     for record in records:
         options = config.record_analysis(record)
         try:
-            inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, options.prompt, record.text)
-            prepared.append((record, options, inputs, key_phrase_tokens(inputs, options.key_phrase), mask_grid(loaded, inputs, record.mask)))
+            prepared.append((record, options, prepare_image(loaded, record.image, record.mask, record.text, options)))
         except InputError as error:
             failed.append((record.id, str(error)))
     if not prepared:
         return [], failed
-    maps = batch_head_maps(loaded, [p[2] for p in prepared], [p[3] for p in prepared], config.analysis.queries)
+    # record_analysis keeps the run's query rows, so one batch has one kind
+    maps = batch_head_maps(loaded, [p.inputs for _, _, p in prepared], [p.tokens for _, _, p in prepared], config.analysis.queries)
     results = []
-    for (record, options, inputs, tokens, grid), image_maps in zip(prepared, maps):
-        hi, mass, chance = score_maps(image_maps, grid, inputs.layout.valid, options.scoring)
+    for (record, options, image), image_maps in zip(prepared, maps):
+        hi, mass, chance = image.score(image_maps, options.scoring)
         results.append(
             ImageScore(
                 id=record.id,
                 text=record.text,
                 key_phrase=record.key_phrase,
-                object_patches=int(grid.object_patches.sum()),
-                cells=int(inputs.layout.valid.sum()),
+                object_patches=int(image.grid.object_patches.sum()),
+                cells=int(image.valid.sum()),
                 chance=float(chance),
-                response_tokens=int(tokens.size),
+                response_tokens=int(image.tokens.size),
                 hi=hi,
                 mass=mass,
             )

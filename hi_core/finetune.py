@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .analysis import DEFAULT_PROMPT
 from .batching import collate, pad_token_id
 from .datasets import Record, read_dataset
 from .errors import InputError, check_choice, check_number
-from .inputs import ModelInputs, build_inputs
+from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
 from .layer_selection import LayerChoice, parse_layer_choice
 from .loading import LoadedModel
 

@@ -4,7 +4,8 @@ The response tokens are `tokenizer(R, add_special_tokens=False).input_ids`, appe
 prefix, so one forward pass teacher-forces the description. The image is first brought to the
 size the model uses (`images.reduce_image`), and a sequence longer than the language model's
 context (`max_position_embeddings` of its text config) is refused. Also here: which response
-tokens a key phrase selects, and which query rows (`producing` / `reading`) stand for them.
+tokens a key phrase selects, which query rows (`producing` / `reading`) stand for them, and
+`to_model_device` (the tensors on the model's device and dtype, for any forward pass).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .families import FamilyAdapter, ImageLayout
 from .images import check_image_size, reduce_image
 
 Queries = Literal["producing", "reading"]
+
+DEFAULT_PROMPT = "Describe the image."
 
 
 @dataclass
@@ -73,6 +76,18 @@ def context_length(model: Any) -> int | None:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     limit = getattr(text_config, "max_position_embeddings", None)
     return int(limit) if limit else None
+
+
+def to_model_device(tensors: dict[str, Any], model: Any) -> dict[str, Any]:
+    """The tensors on the model's device, floating-point ones in the model's dtype (others as they are)."""
+    moved = {}
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(model.device)
+            if value.is_floating_point():
+                value = value.to(model.dtype)
+        moved[key] = value
+    return moved
 
 
 def model_image(adapter: FamilyAdapter, processor: Any, image: Image.Image) -> Image.Image:

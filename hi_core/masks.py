@@ -9,6 +9,7 @@ warning (chance IoU is then high, and HI tells heads apart poorly).
 
 Reading image and mask files (every PIL mode, the pixel cap) lives in `images.py`;
 `load_image` and `load_mask` are re-exported here, where callers have always found them.
+`mask_grid` is the step of every scoring run: a checked mask on the grid of a built sequence.
 Also here: masks from a painting editor's layers, and GrabCut proposals.
 """
 
@@ -16,13 +17,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .images import MAX_IMAGE_PIXELS, check_image_size, image_to_rgb, load_image, load_mask
+from .images import MAX_IMAGE_PIXELS, check_image_size, image_to_rgb, load_image, load_mask, reduce_mask
+
+if TYPE_CHECKING:
+    from .inputs import ModelInputs
+    from .loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ __all__ = [
     "grabcut_mask",
     "load_image",
     "load_mask",
+    "mask_grid",
     "object_patches",
     "painted_mask",
 ]
@@ -96,6 +103,15 @@ def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> Ma
             "fills the image", covered, cells, 100 * ALMOST_FULL_SHARE,
         )
     return MaskGrid(fractions=fractions, object_patches=patches)
+
+
+def mask_grid(loaded: LoadedModel, inputs: ModelInputs, mask: np.ndarray) -> MaskGrid:
+    """The mask (H, W) of the image of `inputs`, bool or float coverage, on its grid (DESIGN 1.4):
+    brought to the model's size, sent through the processor's geometry by the family adapter,
+    area-averaged, and thresholded by `object_patches` on the cells that are image."""
+    mask = reduce_mask(mask, loaded.adapter.view_side(loaded.processor))
+    fractions = loaded.adapter.mask_fractions(loaded.model, loaded.processor, mask, inputs.tensors)
+    return object_patches(fractions, inputs.layout.valid)
 
 
 def painted_mask(layers: list[np.ndarray | None], size: tuple[int, int]) -> np.ndarray:

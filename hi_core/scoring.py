@@ -7,6 +7,7 @@ boolean (cells,) vector (DESIGN 1.4-1.8):
 - `head_impact`: IoU of the binarized map with the object cells;
 - `attention_mass`: share of a map's mass on the object cells;
 - `chance_iou`: expected IoU of k cells drawn at random (exact, hypergeometric);
+- `score_maps`: the three above for grid-shaped maps (layers, heads, gh, gw), on the valid cells;
 - `layer_scores` and the rankings of heads and layers.
 """
 
@@ -120,6 +121,14 @@ def chance_iou(cells: int, k: int) -> float:
     overlaps = np.arange(0, k + 1)
     probabilities = hypergeom.pmf(overlaps, cells, k, k)
     return float(np.sum(probabilities * overlaps / (2 * k - overlaps)))
+
+
+def score_maps(maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: ScoringConfig = ScoringConfig()) -> tuple[np.ndarray, np.ndarray, float]:
+    """(hi, mass, chance) of maps (layers, heads, gh, gw) against the object cells `objects` (gh, gw)
+    bool, counting only the `valid` (gh, gw) cells (not processor padding). hi, mass: (layers, heads)."""
+    cells = maps[..., valid]  # (layers, heads, valid cells)
+    target = objects[valid]
+    return head_impact(cells, target, config), attention_mass(cells, target), chance_iou(int(valid.sum()), int(target.sum()))
 
 
 def layer_scores(hi: np.ndarray, config: ScoringConfig = ScoringConfig()) -> np.ndarray:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from hi_core.analysis import mask_grid, run_forward
+from hi_core.maps import run_forward
+from hi_core.masks import mask_grid
 from hi_core.capture import capture_attention
 from hi_core.inputs import build_inputs
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText
 
-from hi_core.analysis import _to_device
+from hi_core.inputs import to_model_device
 from hi_core.inputs import ModelInputs
 
 
@@ -21,7 +21,7 @@ from hi_core.inputs import ModelInputs
 def eager_rows(folder: str, inputs: ModelInputs, query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """(layers, heads, queries, keys) attention probabilities from eager attention."""
     model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
-    outputs = model(**_to_device(inputs.tensors, model), output_attentions=True, use_cache=False)
+    outputs = model(**to_model_device(inputs.tensors, model), output_attentions=True, use_cache=False)
     attentions = torch.stack([a[0] for a in outputs.attentions])  # (layers, heads, T, T)
     rows = attentions[:, :, torch.as_tensor(query_positions)]
     return rows[..., torch.as_tensor(key_positions)].numpy()
@@ -43,7 +43,7 @@ def embedding_change(loaded: Any, inputs_a: ModelInputs, inputs_b: ModelInputs) 
     handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for inputs in (inputs_a, inputs_b):
-            loaded.model(**_to_device(inputs.tensors, loaded.model), use_cache=False)
+            loaded.model(**to_model_device(inputs.tensors, loaded.model), use_cache=False)
     finally:
         handle.remove()
     change = (captured[0] - captured[1]).norm(dim=-1).numpy()  # (T,)

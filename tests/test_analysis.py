@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.analysis import AnalysisConfig, analyze_image, mask_grid
+from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.errors import InputError
 from hi_core.images import fit_size
 from hi_core.inputs import build_inputs, model_image
 from hi_core.loading import LoadConfig, load_model
 from hi_core.loading import ModelCache
+from hi_core.masks import mask_grid
 from hi_core.scoring import ScoringConfig
 
 from . import tiny_idefics3, tiny_llava_next, tiny_models, tiny_paligemma, tiny_qwen2_vl

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.analysis import head_maps, run_forward
+from hi_core.maps import head_maps, run_forward
 from hi_core.capture import _ACTIVE, IMPLEMENTATION, capture_attention
 from hi_core.inputs import build_inputs, key_phrase_tokens
 

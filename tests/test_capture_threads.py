@@ -16,8 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.analysis import head_maps, run_forward
-from hi_core.batching import batch_head_maps
+from hi_core.maps import batch_head_maps, head_maps, run_forward
 from hi_core.capture import IMPLEMENTATION, capture_attention, install_capture, remove_capture
 from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model

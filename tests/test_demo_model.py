@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hi_core.analysis import AnalysisConfig, analyze_image, generate_description
+from hi_core.analysis import AnalysisConfig, analyze_image
+from hi_core.captioning import generate_description
 from hi_core.cli import main
 from hi_core.datasets import read_dataset
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model

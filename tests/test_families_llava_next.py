@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.analysis import AnalysisConfig, _to_device, analyze_image
+from hi_core.analysis import AnalysisConfig, analyze_image
+from hi_core.inputs import to_model_device
 from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
 
@@ -42,7 +43,7 @@ def language_model_input(loaded, tensors: dict) -> torch.Tensor:
 
     handle = loaded.adapter.decoder_layers(loaded.model)[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        loaded.model(**_to_device(tensors, loaded.model), use_cache=False)
+        loaded.model(**to_model_device(tensors, loaded.model), use_cache=False)
     finally:
         handle.remove()
     return captured[0]

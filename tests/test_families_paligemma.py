@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.analysis import AnalysisConfig, analyze_image, run_forward
+from hi_core.analysis import AnalysisConfig, analyze_image
+from hi_core.maps import run_forward
 from hi_core.capture import capture_attention
 from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model

@@ -24,8 +24,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..analysis import DEFAULT_PROMPT, AnalysisConfig, analyze_image, generate_description
+from ..analysis import AnalysisConfig, analyze_image
+from ..captioning import generate_description
 from ..families.llava import LlavaAdapter
+from ..inputs import DEFAULT_PROMPT
 from ..loading import LoadedModel
 from ..metrics import caption_metrics
 from ..outputs import write_json

@@ -1,0 +1,63 @@
+"""Head maps (DESIGN 1.3): the forward step of every scoring run.
+
+One teacher-forced forward pass over one sequence or a batch of them (`batching.collate`), with
+the capture installed (`capture.py`), gives each sequence's attention rows of its selected
+response tokens to its image tokens; averaged over the rows and laid out on the grid, they are
+its (layers, heads, gh, gw) maps. A one-image run is a batch of one: `head_maps` and
+`batch_head_maps` are the same computation.
+
+In a batch, positions are padded to the longest row/key list by repeating a valid position, and
+the padded entries are dropped before averaging, so each sequence's maps equal its one-at-a-time
+maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batching import collate, pad_token_id
+from .capture import capture_attention
+from .inputs import ModelInputs, Queries, to_model_device
+
+
+def run_forward(loaded: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """One teacher-forced forward pass, computing no logits beyond the last position."""
+    loaded.model(**to_model_device(tensors, loaded.model), use_cache=False, logits_to_keep=1)
+
+
+def _padded_positions(lists: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, N) positions, each list right-padded by repeating its last entry."""
+    width = max(int(p.size) for p in lists)
+    return torch.as_tensor(np.stack([np.pad(p, (0, width - p.size), mode="edge") for p in lists]), dtype=torch.long)
+
+
+@torch.inference_mode()
+def batch_head_maps(
+    loaded: Any,
+    items: Sequence[ModelInputs],
+    token_indices: Sequence[np.ndarray],
+    queries: Queries,
+) -> list[np.ndarray]:
+    """Each sequence's (layers, heads, gh, gw) float32 maps, from one batched forward pass:
+    the mean attention of its query rows (`queries`, for its `token_indices`) to each grid cell."""
+    rows = [item.query_positions(tokens, queries) for item, tokens in zip(items, token_indices)]
+    keys = [item.layout.positions.reshape(-1) for item in items]
+    batch = collate(items, pad_token_id(loaded.processor.tokenizer))
+    with capture_attention(loaded.model, loaded.adapter, _padded_positions(rows), _padded_positions(keys)) as cache:
+        run_forward(loaded, batch)
+    captured = cache.stacked()  # (layers, batch, heads, rows, keys)
+    maps = []
+    for index, item in enumerate(items):
+        own = captured[:, index, :, : rows[index].size, : keys[index].size]
+        grid = own.mean(dim=2).reshape(own.shape[0], own.shape[1], *item.layout.grid)
+        maps.append(grid.numpy().astype(np.float32))
+    return maps
+
+
+def head_maps(loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries) -> np.ndarray:
+    """(layers, heads, gh, gw) float32 maps of one sequence: a batch of one."""
+    return batch_head_maps(loaded, [inputs], [token_indices], queries)[0]
