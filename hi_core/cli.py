@@ -29,6 +29,7 @@ from .coco import convert_coco
 from .compare import CompareConfig, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
+from .distributed import is_distributed, is_main_process, process_state
 from .errors import InputError
 from .finetune import DataConfig, FinetuneConfig, Schedule
 from .image_scoring import AnalysisConfig
@@ -105,16 +106,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="allow the model's own Python code from the Hub (off by default)")
 
 
-def is_main_process() -> bool:  # replaced by distributed.is_main_process
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _load(args: argparse.Namespace) -> LoadedModel:
     """The model of --model; under `accelerate launch`, after binding this process to its device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState(cpu=resolve_device(args.device).type == "cpu")
+    if is_distributed():
+        process_state(cpu=resolve_device(args.device).type == "cpu")
     return load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from scipy import stats
 
+from .distributed import is_main_process
 from .errors import InputError, check_number
 from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, split_dataset
 from .layer_selection import Ranking, select_layers
@@ -169,14 +169,9 @@ def _ranking(loaded: LoadedModel, dataset: str | Path, out: Path, ranking: Ranki
         logger.info("using the ranking kept in %s", kept)
         return Ranking.from_json(data, source)
     ranking = dataset_ranking(loaded, dataset, limit)
-    if _main_process():
+    if is_main_process():
         write_json(kept, ranking.to_json())
     return ranking
-
-
-def _main_process() -> bool:
-    """False on the other processes of an `accelerate launch` run: they train, they do not write."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_compare_folder(out: str | Path, what: str = "comparison folder") -> Path:
@@ -235,7 +230,7 @@ def run_compare(
             record = run_finetune(loaded, dataset, folder, run_config, ranking, eval_dataset, callbacks, split)
         runs.setdefault(strategy, []).append(record)
     comparison = Comparison(config=config, model=loaded.name, dataset=str(dataset), ranking=ranking, runs=runs, reused=reused)
-    if _main_process():
+    if is_main_process():
         write_report(comparison, out)
     return comparison
 

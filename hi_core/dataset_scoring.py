@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
 from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from .datasets import INDEX, Record, count_records, load_record, scan_dataset
+from .distributed import process_state
 from .errors import InputError
 from .loading import LoadedModel
 from .maps import batch_head_maps
@@ -400,16 +400,6 @@ def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, se
     return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
 
 
-def process_state() -> tuple[int, int, Callable[[], None]]:
-    """(process index, number of processes, barrier) under `accelerate launch`, else (0, 1, no-op)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, lambda: None
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes
-    return state.process_index, state.num_processes, state.wait_for_everyone
-
-
 def score_dataset(
     loaded: LoadedModel,
     folder: str | Path,
@@ -426,7 +416,7 @@ def score_dataset(
     total = count_records(folder, config.limit)  # raises InputError on a folder without data.jsonl
     if cache is not None:
         cache = check_cache_folder(cache)
-    process, processes, barrier = process_state()
+    process, processes, barrier = process_state(cpu=loaded.device.type == "cpu")
     if processes > 1 and cache is None:
         raise InputError("a data-parallel run needs a cache folder (--cache, or --out) to merge its parts")
     done: set[str] = set()

@@ -33,6 +33,7 @@ from typing import Any
 from .captioning import SAMPLES, evaluate_captions, generate_captions
 from .dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from .datasets import INDEX
+from .distributed import is_distributed
 from .errors import InputError
 from .finetune import (
     DataConfig,
@@ -271,7 +272,7 @@ def run_pretrained(
 
 def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
     """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if is_distributed():
         raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
     analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
     if analysis is None:

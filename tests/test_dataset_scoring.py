@@ -20,6 +20,7 @@ from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.cli import main
 from hi_core.dataset_scoring import DatasetConfig, bootstrap_interval, read_cache, score_dataset
 from hi_core.datasets import read_dataset, write_synthetic
+from hi_core.distributed import ProcessState
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig, load_model
 from hi_core.masks import load_image, load_mask
@@ -228,7 +229,7 @@ def test_duplicate_ids_and_bad_lines_give_one_result_whatever_the_history(demo, 
     # two data-parallel processes, one after the other, sharing the cache; the main one creates it before the first barrier
     dataset_scoring.open_cache(tmp_path / "shards", dataset_scoring._cache_settings(demo, folder, config), main_process=True)
     for process in (1, 0):
-        monkeypatch.setattr(dataset_scoring, "process_state", lambda p=process: (p, 2, lambda: barriers.append(p)))
+        monkeypatch.setattr(dataset_scoring, "process_state", lambda cpu, p=process: ProcessState(p, 2, lambda: barriers.append(p)))
         sharded = score_dataset(demo, folder, config, cache=tmp_path / "shards")
     assert barriers == [1, 1, 0, 0]
     assert _json(sharded) == _json(whole) and sharded.skipped == whole.skipped
