@@ -25,7 +25,10 @@ from playwright.sync_api import Page, expect, sync_playwright
 from scipy import ndimage
 from transformers import AutoConfig
 
-from ui import app
+from ui.app import build_demo
+from ui.context import EXAMPLES_DIR
+from ui.dataset_tab import GALLERY_SIZE
+from ui.explorer_views import heatmap_cell_px
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.plots import mask_overlay
@@ -40,7 +43,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 WAIT_MS = 60_000  # the analysis takes 1-3 s on an idle CPU; CI machines are not idle
-EXAMPLES = [json.loads(line) for line in (app.EXAMPLES_DIR / "data.jsonl").read_text().splitlines() if line.strip()]
+EXAMPLES = [json.loads(line) for line in (EXAMPLES_DIR / "data.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _free_port() -> int:
@@ -56,7 +59,7 @@ def model_folder(request) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_folder):
-    demo = app.build_demo("demo" if MODEL == "demo" else str(model_folder))
+    demo = build_demo("demo" if MODEL == "demo" else str(model_folder))
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -100,8 +103,8 @@ def _screenshot(page: Page, name: str, full_page: bool = True) -> None:
 def _example_pixels(index: int) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8, mask (H, W) bool) of example `index`, read from the dataset folder."""
     record = EXAMPLES[index]
-    image = np.asarray(Image.open(app.EXAMPLES_DIR / record["image"]).convert("RGB"))
-    mask = np.asarray(Image.open(app.EXAMPLES_DIR / record["mask"]).convert("L")) > 0
+    image = np.asarray(Image.open(EXAMPLES_DIR / record["image"]).convert("RGB"))
+    mask = np.asarray(Image.open(EXAMPLES_DIR / record["mask"]).convert("L")) > 0
     return image, mask
 
 
@@ -215,7 +218,7 @@ def _click_heatmap_cell(page: Page, elem_id: str, cell_of: tuple[int, int], shap
     box = heatmap.bounding_box()
     scale = min(box["width"] / width, box["height"] / height, 1.0)
     left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
-    (layer, head), cell = cell_of, app.heatmap_cell_px(*shape)
+    (layer, head), cell = cell_of, heatmap_cell_px(*shape)
     page.mouse.click(left + (head + 0.5) * cell * scale, top + (layer + 0.5) * cell * scale)
 
 
@@ -247,7 +250,7 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
 
     heatmap = page.locator("#heatmap img")
     natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
-    cell = app.heatmap_cell_px(layers, heads)
+    cell = heatmap_cell_px(layers, heads)
     assert natural == [heads * cell, layers * cell]
 
     page.get_by_role("tab", name="Ranking").click()
@@ -303,12 +306,12 @@ def test_an_empty_mask_shows_an_error_and_a_painted_one_then_works(page):
 def dataset_scores(model_folder):
     """The demo set scored by the library itself: what the Dataset tab must show."""
     loaded = load_model(LoadConfig(model=str(model_folder), device="cpu"))
-    return score_dataset(loaded, app.EXAMPLES_DIR, DatasetConfig())
+    return score_dataset(loaded, EXAMPLES_DIR, DatasetConfig())
 
 
 def _expected_captions(scores, head: tuple[int, int], best: bool) -> list[str]:
     per_image = [(image.id, float(image.hi[head])) for image in scores.images]
-    ordered = sorted(per_image, key=lambda item: -item[1] if best else item[1])[: app.GALLERY_SIZE]
+    ordered = sorted(per_image, key=lambda item: -item[1] if best else item[1])[: GALLERY_SIZE]
     return [f"HI {hi:.2f} · {rid}" for rid, hi in ordered]
 
 
@@ -331,7 +334,7 @@ def test_the_dataset_tab_scores_the_demo_set_and_a_clicked_head_shows_its_best_a
         expect(page.locator(f"#ds-ranking [data-testid='cell-0-{column}']")).to_have_text(shown)
     heatmap = page.locator("#ds-heatmap img")
     expect(heatmap).to_have_attribute("src", re.compile(r"\S"))
-    cell = app.heatmap_cell_px(layers, heads)
+    cell = heatmap_cell_px(layers, heads)
     natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
     assert natural == [heads * cell, layers * cell]
     expect(page.locator("#ds-best .caption-label")).to_have_text(_expected_captions(dataset_scores, best, best=True))

@@ -22,10 +22,13 @@ from PIL import Image
 from hi_core.errors import InputError
 from hi_core.finetune import FinetuneConfig
 from hi_core.loading import ModelCache
-from ui import app
+from ui.app import build_demo
 from ui.components import bounded_open
+from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.settings import DEFAULT_ALLOWED_MODELS, Settings, scrub_paths
 from ui.storage import RunStorage
+
+from .app_api import predict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +103,7 @@ def _check_memory_stays_bounded(pid: int, port: int, folder: Path) -> None:
             with pytest.raises(Exception, match="more than the limit of 24,000,000"):
                 _analyze(client, "demo", str(folder / f"{name}.jpg"), str(folder / f"{name}-mask.png"))
         else:
-            assert "Best head" in _analyze(client, "demo", str(folder / f"{name}.jpg"), str(folder / f"{name}-mask.png"))[1]
+            assert "Best head" in _analyze(client, "demo", str(folder / f"{name}.jpg"), str(folder / f"{name}-mask.png"))["summary"]
     Image.new("1", (12000, 12000)).save(folder / "huge.png")
     with pytest.raises(Exception, match="12000x12000 = 144,000,000 pixels"):
         _analyze(client, "demo", str(folder / "huge.png"), mask)
@@ -183,21 +186,22 @@ def test_bounded_open_refuses_a_huge_image_from_its_header_and_reduces_a_large_o
 def _public_server(llava_dir, **overrides):
     settings = Settings.public_defaults()
     settings = type(settings)(**{**settings.__dict__, "allowed_models": ("demo", str(llava_dir)), **overrides})
-    demo = app.build_demo(str(llava_dir), ModelCache(), settings)
+    demo = build_demo(str(llava_dir), ModelCache(), settings)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
 
 
 def _example():
-    record = json.loads((app.EXAMPLES_DIR / "data.jsonl").read_text().splitlines()[1])
-    return str(app.EXAMPLES_DIR / record["image"]), str(app.EXAMPLES_DIR / record["mask"]), record
+    record = json.loads((EXAMPLES_DIR / "data.jsonl").read_text().splitlines()[1])
+    return str(EXAMPLES_DIR / record["image"]), str(EXAMPLES_DIR / record["mask"]), record
 
 
 def _analyze(client, model, image, mask, lora=""):
+    """The analyze event's outputs by elem_id."""
     editor = {"background": handle_file(image), "layers": [], "composite": handle_file(image)}
-    return client.predict(model, "cpu", editor, handle_file(mask), "a small orange cross at the left", False, "",
-                          "Describe the image.", "producing", "area", 0.9, "max", 8, 0, 4, lora, api_name="/analyze")
+    return predict(client, "/analyze", model_name=model, device="cpu", editor=editor, uploaded_mask=handle_file(mask),
+                   text="a small orange cross at the left", lora=lora)
 
 
 def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_messages_and_keeps_serving(llava_dir, tmp_path):
@@ -211,22 +215,24 @@ def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_message
                 _analyze(client, name, image, mask)
             refusals.add(str(refused.value).replace(name, "NAME"))
         assert len(refusals) == 1 and "is not in the list of choices" in refusals.pop()  # folder, file, missing: alike
-        with pytest.raises(Exception, match="applies only the adapter of this session's fine-tune"):
-            _analyze(client, str(llava_dir), image, mask, lora=str(tmp_path))
+        refused = _analyze(client, str(llava_dir), image, mask, lora=str(tmp_path))
+        assert "applies only the adapter of this session's fine-tune" in refused["analyze-message"]
+        assert str(tmp_path) not in refused["analyze-message"]
         huge = tmp_path / "huge.png"
         Image.new("1", (12000, 12000)).save(huge)
         with pytest.raises(Exception, match="more than the limit of 24,000,000"):
             _analyze(client, str(llava_dir), str(huge), mask)
-        outputs = _analyze(client, str(llava_dir), image, mask)  # and it keeps serving
-        assert "Best head" in outputs[1] and str(tmp_path) not in outputs[1]
-        with pytest.raises(Exception, match="LoRA rank is 20000; this deployment allows at most 64"):
-            client.predict(str(llava_dir), "cpu", "demo", None, "top", "", 1, 20000, 3, 2e-3, 4, 0, False, api_name="/finetune")
+        summary = _analyze(client, str(llava_dir), image, mask)["summary"]  # and it keeps serving
+        assert "Best head" in summary and str(tmp_path) not in summary
+        refused = predict(client, "/finetune", model_name=str(llava_dir), device="cpu", source="demo", archive=None, strategy="top", k=1,
+                          rank=20000, steps=3, batch_size=4, meteor=False)
+        assert "LoRA rank is 20000; this deployment allows at most 64" in refused["ft-status"]
     finally:
         demo.close()
 
 
 def _session_folders() -> set[Path]:
-    return set(app.UNPACKED.glob("session-*")) | set(Path(tempfile.gettempdir()).glob("hi-explorer-*"))
+    return set(UNPACKED.glob("session-*")) | set(Path(tempfile.gettempdir()).glob("hi-explorer-*"))
 
 
 def test_temporary_folders_do_not_grow_over_20_analyses(llava_dir):
@@ -238,7 +244,7 @@ def test_temporary_folders_do_not_grow_over_20_analyses(llava_dir):
         _analyze(client, str(llava_dir), image, mask)
         after_one = _session_folders()
         for _ in range(19):
-            downloads = _analyze(client, str(llava_dir), image, mask)[-1]
+            downloads = _analyze(client, str(llava_dir), image, mask)["downloads"]
             assert all(Path(path).is_file() for path in downloads)
         assert _session_folders() == after_one and len(after_one - before) == 1  # one folder for the session, reused
     finally:

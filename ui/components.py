@@ -11,6 +11,7 @@ The background and the brush layers have one canvas size, so they are reduced al
 
 from __future__ import annotations
 
+import logging
 import warnings
 from io import BytesIO
 from typing import Any
@@ -21,6 +22,8 @@ from gradio.data_classes import FileData
 
 from hi_core.errors import InputError
 from hi_core.images import check_pixels, image_to_rgb
+
+log = logging.getLogger("hi_explorer")
 
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
@@ -56,8 +59,9 @@ def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.Im
         source = file.path if isinstance(file, FileData) else BytesIO(file)
         try:
             image = bounded_open(source, max_pixels, max_side)
-        except InputError as error:
-            raise gr.Error(str(error)) from None
+        except InputError as error:  # before any handler runs: one log line, and Gradio shows the message
+            log.warning("input error in the image editor's upload: %s", error)
+            raise gr.Error(str(error), print_exception=False) from None
         # The image (any mode: 16-bit, CMYK, ...) as 8-bit RGB, or a brush layer as RGBA, reduced, handed
         # to Gradio's own conversion (mode, alpha, type).
         image = image_to_rgb(image) if flatten_on_white else image.convert("RGBA")

@@ -1,0 +1,136 @@
+"""What every tab shares, held in one object passed to each tab's builder: the deployment's settings,
+the model cache, the run storage, the examples, and the model's work (the only code that runs on a
+ZeroGPU worker).
+
+ZeroGPU runs a function decorated with `spaces.GPU` in a forked child process: whatever it changes in
+Python objects stays there. So only the model's work is decorated (it takes inputs and returns
+arrays); loading, the model cache, run folders and cancel flags stay in the server's process. A free
+visitor's daily GPU quota is a few minutes: the durations below are what a call may reserve, not what
+it uses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
+from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from hi_core.datasets import read_dataset
+from hi_core.errors import InputError
+from hi_core.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
+
+from .settings import Settings, scrub_paths
+from .storage import RunStorage
+
+if TYPE_CHECKING:
+    from .finetune_run import FinetuneSession
+
+try:  # Hugging Face ZeroGPU Spaces: the GPU is attached only inside functions decorated with spaces.GPU
+    import spaces
+except ImportError:
+    spaces = None
+
+GPU_SECONDS = 30  # one analysis, or the gallery's few images
+GPU_SECONDS_DATASET = 120  # a dataset of at most Settings.max_dataset_images images
+
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+# Every file the app writes lies below this (ui/storage.py): run folders, sessions' downloads, the synthetic set.
+UNPACKED = Path(tempfile.gettempdir()) / "hi-explorer-datasets"
+UNPACKED_TTL_S = 6 * 3600  # a run's folder older than this is removed when a new run starts
+TUNED = "fine-tune: "  # the LoRA box's value for this session's tuned adapter (the run's name, never its path)
+
+
+def on_gpu(duration: int):
+    """`spaces.GPU(duration=...)` on a ZeroGPU Space; elsewhere the function as it is."""
+    return spaces.GPU(duration=duration) if spaces is not None else (lambda function: function)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One of the bundled examples (hi_core/assets/examples), as the Explorer shows it."""
+
+    id: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    text: str
+    key_phrase: str
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
+    if not (folder / "data.jsonl").is_file():
+        return []
+    return [Example(r.id, np.asarray(r.image), r.mask, r.text, r.key_phrase or "") for r in read_dataset(folder)]
+
+
+@dataclass
+class ModelWork:
+    """The model's work, decorated for ZeroGPU once at start-up (the decorated functions close over the cache)."""
+
+    analyze: Callable[[LoadConfig, np.ndarray, np.ndarray, str | None, AnalysisConfig], ImageAnalysis]
+    score_dataset: Callable[[LoadConfig, Path, DatasetConfig, Any], DatasetAnalysis]
+
+
+def model_work(cache: ModelCache) -> ModelWork:
+    @on_gpu(GPU_SECONDS)
+    def analyze(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str | None,
+                analysis_config: AnalysisConfig) -> ImageAnalysis:
+        """One image (on a ZeroGPU Space: in the GPU worker; the model was loaded before)."""
+        return analyze_image(cache.get(config), Image.fromarray(image), mask, text, analysis_config)
+
+    @on_gpu(GPU_SECONDS_DATASET)
+    def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress) -> DatasetAnalysis:
+        return score_dataset(cache.get(config), folder, dataset_config, progress=progress)
+
+    return ModelWork(analyze, score)
+
+
+@dataclass
+class AppContext:
+    """The app's shared state: one per served app, read by every session (models are loaded once, here)."""
+
+    settings: Settings = field(default_factory=Settings)
+    cache: ModelCache = field(default_factory=ModelCache)
+    examples: list[Example] = field(default_factory=load_examples)
+    storage: RunStorage | None = None
+    work: ModelWork | None = None
+
+    def __post_init__(self) -> None:
+        self.storage = self.storage or RunStorage(UNPACKED, self.settings.max_run_storage_mb, UNPACKED_TTL_S)
+        self.work = self.work or model_work(self.cache)
+
+    def model_config(self, model_name: str, device: str, lora: str | None = "", tuned: FinetuneSession | None = None) -> LoadConfig:
+        """The model to load, as the deployment allows: the allow-list when public; a LoRA adapter is this
+        session's fine-tune (`TUNED` + its run name) or, locally, any adapter folder."""
+        lora = (lora or "").strip()
+        if lora.startswith(TUNED):
+            if tuned is None or lora != TUNED + tuned.run_folder.name or not tuned.adapter.is_dir():
+                raise InputError("that tuned model is not this session's latest fine-tune (or its files were cleaned up)")
+            lora = str(tuned.adapter)
+        elif lora and self.settings.public:
+            raise InputError("this deployment applies only the adapter of this session's fine-tune (its 'Use the tuned model')")
+        return LoadConfig(model=self.settings.check_model(model_name), device=device, lora=lora or None)
+
+    def get_model(self, config: LoadConfig, progress: gr.Progress | None = None) -> LoadedModel:
+        """A loaded model from the cache (in this process, never in a GPU worker); a load waits its turn."""
+        def waiting(position: int) -> None:
+            if progress is not None:
+                progress(0.05, desc=f"waiting for {position} other model load(s) to finish")
+        if progress is not None and config not in self.cache:
+            progress(0.1, desc=f"loading {config.model}")
+        return self.cache.get(config, on_wait=waiting)
+
+    def shown(self, name: str) -> str:
+        """A model's name as the page shows it: in public, without the server's paths (a tuned model's adapter)."""
+        return scrub_paths(name) if self.settings.public else name
+
+    def loaded_message(self, loaded: LoadedModel) -> str:
+        return (f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, "
+                f"{len(loaded.adapter.decoder_layers(loaded.model))} language-model layers.")

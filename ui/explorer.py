@@ -1,0 +1,345 @@
+"""The Explorer tab: one image, its key object's mask and a description; every head of the language
+model scored by HI, a clicked head's map, the top heads, one layer's heads, the ranking, the layer bars.
+
+Left column: the model, the image (examples, painting, GrabCut or an uploaded mask), the text, Analyze
+and its message. Right column: the results, under a banner when they no longer match the inputs.
+(A later view, per token or before/after a fine-tune, is one more tab in `result_tabs`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from hi_core.errors import InputError
+from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
+from hi_core.plots import mask_overlay
+
+from . import explorer_views as views
+from .components import bounded_image_editor
+from .context import AppContext
+from .explorer_views import Session
+from .feedback import notice, reports_input_errors
+from .options import ScoringControls, analysis_config, scoring_config, top_k_slider, top_k_update
+
+# After Analyze: the results' top comes into view (unless the message beside Analyze says it failed).
+SCROLL_TO_RESULTS = """() => setTimeout(() => {
+  const failed = document.querySelector('#analyze-message')?.innerText.trim();
+  if (!failed) document.querySelector('#results')?.scrollIntoView({behavior: 'smooth', block: 'start'});
+}, 150)"""
+STALE = {
+    "image": "The image or the mask changed",
+    "text": "The description changed",
+    "model": "The model changed",
+    "options": "The prompt or the query rows changed",
+}
+
+
+def forget(session) -> None:
+    """gr.State's delete callback: a closed session's files go with it."""
+    if session is not None:
+        session.remove_files()
+
+
+def background(editor: dict | None) -> np.ndarray:
+    if not editor or editor.get("background") is None:
+        raise InputError("upload an image or pick an example first")
+    return np.asarray(editor["background"])[..., :3].astype(np.uint8)
+
+
+def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes."""
+    image = background(editor)
+    size = (image.shape[1], image.shape[0])
+    if uploaded_mask:  # a mask of the uploaded image's size, reduced like the image if the editor reduced it
+        mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
+    else:
+        mask = painted_mask(list(editor.get("layers") or []), size)
+    return image, check_mask(mask, Image.fromarray(image))
+
+
+@dataclass
+class ModelControls:
+    """The model every tab uses, chosen in the Explorer: name, device, LoRA adapter, and its status line."""
+
+    name: gr.Textbox | gr.Dropdown
+    device: gr.Dropdown
+    lora: gr.Textbox
+    status: gr.Markdown
+
+
+class ExplorerTab:
+    """The tab's components (built in the current Blocks context) and its handlers."""
+
+    def __init__(self, context: AppContext, tuned_state: gr.State, default_model: str) -> None:
+        self.context = context
+        self.tuned_state = tuned_state  # the Fine-tune tab's last run: its adapter may be the LoRA chosen here
+        self.state = gr.State(None, delete_callback=forget)
+        with gr.Row():
+            with gr.Column(scale=2, min_width=340):
+                self.model = self._model_controls(default_model)
+                self._input_controls()
+            with gr.Column(scale=3, elem_id="results"):
+                self._result_views()
+        self._wire()
+
+    # --- layout ---------------------------------------------------------------------------------
+
+    def _model_controls(self, default_model: str) -> ModelControls:
+        settings = self.context.settings
+        with gr.Group():
+            with gr.Row():
+                if settings.public:  # a visitor picks from the allow-list; nothing else is loaded
+                    name = gr.Dropdown(list(settings.allowed_models), value=settings.check_model(default_model),
+                                       label="Model", scale=3, elem_id="model")
+                else:
+                    name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3, elem_id="model")
+                device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device")
+            lora = gr.Textbox(
+                "", label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),
+                placeholder="set by the Fine-tune tab's 'Use the tuned model'", elem_id="lora", interactive=not settings.public)
+            self.load_button = gr.Button("Load model", size="sm", elem_id="load-model")
+            status = gr.Markdown("The embedded `demo` model is loaded on first use.", label="Model status", elem_id="model-status")
+        return ModelControls(name, device, lora, status)
+
+    def _input_controls(self) -> None:
+        settings, examples = self.context.settings, self.context.examples
+        self.editor = bounded_image_editor(
+            max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
+            label="Image: upload one or pick an example, then paint the key object", type="numpy",
+            sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
+            eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=400, elem_id="editor",
+        )
+        self.gallery = None
+        if examples:
+            self.gallery = gr.Gallery([example.image for example in examples], label="Examples (click one)",
+                                      columns=min(8, len(examples)), rows=1, height="auto", object_fit="cover",
+                                      allow_preview=False, elem_id="examples")
+        with gr.Row(equal_height=True):
+            with gr.Column(min_width=160):
+                self.grabcut_button = gr.Button("Propose a mask from my box or scribble (GrabCut)", size="sm", elem_id="grabcut")
+                self.uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath",
+                                             height=130, elem_id="mask-upload")
+            self.mask_view = gr.Image(label="Key-object mask over the image", interactive=False, height=240,
+                                      elem_id="mask-view", buttons=[])
+        self.text = gr.Textbox("", label="Description to score", lines=2, elem_id="description")
+        with gr.Row():
+            self.generate = gr.Checkbox(label="Generate the description with the model instead", elem_id="generate")
+            self.key_phrase = gr.Textbox("", label="Key phrase (optional)", elem_id="key-phrase")
+        with gr.Accordion("Options", open=False):
+            self.options = ScoringControls.build()
+        self.analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+        self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
+
+    def _result_views(self) -> None:
+        self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
+        self.summary = gr.Markdown("Results appear here.", label="Summary", elem_id="summary")
+        with gr.Row():
+            self.heatmap = gr.Image(label="HI per head: rows are layers, columns heads; click a cell", interactive=False,
+                                    elem_id="heatmap", height=280, buttons=["download"])
+            with gr.Column():
+                self.head_view = gr.Image(label="Selected head over the image, and the object patches", interactive=False,
+                                          elem_id="head-view", height=220, buttons=["download"])
+                self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
+        with gr.Row():
+            self.selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0, elem_id="selected-layer")
+            self.selected_head = gr.Number(label="Head", precision=0, value=0, minimum=0, elem_id="selected-head")
+            self.show_head = gr.Button("Show head", size="sm", elem_id="show-head")
+        with gr.Tabs() as self.result_tabs:
+            with gr.Tab("Top heads", id="top"):
+                self.top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show", elem_id="top-n")
+                self.top_view = gr.Image(interactive=False, show_label=False, label="Top heads", elem_id="top-heads")
+            with gr.Tab("One layer", id="layer"):
+                self.layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0, elem_id="layer")
+                self.layer_view = gr.Image(interactive=False, show_label=False, label="One layer", elem_id="layer-view")
+            with gr.Tab("Ranking", id="ranking"):
+                self.ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, label="Ranking",
+                                            elem_id="ranking")
+            with gr.Tab("Layers", id="layers"):
+                self.top_k = top_k_slider("top-k")
+                self.bars = gr.Image(interactive=False, show_label=False, label="Layer scores", elem_id="layer-bars")
+        self.downloads = gr.File(label="Downloads: scores (JSON, CSV) and figures (PNG)", file_count="multiple", elem_id="downloads")
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        model, options = self.model, self.options
+        self.load_button.click(self.load, [model.name, model.device, model.lora, self.tuned_state], [model.status],
+                               api_name="load_model")
+        if self.gallery is not None:
+            # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
+            # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
+            self.gallery.select(self.pick_example, [self.state],
+                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view, self.stale],
+                                api_name=False, show_progress_on=[self.text])
+        self.grabcut_button.click(self.propose_mask, [self.editor], [self.editor, self.mask_view, self.message],
+                                  api_name="propose_mask", show_progress_on=[self.mask_view])
+        self.uploaded_mask.change(self.preview_mask, [self.editor, self.uploaded_mask], [self.mask_view, self.message],
+                                  api_name=False)
+        stale_outputs = dict(inputs=[self.state], outputs=[self.stale], api_name=False, show_progress="hidden")
+        self.editor.change(self.image_changed, **stale_outputs)
+        self.uploaded_mask.change(self.image_changed, **stale_outputs)
+        for box in (self.text, self.key_phrase, self.generate):
+            box.input(self.text_changed, **stale_outputs)
+        for box in (model.name, model.device, model.lora):
+            box.change(self.model_changed, **stale_outputs)
+        for box in (options.prompt, options.queries):
+            box.input(self.options_changed, **stale_outputs)
+
+        full = [self.state, self.stale, self.summary, self.heatmap, self.head_view, self.head_info, self.selected_layer,
+                self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message]
+        self.analyze_button.click(
+            self.analyze,
+            [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
+             options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
+             self.state, self.tuned_state],
+            [*full, self.mask_view, self.top_k],
+            api_name="analyze",
+        ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
+        shown = [self.state, self.top_n, self.layer, self.top_k]
+        self.heatmap.select(self.select_cell, shown, full, api_name=False)
+        select = dict(fn=self.select_head, inputs=[self.state, self.selected_layer, self.selected_head, self.top_n, self.layer,
+                                                   self.top_k], outputs=full)
+        self.show_head.click(**select, api_name="select_head")
+        for box in (self.selected_layer, self.selected_head):
+            box.submit(**select, api_name=False)
+        for option in options.scoring:
+            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], full, api_name=False)
+        self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.downloads], api_name=False)
+        self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view], api_name=False)
+        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.downloads], api_name=False)
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    @reports_input_errors("model_status")
+    def load(self, model_name: str, device: str, lora: str = "", tuned=None, progress=gr.Progress()):
+        context = self.context
+        loaded = context.get_model(context.model_config(model_name, device, lora, tuned), progress)
+        return {self.model.status: context.loaded_message(loaded)}
+
+    @property
+    def model_status(self) -> gr.Markdown:
+        return self.model.status
+
+    def pick_example(self, session: Session | None, event: gr.SelectData):
+        example = self.context.examples[event.index]
+        strokes = np.zeros(example.image.shape[:2] + (4,), np.uint8)
+        return {
+            self.editor: {"background": example.image, "layers": [strokes], "composite": example.image},
+            self.text: example.text, self.key_phrase: example.key_phrase, self.uploaded_mask: None,
+            self.mask_view: None, self.stale: self._stale_notice(session, "image"),
+        }
+
+    @reports_input_errors("message")
+    def propose_mask(self, editor: dict | None):
+        image = background(editor)
+        hint = painted_mask(list(editor.get("layers") or []), (image.shape[1], image.shape[0]))
+        proposal = grabcut_mask(Image.fromarray(image), hint)
+        strokes = np.zeros(image.shape[:2] + (4,), np.uint8)
+        strokes[proposal] = (255, 0, 0, 255)
+        return {self.editor: {"background": image, "layers": [strokes], "composite": image},
+                self.mask_view: mask_overlay(image, proposal), self.message: ""}
+
+    @reports_input_errors("message")
+    def preview_mask(self, editor: dict | None, uploaded_mask: str | None):
+        if not uploaded_mask:
+            return {self.mask_view: None}
+        image, mask = mask_from_inputs(editor, uploaded_mask, self.context.settings.max_image_pixels)
+        return {self.mask_view: mask_overlay(image, mask), self.message: ""}
+
+    def _stale_notice(self, session: Session | None, what: str) -> str:
+        if session is None:
+            return ""
+        return notice(f"**{STALE[what]}: the results below are for the previous inputs.** Press **Analyze** to update them.")
+
+    def image_changed(self, session: Session | None):
+        return {self.stale: self._stale_notice(session, "image")} if session is not None else {}
+
+    def text_changed(self, session: Session | None):
+        return {self.stale: self._stale_notice(session, "text")} if session is not None else {}
+
+    def model_changed(self, session: Session | None):
+        return {self.stale: self._stale_notice(session, "model")} if session is not None else {}
+
+    def options_changed(self, session: Session | None):
+        return {self.stale: self._stale_notice(session, "options")} if session is not None else {}
+
+    @reports_input_errors("message")
+    def analyze(self, model_name: str, device: str, editor: dict | None, uploaded_mask: str | None, text: str,
+                generate: bool, key_phrase: str, prompt: str, queries: str, binarize: str, quantile: float,
+                layer_score: str, top_n: int, layer: int, top_k: int, lora: str = "", previous: Session | None = None,
+                tuned=None, progress=gr.Progress()):
+        context = self.context
+        load_config = context.model_config(model_name, device, lora, tuned)
+        image, mask = mask_from_inputs(editor, uploaded_mask, context.settings.max_image_pixels)
+        config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase)
+        if not generate and not (text or "").strip():
+            raise InputError("type the description to score, or tick 'generate'")
+        context.get_model(load_config, progress)
+        progress(0.5, desc="capturing attention")
+        analysis = context.work.analyze(load_config, image, mask, None if generate else text, config)
+        analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
+        folder = previous.folder if previous is not None else context.storage.new_session_folder()
+        session = Session(analysis=analysis, image=image, mask=mask, selected=analysis.ranked_heads()[0], folder=folder)
+        return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_overlay(image, mask),
+                self.top_k: top_k_update(analysis.hi.shape[0], top_k)}
+
+    @reports_input_errors("message")
+    def select_cell(self, session: Session | None, top_n: int, layer: int, top_k: int, event: gr.SelectData):
+        if session is None:
+            raise InputError("run an analysis first")
+        session.selected = views.clicked_head(event.index, session.analysis.hi)
+        return self._render(session, top_n, layer, top_k)
+
+    @reports_input_errors("message")
+    def select_head(self, session: Session | None, selected_layer: int, selected_head: int, top_n: int, layer: int, top_k: int):
+        if session is None:
+            raise InputError("run an analysis first")
+        session.selected = views.clip_head(session.analysis.hi, selected_layer, selected_head)
+        return self._render(session, top_n, layer, top_k)
+
+    @reports_input_errors("message")
+    def rescore(self, session: Session | None, binarize: str, quantile: float, layer_score: str, top_n: int, layer: int,
+                top_k: int):
+        if session is None:  # options changed before any analysis: nothing to redraw
+            return {}
+        session.analysis = session.analysis.rescored(scoring_config(binarize, quantile, layer_score))
+        return self._render(session, top_n, layer, top_k)
+
+    def redraw_top(self, session: Session | None, top_n: int):
+        if session is None:
+            return {}
+        figure = views.top_figure(session, top_n)
+        return {self.top_view: figure, self.downloads: views.save_downloads(session, {"top_heads.png": figure})}
+
+    def redraw_layer(self, session: Session | None, layer: int):
+        return {} if session is None else {self.layer_view: views.layer_figure(session, layer)}
+
+    def redraw_bars(self, session: Session | None, top_k: int):
+        if session is None:
+            return {}
+        figure = views.bars_figure(session.analysis, top_k)
+        return {self.bars: figure, self.downloads: views.save_downloads(session, {"layer_scores.png": figure})}
+
+    def _render(self, session: Session, top_n: int, layer: int, top_k: int) -> dict:
+        """Every result view of the session (and the state, a cleared message and stale banner)."""
+        analysis = session.analysis
+        figures = {"head.png": views.head_figure(session), "top_heads.png": views.top_figure(session, top_n),
+                   "layer_scores.png": views.bars_figure(analysis, top_k)}
+        return {
+            self.state: session, self.message: "", self.stale: "",
+            self.summary: views.summary(analysis),
+            self.heatmap: views.heatmap_image(analysis.hi, session.selected),
+            self.head_view: figures["head.png"],
+            self.head_info: views.head_info(analysis, session.selected),
+            self.selected_layer: session.selected[0], self.selected_head: session.selected[1],
+            self.top_view: figures["top_heads.png"],
+            self.layer_view: views.layer_figure(session, layer),
+            self.ranking: views.ranking_rows(analysis),
+            self.bars: figures["layer_scores.png"],
+            self.downloads: views.save_downloads(session, figures),
+        }

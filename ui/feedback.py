@@ -1,0 +1,70 @@
+"""How the page tells a visitor what happened: a message beside the control that failed, a banner over
+results that no longer match the inputs, and one log line per user error on the server.
+
+A raised `gr.Error` marks every output of its event with an error badge and leaves the message only in
+a toast; so handlers do not raise for user mistakes. `reports_input_errors` turns an `InputError` into
+an update of the event's message component alone (the results keep their last good values), plus a
+toast, and logs it as one line (no traceback: it is the visitor's mistake, not the server's).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+
+import gradio as gr
+
+from hi_core.errors import InputError
+
+from .settings import scrub_paths
+
+log = logging.getLogger("hi_explorer")
+
+
+def problem(text: str) -> str:
+    """Markdown (with inline HTML: the app sets no CSS) for a message about a failed action."""
+    return (f'<div style="border-left: 4px solid #d62728; background: #fdecea; color: #611a15; padding: 6px 10px; '
+            f'border-radius: 4px">⚠ {html.escape(text, quote=False)}</div>')
+
+
+def notice(text: str) -> str:
+    """Markdown for a note about the results shown (e.g. that they are stale)."""
+    return (f'<div style="border-left: 4px solid #e0a000; background: #fff6db; color: #5c4400; padding: 6px 10px; '
+            f'border-radius: 4px">{text}</div>')
+
+
+def _shown(error: InputError, action: str) -> str:
+    message = scrub_paths(str(error))
+    log.warning("input error in %s: %s", action, message)
+    gr.Warning(message)
+    return message
+
+
+def reports_input_errors(message: str):
+    """Decorator for a tab's handler method that returns (or yields) `{component: value}` updates: an
+    `InputError` becomes `{self.<message>: the error}` and nothing else changes."""
+
+    def decorate(method):
+        if inspect.isgeneratorfunction(method):  # a handler that streams updates
+
+            @functools.wraps(method)
+            def generator(self, *args, **kwargs):
+                try:
+                    yield from method(self, *args, **kwargs)
+                except InputError as error:
+                    yield {getattr(self, message): problem(_shown(error, method.__name__))}
+
+            return generator
+
+        @functools.wraps(method)  # keeps the signature: gradio reads gr.Progress / gr.SelectData / names from it
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except InputError as error:
+                return {getattr(self, message): problem(_shown(error, method.__name__))}
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,222 @@
+"""The Fine-tune tab: LoRA on chosen language-model layers of the Explorer's model (a private copy, so the
+Explorer's cached model never carries LoRA and keeps serving), with live progress and a Cancel button;
+the held-out records captioned before and after; the adapter as a zip, and the tuned model back in the
+Explorer."""
+
+from __future__ import annotations
+
+import shutil
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from hi_core.compare import METRICS
+from hi_core.errors import InputError
+from hi_core.finetune import DataConfig, FinetuneConfig, TrainingCancelled
+from hi_core.plots import figure_to_array, layer_choices
+from hi_core.runs import RunRecord
+
+from .context import TUNED, AppContext
+from .explorer import ModelControls, forget
+from .feedback import reports_input_errors
+from .finetune_run import FinetuneSession, Live, finetune_job
+from .jobs import Jobs, duration
+from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
+
+EVAL_LIMIT = 200  # held-out records captioned before and after tuning
+LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
+STRATEGIES = [("top-k by HI", "top"), ("bottom-k by HI", "bottom"), ("random k", "random"), ("all", "all"), ("these:", "list")]
+
+
+def progress_bar(done: int, steps: int) -> str:
+    return f'\n\n<progress value="{done}" max="{steps}" style="width: 100%"></progress>'
+
+
+def live_status(live: Live, stopping: bool) -> str:
+    """Stage, step, loss, elapsed time and what is left, as the run goes."""
+    progress = live.progress
+    stage = "Cancelling" if stopping else progress.stage[:1].upper() + progress.stage[1:]
+    line = f"**{stage}...**"
+    if progress.done:
+        line += f" · step {progress.done} of {progress.total} · loss {live.losses[-1]:.3f}"
+    line += f" · {duration(progress.elapsed)} elapsed"
+    left = progress.seconds_left()
+    if left is not None and progress.done < progress.total:
+        line += f" · about {duration(left)} of training left"
+    return line + progress_bar(progress.done, progress.total)
+
+
+def loss_frame(losses: list[float]) -> pd.DataFrame:
+    """(step, loss) rows for the live plot: every step, or every n-th and the last beyond LOSS_POINTS steps."""
+    steps = np.arange(1, len(losses) + 1)
+    if len(losses) > LOSS_POINTS:
+        steps = np.unique(np.append(steps[:: -(-len(losses) // LOSS_POINTS)], len(losses)))
+    return pd.DataFrame({"step": steps, "loss": np.asarray(losses, dtype=float)[steps - 1]})
+
+
+def tuned_summary(session: FinetuneSession) -> str:
+    after, ranking = session.after, session.ranking
+    config = after.settings["config"]
+    how = {"top": f"the top {config['k']} by HI", "bottom": f"the bottom {config['k']} by HI", "all": "every layer",
+           "random": f"{config['k']} drawn at random, seed {config['seed']}", "list": "chosen by hand"}[after.strategy]
+    return (
+        f"**Tuned** `{session.load.model}` on {session.dataset}: LoRA rank {config['rank']} on layer(s) "
+        f"{', '.join(map(str, after.layers))} of {after.num_layers} ({how}) · **trainable parameters** "
+        f"{after.trainable_parameters:,} of {after.total_parameters:,} ({100 * after.trainable_share:.3g}%)  \n"
+        + (f"**Ranking:** {ranking.source}  \n" if ranking is not None else "")
+        + f"**Captioned before and after:** {after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
+        + " ".join(note.rstrip(".") + "." for note in after.metric_notes)
+    )
+
+
+def metric_rows(before: RunRecord, after: RunRecord) -> list[list]:
+    return [[label, *(round(value, 4) for value in (before.metrics[key], after.metrics[key], after.metrics[key] - before.metrics[key]))]
+            for key, label in METRICS.items() if key in before.metrics and key in after.metrics]
+
+
+def layers_figure(session: FinetuneSession) -> np.ndarray:
+    after, ranking = session.after, session.ranking
+    selected = np.zeros((1, after.num_layers), bool)  # (runs, layers)
+    selected[0, after.layers] = True
+    scores = None
+    if ranking is not None:
+        scores = np.zeros(after.num_layers)
+        scores[list(ranking.layers)] = ranking.scores
+    return figure_to_array(layer_choices(selected, [after.strategy], scores, title="Adapted layers (bars: layer scores)"))
+
+
+class FinetuneTab:
+    def __init__(self, context: AppContext, model: ModelControls, dataset_state: gr.State, tabs: gr.Tabs,
+                 state: gr.State) -> None:
+        """`state`: this session's last finished run (a `FinetuneSession`), which the other tabs read."""
+        self.context, self.model, self.dataset_state, self.tabs, self.state = context, model, dataset_state, tabs, state
+        self.jobs = Jobs()
+        gr.Markdown(
+            "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), then "
+            "caption the held-out records (a hashed 20% of the dataset) before and after. `top`/`bottom` take the layers "
+            "by Dataset HI: the Dataset tab's scores if you scored the same dataset there with the same model, else "
+            "scored when the run starts. The defaults suit the demo model (3 layers): the synthetic scenes are captioned "
+            "in reading order, which it learns in about 100 steps. Training uses a private copy of the model; the "
+            "explorer keeps serving meanwhile."
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=300):
+                self._controls()
+            with gr.Column(scale=3):
+                self._results()
+        self._wire()
+
+    def _controls(self) -> None:
+        examples = len(self.context.examples)
+        self.source = gr.Radio([(f"synthetic scenes (reading-order captions, N={SYNTHETIC_SCENES})", SYNTHETIC),
+                                (f"demo set ({examples} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
+                               value=SYNTHETIC, label="Dataset", elem_id="ft-source")
+        self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", height=120, elem_id="ft-zip")
+        self.strategy = gr.Radio(STRATEGIES, value="top", label="Layers to tune", elem_id="ft-strategy")
+        self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
+        defaults = FinetuneConfig(layers="top")
+        with gr.Row():
+            self.k = gr.Number(1, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
+            self.rank = gr.Number(defaults.rank, precision=0, minimum=1, label="LoRA rank", min_width=90, elem_id="ft-rank")
+            self.steps = gr.Number(100, precision=0, minimum=1, label="Steps", min_width=90, elem_id="ft-steps")
+        with gr.Row():
+            self.lr = gr.Number(2e-3, label="Learning rate", min_width=90, elem_id="ft-lr")
+            self.batch_size = gr.Number(16, precision=0, minimum=1, label="Batch size", min_width=90, elem_id="ft-batch-size")
+            self.seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="ft-seed")
+        self.meteor = gr.Checkbox(True, label="METEOR too (needs Java; ~5 s per evaluation)", elem_id="ft-meteor")
+        with gr.Row():
+            self.launch = gr.Button("Launch fine-tune", variant="primary", elem_id="ft-launch")
+            self.cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+        self.status = gr.Markdown("Progress appears here.", label="Fine-tune status", elem_id="ft-status")
+
+    def _results(self) -> None:
+        self.loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", elem_id="ft-loss")
+        self.summary = gr.Markdown(label="Fine-tune summary", elem_id="ft-summary")
+        self.metrics = gr.Dataframe(headers=["metric", "before", "after", "change"], interactive=False,
+                                    label="Held-out caption metrics", elem_id="ft-metrics")
+        self.samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
+                                    column_widths=["16%", "28%", "28%", "28%"], label="Sample captions", elem_id="ft-samples")
+        self.layers = gr.Image(label="Adapted layers", interactive=False, height=200, elem_id="ft-layers")
+        with gr.Row():
+            self.download = gr.File(label="The adapter (peft) with run.json, zipped", elem_id="ft-download")
+            self.use = gr.Button("Use the tuned model in the Explorer", interactive=False, elem_id="ft-use")
+
+    def _wire(self) -> None:
+        model = self.model
+        self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_name=False)
+        self.archive.clear(lambda: SYNTHETIC, None, self.source, api_name=False)
+        self.layer_list.input(lambda: "list", None, self.strategy, api_name=False)
+        self.launch.click(
+            self.finetune,
+            [self.state, self.dataset_state, model.name, model.device, self.source, self.archive, self.strategy,
+             self.layer_list, self.k, self.rank, self.steps, self.lr, self.batch_size, self.seed, self.meteor],
+            [self.state, self.status, self.loss, self.metrics, self.summary, self.layers, self.samples, self.download, self.use],
+            api_name="finetune",
+            concurrency_limit=1,  # one run at a time (each holds a private copy of the model)
+            show_progress_on=[self.status],
+        )
+        self.cancel.click(self.cancel_finetune, None, None, api_name="cancel_finetune")
+        self.use.click(self.use_tuned_model, [self.state],
+                       [model.name, model.device, model.lora, model.status, self.tabs, self.status], api_name="use_tuned_model")
+
+    @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
+    def finetune(self, previous: FinetuneSession | None, scored, model_name: str, device: str, source: str,
+                 archive: str | None, strategy: str, layer_list: str, k: int, rank: int, steps: int, lr: float,
+                 batch_size: int, seed: int, meteor: bool = True, request: gr.Request = None):
+        if strategy == "list" and not (layer_list or "").strip():
+            raise InputError("type the layers to tune, e.g. 0,2")
+        config = FinetuneConfig(layers=layer_list if strategy == "list" else strategy, k=int(k or 0), rank=int(rank or 0),
+                                steps=int(steps or 0), lr=float(lr or 0), batch_size=int(batch_size or 0), seed=int(seed or 0),
+                                data=DataConfig(eval_limit=EVAL_LIMIT, meteor=bool(meteor)))
+        self.context.settings.check_finetune(config)
+        if source == UPLOADED_ZIP and not archive:
+            raise InputError("upload a dataset .zip first, or choose another dataset")
+        load = self.context.model_config(model_name, device)
+        live, fresh = Live(config.steps), None
+        with self.context.storage.run() as run_folder:
+            try:
+                with self.jobs.start(request.session_hash, lambda stop: finetune_job(
+                        load, config, source, archive, run_folder, scored, live, stop)) as job:
+                    for _ in job.ticks():
+                        yield {self.status: live_status(live, job.stop.is_set()), self.loss: loss_frame(live.losses)}
+                    fresh = job.result()
+            except TrainingCancelled as cancelled:
+                kept = " (below: the last finished run)" if previous is not None else ""
+                said = str(cancelled)
+                yield {self.status: f"**{said[:1].upper() + said[1:]}**: nothing was saved{kept}."
+                       + progress_bar(live.progress.done, config.steps), self.loss: loss_frame(live.losses)}
+            finally:
+                if fresh is None:
+                    shutil.rmtree(run_folder, ignore_errors=True)
+        if fresh is not None:
+            forget(previous)  # the previous run's files, now that this one stands
+            yield self._finished(fresh)
+
+    def _finished(self, session: FinetuneSession) -> dict:
+        after = session.after
+        shutil.make_archive(str(session.archive.with_suffix("")), "zip", root_dir=session.adapter)
+        untuned = {caption["id"]: caption["generated"] for caption in session.before.samples}
+        return {
+            self.state: session,
+            self.status: (f"**Finished:** {len(after.losses)} steps, final loss {after.losses[-1]:.3f}, "
+                          f"{after.timings['train_seconds']:.1f} s of training" + progress_bar(len(after.losses), len(after.losses))),
+            self.loss: loss_frame(after.losses), self.metrics: metric_rows(session.before, after),
+            self.summary: tuned_summary(session), self.layers: layers_figure(session),
+            self.samples: [[c["id"], c["reference"], untuned.get(c["id"], ""), c["generated"]] for c in after.samples],
+            self.download: str(session.archive), self.use: gr.Button(interactive=True),
+        }
+
+    def cancel_finetune(self, request: gr.Request):
+        if not self.jobs.cancel(request.session_hash):
+            gr.Warning("Nothing is training in this session.")
+
+    @reports_input_errors("status")
+    def use_tuned_model(self, session: FinetuneSession | None, progress=gr.Progress()):
+        if session is None:
+            raise InputError("fine-tune a model first")
+        context, model = self.context, self.model
+        lora = TUNED + session.run_folder.name
+        loaded = context.get_model(context.model_config(session.load.model, session.load.device, lora, session), progress)
+        return {model.name: session.load.model, model.device: session.load.device, model.lora: lora,
+                model.status: context.loaded_message(loaded), self.tabs: gr.Tabs(selected="explorer")}

@@ -1,0 +1,75 @@
+"""The scoring-option controls, built once from the library's `Literal` types and its config defaults
+(the Explorer and the Dataset tab show the same ones), and the configs built back from their values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import get_args
+
+import gradio as gr
+
+from hi_core.analysis import AnalysisConfig
+from hi_core.inputs import Queries
+from hi_core.scoring import Binarization, LayerScore, ScoringConfig
+
+DEFAULTS = AnalysisConfig()
+TOP_K_LAYERS = 4  # layers highlighted in the layer bars (LoRA's k) when the model has more than that
+
+
+@dataclass
+class ScoringControls:
+    """Prompt, query rows, binarization, quantile and layer score: one widget each."""
+
+    prompt: gr.Textbox
+    queries: gr.Radio
+    binarize: gr.Radio
+    quantile: gr.Slider
+    layer_score: gr.Radio
+
+    @classmethod
+    def build(cls, elem_prefix: str = "") -> ScoringControls:
+        """The widgets, in the current layout context (e.g. inside an Accordion)."""
+        scoring = DEFAULTS.scoring
+        return cls(
+            prompt=gr.Textbox(DEFAULTS.prompt, label="Prompt", elem_id=f"{elem_prefix}prompt"),
+            queries=gr.Radio(list(get_args(Queries)), value=DEFAULTS.queries, label="Query rows",
+                             elem_id=f"{elem_prefix}queries"),
+            binarize=gr.Radio(list(get_args(Binarization)), value=scoring.binarize, label="Binarization",
+                              elem_id=f"{elem_prefix}binarize"),
+            quantile=gr.Slider(0.5, 0.99, value=scoring.quantile, step=0.01, label="Quantile (for quantile binarization)",
+                               elem_id=f"{elem_prefix}quantile"),
+            layer_score=gr.Radio(list(get_args(LayerScore)), value=scoring.layer_score, label="Layer score",
+                                 elem_id=f"{elem_prefix}layer-score"),
+        )
+
+    @property
+    def scoring(self) -> list[gr.components.Component]:
+        """The controls that change only the scores (a rescore, no new forward pass), in `scoring_config`'s order."""
+        return [self.binarize, self.quantile, self.layer_score]
+
+
+def scoring_config(binarize: str, quantile: float, layer_score: str) -> ScoringConfig:
+    return ScoringConfig(binarize=binarize, quantile=float(quantile), layer_score=layer_score)
+
+
+def analysis_config(prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
+                    key_phrase: str | None = None) -> AnalysisConfig:
+    return AnalysisConfig(prompt=prompt or DEFAULTS.prompt, key_phrase=key_phrase or None, queries=queries,
+                          scoring=scoring_config(binarize, quantile, layer_score))
+
+
+def top_k_slider(elem_id: str) -> gr.Slider:
+    """The number of layers the layer bars highlight; its range follows the model once results exist."""
+    return gr.Slider(1, 16, value=TOP_K_LAYERS, step=1, label="Top-k layers to highlight (LoRA's k)", elem_id=elem_id)
+
+
+def top_k_for(num_layers: int, asked: int) -> int:
+    """The top-k the bars show for a model of `num_layers`: what was asked, but never every layer (of two or more)."""
+    return int(max(1, min(int(asked), num_layers - 1 if num_layers > 1 else 1)))
+
+
+def top_k_update(num_layers: int, asked: int) -> gr.Slider:
+    """The slider once a model's results are shown: its value within the model's layers, which its label names.
+    (Its maximum stays: an API caller's default would fall outside a lowered one and be refused.)"""
+    return gr.Slider(value=top_k_for(num_layers, asked),
+                     label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers})")
