@@ -56,9 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/capture.py (th
 
 import torch  # noqa: E402
 
-import hi_core.batching as batching  # noqa: E402
 import hi_core.dataset_scoring as dataset_scoring  # noqa: E402
-from hi_core.analysis import run_forward  # noqa: E402
+import hi_core.image_scoring as image_scoring  # noqa: E402
+import hi_core.maps as maps  # noqa: E402
+from hi_core.maps import run_forward  # noqa: E402
 from hi_core.batching import collate, pad_token_id  # noqa: E402
 from hi_core.dataset_scoring import DatasetConfig, score_dataset  # noqa: E402
 from hi_core.datasets import read_dataset, write_synthetic  # noqa: E402
@@ -155,17 +156,17 @@ class Stages:
 BENCH = sys.modules[__name__]
 STAGES = (
     (BENCH, "read_dataset", "read records (PNG decode, mask checks)", True),
-    (dataset_scoring, "read_dataset", "read records (PNG decode, mask checks)", True),
+    (dataset_scoring, "load_record", "read records (PNG decode, mask checks)", False),
     (BENCH, "build_inputs", "build_inputs (processor, tokenizer)", False),
-    (dataset_scoring, "build_inputs", "build_inputs (processor, tokenizer)", False),
-    (dataset_scoring, "mask_grid", "mask through the processor (mask_grid)", False),
-    (dataset_scoring, "key_phrase_tokens", "key phrase tokens", False),
+    (image_scoring, "build_inputs", "build_inputs (processor, tokenizer)", False),
+    (image_scoring, "mask_grid", "mask through the processor (mask_grid)", False),
+    (image_scoring, "key_phrase_tokens", "key phrase tokens", False),
     (BENCH, "collate", "collate", False),
-    (batching, "collate", "collate", False),
+    (maps, "collate", "collate", False),
     (BENCH, "run_forward", "forward (with the capture in b, c)", False),
-    (batching, "run_forward", "forward (with the capture in b, c)", False),
+    (maps, "run_forward", "forward (with the capture in b, c)", False),
     (dataset_scoring, "batch_head_maps", "batch_head_maps", False),
-    (dataset_scoring, "score_maps", "score_maps (HI, mass, chance)", False),
+    (image_scoring, "score_maps", "score_maps (HI, mass, chance)", False),
     (dataset_scoring._PartWriter, "append", "cache writes (append, fsync)", False),
     (dataset_scoring, "_summarize", "summary (read cache, bootstrap)", False),
 )
