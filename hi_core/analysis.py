@@ -11,6 +11,7 @@ The result, `ImageAnalysis`, holds every head's map and score, and writes the `s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from .captioning import generate_description
+from .errors import InputError
 from .image_scoring import AnalysisConfig, prepare_image
 from .images import reduce_mask
 from .inputs import model_image
 from .loading import LoadedModel
-from .maps import head_maps
+from .maps import head_maps, token_maps
 from .masks import MaskGrid, check_mask
 from .outputs import write_json, write_npz
 from .scoring import ScoringConfig, layer_scores, rank_heads, rank_layers, score_maps
@@ -40,6 +42,9 @@ class ImageAnalysis:
     maps: (layers, heads, gh, gw) float32, mean attention of the selected query rows to each cell.
     valid: (gh, gw) bool, cells that are image (not processor padding); scores use only these.
     hi, mass: (layers, heads). layer_scores: (layers,).
+    With `analyze_image(..., per_token=True)`, the per-token view: `tokens` (the response's tokens
+    as text), `key_tokens` (the ones scored: the key phrase's, or all), `token_maps` (layers, heads,
+    tokens, gh, gw), each token's own query row; `for_tokens` scores any set of them.
     """
 
     model: str
@@ -55,6 +60,9 @@ class ImageAnalysis:
     chance: float
     layer_scores: np.ndarray
     response_tokens: int
+    tokens: tuple[str, ...] = ()
+    key_tokens: tuple[int, ...] = ()
+    token_maps: np.ndarray | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -90,6 +98,20 @@ class ImageAnalysis:
         hi, mass, chance = score_maps(self.maps, self.mask.object_patches, self.valid, scoring)
         return replace(self, hi=hi, mass=mass, chance=chance, layer_scores=layer_scores(hi, scoring))
 
+    def for_tokens(self, indices: Sequence[int], scoring: ScoringConfig) -> ImageAnalysis:
+        """This image analyzed on just these response tokens' rows (indices into `tokens`): their
+        mean map, scored with `scoring`. Needs the per-token maps (`analyze_image(per_token=True)`)."""
+        if self.token_maps is None:
+            raise InputError("this analysis kept no per-token maps: analyze with per_token=True")
+        chosen = np.unique(np.asarray(list(indices), dtype=np.int64))
+        if chosen.size == 0:
+            raise InputError("choose at least one token of the description")
+        if chosen[0] < 0 or chosen[-1] >= len(self.tokens):
+            raise InputError(f"token {int(chosen[-1] if chosen[-1] >= len(self.tokens) else chosen[0])} is not one of "
+                             f"the description's {len(self.tokens)} tokens (0-{len(self.tokens) - 1})")
+        maps = self.token_maps[:, :, chosen].mean(axis=2)  # (layers, heads, gh, gw)
+        return replace(self, maps=maps, response_tokens=int(chosen.size)).rescored(scoring)
+
     def to_csv(self) -> str:
         """One row per head, by HI descending: layer, head, hi, mass."""
         rows = ["layer,head,hi,mass"]
@@ -110,8 +132,10 @@ def analyze_image(
     mask: np.ndarray,
     text: str | None,
     config: AnalysisConfig = AnalysisConfig(),
+    per_token: bool = False,
 ) -> ImageAnalysis:
-    """HI of every language-model head on one image. `text=None` scores the model's own description."""
+    """HI of every language-model head on one image. `text=None` scores the model's own description.
+    `per_token`: also keep every response token's maps (the per-token view; the same forward pass)."""
     mask = check_mask(mask, image)
     view_side = loaded.adapter.view_side(loaded.processor)
     image, mask = model_image(loaded.adapter, loaded.processor, image), reduce_mask(mask, view_side)
@@ -119,7 +143,12 @@ def analyze_image(
         text = generate_description(loaded, image, config.prompt, config.max_new_tokens)
         logger.info("generated description: %s", text)
     prepared = prepare_image(loaded, image, mask, text, config)
-    maps = head_maps(loaded, prepared.inputs, prepared.tokens, config.queries)
+    every_token = None
+    if per_token:
+        every_token = token_maps(loaded, prepared.inputs, config.queries)  # (layers, heads, tokens, gh, gw)
+        maps = every_token[:, :, prepared.tokens].mean(axis=2)
+    else:
+        maps = head_maps(loaded, prepared.inputs, prepared.tokens, config.queries)
     hi, mass, chance = prepared.score(maps, config.scoring)
     return ImageAnalysis(
         model=loaded.name,
@@ -135,4 +164,7 @@ def analyze_image(
         chance=chance,
         layer_scores=layer_scores(hi, config.scoring),
         response_tokens=int(prepared.tokens.size),
+        tokens=tuple(text[start:end] for start, end in prepared.inputs.response_offsets) if per_token else (),
+        key_tokens=tuple(int(i) for i in prepared.tokens) if per_token else (),
+        token_maps=every_token,
     )

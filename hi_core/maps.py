@@ -4,7 +4,8 @@ One teacher-forced forward pass over one sequence or a batch of them (`batching.
 the capture installed (`capture.py`), gives each sequence's attention rows of its selected
 response tokens to its image tokens; averaged over the rows and laid out on the grid, they are
 its (layers, heads, gh, gw) maps. A one-image run is a batch of one: `head_maps` and
-`batch_head_maps` are the same computation.
+`batch_head_maps` are the same computation. `token_maps` keeps every response token's row apart
+(the per-token view).
 
 In a batch, positions are padded to the longest row/key list by repeating a valid position, and
 the padded entries are dropped before averaging, so each sequence's maps equal its one-at-a-time
@@ -35,6 +36,18 @@ def _padded_positions(lists: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.as_tensor(np.stack([np.pad(p, (0, width - p.size), mode="edge") for p in lists]), dtype=torch.long)
 
 
+def _captured_rows(loaded: Any, items: Sequence[ModelInputs], token_indices: Sequence[np.ndarray], queries: Queries):
+    """One batched forward pass; yields each sequence's (layers, heads, rows, cells) rows and its inputs."""
+    rows = [item.query_positions(tokens, queries) for item, tokens in zip(items, token_indices)]
+    keys = [item.layout.positions.reshape(-1) for item in items]
+    batch = collate(items, pad_token_id(loaded.processor.tokenizer))
+    with capture_attention(loaded.model, loaded.adapter, _padded_positions(rows), _padded_positions(keys)) as cache:
+        run_forward(loaded, batch)
+    captured = cache.stacked()  # (layers, batch, heads, rows, keys)
+    for index, item in enumerate(items):
+        yield captured[:, index, :, : rows[index].size, : keys[index].size], item
+
+
 @torch.inference_mode()
 def batch_head_maps(
     loaded: Any,
@@ -44,18 +57,21 @@ def batch_head_maps(
 ) -> list[np.ndarray]:
     """Each sequence's (layers, heads, gh, gw) float32 maps, from one batched forward pass:
     the mean attention of its query rows (`queries`, for its `token_indices`) to each grid cell."""
-    rows = [item.query_positions(tokens, queries) for item, tokens in zip(items, token_indices)]
-    keys = [item.layout.positions.reshape(-1) for item in items]
-    batch = collate(items, pad_token_id(loaded.processor.tokenizer))
-    with capture_attention(loaded.model, loaded.adapter, _padded_positions(rows), _padded_positions(keys)) as cache:
-        run_forward(loaded, batch)
-    captured = cache.stacked()  # (layers, batch, heads, rows, keys)
     maps = []
-    for index, item in enumerate(items):
-        own = captured[:, index, :, : rows[index].size, : keys[index].size]
+    for own, item in _captured_rows(loaded, items, token_indices, queries):
         grid = own.mean(dim=2).reshape(own.shape[0], own.shape[1], *item.layout.grid)
         maps.append(grid.numpy().astype(np.float32))
     return maps
+
+
+@torch.inference_mode()
+def token_maps(loaded: Any, inputs: ModelInputs, queries: Queries) -> np.ndarray:
+    """(layers, heads, tokens, gh, gw) float32: the map of every response token's own query row
+    (`queries`), not averaged: the per-token view. Averaged over a token set, they are that set's
+    `head_maps`."""
+    every_token = np.arange(inputs.num_response_tokens)
+    (own, item), = _captured_rows(loaded, [inputs], [every_token], queries)
+    return own.reshape(own.shape[0], own.shape[1], own.shape[2], *item.layout.grid).numpy().astype(np.float32)
 
 
 def head_maps(loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries) -> np.ndarray:

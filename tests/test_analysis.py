@@ -132,3 +132,46 @@ def test_every_family_sees_the_same_geometry_from_the_downscaled_image(family, t
     from_full = adapter.mask_fractions(loaded.model, processor, mask, inputs.tensors)
     from_reduced = mask_grid(loaded, inputs, mask).fractions
     np.testing.assert_allclose(from_reduced, np.where(inputs.layout.valid, from_full, 0.0), atol=0.02)
+
+
+# --- the per-token view --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queries", ["producing", "reading"])
+def test_per_token_maps_average_to_the_key_phrase_maps(llava, scene, queries):
+    image, mask = scene
+    config = AnalysisConfig(key_phrase="red square", queries=queries)
+    plain = analyze_image(llava, image, mask, "a red square at the center", config)
+    tokens = analyze_image(llava, image, mask, "a red square at the center", config, per_token=True)
+    assert plain.token_maps is None and plain.tokens == ()
+    assert tokens.token_maps.shape[:3] == (*plain.hi.shape, len(tokens.tokens))
+    assert "".join(tokens.tokens).replace(" ", "") == "aredsquareatthecenter"
+    assert [tokens.tokens[i].strip() for i in tokens.key_tokens] == ["red", "square"]
+    np.testing.assert_allclose(tokens.maps, plain.maps, atol=1e-6)
+    np.testing.assert_array_equal(tokens.hi, plain.hi)
+
+
+def test_one_token_is_scored_on_its_own_row_alone(llava, scene):
+    """Oracle: the maps of a key phrase that selects exactly that token."""
+    image, mask = scene
+    text = "a red square at the center"
+    analysis = analyze_image(llava, image, mask, text, per_token=True)
+    index = [piece.strip() for piece in analysis.tokens].index("center")
+    alone = analysis.for_tokens([index], ScoringConfig())
+    oracle = analyze_image(llava, image, mask, text, AnalysisConfig(key_phrase="center"))
+    np.testing.assert_allclose(alone.maps, oracle.maps, atol=1e-6)
+    np.testing.assert_allclose(alone.hi, oracle.hi)
+    assert alone.response_tokens == 1 and alone.token_maps is analysis.token_maps
+    every = analysis.for_tokens(range(len(analysis.tokens)), ScoringConfig())
+    np.testing.assert_allclose(every.maps, analysis.maps, atol=1e-6)  # no key phrase: every token
+
+
+@pytest.mark.parametrize("indices, message", [([], "at least one token"), ([99], "token 99 is not one of"), ([-1], "token -1")])
+def test_for_tokens_refuses_indices_outside_the_description(llava, scene, indices, message):
+    image, mask = scene
+    analysis = analyze_image(llava, image, mask, "a red square at the center", per_token=True)
+    with pytest.raises(InputError, match=message):
+        analysis.for_tokens(indices, ScoringConfig())
+    plain = analyze_image(llava, image, mask, "a red square at the center")
+    with pytest.raises(InputError, match="per_token=True"):
+        plain.for_tokens([0], ScoringConfig())
