@@ -4,7 +4,7 @@ The public API, re-exported: load a model, analyze an image or a dataset, score 
 layers by HI and fine-tune LoRA on them, compare strategies.
 """
 
-from .analysis import ImageAnalysis, analyze_image
+from .analysis import ImageAnalysis, analyze_image, hi_difference
 from .batching import collate
 from .capture import AttentionCache, capture_attention, install_capture
 from .captioning import generate_description
@@ -61,6 +61,7 @@ __all__ = [
     "FinetuneConfig",
     "generate_description",
     "head_impact",
+    "hi_difference",
     "head_maps",
     "image_to_rgb",
     "ImageAnalysis",

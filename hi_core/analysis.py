@@ -32,7 +32,7 @@ from .scoring import ScoringConfig, layer_scores, rank_heads, rank_layers, score
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnalysisConfig", "ImageAnalysis", "analyze_image"]  # AnalysisConfig lives in image_scoring
+__all__ = ["AnalysisConfig", "ImageAnalysis", "analyze_image", "hi_difference"]  # AnalysisConfig lives in image_scoring
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,16 @@ def analyze_image(
         key_tokens=tuple(int(i) for i in prepared.tokens) if per_token else (),
         token_maps=every_token,
     )
+
+
+def hi_difference(base: ImageAnalysis, tuned: ImageAnalysis) -> np.ndarray:
+    """(layers, heads): `tuned.hi - base.hi`, the before/after view of one image, mask and text scored
+    by a model and its tuned copy (the same architecture, so the same heads and grid)."""
+    if base.hi.shape != tuned.hi.shape or base.grid != tuned.grid:
+        raise InputError(
+            f"the two analyses are of different models: {base.hi.shape[0]}x{base.hi.shape[1]} heads on a "
+            f"{base.grid[0]}x{base.grid[1]} grid vs {tuned.hi.shape[0]}x{tuned.hi.shape[1]} on {tuned.grid[0]}x{tuned.grid[1]}"
+        )
+    if base.text != tuned.text or not np.array_equal(base.mask.object_patches, tuned.mask.object_patches):
+        raise InputError("the two analyses score different texts or masks: compare the same image, mask and text")
+    return tuned.hi - base.hi

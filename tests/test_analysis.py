@@ -175,3 +175,18 @@ def test_for_tokens_refuses_indices_outside_the_description(llava, scene, indice
     plain = analyze_image(llava, image, mask, "a red square at the center")
     with pytest.raises(InputError, match="per_token=True"):
         plain.for_tokens([0], ScoringConfig())
+
+
+def test_hi_difference_is_tuned_minus_base_on_the_same_inputs(llava, scene):
+    from dataclasses import replace
+
+    from hi_core.analysis import hi_difference
+
+    image, mask = scene
+    base = analyze_image(llava, image, mask, "a red square at the center")
+    tuned = replace(base, hi=np.clip(base.hi + 0.25, 0, 1))
+    np.testing.assert_allclose(hi_difference(base, tuned), np.clip(base.hi + 0.25, 0, 1) - base.hi)
+    with pytest.raises(InputError, match="different texts or masks"):
+        hi_difference(base, analyze_image(llava, image, mask, "a red square"))
+    with pytest.raises(InputError, match="different models: 2x4 heads"):
+        hi_difference(base, replace(tuned, hi=tuned.hi[:1]))
