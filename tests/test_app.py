@@ -24,12 +24,12 @@ from PIL import Image
 from hi_core import archives
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
+from hi_core.heatmap import HeatmapLayout
 from hi_core.loading import LoadConfig, ModelCache, load_model
-from hi_core.plots import map_overlay
+from hi_core.overlays import map_overlay
 from ui.app import build_demo
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE
-from ui.explorer_views import heatmap_cell_px
 
 from .app_api import UNCHANGED, outputs, predict
 
@@ -175,8 +175,8 @@ def test_scoring_the_demo_set_ranks_heads_with_intervals(server):
     # the mean HI of a head is the mean of its per-image HI in the CSV download
     per_image = _per_image_hi(next(p for p in downloads if p.endswith(".csv")), layer, head)
     assert rows[0][2] == pytest.approx(np.mean([hi for _, hi in per_image]), abs=1e-4)
-    cell = heatmap_cell_px(layers, heads)
-    assert Image.open(heatmap).size == (heads * cell, layers * cell)
+    layout = HeatmapLayout.fit(layers, heads)  # the drawing's own geometry, which a click is mapped back with
+    assert Image.open(heatmap).size == (layout.width, layout.height)
     assert f"Layer {layer}, head {head}:** mean HI {rows[0][2]:.3f}" in head_summary
 
 

@@ -28,8 +28,8 @@ from transformers import AutoConfig
 from ui.app import build_demo
 from ui.context import EXAMPLES_DIR
 from ui.dataset_tab import GALLERY_SIZE
-from ui.explorer_views import heatmap_cell_px
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.heatmap import HeatmapLayout
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.plots import mask_overlay
 
@@ -218,8 +218,42 @@ def _click_heatmap_cell(page: Page, elem_id: str, cell_of: tuple[int, int], shap
     box = heatmap.bounding_box()
     scale = min(box["width"] / width, box["height"] / height, 1.0)
     left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
-    (layer, head), cell = cell_of, heatmap_cell_px(*shape)
-    page.mouse.click(left + (head + 0.5) * cell * scale, top + (layer + 0.5) * cell * scale)
+    x, y = HeatmapLayout.fit(*shape).cell_centre(*cell_of)  # the drawing's own geometry
+    page.mouse.click(left + x * scale, top + y * scale)
+
+
+def _in_viewport(page: Page, selector: str) -> bool:
+    return page.locator(selector).evaluate(
+        "element => { const box = element.getBoundingClientRect(); return box.top >= 0 && box.top < window.innerHeight; }")
+
+
+def _error_badges(page: Page) -> int:
+    """Components the page marks with Gradio's error badge (what a raised gr.Error does to every output)."""
+    return page.locator(".wrap.error, .error .error").count() + page.get_by_text("Error", exact=True).count()
+
+
+def _ranked_pairs(page: Page, layers: int, heads: int) -> list[tuple[int, int]]:
+    page.get_by_role("tab", name="Ranking").click()
+    expect(page.locator("#ranking [role=grid]")).to_have_attribute("aria-rowcount", str(layers * heads + 1))  # + the header
+    expect(page.locator("#ranking [role=gridcell][data-col='0']")).to_have_count(layers * heads)
+    return [(int(page.locator(f"#ranking [data-testid='cell-{row}-0']").inner_text()),
+             int(page.locator(f"#ranking [data-testid='cell-{row}-1']").inner_text())) for row in range(layers * heads)]
+
+
+def test_the_examples_and_the_mask_upload_are_shown_whole(page):
+    gallery = page.locator("#examples")
+    gallery.scroll_into_view_if_needed()
+    frame = gallery.bounding_box()
+    thumbnails = page.locator("#examples button.thumbnail-item")
+    expect(thumbnails).to_have_count(len(EXAMPLES))
+    for index in range(len(EXAMPLES)):
+        box = thumbnails.nth(index).bounding_box()
+        assert box["width"] >= 40 and frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1
+        assert frame["y"] <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"] + 1, f"thumbnail {index} cut"
+    drop = page.locator("#mask-upload")
+    inner = drop.locator("button, .wrap").first.bounding_box()
+    outer = drop.bounding_box()
+    assert inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 1, "the mask's drop zone is clipped"
 
 
 def test_picking_an_example_fills_the_editor_and_the_description(page):
@@ -234,7 +268,10 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
     _pick_example(page, 0)
     mask = _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
-    _screenshot(page, "01-analysis.png")
+    page.wait_for_timeout(800)  # the smooth scroll
+    assert _in_viewport(page, "#summary"), "the results did not come into view after Analyze"
+    _screenshot(page, "01-analysis.png", full_page=False)
+    _screenshot(page, "01-analysis-page.png")
 
     summary = page.locator("#summary")
     expect(summary).to_contain_text(f"grid {grid}×{grid}")
@@ -242,25 +279,34 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
 
     # The key-object mask the page shows (the image tinted where painted) lies on the object.
     image, _ = _example_pixels(0)
-    shown, tinted = _shown_image(page, "mask-view").astype(int), mask_overlay(image, np.ones_like(mask)).astype(int)
+    shown = _shown_image(page, "mask-view").astype(int)
+    factor = shown.shape[0] // image.shape[0]  # a small image is shown enlarged by a whole factor
+    assert shown.shape[0] >= 200 and shown.shape[:2] == (image.shape[0] * factor, image.shape[1] * factor)
+    shown, tinted = shown[::factor, ::factor], mask_overlay(image, np.ones_like(mask)).astype(int)
     painted = np.abs(shown - tinted).sum(axis=-1) < np.abs(shown - image.astype(int)).sum(axis=-1)
     near_object = ndimage.binary_dilation(mask, iterations=10)  # the brush spills over the edges
     assert painted.sum() > 0.3 * mask.sum(), f"{painted.sum()} px painted, the object has {mask.sum()}"
     assert (painted & near_object).sum() > 0.9 * painted.sum(), "the strokes landed off the object"
+    assert page.locator("#mask-view img").bounding_box()["height"] >= 200, "the mask preview is too small to read"
 
     heatmap = page.locator("#heatmap img")
     natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
-    cell = heatmap_cell_px(layers, heads)
-    assert natural == [heads * cell, layers * cell]
+    layout = HeatmapLayout.fit(layers, heads)
+    assert natural == [layout.width, layout.height]
 
-    page.get_by_role("tab", name="Ranking").click()
-    table = page.locator("#ranking [role=grid]")
-    expect(table).to_have_attribute("aria-rowcount", str(layers * heads + 1))  # + the header row
-    expect(page.locator("#ranking [role=gridcell][data-col='0']")).to_have_count(layers * heads)
-    pairs = [(int(page.locator(f"#ranking [data-testid='cell-{row}-0']").inner_text()),
-              int(page.locator(f"#ranking [data-testid='cell-{row}-1']").inner_text())) for row in range(layers * heads)]
+    pairs = _ranked_pairs(page, layers, heads)
     assert sorted(pairs) == [(l, h) for l in range(layers) for h in range(heads)]
     assert pairs[0] == _selected_head(page)  # the best head is the one shown first
+    best_hi = page.locator("#ranking [data-testid='cell-0-2']").inner_text()
+    # the selected head in words beside its figure: layer, head, HI, its multiple of chance, its attention mass
+    info = page.locator("#head-info")
+    expect(info).to_contain_text(re.compile(rf"Layer {pairs[0][0]}, head {pairs[0][1]} · HI {float(best_hi):.3f} \(\d+\.\d× chance"))
+    expect(info).to_contain_text(re.compile(r"attention mass on the object \d\.\d{3}"))
+    page.get_by_role("tab", name="Layers").click()
+    _image_src(page, "layer-bars")
+    page.locator("#layer-bars").scroll_into_view_if_needed()
+    _screenshot(page, "02-layer-bars.png", full_page=False)
+    expect(page.locator("#top-k input[type=number]")).to_have_value(str(min(4, layers - 1)))  # never every layer
 
 
 def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
@@ -278,28 +324,66 @@ def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
     expect(page.get_by_label("Layer", exact=True)).to_have_value(str(layer))
     expect(page.get_by_label("Head", exact=True)).to_have_value(str(head))
     expect(page.locator("#head-view img")).not_to_have_attribute("src", head_view_before)
-    _screenshot(page, "02-head-selected.png")
+    expect(page.locator("#head-info")).to_contain_text(f"Layer {layer}, head {head} · HI ")
+    page.locator("#heatmap").scroll_into_view_if_needed()
+    _screenshot(page, "03-head-selected.png", full_page=False)
 
 
-def test_an_empty_mask_shows_an_error_and_a_painted_one_then_works(page):
+def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
+    layers, heads, _ = model_shape
     _pick_example(page, 0)
     _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
+    page.get_by_role("tab", name="Top heads").click()
+    before = _image_src(page, "top-heads")
+    top_n = page.locator("#top-n input[type=number]")
+    top_n.fill("3")
+    top_n.blur()  # no Enter, no button: the change alone redraws
+    expect(page.locator("#top-heads img")).not_to_have_attribute("src", before)
+    assert _shown_image(page, "top-heads").shape[1] < 4 * 240  # three panels in a row, not eight
+    page.locator("#top-heads").scroll_into_view_if_needed()
+    _screenshot(page, "04-top-heads.png", full_page=False)
+
+    page.get_by_role("tab", name="One layer").click()
+    before = _image_src(page, "layer-view")
+    layer = page.locator("#layer input")
+    layer.fill(str(layers - 1))
+    layer.blur()
+    expect(page.locator("#layer-view img")).not_to_have_attribute("src", before)
+    page.locator("#layer-view").scroll_into_view_if_needed()
+    _screenshot(page, "05-one-layer.png", full_page=False)
+
+
+def test_a_failed_analyze_says_why_beside_analyze_and_keeps_the_marked_stale_results(page):
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    heatmap = _image_src(page, "heatmap")
+    expect(page.locator("#stale")).to_have_text("")
 
     _pick_example(page, 1)  # a new example starts with no strokes
+    stale = page.locator("#stale")
+    expect(stale).to_contain_text("the results below are for the previous inputs")
+    expect(stale).to_contain_text("Press Analyze")
+    stale.scroll_into_view_if_needed()
+    _screenshot(page, "06-stale-results.png", full_page=False)
     image, _ = _example_pixels(1)
     _wait_for_editor_image(page, image)
     page.locator("#analyze").click()
-    error = page.get_by_test_id("toast-body").filter(has_text="mask is empty")
-    expect(error).to_be_visible()
-    expect(error).to_have_css("opacity", "1")  # the toast slides in; photograph it when it is there
+    message = page.locator("#analyze-message")
+    expect(message).to_contain_text("mask is empty")
+    expect(page.locator("#summary")).to_contain_text(EXAMPLES[0]["text"])  # the last good results stay...
+    expect(page.locator("#heatmap img")).to_have_attribute("src", heatmap)
+    expect(stale).to_contain_text("previous inputs")  # ...marked as not matching the inputs
+    assert _error_badges(page) == 0
+    message.scroll_into_view_if_needed()
     page.wait_for_timeout(300)
-    _screenshot(page, "03-empty-mask-error.png", full_page=False)  # the toast sits on the viewport
-    error.get_by_test_id("toast-close").click()
+    _screenshot(page, "06-empty-mask-message-beside-analyze.png", full_page=False)
 
     _paint_object(page, 1)
     _analyze(page, EXAMPLES[1]["text"])
-    expect(page.get_by_test_id("toast-body")).to_have_count(0)
+    expect(message).to_have_text("")
+    expect(stale).to_have_text("")
 
 
 @pytest.fixture(scope="module")
@@ -334,12 +418,12 @@ def test_the_dataset_tab_scores_the_demo_set_and_a_clicked_head_shows_its_best_a
         expect(page.locator(f"#ds-ranking [data-testid='cell-0-{column}']")).to_have_text(shown)
     heatmap = page.locator("#ds-heatmap img")
     expect(heatmap).to_have_attribute("src", re.compile(r"\S"))
-    cell = heatmap_cell_px(layers, heads)
+    layout = HeatmapLayout.fit(layers, heads)
     natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")  # once loaded
-    assert natural == [heads * cell, layers * cell]
+    assert natural == [layout.width, layout.height]
     expect(page.locator("#ds-best .caption-label")).to_have_text(_expected_captions(dataset_scores, best, best=True))
     expect(page.locator("#ds-worst .caption-label")).to_have_text(_expected_captions(dataset_scores, best, best=False))
-    _screenshot(page, "04-dataset.png")
+    _screenshot(page, "07-dataset.png")
 
     # the head whose best images differ most from the best head's
     target = max(((l, h) for l in range(layers) for h in range(heads) if (l, h) != best),
@@ -352,7 +436,7 @@ def test_the_dataset_tab_scores_the_demo_set_and_a_clicked_head_shows_its_best_a
     expect(page.locator("#ds-worst .caption-label")).to_have_text(_expected_captions(dataset_scores, target, best=False))
     expect(page.locator("#ds-head")).to_contain_text(f"Layer {target[0]}, head {target[1]}: mean HI {dataset_scores.hi[target]:.3f}")
     page.locator("#ds-best").scroll_into_view_if_needed()
-    _screenshot(page, "05-dataset-head-selected.png")
+    _screenshot(page, "08-dataset-head-selected.png")
 
 
 def _set_number(page: Page, elem_id: str, value: float) -> None:
@@ -378,15 +462,19 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_loads_the_
     with zipfile.ZipFile(io.BytesIO(page.request.get(link.get_attribute("href")).body())) as bundle:  # what the link downloads
         assert {"adapter_config.json", "adapter_model.safetensors", "run.json"} <= set(bundle.namelist())
     _image_src(page, "ft-layers")
-    _screenshot(page, "06-finetune.png")
+    _screenshot(page, "09-finetune.png")
 
     _set_number(page, "ft-steps", 100000)
     page.locator("#ft-launch").click()
-    expect(status).to_contain_text(re.compile(r"Training\.\.\. · step \d+ of 100000"))
+    expect(status).to_contain_text(re.compile(r"Training\.\.\. · step \d+ of 100000 · loss \d\.\d{3} · \d+ s elapsed"))
+    expect(status).to_contain_text(re.compile(r"about (\d+ min )?\d+ s of training left"))  # from the measured rate
+    launch, shown = page.locator("#ft-launch").bounding_box(), status.bounding_box()
+    assert 0 <= shown["y"] - (launch["y"] + launch["height"]) < 80, "the status is not beside Launch/Cancel"
+    status.scroll_into_view_if_needed()
+    _screenshot(page, "10-finetune-running.png", full_page=False)
     page.locator("#ft-cancel").click()
     expect(status).to_contain_text(re.compile(r"Cancelled at step \d+ of 100000: nothing was saved"))
-    page.locator("#ft-loss").scroll_into_view_if_needed()
-    _screenshot(page, "07-finetune-cancelled.png")
+    _screenshot(page, "11-finetune-cancelled.png", full_page=False)
 
     page.locator("#ft-use").click()  # the finished run's adapter: a cancelled run replaces nothing
     expect(page.locator("#model-status")).to_contain_text(re.compile(r"Loaded demo \+ LoRA \S*adapter: "))

@@ -16,7 +16,7 @@ from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig
 from hi_core.datasets import INDEX, Record, read_dataset
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig
-from hi_core.plots import map_overlay
+from hi_core.overlays import map_overlay
 
 from . import explorer_views as views
 from .context import AppContext
@@ -59,7 +59,7 @@ class DatasetSession:
 def summary(session: DatasetSession) -> str:
     analysis = session.analysis
     best_layer, best_head = analysis.ranked_heads()[0]
-    chance = float(np.mean([image.chance for image in analysis.images]))
+    chance = analysis.mean_chance
     best = analysis.hi[best_layer, best_head]
     return (
         f"**{len(analysis.images)} images scored** from {session.name}"
@@ -234,7 +234,10 @@ class DatasetTab:
     def select_cell(self, session: DatasetSession | None, overlay: bool, event: gr.SelectData):
         if session is None:
             raise InputError("score a dataset first")
-        session.selected = views.clicked_head(event.index, session.analysis.hi)
+        clicked = views.clicked_head(event.index, session.analysis.hi)
+        if clicked is None:  # the numbers or the colour bar, not a cell
+            return gr.skip()
+        session.selected = clicked
         return self._head_views(session, overlay)
 
     @reports_input_errors("message")
@@ -245,23 +248,21 @@ class DatasetTab:
         return self._head_views(session, overlay)
 
     def redraw_bars(self, session: DatasetSession | None, top_k: int):
-        return {} if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
+        return gr.skip() if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
 
     def inputs_changed(self, session: DatasetSession | None):
         if session is None:
-            return {}
-        return {self.stale: notice("**The model or the dataset changed: the scores below are for the previous ones.** "
-                                   "Press **Score dataset** to update them.")}
+            return gr.skip()
+        return {self.stale: notice("<b>The model or the dataset changed: the scores below are for the previous ones.</b> "
+                                   "Press <b>Score dataset</b> to update them.")}
 
     def _head_views(self, session: DatasetSession, overlay: bool) -> dict:
         """The heatmap with the selected head outlined, its line of numbers, and its best/worst images."""
         analysis, (layer, head) = session.analysis, session.selected
-        per_image = analysis.image_hi[:, layer, head]  # (images,)
-        best = np.argsort(-per_image, kind="stable")[:GALLERY_SIZE]
-        worst = np.argsort(per_image, kind="stable")[:GALLERY_SIZE]
+        best, worst = analysis.extremes(layer, head, GALLERY_SIZE)
         return {
             self.state: session, self.message: "",
-            self.heatmap: views.heatmap_image(analysis.hi, session.selected),
+            self.heatmap: views.heatmap_image(analysis.hi, session.selected, "Mean HI over the images: click a cell", "mean HI"),
             self.head_summary: head_line(session, bool(overlay)), self.layer: layer, self.head: head,
             self.best: self._gallery(session, best, bool(overlay)), self.worst: self._gallery(session, worst, bool(overlay)),
         }

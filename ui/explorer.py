@@ -17,7 +17,7 @@ from PIL import Image
 
 from hi_core.errors import InputError
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
-from hi_core.plots import mask_overlay
+from hi_core.overlays import map_overlay, mask_overlay
 
 from . import explorer_views as views
 from .components import bounded_image_editor
@@ -43,6 +43,14 @@ def forget(session) -> None:
     """gr.State's delete callback: a closed session's files go with it."""
     if session is not None:
         session.remove_files()
+
+
+MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this for the mask preview
+
+
+def mask_preview(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the mask tinted and outlined, enlarged by a whole factor when small, so it reads at a glance."""
+    return map_overlay(mask_overlay(image, mask), None, mask, min_side=MASK_PREVIEW_PX)
 
 
 def background(editor: dict | None) -> np.ndarray:
@@ -112,28 +120,29 @@ class ExplorerTab:
             max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
             label="Image: upload one or pick an example, then paint the key object", type="numpy",
             sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
-            eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=400, elem_id="editor",
+            eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=340, elem_id="editor",
         )
         self.gallery = None
-        if examples:
+        if examples:  # every thumbnail in view: rows of four
+            columns = min(4, len(examples))
             self.gallery = gr.Gallery([example.image for example in examples], label="Examples (click one)",
-                                      columns=min(8, len(examples)), rows=1, height="auto", object_fit="cover",
+                                      columns=columns, height=30 + 112 * -(-len(examples) // columns), object_fit="cover",
                                       allow_preview=False, elem_id="examples")
+        with gr.Row():
+            self.text = gr.Textbox("", label="Description to score", lines=2, scale=2, elem_id="description")
+            self.key_phrase = gr.Textbox("", label="Key phrase (optional)", scale=1, elem_id="key-phrase")
+        self.generate = gr.Checkbox(label="Generate the description with the model instead", elem_id="generate")
+        self.analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+        self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
         with gr.Row(equal_height=True):
             with gr.Column(min_width=160):
                 self.grabcut_button = gr.Button("Propose a mask from my box or scribble (GrabCut)", size="sm", elem_id="grabcut")
                 self.uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath",
-                                             height=130, elem_id="mask-upload")
-            self.mask_view = gr.Image(label="Key-object mask over the image", interactive=False, height=240,
+                                             height=150, elem_id="mask-upload")
+            self.mask_view = gr.Image(label="Key-object mask over the image", interactive=False, height=260,
                                       elem_id="mask-view", buttons=[])
-        self.text = gr.Textbox("", label="Description to score", lines=2, elem_id="description")
-        with gr.Row():
-            self.generate = gr.Checkbox(label="Generate the description with the model instead", elem_id="generate")
-            self.key_phrase = gr.Textbox("", label="Key phrase (optional)", elem_id="key-phrase")
         with gr.Accordion("Options", open=False):
             self.options = ScoringControls.build()
-        self.analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-        self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
 
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
@@ -142,8 +151,9 @@ class ExplorerTab:
             self.heatmap = gr.Image(label="HI per head: rows are layers, columns heads; click a cell", interactive=False,
                                     elem_id="heatmap", height=280, buttons=["download"])
             with gr.Column():
-                self.head_view = gr.Image(label="Selected head over the image, and the object patches", interactive=False,
-                                          elem_id="head-view", height=220, buttons=["download"])
+                # no label over the picture: it would hide the panels' titles (the line below names the head)
+                self.head_view = gr.Image(label="Selected head over the image, and the object patches", show_label=False,
+                                          interactive=False, elem_id="head-view", height=220, buttons=["download"])
                 self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
         with gr.Row():
             self.selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0, elem_id="selected-layer")
@@ -181,8 +191,9 @@ class ExplorerTab:
         self.uploaded_mask.change(self.preview_mask, [self.editor, self.uploaded_mask], [self.mask_view, self.message],
                                   api_name=False)
         stale_outputs = dict(inputs=[self.state], outputs=[self.stale], api_name=False, show_progress="hidden")
-        self.editor.change(self.image_changed, **stale_outputs)
-        self.uploaded_mask.change(self.image_changed, **stale_outputs)
+        # What a person does (not `.change`: the editor also changes when an event uploads its layers)
+        for event in (self.editor.input, self.editor.upload, self.editor.clear, self.uploaded_mask.upload, self.uploaded_mask.clear):
+            event(self.image_changed, **stale_outputs)
         for box in (self.text, self.key_phrase, self.generate):
             box.input(self.text_changed, **stale_outputs)
         for box in (model.name, model.device, model.lora):
@@ -242,31 +253,31 @@ class ExplorerTab:
         strokes = np.zeros(image.shape[:2] + (4,), np.uint8)
         strokes[proposal] = (255, 0, 0, 255)
         return {self.editor: {"background": image, "layers": [strokes], "composite": image},
-                self.mask_view: mask_overlay(image, proposal), self.message: ""}
+                self.mask_view: mask_preview(image, proposal), self.message: ""}
 
     @reports_input_errors("message")
     def preview_mask(self, editor: dict | None, uploaded_mask: str | None):
         if not uploaded_mask:
             return {self.mask_view: None}
         image, mask = mask_from_inputs(editor, uploaded_mask, self.context.settings.max_image_pixels)
-        return {self.mask_view: mask_overlay(image, mask), self.message: ""}
+        return {self.mask_view: mask_preview(image, mask), self.message: ""}
 
     def _stale_notice(self, session: Session | None, what: str) -> str:
         if session is None:
             return ""
-        return notice(f"**{STALE[what]}: the results below are for the previous inputs.** Press **Analyze** to update them.")
+        return notice(f"<b>{STALE[what]}: the results below are for the previous inputs.</b> Press <b>Analyze</b> to update them.")
 
     def image_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "image")} if session is not None else {}
+        return {self.stale: self._stale_notice(session, "image")} if session is not None else gr.skip()
 
     def text_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "text")} if session is not None else {}
+        return {self.stale: self._stale_notice(session, "text")} if session is not None else gr.skip()
 
     def model_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "model")} if session is not None else {}
+        return {self.stale: self._stale_notice(session, "model")} if session is not None else gr.skip()
 
     def options_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "options")} if session is not None else {}
+        return {self.stale: self._stale_notice(session, "options")} if session is not None else gr.skip()
 
     @reports_input_errors("message")
     def analyze(self, model_name: str, device: str, editor: dict | None, uploaded_mask: str | None, text: str,
@@ -285,14 +296,17 @@ class ExplorerTab:
         analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
         session = Session(analysis=analysis, image=image, mask=mask, selected=analysis.ranked_heads()[0], folder=folder)
-        return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_overlay(image, mask),
+        return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
                 self.top_k: top_k_update(analysis.hi.shape[0], top_k)}
 
     @reports_input_errors("message")
     def select_cell(self, session: Session | None, top_n: int, layer: int, top_k: int, event: gr.SelectData):
         if session is None:
             raise InputError("run an analysis first")
-        session.selected = views.clicked_head(event.index, session.analysis.hi)
+        clicked = views.clicked_head(event.index, session.analysis.hi)
+        if clicked is None:  # the numbers or the colour bar, not a cell
+            return gr.skip()
+        session.selected = clicked
         return self._render(session, top_n, layer, top_k)
 
     @reports_input_errors("message")
@@ -306,22 +320,22 @@ class ExplorerTab:
     def rescore(self, session: Session | None, binarize: str, quantile: float, layer_score: str, top_n: int, layer: int,
                 top_k: int):
         if session is None:  # options changed before any analysis: nothing to redraw
-            return {}
+            return gr.skip()
         session.analysis = session.analysis.rescored(scoring_config(binarize, quantile, layer_score))
         return self._render(session, top_n, layer, top_k)
 
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
-            return {}
+            return gr.skip()
         figure = views.top_figure(session, top_n)
         return {self.top_view: figure, self.downloads: views.save_downloads(session, {"top_heads.png": figure})}
 
     def redraw_layer(self, session: Session | None, layer: int):
-        return {} if session is None else {self.layer_view: views.layer_figure(session, layer)}
+        return gr.skip() if session is None else {self.layer_view: views.layer_figure(session, layer)}
 
     def redraw_bars(self, session: Session | None, top_k: int):
         if session is None:
-            return {}
+            return gr.skip()
         figure = views.bars_figure(session.analysis, top_k)
         return {self.bars: figure, self.downloads: views.save_downloads(session, {"layer_scores.png": figure})}
 

@@ -13,27 +13,22 @@ import numpy as np
 from PIL import Image
 
 from hi_core.analysis import ImageAnalysis
-from hi_core.plots import figure_to_array, hi_cells, layer_bars, overlay_grid
+from hi_core.heatmap import HeatmapLayout, draw_heatmap
+from hi_core.overlays import overlay_panels
+from hi_core.plots import figure_to_array, layer_bars
 
 from .options import top_k_for
 
 
-def heatmap_cell_px(layers: int, heads: int) -> int:
-    """Side of one head's square in the clickable HI heatmap: as large as fits ~320 x 260 px."""
-    return int(np.clip(min(320 // heads, 260 // layers), 8, 48))
+def heatmap_image(hi: np.ndarray, selected: tuple[int, int], title: str = "Head Impact: click a cell",
+                  label: str = "HI") -> np.ndarray:
+    """The (layers, heads) values as a clickable heatmap (numbers, colour bar, the selected head marked)."""
+    return draw_heatmap(hi, selected, HeatmapLayout.fit(*hi.shape), title=title, label=label)
 
 
-def heatmap_image(hi: np.ndarray, selected: tuple[int, int]) -> np.ndarray:
-    """The (layers, heads) HI matrix as a clickable image, the selected head outlined."""
-    return hi_cells(hi, heatmap_cell_px(*hi.shape), selected)
-
-
-def clicked_head(index: tuple[int, int], hi: np.ndarray) -> tuple[int, int]:
-    """The (layer, head) of the heatmap cell a click at pixel `index` = (x, y) landed on."""
-    x, y = index
-    layers, heads = hi.shape
-    cell = heatmap_cell_px(layers, heads)
-    return min(int(y) // cell, layers - 1), min(int(x) // cell, heads - 1)
+def clicked_head(index: tuple[int, int], hi: np.ndarray) -> tuple[int, int] | None:
+    """The (layer, head) of the heatmap cell a click at pixel `index` = (x, y) landed on; None off the grid."""
+    return HeatmapLayout.fit(*hi.shape).cell_at(*index)
 
 
 def clip_head(hi: np.ndarray, layer: float | None, head: float | None) -> tuple[int, int]:
@@ -79,32 +74,32 @@ def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
 
 def head_figure(session: Session) -> np.ndarray:
     analysis, (layer, head) = session.analysis, session.selected
-    return figure_to_array(overlay_grid(
+    return overlay_panels(
         [session.image, session.image],
         [analysis.maps[layer, head], analysis.mask.object_patches.astype(float)],
         [session.mask, session.mask],
         [f"layer {layer} head {head}: HI {analysis.hi[layer, head]:.3f}", "object patches on the grid"],
         columns=2,
-    ))
+    )
 
 
 def top_figure(session: Session, top_n: int) -> np.ndarray:
     analysis = session.analysis
-    top = analysis.ranked_heads()[: max(1, int(top_n))]
-    return figure_to_array(overlay_grid(
+    top = analysis.ranked_heads()[: max(1, int(top_n or 1))]
+    return overlay_panels(
         [session.image] * len(top), [analysis.maps[l, h] for l, h in top], [session.mask] * len(top),
-        [f"L{l} H{h}: {analysis.hi[l, h]:.2f}" for l, h in top], suptitle=f"top {len(top)} heads by HI",
-    ))
+        [f"L{l} H{h}: {analysis.hi[l, h]:.2f}" for l, h in top], title=f"top {len(top)} heads by HI",
+    )
 
 
 def layer_figure(session: Session, layer: int) -> np.ndarray:
     analysis = session.analysis
     layers, heads = analysis.hi.shape
     layer = int(np.clip(layer or 0, 0, layers - 1))
-    return figure_to_array(overlay_grid(
+    return overlay_panels(
         [session.image] * heads, [analysis.maps[layer, h] for h in range(heads)], [session.mask] * heads,
-        [f"H{h}: {analysis.hi[layer, h]:.2f}" for h in range(heads)], suptitle=f"layer {layer}",
-    ))
+        [f"H{h}: {analysis.hi[layer, h]:.2f}" for h in range(heads)], title=f"layer {layer}",
+    )
 
 
 def bars_figure(analysis: ImageAnalysis, top_k: int) -> np.ndarray:

@@ -10,13 +10,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from hi_core.datasets import INDEX
-from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset
-from hi_core.layer_selection import Ranking, needs_ranking, select_layers
+from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled
+from hi_core.layer_selection import Ranking, check_layer_choice, needs_ranking
 from hi_core.loading import LoadConfig, LoadedModel, load_model
-from hi_core.runs import RunRecord, dataset_ranking, run_finetune, run_pretrained
+from hi_core.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
 
 from .jobs import Progress
 from .sources import UPLOADED_ZIP, dataset_folder
@@ -37,7 +34,7 @@ class FinetuneSession:
 
     @property
     def adapter(self) -> Path:
-        return self.run_folder / "adapter"
+        return self.run_folder / ADAPTER_FOLDER
 
     @property
     def archive(self) -> Path:
@@ -60,22 +57,20 @@ class Live:
 
 
 def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel) -> Ranking:
-    """Layers by Dataset HI: the Dataset tab's scores when this session scored the same records (the same
-    data.jsonl) with the same model there; else scored now (default options, at most RANKING_LIMIT records)."""
-    try:
-        same = scored is not None and scored.load == load and (scored.folder / INDEX).read_bytes() == (folder / INDEX).read_bytes()
-    except OSError:  # the Dataset tab's files were cleaned up
-        same = False
-    if same:
-        return Ranking.from_scores(scored.analysis.layer_scores,
-                                   f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)")
+    """Layers by Dataset HI: the Dataset tab's scores when they fit this run (`reuse_ranking`: the same model,
+    the same records); else scored now (default options, at most RANKING_LIMIT records)."""
+    if scored is not None:
+        reused = reuse_ranking(scored.analysis, scored.load, scored.folder, load, folder)
+        if reused is not None:
+            return dataclasses.replace(reused, source=f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)")
     ranking = dataset_ranking(loaded, folder, limit=RANKING_LIMIT)
     return dataclasses.replace(ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {RANKING_LIMIT} records)")
 
 
 def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
                  scored, live: Live, stop: threading.Event) -> FinetuneSession:
-    """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set."""
+    """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set. `scored`: the session's
+    Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit."""
 
     def stage(text: str) -> None:
         if stop.is_set():
@@ -92,17 +87,10 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
     folder, name = dataset_folder(source, archive, run_folder)
     stage("loading a private copy of the model")
     loaded = load_model(load)
-    layers = len(loaded.adapter.decoder_layers(loaded.model))
-    # a bad k or layer list fails now, before the slow steps (any ranking of the right size checks them)
-    select_layers(config.layers, layers, config.k, Ranking.from_scores(np.zeros(layers), "check"), config.seed)
+    check_layer_choice(config.layers, len(loaded.adapter.decoder_layers(loaded.model)), config.k)  # before the slow steps
     ranking = None
     if needs_ranking(config.layers):
         stage("ranking the layers by Dataset HI")
         ranking = layer_ranking(scored, load, folder, name, loaded)
-    split = split_dataset(folder, config.data)
-    stage(f"captioning the {len(split.held_out)} held-out record(s) with the model as it is")
-    before = run_pretrained(loaded, folder, run_folder / "pretrained", config.data, split=split)
-    stage("training")
-    after = run_finetune(loaded, folder, run_folder / "adapter", config, ranking, callbacks=TrainCallbacks(on_step, stop.is_set),
-                         split=split)
-    return FinetuneSession(load, name, ranking, before, after, run_folder)
+    tuned = run_before_after(loaded, folder, run_folder, config, ranking, TrainCallbacks(on_step, stop.is_set), on_stage=stage)
+    return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder)
