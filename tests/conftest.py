@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# One temporary directory per test session (set before gradio and ui are imported): the app's run
+# and session folders, and Gradio's file cache, whose files a closing server deletes (content-hashed
+# paths, the same in every process), are then never shared with another test run on this machine.
+_SESSION_TMP = tempfile.mkdtemp(prefix="hi-explorer-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 
 import numpy as np
 import pytest
