@@ -1,5 +1,5 @@
-"""The app through its API (gradio_client): analysis, head selection, per-session state, errors; the
-Dataset tab: scoring the demo set or an uploaded zip, best/worst galleries, unsafe and bad zips; the
+"""The app through its API (gradio_client): analysis, head selection, per-session state, errors, the
+per-token view (the views on chosen tokens' rows) and the before/after view of a tuned model; the Dataset tab: scoring the demo set or an uploaded zip, best/worst galleries, unsafe and bad zips; the
 Fine-tune tab: a run that finishes (metrics, loss curve, a loadable adapter zip, the tuned model back in
 the explorer, whose cached model never carries LoRA), a cancelled run, bad input."""
 
@@ -22,11 +22,14 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from hi_core import archives
+from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
 from hi_core.heatmap import HeatmapLayout
 from hi_core.loading import LoadConfig, ModelCache, load_model
+from hi_core.masks import load_mask
 from hi_core.overlays import map_overlay
+from hi_core.scoring import ScoringConfig
 from ui.app import build_demo
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE
@@ -118,6 +121,62 @@ def test_bad_input_is_shown_beside_analyze_and_leaves_the_results_and_the_app_ke
     missing = predict(client, "/load_model", model_name=str(tmp_path / "missing"), device="cpu")
     assert "does not exist" in missing["model-status"]
     assert "grid" in _analyze(client, model, mask)["summary"]
+
+
+def _ranked_hi(ranking: dict) -> dict[tuple[int, int], float]:
+    return {(row[0], row[1]): row[2] for row in ranking["data"]}
+
+
+def test_the_key_phrases_tokens_are_marked_and_chosen_first_and_choosing_tokens_rescores_on_their_rows(server, explorer_cache):
+    url, model = server
+    client = Client(url, verbose=False)
+    image, mask, _ = _example()
+    text, key_phrase = "a small orange cross at the left", "orange cross"
+    shown = _analyze(client, model, mask, text=text, key_phrase=key_phrase)
+    # the oracle: the library's own per-token analysis of the same inputs
+    expected = analyze_image(explorer_cache.get(LoadConfig(model=model, device="cpu")), Image.open(image).convert("RGB"),
+                             load_mask(mask), text, AnalysisConfig(key_phrase=key_phrase), per_token=True)
+    key = list(expected.key_tokens)
+    tokens = shown["tokens"]
+    assert tokens["value"] == key and tokens["visible"]  # the key phrase's tokens are the default selection...
+    assert [label for label, _ in tokens["choices"]] == [f"{i}: {token.strip()}" + (" ★" if i in key else "")
+                                                        for i, token in enumerate(expected.tokens)]  # ...and starred
+    assert "orange ★" in str(tokens["choices"]) and "cross ★" in str(tokens["choices"])
+    assert "**Scored on tokens:** " in shown["summary"] and "(the key phrase)" in shown["summary"]
+    assert _ranked_hi(shown["ranking"]) == pytest.approx({head: round(float(expected.hi[head]), 4) for head in np.ndindex(expected.hi.shape)}, abs=1e-4)
+
+    span = [i for i in range(len(expected.tokens)) if i not in key][:2]  # two tokens outside the key phrase
+    chosen = predict(client, "/choose_tokens", tokens=span)
+    on_span = expected.for_tokens(span, ScoringConfig())
+    assert _ranked_hi(chosen["ranking"]) == pytest.approx({head: round(float(on_span.hi[head]), 4) for head in np.ndindex(on_span.hi.shape)}, abs=1e-4)
+    assert chosen["tokens"]["value"] == span and "(chosen)" in chosen["summary"]
+    assert f"response tokens** {len(span)}" in chosen["summary"]
+    best = on_span.ranked_heads()[0]
+    assert (chosen["selected-layer"], chosen["selected-head"]) == (shown["selected-layer"], shown["selected-head"])  # the head stays
+    assert chosen["heatmap"] != shown["heatmap"] and chosen["top-heads"] != shown["top-heads"]
+    assert chosen["ranking"]["data"][0][:2] == list(best)
+    scores = json.loads(open(next(p for p in chosen["downloads"] if p.endswith("scores.json"))).read())
+    assert [item["index"] for item in scores["scored_tokens"]] == span  # the downloads say which tokens they are on
+    assert scores["heads"][0]["hi"] == pytest.approx(float(on_span.hi[best]))
+
+    refused = predict(client, "/choose_tokens", tokens=[])
+    assert "choose at least one token" in refused["tokens-message"] and refused["ranking"] == UNCHANGED
+    back = predict(client, "/key_phrase_tokens")
+    assert back["tokens"]["value"] == key and back["ranking"] == shown["ranking"] and not back["tokens-message"]
+    every = predict(client, "/all_tokens")
+    assert every["tokens"]["value"] == list(range(len(expected.tokens))) and "(all tokens)" in every["summary"]
+
+
+def test_a_text_over_the_token_bound_is_scored_without_the_per_token_view(server, monkeypatch):
+    url, model = server
+    client = Client(url, verbose=False)
+    _, mask, _ = _example()
+    from ui import explorer
+
+    monkeypatch.setattr(explorer, "token_maps_note", lambda *args: "per-token view off: too many maps")
+    shown = _analyze(client, model, mask, key_phrase="orange cross")
+    assert not shown["tokens"]["visible"] and "too many maps" in shown["summary"] and "Best head" in shown["summary"]
+    assert "kept no per-token maps" in predict(client, "/all_tokens")["tokens-message"]
 
 
 def test_examples_are_a_valid_dataset():
@@ -328,9 +387,9 @@ def test_gallery_overlay_puts_the_map_on_its_cells_and_outlines_the_mask():
 # --- the Fine-tune tab -----------------------------------------------------------------------------
 
 
-def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False):
+def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False, lr=1e-3):
     return client.submit(model_name=model, device="cpu", source=source, archive=handle_file(str(archive)) if archive else None,
-                         strategy=strategy, layer_list=layers, k=k, rank=4, steps=steps, lr=1e-3, batch_size=2, seed=0,
+                         strategy=strategy, layer_list=layers, k=k, rank=4, steps=steps, lr=lr, batch_size=2, seed=0,
                          meteor=meteor, api_name="/finetune")
 
 
@@ -386,6 +445,40 @@ def test_a_finetune_finishes_with_metrics_a_loss_curve_and_a_loadable_adapter(se
     _, mask, _ = _example()
     summary = _analyze(client, model, mask, lora=lora)["summary"]
     assert f"`{model} + LoRA " in summary and "/adapter`" in summary
+
+
+def test_the_before_after_view_shows_tuned_minus_base_hi_of_the_last_analysis(server):
+    url, model = server
+    client = Client(url, verbose=False)
+    _, mask, _ = _example()
+    assert "run an analysis first" in predict(client, "/before_after", model_name=model, device="cpu", lora="fine-tune: x")["compare-message"]
+    base = _analyze(client, model, mask, key_phrase="orange cross")
+    assert "set a LoRA adapter first" in predict(client, "/before_after", model_name=model, device="cpu", lora="")["compare-message"]
+    assert _finetune(client, model, strategy="all", steps=3, lr=0.05)["ft-status"].startswith("**Finished:** 3 steps")
+    lora = predict(client, "/use_tuned_model")["lora"]
+    tuned = _analyze(client, model, mask, key_phrase="orange cross", lora=lora)  # the oracle: each model's own analysis
+    expected = {head: tuned_hi - _ranked_hi(base["ranking"])[head] for head, tuned_hi in _ranked_hi(tuned["ranking"]).items()}
+    assert any(abs(change) > 1e-3 for change in expected.values())  # the tuning moved some head
+
+    shown = predict(client, "/before_after", model_name=model, device="cpu", lora=lora)
+    assert not shown["compare-message"]
+    info = shown["diff-info"]
+    layer, head = map(int, re.search(r"\*\*Layer (\d+), head (\d+)\*\*", info).groups())
+    assert abs(expected[layer, head]) == pytest.approx(max(abs(change) for change in expected.values()), abs=2e-4)  # the largest change first
+    before, after, change = (float(x) for x in re.search(r"HI base \*\*(\S+)\*\* → tuned \*\*(\S+)\*\* \(ΔHI \*\*(\S+)\*\*\)", info).groups())
+    assert before == pytest.approx(_ranked_hi(base["ranking"])[layer, head], abs=1e-3)
+    assert after == pytest.approx(_ranked_hi(tuned["ranking"])[layer, head], abs=1e-3)
+    assert change == pytest.approx(expected[layer, head], abs=1e-3)
+    rise = max(expected, key=expected.get)
+    assert f"Largest rise: layer {rise[0]}, head {rise[1]} ({expected[rise]:+.3f})" in info
+    assert f"tuned `{model} + LoRA" in info and f"base `{model}`" in info
+    layers, heads = (max(l for l, _ in expected) + 1, max(h for _, h in expected) + 1)
+    layout = HeatmapLayout.fit(layers, heads)  # the HI heatmap's geometry: a click maps back the same way
+    assert Image.open(shown["diff-heatmap"]).size == (layout.width, layout.height)
+    picture = np.asarray(Image.open(shown["diff-head"]).convert("RGB"))
+    assert picture.shape[1] > picture.shape[0]  # two panels side by side
+    # a new analysis clears the comparison
+    assert _analyze(client, model, mask, lora=lora)["diff-heatmap"] is None
 
 
 def _wait_for(client, job, pattern: str, timeout: float = 120) -> None:

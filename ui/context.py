@@ -74,16 +74,17 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
 class ModelWork:
     """The model's work, decorated for ZeroGPU once at start-up (the decorated functions close over the cache)."""
 
-    analyze: Callable[[LoadConfig, np.ndarray, np.ndarray, str | None, AnalysisConfig], ImageAnalysis]
+    analyze: Callable[..., ImageAnalysis]  # (load config, image, mask, text or None, AnalysisConfig, per_token=False)
     score_dataset: Callable[[LoadConfig, Path, DatasetConfig, Any], DatasetAnalysis]
 
 
 def model_work(cache: ModelCache) -> ModelWork:
     @on_gpu(GPU_SECONDS)
     def analyze(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str | None,
-                analysis_config: AnalysisConfig) -> ImageAnalysis:
-        """One image (on a ZeroGPU Space: in the GPU worker; the model was loaded before)."""
-        return analyze_image(cache.get(config), Image.fromarray(image), mask, text, analysis_config)
+                analysis_config: AnalysisConfig, per_token: bool = False) -> ImageAnalysis:
+        """One image (on a ZeroGPU Space: in the GPU worker; the model was loaded before); `per_token` also
+        keeps every response token's maps (the same forward pass)."""
+        return analyze_image(cache.get(config), Image.fromarray(image), mask, text, analysis_config, per_token=per_token)
 
     @on_gpu(GPU_SECONDS_DATASET)
     def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress) -> DatasetAnalysis:

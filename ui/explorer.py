@@ -2,8 +2,10 @@
 model scored by HI, a clicked head's map, the top heads, one layer's heads, the ranking, the layer bars.
 
 Left column: the model, the image (examples, painting, GrabCut or an uploaded mask), the text, Analyze
-and its message. Right column: the results, under a banner when they no longer match the inputs.
-(A later view, per token or before/after a fine-tune, is one more tab in `result_tabs`.)
+and its message. Right column: the results, under a banner when they no longer match the inputs: the
+summary, the description's tokens (tick some to see every view on those rows alone: the per-token view),
+the heatmap and the selected head, and `result_tabs` (top heads, one layer, ranking, layer bars, and,
+while a LoRA adapter is set, the before/after view: the base and the tuned model on the same inputs).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
+from hi_core.loading import LoadedModel
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
 from hi_core.overlays import map_overlay, mask_overlay
 
 from . import explorer_views as views
 from .components import bounded_image_editor
 from .context import AppContext
-from .explorer_views import Session
+from .explorer_views import BeforeAfter, Session
 from .feedback import notice, reports_input_errors
 from .options import ScoringControls, analysis_config, scoring_config, top_k_slider, top_k_update
 
@@ -68,6 +72,20 @@ def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels:
     else:
         mask = painted_mask(list(editor.get("layers") or []), size)
     return image, check_mask(mask, Image.fromarray(image))
+
+
+def token_maps_note(loaded: LoadedModel, text: str | None, config: AnalysisConfig, limit: int | None) -> str:
+    """Why the per-token maps of this analysis would not be kept ("" when they fit `limit` maps): layers x
+    heads x the description's tokens (its tokenizer's count, or `max_new_tokens` for a generated one)."""
+    if limit is None:
+        return ""
+    layers = len(loaded.adapter.decoder_layers(loaded.model))
+    heads = loaded.model.config.get_text_config().num_attention_heads
+    tokens = len(loaded.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else config.max_new_tokens
+    if layers * heads * tokens <= limit:
+        return ""
+    return (f"per-token view off: {tokens} tokens x {layers} x {heads} heads = {layers * heads * tokens:,} maps, "
+            f"more than the {limit:,} this server keeps per session")
 
 
 @dataclass
@@ -147,6 +165,14 @@ class ExplorerTab:
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
         self.summary = gr.Markdown("Results appear here.", label="Summary", elem_id="summary")
+        with gr.Row(equal_height=True):
+            self.tokens = gr.CheckboxGroup(
+                [], label="Tokens scored: tick a token or a span to see every head on those rows alone (★ the key phrase)",
+                elem_id="tokens", scale=5, visible=False)
+            with gr.Column(scale=1, min_width=130):
+                self.key_tokens_button = gr.Button("Key phrase", size="sm", elem_id="tokens-key", visible=False)
+                self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False)
+        self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
         with gr.Row():
             self.heatmap = gr.Image(label="HI per head: rows are layers, columns heads; click a cell", interactive=False,
                                     elem_id="heatmap", height=280, buttons=["download"])
@@ -172,7 +198,20 @@ class ExplorerTab:
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
                 self.bars = gr.Image(interactive=False, show_label=False, label="Layer scores", elem_id="layer-bars")
-        self.downloads = gr.File(label="Downloads: scores (JSON, CSV) and figures (PNG)", file_count="multiple", elem_id="downloads")
+            with gr.Tab("Before / after", id="before-after", visible=False, elem_id="before-after-tab") as self.compare_tab:
+                gr.Markdown("The same image, mask and text (the last analysis's) scored by the base model and by the "
+                            "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps.")
+                self.compare_button = gr.Button("Score with the base and the tuned model", elem_id="compare")
+                self.compare_message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
+                with gr.Row():
+                    self.diff_heatmap = gr.Image(label="ΔHI (tuned − base) per head; click a cell", interactive=False,
+                                                 elem_id="diff-heatmap", height=280, buttons=["download"])
+                    with gr.Column():
+                        self.diff_head = gr.Image(label="The selected head: base | tuned", show_label=False, interactive=False,
+                                                  elem_id="diff-head", height=220, buttons=["download"])
+                        self.diff_info = gr.Markdown("", label="The selected head before and after", elem_id="diff-info")
+        self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV) and figures (PNG)",
+                                 file_count="multiple", elem_id="downloads")
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -198,17 +237,20 @@ class ExplorerTab:
             box.input(self.text_changed, **stale_outputs)
         for box in (model.name, model.device, model.lora):
             box.change(self.model_changed, **stale_outputs)
+        model.lora.change(self.lora_changed, [model.lora], [self.compare_tab], api_name=False, show_progress="hidden")
         for box in (options.prompt, options.queries):
             box.input(self.options_changed, **stale_outputs)
 
         full = [self.state, self.stale, self.summary, self.heatmap, self.head_view, self.head_info, self.selected_layer,
-                self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message]
+                self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message,
+                self.tokens, self.key_tokens_button, self.all_tokens_button, self.token_message]
+        compared = [self.state, self.diff_heatmap, self.diff_head, self.diff_info, self.compare_message]
         self.analyze_button.click(
             self.analyze,
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
              options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
              self.state, self.tuned_state],
-            [*full, self.mask_view, self.top_k],
+            [*full, self.mask_view, self.top_k, *compared[1:]],
             api_name="analyze",
         ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
         shown = [self.state, self.top_n, self.layer, self.top_k]
@@ -219,7 +261,14 @@ class ExplorerTab:
         for box in (self.selected_layer, self.selected_head):
             box.submit(**select, api_name=False)
         for option in options.scoring:
-            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], full, api_name=False)
+            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], [*full, *compared[1:]], api_name=False)
+        shown_tokens = dict(outputs=full, show_progress="minimal")
+        self.tokens.input(self.choose_tokens, [self.state, self.tokens, *shown[1:]], **shown_tokens, api_name="choose_tokens")
+        self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
+        self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
+        self.compare_button.click(self.before_after, [self.state, model.name, model.device, model.lora, self.tuned_state],
+                                  compared, api_name="before_after")
+        self.diff_heatmap.select(self.select_compare_cell, [self.state], compared, api_name=False)
         self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.downloads], api_name=False)
         self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view], api_name=False)
         self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.downloads], api_name=False)
@@ -290,14 +339,17 @@ class ExplorerTab:
         config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase)
         if not generate and not (text or "").strip():
             raise InputError("type the description to score, or tick 'generate'")
-        context.get_model(load_config, progress)
+        loaded = context.get_model(load_config, progress)
+        text = None if generate else text
+        token_note = token_maps_note(loaded, text, config, context.settings.max_token_maps)
         progress(0.5, desc="capturing attention")
-        analysis = context.work.analyze(load_config, image, mask, None if generate else text, config)
+        analysis = context.work.analyze(load_config, image, mask, text, config, per_token=not token_note)
         analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
-        session = Session(analysis=analysis, image=image, mask=mask, selected=analysis.ranked_heads()[0], folder=folder)
+        session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
-                self.top_k: top_k_update(analysis.hi.shape[0], top_k)}
+                self.top_k: top_k_update(analysis.hi.shape[0], top_k),
+                self.diff_heatmap: None, self.diff_head: None, self.diff_info: "", self.compare_message: ""}
 
     @reports_input_errors("message")
     def select_cell(self, session: Session | None, top_n: int, layer: int, top_k: int, event: gr.SelectData):
@@ -307,28 +359,29 @@ class ExplorerTab:
         if clicked is None:  # the numbers or the colour bar, not a cell
             return gr.skip()
         session.selected = clicked
-        return self._render(session, top_n, layer, top_k)
+        return self._render_head(session)
 
     @reports_input_errors("message")
     def select_head(self, session: Session | None, selected_layer: int, selected_head: int, top_n: int, layer: int, top_k: int):
         if session is None:
             raise InputError("run an analysis first")
         session.selected = views.clip_head(session.analysis.hi, selected_layer, selected_head)
-        return self._render(session, top_n, layer, top_k)
+        return self._render_head(session)
 
     @reports_input_errors("message")
     def rescore(self, session: Session | None, binarize: str, quantile: float, layer_score: str, top_n: int, layer: int,
                 top_k: int):
         if session is None:  # options changed before any analysis: nothing to redraw
             return gr.skip()
-        session.analysis = session.analysis.rescored(scoring_config(binarize, quantile, layer_score))
-        return self._render(session, top_n, layer, top_k)
+        session.show(scoring=scoring_config(binarize, quantile, layer_score))
+        update = self._render(session, top_n, layer, top_k)
+        return update if session.compare is None else {**update, **self._render_compare(session)}
 
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
             return gr.skip()
         figure = views.top_figure(session, top_n)
-        return {self.top_view: figure, self.downloads: views.save_downloads(session, {"top_heads.png": figure})}
+        return {self.top_view: figure, self.downloads: views.save_downloads(session, {"top_heads.png": figure}, scores=False)}
 
     def redraw_layer(self, session: Session | None, layer: int):
         return gr.skip() if session is None else {self.layer_view: views.layer_figure(session, layer)}
@@ -336,24 +389,100 @@ class ExplorerTab:
     def redraw_bars(self, session: Session | None, top_k: int):
         if session is None:
             return gr.skip()
-        figure = views.bars_figure(session.analysis, top_k)
-        return {self.bars: figure, self.downloads: views.save_downloads(session, {"layer_scores.png": figure})}
+        figure = session.bars(top_k)
+        return {self.bars: figure, self.downloads: views.save_downloads(session, {"layer_scores.png": figure}, scores=False)}
+
+    # --- the per-token view ---------------------------------------------------------------------
+
+    @reports_input_errors("token_message")
+    def choose_tokens(self, session: Session | None, tokens: list[int], top_n: int, layer: int, top_k: int):
+        """Every view on the ticked tokens' rows alone (no forward pass)."""
+        if session is None:
+            raise InputError("run an analysis first")
+        if not session.per_token:
+            raise InputError(f"this analysis kept no per-token maps ({session.token_note})")
+        session.show(tokens or [])
+        return self._render(session, top_n, layer, top_k)
+
+    def key_phrase_tokens(self, session: Session | None, top_n: int, layer: int, top_k: int):
+        return self.choose_tokens(session, list(session.whole.key_tokens) if session else [], top_n, layer, top_k)
+
+    def every_token(self, session: Session | None, top_n: int, layer: int, top_k: int):
+        return self.choose_tokens(session, list(range(len(session.whole.tokens))) if session else [], top_n, layer, top_k)
+
+    # --- before / after a fine-tune -------------------------------------------------------------
+
+    def lora_changed(self, lora: str):
+        return {self.compare_tab: gr.Tab(visible=bool((lora or "").strip()))}
+
+    @reports_input_errors("compare_message")
+    def before_after(self, session: Session | None, model_name: str, device: str, lora: str, tuned=None,
+                     progress=gr.Progress()):
+        """The last analysis's image, mask, text and options scored by the base model and by the tuned one."""
+        if not (lora or "").strip():
+            raise InputError("set a LoRA adapter first (the Fine-tune tab's 'Use the tuned model')")
+        if session is None:
+            raise InputError("run an analysis first: the base and the tuned model score its image, mask and text")
+        context, scored = self.context, {}
+        for step, (which, adapter) in enumerate((("base", ""), ("tuned", lora))):
+            load_config = context.model_config(model_name, device, adapter, tuned)
+            context.get_model(load_config, progress)
+            progress(0.3 + 0.35 * step, desc=f"scoring with the {which} model")
+            analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
+            scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
+        difference = scored["tuned"].hi - scored["base"].hi
+        largest = np.unravel_index(np.argmax(np.abs(difference)), difference.shape)
+        session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=(int(largest[0]), int(largest[1])))
+        return self._render_compare(session)
+
+    def select_compare_cell(self, session: Session | None, event: gr.SelectData):
+        if session is None or session.compare is None:
+            return gr.skip()
+        clicked = views.clicked_head(event.index, session.compare.base.hi)
+        if clicked is None:
+            return gr.skip()
+        session.compare = dataclasses.replace(session.compare, selected=clicked)
+        return self._render_compare(session)
+
+    def _render_compare(self, session: Session) -> dict:
+        compare = session.compare
+        return {self.state: session, self.compare_message: "", self.diff_heatmap: views.difference_heatmap(compare),
+                self.diff_head: views.before_after_figure(session), self.diff_info: views.before_after_info(compare)}
+
+    # --- drawing --------------------------------------------------------------------------------
 
     def _render(self, session: Session, top_n: int, layer: int, top_k: int) -> dict:
-        """Every result view of the session (and the state, a cleared message and stale banner)."""
+        """Every result view of the session (and the state, cleared messages and stale banner)."""
         analysis = session.analysis
         figures = {"head.png": views.head_figure(session), "top_heads.png": views.top_figure(session, top_n),
-                   "layer_scores.png": views.bars_figure(analysis, top_k)}
+                   "layer_scores.png": session.bars(top_k)}
         return {
-            self.state: session, self.message: "", self.stale: "",
-            self.summary: views.summary(analysis),
-            self.heatmap: views.heatmap_image(analysis.hi, session.selected),
-            self.head_view: figures["head.png"],
-            self.head_info: views.head_info(analysis, session.selected),
-            self.selected_layer: session.selected[0], self.selected_head: session.selected[1],
+            **self._render_head(session, figures["head.png"], downloads=False),
+            self.stale: "", self.token_message: "",
+            self.summary: views.summary(session),
+            **self._token_controls(session),
             self.top_view: figures["top_heads.png"],
             self.layer_view: views.layer_figure(session, layer),
             self.ranking: views.ranking_rows(analysis),
             self.bars: figures["layer_scores.png"],
             self.downloads: views.save_downloads(session, figures),
         }
+
+    def _render_head(self, session: Session, figure: np.ndarray | None = None, downloads: bool = True) -> dict:
+        """The selection: the heatmap's marker and the selected head (a click redraws nothing else)."""
+        figure = views.head_figure(session) if figure is None else figure
+        update = {
+            self.state: session, self.message: "",
+            self.heatmap: views.heatmap_image(session.analysis.hi, session.selected),
+            self.head_view: figure,
+            self.head_info: views.head_info(session.analysis, session.selected),
+            self.selected_layer: session.selected[0], self.selected_head: session.selected[1],
+        }
+        if downloads:
+            update[self.downloads] = views.save_downloads(session, {"head.png": figure}, scores=False)
+        return update
+
+    def _token_controls(self, session: Session) -> dict:
+        shown = session.per_token
+        return {self.tokens: gr.CheckboxGroup(choices=views.token_choices(session), value=list(session.chosen), visible=shown),
+                self.key_tokens_button: gr.Button(visible=shown), self.all_tokens_button: gr.Button(visible=shown)}

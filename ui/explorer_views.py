@@ -1,21 +1,24 @@
-"""What the Explorer's results show, drawn from one session's analysis: the summary, the clickable HI
-heatmap, the selected head (figure and a line of numbers), the top heads, one layer's heads, the ranking,
-the layer bars and the downloads. Every number comes from `hi_core`; this module only lays them out."""
+"""What the Explorer's results show, drawn from one session's analysis: the summary, the scored tokens, the
+clickable HI heatmap, the selected head (figure and a line of numbers), the top heads, one layer's heads,
+the ranking, the layer bars, the downloads, and the before/after view of a tuned model. Every number comes
+from `hi_core`; this module only lays them out."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from hi_core.analysis import ImageAnalysis
+from hi_core.analysis import AnalysisConfig, ImageAnalysis, hi_difference
 from hi_core.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.overlays import overlay_panels
 from hi_core.plots import figure_to_array, layer_bars
+from hi_core.scoring import ScoringConfig
 
 from .options import top_k_for
 
@@ -37,24 +40,102 @@ def clip_head(hi: np.ndarray, layer: float | None, head: float | None) -> tuple[
 
 
 @dataclass
-class Session:
-    """What one browser session has analyzed (kept in `gr.State`, never shared between tabs)."""
+class BeforeAfter:
+    """One image, mask and text scored by the base model and by its tuned copy (the LoRA set in the Explorer)."""
 
-    analysis: ImageAnalysis
+    base: ImageAnalysis
+    tuned: ImageAnalysis
+    selected: tuple[int, int]
+
+    @property
+    def difference(self) -> np.ndarray:
+        return hi_difference(self.base, self.tuned)  # (layers, heads): tuned - base
+
+    def rescored(self, scoring: ScoringConfig) -> BeforeAfter:
+        return replace(self, base=self.base.rescored(scoring), tuned=self.tuned.rescored(scoring))
+
+
+@dataclass
+class Session:
+    """What one browser session has analyzed (kept in `gr.State`, never shared between tabs).
+
+    `whole` is the analysis as it came (the key phrase's rows; every token's maps when they were kept);
+    `analysis` is what the page shows: `whole` on the chosen tokens, with the current scoring options."""
+
+    whole: ImageAnalysis
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool
-    selected: tuple[int, int]
+    config: AnalysisConfig  # what it was analyzed with (the before/after view scores the same); scoring: the current
     folder: Path  # this session's downloads, rewritten by each analysis; removed with the session
+    token_note: str = ""  # why the per-token view is off, when it is
+    chosen: tuple[int, ...] = ()  # the tokens shown (indices into whole.tokens)
+    selected: tuple[int, int] = (0, 0)
+    analysis: ImageAnalysis = field(init=False)
+    compare: BeforeAfter | None = None
+    _bars: tuple[int, np.ndarray] | None = field(default=None, repr=False)  # (top-k, picture): drawn once per change
+
+    def __post_init__(self) -> None:
+        self.chosen = self.chosen or self.whole.key_tokens
+        self.analysis = self.whole
+        self.selected = self.analysis.ranked_heads()[0]
+
+    @property
+    def per_token(self) -> bool:
+        return self.whole.token_maps is not None
+
+    def show(self, tokens: Sequence[int] | None = None, scoring: ScoringConfig | None = None) -> None:
+        """Show these tokens' rows (default: the same ones) scored with `scoring` (default: the current options);
+        no forward pass. The selected head stays."""
+        scoring = scoring or self.config.scoring
+        chosen = tuple(sorted({int(i) for i in tokens})) if tokens is not None else self.chosen
+        self.analysis = self.whole.for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
+        self.chosen, self.config, self._bars = chosen, replace(self.config, scoring=scoring), None
+        if self.compare is not None:
+            self.compare = self.compare.rescored(scoring)
+
+    def bars(self, top_k: int) -> np.ndarray:
+        """The layer bars (matplotlib: the one slow picture), drawn again only when the scores or top-k change."""
+        top_k = top_k_for(self.analysis.hi.shape[0], top_k)
+        if self._bars is None or self._bars[0] != top_k:
+            self._bars = (top_k, bars_figure(self.analysis, top_k))
+        return self._bars[1]
 
     def remove_files(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def summary(analysis: ImageAnalysis) -> str:
+def token_label(index: int, token: str) -> str:
+    shown = token.strip() or repr(token)
+    return f"{index}: {shown}"
+
+
+def token_choices(session: Session) -> list[tuple[str, int]]:
+    """(label, index) of every response token; the key phrase's are starred."""
+    key = set(session.whole.key_tokens)
+    return [(token_label(i, token) + (" ★" if i in key else ""), i) for i, token in enumerate(session.whole.tokens)]
+
+
+def scored_tokens(session: Session) -> str:
+    """Which of the description's tokens the shown scores are on, in words."""
+    whole = session.whole
+    if not session.per_token:
+        return f"the key phrase's {whole.response_tokens} token(s) (as analyzed; {session.token_note})"
+    if session.chosen == whole.key_tokens:
+        which = "all tokens" if len(whole.key_tokens) == len(whole.tokens) else "the key phrase"
+    elif len(session.chosen) == len(whole.tokens):
+        which = "all tokens"
+    else:
+        which = "chosen"
+    return f"{', '.join(token_label(i, whole.tokens[i]) for i in session.chosen)} ({which})"
+
+
+def summary(session: Session) -> str:
+    analysis = session.analysis
     best_layer, best_head = analysis.ranked_heads()[0]
     best = analysis.hi[best_layer, best_head]
     return (
         f"**Scored text:** {analysis.text}  \n"
+        f"**Scored on tokens:** {scored_tokens(session)}  \n"
         f"**Model:** `{analysis.model}` ({analysis.family}, {analysis.view}) · **grid** {analysis.grid[0]}×{analysis.grid[1]} · "
         f"**object patches** {int(analysis.mask.object_patches.sum())} · **chance IoU** {analysis.chance:.3f} · "
         f"**response tokens** {analysis.response_tokens} ({analysis.queries} rows)  \n"
@@ -102,7 +183,8 @@ def layer_figure(session: Session, layer: int) -> np.ndarray:
     )
 
 
-def bars_figure(analysis: ImageAnalysis, top_k: int) -> np.ndarray:
+def bars_figure(analysis, top_k: int) -> np.ndarray:
+    """The layer bars of an analysis (one image's or a dataset's), matplotlib's picture as pixels."""
     return figure_to_array(layer_bars(analysis.layer_scores, top_k=top_k_for(analysis.hi.shape[0], top_k)))
 
 
@@ -110,12 +192,55 @@ def ranking_rows(analysis: ImageAnalysis) -> list[list]:
     return [[l, h, round(float(analysis.hi[l, h]), 4), round(float(analysis.mass[l, h]), 4)] for l, h in analysis.ranked_heads()]
 
 
-def save_downloads(session: Session, figures: dict[str, np.ndarray]) -> list[str]:
-    """Scores (JSON, CSV) and the given figures (name -> PNG pixels) in the session's folder; every file there,
-    listed (Gradio serves copies of them)."""
+PNG_LEVEL = 1  # zlib level of the figure downloads: level 6 (PIL's default) costs ~4x the time for ~10% smaller files
+
+
+def save_downloads(session: Session, figures: dict[str, np.ndarray], scores: bool = True) -> list[str]:
+    """The shown scores (JSON with the tokens they are on, CSV) unless `scores` is False, and the given figures
+    (name -> PNG pixels), in the session's folder; every file there, listed (Gradio serves copies of them)."""
     folder = session.folder
-    (folder / "scores.json").write_text(json.dumps(session.analysis.to_json(), indent=2))
-    (folder / "heads.csv").write_text(session.analysis.to_csv())
+    if scores:
+        analysis = session.analysis
+        tokens = [{"index": i, "token": session.whole.tokens[i]} for i in session.chosen] if session.per_token else None
+        (folder / "scores.json").write_text(json.dumps({**analysis.to_json(), "scored_tokens": tokens}, indent=2))
+        (folder / "heads.csv").write_text(analysis.to_csv())
     for name, pixels in figures.items():
-        Image.fromarray(pixels).save(folder / name)
+        Image.fromarray(pixels).save(folder / name, compress_level=PNG_LEVEL)
     return [str(path) for path in sorted(folder.iterdir()) if path.suffix in (".json", ".csv", ".png")]
+
+
+# --- before / after a fine-tune ---------------------------------------------------------------------
+
+
+def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
+    """ΔHI = tuned - base per head, on a red-blue scale symmetric around 0 (the HI heatmap's cell geometry)."""
+    difference = compare.difference
+    reach = float(np.abs(difference).max()) or 1e-3
+    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape),
+                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach)
+
+
+def before_after_figure(session: Session) -> np.ndarray:
+    """The selected head's map under the base model and under the tuned one, side by side."""
+    compare, (layer, head) = session.compare, session.compare.selected
+    return overlay_panels(
+        [session.image, session.image],
+        [compare.base.maps[layer, head], compare.tuned.maps[layer, head]],
+        [session.mask, session.mask],
+        [f"base: layer {layer} head {head}, HI {compare.base.hi[layer, head]:.3f}",
+         f"tuned: layer {layer} head {head}, HI {compare.tuned.hi[layer, head]:.3f}"],
+        columns=2,
+    )
+
+
+def before_after_info(compare: BeforeAfter) -> str:
+    layer, head = compare.selected
+    difference = compare.difference
+    rise = np.unravel_index(np.argmax(difference), difference.shape)
+    fall = np.unravel_index(np.argmin(difference), difference.shape)
+    return (f"**Layer {layer}, head {head}** · HI base **{compare.base.hi[layer, head]:.3f}** → tuned "
+            f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**)  \n"
+            f"Largest rise: layer {rise[0]}, head {rise[1]} ({difference[rise]:+.3f}) · largest fall: layer {fall[0]}, "
+            f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}  \n"
+            f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows) · base `{compare.base.model}` · "
+            f"tuned `{compare.tuned.model}`")

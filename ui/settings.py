@@ -50,6 +50,9 @@ class Settings:
     max_finetune_steps: int | None = None
     max_lora_rank: int | None = None
     max_batch_size: int | None = None  # fine-tune and dataset scoring
+    # The Explorer's per-token view keeps each response token's map of every head: at most this many maps
+    # (layers x heads x tokens) per session, e.g. 97 tokens on a 28 x 12-head model (72 MiB on a 24 x 24 grid)
+    max_token_maps: int | None = 32_768
     queue_size: int | None = None  # events waiting in the queue; more are turned away with a message
     concurrency: int = 2  # events of one kind running at once (the dataset and fine-tune: 1)
     max_run_storage_mb: float = 2048  # unpacked uploads, downloads and adapters on disk, all sessions; oldest go first
