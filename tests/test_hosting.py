@@ -232,7 +232,8 @@ def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_message
 
 
 def _session_folders() -> set[Path]:
-    return set(UNPACKED.glob("session-*")) | set(Path(tempfile.gettempdir()).glob("hi-explorer-*"))
+    """The sessions' download folders, and any per-analysis temp folder (the old app left one per analysis)."""
+    return set(UNPACKED.glob("session-*")) | set(Path(tempfile.gettempdir()).glob("hi-explorer-*")) - {UNPACKED}
 
 
 def test_temporary_folders_do_not_grow_over_20_analyses(llava_dir):
