@@ -16,6 +16,9 @@ random-weight LLaVA with 28 text layers x 12 heads (built in a temporary folder,
 The handler is analyze + views + files (summed per repetition; "new, no PNGs": without the three PNG
 files). Reported: medians, their ratio to analyze_image, and each new picture (and the PNG files at
 compress_level 6 and 1) timed alone. The drawing code of each path is here (the app may change around it).
+Beside them, the app's own handlers, called as Gradio calls them (no browser, no encoding of the
+returned pictures): `ExplorerTab.analyze` (per-token maps kept, PNG downloads at compress_level 1),
+`select_head` (a click) and `choose_tokens` (a token ticked: every view redrawn, no forward pass).
 
 Run: python bench/analysis.py [--models demo wide] [--reps 3] [--threads N] [--top-n 8] [--top-k 4]
 """
@@ -133,11 +136,42 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
+def explorer_tab(model: str):
+    """The app's Explorer tab (components built in a Blocks that is never served), for its handlers."""
+    import gradio as gr
+
+    from ui.context import AppContext
+    from ui.explorer import ExplorerTab
+
+    with gr.Blocks():
+        return ExplorerTab(AppContext(), gr.State(None), model)
+
+
+def app_handlers(tab, model: str, record, args: argparse.Namespace, previous):
+    """(session, {row: seconds}) of the app's Analyze handler, a head click and a token choice on one record."""
+    from ui.options import DEFAULTS
+
+    image = np.asarray(record.image.convert("RGB"))
+    strokes = np.zeros(image.shape[:2] + (4,), np.uint8)
+    strokes[record.mask] = (255, 0, 0, 255)
+    editor = {"background": image, "layers": [strokes], "composite": image}
+    scoring = DEFAULTS.scoring
+    shown, analyze_s = timed(tab.analyze, model, "cpu", editor, None, record.text, False, record.key_phrase, DEFAULTS.prompt,
+                             DEFAULTS.queries, scoring.binarize, scoring.quantile, scoring.layer_score, args.top_n, 0,
+                             args.top_k, previous=previous, progress=lambda *_, **__: None)
+    session = shown[tab.state]
+    other = session.analysis.ranked_heads()[-1]
+    _, click_s = timed(tab.select_head, session, other[0], other[1], args.top_n, 0, args.top_k)
+    _, tokens_s = timed(tab.choose_tokens, session, [0, *session.whole.key_tokens], args.top_n, 0, args.top_k)
+    return session, {"app: Analyze": analyze_s, "app: click": click_s, "app: token": tokens_s}
+
+
 def bench_model(name: str, model: str, records: list, args: argparse.Namespace, folder: Path, parts: bool) -> dict[str, float]:
     loaded = load_model(LoadConfig(model, device="cpu"))
+    tab, session = explorer_tab(model), None
     timings: dict[str, list[float]] = {key: [] for key in
                                        ("analyze", "views old", "views new", "JSON + CSV", "3 PNG files", "click old", "click new",
-                                        "handler old", "handler new", "new, no PNGs")}
+                                        "handler old", "handler new", "new, no PNGs", "app: Analyze", "app: click", "app: token")}
     pieces: dict[str, list[float]] = {}
     for rep in range(args.reps + 1):  # the first round warms up (fonts, colormaps, matplotlib's caches)
         for record in records:
@@ -152,6 +186,7 @@ def bench_model(name: str, model: str, records: list, args: argparse.Namespace, 
             _, pictures_s = timed(picture_files, new, folder)
             _, click_old_s = timed(views_old, analysis, image, mask, other, args.top_n, 0, args.top_k)
             _, click_new_s = timed(views_new, analysis, image, mask, other, args.top_n, 0, args.top_k, only_head=True)
+            session, app_s = app_handlers(tab, model, record, args, session)
             if parts:  # each new picture alone
                 head, best, every = titles_and_maps(analysis, other, args.top_n, 0)
                 for piece, function in (
@@ -172,8 +207,9 @@ def bench_model(name: str, model: str, records: list, args: argparse.Namespace, 
                                ("3 PNG files", pictures_s), ("click old", click_old_s), ("click new", click_new_s),
                                ("handler old", analyze_s + old_s + scores_s + pictures_s),
                                ("handler new", analyze_s + new_s + scores_s + pictures_s),
-                               ("new, no PNGs", analyze_s + new_s + scores_s)):
+                               ("new, no PNGs", analyze_s + new_s + scores_s), *app_s.items()):
                 timings[key].append(value)
+    session.remove_files()
     layers, heads = analysis.hi.shape
     median = {key: statistics.median(values) for key, values in timings.items()}
     print(f"\n{name}: {layers} layers x {heads} heads, {len(records)} images x {args.reps} reps "

@@ -1,7 +1,9 @@
 """The app in a real browser, driven the way a person would: pick an example, paint the key object
-on the editor's canvas, analyze, click a heatmap cell, trip over an empty mask and recover; in the
+on the editor's canvas, analyze, click a heatmap cell, tick a token of the description (the per-token view),
+trip over an empty mask and recover; in the
 Dataset tab, score the demo set and click a head to see where it scores best and worst; in the
-Fine-tune tab, run a tiny fine-tune to the end, cancel a long one, and take the tuned model to the explorer.
+Fine-tune tab, run a tiny fine-tune to the end, cancel a long one, take the tuned model to the explorer and
+compare it with the base model there (the before/after view).
 
 Chromium is Debian's /usr/bin/chromium (never `playwright install`). Screenshots of the main views
 go to $HI_SCREENSHOTS (default artifacts/screenshots/), which CI keeps as artifacts.
@@ -329,6 +331,35 @@ def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
     _screenshot(page, "03-head-selected.png", full_page=False)
 
 
+def test_a_token_click_changes_the_maps(page, model_shape):
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    words = EXAMPLES[0]["text"].split()  # the demo's tokenizer is word-level
+    key = EXAMPLES[0]["key_phrase"].split()
+    tokens = page.locator("#tokens")
+    expect(tokens).to_be_visible()
+    checked = tokens.locator("input:checked")
+    expect(checked).to_have_count(len(key))  # the key phrase's tokens are chosen first, and starred
+    expect(tokens.locator("label", has=page.locator("input:checked"))).to_have_text([re.compile(rf"\d+: {word} ★") for word in key])
+    expect(page.locator("#summary")).to_contain_text("(the key phrase)")
+    head_view, top = _image_src(page, "head-view"), _image_src(page, "top-heads")
+
+    tokens.get_by_label(f"0: {words[0]}", exact=True).check()  # one more token: the span's rows together
+    expect(page.locator("#summary")).to_contain_text(f"0: {words[0]}, ")
+    expect(page.locator("#summary")).to_contain_text("(chosen)")
+    expect(page.locator("#head-view img")).not_to_have_attribute("src", head_view)
+    expect(page.locator("#top-heads img")).not_to_have_attribute("src", top)
+    expect(page.locator("#summary")).to_contain_text(f"response tokens {len(key) + 1}")
+    tokens.scroll_into_view_if_needed()
+    _screenshot(page, "05a-token-chosen.png", full_page=False)
+
+    page.locator("#tokens-key").click()  # back to the key phrase
+    expect(page.locator("#summary")).to_contain_text("(the key phrase)")
+    expect(checked).to_have_count(len(key))
+    expect(page.locator("#head-view img")).to_have_attribute("src", head_view)
+
+
 def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
     layers, heads, _ = model_shape
     _pick_example(page, 0)
@@ -443,8 +474,10 @@ def _set_number(page: Page, elem_id: str, value: float) -> None:
     page.locator(f"#{elem_id} input").fill(str(value))
 
 
-def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_loads_the_tuned_model(page, model_shape):
-    layers = model_shape[0]
+def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before_after_view_appears_after_a_tuned_model_is_used(
+        page, model_shape):
+    layers, heads, _ = model_shape
+    expect(page.get_by_role("tab", name="Before / after")).to_have_count(0)  # no LoRA set: no before/after view
     page.get_by_role("tab", name="Fine-tune").click()
     page.get_by_text(f"demo set ({len(EXAMPLES)} scenes)").click()
     _set_number(page, "ft-steps", 4)
@@ -479,3 +512,27 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_loads_the_
     page.locator("#ft-use").click()  # the finished run's adapter: a cancelled run replaces nothing
     expect(page.locator("#model-status")).to_contain_text(re.compile(r"Loaded demo \+ LoRA \S*adapter: "))
     expect(page.locator("#lora input, #lora textarea")).to_have_value(re.compile(r"^fine-tune: run-\w+$"))  # a name, not a path
+
+    # the before/after view appears once a tuned model is used: the base and the tuned model on the same inputs
+    compare_tab = page.get_by_role("tab", name="Before / after")
+    expect(compare_tab).to_be_visible()
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    compare_tab.click()
+    page.locator("#compare").click()
+    info = page.locator("#diff-info")
+    expect(info).to_contain_text(re.compile(r"HI base \d\.\d{3} → tuned \d\.\d{3} \(ΔHI [+-]\d\.\d{3}\)"))
+    expect(info).to_contain_text("tuned demo + LoRA")
+    heatmap = page.locator("#diff-heatmap img")
+    natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")
+    layout = HeatmapLayout.fit(layers, heads)  # the HI heatmap's cell geometry
+    assert natural == [layout.width, layout.height]
+    shown = re.search(r"Layer (\d+), head (\d+)", info.inner_text()).groups()
+    target = (0, 0) if tuple(map(int, shown)) != (0, 0) else (layers - 1, heads - 1)
+    pair = _image_src(page, "diff-head")
+    _click_heatmap_cell(page, "diff-heatmap", target, (layers, heads))
+    expect(info).to_contain_text(f"Layer {target[0]}, head {target[1]} · HI base")
+    expect(page.locator("#diff-head img")).not_to_have_attribute("src", pair)
+    page.locator("#diff-heatmap").scroll_into_view_if_needed()
+    _screenshot(page, "12-before-after.png", full_page=False)

@@ -24,11 +24,18 @@ from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
 from hi_core.overlays import map_overlay, mask_overlay
 
 from . import explorer_views as views
+from .before_after import BeforeAfterTab
 from .components import bounded_image_editor
 from .context import AppContext
-from .explorer_views import BeforeAfter, Session
+from .explorer_views import Session
 from .feedback import notice, reports_input_errors
-from .options import ScoringControls, analysis_config, scoring_config, top_k_slider, top_k_update
+from .options import (
+    ScoringControls,
+    analysis_config,
+    scoring_config,
+    top_k_slider,
+    top_k_update,
+)
 
 # After Analyze: the results' top comes into view (unless the message beside Analyze says it failed).
 SCROLL_TO_RESULTS = """() => setTimeout(() => {
@@ -165,14 +172,13 @@ class ExplorerTab:
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
         self.summary = gr.Markdown("Results appear here.", label="Summary", elem_id="summary")
-        with gr.Row(equal_height=True):
-            self.tokens = gr.CheckboxGroup(
-                [], label="Tokens scored: tick a token or a span to see every head on those rows alone (★ the key phrase)",
-                elem_id="tokens", scale=5, visible=False)
-            with gr.Column(scale=1, min_width=130):
-                self.key_tokens_button = gr.Button("Key phrase", size="sm", elem_id="tokens-key", visible=False)
-                self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False)
-        self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
+        self.tokens = gr.CheckboxGroup(
+            [], label="Tokens scored: tick a token or a span to see every head on those rows alone (★ the key phrase)",
+            elem_id="tokens", visible=False)
+        with gr.Row():
+            self.key_tokens_button = gr.Button("Back to the key phrase", size="sm", elem_id="tokens-key", visible=False, scale=0)
+            self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False, scale=0)
+            self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
         with gr.Row():
             self.heatmap = gr.Image(label="HI per head: rows are layers, columns heads; click a cell", interactive=False,
                                     elem_id="heatmap", height=280, buttons=["download"])
@@ -198,18 +204,7 @@ class ExplorerTab:
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
                 self.bars = gr.Image(interactive=False, show_label=False, label="Layer scores", elem_id="layer-bars")
-            with gr.Tab("Before / after", id="before-after", visible=False, elem_id="before-after-tab") as self.compare_tab:
-                gr.Markdown("The same image, mask and text (the last analysis's) scored by the base model and by the "
-                            "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps.")
-                self.compare_button = gr.Button("Score with the base and the tuned model", elem_id="compare")
-                self.compare_message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
-                with gr.Row():
-                    self.diff_heatmap = gr.Image(label="ΔHI (tuned − base) per head; click a cell", interactive=False,
-                                                 elem_id="diff-heatmap", height=280, buttons=["download"])
-                    with gr.Column():
-                        self.diff_head = gr.Image(label="The selected head: base | tuned", show_label=False, interactive=False,
-                                                  elem_id="diff-head", height=220, buttons=["download"])
-                        self.diff_info = gr.Markdown("", label="The selected head before and after", elem_id="diff-info")
+            self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
         self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV) and figures (PNG)",
                                  file_count="multiple", elem_id="downloads")
 
@@ -237,20 +232,18 @@ class ExplorerTab:
             box.input(self.text_changed, **stale_outputs)
         for box in (model.name, model.device, model.lora):
             box.change(self.model_changed, **stale_outputs)
-        model.lora.change(self.lora_changed, [model.lora], [self.compare_tab], api_name=False, show_progress="hidden")
         for box in (options.prompt, options.queries):
             box.input(self.options_changed, **stale_outputs)
 
         full = [self.state, self.stale, self.summary, self.heatmap, self.head_view, self.head_info, self.selected_layer,
                 self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message,
                 self.tokens, self.key_tokens_button, self.all_tokens_button, self.token_message]
-        compared = [self.state, self.diff_heatmap, self.diff_head, self.diff_info, self.compare_message]
         self.analyze_button.click(
             self.analyze,
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
              options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
              self.state, self.tuned_state],
-            [*full, self.mask_view, self.top_k, *compared[1:]],
+            [*full, self.mask_view, self.top_k, *self.compare.views],
             api_name="analyze",
         ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
         shown = [self.state, self.top_n, self.layer, self.top_k]
@@ -261,14 +254,12 @@ class ExplorerTab:
         for box in (self.selected_layer, self.selected_head):
             box.submit(**select, api_name=False)
         for option in options.scoring:
-            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], [*full, *compared[1:]], api_name=False)
+            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], [*full, *self.compare.views], api_name=False)
         shown_tokens = dict(outputs=full, show_progress="minimal")
         self.tokens.input(self.choose_tokens, [self.state, self.tokens, *shown[1:]], **shown_tokens, api_name="choose_tokens")
         self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
         self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
-        self.compare_button.click(self.before_after, [self.state, model.name, model.device, model.lora, self.tuned_state],
-                                  compared, api_name="before_after")
-        self.diff_heatmap.select(self.select_compare_cell, [self.state], compared, api_name=False)
+        self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
         self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.downloads], api_name=False)
         self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view], api_name=False)
         self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.downloads], api_name=False)
@@ -349,7 +340,7 @@ class ExplorerTab:
         session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
                 self.top_k: top_k_update(analysis.hi.shape[0], top_k),
-                self.diff_heatmap: None, self.diff_head: None, self.diff_info: "", self.compare_message: ""}
+                **self.compare.cleared()}
 
     @reports_input_errors("message")
     def select_cell(self, session: Session | None, top_n: int, layer: int, top_k: int, event: gr.SelectData):
@@ -375,7 +366,7 @@ class ExplorerTab:
             return gr.skip()
         session.show(scoring=scoring_config(binarize, quantile, layer_score))
         update = self._render(session, top_n, layer, top_k)
-        return update if session.compare is None else {**update, **self._render_compare(session)}
+        return update if session.compare is None else {**update, **self.compare.render(session)}
 
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
@@ -409,45 +400,6 @@ class ExplorerTab:
 
     def every_token(self, session: Session | None, top_n: int, layer: int, top_k: int):
         return self.choose_tokens(session, list(range(len(session.whole.tokens))) if session else [], top_n, layer, top_k)
-
-    # --- before / after a fine-tune -------------------------------------------------------------
-
-    def lora_changed(self, lora: str):
-        return {self.compare_tab: gr.Tab(visible=bool((lora or "").strip()))}
-
-    @reports_input_errors("compare_message")
-    def before_after(self, session: Session | None, model_name: str, device: str, lora: str, tuned=None,
-                     progress=gr.Progress()):
-        """The last analysis's image, mask, text and options scored by the base model and by the tuned one."""
-        if not (lora or "").strip():
-            raise InputError("set a LoRA adapter first (the Fine-tune tab's 'Use the tuned model')")
-        if session is None:
-            raise InputError("run an analysis first: the base and the tuned model score its image, mask and text")
-        context, scored = self.context, {}
-        for step, (which, adapter) in enumerate((("base", ""), ("tuned", lora))):
-            load_config = context.model_config(model_name, device, adapter, tuned)
-            context.get_model(load_config, progress)
-            progress(0.3 + 0.35 * step, desc=f"scoring with the {which} model")
-            analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
-            scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
-        difference = scored["tuned"].hi - scored["base"].hi
-        largest = np.unravel_index(np.argmax(np.abs(difference)), difference.shape)
-        session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=(int(largest[0]), int(largest[1])))
-        return self._render_compare(session)
-
-    def select_compare_cell(self, session: Session | None, event: gr.SelectData):
-        if session is None or session.compare is None:
-            return gr.skip()
-        clicked = views.clicked_head(event.index, session.compare.base.hi)
-        if clicked is None:
-            return gr.skip()
-        session.compare = dataclasses.replace(session.compare, selected=clicked)
-        return self._render_compare(session)
-
-    def _render_compare(self, session: Session) -> dict:
-        compare = session.compare
-        return {self.state: session, self.compare_message: "", self.diff_heatmap: views.difference_heatmap(compare),
-                self.diff_head: views.before_after_figure(session), self.diff_info: views.before_after_info(compare)}
 
     # --- drawing --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What the Explorer's results show, drawn from one session's analysis: the summary, the scored tokens, the
 clickable HI heatmap, the selected head (figure and a line of numbers), the top heads, one layer's heads,
-the ranking, the layer bars, the downloads, and the before/after view of a tuned model. Every number comes
-from `hi_core`; this module only lays them out."""
+the ranking, the layer bars and the downloads (the before/after view draws in `before_after`). Every number
+comes from `hi_core`; this module only lays them out."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from hi_core.analysis import AnalysisConfig, ImageAnalysis, hi_difference
+from hi_core.analysis import AnalysisConfig, ImageAnalysis
 from hi_core.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.overlays import overlay_panels
 from hi_core.plots import figure_to_array, layer_bars
 from hi_core.scoring import ScoringConfig
 
 from .options import top_k_for
+
+if TYPE_CHECKING:
+    from .before_after import BeforeAfter
 
 
 def heatmap_image(hi: np.ndarray, selected: tuple[int, int], title: str = "Head Impact: click a cell",
@@ -37,22 +41,6 @@ def clicked_head(index: tuple[int, int], hi: np.ndarray) -> tuple[int, int] | No
 def clip_head(hi: np.ndarray, layer: float | None, head: float | None) -> tuple[int, int]:
     layers, heads = hi.shape
     return int(np.clip(layer or 0, 0, layers - 1)), int(np.clip(head or 0, 0, heads - 1))
-
-
-@dataclass
-class BeforeAfter:
-    """One image, mask and text scored by the base model and by its tuned copy (the LoRA set in the Explorer)."""
-
-    base: ImageAnalysis
-    tuned: ImageAnalysis
-    selected: tuple[int, int]
-
-    @property
-    def difference(self) -> np.ndarray:
-        return hi_difference(self.base, self.tuned)  # (layers, heads): tuned - base
-
-    def rescored(self, scoring: ScoringConfig) -> BeforeAfter:
-        return replace(self, base=self.base.rescored(scoring), tuned=self.tuned.rescored(scoring))
 
 
 @dataclass
@@ -207,40 +195,3 @@ def save_downloads(session: Session, figures: dict[str, np.ndarray], scores: boo
     for name, pixels in figures.items():
         Image.fromarray(pixels).save(folder / name, compress_level=PNG_LEVEL)
     return [str(path) for path in sorted(folder.iterdir()) if path.suffix in (".json", ".csv", ".png")]
-
-
-# --- before / after a fine-tune ---------------------------------------------------------------------
-
-
-def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
-    """ΔHI = tuned - base per head, on a red-blue scale symmetric around 0 (the HI heatmap's cell geometry)."""
-    difference = compare.difference
-    reach = float(np.abs(difference).max()) or 1e-3
-    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape),
-                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach)
-
-
-def before_after_figure(session: Session) -> np.ndarray:
-    """The selected head's map under the base model and under the tuned one, side by side."""
-    compare, (layer, head) = session.compare, session.compare.selected
-    return overlay_panels(
-        [session.image, session.image],
-        [compare.base.maps[layer, head], compare.tuned.maps[layer, head]],
-        [session.mask, session.mask],
-        [f"base: layer {layer} head {head}, HI {compare.base.hi[layer, head]:.3f}",
-         f"tuned: layer {layer} head {head}, HI {compare.tuned.hi[layer, head]:.3f}"],
-        columns=2,
-    )
-
-
-def before_after_info(compare: BeforeAfter) -> str:
-    layer, head = compare.selected
-    difference = compare.difference
-    rise = np.unravel_index(np.argmax(difference), difference.shape)
-    fall = np.unravel_index(np.argmin(difference), difference.shape)
-    return (f"**Layer {layer}, head {head}** · HI base **{compare.base.hi[layer, head]:.3f}** → tuned "
-            f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**)  \n"
-            f"Largest rise: layer {rise[0]}, head {rise[1]} ({difference[rise]:+.3f}) · largest fall: layer {fall[0]}, "
-            f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}  \n"
-            f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows) · base `{compare.base.model}` · "
-            f"tuned `{compare.tuned.model}`")

@@ -1,0 +1,150 @@
+"""The Explorer's before/after view: while a LoRA adapter is set, the last analysis's image, mask, text and
+options scored by the base model (the same model without the adapter) and by the tuned one; ΔHI = tuned -
+base of every head as a clickable L x H heatmap (red-blue, centred on 0; the HI heatmap's geometry), and
+the selected head's two maps side by side. Models come from the shared cache (`AppContext.get_model`: one
+load at a time; in public the base is the allow-listed model), the model's work through `context.work`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+import gradio as gr
+import numpy as np
+
+from hi_core.analysis import ImageAnalysis, hi_difference
+from hi_core.errors import InputError
+from hi_core.heatmap import HeatmapLayout, draw_heatmap
+from hi_core.overlays import overlay_panels
+from hi_core.scoring import ScoringConfig
+
+from . import explorer_views as views
+from .context import AppContext
+from .explorer_views import Session
+from .feedback import reports_input_errors
+
+
+@dataclass
+class BeforeAfter:
+    """One image, mask and text scored by the base model and by its tuned copy (the LoRA set in the Explorer)."""
+
+    base: ImageAnalysis
+    tuned: ImageAnalysis
+    selected: tuple[int, int]
+
+    @property
+    def difference(self) -> np.ndarray:
+        return hi_difference(self.base, self.tuned)  # (layers, heads): tuned - base
+
+    def rescored(self, scoring: ScoringConfig) -> BeforeAfter:
+        return replace(self, base=self.base.rescored(scoring), tuned=self.tuned.rescored(scoring))
+
+
+def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
+    """ΔHI = tuned - base per head, on a red-blue scale symmetric around 0 (the HI heatmap's cell geometry)."""
+    difference = compare.difference
+    reach = float(np.abs(difference).max()) or 1e-3
+    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape),
+                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach)
+
+
+def before_after_figure(session: Session) -> np.ndarray:
+    """The selected head's map under the base model and under the tuned one, side by side."""
+    compare, (layer, head) = session.compare, session.compare.selected
+    return overlay_panels(
+        [session.image, session.image],
+        [compare.base.maps[layer, head], compare.tuned.maps[layer, head]],
+        [session.mask, session.mask],
+        [f"base: layer {layer} head {head}, HI {compare.base.hi[layer, head]:.3f}",
+         f"tuned: layer {layer} head {head}, HI {compare.tuned.hi[layer, head]:.3f}"],
+        columns=2,
+    )
+
+
+def before_after_info(compare: BeforeAfter) -> str:
+    layer, head = compare.selected
+    difference = compare.difference
+    rise = np.unravel_index(np.argmax(difference), difference.shape)
+    fall = np.unravel_index(np.argmin(difference), difference.shape)
+    if np.any(difference):
+        changes = (f"Largest rise: layer {rise[0]}, head {rise[1]} ({difference[rise]:+.3f}) · largest fall: layer {fall[0]}, "
+                   f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}")
+    else:
+        changes = "No head's HI changed (the maps may still move within the binarization: see the masses)"
+    return (f"**Layer {layer}, head {head}** · HI base **{compare.base.hi[layer, head]:.3f}** → tuned "
+            f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · attention mass on the object "
+            f"{compare.base.mass[layer, head]:.3f} → {compare.tuned.mass[layer, head]:.3f}  \n"
+            f"{changes}  \n"
+            f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows) · base `{compare.base.model}` · "
+            f"tuned `{compare.tuned.model}`")
+
+
+class BeforeAfterTab:
+    """The "Before / after" result tab (built in the current Tabs context, hidden until a LoRA is set) and its handlers."""
+
+    def __init__(self, context: AppContext, state: gr.State) -> None:
+        self.context, self.state = context, state  # the Explorer's session
+        with gr.Tab("Before / after", id="before-after", visible=False, elem_id="before-after-tab") as self.tab:
+            gr.Markdown("The same image, mask and text (the last analysis's) scored by the base model and by the "
+                        "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps.")
+            self.button = gr.Button("Score with the base and the tuned model", elem_id="compare")
+            self.message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
+            with gr.Row():
+                self.heatmap = gr.Image(label="ΔHI (tuned − base) per head; click a cell", interactive=False,
+                                        elem_id="diff-heatmap", height=280, buttons=["download"])
+                with gr.Column():
+                    self.head_view = gr.Image(label="The selected head: base | tuned", show_label=False, interactive=False,
+                                              elem_id="diff-head", height=220, buttons=["download"])
+                    self.info = gr.Markdown("", label="The selected head before and after", elem_id="diff-info")
+
+    @property
+    def views(self) -> list[gr.components.Component]:
+        return [self.heatmap, self.head_view, self.info, self.message]
+
+    def wire(self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State) -> None:
+        lora.change(self.lora_changed, [lora], [self.tab], api_name=False, show_progress="hidden")
+        self.button.click(self.before_after, [self.state, model_name, device, lora, tuned_state], [self.state, *self.views],
+                          api_name="before_after")
+        self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_name=False)
+
+    def lora_changed(self, lora: str):
+        return {self.tab: gr.Tab(visible=bool((lora or "").strip()))}
+
+    @reports_input_errors("message")
+    def before_after(self, session: Session | None, model_name: str, device: str, lora: str, tuned=None,
+                     progress=gr.Progress()):
+        """The last analysis's image, mask, text and options scored by the base model and by the tuned one."""
+        if not (lora or "").strip():
+            raise InputError("set a LoRA adapter first (the Fine-tune tab's 'Use the tuned model')")
+        if session is None:
+            raise InputError("run an analysis first: the base and the tuned model score its image, mask and text")
+        context, scored = self.context, {}
+        for step, (which, adapter) in enumerate((("base", ""), ("tuned", lora))):
+            load_config = context.model_config(model_name, device, adapter, tuned)
+            context.get_model(load_config, progress)
+            progress(0.3 + 0.35 * step, desc=f"scoring with the {which} model")
+            analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
+            scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
+        difference = hi_difference(scored["base"], scored["tuned"])
+        largest = np.unravel_index(np.argmax(np.abs(difference)), difference.shape)  # the head that changed most
+        session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=(int(largest[0]), int(largest[1])))
+        return self.render(session)
+
+    def select_cell(self, session: Session | None, event: gr.SelectData):
+        if session is None or session.compare is None:
+            return gr.skip()
+        clicked = views.clicked_head(event.index, session.compare.base.hi)
+        if clicked is None:  # the numbers or the colour bar, not a cell
+            return gr.skip()
+        session.compare = replace(session.compare, selected=clicked)
+        return self.render(session)
+
+    def render(self, session: Session) -> dict:
+        compare = session.compare
+        return {self.state: session, self.message: "", self.heatmap: difference_heatmap(compare),
+                self.head_view: before_after_figure(session), self.info: before_after_info(compare)}
+
+    def cleared(self) -> dict:
+        """A new analysis: the comparison of the previous one goes."""
+        return {self.heatmap: None, self.head_view: None, self.info: "", self.message: ""}
