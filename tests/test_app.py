@@ -167,6 +167,21 @@ def test_the_key_phrases_tokens_are_marked_and_chosen_first_and_choosing_tokens_
     assert every["tokens"]["value"] == list(range(len(expected.tokens))) and "(all tokens)" in every["summary"]
 
 
+@pytest.mark.parametrize("text, limit, off", [
+    ("a b c d", None, False),  # no limit
+    ("a b c d", 2 * 4 * 4, False),  # 2 layers x 4 heads x 4 tokens: just fits
+    ("a b c d", 2 * 4 * 4 - 1, True),
+    (None, 2 * 4 * AnalysisConfig().max_new_tokens - 1, True),  # a generated text counts as its longest
+])
+def test_the_per_token_view_keeps_at_most_the_servers_bound_of_maps(llava, text, limit, off):
+    from ui.explorer import token_maps_note
+
+    note = token_maps_note(llava, text, AnalysisConfig(), limit)
+    assert bool(note) == off
+    if off:
+        assert note.startswith("per-token view off:") and f"more than the {limit:,} this server keeps" in note
+
+
 def test_a_text_over_the_token_bound_is_scored_without_the_per_token_view(server, monkeypatch):
     url, model = server
     client = Client(url, verbose=False)
@@ -454,6 +469,8 @@ def test_the_before_after_view_shows_tuned_minus_base_hi_of_the_last_analysis(se
     assert "run an analysis first" in predict(client, "/before_after", model_name=model, device="cpu", lora="fine-tune: x")["compare-message"]
     base = _analyze(client, model, mask, key_phrase="orange cross")
     assert "set a LoRA adapter first" in predict(client, "/before_after", model_name=model, device="cpu", lora="")["compare-message"]
+    refused = predict(client, "/before_after", model_name=model, device="cpu", lora="fine-tune: run-none")
+    assert "not this session's latest fine-tune" in refused["compare-message"] and refused["diff-heatmap"] == UNCHANGED
     assert _finetune(client, model, strategy="all", steps=3, lr=0.05)["ft-status"].startswith("**Finished:** 3 steps")
     lora = predict(client, "/use_tuned_model")["lora"]
     tuned = _analyze(client, model, mask, key_phrase="orange cross", lora=lora)  # the oracle: each model's own analysis

@@ -256,7 +256,9 @@ class ExplorerTab:
         for option in options.scoring:
             option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], [*full, *self.compare.views], api_name=False)
         shown_tokens = dict(outputs=full, show_progress="minimal")
-        self.tokens.input(self.choose_tokens, [self.state, self.tokens, *shown[1:]], **shown_tokens, api_name="choose_tokens")
+        # ticks in quick succession: the last one's choice is drawn, not each in turn
+        self.tokens.input(self.choose_tokens, [self.state, self.tokens, *shown[1:]], **shown_tokens, api_name="choose_tokens",
+                          trigger_mode="always_last")
         self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
         self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
         self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
