@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -67,28 +68,45 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None, kind: str = "ima
         )
 
 
-def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """The decoded image of a file, its size checked from the header before decoding.
-
-    A missing or non-image file, or one beyond `max_pixels` (None: no cap but PIL's
-    own decompression-bomb limit) is an input error naming `kind`, the size and the cap.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{kind} file {str(path)!r} does not exist")
+def open_header(source: str | Path | BinaryIO, label: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An image file opened lazily (only its header read so far) whose pixel count is within
+    `max_pixels` (None: no cap but PIL's own decompression-bomb limit). The caller decodes it (`load`,
+    or `draft` + `thumbnail` to decode reduced). Unreadable, bomb-sized or too large: an input error
+    naming `label` (and the size and the cap)."""
     try:
         # PIL warns about (and above twice its limit refuses) a huge image while opening it; the
         # warning is replaced by our own check of the same size right after, so it is ignored.
         # (The filter is process-wide while it lasts; at worst another thread's such warning is lost.)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # only the header so far
-                check_pixels(image.size, max_pixels, f"{kind} {str(path)!r}")
-                image.load()
+            image = Image.open(source)
     except Image.DecompressionBombError as error:  # not an OSError: PIL's guard against huge images
-        raise InputError(f"{kind} {str(path)!r} is too large to decode: {error}") from None
+        raise InputError(f"{label} is too large to decode: {error}") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"{kind} {str(path)!r} is not an image file PIL can read ({error})") from None
+        raise InputError(f"{label} is not an image file PIL can read ({error})") from None
+    try:
+        check_pixels(image.size, max_pixels, label)
+    except InputError:
+        image.close()
+        raise
+    return image
+
+
+def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The decoded image of a file, its size checked from the header before decoding (`open_header`).
+
+    A missing or non-image file, or one beyond `max_pixels` is an input error naming `kind`, the
+    size and the cap.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{kind} file {str(path)!r} does not exist")
+    label = f"{kind} {str(path)!r}"
+    try:
+        with open_header(path, label, max_pixels) as image:
+            image.load()
+    except OSError as error:  # a truncated or damaged file fails only while decoding
+        raise InputError(f"{label} is not an image file PIL can read ({error})") from None
     return image
 
 

@@ -12,7 +12,6 @@ The background and the brush layers have one canvas size, so they are reduced al
 from __future__ import annotations
 
 import logging
-import warnings
 from io import BytesIO
 from typing import Any
 
@@ -21,22 +20,16 @@ import PIL.Image
 from gradio.data_classes import FileData
 
 from hi_core.errors import InputError
-from hi_core.images import check_pixels, image_to_rgb
+from hi_core.images import image_to_rgb, open_header
+
+from .settings import scrub_paths
 
 log = logging.getLogger("hi_explorer")
 
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
     """An image file opened with at most `max_pixels` (else InputError) and reduced to `max_side` per side."""
-    try:
-        with warnings.catch_warnings():  # our own cap, checked next, replaces PIL's warning
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(source)
-    except PIL.Image.DecompressionBombError:
-        raise InputError(f"the image is far larger than this deployment accepts ({max_pixels / 1e6:.0f} Mpx)") from None
-    except (PIL.UnidentifiedImageError, OSError):
-        raise InputError("the uploaded file is not an image that can be read (PNG, JPEG, WebP, ...)") from None
-    check_pixels(image.size, max_pixels, "the image")
+    image = open_header(source, "the image", max_pixels)
     if max(image.size) > max_side:
         image.draft(image.mode, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
         image.thumbnail((max_side, max_side), PIL.Image.Resampling.BOX)
@@ -61,7 +54,7 @@ def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.Im
             image = bounded_open(source, max_pixels, max_side)
         except InputError as error:  # before any handler runs: one log line, and Gradio shows the message
             log.warning("input error in the image editor's upload: %s", error)
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(scrub_paths(str(error)), print_exception=False) from None
         # The image (any mode: 16-bit, CMYK, ...) as 8-bit RGB, or a brush layer as RGBA, reduced, handed
         # to Gradio's own conversion (mode, alpha, type).
         image = image_to_rgb(image) if flatten_on_white else image.convert("RGBA")
