@@ -1,5 +1,5 @@
 """How long "Analyze" and a heatmap click take, and how much of it is drawing: matplotlib (before) against
-the NumPy/PIL pictures of `hi_core.heatmap` and `hi_core.overlays` (after), side by side in one run.
+the NumPy/PIL pictures of `hi_core.heatmap`, `hi_core.overlays` and `hi_core.bars` (after), side by side in one run.
 
 On the example images (`hi_core/assets/examples/`), for the demo model (3 layers x 4 heads) and a
 random-weight LLaVA with 28 text layers x 12 heads (built in a temporary folder, loaded through
@@ -7,18 +7,19 @@ random-weight LLaVA with 28 text layers x 12 heads (built in a temporary folder,
   analyze     hi_core.analysis.analyze_image (inputs, capture, mask on the grid, HI of every head)
   views old   what the explorer's Analyze handler drew before: three matplotlib `overlay_grid`s (the
               selected head + object patches, the top-N heads, every head of a layer) through
-              `figure_to_array`, `hi_cells`, `layer_bars`
-  views new   the same pictures with `overlay_panels`, `draw_heatmap`, `layer_bars`
-  files       the downloads the handler wrote: scores JSON + heads CSV, and three PNGs (PIL's default
-              compression, level 6)
+              `figure_to_array`, the fixed-cell heatmap and matplotlib layer bars (both kept below)
+  views new   the same pictures with `overlay_panels`, `draw_heatmap`, `draw_layer_bars`
+  JSON + CSV  the score downloads (scores JSON + heads CSV), written before and now
+  3 PNG files the figure PNGs the handler also wrote before (PIL's default compression, level 6); now
+              each picture's own download button serves it
   click old   a heatmap click before: every view drawn again
   click new   a click now: `draw_heatmap` with the new selection and the selected head's two panels
-The handler is analyze + views + files (summed per repetition; "new, no PNGs": without the three PNG
-files). Reported: medians, their ratio to analyze_image, and each new picture (and the PNG files at
-compress_level 6 and 1) timed alone. The drawing code of each path is here (the app may change around it).
-Beside them, the app's own handlers, called as Gradio calls them (no browser, no encoding of the
-returned pictures): `ExplorerTab.analyze` (per-token maps kept, PNG downloads at compress_level 1),
-`select_head` (a click) and `choose_tokens` (a token ticked: every view redrawn, no forward pass).
+The handler is analyze + views + files (summed per repetition; old: with the three PNG files, new:
+without). Reported: medians, their ratio to analyze_image, and each picture timed alone. The drawing
+code of each path is here (the app may change around it). Beside them, the app's own handlers, called
+as Gradio calls them (no browser, no encoding of the returned pictures): `ExplorerTab.analyze`
+(per-token maps kept), `select_head` (a click) and `choose_tokens` (a token ticked: every view
+redrawn, no forward pass).
 
 Run: python bench/analysis.py [--models demo wide] [--reps 3] [--threads N] [--top-n 8] [--top-k 4]
 """
@@ -40,14 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # hi_core from 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hi_core.analysis import AnalysisConfig, analyze_image  # noqa: E402
+from hi_core.bars import draw_layer_bars  # noqa: E402
 from hi_core.datasets import read_dataset  # noqa: E402
 from hi_core.heatmap import draw_heatmap  # noqa: E402
 from hi_core.loading import ASSETS_DIR, LoadConfig, load_model  # noqa: E402
 from hi_core.overlays import overlay_panels  # noqa: E402
-from hi_core.plots import figure_to_array, hi_cells, layer_bars, overlay_grid  # noqa: E402
+from hi_core.plots import figure_to_array, overlay_grid  # noqa: E402
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 WIDE_LAYERS, WIDE_HEADS = 28, 12
@@ -80,6 +85,60 @@ def build_wide(folder: Path) -> Path:
     return folder
 
 
+# --- the app's drawing before (matplotlib bars, fixed-cell heatmap), kept here to time it against ---
+
+def old_hi_cells(hi: np.ndarray, cell: int = 24, selected: tuple[int, int] | None = None) -> np.ndarray:
+    """The (layers, heads) HI matrix as an image of `cell`-px squares (viridis, 0..max), layers on
+    rows from the top, heads on columns; a clicked pixel (x, y) is head x // cell, layer y // cell.
+    The selected head is outlined in white. (The app's heatmap before `draw_heatmap`.)"""
+    from matplotlib import colormaps
+
+    scaled = hi / max(1e-6, float(hi.max()))
+    colours = (colormaps["viridis"](scaled)[..., :3] * 255).astype(np.uint8)  # (layers, heads, 3)
+    image = np.repeat(np.repeat(colours, cell, axis=0), cell, axis=1)
+    image[::cell, :] = 255 - (255 - image[::cell, :]) // 2  # faint grid lines
+    image[:, ::cell] = 255 - (255 - image[:, ::cell]) // 2
+    if selected is not None:
+        layer, head = selected
+        y0, x0 = layer * cell, head * cell
+        image[y0 : y0 + cell, x0 : x0 + 2] = image[y0 : y0 + cell, x0 + cell - 2 : x0 + cell] = 255
+        image[y0 : y0 + 2, x0 : x0 + cell] = image[y0 + cell - 2 : y0 + cell, x0 : x0 + cell] = 255
+    return image
+
+
+def old_layer_bars(scores: np.ndarray, top_k: int = 4, ax: Axes | None = None, title: str = "Layer scores") -> Figure:
+    """Bar chart of the layer scores. The top-k layers (those LoRA would tune) are red only when k is
+    smaller than the number of layers: k >= layers would paint every bar "top", so then none is
+    highlighted and the title says why. Fixed margins in pixels (a layout engine doubled the drawing time)."""
+    layers = int(scores.size)
+    top_k = int(top_k)
+    highlight = 0 < top_k < layers
+    if ax is None:
+        width = max(3.8, 0.3 * layers + 1.5)  # inches at 100 dpi: margins of 50 px left, 12 px right
+        figure = Figure(figsize=(width, 2.6))
+        ax = figure.subplots()
+        figure.subplots_adjust(left=0.5 / width, right=1 - 0.12 / width, bottom=0.19, top=0.86)
+    else:
+        figure = ax.figure
+    top = set(np.argsort(-scores, kind="stable")[:top_k].tolist()) if highlight else set()
+    colours = ["#d62728" if layer in top else "#8c8c8c" for layer in range(layers)]
+    ax.bar(np.arange(layers), scores, color=colours)
+    if layers <= 32:
+        ax.set_xticks(np.arange(layers))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(-0.6, layers - 0.4)
+    ax.set_xlabel("layer", fontsize=8)
+    ax.set_ylabel("score", fontsize=8)
+    ax.tick_params(labelsize=8)
+    if highlight:
+        ax.set_title(f"{title}: top {top_k} of {layers} layers in red", fontsize=9)
+    else:
+        ax.set_title(f"{title} (k={top_k} ≥ {layers} layers: none marked)" if top_k >= layers
+                     else f"{title} (none highlighted)", fontsize=9)
+    return figure
+
+
 def titles_and_maps(analysis, selected, top_n, layer):
     """What the explorer shows: (images' maps, titles, suptitle) of the selected head, the top heads, a layer."""
     layers, heads = analysis.hi.shape
@@ -97,13 +156,13 @@ def views_old(analysis, image, mask, selected, top_n, layer, top_k, only_head=Fa
     head, best, every = titles_and_maps(analysis, selected, top_n, layer)
     layers, heads = analysis.hi.shape
     cell = int(np.clip(min(320 // heads, 260 // layers), 8, 48))  # the app's heatmap_cell_px, before
-    out = {"heatmap": hi_cells(analysis.hi, cell, selected)}
+    out = {"heatmap": old_hi_cells(analysis.hi, cell, selected)}
     out["head"] = figure_to_array(overlay_grid([image] * 2, head[0], [mask] * 2, head[1], columns=2))
     if only_head:
         return out
     out["top"] = figure_to_array(overlay_grid([image] * len(best[0]), best[0], [mask] * len(best[0]), best[1], suptitle=best[2]))
     out["layer"] = figure_to_array(overlay_grid([image] * heads, every[0], [mask] * heads, every[1], suptitle=every[2]))
-    out["bars"] = figure_to_array(layer_bars(analysis.layer_scores, top_k=min(top_k, layers)))
+    out["bars"] = figure_to_array(old_layer_bars(analysis.layer_scores, top_k=min(top_k, layers)))
     return out
 
 
@@ -116,7 +175,7 @@ def views_new(analysis, image, mask, selected, top_n, layer, top_k, only_head=Fa
         return out
     out["top"] = overlay_panels([image] * len(best[0]), best[0], [mask] * len(best[0]), best[1], columns=4, title=best[2])
     out["layer"] = overlay_panels([image] * heads, every[0], [mask] * heads, every[1], columns=4, title=every[2])
-    out["bars"] = figure_to_array(layer_bars(analysis.layer_scores, top_k=top_k))
+    out["bars"] = draw_layer_bars(analysis.layer_scores, top_k=top_k)
     return out
 
 
@@ -126,6 +185,7 @@ def score_files(analysis, folder: Path) -> None:
 
 
 def picture_files(views, folder: Path) -> None:
+    """The figure PNGs the handler wrote before (since, each picture's own download button serves it)."""
     for name in ("head", "top", "bars"):
         Image.fromarray(views[name]).save(folder / f"{name}.png")  # PIL's default compress_level 6
 
@@ -171,7 +231,7 @@ def bench_model(name: str, model: str, records: list, args: argparse.Namespace, 
     tab, session = explorer_tab(model), None
     timings: dict[str, list[float]] = {key: [] for key in
                                        ("analyze", "views old", "views new", "JSON + CSV", "3 PNG files", "click old", "click new",
-                                        "handler old", "handler new", "new, no PNGs", "app: Analyze", "app: click", "app: token")}
+                                        "handler old", "handler new", "app: Analyze", "app: click", "app: token")}
     pieces: dict[str, list[float]] = {}
     for rep in range(args.reps + 1):  # the first round warms up (fonts, colormaps, matplotlib's caches)
         for record in records:
@@ -194,9 +254,9 @@ def bench_model(name: str, model: str, records: list, args: argparse.Namespace, 
                     ("head panels (2)", lambda: overlay_panels([image] * 2, head[0], [mask] * 2, head[1], columns=2)),
                     (f"top panels ({len(best[0])})", lambda: overlay_panels([image] * len(best[0]), best[0], [mask] * len(best[0]), best[1], title=best[2])),
                     (f"layer panels ({len(every[0])})", lambda: overlay_panels([image] * len(every[0]), every[0], [mask] * len(every[0]), every[1], title=every[2])),
-                    ("bars (matplotlib)", lambda: figure_to_array(layer_bars(analysis.layer_scores, top_k=args.top_k))),
+                    ("bars (matplotlib, before)", lambda: figure_to_array(old_layer_bars(analysis.layer_scores, top_k=args.top_k))),
+                    ("bars (draw_layer_bars)", lambda: draw_layer_bars(analysis.layer_scores, top_k=args.top_k)),
                     ("3 PNGs, compress_level 6", lambda: [Image.fromarray(new[n]).save(folder / "x.png") for n in ("head", "top", "bars")]),
-                    ("3 PNGs, compress_level 1", lambda: [Image.fromarray(new[n]).save(folder / "x.png", compress_level=1) for n in ("head", "top", "bars")]),
                 ):
                     seconds = timed(function)[1]
                     if rep:
@@ -206,8 +266,7 @@ def bench_model(name: str, model: str, records: list, args: argparse.Namespace, 
             for key, value in (("analyze", analyze_s), ("views old", old_s), ("views new", new_s), ("JSON + CSV", scores_s),
                                ("3 PNG files", pictures_s), ("click old", click_old_s), ("click new", click_new_s),
                                ("handler old", analyze_s + old_s + scores_s + pictures_s),
-                               ("handler new", analyze_s + new_s + scores_s + pictures_s),
-                               ("new, no PNGs", analyze_s + new_s + scores_s), *app_s.items()):
+                               ("handler new", analyze_s + new_s + scores_s), *app_s.items()):
                 timings[key].append(value)
     session.remove_files()
     layers, heads = analysis.hi.shape

@@ -6,6 +6,7 @@ made (matplotlib only lends its colormaps and its bundled DejaVu font, each load
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,14 @@ from PIL import ImageDraw, ImageFont
 
 INK = (34, 34, 34)  # text on the white background
 BACKGROUND = (255, 255, 255)
+
+
+def blank(height: int, width: int, colour: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
+    """An (height, width, 3) uint8 canvas of one colour. A grey (all channels equal, like the white
+    background) is a scalar fill, ~100x faster than NumPy broadcasting a 3-tuple into every pixel."""
+    if colour[0] == colour[1] == colour[2]:
+        return np.full((height, width, 3), colour[0], np.uint8)
+    return np.tile(np.asarray(colour, np.uint8), (height, width, 1))
 
 
 @functools.cache
@@ -81,3 +90,19 @@ def draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], face, centre_x: floa
     height = line_height(face)
     for index, line in enumerate(lines):
         draw.text((centre_x, top + index * height), line, font=face, fill=fill, anchor="ma")
+
+
+def nice_ticks(low: float, high: float, count: int = 4) -> tuple[np.ndarray, int]:
+    """Round tick values within [low, high] (about `count` intervals) and the decimals they need."""
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * 0.999)
+    ticks = np.arange(math.ceil(low / step - 1e-9) * step, high + step * 1e-6, step)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9) + (1 if round(step / magnitude, 3) == 2.5 else 0))
+    return ticks, min(decimals, 6)
+
+
+def tick_label(value: float, decimals: int) -> str:
+    """`value` with `decimals` decimals, "0" rather than "-0.0"."""
+    text = f"{value:.{decimals}f}"
+    return "0" if float(text) == 0 else text

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import BACKGROUND, INK, colormap_lut, cut, font, line_height, lut_indices, text_width
+from .drawing import BACKGROUND, INK, blank, colormap_lut, cut, font, line_height, lut_indices, nice_ticks, text_width, tick_label
 
 MAX_WIDTH, MAX_HEIGHT = 420, 360  # the grid fits in this, unless cells would be smaller than MIN_CELL
 MIN_CELL, MAX_CELL = 10, 64  # px per head's square
@@ -138,21 +138,6 @@ def _scale(values: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[
     return low, high, ("RdBu_r" if low < 0 else "viridis")
 
 
-def _ticks(low: float, high: float, count: int = 4) -> tuple[np.ndarray, int]:
-    """Round tick values within [low, high] (about `count` intervals) and the decimals they need."""
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * 0.999)
-    ticks = np.arange(math.ceil(low / step - 1e-9) * step, high + step * 1e-6, step)
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9) + (1 if round(step / magnitude, 3) == 2.5 else 0))
-    return ticks, min(decimals, 6)
-
-
-def _fmt(value: float, decimals: int) -> str:
-    text = f"{value:.{decimals}f}"
-    return "0" if float(text) == 0 else text
-
-
 def _number(value: float, decimals: int) -> str:
     """A cell's value with `decimals` decimals ("–" for NaN, never "-0.00")."""
     if not np.isfinite(value):
@@ -198,7 +183,7 @@ def draw_heatmap(
     colours = lut[lut_indices(values, low, high)]  # (layers, heads, 3)
     colours[~np.isfinite(values)] = NAN_COLOUR
 
-    canvas = np.full((layout.height, layout.width, 3), BACKGROUND, np.uint8)
+    canvas = blank(layout.height, layout.width)
     x0, y0, x1, y1 = layout.grid_box
     cell = layout.cell
     canvas[y0:y1, x0:x1] = colours.repeat(cell, axis=0).repeat(cell, axis=1)
@@ -234,7 +219,7 @@ def draw_heatmap(
 
     # the colour bar's ticks and name
     draw.text((bx0, head_row), label, font=bold, fill=INK, anchor="ls")
-    ticks, decimals = _ticks(low, high, count=max(2, layout.bar_height // 60))
+    ticks, decimals = nice_ticks(low, high, count=max(2, layout.bar_height // 60))
     span = by1 - by0 - 1
     top_y = by0
     for tick in ticks:
@@ -242,10 +227,10 @@ def draw_heatmap(
         if abs(y - top_y) < row_clear and tick != high:  # the top end's own label wins
             continue
         draw.line((bx1, y, bx1 + 3, y), fill=INK)
-        draw.text((bx1 + 5, y), _fmt(tick, decimals), font=labels, fill=INK, anchor="lm")
+        draw.text((bx1 + 5, y), tick_label(tick, decimals), font=labels, fill=INK, anchor="lm")
     if not np.isclose(ticks, high).any():
         draw.line((bx1, top_y, bx1 + 3, top_y), fill=INK)
-        draw.text((bx1 + 5, top_y), _fmt(high, max(decimals, 2)), font=labels, fill=INK, anchor="lm")
+        draw.text((bx1 + 5, top_y), tick_label(high, max(decimals, 2)), font=labels, fill=INK, anchor="lm")
 
     if layout.values_shown:
         face = font(int(np.clip(cell // 4, 9, 13)))

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import BACKGROUND, INK, colormap_lut, draw_lines, font, line_height, lut_indices, wrap
+from .drawing import INK, blank, colormap_lut, draw_lines, font, line_height, lut_indices, wrap
 
 #: Nothing here draws an image with more pixels per side than this (thumbnails, panels).
 PANEL_SIDE = 480
@@ -111,7 +111,6 @@ def map_overlay(image: np.ndarray, head_map: np.ndarray | None = None, mask: np.
     factor = max(1, -(-min_side // min(image.shape[:2])))
     if factor > 1:
         image = image.repeat(factor, axis=0).repeat(factor, axis=1)
-    size = (image.shape[1], image.shape[0])
     edge = None
     if mask is not None:
         inside = np.asarray(mask) >= 0.5
@@ -188,7 +187,7 @@ def overlay_panels(
     row_height = title_band + cell_height
     height = top + rows * row_height + rows * GAP_PX
 
-    canvas = np.full((height, width, 3), BACKGROUND, np.uint8)
+    canvas = blank(height, width)
     origins = []
     for index, picture in enumerate(pictures):
         row, column = divmod(index, columns)

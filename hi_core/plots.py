@@ -1,12 +1,12 @@
-"""Charts from arrays (layer bars, loss curves, metric bars, adapted layers) as matplotlib figures. Each
+"""Charts from arrays (loss curves, metric bars, adapted layers) as matplotlib figures. Each
 function builds a `Figure` directly (no pyplot state, no `show()`), accepts an optional `ax`/`axes`
 where it draws a single panel, and is shared by the CLI, the app and the tests.
 
-Pictures that are not charts are drawn as arrays without matplotlib, ~10-50x faster: the clickable
-heatmap in `hi_core.heatmap` (`draw_heatmap`, `HeatmapLayout`) and head maps over images in
-`hi_core.overlays` (`overlay_panels`, `map_overlay`, `mask_overlay`); those names are re-exported
-here. `overlay_grid`, `hi_heatmap` and `hi_cells` are the older matplotlib / fixed-cell versions, kept
-for saved figures (`overlay_grid(...).savefig`) and for callers not yet switched."""
+Pictures the explorer redraws on every action are drawn as arrays without matplotlib, ~10-50x faster:
+the clickable heatmap in `hi_core.heatmap` (`draw_heatmap`, `HeatmapLayout`), the layer bars in
+`hi_core.bars` (`draw_layer_bars`) and head maps over images in `hi_core.overlays` (`overlay_panels`,
+`map_overlay`, `mask_overlay`); those names are re-exported here. `overlay_grid` is the matplotlib
+version of `overlay_panels`, kept for saved figures (`overlay_grid(...).savefig`)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 # Moved: the array-drawn pictures live in `heatmap` (the clickable heatmap) and `overlays` (maps over
 # images); these names stay importable from here.
+from .bars import draw_layer_bars  # noqa: F401
 from .heatmap import HeatmapLayout, draw_heatmap  # noqa: F401
 from .overlays import PANEL_SIDE, fit_for_display, map_overlay, mask_overlay, overlay_panels  # noqa: F401
-
-TOP_COLOUR, OTHER_COLOUR = "#d62728", "#8c8c8c"  # layer bars: the top-k layers, the others
-
 
 def draw_overlay(ax: Axes, image: np.ndarray, head_map: np.ndarray, mask: np.ndarray | None = None, title: str = "") -> None:
     """The image with a head's map (gh, gw) over it as patch blocks, and the mask's outline."""
@@ -67,51 +64,6 @@ def overlay_grid(
     return figure
 
 
-def hi_heatmap(hi: np.ndarray, ax: Axes | None = None, title: str = "Head Impact") -> Figure:
-    """The (layers, heads) HI matrix as a heatmap, layers on rows."""
-    figure = ax.figure if ax is not None else Figure(figsize=(max(3.0, 0.35 * hi.shape[1] + 1.5), max(2.0, 0.3 * hi.shape[0] + 1.2)), layout="constrained")
-    ax = ax if ax is not None else figure.subplots()
-    image = ax.imshow(hi, cmap="viridis", vmin=0, vmax=max(1e-6, float(hi.max())), aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=ax, shrink=0.8)
-    return figure
-
-
-def layer_bars(scores: np.ndarray, top_k: int = 4, ax: Axes | None = None, title: str = "Layer scores") -> Figure:
-    """Bar chart of the layer scores. The top-k layers (those LoRA would tune) are red only when k is
-    smaller than the number of layers: k >= layers would paint every bar "top", so then none is
-    highlighted and the title says why. Fixed margins in pixels (a layout engine doubled the drawing time)."""
-    layers = int(scores.size)
-    top_k = int(top_k)
-    highlight = 0 < top_k < layers
-    if ax is None:
-        width = max(3.8, 0.3 * layers + 1.5)  # inches at 100 dpi: margins of 50 px left, 12 px right
-        figure = Figure(figsize=(width, 2.6))
-        ax = figure.subplots()
-        figure.subplots_adjust(left=0.5 / width, right=1 - 0.12 / width, bottom=0.19, top=0.86)
-    else:
-        figure = ax.figure
-    top = set(np.argsort(-scores, kind="stable")[:top_k].tolist()) if highlight else set()
-    colours = [TOP_COLOUR if layer in top else OTHER_COLOUR for layer in range(layers)]
-    ax.bar(np.arange(layers), scores, color=colours)
-    if layers <= 32:
-        ax.set_xticks(np.arange(layers))
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(-0.6, layers - 0.4)
-    ax.set_xlabel("layer", fontsize=8)
-    ax.set_ylabel("score", fontsize=8)
-    ax.tick_params(labelsize=8)
-    if highlight:
-        ax.set_title(f"{title}: top {top_k} of {layers} layers in red", fontsize=9)
-    else:
-        ax.set_title(f"{title} (k={top_k} ≥ {layers} layers: none marked)" if top_k >= layers
-                     else f"{title} (none highlighted)", fontsize=9)
-    return figure
-
-
 def figure_to_array(figure: Figure, dpi: int = 100) -> np.ndarray:
     """Render a figure to an (H, W, 3) uint8 array."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -120,26 +72,6 @@ def figure_to_array(figure: Figure, dpi: int = 100) -> np.ndarray:
     figure.set_dpi(dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def hi_cells(hi: np.ndarray, cell: int = 24, selected: tuple[int, int] | None = None) -> np.ndarray:
-    """The (layers, heads) HI matrix as an image of `cell`-px squares (viridis, 0..max), layers on
-    rows from the top, heads on columns; a clicked pixel (x, y) is head x // cell, layer y // cell.
-    The selected head is outlined in white. Superseded by `draw_heatmap` (numbers, colour bar, a
-    clear selection; its `HeatmapLayout` maps clicks back)."""
-    from matplotlib import colormaps
-
-    scaled = hi / max(1e-6, float(hi.max()))
-    colours = (colormaps["viridis"](scaled)[..., :3] * 255).astype(np.uint8)  # (layers, heads, 3)
-    image = np.repeat(np.repeat(colours, cell, axis=0), cell, axis=1)
-    image[::cell, :] = 255 - (255 - image[::cell, :]) // 2  # faint grid lines
-    image[:, ::cell] = 255 - (255 - image[:, ::cell]) // 2
-    if selected is not None:
-        layer, head = selected
-        y0, x0 = layer * cell, head * cell
-        image[y0 : y0 + cell, x0 : x0 + 2] = image[y0 : y0 + cell, x0 + cell - 2 : x0 + cell] = 255
-        image[y0 : y0 + 2, x0 : x0 + cell] = image[y0 + cell - 2 : y0 + cell, x0 : x0 + cell] = 255
-    return image
 
 
 #: One colour per fine-tuning strategy in the comparison figures.

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.inputs import to_model_device
 from hi_core.maps import run_forward
 from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model

@@ -19,6 +19,7 @@ from hi_core.loading import ModelCache
 from .context import AppContext
 from .dataset_tab import DatasetTab
 from .explorer import ExplorerTab, forget
+from .feedback import refuse_in_handler
 from .finetune_tab import FinetuneTab
 from .settings import Settings
 
@@ -47,6 +48,9 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
                 dataset = DatasetTab(context, explorer.model, tuned_state)
             with gr.Tab("Fine-tune", id="finetune"):
                 FinetuneTab(context, explorer.model, dataset.state, tabs, tuned_state)
+    for block in demo.blocks.values():  # Gradio's own range / choice checks: reported in the page, not as a traceback
+        if isinstance(block, (gr.Number, gr.Slider, gr.Dropdown, gr.Radio, gr.CheckboxGroup)):
+            refuse_in_handler(block)
     demo.queue(max_size=context.settings.queue_size, default_concurrency_limit=context.settings.concurrency)
     return demo
 

@@ -20,6 +20,7 @@ from hi_core.overlays import overlay_panels
 from hi_core.scoring import ScoringConfig
 
 from . import explorer_views as views
+from .components import figure
 from .context import AppContext
 from .explorer_views import Session
 from .feedback import reports_input_errors
@@ -91,11 +92,11 @@ class BeforeAfterTab:
             self.button = gr.Button("Score with the base and the tuned model", elem_id="compare")
             self.message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
             with gr.Row():
-                self.heatmap = gr.Image(label="ΔHI (tuned − base) per head; click a cell", interactive=False,
-                                        elem_id="diff-heatmap", height=280, buttons=["download"])
+                self.heatmap = figure(label="ΔHI (tuned − base) per head; click a cell",
+                                        elem_id="diff-heatmap", height=280)
                 with gr.Column():
-                    self.head_view = gr.Image(label="The selected head: base | tuned", show_label=False, interactive=False,
-                                              elem_id="diff-head", height=220, buttons=["download"])
+                    self.head_view = figure(label="The selected head: base | tuned", show_label=False,
+                                              elem_id="diff-head", height=220)
                     self.info = gr.Markdown("", label="The selected head before and after", elem_id="diff-info")
 
     @property

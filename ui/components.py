@@ -6,12 +6,12 @@ resolution (a 17.6 KB 1-bit PNG of 12000 x 12000 px becomes gigabytes of RGBA), 
 runs. Here the pixel count is read from the file's header first (refused beyond `max_pixels`), and
 a large image is reduced to at most `max_side` pixels per side while it is decoded (JPEG draft
 mode, then a box filter), so the handler, the overlays and the model only ever see a bounded image.
-The background and the brush layers have one canvas size, so they are reduced alike.
+The background and the brush layers have one canvas size, so they are reduced alike. A refused upload
+reaches the handler as `Refused` (`feedback.refuse_in_handler`), which reports it beside Analyze.
 """
 
 from __future__ import annotations
 
-import logging
 from io import BytesIO
 from typing import Any
 
@@ -19,12 +19,9 @@ import gradio as gr
 import PIL.Image
 from gradio.data_classes import FileData
 
-from hi_core.errors import InputError
 from hi_core.images import image_to_rgb, open_header
 
-from .settings import scrub_paths
-
-log = logging.getLogger("hi_explorer")
+from .feedback import refuse_in_handler
 
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
@@ -50,11 +47,7 @@ def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.Im
         if file is None:
             return None
         source = file.path if isinstance(file, FileData) else BytesIO(file)
-        try:
-            image = bounded_open(source, max_pixels, max_side)
-        except InputError as error:  # before any handler runs: one log line, and Gradio shows the message
-            log.warning("input error in the image editor's upload: %s", error)
-            raise gr.Error(scrub_paths(str(error)), print_exception=False) from None
+        image = bounded_open(source, max_pixels, max_side)  # InputError: the handler is told (`refuse_in_handler`)
         # The image (any mode: 16-bit, CMYK, ...) as 8-bit RGB, or a brush layer as RGBA, reduced, handed
         # to Gradio's own conversion (mode, alpha, type).
         image = image_to_rgb(image) if flatten_on_white else image.convert("RGBA")
@@ -63,4 +56,11 @@ def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.Im
         return convert(buffer.getvalue(), flatten_on_white)
 
     editor.convert_and_format_image = bounded_convert
-    return editor
+    return refuse_in_handler(editor)
+
+
+def figure(label: str, **kwargs: Any) -> gr.Image:
+    """A picture of results (heatmap, head maps, bars): read-only, sent and downloaded as PNG (Gradio's
+    default, lossy WebP, smears the small numbers on the figures), with a download and a fullscreen button."""
+    kwargs.setdefault("buttons", ["download", "fullscreen"])
+    return gr.Image(label=label, interactive=False, format="png", **kwargs)

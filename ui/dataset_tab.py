@@ -19,6 +19,7 @@ from hi_core.loading import LoadConfig
 from hi_core.overlays import map_overlay
 
 from . import explorer_views as views
+from .components import figure
 from .context import AppContext
 from .explorer import ModelControls, forget
 from .feedback import notice, reports_input_errors
@@ -151,12 +152,12 @@ class DatasetTab:
         self.summary = gr.Markdown("Scores appear here.", label="Dataset summary", elem_id="ds-summary")
         self.skipped = gr.Markdown(label="Skipped records", elem_id="ds-skipped")
         with gr.Row():
-            self.heatmap = gr.Image(label="Mean HI: rows are layers, columns heads; click a cell", interactive=False,
-                                    elem_id="ds-heatmap", height=280, buttons=["download"])
+            self.heatmap = figure(label="Mean HI: rows are layers, columns heads; click a cell",
+                                    elem_id="ds-heatmap", height=280)
             with gr.Column():
                 self.top_k = top_k_slider("ds-top-k")
-                self.bars = gr.Image(label="Layer scores", show_label=False, interactive=False, elem_id="ds-layer-bars",
-                                     height=220, buttons=["download"])
+                self.bars = figure(label="Layer scores", show_label=False, elem_id="ds-layer-bars",
+                                     height=220)
         with gr.Row():
             self.layer = gr.Number(label="Selected layer", precision=0, value=0, minimum=0, elem_id="ds-layer")
             self.head = gr.Number(label="Selected head", precision=0, value=0, minimum=0, elem_id="ds-head-number")
@@ -191,7 +192,7 @@ class DatasetTab:
         for box in (self.layer, self.head):
             box.submit(**select, api_name=False)
         self.overlay.change(**select, api_name=False)
-        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars], api_name=False)
+        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
         for box in (model.name, model.device, model.lora, self.source):
             box.change(self.inputs_changed, [self.state], [self.stale], api_name=False, show_progress="hidden")
 
@@ -247,6 +248,7 @@ class DatasetTab:
         session.selected = views.clip_head(session.analysis.hi, selected_layer, selected_head)
         return self._head_views(session, overlay)
 
+    @reports_input_errors("message")
     def redraw_bars(self, session: DatasetSession | None, top_k: int):
         return gr.skip() if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
 

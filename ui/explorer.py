@@ -25,7 +25,7 @@ from hi_core.overlays import map_overlay, mask_overlay
 
 from . import explorer_views as views
 from .before_after import BeforeAfterTab
-from .components import bounded_image_editor
+from .components import bounded_image_editor, figure
 from .context import AppContext
 from .explorer_views import Session
 from .feedback import notice, reports_input_errors
@@ -180,12 +180,11 @@ class ExplorerTab:
             self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False, scale=0)
             self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
         with gr.Row():
-            self.heatmap = gr.Image(label="HI per head: rows are layers, columns heads; click a cell", interactive=False,
-                                    elem_id="heatmap", height=280, buttons=["download"])
+            self.heatmap = figure(label="HI per head: rows are layers, columns heads; click a cell",
+                                    elem_id="heatmap", height=280)
             with gr.Column():
                 # no label over the picture: it would hide the panels' titles (the line below names the head)
-                self.head_view = gr.Image(label="Selected head over the image, and the object patches", show_label=False,
-                                          interactive=False, elem_id="head-view", height=220, buttons=["download"])
+                self.head_view = figure(label="Selected head over the image, and the object patches", show_label=False, elem_id="head-view", height=220)
                 self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
         with gr.Row():
             self.selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0, elem_id="selected-layer")
@@ -194,18 +193,18 @@ class ExplorerTab:
         with gr.Tabs() as self.result_tabs:
             with gr.Tab("Top heads", id="top"):
                 self.top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show", elem_id="top-n")
-                self.top_view = gr.Image(interactive=False, show_label=False, label="Top heads", elem_id="top-heads")
+                self.top_view = figure(show_label=False, label="Top heads", elem_id="top-heads")
             with gr.Tab("One layer", id="layer"):
                 self.layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0, elem_id="layer")
-                self.layer_view = gr.Image(interactive=False, show_label=False, label="One layer", elem_id="layer-view")
+                self.layer_view = figure(show_label=False, label="One layer", elem_id="layer-view")
             with gr.Tab("Ranking", id="ranking"):
                 self.ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, label="Ranking",
                                             elem_id="ranking")
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
-                self.bars = gr.Image(interactive=False, show_label=False, label="Layer scores", elem_id="layer-bars")
+                self.bars = figure(show_label=False, label="Layer scores", elem_id="layer-bars")
             self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
-        self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV) and figures (PNG)",
+        self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV); each figure has its own download button (PNG)",
                                  file_count="multiple", elem_id="downloads")
 
     # --- events ---------------------------------------------------------------------------------
@@ -262,9 +261,9 @@ class ExplorerTab:
         self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
         self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
         self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
-        self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.downloads], api_name=False)
-        self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view], api_name=False)
-        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.downloads], api_name=False)
+        self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.message], api_name=False)
+        self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view, self.message], api_name=False)
+        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
 
     # --- handlers -------------------------------------------------------------------------------
 
@@ -370,20 +369,19 @@ class ExplorerTab:
         update = self._render(session, top_n, layer, top_k)
         return update if session.compare is None else {**update, **self.compare.render(session)}
 
+    @reports_input_errors("message")
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
             return gr.skip()
-        figure = views.top_figure(session, top_n)
-        return {self.top_view: figure, self.downloads: views.save_downloads(session, {"top_heads.png": figure}, scores=False)}
+        return {self.top_view: views.top_figure(session, top_n)}
 
+    @reports_input_errors("message")
     def redraw_layer(self, session: Session | None, layer: int):
         return gr.skip() if session is None else {self.layer_view: views.layer_figure(session, layer)}
 
+    @reports_input_errors("message")
     def redraw_bars(self, session: Session | None, top_k: int):
-        if session is None:
-            return gr.skip()
-        figure = session.bars(top_k)
-        return {self.bars: figure, self.downloads: views.save_downloads(session, {"layer_scores.png": figure}, scores=False)}
+        return gr.skip() if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
 
     # --- the per-token view ---------------------------------------------------------------------
 
@@ -408,33 +406,27 @@ class ExplorerTab:
     def _render(self, session: Session, top_n: int, layer: int, top_k: int) -> dict:
         """Every result view of the session (and the state, cleared messages and stale banner)."""
         analysis = session.analysis
-        figures = {"head.png": views.head_figure(session), "top_heads.png": views.top_figure(session, top_n),
-                   "layer_scores.png": session.bars(top_k)}
         return {
-            **self._render_head(session, figures["head.png"], downloads=False),
+            **self._render_head(session),
             self.stale: "", self.token_message: "",
             self.summary: views.summary(session),
             **self._token_controls(session),
-            self.top_view: figures["top_heads.png"],
+            self.top_view: views.top_figure(session, top_n),
             self.layer_view: views.layer_figure(session, layer),
             self.ranking: views.ranking_rows(analysis),
-            self.bars: figures["layer_scores.png"],
-            self.downloads: views.save_downloads(session, figures),
+            self.bars: views.bars_figure(analysis, top_k),
+            self.downloads: views.save_downloads(session),
         }
 
-    def _render_head(self, session: Session, figure: np.ndarray | None = None, downloads: bool = True) -> dict:
+    def _render_head(self, session: Session) -> dict:
         """The selection: the heatmap's marker and the selected head (a click redraws nothing else)."""
-        figure = views.head_figure(session) if figure is None else figure
-        update = {
+        return {
             self.state: session, self.message: "",
             self.heatmap: views.heatmap_image(session.analysis.hi, session.selected),
-            self.head_view: figure,
+            self.head_view: views.head_figure(session),
             self.head_info: views.head_info(session.analysis, session.selected),
             self.selected_layer: session.selected[0], self.selected_head: session.selected[1],
         }
-        if downloads:
-            update[self.downloads] = views.save_downloads(session, {"head.png": figure}, scores=False)
-        return update
 
     def _token_controls(self, session: Session) -> dict:
         shown = session.per_token

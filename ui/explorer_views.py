@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from hi_core.analysis import AnalysisConfig, ImageAnalysis
+from hi_core.bars import draw_layer_bars
 from hi_core.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.overlays import overlay_panels
-from hi_core.plots import figure_to_array, layer_bars
 from hi_core.scoring import ScoringConfig
 
 from .options import top_k_for
@@ -60,7 +59,6 @@ class Session:
     selected: tuple[int, int] = (0, 0)
     analysis: ImageAnalysis = field(init=False)
     compare: BeforeAfter | None = None
-    _bars: tuple[int, np.ndarray] | None = field(default=None, repr=False)  # (top-k, picture): drawn once per change
 
     def __post_init__(self) -> None:
         self.chosen = self.chosen or self.whole.key_tokens
@@ -77,16 +75,9 @@ class Session:
         scoring = scoring or self.config.scoring
         chosen = tuple(sorted({int(i) for i in tokens})) if tokens is not None else self.chosen
         self.analysis = self.whole.for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
-        self.chosen, self.config, self._bars = chosen, replace(self.config, scoring=scoring), None
+        self.chosen, self.config = chosen, replace(self.config, scoring=scoring)
         if self.compare is not None:
             self.compare = self.compare.rescored(scoring)
-
-    def bars(self, top_k: int) -> np.ndarray:
-        """The layer bars (matplotlib: the one slow picture), drawn again only when the scores or top-k change."""
-        top_k = top_k_for(self.analysis.hi.shape[0], top_k)
-        if self._bars is None or self._bars[0] != top_k:
-            self._bars = (top_k, bars_figure(self.analysis, top_k))
-        return self._bars[1]
 
     def remove_files(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -172,26 +163,19 @@ def layer_figure(session: Session, layer: int) -> np.ndarray:
 
 
 def bars_figure(analysis, top_k: int) -> np.ndarray:
-    """The layer bars of an analysis (one image's or a dataset's), matplotlib's picture as pixels."""
-    return figure_to_array(layer_bars(analysis.layer_scores, top_k=top_k_for(analysis.hi.shape[0], top_k)))
+    """The layer bars of an analysis (one image's or a dataset's)."""
+    return draw_layer_bars(analysis.layer_scores, top_k=top_k_for(analysis.hi.shape[0], top_k))
 
 
 def ranking_rows(analysis: ImageAnalysis) -> list[list]:
     return [[l, h, round(float(analysis.hi[l, h]), 4), round(float(analysis.mass[l, h]), 4)] for l, h in analysis.ranked_heads()]
 
 
-PNG_LEVEL = 1  # zlib level of the figure downloads: level 6 (PIL's default) costs ~4x the time for ~10% smaller files
-
-
-def save_downloads(session: Session, figures: dict[str, np.ndarray], scores: bool = True) -> list[str]:
-    """The shown scores (JSON with the tokens they are on, CSV) unless `scores` is False, and the given figures
-    (name -> PNG pixels), in the session's folder; every file there, listed (Gradio serves copies of them)."""
-    folder = session.folder
-    if scores:
-        analysis = session.analysis
-        tokens = [{"index": i, "token": session.whole.tokens[i]} for i in session.chosen] if session.per_token else None
-        (folder / "scores.json").write_text(json.dumps({**analysis.to_json(), "scored_tokens": tokens}, indent=2))
-        (folder / "heads.csv").write_text(analysis.to_csv())
-    for name, pixels in figures.items():
-        Image.fromarray(pixels).save(folder / name, compress_level=PNG_LEVEL)
-    return [str(path) for path in sorted(folder.iterdir()) if path.suffix in (".json", ".csv", ".png")]
+def save_downloads(session: Session) -> list[str]:
+    """The shown scores (JSON with the tokens they are on, CSV) in the session's folder, listed (Gradio serves
+    copies of them). Figures are not written here: each picture has its own download button (PNG)."""
+    folder, analysis = session.folder, session.analysis
+    tokens = [{"index": i, "token": session.whole.tokens[i]} for i in session.chosen] if session.per_token else None
+    (folder / "scores.json").write_text(json.dumps({**analysis.to_json(), "scored_tokens": tokens}, indent=2))
+    (folder / "heads.csv").write_text(analysis.to_csv())
+    return [str(folder / "scores.json"), str(folder / "heads.csv")]

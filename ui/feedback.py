@@ -5,6 +5,11 @@ A raised `gr.Error` marks every output of its event with an error badge and leav
 a toast; so handlers do not raise for user mistakes. `reports_input_errors` turns an `InputError` into
 an update of the event's message component alone (the results keep their last good values), plus a
 toast, and logs it as one line (no traceback: it is the visitor's mistake, not the server's).
+
+Gradio checks some inputs itself before any handler runs (a number below its minimum, a slider out of
+range, a value not among a dropdown's choices, an upload over the image editor's limits) and raises
+`gr.Error`, with a traceback in the log. `refuse_in_handler` makes such a component hand the handler a
+`Refused` value instead, which `reports_input_errors` reports like any other input error.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import functools
 import html
 import inspect
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -42,9 +49,38 @@ def _shown(error: InputError, action: str) -> str:
     return message
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An input its component's own checks refused, with what to tell the visitor."""
+
+    message: str
+
+
+def refuse_in_handler(component: gr.components.Component) -> gr.components.Component:
+    """`component` (this instance), whose preprocessing hands the handler `Refused(message)` where it would
+    raise `gr.Error` or `InputError`; every handler taking it is wrapped by `reports_input_errors`."""
+    preprocess = component.preprocess
+    name = component.label or component.elem_id or type(component).__name__
+
+    def preprocess_or_refuse(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except (gr.Error, InputError) as error:
+            return Refused(f"{name}: {scrub_paths(str(error.message if isinstance(error, gr.Error) else error))}")
+
+    component.preprocess = preprocess_or_refuse
+    return component
+
+
+def _check_refused(args: tuple, kwargs: dict) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Refused):
+            raise InputError(value.message)
+
+
 def reports_input_errors(message: str):
     """Decorator for a tab's handler method that returns (or yields) `{component: value}` updates: an
-    `InputError` becomes `{self.<message>: the error}` and nothing else changes."""
+    `InputError` (or a `Refused` argument) becomes `{self.<message>: the error}` and nothing else changes."""
 
     def decorate(method):
         if inspect.isgeneratorfunction(method):  # a handler that streams updates
@@ -52,6 +88,7 @@ def reports_input_errors(message: str):
             @functools.wraps(method)
             def generator(self, *args, **kwargs):
                 try:
+                    _check_refused(args, kwargs)
                     yield from method(self, *args, **kwargs)
                 except InputError as error:
                     yield {getattr(self, message): problem(_shown(error, method.__name__))}
@@ -61,6 +98,7 @@ def reports_input_errors(message: str):
         @functools.wraps(method)  # keeps the signature: gradio reads gr.Progress / gr.SelectData / names from it
         def wrapper(self, *args, **kwargs):
             try:
+                _check_refused(args, kwargs)
                 return method(self, *args, **kwargs)
             except InputError as error:
                 return {getattr(self, message): problem(_shown(error, method.__name__))}

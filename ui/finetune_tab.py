@@ -17,6 +17,7 @@ from hi_core.finetune import DataConfig, FinetuneConfig, TrainingCancelled
 from hi_core.plots import figure_to_array, layer_choices
 from hi_core.runs import RunRecord
 
+from .components import figure
 from .context import TUNED, AppContext
 from .explorer import ModelControls, forget
 from .feedback import reports_input_errors
@@ -137,7 +138,7 @@ class FinetuneTab:
                                     label="Held-out caption metrics", elem_id="ft-metrics")
         self.samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
                                     column_widths=["16%", "28%", "28%", "28%"], label="Sample captions", elem_id="ft-samples")
-        self.layers = gr.Image(label="Adapted layers", interactive=False, height=200, elem_id="ft-layers")
+        self.layers = figure(label="Adapted layers", height=200, elem_id="ft-layers")
         with gr.Row():
             self.download = gr.File(label="The adapter (peft) with run.json, zipped", elem_id="ft-download")
             self.use = gr.Button("Use the tuned model in the Explorer", interactive=False, elem_id="ft-use")

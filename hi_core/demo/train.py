@@ -10,9 +10,7 @@ objects, beside the same architecture untrained. Results go into the folder's mo
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
