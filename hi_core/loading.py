@@ -241,6 +241,7 @@ def load_model(config: LoadConfig) -> LoadedModel:
         )
     except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing or damaged files of the model
         raise InputError(f"could not load model {config.model!r}: {_first_line(error)}") from None
+    adapter.check_loaded(model, processor)
     model.to(device)
     if config.lora is not None:
         model = merge_lora(model, config.lora)

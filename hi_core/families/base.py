@@ -103,6 +103,12 @@ class FamilyAdapter:
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return dict(processor(text=text, images=[image], return_tensors="pt"))
 
+    def check_loaded(self, model: Any, processor: Any) -> None:
+        """Raise `InputError` naming what was expected and what was found when this model or processor is
+        not one the adapter can score (an unset token id, an attention feature the capture cannot
+        reproduce). `load_model` calls it once, so such a model is refused at load time, never in the
+        middle of an analysis. The default checks nothing."""
+
     def view_side(self, processor: Any) -> int | None:
         """The most pixels along one axis that the processor's output takes from an image.
 
