@@ -96,15 +96,36 @@ def model_image(adapter: FamilyAdapter, processor: Any, image: Image.Image) -> I
     return reduce_image(image, adapter.view_side(processor))
 
 
+def special_tokens(processor: Any) -> set[str]:
+    """The strings the tokenizer reads as control tokens (image placeholders, turn markers, ...)."""
+    tokenizer = processor.tokenizer
+    found = set(tokenizer.all_special_tokens)
+    found |= {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    found |= {getattr(processor, name, None) for name in ("image_token", "video_token", "boi_token", "eoi_token")}
+    return {token for token in found if isinstance(token, str) and token.strip()}
+
+
+def check_plain_text(processor: Any, field: str, text: str) -> None:
+    """Refuse `text` holding a special token: typed into a prompt or a description, `<image>` (say) would
+    become a second image placeholder or a turn marker, not words, and break the sequence's layout."""
+    typed = sorted(token for token in special_tokens(processor) if token in text)
+    if typed:
+        raise InputError(f"the {field} contains {typed[0]!r}, a special token of this model's tokenizer "
+                         "(read as a control token, not as text): remove it")
+
+
 def build_inputs(
     adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str
 ) -> ModelInputs:
     """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended.
 
-    Refused (InputError) when prefix + response exceed the language model's context.
+    Refused (InputError) when prefix + response exceed the language model's context, or when the prompt
+    or the description hold one of the tokenizer's special tokens.
     """
     if not response_text.strip():
         raise InputError("the description text is empty: give a text to score, or generate one")
+    check_plain_text(processor, "prompt", prompt)
+    check_plain_text(processor, "description", response_text)
     tensors = adapter.prefix_inputs(processor, model_image(adapter, processor, image), prompt)
     tokenizer = processor.tokenizer
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]

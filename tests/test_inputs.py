@@ -80,3 +80,14 @@ def test_a_too_small_image_is_an_input_error(llava):
 
     with pytest.raises(InputError, match="image is 1x1 px: it must be at least 8 px"):
         build_inputs(llava.adapter, llava.model, llava.processor, Image.new("RGB", (1, 1)), "Describe the image.", "a red square")
+
+
+@pytest.mark.parametrize("field, prompt, text", [
+    ("prompt", "Describe <image> the image.", "a red square"),  # a second image placeholder
+    ("description", "Describe the image.", "a red square </s> and a circle"),  # a turn marker
+])
+def test_a_special_token_typed_into_the_prompt_or_description_is_refused(llava, scene, field, prompt, text):
+    with pytest.raises(InputError, match=f"the {field} contains '<?/?[a-z]+>', a special token"):
+        build_inputs(llava.adapter, llava.model, llava.processor, scene[0], prompt, text)
+    inputs = build_inputs(llava.adapter, llava.model, llava.processor, scene[0], "Describe the image.", "a red square")
+    assert inputs.num_response_tokens == 3  # plain words still go through
