@@ -2,7 +2,7 @@
 
 Loading is plain transformers (`AutoProcessor` + `AutoModelForImageTextToText`), weights from
 safetensors only, `trust_remote_code` off unless asked for. Processors that own a video processor
-(Qwen2-VL, SmolVLM) cannot be built without torchvision; for those the processor is assembled
+(Qwen2-VL, SmolVLM, InternVL) cannot be built without torchvision; for those the processor is assembled
 from its tokenizer and image processor with no video processor (images are all we need).
 A LoRA adapter (a peft folder, as `finetune` writes) can be merged into the weights at load
 (`LoadConfig.lora`): the result is a plain model of the same family, analyzed like any other.
@@ -205,7 +205,9 @@ def build_processor_without_video(
 def load_processor(source: str, config: Any, trust_remote_code: bool = False) -> Any:
     try:
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except ImportError as error:
+    except (ImportError, ValueError) as error:
+        # Without torchvision the video processor fails: an ImportError for Qwen2-VL / SmolVLM, a
+        # ValueError ("... requires `torchvision`") from the video processor's auto class for InternVL.
         if "torchvision" not in str(error).lower():
             raise
         logger.info("building the processor without its video processor (torchvision is missing)")
