@@ -259,8 +259,8 @@ def test_a_mismatched_folder_is_refused_at_load_and_the_cli_exits_2(internvl_dir
 
 
 @pytest.mark.parametrize("prompt, text, message", [
-    (PROMPT, "a <IMG_CONTEXT> square", "expected one run of 108 image tokens .3 tiles x 36., found 109"),
-    ("describe <IMG_CONTEXT> the image", TEXT, "the prompt contains the image token '<IMG_CONTEXT>'"),
+    (PROMPT, "a <IMG_CONTEXT> square", "the description contains '<IMG_CONTEXT>', a special token"),
+    ("describe <IMG_CONTEXT> the image", TEXT, "the prompt contains '<IMG_CONTEXT>', a special token"),
 ], ids=["in the description", "in the prompt"])
 def test_an_image_token_typed_by_the_user_is_an_input_error(internvl, prompt, text, message):
     image, _, _ = two_scenes(SPLIT, (20, 30, 60, 50))

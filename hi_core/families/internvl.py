@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, size_value, token_positions
@@ -67,12 +66,6 @@ def tile_geometry(config: Any) -> tuple[int, int, int]:
 class InternVLAdapter(FamilyAdapter):
     name = "internvl"
     model_types = ("internvl",)
-
-    def prefix_inputs(self, processor: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
-        # The processor counts image placeholders against images and raises a ValueError otherwise.
-        if processor.image_token in prompt:
-            raise InputError(f"the prompt contains the image token {processor.image_token!r}: remove it (the image is added for you)")
-        return super().prefix_inputs(processor, image, prompt)
 
     def check_loaded(self, model: Any, processor: Any) -> None:
         config = model.config
