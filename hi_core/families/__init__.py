@@ -9,8 +9,9 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter, Qwen3VLAdapter)
 
 
 def supported_families() -> list[str]:
