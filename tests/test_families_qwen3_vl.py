@@ -157,7 +157,7 @@ def test_lora_wraps_only_language_model_attention(qwen3):
 
 
 def test_cli_scores_the_hub_folder(qwen3, tmp_path, capsys):
-    loaded, folder, _ = qwen3
+    _, folder, _ = qwen3
     image, _, mask = two_scenes(LANDSCAPE, BOX)
     image.save(tmp_path / "image.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
