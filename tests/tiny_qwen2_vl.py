@@ -7,6 +7,11 @@ checkpoint, and `hi_core.loading` has to assemble the processor itself.
 
 Geometry: 8-px patches merged 2x2, so one language-model image token covers 16x16 px; images are
 smart-resized to multiples of 16 with 64*64 <= pixels <= 128*128, i.e. 4 to 8 tokens per side.
+
+`build_qwen2_vl_tester` writes the exact config of transformers' own Qwen2-VL model tester
+(settings nobody here chose: 14-px patches, merge 1, 99-token vocabulary, `vision_end_token_id`
+left at its default 151653, outside that vocabulary), with a tokenizer numbering the tester's
+special tokens as the tester does (`<|vision_end|>` then gets id 6, not the config's).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .tiny_models import _randomize, tiny_text_config, word_tokenizer
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from .tiny_models import WORDS, _randomize, tiny_text_config, word_tokenizer
 
 PATCH = 8
 MERGE = 2
@@ -49,11 +57,34 @@ def _tokenizer():
     )
 
 
-def _image_processor():
+def numbered_tokenizer(tokens_in_id_order: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose ids 0, 1, ... are `tokens_in_id_order` (the special tokens
+    numbered as a tester config numbers them), then the words; `<s>`, `</s>`, `<pad>`, `<unk>`
+    and Qwen's special tokens must be among the listed tokens."""
+    words = [w for w in WORDS if w.strip() and w not in tokens_in_id_order] + ["\n"]
+    vocab = {token: i for i, token in enumerate(list(tokens_in_id_order) + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL})
+    if [tokenizer.convert_tokens_to_ids(token) for token in tokens_in_id_order] != list(range(len(tokens_in_id_order))):
+        raise RuntimeError("the tokenizer did not keep the given ids")
+    return tokenizer
+
+
+def _image_processor(patch: int = PATCH, merge: int = MERGE, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     return Qwen2VLImageProcessorPil(
-        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch, merge_size=merge, temporal_patch_size=2
     )
 
 
@@ -145,3 +176,62 @@ def build_qwen2_5_vl(folder: Path) -> Path:
     )
     torch.manual_seed(0)
     return _write(folder, Qwen2_5_VLForConditionalGeneration(config), tokenizer, _image_processor())
+
+
+# transformers' Qwen2-VL model tester (tests/models/qwen2_vl/test_modeling_qwen2_vl.py), its
+# `get_config()` arguments verbatim: flat text settings, legacy `rope_scaling`, 4 text layers.
+QWEN2_VL_TESTER = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    hidden_act="silu",
+    max_position_embeddings=512,
+    vision_config={
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_act": "quick_gelu",
+        "hidden_size": 32,
+        "mlp_ratio": 4,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 1,
+        "temporal_patch_size": 2,
+    },
+    model_type="qwen2_vl",
+    max_window_layers=3,
+    rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+    vision_start_token_id=3,
+    image_token_id=4,
+    video_token_id=5,
+    vocab_size=99,
+)
+TESTER_PATCH = 14
+TESTER_MIN_PIXELS = 56 * 56
+TESTER_MAX_PIXELS = 112 * 112
+
+
+def build_qwen2_vl_tester(folder: Path, image_token_matches: bool = True) -> Path:
+    """The exact config of transformers' Qwen2-VL tester, with a tokenizer that numbers `<s>`,
+    `</s>`, `<pad>`, `<|vision_start|>`, `<|image_pad|>`, `<|video_pad|>` 0..5 as the config does
+    and `<|vision_end|>` 6 (the config's `vision_end_token_id` stays 151653). With
+    `image_token_matches=False` the tokenizer's `<|image_pad|>` and `<|vision_end|>` swap ids, so
+    the processor's image token is not the config's `image_token_id` (4): a model to refuse.
+    The image processor (not part of the tester) cuts 14-px patches, merge 1: one token = 14x14 px.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    image_pad, vision_end = ("<|image_pad|>", "<|vision_end|>") if image_token_matches else ("<|vision_end|>", "<|image_pad|>")
+    tokenizer = numbered_tokenizer(
+        ["<s>", "</s>", "<pad>", "<|vision_start|>", image_pad, "<|video_pad|>", vision_end, "<|im_start|>", "<|im_end|>", "<unk>"]
+    )
+    config = Qwen2VLConfig(**QWEN2_VL_TESTER)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config)
+    image_processor = _image_processor(TESTER_PATCH, 1, TESTER_MIN_PIXELS, TESTER_MAX_PIXELS)
+    return _write(folder, model, tokenizer, image_processor)

@@ -10,8 +10,18 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter, InternVLAdapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (
+    LlavaAdapter,
+    LlavaNextAdapter,
+    Qwen2VLAdapter,
+    Qwen3VLAdapter,
+    PaliGemmaAdapter,
+    Idefics3Adapter,
+    SmolVLMAdapter,
+    InternVLAdapter,
+)
 
 
 def supported_families() -> list[str]:
