@@ -482,6 +482,7 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     page.get_by_text(f"demo set ({len(EXAMPLES)} scenes)").click()
     _set_number(page, "ft-steps", 4)
     _set_number(page, "ft-batch-size", 4)
+    _set_number(page, "ft-lr", 0.05)  # 4 steps at the default rate move no head's HI: the before/after view would show zeros
     page.locator("#ft-meteor input").uncheck()  # METEOR starts a JVM: seconds this test does not need
     page.locator("#ft-launch").click()
     status = page.locator("#ft-status")
@@ -524,6 +525,7 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     info = page.locator("#diff-info")
     expect(info).to_contain_text(re.compile(r"HI base \d\.\d{3} → tuned \d\.\d{3} \(ΔHI [+-]\d\.\d{3}\)"))
     expect(info).to_contain_text("tuned demo + LoRA")
+    expect(info).not_to_contain_text("No head's HI changed")  # the tuned run (lr 0.05) moved some head's HI
     heatmap = page.locator("#diff-heatmap img")
     natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")
     layout = HeatmapLayout.fit(layers, heads)  # the HI heatmap's cell geometry
