@@ -7,10 +7,12 @@ from .base import FamilyAdapter, ImageLayout
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter,
+                                          LlavaOnevisionAdapter)
 
 
 def supported_families() -> list[str]:
