@@ -8,11 +8,12 @@ from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter,
-                                          LlavaOnevisionAdapter)
+                                          LlavaOnevisionAdapter, Mistral3Adapter)
 
 
 def supported_families() -> list[str]:
