@@ -174,6 +174,16 @@ def test_a_processor_that_disagrees_with_the_model_is_refused_at_load(mistral3_d
     assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in lines[0]
 
 
+def test_a_non_square_patch_in_the_config_is_refused_at_load(mistral3_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(mistral3_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["patch_size"] = [8, 8]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"expected the model's vision patch_size to be a positive integer .*found \[8, 8\]"):
+        load_model(LoadConfig(model=str(folder), device="cpu"))
+
+
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(mistral3, queries):
     # Three grids (5x6, 6x2, 2x6): pixel_values zero-padded to 96x96, texts of different lengths.

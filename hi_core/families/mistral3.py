@@ -56,6 +56,9 @@ class Mistral3Adapter(FamilyAdapter):
         """The processor's image tokens and patch are the model's, and its three image tokens are distinct
         tokens of the vocabulary (else the rows could not be read, or transformers would fail mid-forward)."""
         config = model.config
+        for name, value in (("vision patch_size", config.vision_config.patch_size), ("spatial_merge_size", config.spatial_merge_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"expected the model's {name} to be a positive integer (square patches), found {value!r}")
         pairs = {
             "image token id (config `image_token_index`, processor `[IMG]`)": (
                 config.image_token_id,
@@ -81,7 +84,7 @@ class Mistral3Adapter(FamilyAdapter):
             raise InputError(f"expected three distinct image, break and end token ids, found {ids}")
         size = processor.image_processor.size
         if not (size_value(size, "longest_edge") or (size_value(size, "height") and size_value(size, "width"))):
-            raise InputError(f"the image processor's size {dict(size)!r} has no longest_edge (nor height and width)")
+            raise InputError(f"the image processor's size {size!r} has no longest_edge (nor height and width)")
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         rows, cols = token_grid(model, inputs)
