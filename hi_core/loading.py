@@ -2,8 +2,10 @@
 
 Loading is plain transformers (`AutoProcessor` + `AutoModelForImageTextToText`), weights from
 safetensors only, `trust_remote_code` off unless asked for. Processors that own a video processor
-(Qwen2-VL, SmolVLM, InternVL) cannot be built without torchvision; for those the processor is assembled
-from its tokenizer and image processor with no video processor (images are all we need).
+(Qwen2-VL, Qwen3-VL, SmolVLM, InternVL, LLaVA-OneVision) cannot be built without torchvision; for
+those the processor is assembled from its tokenizer and image processor with no video processor (images
+are all we need); Mistral 3's `PixtralProcessor` cannot even be imported without it, so ours stands in
+(`pixtral_inputs`).
 A LoRA adapter (a peft folder, as `finetune` writes) can be merged into the weights at load
 (`LoadConfig.lora`): the result is a plain model of the same family, analyzed like any other.
 """
@@ -26,6 +28,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .errors import InputError, check_choice
 from .families import FamilyAdapter, adapter_for, supported_families
+from .pixtral_inputs import PixtralImageTextProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +205,11 @@ def build_processor_without_video(
         processor_class.check_argument_for_proper_class = original
 
 
+#: Families whose transformers processor cannot be imported at all without torchvision (not only its
+#: video processor); our own processor stands in for it, for text and images.
+OWN_PROCESSORS: dict[str, Callable[[str, bool], Any]] = {"mistral3": PixtralImageTextProcessor.from_pretrained}
+
+
 def load_processor(source: str, config: Any, trust_remote_code: bool = False) -> Any:
     try:
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -210,6 +218,9 @@ def load_processor(source: str, config: Any, trust_remote_code: bool = False) ->
         # ValueError ("... requires `torchvision`") from the video processor's auto class for InternVL.
         if "torchvision" not in str(error).lower():
             raise
+        if config.model_type in OWN_PROCESSORS:
+            logger.info("building our own %s processor (transformers' needs torchvision)", config.model_type)
+            return OWN_PROCESSORS[config.model_type](source, trust_remote_code)
         logger.info("building the processor without its video processor (torchvision is missing)")
         return _processor_without_video(source, config, trust_remote_code)
 

@@ -8,6 +8,8 @@ from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -15,12 +17,14 @@ from .qwen3_vl import Qwen3VLAdapter
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     LlavaAdapter,
     LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Qwen2VLAdapter,
     Qwen3VLAdapter,
     PaliGemmaAdapter,
     Idefics3Adapter,
     SmolVLMAdapter,
     InternVLAdapter,
+    Mistral3Adapter,
 )
 
 
