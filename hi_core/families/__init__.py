@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout
+from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (LlavaAdapter, Qwen2VLAdapter, LlavaNextAdapter, PaliGemmaAdapter, Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter)
 
 
 def supported_families() -> list[str]:
