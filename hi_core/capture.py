@@ -10,18 +10,20 @@ That implementation is installed on the model's text sub-config once (`install_c
 never switched back per call. Switching it on entry and back on exit raced in a threaded server
 sharing one model (the app): one analysis switched the model back to plain SDPA under another's
 forward, which then captured nothing ("no attention was captured": 17 of 80 analyses with two
-threads). With no recorder active the installed function *is* SDPA (same output, same mask), so
-plain forwards, `generate()` and training of an SDPA model are unchanged (a text model loaded with
-eager attention computes with SDPA from its first capture on, as it did inside captures before;
-the vision tower keeps its own implementation). The per-call state lives only in the
-recorder, in a `ContextVar`: concurrent forwards on other threads never write into each other's
-cache, and the recorder is cleared in `finally`, also when the forward raises.
+threads). With no recorder active the installed function *is* SDPA (same output, same mask;
+the eager formula in soft-capped layers, below), so plain forwards, `generate()` and training of
+an SDPA model are unchanged (a text model loaded with eager attention computes with SDPA from its
+first capture on, as it did inside captures before; the vision tower keeps its own implementation).
+The per-call state lives only in the recorder, in a `ContextVar`: concurrent forwards on other
+threads never write into each other's cache, and the recorder is cleared in `finally`, also when
+the forward raises.
 
 Soft-capped attention (Gemma 2, so PaliGemma 2): the logits are `tanh(q.k * scaling / cap) * cap`
 before the mask and the softmax. SDPA cannot do that, so in a layer whose module passes `softcap`
 both the recorded rows and the layer's output follow that eager formula (scaling, cap, then the
 model's own mask — sliding-window layers get their sliding mask from transformers like any other
-— then softmax); every other layer keeps plain SDPA. A text model without an SDPA implementation
+— then softmax; such a layer holds its T x T weights while it runs, as eager does, and keeps
+nothing of them); every other layer keeps plain SDPA. A text model without an SDPA implementation
 (Gemma 2) is loaded with eager attention and switched to this one at its first capture, which
 transformers accepts for it (the name is registered, and it is not "sdpa").
 

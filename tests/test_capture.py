@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from hi_core.maps import head_maps, run_forward
-from hi_core.capture import _ACTIVE, IMPLEMENTATION, _capturing_attention, capture_attention
+from hi_core.capture import (
+    _ACTIVE,
+    IMPLEMENTATION,
+    _capturing_attention,
+    capture_attention,
+    unsupported_attention_features,
+)
 from hi_core.errors import InputError
 from hi_core.inputs import build_inputs, key_phrase_tokens
 
@@ -137,3 +144,28 @@ def test_attention_the_capture_cannot_reproduce_is_refused_by_name(name, feature
     query = key = value = torch.zeros(1, 2, 3, 8)
     with pytest.raises(InputError, match=re.escape(feature)):
         _capturing_attention(_Attention(), query, key, value, None, **{name: torch.zeros(2)})
+
+
+class _Model:
+    """Just what `unsupported_attention_features` reads: attention modules and a text config."""
+
+    def __init__(self, text_config: dict, sinks: bool = False):
+        self.config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(**text_config))
+        module = _Attention()
+        module.sinks = torch.nn.Parameter(torch.zeros(4)) if sinks else None  # None: a layer without sinks
+        self.modules = [_Attention(), module]
+
+
+class _Adapter:
+    def attention_modules(self, model):
+        return model.modules
+
+
+@pytest.mark.parametrize("text_config, sinks, features", [
+    ({"attn_logit_softcapping": 50.0, "sliding_window": 4096}, False, []),  # Gemma 2: reproduced
+    ({}, True, ["attention sinks (s_aux)"]),
+    ({"alibi": True}, False, ["ALiBi position bias (alibi)"]),
+    ({"relative_attention_num_buckets": 32}, False, ["relative position bias (position_bias)"]),
+])
+def test_unsupported_attention_features_are_read_from_modules_and_config(text_config, sinks, features):
+    assert unsupported_attention_features(_Model(text_config, sinks), _Adapter()) == features
