@@ -10,12 +10,28 @@ That implementation is installed on the model's text sub-config once (`install_c
 never switched back per call. Switching it on entry and back on exit raced in a threaded server
 sharing one model (the app): one analysis switched the model back to plain SDPA under another's
 forward, which then captured nothing ("no attention was captured": 17 of 80 analyses with two
-threads). With no recorder active the installed function *is* SDPA (same output, same mask), so
-plain forwards, `generate()` and training of an SDPA model are unchanged (a text model loaded with
-eager attention computes with SDPA from its first capture on, as it did inside captures before;
-the vision tower keeps its own implementation). The per-call state lives only in the
-recorder, in a `ContextVar`: concurrent forwards on other threads never write into each other's
-cache, and the recorder is cleared in `finally`, also when the forward raises.
+threads). With no recorder active the installed function *is* SDPA (same output, same mask;
+the eager formula in soft-capped layers, below), so plain forwards, `generate()` and training of
+an SDPA model are unchanged (a text model loaded with eager attention computes with SDPA from its
+first capture on, as it did inside captures before; the vision tower keeps its own implementation).
+The per-call state lives only in the recorder, in a `ContextVar`: concurrent forwards on other
+threads never write into each other's cache, and the recorder is cleared in `finally`, also when
+the forward raises.
+
+Soft-capped attention (Gemma 2, so PaliGemma 2): the logits are `tanh(q.k * scaling / cap) * cap`
+before the mask and the softmax. SDPA cannot do that, so in a layer whose module passes `softcap`
+both the recorded rows and the layer's output follow that eager formula (scaling, cap, then the
+model's own mask — sliding-window layers get their sliding mask from transformers like any other
+— then softmax; such a layer holds its T x T weights while it runs, as eager does, and keeps
+nothing of them); every other layer keeps plain SDPA. A text model without an SDPA implementation
+(Gemma 2) is loaded with eager attention and switched to this one at its first capture, which
+transformers accepts for it (the name is registered, and it is not "sdpa").
+
+Attention features this formula cannot reproduce exactly are refused when the model is loaded
+(`check_capturable`, called by `loading.load_model`, as `InputError` naming the feature):
+attention sinks (`s_aux`/`sinks`, e.g. gpt-oss), ALiBi (`alibi`) and relative position bias
+(`position_bias`). Should one still reach the attention function, it raises naming the feature
+instead of computing something else.
 """
 
 from __future__ import annotations
@@ -33,9 +49,19 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .errors import InputError
 from .families import FamilyAdapter
 
 IMPLEMENTATION = "hi_capture"
+
+#: Keyword arguments transformers 5.24 may pass to an attention function that change its result
+#: in ways neither SDPA nor our formula reproduce, with the feature's name for messages.
+UNSUPPORTED_ATTENTION_KWARGS = {
+    "s_aux": "attention sinks (s_aux)",
+    "sinks": "attention sinks (sinks)",
+    "alibi": "ALiBi position bias (alibi)",
+    "position_bias": "relative position bias (position_bias)",
+}
 
 
 @dataclass
@@ -76,26 +102,27 @@ class _Recorder:
 _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("hi_capture_recorder", default=None)
 
 
-def _row_probabilities(
-    recorder: _Recorder,
+def _masked_scores(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    rows: torch.Tensor,
     scaling: float | None,
-    causal: bool = True,
+    softcap: float | None,
+    causal: bool,
 ) -> torch.Tensor:
-    """Softmax rows of the recorded queries over all keys, sliced to the image keys.
+    """Attention logits of the query positions `rows` over all keys, masked as SDPA masks them.
 
-    query: (B, H, T, D) after rotary embedding; key: (B, KV, S, D) with H = KV * groups.
+    query: (B, H, T, D) after rotary embedding; key: (B, KV, S, D) with H = KV * groups;
+    rows: (B, R) query positions. Logits are `q.k * scaling`, then `tanh(logits / softcap) *
+    softcap` when `softcap` is set, then the mask (boolean: False -> -inf; float: added).
     `causal`: what SDPA does when there is no mask (the module's `is_causal`; False for a
     bidirectional text model such as PaliGemma's when the mask was skipped).
-    Returns (B, H, R, V) float32.
+    Returns (B, H, R, S) float32.
     """
     batch, heads, _, dim = query.shape
     kv_heads, key_length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    rows = recorder.query_positions.to(query.device)  # (B, R)
-    cols = recorder.key_positions.to(query.device)  # (B, V)
     num_rows = rows.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
     picked = query.gather(2, rows[:, None, :, None].expand(batch, heads, num_rows, dim)).float()
@@ -104,6 +131,8 @@ def _row_probabilities(
     picked = picked.reshape(batch, kv_heads, groups * num_rows, dim)
     scores = torch.matmul(picked, key.float().transpose(-1, -2)) * scale
     scores = scores.reshape(batch, heads, num_rows, key_length)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is None and not causal:  # SDPA runs unmasked: every key is allowed
         allowed = None
     elif attention_mask is None:  # the pure causal case that SDPA runs with is_causal=True
@@ -120,8 +149,53 @@ def _row_probabilities(
             allowed = None
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores
+
+
+def _row_probabilities(
+    recorder: _Recorder,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    causal: bool = True,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Softmax rows of the recorded queries over all keys, sliced to the image keys: (B, H, R, V) float32."""
+    rows = recorder.query_positions.to(query.device)  # (B, R)
+    cols = recorder.key_positions.to(query.device)  # (B, V)
+    scores = _masked_scores(query, key, attention_mask, rows, scaling, softcap, causal)
     probabilities = torch.softmax(scores, dim=-1)
+    batch, heads, num_rows, _ = probabilities.shape
     return probabilities.gather(3, cols[:, None, None, :].expand(batch, heads, num_rows, cols.shape[1]))
+
+
+def _softcapped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    softcap: float,
+    causal: bool,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """The layer's output with soft-capped logits (the eager formula; SDPA cannot cap).
+
+    Same result as the model's eager attention: softmax in float32, then back to the query's
+    dtype before the values. Returns (B, T, H, D) like the other attention functions.
+    """
+    batch, heads, length, _ = query.shape
+    rows = torch.arange(length, device=query.device)[None].expand(batch, length)
+    # Without a mask SDPA is causal (upper-left aligned) for several queries and attends to every
+    # cached key for one (a decode step): the same rule here.
+    scores = _masked_scores(query, key, attention_mask, rows, scaling, softcap, causal and length > 1)
+    weights = torch.softmax(scores, dim=-1).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    groups = heads // value.shape[1]
+    values = value.repeat_interleave(groups, dim=1)  # (B, H, S, D): each KV head serves its query group
+    return torch.matmul(weights, values).transpose(1, 2).contiguous()
 
 
 def _capturing_attention(
@@ -132,22 +206,57 @@ def _capturing_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA attention that also records the wanted rows when a recorder is active."""
+    """SDPA attention (the eager formula where logits are soft-capped) that also records the wanted
+    rows when a recorder is active."""
+    for name, feature in UNSUPPORTED_ATTENTION_KWARGS.items():
+        if kwargs.get(name) is not None:  # `check_capturable` refuses such models at load time
+            raise InputError(f"this model's attention uses {feature}, which the attention capture cannot reproduce")
     softcap = kwargs.pop("softcap", None)
-    if softcap is not None:
-        raise NotImplementedError("attention logit soft-capping is not supported by the SDPA-based capture")
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
     recorder = _ACTIVE.get()
     if recorder is not None and id(module) in recorder.layer_of and query.shape[2] > 1:
         with torch.no_grad():
-            causal = kwargs.get("is_causal")
-            causal = getattr(module, "is_causal", True) if causal is None else causal
-            rows = _row_probabilities(recorder, query, key, attention_mask, kwargs.get("scaling"), causal)
+            rows = _row_probabilities(recorder, query, key, attention_mask, kwargs.get("scaling"), causal, softcap)
         recorder.cache.rows[recorder.layer_of[id(module)]] = rows.detach().cpu()
+    if softcap is not None:
+        output = _softcapped_attention(
+            module, query, key, value, attention_mask, softcap, causal, kwargs.get("dropout", 0.0), kwargs.get("scaling")
+        )
+        return output, None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 AttentionInterface.register(IMPLEMENTATION, _capturing_attention)
 AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def unsupported_attention_features(model: Any, adapter: FamilyAdapter) -> list[str]:
+    """The attention features of the language model that the capture cannot reproduce exactly.
+
+    Read from the attention modules and the text config, before any forward: attention sinks (a
+    `sinks` parameter, passed as `s_aux`), ALiBi (`alibi` in the config) and relative position bias
+    (`relative_attention_num_buckets`). Soft-capping and sliding windows are reproduced, not listed.
+    """
+    features = []
+    if any(getattr(module, "sinks", None) is not None for module in adapter.attention_modules(model)):
+        features.append(UNSUPPORTED_ATTENTION_KWARGS["s_aux"])
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "alibi", False):
+        features.append(UNSUPPORTED_ATTENTION_KWARGS["alibi"])
+    if getattr(text_config, "relative_attention_num_buckets", None):
+        features.append(UNSUPPORTED_ATTENTION_KWARGS["position_bias"])
+    return features
+
+
+def check_capturable(model: Any, adapter: FamilyAdapter) -> None:
+    """Refuse (InputError) a model whose attention the capture cannot reproduce, naming the feature(s)."""
+    features = unsupported_attention_features(model, adapter)
+    if features:
+        raise InputError(
+            f"its language model's attention uses {' and '.join(features)}, which the attention capture cannot "
+            "reproduce exactly (it reproduces plain, sliding-window and soft-capped softmax attention)"
+        )
 
 
 # `set_attn_implementation` rewrites the configs of every sub-model in turn and is not

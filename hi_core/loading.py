@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from .capture import check_capturable
 from .errors import InputError, check_choice
 from .families import FamilyAdapter, adapter_for, supported_families
 from .pixtral_inputs import PixtralImageTextProcessor
@@ -250,16 +251,38 @@ def load_model(config: LoadConfig) -> LoadedModel:
             dtype=dtype,
             use_safetensors=True,
             trust_remote_code=config.trust_remote_code,
-            attn_implementation="sdpa",
+            attn_implementation=attention_implementation(model_config, adapter),
         )
     except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing or damaged files of the model
         raise InputError(f"could not load model {config.model!r}: {_first_line(error)}") from None
     adapter.check_loaded(model, processor)
+    try:
+        check_capturable(model, adapter)
+    except InputError as error:
+        raise InputError(f"model {config.model!r}: {error}") from None
     model.to(device)
     if config.lora is not None:
         model = merge_lora(model, config.lora)
     name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"
     return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device)
+
+
+def attention_implementation(model_config: Any, adapter: FamilyAdapter) -> str | dict[str, str]:
+    """`sdpa`, or, when the language model has no SDPA implementation (Gemma 2, whose soft-capped
+    logits SDPA cannot compute), eager for the language model and SDPA for the rest; the capture
+    replaces either at its first use (`capture.install_capture`)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    text_config = model_config.get_text_config()
+    if text_config is model_config:
+        return "sdpa"
+    try:
+        text_model_class = MODEL_MAPPING[type(text_config)]
+    except (KeyError, ValueError):  # a text model transformers does not map: let it fail or load as sdpa
+        return "sdpa"
+    if getattr(text_model_class, "_supports_sdpa", True):
+        return "sdpa"
+    return {"": "sdpa", adapter.text_config_key(None): "eager"}
 
 
 def _first_line(error: BaseException) -> str:

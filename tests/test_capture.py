@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from hi_core.maps import head_maps, run_forward
-from hi_core.capture import _ACTIVE, IMPLEMENTATION, capture_attention
+from hi_core.capture import (
+    _ACTIVE,
+    IMPLEMENTATION,
+    _capturing_attention,
+    capture_attention,
+    unsupported_attention_features,
+)
+from hi_core.errors import InputError
 from hi_core.inputs import build_inputs, key_phrase_tokens
 
 from .oracles import eager_rows
@@ -91,3 +101,71 @@ def test_capture_leaves_model_outputs_unchanged(llava, scene):
         with capture_attention(llava.model, llava.adapter, [inputs.prefix_length], inputs.layout.positions.reshape(-1)):
             captured = llava.model(**inputs.tensors, use_cache=False).logits
     torch.testing.assert_close(captured, plain, rtol=0, atol=1e-6)
+
+
+class _Attention(torch.nn.Module):
+    """What an attention function reads from its module (Gemma 2's attention, 4 heads on 2 KV heads)."""
+
+    num_key_value_groups = 2
+    head_dim = 8
+    is_causal = True
+
+
+def _causal_sliding_mask(length: int, window: int) -> torch.Tensor:
+    """(1, 1, T, T) boolean: causal and within `window` tokens, as transformers' sdpa_mask builds it."""
+    q, k = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    return ((k <= q) & (k > q - window))[None, None]
+
+
+@pytest.mark.parametrize("case", ["no mask (causal)", "sliding mask", "decode step"])
+def test_soft_capped_output_equals_gemma2_eager_attention(case):
+    """The layer output under soft-capping: transformers' own Gemma 2 eager function is the oracle
+    (it takes an additive float mask; ours gets the boolean one SDPA would)."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    generator = torch.Generator().manual_seed(0)
+    queries = 1 if case == "decode step" else 12
+    query = torch.randn(2, 4, queries, 8, generator=generator) * 3
+    key, value = (torch.randn(2, 2, 12, 8, generator=generator) * 3 for _ in range(2))
+    module = _Attention().eval()
+    mask = _causal_sliding_mask(12, 5) if case == "sliding mask" else None
+    ours, _ = _capturing_attention(module, query, key, value, mask, scaling=0.5, softcap=2.0, dropout=0.0)
+    if mask is None and queries > 1:
+        mask = _causal_sliding_mask(12, 12)
+    additive = None if mask is None else torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    expected, _ = eager_attention_forward(module, query, key, value, additive, scaling=0.5, softcap=2.0)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    uncapped, _ = eager_attention_forward(module, query, key, value, additive, scaling=0.5)
+    assert (ours - uncapped).abs().max() > 1e-2  # the cap matters at these logits
+
+
+@pytest.mark.parametrize("name, feature", [("s_aux", "attention sinks (s_aux)"), ("position_bias", "relative position bias")])
+def test_attention_the_capture_cannot_reproduce_is_refused_by_name(name, feature):
+    query = key = value = torch.zeros(1, 2, 3, 8)
+    with pytest.raises(InputError, match=re.escape(feature)):
+        _capturing_attention(_Attention(), query, key, value, None, **{name: torch.zeros(2)})
+
+
+class _Model:
+    """Just what `unsupported_attention_features` reads: attention modules and a text config."""
+
+    def __init__(self, text_config: dict, sinks: bool = False):
+        self.config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(**text_config))
+        module = _Attention()
+        module.sinks = torch.nn.Parameter(torch.zeros(4)) if sinks else None  # None: a layer without sinks
+        self.modules = [_Attention(), module]
+
+
+class _Adapter:
+    def attention_modules(self, model):
+        return model.modules
+
+
+@pytest.mark.parametrize("text_config, sinks, features", [
+    ({"attn_logit_softcapping": 50.0, "sliding_window": 4096}, False, []),  # Gemma 2: reproduced
+    ({}, True, ["attention sinks (s_aux)"]),
+    ({"alibi": True}, False, ["ALiBi position bias (alibi)"]),
+    ({"relative_attention_num_buckets": 32}, False, ["relative position bias (position_bias)"]),
+])
+def test_unsupported_attention_features_are_read_from_modules_and_config(text_config, sinks, features):
+    assert unsupported_attention_features(_Model(text_config, sinks), _Adapter()) == features

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout
+from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
@@ -21,6 +22,7 @@ ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     Qwen2VLAdapter,
     Qwen3VLAdapter,
     PaliGemmaAdapter,
+    Gemma3Adapter,
     Idefics3Adapter,
     SmolVLMAdapter,
     InternVLAdapter,

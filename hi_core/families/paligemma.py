@@ -9,6 +9,10 @@
 - Geometry: `SiglipImageProcessor` resizes the whole image to a square, ignoring the aspect
   ratio (no crop, no pad); the grid is (image_size / patch_size)^2 whatever the image. The mask
   goes through the same pipeline, as for LLaVA, whose grid and mask code this adapter reuses.
+- PaliGemma 2 is the same family (`model_type: paligemma`) with a Gemma 2 text model: its
+  attention logits are soft-capped and its layers alternate sliding-window and full attention.
+  Gemma 2 has no SDPA implementation, so its text model loads with eager attention
+  (`loading.attention_implementation`) and the capture reproduces the cap exactly (`capture`).
 """
 
 from __future__ import annotations
