@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class ImageLayout:
@@ -44,7 +46,8 @@ def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
     """Area-average a (H, W) array onto (H // cell_h, W // cell_w) cells (H, W multiples of them)."""
     height, width = view.shape
     if height % cell_h or width % cell_w:
-        raise RuntimeError(f"view {height}x{width} is not a multiple of the {cell_h}x{cell_w} cell")
+        raise InputError(f"the processor's view of {height}x{width} px is not a multiple of the model's "
+                         f"{cell_h}x{cell_w}-px grid cell")
     return view.reshape(height // cell_h, cell_h, width // cell_w, cell_w).mean(axis=(1, 3))
 
 

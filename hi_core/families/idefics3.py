@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from transformers.processing_utils import ProcessorMixin
 
+from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
 
 
@@ -37,7 +38,8 @@ def tile_geometry(model: Any) -> tuple[int, int, int]:
     vision = model.config.vision_config
     tile, patch, scale = int(vision.image_size), int(vision.patch_size), int(model.config.scale_factor)
     if tile % (patch * scale):
-        raise RuntimeError(f"tile {tile} px is not a multiple of patch {patch} x pixel-shuffle scale {scale}")
+        raise InputError(f"the vision tower's tile of {tile} px is not a multiple of its patch ({patch} px) x the "
+                         f"pixel-shuffle scale_factor ({scale}): no grid of image tokens fits it")
     return tile, patch * scale, tile // (patch * scale)
 
 
@@ -46,8 +48,9 @@ def image_token_runs(input_ids: torch.Tensor, image_token_id: int, run_length: i
     positions = token_positions(input_ids, image_token_id)
     runs = np.split(positions, np.nonzero(np.diff(positions) != 1)[0] + 1) if positions.size else []
     if not runs or any(run.size != run_length for run in runs):
-        raise RuntimeError(
-            f"expected runs of {run_length} image tokens, found runs of {[int(run.size) for run in runs]}"
+        raise InputError(
+            f"expected runs of {run_length} image tokens (one per tile, as the vision tower makes them), found runs of "
+            f"{[int(run.size) for run in runs]}: the processor's image_seq_len does not match the model"
         )
     return runs
 
@@ -61,12 +64,16 @@ class Idefics3Adapter(FamilyAdapter):
         text = ProcessorMixin.apply_chat_template(processor, messages, add_generation_prompt=True, tokenize=False)
         return dict(processor(text=text, images=[image], return_tensors="pt"))
 
+    def check_loaded(self, model: Any, processor: Any) -> None:
+        tile_geometry(model)
+
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         _, cell, side = tile_geometry(model)
         runs = image_token_runs(inputs["input_ids"], model.config.image_token_id, side * side)
         pixels = tuple(inputs["pixel_values"].shape)
         if pixels[0] != 1 or pixels[1] != len(runs):
-            raise RuntimeError(f"{len(runs)} runs of image tokens do not match one image's pixel_values {pixels}")
+            raise InputError(f"expected one run of image tokens per tile of one image (pixel_values {pixels}), "
+                             f"found {len(runs)} runs")
         pixel_mask = inputs.get("pixel_attention_mask")
         if pixel_mask is None:
             valid = np.ones((side, side), dtype=bool)

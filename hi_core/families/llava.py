@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
 
 
@@ -28,7 +29,8 @@ class LlavaAdapter(FamilyAdapter):
         _, side = patch_grid_side(model)
         positions = token_positions(inputs["input_ids"], model.config.image_token_id)
         if positions.size != side * side:
-            raise RuntimeError(f"expected {side * side} image tokens for a {side}x{side} grid, found {positions.size}")
+            raise InputError(f"expected {side * side} image tokens for the vision tower's {side}x{side} grid, found "
+                             f"{positions.size}: the processor's image token count does not match the model")
         return ImageLayout(positions=positions.reshape(side, side), valid=np.ones((side, side), dtype=bool))
 
     def mask_fractions(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
 from .llava import patch_grid_side
 
@@ -37,7 +38,7 @@ class LlavaNextAdapter(FamilyAdapter):
         _, side = patch_grid_side(model)
         positions = token_positions(inputs["input_ids"], model.config.image_token_id)
         if positions.size <= side * side:
-            raise RuntimeError(
+            raise InputError(
                 f"expected a {side}x{side} base view followed by tiles, found only {positions.size} image tokens"
             )
         base = positions[: side * side].reshape(side, side)
