@@ -10,6 +10,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
@@ -17,6 +18,7 @@ ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     LlavaNextAdapter,
     Qwen2VLAdapter,
     Qwen3VLAdapter,
+    Qwen3_5Adapter,
     PaliGemmaAdapter,
     Idefics3Adapter,
     SmolVLMAdapter,
