@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,7 +252,7 @@ def test_explorer_views_render_a_model_with_unscored_layers(analysis, tmp_path):
         assert figure.ndim == 3 and figure.dtype == np.uint8
     assert {row[0] for row in views.ranking_rows(result)} == set(SCORED)
     files = views.save_downloads(session)
-    assert json.loads(open(files[0]).read())["scored_layers"] == list(SCORED)
+    assert json.loads(Path(files[0]).read_text())["scored_layers"] == list(SCORED)
 
 
 def test_a_model_without_softmax_attention_is_refused_at_load(tmp_path):
