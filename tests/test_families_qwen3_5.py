@@ -262,3 +262,19 @@ def test_a_model_without_softmax_attention_is_refused_at_load(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="no layer could be scored"):
         load_model(LoadConfig(model=str(folder), device="cpu"))
+
+
+def test_cli_finetune_top_layers_tunes_only_softmax_attention(dense, tmp_path, capsys):
+    """`finetune --layers top` ranks by dataset HI (only layers 1 and 3 are scored) and tunes them alone;
+    an explicit linear-attention layer is refused (exit 2, one line)."""
+    _, folder = dense
+    data = write_synthetic(tmp_path / "set", n=4, seed=2, size=64)
+    common = ["finetune", "--model", str(folder), "--dataset", str(data), "--steps", "2", "--batch-size", "2",
+              "--eval-limit", "1", "--max-new-tokens", "3", "--no-meteor"]
+    code = main([*common, "--layers", "top", "-k", "2", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["layers"] == list(SCORED) and record["num_layers"] == 4
+    assert {entry["layer"] for entry in record["ranking"]["layers"] if entry["score"] is not None} == set(SCORED)
+    assert main([*common, "--layers", "0,1", "--out", str(tmp_path / "bad")]) == 2
+    assert "layer 0 cannot be adapted" in capsys.readouterr().err
