@@ -31,7 +31,7 @@ from hi_core.image_scoring import AnalysisConfig
 from hi_core.inputs import build_inputs, to_model_device
 from hi_core.layer_selection import Ranking, select_layers
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import run_forward
+from hi_core.maps import batch_head_maps, head_maps, run_forward
 from hi_core.scoring import ScoringConfig
 from ui import explorer_views as views
 
@@ -278,3 +278,20 @@ def test_cli_finetune_top_layers_tunes_only_softmax_attention(dense, tmp_path, c
     assert {entry["layer"] for entry in record["ranking"]["layers"] if entry["score"] is not None} == set(SCORED)
     assert main([*common, "--layers", "0,1", "--out", str(tmp_path / "bad")]) == 2
     assert "layer 0 cannot be adapted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("queries", ["producing", "reading"])
+def test_batched_maps_equal_one_at_a_time(dense, queries):
+    """Padding in a batch must not leak into the linear-attention layers' recurrence (their outputs feed
+    the softmax layers after them): each sequence's maps equal its maps alone."""
+    loaded, _ = dense
+    sizes, texts = [LANDSCAPE, (70, 110), (64, 64)], [TEXT, "a red square", "a blue circle at the center"]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for w, h in sizes]
+    items = [build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text) for image, text in zip(images, texts)]
+    tokens = [np.arange(item.num_response_tokens) for item in items]
+    for item, selected, maps in zip(items, tokens, batch_head_maps(loaded, items, tokens, queries)):
+        alone = head_maps(loaded, item, selected, queries)
+        assert maps.shape == alone.shape == (4, HEADS, *item.layout.grid)
+        np.testing.assert_allclose(maps, alone, atol=1e-5, equal_nan=True)
+        assert np.isnan(alone[list(UNSCORED)]).all() and alone[list(SCORED)].std() > 1e-4
