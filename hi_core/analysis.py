@@ -27,8 +27,8 @@ from .inputs import model_image
 from .loading import LoadedModel
 from .maps import head_maps, token_maps
 from .masks import MaskGrid, check_mask
-from .outputs import write_json, write_npz
-from .scoring import ScoringConfig, layer_scores, rank_heads, rank_layers, score_maps
+from .outputs import csv_number, json_number, write_json, write_npz
+from .scoring import ScoringConfig, every_head, every_layer, layer_scores, rank_heads, score_maps, scored_layers
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class ImageAnalysis:
 
     maps: (layers, heads, gh, gw) float32, mean attention of the selected query rows to each cell.
     valid: (gh, gw) bool, cells that are image (not processor padding); scores use only these.
-    hi, mass: (layers, heads). layer_scores: (layers,).
+    hi, mass: (layers, heads). layer_scores: (layers,). Layers without softmax attention (a hybrid
+    language model's linear-attention layers) keep their index and are NaN in maps, hi, mass and
+    layer_scores: not scored (`scored_layers` lists the others).
     With `analyze_image(..., per_token=True)`, the per-token view: `tokens` (the response's tokens
     as text), `key_tokens` (the ones scored: the key phrase's, or all), `token_maps` (layers, heads,
     tokens, gh, gw), each token's own query row; `for_tokens` scores any set of them.
@@ -69,7 +71,13 @@ class ImageAnalysis:
         return self.valid.shape  # type: ignore[return-value]
 
     def ranked_heads(self) -> list[tuple[int, int]]:
+        """The scored heads, by HI descending."""
         return rank_heads(self.hi)
+
+    @property
+    def scored_layers(self) -> list[int]:
+        """The layers scored: those with softmax attention (every layer, except in hybrid models)."""
+        return scored_layers(self.hi)
 
     def to_json(self) -> dict[str, Any]:
         """The `score` JSON of DESIGN section 6."""
@@ -86,11 +94,12 @@ class ImageAnalysis:
             "queries": self.queries,
             "text": self.text,
             "view": self.view,
+            "scored_layers": self.scored_layers,
             "heads": [
-                {"layer": layer, "head": head, "hi": float(self.hi[layer, head]), "mass": float(self.mass[layer, head])}
-                for layer, head in self.ranked_heads()
+                {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "mass": json_number(self.mass[layer, head])}
+                for layer, head in every_head(self.hi)
             ],
-            "layers": [{"layer": layer, "score": float(self.layer_scores[layer])} for layer in rank_layers(self.layer_scores)],
+            "layers": [{"layer": layer, "score": json_number(self.layer_scores[layer])} for layer in every_layer(self.layer_scores)],
         }
 
     def rescored(self, scoring: ScoringConfig) -> ImageAnalysis:
@@ -113,9 +122,10 @@ class ImageAnalysis:
         return replace(self, maps=maps, response_tokens=int(chosen.size)).rescored(scoring)
 
     def to_csv(self) -> str:
-        """One row per head, by HI descending: layer, head, hi, mass."""
+        """One row per head, by HI descending: layer, head, hi, mass (heads not scored last, hi and mass empty)."""
         rows = ["layer,head,hi,mass"]
-        rows += [f"{layer},{head},{self.hi[layer, head]:.6f},{self.mass[layer, head]:.6f}" for layer, head in self.ranked_heads()]
+        rows += [f"{layer},{head},{csv_number(self.hi[layer, head])},{csv_number(self.mass[layer, head])}"
+                 for layer, head in every_head(self.hi)]
         return "\n".join(rows) + "\n"
 
     def save_json(self, path: str | Path) -> None:

@@ -3,9 +3,10 @@
 One bar per language-model layer, layer 0 on the left, over a score axis from 0 with round ticks and faint
 grid lines. The top-k layers by score (the layers `--layers top --k K` would adapt: `scoring.rank_layers`,
 ties to the lower layer) are red, the others grey, but only when k is smaller than the number of layers:
-k >= layers would paint every bar "top", so then none is marked and the title says why. Each bar's value
-is printed above it when there are at most `VALUES_MAX` layers; layer numbers are thinned when bars are
-narrow. `BarsLayout.fit(layers)` decides where everything lies from the count alone, so a test (or a UI)
+k >= layers would paint every bar "top", so then none is marked and the title says why. Layers that were not
+scored (NaN: a hybrid model's layers without softmax attention) have no bar and are never marked; k counts
+the scored layers. Each bar's value is printed above it when there are at most `VALUES_MAX` layers; layer
+numbers are thinned when bars are narrow. `BarsLayout.fit(layers)` decides where everything lies from the count alone, so a test (or a UI)
 can find a layer's bar without reading the drawing code."""
 
 from __future__ import annotations
@@ -80,17 +81,20 @@ class BarsLayout:
 
 
 def marked_layers(scores: np.ndarray, top_k: int) -> frozenset[int]:
-    """The layers drawn red: the top-k by score when 0 < k < layers, else none."""
-    layers, top_k = int(np.size(scores)), int(top_k)
+    """The layers drawn red: the top-k by score when 0 < k < scored layers (NaN: not scored), else none."""
+    layers, top_k = int(np.isfinite(np.asarray(scores, np.float64)).sum()), int(top_k)
     if not 0 < top_k < layers:
         return frozenset()
     return frozenset(int(layer) for layer in rank_layers(np.asarray(scores, np.float64))[:top_k])
 
 
-def bars_title(title: str, layers: int, top_k: int) -> str:
+def bars_title(title: str, layers: int, top_k: int, scored: int | None = None) -> str:
+    """The chart's title; `scored`: how many of the `layers` were scored, when not all (a hybrid model)."""
+    what = "layers" if scored is None or scored == layers else f"scored layers (of {layers})"
+    layers = layers if scored is None else scored
     if 0 < top_k < layers:
-        return f"{title}: top {top_k} of {layers} layers in red"
-    return f"{title} (k={top_k} ≥ {layers} layers: none marked)" if top_k >= layers else f"{title} (none marked)"
+        return f"{title}: top {top_k} of {layers} {what} in red"
+    return f"{title} (k={top_k} ≥ {layers} {what}: none marked)" if top_k >= layers else f"{title} (none marked)"
 
 
 def draw_layer_bars(scores: np.ndarray, top_k: int = 4, title: str = "Layer scores") -> np.ndarray:
@@ -107,7 +111,7 @@ def draw_layer_bars(scores: np.ndarray, top_k: int = 4, title: str = "Layer scor
     picture = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(picture)
     labels, title_face = font(LABEL_PX), font(TITLE_PX, bold=True)
-    draw.text((PAD, PAD), cut(bars_title(title, layout.layers, int(top_k)), title_face, layout.width - 2 * PAD),
+    draw.text((PAD, PAD), cut(bars_title(title, layout.layers, int(top_k), finite.size), title_face, layout.width - 2 * PAD),
               font=title_face, fill=INK)
     right = layout.left + layout.layers * layout.slot
     for tick in ticks:

@@ -66,25 +66,34 @@ UNSUPPORTED_ATTENTION_KWARGS = {
 
 @dataclass
 class AttentionCache:
-    """Captured attention probabilities, one tensor per language-model layer.
+    """Captured attention probabilities, one tensor per scored language-model layer.
 
     rows[l]: (batch, heads, queries, image_keys) float32 on CPU, detached; probabilities from
-    each query row to each image key, normalized over all keys of the sequence.
+    each query row to each image key, normalized over all keys of the sequence. Only the layers in
+    `scored` (those with softmax attention: `FamilyAdapter.scored_layers`) are recorded; the model's
+    other layers (linear attention, convolutions) keep their index and are NaN in `stacked()`.
     """
 
     num_layers: int
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    scored: tuple[int, ...] | None = None  # None: every layer
+
+    def __post_init__(self) -> None:
+        if self.scored is None:
+            self.scored = tuple(range(self.num_layers))
 
     def __repr__(self) -> str:
         shapes = {layer: tuple(t.shape) for layer, t in sorted(self.rows.items())}
-        return f"AttentionCache(num_layers={self.num_layers}, rows={shapes})"
+        return f"AttentionCache(num_layers={self.num_layers}, scored={list(self.scored)}, rows={shapes})"
 
     def stacked(self) -> torch.Tensor:
-        """(layers, batch, heads, queries, image_keys); every layer must have been recorded."""
-        missing = [layer for layer in range(self.num_layers) if layer not in self.rows]
-        if missing:
-            raise RuntimeError(f"no attention was captured for layers {missing}")
-        return torch.stack([self.rows[layer] for layer in range(self.num_layers)])
+        """(layers, batch, heads, queries, image_keys) over all `num_layers` layers, NaN in the
+        layers that are not scored; every scored layer must have been recorded."""
+        missing = [layer for layer in self.scored if layer not in self.rows]
+        if missing or not self.scored:
+            raise RuntimeError(f"no attention was captured for layers {missing or 'any'}")
+        blank = torch.full_like(self.rows[self.scored[0]], float("nan"))  # a layer without softmax attention
+        return torch.stack([self.rows.get(layer, blank) for layer in range(self.num_layers)])
 
     @property
     def nbytes(self) -> int:
@@ -304,7 +313,8 @@ def capture_attention(
     query_positions: np.ndarray | torch.Tensor,
     key_positions: np.ndarray | torch.Tensor,
 ) -> Iterator[AttentionCache]:
-    """Record attention from `query_positions` to `key_positions` in every language-model layer.
+    """Record attention from `query_positions` to `key_positions` in every language-model layer
+    with softmax attention (`adapter.scored_layers`; the cache's other layers stay empty, NaN when stacked).
 
     query_positions: (R,) or (B, R); key_positions: (V,) or (B, V). The cache fills during the
     forward pass(es) run inside the block, in this thread (context) only. The capture
@@ -312,10 +322,10 @@ def capture_attention(
     not, also when the forward raises.
     """
     install_capture(model, adapter)
-    modules = adapter.attention_modules(model)
-    cache = AttentionCache(num_layers=len(modules))
+    modules = adapter.attention_modules(model)  # None for a layer without softmax attention
+    cache = AttentionCache(num_layers=len(modules), scored=adapter.scored_layers(model))
     recorder = _Recorder(
-        layer_of={id(module): index for index, module in enumerate(modules)},
+        layer_of={id(module): index for index, module in enumerate(modules) if module is not None},
         query_positions=_as_batch(query_positions),
         key_positions=_as_batch(key_positions),
         cache=cache,

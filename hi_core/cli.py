@@ -351,7 +351,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
     else:
         check_run_folder(args.out, "--out")
     ranking, loaded = _tuning_inputs(args)
-    check_layer_choice(config.layers, len(loaded.adapter.decoder_layers(loaded.model)), config.k)  # before any ranking
+    check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before any ranking
     ranking = _ranking_for(args, loaded, ranking, config.layers)
     adapter = Path(args.out) / ADAPTER_FOLDER if args.before else Path(args.out)
     finished = (adapter / RUN_FILE).is_file()

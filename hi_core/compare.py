@@ -202,14 +202,14 @@ def run_compare(
     on_run(index, total, name, reused): called before each run (1-based index), for progress.
     """
     out = check_compare_folder(out)
-    num_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers
     needs = any(strategy in ("top", "bottom") for strategy in config.strategies)
     for strategy in config.strategies:  # input errors (k too large, ...) before any work
         if strategy not in ("pretrained", "top", "bottom"):
-            select_layers(strategy, num_layers, config.finetune.k, None, config.finetune.seed)
+            select_layers(strategy, adaptable, config.finetune.k, None, config.finetune.seed)
     ranking = _ranking(loaded, dataset, out, ranking, ranking_limit) if needs else None
     if ranking is not None:
-        select_layers("top", num_layers, config.finetune.k, ranking)
+        select_layers("top", adaptable, config.finetune.k, ranking)
     split = None
     runs: dict[str, list[RunRecord]] = {}
     reused: list[str] = []

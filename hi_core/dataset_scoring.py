@@ -49,8 +49,8 @@ from .distributed import process_state
 from .errors import InputError
 from .loading import LoadedModel
 from .maps import batch_head_maps
-from .outputs import atomic_path, write_json
-from .scoring import layer_scores, rank_heads, rank_layers
+from .outputs import atomic_path, csv_number, json_number, write_json
+from .scoring import every_head, every_layer, layer_scores, rank_heads, scored_layers
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,10 @@ class ImageScore:
     mass: np.ndarray
 
     def to_json(self) -> dict[str, Any]:
+        """The cache's line; heads not scored (NaN: no softmax attention) are null."""
         entry = {key: value for key, value in asdict(self).items() if key not in ("hi", "mass")}
-        return entry | {"hi": np.round(self.hi, 7).tolist(), "mass": np.round(self.mass, 7).tolist()}
+        return entry | {key: np.where(np.isfinite(values), np.round(values, 7), None).tolist()
+                        for key, values in (("hi", self.hi), ("mass", self.mass))}
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ImageScore:
@@ -120,7 +122,8 @@ class DatasetAnalysis:
     """Every head's HI over a dataset.
 
     image_hi, image_mass: (images, layers, heads), in dataset order; hi, hi_low, hi_high, mass:
-    (layers, heads) means and interval bounds; layer_scores: (layers,) from the mean HI.
+    (layers, heads) means and interval bounds; layer_scores: (layers,) from the mean HI. Layers
+    without softmax attention keep their index and are NaN throughout (not scored).
     skipped: (line, id, reason) of each record that could not be scored.
     """
 
@@ -155,12 +158,21 @@ class DatasetAnalysis:
         if count < 0:
             raise InputError(f"count must be at least 0, got {count}")
         per_image = np.array([image.hi[layer, head] for image in self.images])
+        if not np.isfinite(per_image).all():
+            raise InputError(f"layer {layer} was not scored (it has no softmax attention): choose a head of layers "
+                             f"{', '.join(map(str, self.scored_layers))}")
         highest = np.argsort(-per_image, kind="stable")[:count]
         lowest = np.argsort(per_image, kind="stable")[:count]
         return highest, lowest
 
     def ranked_heads(self) -> list[tuple[int, int]]:
+        """The scored heads, by mean HI descending."""
         return rank_heads(self.hi)
+
+    @property
+    def scored_layers(self) -> list[int]:
+        """The layers scored: those with softmax attention (every layer, except in hybrid models)."""
+        return scored_layers(self.hi)
 
     def to_json(self) -> dict[str, Any]:
         """The `score --dataset` JSON (DESIGN 6): per-head mean HI with its interval, ranked."""
@@ -181,22 +193,24 @@ class DatasetAnalysis:
             "scoring": asdict(self.config.analysis.scoring),
             "interval": {"confidence": self.config.confidence, "method": "percentile bootstrap over images",
                          "resamples": self.config.resamples, "seed": self.config.seed},
+            "scored_layers": self.scored_layers,
             "heads": [
-                {"layer": layer, "head": head, "hi": float(self.hi[layer, head]), "hi_low": float(self.hi_low[layer, head]),
-                 "hi_high": float(self.hi_high[layer, head]), "mass": float(self.mass[layer, head])}
-                for layer, head in self.ranked_heads()
+                {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "hi_low": json_number(self.hi_low[layer, head]),
+                 "hi_high": json_number(self.hi_high[layer, head]), "mass": json_number(self.mass[layer, head])}
+                for layer, head in every_head(self.hi)
             ],
-            "layers": [{"layer": layer, "score": float(self.layer_scores[layer])} for layer in rank_layers(self.layer_scores)],
+            "layers": [{"layer": layer, "score": json_number(self.layer_scores[layer])} for layer in every_layer(self.layer_scores)],
         }
 
     def to_csv(self) -> str:
-        """Per-image results, one row per (image, head): id, layer, head, hi, mass, object_patches, chance."""
+        """Per-image results, one row per (image, head): id, layer, head, hi, mass, object_patches, chance
+        (hi and mass empty for a head not scored)."""
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["id", "layer", "head", "hi", "mass", "object_patches", "chance"])
         for image in self.images:
             for (layer, head), hi in np.ndenumerate(image.hi):
-                writer.writerow([image.id, layer, head, f"{hi:.6f}", f"{image.mass[layer, head]:.6f}", image.object_patches, f"{image.chance:.6f}"])
+                writer.writerow([image.id, layer, head, csv_number(hi), csv_number(image.mass[layer, head]), image.object_patches, f"{image.chance:.6f}"])
         return text.getvalue()
 
     def save_json(self, path: str | Path) -> None:
@@ -384,10 +398,16 @@ def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfi
 
 
 def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean over axis 0, for every other entry at once."""
+    """Percentile bootstrap interval of the mean over axis 0, for every other entry at once; NaN where
+    the values are (heads not scored)."""
     if values.shape[0] < 2:
         return values.mean(axis=0), values.mean(axis=0)
-    flat = values.reshape(values.shape[0], -1)
+    every = values.reshape(values.shape[0], -1)
+    scored = np.isfinite(every).all(axis=0)
+    low_all, high_all = np.full(every.shape[1], np.nan), np.full(every.shape[1], np.nan)
+    flat = every[:, scored]
+    if not flat.size:
+        return low_all.reshape(values.shape[1:]), high_all.reshape(values.shape[1:])
     batch = max(1, 1_000_000 // flat.size)  # resamples per step: ~8 MB at a time (larger is slower, too)
     result = stats.bootstrap(
         (flat,), np.mean, axis=0, vectorized=True, n_resamples=resamples, confidence_level=confidence,
@@ -396,8 +416,9 @@ def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, se
     low, high = result.confidence_interval
     # a head with the same HI on every image has a zero-width interval (scipy gives NaN there)
     mean = flat.mean(axis=0)
-    low, high = np.where(np.isnan(low), mean, low), np.where(np.isnan(high), mean, high)
-    return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
+    low_all[scored] = np.where(np.isnan(low), mean, low)
+    high_all[scored] = np.where(np.isnan(high), mean, high)
+    return low_all.reshape(values.shape[1:]), high_all.reshape(values.shape[1:])
 
 
 def score_dataset(

@@ -4,7 +4,8 @@ targeting, training loop.
 - `lora_config` targets the attention projections (every linear module of a decoder layer's
   attention: q/k/v/o for Llama-style models) of the chosen layers only, with a `target_modules`
   regex anchored at the adapter's decoder-layer path. (peft's `layers_pattern="layers"` would also
-  wrap the vision tower's layers with the same numbers; see NOTES.)
+  wrap the vision tower's layers with the same numbers; see NOTES.) Only layers with softmax
+  attention are adapted: a hybrid model's linear-attention layers are neither scored nor tuned.
 - `train_lora` trains the attached adapter: AdamW, warm-up then cosine/linear decay, seeded; the
   batches are built like scoring's (`build_inputs` + `collate`, right padding), with the loss on the
   description tokens and the end-of-sequence token only. It runs through `accelerate.Accelerator`,
@@ -36,7 +37,7 @@ from .batching import collate, pad_token_id
 from .datasets import Record, read_dataset
 from .errors import InputError, check_choice, check_number
 from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
-from .layer_selection import LayerChoice, parse_layer_choice
+from .layer_selection import LayerChoice, check_layers, parse_layer_choice
 from .loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -175,10 +176,17 @@ def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dat
 # --- LoRA on the chosen layers ------------------------------------------------------------------
 
 
+def _first_scored_layer(loaded: LoadedModel) -> int:
+    """A decoder layer with softmax attention (in a hybrid model layer 0 may have none)."""
+    return loaded.adapter.scored_layers(loaded.model)[0]
+
+
 def attention_targets(loaded: LoadedModel, targets: Sequence[str] = ()) -> list[str]:
-    """Names, relative to a decoder layer, of the linear modules LoRA wraps (e.g. `self_attn.q_proj`)."""
-    layer = loaded.adapter.decoder_layers(loaded.model)[0]
-    attention = loaded.adapter.attention_modules(loaded.model)[0]
+    """Names, relative to a decoder layer, of the linear modules LoRA wraps (e.g. `self_attn.q_proj`):
+    those of the softmax attention (a hybrid model's linear-attention layers have other modules)."""
+    index = _first_scored_layer(loaded)
+    layer = loaded.adapter.decoder_layers(loaded.model)[index]
+    attention = loaded.adapter.attention_modules(loaded.model)[index]
     prefix = next(name for name, module in layer.named_modules() if module is attention)
     linears = [name for name, module in attention.named_modules() if isinstance(module, torch.nn.Linear)]
     unknown = [name for name in targets if name not in linears]
@@ -188,12 +196,14 @@ def attention_targets(loaded: LoadedModel, targets: Sequence[str] = ()) -> list[
 
 
 def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConfig) -> Any:
-    """A peft LoraConfig wrapping the attention projections of `layers` of the language model only."""
+    """A peft LoraConfig wrapping the attention projections of `layers` of the language model only;
+    every layer must have softmax attention (`FamilyAdapter.scored_layers`, the layers `select_layers` picks from)."""
     from peft import LoraConfig
 
+    check_layers(list(layers), loaded.adapter.scored_layers(loaded.model))
     path = loaded.adapter.decoder_layers_path(loaded.model)
     names = attention_targets(loaded, config.targets)
-    layer = loaded.adapter.decoder_layers(loaded.model)[0]
+    layer = loaded.adapter.decoder_layers(loaded.model)[_first_scored_layer(loaded)]
     largest = min(min(module.in_features, module.out_features) for module in map(layer.get_submodule, names))
     if config.rank > largest:  # a higher rank adds no expressiveness, only memory (rank 10**9 is out of memory)
         raise InputError(f"rank must be at most {largest} for this model (the smallest size of the adapted projections), got {config.rank}")

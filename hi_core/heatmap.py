@@ -7,7 +7,9 @@ the values' shape (the same numbers give the same layout).
 
 Picture, top to bottom: a title; "head ->" and the head numbers; the grid (rows: layers from the top,
 columns: heads) with the layer numbers and a vertical "layer" down its left and a colour bar with its
-tick values on its right; one line naming the selected cell and its value. Numbers are printed on
+tick values on its right; one line naming the selected cell and its value; with `missing` (grey NaN
+cells, e.g. a hybrid model's layers without softmax attention) a legend line saying what grey means.
+Numbers are printed on
 every n-th row / column when the cells are too small for each (the selected row's and column's number
 are always shown, boxed). The selected cell has a thick black-white-black outline. Each cell's value
 is printed in it when the grid is at most `VALUES_MAX` x `VALUES_MAX`.
@@ -42,6 +44,7 @@ LABEL_BAND = 15  # the head numbers
 BAR_GAP, BAR_WIDTH, TICKS_WIDTH = 14, 14, 42  # grid -> colour bar -> its tick values
 BAR_MIN_HEIGHT = 100
 CAPTION_BAND = 20  # the selected cell's line
+LEGEND_BAND = 18  # the grey cells' meaning, when there are any (`fit(legend=True)`)
 MIN_WIDTH = 300  # the title and the selected cell's line fit
 SELECTION_PX = 3  # the outline's reach beyond the cell (black, white, white)
 NICE_STEPS = (1, 2, 4, 5, 10, 20, 25, 50, 100)
@@ -68,11 +71,15 @@ class HeatmapLayout:
     layer_step: int  # every layer_step-th layer number is printed
     head_step: int
     values_shown: bool  # each cell's value printed in it
+    legend_top: int | None = None  # the line saying what grey cells mean, below the caption (None: no such line)
 
     @classmethod
-    def fit(cls, layers: int, heads: int, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT) -> HeatmapLayout:
+    def fit(cls, layers: int, heads: int, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT,
+            legend: bool = False) -> HeatmapLayout:
         """The layout for a (layers, heads) grid: square cells as large as fit `max_width` x `max_height`,
-        between MIN_CELL and MAX_CELL px (a grid too large for MIN_CELL cells grows past the bounds)."""
+        between MIN_CELL and MAX_CELL px (a grid too large for MIN_CELL cells grows past the bounds).
+        `legend`: a line below the caption says what grey (NaN) cells mean; it moves nothing above it,
+        so `cell_at` is the same with or without it."""
         if layers < 1 or heads < 1:
             raise ValueError(f"a heatmap needs at least one layer and one head, got {layers} x {heads}")
         cell = int(np.clip(min(max_width // heads, max_height // layers), MIN_CELL, MAX_CELL))
@@ -84,14 +91,15 @@ class HeatmapLayout:
         bar_height = max(layers * cell, BAR_MIN_HEIGHT)
         caption_top = top + bar_height + SELECTION_PX + 5
         width = max(bar_left + BAR_WIDTH + TICKS_WIDTH + PAD, MIN_WIDTH)
-        height = caption_top + CAPTION_BAND + PAD
+        legend_top = caption_top + CAPTION_BAND if legend else None
+        height = caption_top + CAPTION_BAND + (LEGEND_BAND if legend else 0) + PAD
         label_height = line_height(font(LABEL_PX)) - 1
         layer_step = next(step for step in NICE_STEPS + (layers,) if step * cell >= label_height)
         head_label = digit * len(str(heads - 1)) + 4
         head_step = next(step for step in NICE_STEPS + (heads,) if step * cell >= head_label)
         values_shown = layers <= VALUES_MAX and heads <= VALUES_MAX
         return cls(layers, heads, cell, left, top, width, height, bar_left, bar_height, caption_top,
-                   layer_step, head_step, values_shown)
+                   layer_step, head_step, values_shown, legend_top)
 
     @property
     def grid_box(self) -> tuple[int, int, int, int]:
@@ -168,14 +176,16 @@ def draw_heatmap(
     label: str = "HI",
     vmin: float | None = None,
     vmax: float | None = None,
+    missing: str | None = None,
 ) -> np.ndarray:
     """`values` (layers, heads) as a clickable heatmap, (layout.height, layout.width, 3) uint8; `layout`
-    defaults to `HeatmapLayout.fit(*values.shape)`. `label` names the value (colour bar, caption).
-    NaN cells are grey."""
+    defaults to `HeatmapLayout.fit(*values.shape)` (with a legend line when `missing` is given). `label`
+    names the value (colour bar, caption). NaN cells are grey; `missing` says what they mean (e.g. a layer
+    not scored) in the legend line, when the layout has one."""
     values = np.asarray(values, np.float64)
     if values.ndim != 2:
         raise ValueError(f"a heatmap needs a (layers, heads) array, got shape {values.shape}")
-    layout = layout or HeatmapLayout.fit(*values.shape)
+    layout = layout or HeatmapLayout.fit(*values.shape, legend=missing is not None)
     if (layout.layers, layout.heads) != values.shape:
         raise ValueError(f"layout for {layout.layers} x {layout.heads} heads, values {values.shape}")
     low, high, colormap = _scale(values, vmin, vmax)
@@ -251,9 +261,16 @@ def draw_heatmap(
         _boxed(draw, (x0 - SELECTION_PX - 3, (cy0 + cy1) / 2), str(layer), bold, "rm")
         _boxed(draw, ((cx0 + cx1) / 2, head_row), str(head), bold, "ms")
         value = values[layer, head]
-        caption = f"selected layer {layer}, head {head}: {label} {_number(value, 3)}"
+        grey = missing is not None and layout.legend_top is not None and not np.isfinite(value)
+        caption = f"selected layer {layer}, head {head}: {label} {_number(value, 3)}" + (" (grey, below)" if grey else "")
         face = font(TITLE_PX, bold=True)
         draw.text((PAD, layout.caption_top), cut(caption, face, layout.width - 2 * PAD), font=face, fill=INK)
+    if layout.legend_top is not None and missing is not None:
+        swatch = LEGEND_BAND - 8
+        draw.rectangle((PAD, layout.legend_top + 2, PAD + swatch, layout.legend_top + 2 + swatch), fill=NAN_COLOUR, outline=INK)
+        face = font(LABEL_PX)
+        draw.text((PAD + swatch + 6, layout.legend_top + 1), cut(f"grey: {missing}", face, layout.width - 3 * PAD - swatch),
+                  font=face, fill=INK)
     return np.array(picture)
 
 

@@ -77,6 +77,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+def json_number(value: float) -> float | None:
+    """A score for JSON: the float, or None (`null`) where it is NaN (a head or layer not scored),
+    since JSON has no NaN."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def csv_number(value: float) -> str:
+    """A score for CSV, 6 decimals; empty where it is NaN (not scored), which CSV readers read as missing."""
+    return f"{value:.6f}" if np.isfinite(value) else ""
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2) + "\n")

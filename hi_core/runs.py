@@ -199,7 +199,8 @@ def run_finetune(
     `split` may be passed to reuse records already read (compare does).
     """
     num_layers = len(loaded.adapter.decoder_layers(loaded.model))
-    layers = select_layers(config.layers, num_layers, config.k, ranking, config.seed)  # input errors before any work
+    adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers: all but a hybrid's others
+    layers = select_layers(config.layers, adaptable, config.k, ranking, config.seed)  # input errors before any work
     settings = run_settings(loaded, dataset, eval_dataset, config, ranking if needs_ranking(config.layers) else None)
     done = finished_run(out, settings)
     if done is not None:
@@ -348,8 +349,7 @@ def run_before_after(
     """
     out = Path(out)
     stage = on_stage or (lambda text: None)
-    num_layers = len(loaded.adapter.decoder_layers(loaded.model))
-    select_layers(config.layers, num_layers, config.k, ranking, config.seed)  # a bad choice fails before the slow steps
+    select_layers(config.layers, loaded.adapter.scored_layers(loaded.model), config.k, ranking, config.seed)  # a bad choice fails before the slow steps
     for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
         check_run_folder(out / name, f"{name} run folder")
     stage("reading the held-out split")

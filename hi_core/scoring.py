@@ -9,6 +9,8 @@ boolean (cells,) vector (DESIGN 1.4-1.8):
 - `chance_iou`: expected IoU of k cells drawn at random (exact, hypergeometric);
 - `score_maps`: the three above for grid-shaped maps (layers, heads, gh, gw), on the valid cells;
 - `layer_scores` and the rankings of heads and layers.
+A NaN map (a layer without softmax attention in a hybrid language model) is not scored: its HI,
+mass and layer score are NaN, and rankings leave it out, so layer indices stay the model's own.
 """
 
 from __future__ import annotations
@@ -125,33 +127,65 @@ def chance_iou(cells: int, k: int) -> float:
 
 def score_maps(maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: ScoringConfig = ScoringConfig()) -> tuple[np.ndarray, np.ndarray, float]:
     """(hi, mass, chance) of maps (layers, heads, gh, gw) against the object cells `objects` (gh, gw)
-    bool, counting only the `valid` (gh, gw) cells (not processor padding). hi, mass: (layers, heads)."""
+    bool, counting only the `valid` (gh, gw) cells (not processor padding). hi, mass: (layers, heads).
+
+    A map that is NaN (a layer without softmax attention, which is not scored) gets NaN hi and mass,
+    never a number: such heads are left out of every ranking and layer score below."""
     cells = maps[..., valid]  # (layers, heads, valid cells)
     target = objects[valid]
-    return head_impact(cells, target, config), attention_mass(cells, target), chance_iou(int(valid.sum()), int(target.sum()))
+    chance = chance_iou(int(valid.sum()), int(target.sum()))
+    scored = np.isfinite(cells).all(axis=-1)  # (layers, heads)
+    hi, mass = np.full(scored.shape, np.nan), np.full(scored.shape, np.nan)
+    hi[scored] = head_impact(cells[scored], target, config)
+    mass[scored] = attention_mass(cells[scored], target)
+    if not scored.any():
+        head_impact(cells[:0], target, config)  # an empty object is still an input error
+    return hi, mass, chance
+
+
+def scored_layers(hi: np.ndarray) -> list[int]:
+    """The layers of hi (layers, heads) that were scored (not NaN: a layer with softmax attention)."""
+    return [int(layer) for layer in np.flatnonzero(np.isfinite(hi).any(axis=1))]
 
 
 def layer_scores(hi: np.ndarray, config: ScoringConfig = ScoringConfig()) -> np.ndarray:
-    """(layers,) score of each layer from hi (layers, heads): max / mean over heads, or topn."""
+    """(layers,) score of each layer from hi (layers, heads): max / mean over heads, or topn.
+    NaN for a layer that was not scored (all its heads NaN)."""
+    unscored = ~np.isfinite(hi).any(axis=1)
     if config.layer_score == "max":
-        return hi.max(axis=1)
+        return np.where(unscored, np.nan, np.max(np.where(np.isfinite(hi), hi, -np.inf), axis=1))
     if config.layer_score == "mean":
-        return hi.mean(axis=1)
+        return np.where(unscored, np.nan, np.nanmean(np.where(unscored[:, None], 0.0, hi), axis=1))
     top_n = config.top_n or 2 * hi.shape[1]
     top_heads = rank_heads(hi)[:top_n]
     counts = np.zeros(hi.shape[0])
     for layer, _ in top_heads:
         counts[layer] += 1
-    return counts
+    return np.where(unscored, np.nan, counts)
 
 
 def rank_heads(hi: np.ndarray) -> list[tuple[int, int]]:
-    """(layer, head) pairs of hi (layers, heads) by HI descending, ties by layer then head."""
+    """(layer, head) pairs of hi (layers, heads) by HI descending, ties by layer then head; heads
+    that were not scored (NaN) are left out."""
     layers, heads = np.unravel_index(np.arange(hi.size), hi.shape)
     order = np.lexsort((heads, layers, -hi.reshape(-1)))
-    return [(int(layers[i]), int(heads[i])) for i in order]
+    finite = np.isfinite(hi.reshape(-1))
+    return [(int(layers[i]), int(heads[i])) for i in order if finite[i]]
 
 
 def rank_layers(scores: np.ndarray) -> list[int]:
-    """Layer indices by score descending, ties by layer index."""
-    return [int(i) for i in np.lexsort((np.arange(scores.size), -scores))]
+    """Layer indices by score descending, ties by layer index; layers not scored (NaN) are left out."""
+    return [int(i) for i in np.lexsort((np.arange(scores.size), -scores)) if np.isfinite(scores[i])]
+
+
+def every_head(hi: np.ndarray) -> list[tuple[int, int]]:
+    """Every (layer, head) of hi (layers, heads): the scored ones by HI descending (`rank_heads`), then
+    those not scored in layer, head order (for results that list every head)."""
+    ranked = rank_heads(hi)
+    return ranked + [(int(l), int(h)) for l, h in zip(*np.nonzero(~np.isfinite(hi)))]
+
+
+def every_layer(scores: np.ndarray) -> list[int]:
+    """Every layer of (layers,) scores: the scored ones by score descending (`rank_layers`), then
+    those not scored in index order."""
+    return rank_layers(scores) + [int(layer) for layer in np.flatnonzero(~np.isfinite(scores))]

@@ -83,3 +83,13 @@ def test_nan_scores_draw_no_bar_and_nothing_crashes():
     tops = _bar_tops(draw_layer_bars(scores, top_k=1), layout, {TOP_COLOUR, OTHER_COLOUR})
     assert tops[1] == layout.base and tops[0] < layout.base and tops[2] < tops[0]
     assert draw_layer_bars(np.zeros(4), top_k=1).shape[2] == 3  # all zero: no division by zero
+
+
+def test_layers_not_scored_have_no_bar_and_are_never_marked():
+    scores = np.array([np.nan, 0.4, np.nan, 0.8, 0.1])  # a hybrid model: layers 0 and 2 have no softmax attention
+    layout = BarsLayout.fit(scores.size)
+    colours = _bar_colours(draw_layer_bars(scores, top_k=2), layout)
+    assert [layer for layer, colour in enumerate(colours) if colour == TOP_COLOUR] == [1, 3]
+    assert all(colours[i] not in (TOP_COLOUR, OTHER_COLOUR) for i in (0, 2)) and colours[4] == OTHER_COLOUR
+    assert marked_layers(scores, 3) == frozenset()  # k = every scored layer: none marked
+    assert bars_title("Layer scores", 5, 2, 3) == "Layer scores: top 2 of 3 scored layers (of 5) in red"

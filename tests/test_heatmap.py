@@ -130,3 +130,14 @@ def test_negative_values_use_a_diverging_scale_and_nan_is_grey():
 
 def test_the_layout_is_reexported_from_plots():
     assert reexported is HeatmapLayout
+
+
+def test_grey_cells_get_a_legend_line_that_moves_no_cell():
+    values = np.array([[np.nan, np.nan], [0.3, 0.6], [np.nan, np.nan]])
+    plain, with_legend = HeatmapLayout.fit(3, 2), HeatmapLayout.fit(3, 2, legend=True)
+    assert with_legend.height > plain.height and with_legend.cell_at(*plain.cell_centre(1, 1)) == (1, 1)
+    picture = draw_heatmap(values, (1, 1), missing="not scored (no softmax attention)")
+    assert picture.shape[:2] == (with_legend.height, with_legend.width)
+    legend = picture[with_legend.legend_top : with_legend.height]
+    assert (legend == 200).all(axis=-1).any() and (legend < 100).all(axis=-1).any()  # the grey swatch and its text
+    assert draw_heatmap(values, (1, 1)).shape[0] == plain.height  # no `missing`: no legend

@@ -120,3 +120,42 @@ def test_check_layer_choice_refuses_what_no_ranking_could_fix(layers, k, message
         choice = parse_layer_choice(layers) if isinstance(layers, str) else layers
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             select_layers(choice, 8, k, RANKING)
+
+
+# a hybrid model of 6 layers whose softmax-attention layers are 1, 3, 5 (the others NaN: not scored)
+HYBRID_SCORES = np.array([np.nan, 0.2, np.nan, 0.7, np.nan, 0.4])
+HYBRID = Ranking.from_scores(HYBRID_SCORES, "hybrid")
+ADAPTABLE = (1, 3, 5)
+
+
+def test_a_hybrid_ranking_orders_only_the_scored_layers_and_round_trips_through_json():
+    assert HYBRID.layers == (3, 5, 1) and HYBRID.unscored == (0, 2, 4) and HYBRID.num_layers == 6
+    data = json.loads(json.dumps(HYBRID.to_json(), allow_nan=False))
+    assert data["layers"][3:] == [{"layer": 0, "score": None}, {"layer": 2, "score": None}, {"layer": 4, "score": None}]
+    assert Ranking.from_json(data | {"num_layers": 6}, "hybrid") == HYBRID
+    with pytest.raises(InputError, match="has no scored layer"):
+        Ranking.from_json({"layers": [{"layer": 0, "score": None}]}, "empty")
+
+
+@pytest.mark.parametrize("choice, k, expected", [("top", 2, (3, 5)), ("bottom", 1, (1,)), ("all", 0, ADAPTABLE), ((5, 1), 0, (1, 5))])
+def test_selection_in_a_hybrid_model_picks_only_scored_layers(choice, k, expected):
+    assert select_layers(choice, ADAPTABLE, k, HYBRID) == expected
+
+
+def test_random_in_a_hybrid_model_picks_only_scored_layers_and_matches_a_full_model_by_seed():
+    picks = {select_layers("random", ADAPTABLE, 2, None, seed) for seed in range(30)}
+    assert set().union(*picks) == set(ADAPTABLE)
+    assert select_layers("random", tuple(range(8)), 3, None, 4) == select_layers("random", 8, 3, None, 4)
+
+
+@pytest.mark.parametrize(
+    "choice, k, ranking, message",
+    [
+        ((0, 3), 1, HYBRID, "layer 0 cannot be adapted: LoRA goes only on the language model's 3 softmax-attention layers (1, 3, 5)"),
+        ("top", 4, HYBRID, "k must be between 1 and the language model's 3 softmax-attention layers (1, 3, 5), got 4"),
+        ("top", 1, RANKING, "ranks layers 0, 1, 2, 3, 4, 5, 6, 7 but the model's scored layers are 1, 3, 5"),
+    ],
+)
+def test_a_hybrid_models_other_layers_are_refused(choice, k, ranking, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        select_layers(choice, ADAPTABLE, k, ranking)

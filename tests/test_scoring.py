@@ -20,6 +20,7 @@ from hi_core.scoring import (
     otsu_threshold,
     rank_heads,
     rank_layers,
+    score_maps,
 )
 
 finite = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, width=32)
@@ -163,3 +164,23 @@ def test_rank_layers_descending_ties_by_index():
 def test_scoring_config_rejects_bad_values(kwargs, message):
     with pytest.raises(InputError, match=message):
         ScoringConfig(**kwargs)
+
+
+@pytest.mark.parametrize("binarize, layer_score", [("area", "max"), ("quantile", "mean"), ("otsu", "topn")])
+def test_nan_maps_are_not_scored_and_left_out_of_every_ranking(binarize, layer_score):
+    """A layer without softmax attention (NaN maps) keeps its index: NaN HI, mass and layer score, in no ranking."""
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 2, 4, 4))
+    maps[1] = np.nan
+    objects, valid = np.zeros((4, 4), bool), np.ones((4, 4), bool)
+    objects[:2, :2] = True
+    config = ScoringConfig(binarize=binarize, layer_score=layer_score)
+    hi, mass, _ = score_maps(maps, objects, valid, config)
+    alone, alone_mass, _ = score_maps(maps[[0, 2]], objects, valid, config)
+    assert np.isnan(hi[1]).all() and np.isnan(mass[1]).all()
+    np.testing.assert_array_equal(hi[[0, 2]], alone)
+    np.testing.assert_array_equal(mass[[0, 2]], alone_mass)
+    scores = layer_scores(hi, config)
+    assert np.isnan(scores[1]) and np.isfinite(scores[[0, 2]]).all()
+    assert {layer for layer, _ in rank_heads(hi)} == {0, 2} and len(rank_heads(hi)) == 4
+    assert sorted(rank_layers(scores)) == [0, 2]

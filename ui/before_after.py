@@ -45,9 +45,10 @@ class BeforeAfter:
 def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
     """ΔHI = tuned - base per head, on a red-blue scale symmetric around 0 (the HI heatmap's cell geometry)."""
     difference = compare.difference
-    reach = float(np.abs(difference).max()) or 1e-3
-    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape),
-                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach)
+    reach = float(np.nanmax(np.abs(difference))) or 1e-3  # NaN: layers not scored (no softmax attention)
+    missing = views.NOT_SCORED if not np.isfinite(difference).all() else None
+    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape, legend=missing is not None),
+                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach, missing=missing)
 
 
 def before_after_figure(session: Session) -> np.ndarray:
@@ -128,7 +129,8 @@ class BeforeAfterTab:
             analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
             scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
         difference = hi_difference(scored["base"], scored["tuned"])
-        largest = np.unravel_index(np.argmax(np.abs(difference)), difference.shape)  # the head that changed most
+        # the head that changed most (among the scored: a hybrid model's other layers are NaN)
+        largest = np.unravel_index(np.argmax(np.nan_to_num(np.abs(difference), nan=-1.0)), difference.shape)
         session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=(int(largest[0]), int(largest[1])))
         return self.render(session)
 
@@ -137,6 +139,8 @@ class BeforeAfterTab:
             return gr.skip()
         clicked = views.clicked_head(event.index, session.compare.base.hi)
         if clicked is None:  # the numbers or the colour bar, not a cell
+            return gr.skip()
+        if not np.isfinite(session.compare.base.hi[clicked]):  # a layer without softmax attention: not scored
             return gr.skip()
         session.compare = replace(session.compare, selected=clicked)
         return self.render(session)

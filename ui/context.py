@@ -133,5 +133,6 @@ class AppContext:
         return scrub_paths(name) if self.settings.public else name
 
     def loaded_message(self, loaded: LoadedModel) -> str:
-        return (f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, "
-                f"{len(loaded.adapter.decoder_layers(loaded.model))} language-model layers.")
+        layers, scored = len(loaded.adapter.decoder_layers(loaded.model)), loaded.adapter.scored_layers(loaded.model)
+        note = "" if len(scored) == layers else f" (scored: the softmax-attention layers {', '.join(map(str, scored))})"
+        return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}."

@@ -69,6 +69,7 @@ def summary(session: DatasetSession) -> str:
         f"**Best head:** layer {best_layer}, head {best_head}: mean HI {best:.3f} "
         f"({round(analysis.config.confidence * 100)}% interval {analysis.hi_low[best_layer, best_head]:.3f}–"
         f"{analysis.hi_high[best_layer, best_head]:.3f}), {best / max(chance, 1e-9):.1f}× chance"
+        + (f"  \n**Layers:** {note}" if (note := views.not_scored_note(analysis.hi)) else "")
     )
 
 
@@ -228,7 +229,7 @@ class DatasetTab:
             **shown, self.stale: "", self.summary: summary(session), self.ranking: ranking_rows(analysis),
             self.bars: views.bars_figure(analysis, top_k), self.skipped: skipped_list(analysis),
             self.downloads: [str(run_folder / "dataset_scores.json"), str(run_folder / "images.csv")],
-            self.top_k: top_k_update(analysis.hi.shape[0], top_k),
+            self.top_k: top_k_update(len(analysis.scored_layers), top_k),
         }
 
     @reports_input_errors("message")
@@ -238,14 +239,14 @@ class DatasetTab:
         clicked = views.clicked_head(event.index, session.analysis.hi)
         if clicked is None:  # the numbers or the colour bar, not a cell
             return gr.skip()
-        session.selected = clicked
+        session.selected = views.scored_head(session.analysis.hi, clicked)
         return self._head_views(session, overlay)
 
     @reports_input_errors("message")
     def select_head(self, session: DatasetSession | None, selected_layer: int, selected_head: int, overlay: bool):
         if session is None:
             raise InputError("score a dataset first")
-        session.selected = views.clip_head(session.analysis.hi, selected_layer, selected_head)
+        session.selected = views.scored_head(session.analysis.hi, views.clip_head(session.analysis.hi, selected_layer, selected_head))
         return self._head_views(session, overlay)
 
     @reports_input_errors("message")

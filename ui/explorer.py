@@ -340,7 +340,7 @@ class ExplorerTab:
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
         session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
-                self.top_k: top_k_update(analysis.hi.shape[0], top_k),
+                self.top_k: top_k_update(len(analysis.scored_layers), top_k),
                 **self.compare.cleared()}
 
     @reports_input_errors("message")
@@ -350,14 +350,14 @@ class ExplorerTab:
         clicked = views.clicked_head(event.index, session.analysis.hi)
         if clicked is None:  # the numbers or the colour bar, not a cell
             return gr.skip()
-        session.selected = clicked
+        session.selected = views.scored_head(session.analysis.hi, clicked)
         return self._render_head(session)
 
     @reports_input_errors("message")
     def select_head(self, session: Session | None, selected_layer: int, selected_head: int, top_n: int, layer: int, top_k: int):
         if session is None:
             raise InputError("run an analysis first")
-        session.selected = views.clip_head(session.analysis.hi, selected_layer, selected_head)
+        session.selected = views.scored_head(session.analysis.hi, views.clip_head(session.analysis.hi, selected_layer, selected_head))
         return self._render_head(session)
 
     @reports_input_errors("message")

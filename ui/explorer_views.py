@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hi_core.analysis import AnalysisConfig, ImageAnalysis
+from hi_core.errors import InputError
 from hi_core.bars import draw_layer_bars
 from hi_core.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.overlays import overlay_panels
@@ -26,10 +27,36 @@ if TYPE_CHECKING:
     from .before_after import BeforeAfter
 
 
+#: What a NaN (grey) head of a heatmap means: its layer has no softmax attention, so it is not scored.
+NOT_SCORED = "not scored (no softmax attention)"
+
+
 def heatmap_image(hi: np.ndarray, selected: tuple[int, int], title: str = "Head Impact: click a cell",
                   label: str = "HI") -> np.ndarray:
-    """The (layers, heads) values as a clickable heatmap (numbers, colour bar, the selected head marked)."""
-    return draw_heatmap(hi, selected, HeatmapLayout.fit(*hi.shape), title=title, label=label)
+    """The (layers, heads) values as a clickable heatmap (numbers, colour bar, the selected head marked); the
+    layers not scored (NaN: no softmax attention, in a hybrid model) are grey rows, with a legend line."""
+    legend = NOT_SCORED if not np.isfinite(hi).all() else None
+    return draw_heatmap(hi, selected, HeatmapLayout.fit(*hi.shape, legend=legend is not None), title=title, label=label,
+                        missing=legend)
+
+
+def not_scored_note(hi: np.ndarray) -> str:
+    """Which layers are scored, in words, when some are not (a hybrid model); "" otherwise."""
+    scored = [int(layer) for layer in np.flatnonzero(np.isfinite(hi).any(axis=1))]
+    if len(scored) == hi.shape[0]:
+        return ""
+    return (f"scored layers {', '.join(map(str, scored))} of {hi.shape[0]}: only layers with softmax attention are scored "
+            "(the others, e.g. linear attention, are grey and never tuned)")
+
+
+def scored_head(hi: np.ndarray, head: tuple[int, int]) -> tuple[int, int]:
+    """`head` if it was scored; an InputError naming the scored layers if its layer has no softmax attention."""
+    layer, _ = head
+    if not np.isfinite(hi[head]):
+        scored = np.flatnonzero(np.isfinite(hi).any(axis=1))
+        raise InputError(f"layer {layer} is not scored: it has no softmax attention (e.g. linear attention); "
+                         f"choose a head of layers {', '.join(map(str, scored))}")
+    return head
 
 
 def clicked_head(index: tuple[int, int], hi: np.ndarray) -> tuple[int, int] | None:
@@ -119,6 +146,7 @@ def summary(session: Session) -> str:
         f"**object patches** {int(analysis.mask.object_patches.sum())} · **chance IoU** {analysis.chance:.3f} · "
         f"**response tokens** {analysis.response_tokens} ({analysis.queries} rows)  \n"
         f"**Best head:** layer {best_layer}, head {best_head}, HI {best:.3f} ({best / max(analysis.chance, 1e-9):.1f}× chance)"
+        + (f"  \n**Layers:** {note}" if (note := not_scored_note(analysis.hi)) else "")
     )
 
 
@@ -126,19 +154,31 @@ def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
     """The selected head in words, beside its figure."""
     layer, head = selected
     hi = analysis.hi[layer, head]
+    if not np.isfinite(hi):
+        return f"**Layer {layer}, head {head}** · {NOT_SCORED}"
     rank = analysis.ranked_heads().index(selected) + 1
     return (f"**Layer {layer}, head {head}** · HI **{hi:.3f}** ({hi / max(analysis.chance, 1e-9):.1f}× chance "
             f"{analysis.chance:.3f}) · attention mass on the object **{analysis.mass[layer, head]:.3f}** · "
             f"rank {rank} of {analysis.hi.size}")
 
 
+def _shown_map(analysis: ImageAnalysis, layer: int, head: int) -> np.ndarray | None:
+    """A head's map to draw, or None (the image alone) for a head that was not scored (NaN)."""
+    head_map = analysis.maps[layer, head]
+    return head_map if np.isfinite(head_map).all() else None
+
+
+def _hi_text(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if np.isfinite(value) else "not scored"
+
+
 def head_figure(session: Session) -> np.ndarray:
     analysis, (layer, head) = session.analysis, session.selected
     return overlay_panels(
         [session.image, session.image],
-        [analysis.maps[layer, head], analysis.mask.object_patches.astype(float)],
+        [_shown_map(analysis, layer, head), analysis.mask.object_patches.astype(float)],
         [session.mask, session.mask],
-        [f"layer {layer} head {head}: HI {analysis.hi[layer, head]:.3f}", "object patches on the grid"],
+        [f"layer {layer} head {head}: HI {_hi_text(analysis.hi[layer, head], 3)}", "object patches on the grid"],
         columns=2,
     )
 
@@ -156,15 +196,17 @@ def layer_figure(session: Session, layer: int) -> np.ndarray:
     analysis = session.analysis
     layers, heads = analysis.hi.shape
     layer = int(np.clip(layer or 0, 0, layers - 1))
+    scored = bool(np.isfinite(analysis.hi[layer]).any())
     return overlay_panels(
-        [session.image] * heads, [analysis.maps[layer, h] for h in range(heads)], [session.mask] * heads,
-        [f"H{h}: {analysis.hi[layer, h]:.2f}" for h in range(heads)], title=f"layer {layer}",
+        [session.image] * heads, [_shown_map(analysis, layer, h) for h in range(heads)], [session.mask] * heads,
+        [f"H{h}: {_hi_text(analysis.hi[layer, h], 2)}" for h in range(heads)],
+        title=f"layer {layer}" if scored else f"layer {layer}: {NOT_SCORED}",
     )
 
 
 def bars_figure(analysis, top_k: int) -> np.ndarray:
-    """The layer bars of an analysis (one image's or a dataset's)."""
-    return draw_layer_bars(analysis.layer_scores, top_k=top_k_for(analysis.hi.shape[0], top_k))
+    """The layer bars of an analysis (one image's or a dataset's); layers not scored have no bar."""
+    return draw_layer_bars(analysis.layer_scores, top_k=top_k_for(len(analysis.scored_layers), top_k))
 
 
 def ranking_rows(analysis: ImageAnalysis) -> list[list]:

@@ -87,7 +87,7 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
     folder, name = dataset_folder(source, archive, run_folder)
     stage("loading a private copy of the model")
     loaded = load_model(load)
-    check_layer_choice(config.layers, len(loaded.adapter.decoder_layers(loaded.model)), config.k)  # before the slow steps
+    check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before the slow steps
     ranking = None
     if needs_ranking(config.layers):
         stage("ranking the layers by Dataset HI")

@@ -69,7 +69,8 @@ def top_k_for(num_layers: int, asked: int) -> int:
 
 
 def top_k_update(num_layers: int, asked: int) -> gr.Slider:
-    """The slider once a model's results are shown: its value within the model's layers, which its label names.
+    """The slider once a model's results are shown: its value within the model's scored layers (those with softmax
+    attention: all of them, except in a hybrid model), which its label names.
     (Its maximum stays: an API caller's default would fall outside a lowered one and be refused.)"""
     return gr.Slider(value=top_k_for(num_layers, asked),
-                     label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers})")
+                     label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers} scored layers)")

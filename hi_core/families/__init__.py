@@ -13,6 +13,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
@@ -21,6 +22,7 @@ ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     LlavaOnevisionAdapter,
     Qwen2VLAdapter,
     Qwen3VLAdapter,
+    Qwen3_5Adapter,
     PaliGemmaAdapter,
     Gemma3Adapter,
     Idefics3Adapter,

@@ -8,8 +8,9 @@ An adapter answers four questions about a loaded model, and nothing else in `hi_
 - where a key-object mask lands on that grid after the processor's resize / crop / pad / tiling
   (`mask_fractions`: the mask is sent through the processor's own image pipeline, so the
   geometry is the processor's, not a copy of it);
-- which modules are the language model's decoder layers (`decoder_layers`), shared by attention
-  capture and LoRA targeting, so "layer 7" means one module everywhere.
+- which modules are the language model's decoder layers (`decoder_layers`) and which of them have
+  softmax attention (`attention_modules`, `scored_layers`), shared by attention capture and LoRA
+  targeting, so "layer 7" means one module everywhere.
 """
 
 from __future__ import annotations
@@ -150,9 +151,16 @@ class FamilyAdapter:
                 return name
         raise RuntimeError("decoder layers not found among the model's modules")
 
-    def attention_modules(self, model: Any) -> list[torch.nn.Module]:
-        """The self-attention module of each decoder layer, in layer order."""
-        return [layer.self_attn for layer in self.decoder_layers(model)]
+    def attention_modules(self, model: Any) -> list[torch.nn.Module | None]:
+        """The softmax self-attention module of each decoder layer, in layer order; None for a layer
+        without one (a linear-attention or convolution layer of a hybrid language model), which is
+        then not scored but keeps its index, so layer l is the model's own layer l everywhere."""
+        return [getattr(layer, "self_attn", None) for layer in self.decoder_layers(model)]
+
+    def scored_layers(self, model: Any) -> tuple[int, ...]:
+        """The indices of the decoder layers with softmax attention: the only layers captured, scored,
+        ranked and adapted by LoRA (every layer for a model with softmax attention throughout)."""
+        return tuple(index for index, module in enumerate(self.attention_modules(model)) if module is not None)
 
     def text_config_key(self, model: Any) -> str:
         """The name of the language model's sub-config (for `set_attn_implementation`)."""
