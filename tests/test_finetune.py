@@ -1,5 +1,6 @@
 """LoRA on chosen layers: exact targeting and parameter counts, training that changes only the
-adapter, labels on the description + eos, the held-out split, cancellation, the finetune CLI."""
+adapter, labels on the description + eos, the held-out split, records read lazily (per batch, and a bad
+file failing then, naming its record), cancellation, the finetune CLI."""
 
 from __future__ import annotations
 
