@@ -348,6 +348,16 @@ def test_split_opens_no_image_and_holds_the_same_ids_in_order_as_reading_every_r
     assert [r.id for r in split.train] == split.train.ids and loads == split.train.ids  # iterating reads one by one
 
 
+def test_split_skips_malformed_lines_and_repeated_ids_as_reading_every_record_does(tiny_data, tmp_path, loads):
+    data = _copy(tiny_data, tmp_path / "data")
+    lines = (data / "data.jsonl").read_text().splitlines()
+    (data / "data.jsonl").write_text("\n".join([lines[0], "{not json", lines[4], json.dumps({"id": "x"}), *lines[1:]]) + "\n")
+    split = split_dataset(data, DataConfig(eval_fraction=0.3))
+    every = [r.id for r in read_dataset(data)]  # the first record of a repeated id counts
+    assert len(every) == 12 and split.train.ids == [rid for rid in every if not is_held_out(rid, 0.3)]
+    assert split.held_out.ids == [rid for rid in every if is_held_out(rid, 0.3)] and loads == []
+
+
 def test_training_reads_each_batch_when_it_needs_it_and_matches_records_read_up_front(llava, tiny_data, loads):
     split = split_dataset(tiny_data, DataConfig(eval_fraction=0.3))
     eager = [r for r in read_dataset(tiny_data) if r.id in set(split.train.ids)]  # in memory before training
