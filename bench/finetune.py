@@ -19,14 +19,24 @@ tensors return to the OS): the peak RSS (VmHWM, reset through /proc/self/clear_r
 3-step training run above the RSS just before it, i.e. activations, gradients, optimizer state and
 temporaries. On CUDA: torch.cuda.max_memory_allocated above the memory allocated before the run.
 
+Dataset scale (`--records`): the peak memory of a whole run (`hi_core.runs.run_finetune` on the
+demo model: the held-out split (5% of the records), `--scale-steps` training steps, greedy
+2-token captions of every held-out record, the run folder) on the first N records of one generated
+dataset (`write_synthetic`, `--scale-size` px scenes), each N in a fresh subprocess as above,
+after a warm-up run on 16 records: the peak RSS above the RSS before the run, in all and per stage
+(split, training, held-out captions). Records are read lazily, so only the index (one scanned
+line per record, ~0.7 KiB) grows with N.
+
     python bench/finetune.py --threads 1                 # CPU: demo and wide (8 layers), ~5 min
     python bench/finetune.py --model wide --wide-layers 24 --batch-size 8   # GPU
+    python bench/finetune.py --threads 1 --records 1000 20000   # dataset scale only, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -42,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hi_core from thi
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hi_core.datasets import read_dataset, write_synthetic  # noqa: E402
+import hi_core.runs as runs  # noqa: E402
+from hi_core.datasets import INDEX, read_dataset, write_synthetic  # noqa: E402
 from hi_core.families.llava import LlavaAdapter  # noqa: E402
 from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, lora_attached, lora_config, train_lora, trainable_parameters  # noqa: E402
 from hi_core.layer_selection import Ranking  # noqa: E402
@@ -157,6 +168,99 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, recor
     print("  all step times s: " + "; ".join(f"{v}: " + " ".join(f"{t:.3f}" for t in times[v]) for v in chosen))
 
 
+# --- dataset scale: a whole run's peak memory against the number of records -----------------------
+
+
+def scale_config(args: argparse.Namespace) -> FinetuneConfig:
+    """A cheap run: the top layer of the demo, a few steps, 5% held out, two-token captions (memory is the point)."""
+    return FinetuneConfig(layers=(2,), steps=args.scale_steps, batch_size=args.batch_size, lr=1e-4,
+                          data=DataConfig(eval_fraction=0.05, max_new_tokens=2, meteor=False))
+
+
+def first_records(source: Path, folder: Path, count: int) -> Path:
+    """A dataset of the first `count` records of `source`, sharing its image and mask folders."""
+    folder.mkdir()
+    for sub in ("images", "masks"):
+        (folder / sub).symlink_to(source / sub)
+    with open(source / INDEX, encoding="utf-8") as lines:
+        (folder / INDEX).write_text("".join(itertools.islice(lines, count)), encoding="utf-8")
+    return folder
+
+
+def measure_scale(args: argparse.Namespace) -> dict[str, float]:
+    """In this (fresh) process: the peak RSS of `run_finetune` on `args.dataset`, in all and per stage."""
+    loaded = load_model(LoadConfig("demo", device="cpu"))
+    config = scale_config(args)
+    with tempfile.TemporaryDirectory(prefix="hi-bench-runs-") as out:
+        runs.run_finetune(loaded, args.warm_up, Path(out) / "warm-up", config)
+        peaks: dict[str, int] = {}
+
+        def measured(stage: str, function):  # the stage's own peak; the peak before it is kept too
+            def call(*call_args, **kwargs):
+                peaks[f"before {stage}"] = proc_kib("VmHWM")
+                Path("/proc/self/clear_refs").write_text("5")
+                try:
+                    return function(*call_args, **kwargs)
+                finally:
+                    peaks[stage] = proc_kib("VmHWM")
+                    Path("/proc/self/clear_refs").write_text("5")
+            return call
+
+        stages = {"split": "split_dataset", "training": "train_lora", "captions": "_evaluate"}
+        originals = {name: getattr(runs, name) for name in stages.values()}
+        for stage, name in stages.items():
+            setattr(runs, name, measured(stage, originals[name]))
+        gc.collect()
+        before = proc_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        clock = time.perf_counter()
+        try:
+            record = runs.run_finetune(loaded, args.dataset, Path(out) / "run", config)
+        finally:
+            for name, function in originals.items():
+                setattr(runs, name, function)
+        seconds = time.perf_counter() - clock
+        whole = max([proc_kib("VmHWM"), *peaks.values()])
+    return {"train": record.split["train"], "held_out": record.split["held_out"], "baseline_bytes": before * 1024,
+            "peak_bytes": (whole - before) * 1024, "seconds": seconds,
+            **{f"{stage}_bytes": (peaks[stage] - before) * 1024 for stage in stages}}
+
+
+def scale_in_subprocess(dataset: Path, warm_up: Path, args: argparse.Namespace) -> dict[str, float] | None:
+    command = [sys.executable, __file__, "--device", "cpu", "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+               "--scale-steps", str(args.scale_steps), "--scale-of", str(dataset), "--warm-up", str(warm_up)]
+    done = subprocess.run(command, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"), capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  scale run on {dataset.name} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="hi-bench-scale-") as work:
+        clock = time.perf_counter()
+        source = write_synthetic(Path(work) / "all", n=max(args.records), seed=0, size=args.scale_size, order="reading")
+        print(f"generated {max(args.records):,} records ({args.scale_size} px) in {time.perf_counter() - clock:.0f} s")
+        warm_up = first_records(source, Path(work) / "warm-up", 16)
+        results = {count: scale_in_subprocess(first_records(source, Path(work) / f"first-{count}", count), warm_up, args)
+                   for count in args.records}
+    print(f"\nPeak RSS of run_finetune (demo model, layer 2, {args.scale_steps} steps of batch {args.batch_size}, "
+          "5% held out, captioned with 2 new tokens each), fresh subprocess each, above the RSS before the run:\n")
+    print("| records | train / held out | peak MiB | split MiB | training MiB | held-out captions MiB | baseline RSS MiB | run s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for count, result in results.items():
+        if result is None:
+            print(f"| {count:,} | failed | | | | | | |")
+            continue
+        print(f"| {count:,} | {result['train']:,} / {result['held_out']:,} | {result['peak_bytes'] / 2**20:.1f} | "
+              f"{result['split_bytes'] / 2**20:.1f} | {result['training_bytes'] / 2**20:.1f} | {result['captions_bytes'] / 2**20:.1f} | "
+              f"{result['baseline_bytes'] / 2**20:.0f} | {result['seconds']:.1f} |")
+    done = [result for result in results.values() if result is not None]
+    if len(done) >= 2:
+        print(f"\npeak at {max(args.records):,} / peak at {min(args.records):,} records: "
+              f"{done[-1]['peak_bytes'] / max(done[0]['peak_bytes'], 1):.2f}x; target: flat, ~1x")
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -174,11 +278,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant and round (default: 4)")
     parser.add_argument("--reps", type=int, default=2, help="rounds (default: 2)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--records", type=int, nargs="+", help="dataset scale only: the peak memory of a run on N records, each N")
+    parser.add_argument("--scale-size", type=int, default=32, help="image side of the dataset-scale records (default: 32)")
+    parser.add_argument("--scale-steps", type=int, default=2, help="training steps of a dataset-scale run (default: 2)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the CPU memory subprocess
+    parser.add_argument("--scale-of", type=Path, help=argparse.SUPPRESS)  # the dataset-scale subprocess: its dataset
+    parser.add_argument("--warm-up", type=Path, help=argparse.SUPPRESS)  # ... and the dataset of its warm-up run
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    if args.scale_of:
+        args.dataset = args.scale_of
+        print(json.dumps(measure_scale(args)))
+        return
+    if args.records:
+        print(f"machine: {machine(device)}, load average {os.getloadavg()[0]:.1f}; float32; torch {torch.__version__}; "
+              f"torch threads: {args.threads}")
+        bench_scale(args)
+        return
     with tempfile.TemporaryDirectory() as folder:
         records = scenes(Path(folder))
         if args.memory_of:

@@ -4,14 +4,15 @@ scored against their references.
 
 `generate_captions` builds each image's prefix with the family adapter (exactly as for one image),
 pads the prefixes on the left so that every sequence ends where generation starts, and decodes
-greedily in batches; images whose tensors cannot share a batch (tiles of other sizes) go alone.
+greedily in batches; images whose tensors cannot share a batch (tiles of other sizes) go alone. It
+reads its images as it batches them, so held-out records stream from disk a batch at a time.
 `evaluate_captions` scores the captions with `metrics.py` (BLEU-4, ROUGE-L, CIDEr, exact match,
 METEOR where Java is installed; SPICE is skipped with a note) and keeps a few samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,35 +74,38 @@ def left_padded(prefixes: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dic
     return batch
 
 
-def _groups(prefixes: list[dict[str, torch.Tensor]], batch_size: int) -> list[list[int]]:
-    """Indices batched together: consecutive prefixes whose image tensors have the same shape."""
+def _groups(prefixes: Iterable[dict[str, torch.Tensor]], batch_size: int) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Prefixes batched together: consecutive ones whose image tensors have the same shape, each
+    batch yielded as soon as the next prefix does not join it (one batch held at a time)."""
     def signature(prefix: dict[str, torch.Tensor]) -> tuple:
         return tuple((key, tuple(value.shape[1:])) for key, value in prefix.items() if not (value.dim() == 2 and value.shape == prefix["input_ids"].shape))
 
-    groups: list[list[int]] = []
-    for index, prefix in enumerate(prefixes):
-        if groups and len(groups[-1]) < batch_size and signature(prefixes[groups[-1][0]]) == signature(prefix):
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    return groups
+    group: list[dict[str, torch.Tensor]] = []
+    for prefix in prefixes:
+        if group and (len(group) == batch_size or signature(group[0]) != signature(prefix)):
+            yield group
+            group = []
+        group.append(prefix)
+    if group:
+        yield group
 
 
 @torch.inference_mode()
 def generate_captions(
-    loaded: Any, images: Sequence[Image.Image], prompt: str, max_new_tokens: int = 64, batch_size: int = 16
+    loaded: Any, images: Iterable[Image.Image], prompt: str, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[str]:
-    """Greedy captions of the images, in order (left-padded batches of up to `batch_size`)."""
+    """Greedy captions of the images, in order (left-padded batches of up to `batch_size`). The
+    images are taken one by one as batches are made, so an iterator that reads them from disk
+    (held-out records) keeps one batch of images and prefixes in memory, not the whole set."""
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     pad_id = pad_token_id(tokenizer)
-    prefixes = [loaded.adapter.prefix_inputs(loaded.processor, image, prompt) for image in images]
-    captions: list[str] = [""] * len(images)
+    prefixes = (loaded.adapter.prefix_inputs(loaded.processor, image, prompt) for image in images)
+    captions: list[str] = []
     for group in tqdm(_groups(prefixes, batch_size), desc="captions", unit="batch", disable=None, leave=False):
-        batch = to_model_device(left_padded([prefixes[i] for i in group], pad_id), model)
+        batch = to_model_device(left_padded(group, pad_id), model)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
         start = batch["input_ids"].shape[1]
-        for index, sequence in zip(group, output):
-            captions[index] = tokenizer.decode(sequence[start:], skip_special_tokens=True).strip()
+        captions.extend(tokenizer.decode(sequence[start:], skip_special_tokens=True).strip() for sequence in output)
     return captions
 
 

@@ -10,7 +10,10 @@ targeting, training loop.
   batches are built like scoring's (`build_inputs` + `collate`, right padding), with the loss on the
   description tokens and the end-of-sequence token only. It runs through `accelerate.Accelerator`,
   so the same loop works under `accelerate launch` (each process takes its slice of every batch).
-- `split_dataset` holds records out by a hash of their id (or takes a separate dataset).
+- `split_dataset` holds records out by a hash of their id (or takes a separate dataset). It reads
+  only data.jsonl: the split holds each record's scanned line (`DatasetRecords`), and a record's
+  image and mask are opened when a training batch or a batch of held-out captions needs them, so
+  memory does not grow with the dataset (a bad file fails then, naming its record).
 A whole run (selection, training, held-out captions, the saved adapter and `run.json`) is
 `runs.run_finetune`.
 """
@@ -27,14 +30,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .batching import collate, pad_token_id
-from .datasets import Record, read_dataset
+from .datasets import INDEX, Record, RecordLine, load_record, scan_dataset
 from .errors import InputError, check_choice, check_number
 from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
 from .layer_selection import LayerChoice, check_layers, parse_layer_choice
@@ -145,27 +148,77 @@ def is_held_out(record_id: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+class DatasetRecords(Sequence[Record]):
+    """Records of a dataset folder, read lazily: only their scanned lines (ids, texts, file names)
+    are held; indexing opens a record's image and mask (`load_record`) and keeps nothing, so a
+    training batch or a batch of held-out captions holds only its own records' pixels. A slice is
+    another `DatasetRecords`. A record whose files cannot be read raises InputError naming it."""
+
+    def __init__(self, folder: str | Path, lines: Sequence[RecordLine]) -> None:
+        self.folder = Path(folder)
+        self.lines = list(lines)  # well-formed lines only (`RecordLine.problem` is None)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> DatasetRecords: ...
+
+    def __getitem__(self, index: int | slice) -> Record | DatasetRecords:
+        if isinstance(index, slice):
+            return DatasetRecords(self.folder, self.lines[index])
+        line = self.lines[index]
+        try:
+            return load_record(self.folder, line)
+        except InputError as error:
+            raise InputError(f"record {line.id!r} (line {line.number} of {str(self.folder / INDEX)!r}) cannot be read: {error}") from None
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(line.id) for line in self.lines]
+
+    def __repr__(self) -> str:
+        return f"DatasetRecords({str(self.folder)!r}, {len(self)} records)"
+
+
+def scan_records(folder: str | Path) -> DatasetRecords:
+    """The well-formed records of a dataset folder, in file order, without opening any image;
+    malformed lines and repeated ids are skipped (logged) as `read_dataset` skips them."""
+    lines = []
+    for line in scan_dataset(folder):
+        if line.problem is None:
+            lines.append(line)
+        else:
+            logger.warning("skipping %s line %d: %s", INDEX, line.number, line.problem)
+    return DatasetRecords(folder, lines)
+
+
 @dataclass(frozen=True)
 class Split:
-    """Training and held-out records; `description` says how the split was made."""
+    """Training and held-out records (read lazily); `description` says how the split was made."""
 
-    train: list[Record]
-    held_out: list[Record]
+    train: DatasetRecords
+    held_out: DatasetRecords
     description: str
 
 
 def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None) -> Split:
     """The training records and the held-out ones (a hashed share of `dataset`, or `eval_dataset`;
-    the training set never contains a held-out id)."""
-    records = list(read_dataset(dataset))
+    the training set never contains a held-out id). Only data.jsonl is read here: images and masks
+    are opened when a batch needs them (`DatasetRecords`), so a file that is missing or unreadable
+    fails then, naming its record."""
+    records = scan_records(dataset)
     if eval_dataset is not None:
-        held_out = list(read_dataset(eval_dataset))
+        held_out = scan_records(eval_dataset)
         description = f"held out: {eval_dataset}"
     else:
-        held_out = [record for record in records if is_held_out(record.id, data.eval_fraction)]
+        held_out = DatasetRecords(dataset, [line for line in records.lines if is_held_out(str(line.id), data.eval_fraction)])
         description = f"held out: {data.eval_fraction:.0%} of {dataset} by a hash of the record id"
-    held_ids = {record.id for record in held_out}
-    train = [record for record in records if record.id not in held_ids]
+    held_ids = set(held_out.ids)
+    train = DatasetRecords(dataset, [line for line in records.lines if line.id not in held_ids])
     if not train:
         raise InputError(f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else ""))
     if data.eval_limit is not None:
@@ -310,8 +363,9 @@ def train_lora(
         for step in progress:
             if callbacks.should_stop is not None and callbacks.should_stop():
                 raise TrainingCancelled(f"cancelled at step {step} of {config.steps}")
-            chosen = [records[next(order)] for _ in range(config.batch_size * processes)]
-            batch = training_batch(loaded, chosen[rank * config.batch_size : (rank + 1) * config.batch_size], config.data.prompt)
+            drawn = [next(order) for _ in range(config.batch_size * processes)]  # the same on every process
+            mine = [records[index] for index in drawn[rank * config.batch_size : (rank + 1) * config.batch_size]]  # read now
+            batch = training_batch(loaded, mine, config.data.prompt)
             batch = {key: value.to(accelerator.device, unwrapped.dtype) if value.is_floating_point() else value.to(accelerator.device)
                      for key, value in batch.items()}
             loss = model(**batch, use_cache=False).loss

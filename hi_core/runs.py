@@ -162,8 +162,10 @@ def run_folder(folder: str | Path) -> Iterator[Path]:
 def _evaluate(loaded: LoadedModel, split: Split, data: DataConfig) -> tuple[dict[str, float], list[str], list[dict[str, str]]]:
     if not split.held_out:
         return {}, ["no held-out records: metrics not computed"], []
-    generated = generate_captions(loaded, [r.image for r in split.held_out], data.prompt, data.max_new_tokens, data.eval_batch_size)
-    result = evaluate_captions({r.id: r.text for r in split.held_out}, {r.id: g for r, g in zip(split.held_out, generated)}, data.meteor)
+    images = (record.image for record in split.held_out)  # each record read when its batch is captioned
+    generated = generate_captions(loaded, images, data.prompt, data.max_new_tokens, data.eval_batch_size)
+    references = {line.id: line.fields["text"] for line in split.held_out.lines}  # no image opened
+    result = evaluate_captions(references, dict(zip(split.held_out.ids, generated)), data.meteor)
     return result.metrics, result.notes, result.captions
 
 

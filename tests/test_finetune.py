@@ -1,21 +1,25 @@
 """LoRA on chosen layers: exact targeting and parameter counts, training that changes only the
-adapter, labels on the description + eos, the held-out split, cancellation, the finetune CLI."""
+adapter, labels on the description + eos, the held-out split, records read lazily (per batch, and a bad
+file failing then, naming its record), cancellation, the finetune CLI."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
+import hi_core.finetune as finetune
 from hi_core.cli import main
 from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.errors import InputError
 from hi_core.finetune import (
     DataConfig,
+    DatasetRecords,
     FinetuneConfig,
     TrainCallbacks,
     TrainingCancelled,
@@ -28,6 +32,7 @@ from hi_core.finetune import (
     training_batch,
     trainable_parameters,
 )
+from hi_core.runs import run_pretrained
 
 FAST = DataConfig(max_new_tokens=4, meteor=False)
 
@@ -311,3 +316,116 @@ def test_regex_targets_are_anchored_at_the_decoder_layers(llava):
     assert re.fullmatch(config.target_modules, "model.language_model.layers.1.self_attn.q_proj")
     assert not re.fullmatch(config.target_modules, "model.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj")
     assert not re.fullmatch(config.target_modules, "model.language_model.layers.11.self_attn.q_proj")
+
+
+# --- records read lazily: the split holds ids, batches read their own records -----------------
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The ids of the records whose files are opened (`load_record`), in order."""
+    opened = []
+    original = finetune.load_record
+
+    def counted(folder, line):
+        opened.append(line.id)
+        return original(folder, line)
+
+    monkeypatch.setattr(finetune, "load_record", counted)
+    return opened
+
+
+@pytest.mark.parametrize("data", [DataConfig(eval_fraction=0.3), DataConfig(eval_fraction=0.3, eval_limit=2), DataConfig(eval_fraction=0.0)])
+def test_split_opens_no_image_and_holds_the_same_ids_in_order_as_reading_every_record(tiny_data, loads, data):
+    split = split_dataset(tiny_data, data)
+    assert loads == []
+    # the oracle: the split as it was made from every record read into memory
+    every = list(read_dataset(tiny_data))
+    held = [r.id for r in every if is_held_out(r.id, data.eval_fraction)]
+    assert split.train.ids == [r.id for r in every if not is_held_out(r.id, data.eval_fraction)]
+    assert split.held_out.ids == held[: data.eval_limit]
+    assert isinstance(split.train[:2], DatasetRecords) and split.train[:2].ids == split.train.ids[:2] and loads == []
+    assert [r.id for r in split.train] == split.train.ids and loads == split.train.ids  # iterating reads one by one
+
+
+def test_split_skips_malformed_lines_and_repeated_ids_as_reading_every_record_does(tiny_data, tmp_path, loads):
+    data = _copy(tiny_data, tmp_path / "data")
+    lines = (data / "data.jsonl").read_text().splitlines()
+    (data / "data.jsonl").write_text("\n".join([lines[0], "{not json", lines[4], json.dumps({"id": "x"}), *lines[1:]]) + "\n")
+    split = split_dataset(data, DataConfig(eval_fraction=0.3))
+    every = [r.id for r in read_dataset(data)]  # the first record of a repeated id counts
+    assert len(every) == 12 and split.train.ids == [rid for rid in every if not is_held_out(rid, 0.3)]
+    assert split.held_out.ids == [rid for rid in every if is_held_out(rid, 0.3)] and loads == []
+
+
+def test_training_reads_each_batch_when_it_needs_it_and_matches_records_read_up_front(llava, tiny_data, loads):
+    split = split_dataset(tiny_data, DataConfig(eval_fraction=0.3))
+    eager = [r for r in read_dataset(tiny_data) if r.id in set(split.train.ids)]  # in memory before training
+    config = FinetuneConfig(layers=(0, 1), steps=4, batch_size=3, lr=1e-2, data=FAST)
+    with lora_attached(llava, lora_config(llava, (0, 1), config)):
+        expected = train_lora(llava, eager, config)
+    loads.clear()
+    opened_by_step = []
+    with lora_attached(llava, lora_config(llava, (0, 1), config)):
+        losses = train_lora(llava, split.train, config, TrainCallbacks(on_step=lambda step, loss: opened_by_step.append(len(loads))))
+    assert losses == expected  # the same records in the same batches: the same loss curve
+    assert opened_by_step == [3, 6, 9, 12]  # one batch of records read per step, none ahead
+
+
+def _copy(folder, destination):
+    shutil.copytree(folder, destination)
+    return destination
+
+
+def test_an_image_removed_after_the_split_fails_only_when_a_batch_needs_it(llava, tiny_data, tmp_path, loads):
+    data = _copy(tiny_data, tmp_path / "data")
+    split = split_dataset(data, DataConfig(eval_fraction=0.3))
+    config = FinetuneConfig(layers=(1,), steps=3, batch_size=2, data=FAST)
+    by_step = []
+    with lora_attached(llava, lora_config(llava, (1,), config)):
+        train_lora(llava, split.train, config, TrainCallbacks(on_step=lambda step, loss: by_step.append(list(loads))))
+    first_at_step_3 = next(rid for rid in by_step[2][4:] if rid not in by_step[1])  # read first by the third batch
+    line = next(line for line in split.train.lines if line.id == first_at_step_3)
+    (data / line.fields["image"]).unlink()
+    seen = []
+    with pytest.raises(InputError, match=rf"^record '{first_at_step_3}' \(line {line.number} of '.*data.jsonl'\) cannot be read: .*does not exist"):
+        with lora_attached(llava, lora_config(llava, (1,), config)):
+            train_lora(llava, split.train, config, TrainCallbacks(on_step=lambda step, loss: seen.append(step)))
+    assert seen == [1, 2] and lora_modules(llava.model) == [] and not llava.model.training
+
+
+def test_held_out_captions_read_one_batch_of_records_at_a_time(llava, tiny_data, tmp_path, loads, monkeypatch):
+    data = DataConfig(eval_fraction=0.5, eval_batch_size=2, max_new_tokens=3, meteor=False)
+    split = split_dataset(tiny_data, data)
+    assert len(split.held_out) >= 5
+    opened_at_generate = []
+    generate = llava.model.generate
+    monkeypatch.setattr(llava.model, "generate", lambda *args, **kwargs: opened_at_generate.append(len(loads)) or generate(*args, **kwargs))
+    record = run_pretrained(llava, tiny_data, tmp_path / "run", data)
+    batches = len(opened_at_generate)
+    assert batches == -(-len(split.held_out) // 2)
+    # each batch's records are read when it is made (the next record is read to know the batch is full)
+    assert all(opened <= 2 * (index + 1) + 1 for index, opened in enumerate(opened_at_generate))
+    assert sorted(loads) == sorted(split.held_out.ids)  # every held-out record read once
+    captions = [json.loads(line) for line in (tmp_path / "run" / "captions.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in captions] == split.held_out.ids and record.split["held_out"] == len(split.held_out)
+    assert [c["reference"] for c in captions] == [r.text for r in read_dataset(tiny_data) if r.id in set(split.held_out.ids)]
+
+
+@pytest.mark.parametrize("where", ["train", "held_out"])
+def test_cli_finetune_with_an_unreadable_image_exits_2_naming_the_record_and_leaves_nothing(llava_dir, tiny_data, tmp_path, capsys, where):
+    data = _copy(tiny_data, tmp_path / "data")
+    line = getattr(split_dataset(data, DataConfig(eval_fraction=0.3)), where).lines[0]
+    (data / line.fields["image"]).write_bytes(b"not a PNG")  # found unreadable only when its batch is made
+    out = tmp_path / "runs" / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(data), "--layers", "1", "--steps", "6", "--batch-size", "2",
+            "--eval-fraction", "0.3", "--max-new-tokens", "2", "--no-meteor", "--before", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"record '{line.id}' (line {line.number} of" in err and "Traceback" not in err
+    # the untuned model's run fails on a held-out record, or is a finished run beside no adapter run
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert left == ([] if where == "held_out" else ["pretrained"])
+    assert not list(out.parent.glob(".*")) and not (out / "adapter").exists()
+    if left:
+        assert (out / "pretrained" / "run.json").is_file()
