@@ -20,6 +20,8 @@ from hi_core.finetune import (
     TrainCallbacks,
     TrainingCancelled,
     TrainingDiverged,
+    check_task,
+    has_prompts,
     is_held_out,
     lora_attached,
     lora_config,
@@ -28,6 +30,10 @@ from hi_core.finetune import (
     training_batch,
     trainable_parameters,
 )
+
+from hi_core.inputs import model_image
+
+from .vqa_data import QUESTIONS, write_vqa_dataset
 
 FAST = DataConfig(max_new_tokens=4, meteor=False)
 
@@ -87,6 +93,41 @@ def test_labels_cover_the_description_and_eos_only(llava, records):
         start = int(torch.nonzero(labels != -100)[0])
         assert batch["input_ids"][row, start : start + len(ids)].tolist() == ids  # at the response positions
         assert batch["attention_mask"][row, start + len(ids) :].sum() == 0  # after them only padding
+
+
+def test_training_asks_each_record_its_own_question_and_learns_its_answer(llava, tmp_path):
+    """A VQA record's prefix is built from its own prompt (the question), a record without one from
+    the run's prompt; the labels are the answer's tokens + eos."""
+    records = list(read_dataset(write_vqa_dataset(tmp_path / "vqa", n=3, prompts="some")))  # top, (none), left
+    tokenizer, default = llava.processor.tokenizer, "describe the image ."
+    batch = training_batch(llava, records, default)
+    prefixes = []
+    for row, record in enumerate(records):
+        labels = batch["labels"][row]
+        start = int(torch.nonzero(labels != -100)[0])  # where the answer starts: the prefix's length
+        oracle = llava.adapter.prefix_inputs(llava.processor, model_image(llava.adapter, llava.processor, record.image),
+                                             record.prompt or default)["input_ids"][0].tolist()
+        prefix = batch["input_ids"][row, :start].tolist()
+        assert prefix == oracle
+        answer = tokenizer(record.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert labels[labels != -100].tolist() == answer and batch["input_ids"][row, start : start + len(answer)].tolist() == answer
+        prefixes.append(tokenizer.decode(prefix))
+    assert prefixes[0].endswith(f"{QUESTIONS['top']} assistant :") and prefixes[2].endswith(f"{QUESTIONS['left']} assistant :")
+    assert prefixes[1].endswith(f"{default} assistant :")
+    assert len(set(prefixes)) == 3  # two questions, two prefixes: not one prompt for every record
+
+
+def test_vqa_needs_records_with_prompts(tmp_path, tiny_data):
+    some = write_vqa_dataset(tmp_path / "some", n=4, prompts="some")
+    none = write_vqa_dataset(tmp_path / "none", n=4, prompts="none")
+    assert has_prompts(some) and not has_prompts(none) and not has_prompts(tiny_data)
+    check_task("vqa", some)
+    check_task("caption", none)  # captioning needs none
+    with pytest.raises(InputError, match=r"the VQA task needs records whose `prompt` is the question .*; no record of the "
+                                         r"scenes has a prompt: choose such a dataset, or the caption task"):
+        check_task("vqa", none, "the scenes")
+    with pytest.raises(InputError, match="task must be one of caption, vqa"):
+        DataConfig(task="qa")
 
 
 def test_training_changes_only_the_adapter_and_leaves_the_base_bitwise_equal(llava, records):
