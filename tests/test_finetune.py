@@ -307,6 +307,24 @@ def test_cli_finetune_before_reports_the_untuned_and_the_tuned_model(llava_dir, 
     assert "not trained again" in capsys.readouterr().err
 
 
+def test_cli_finetune_task_vqa_reports_answer_accuracy_with_its_interval(llava_dir, tmp_path, capsys):
+    folder = write_vqa_dataset(tmp_path / "vqa", n=10, prompts="all")
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(folder), "--task", "vqa", "--layers", "1", "--steps", "2",
+            "--batch-size", "2", "--rank", "4", "--max-new-tokens", "2", "--eval-fraction", "0.4", "--before", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    for line, name in zip(err, ("pretrained", "adapter")):
+        record = json.loads((out / name / "run.json").read_text())
+        interval = record["metric_intervals"]["accuracy"]
+        assert record["task"] == "vqa" and list(record["metrics"]) == ["accuracy"]
+        assert (f"held-out accuracy {record['metrics']['accuracy']:.3f} [95% {interval['low']:.3f}, {interval['high']:.3f}]"
+                in line)
+    with pytest.raises(SystemExit) as usage:  # argparse's own one-line usage error
+        main(argv[:-1] + [str(tmp_path / "other"), "--task", "qa"])
+    assert usage.value.code == 2 and "argument --task: invalid choice: 'qa'" in capsys.readouterr().err
+
+
 def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "data.jsonl").write_text("\n")
@@ -324,11 +342,14 @@ def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
                         "--out", str(tmp_path / "o")], "is not a dataset folder"),
         "bad layers": (base + ["--layers", "best"], "layers must be one of top, bottom, random, all"),
         "bad rank": (base + ["--layers", "all", "--rank", "0"], "rank must be at least 1"),
+        "vqa without questions": (base + ["--layers", "all", "--task", "vqa"],
+                                  f"the VQA task needs records whose `prompt` is the question (and `text` its answer); "
+                                  f"no record of {str(tiny_data)!r} has a prompt"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown layer", "k too large", "missing ranking", "other model's ranking", "empty dataset",
-                                  "no dataset", "bad layers", "bad rank"])
+                                  "no dataset", "bad layers", "bad rank", "vqa without questions"])
 def test_cli_finetune_bad_input_exits_2_with_one_line(case, tmp_path, tiny_data, llava_dir, capsys):
     argv, message = _cli_bad_cases(tmp_path, tiny_data, llava_dir)[case]
     assert main(argv) == 2
