@@ -388,5 +388,5 @@ def test_vqa_records_are_scored_on_the_answer_with_their_own_question_against_th
         # against the record's own mask: 14 px squares on 8 px cells cover (at least half of) 2 x 2 cells
         assert np.array_equal(object_patches, alone.mask.object_patches) and image.object_patches == int(object_patches.sum()) == 4
     questions = [tokenizer.decode(prefix) for prefix in prefixes]
-    assert "top" in questions[0] and "left" in questions[2] and "describe" in questions[1]
+    assert QUESTIONS["top"] in questions[0] and QUESTIONS["left"] in questions[2] and "describe the image" in questions[1]
     assert prefixes[0] != prefixes[2] and len({tuple(p) for p in prefixes}) == 3  # two questions, and the default prompt

@@ -67,7 +67,7 @@ def tuned_summary(session: FinetuneSession) -> str:
         f"{', '.join(map(str, after.layers))} of {after.num_layers} ({how}) · **trainable parameters** "
         f"{after.trainable_parameters:,} of {after.total_parameters:,} ({100 * after.trainable_share:.3g}%)  \n"
         + (f"**Ranking:** {ranking.source}  \n" if ranking is not None else "")
-        + (f"**Captioned before and after:** " if after.task != "vqa" else "**Questions answered before and after:** ")
+        + ("**Captioned before and after:** " if after.task != "vqa" else "**Questions answered before and after:** ")
         + f"{after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
         + accuracy_line(session.before, after)
         + " ".join(note.rstrip(".") + "." for note in after.metric_notes)
