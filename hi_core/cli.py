@@ -31,7 +31,7 @@ from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .distributed import is_distributed, is_main_process, process_state
 from .errors import InputError
-from .finetune import DataConfig, FinetuneConfig, Schedule
+from .finetune import DataConfig, FinetuneConfig, Schedule, Task, check_task
 from .image_scoring import AnalysisConfig
 from .inputs import DEFAULT_PROMPT, Queries
 from .layer_selection import LayerChoice, Ranking, check_layer_choice, needs_ranking, read_ranking
@@ -84,7 +84,8 @@ def _add_score(subcommands: argparse._SubParsersAction) -> None:
                       help="average over every response token instead of each record's key phrase")
     data.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals (default: %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    score.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt (default: %(default)r)")
+    score.add_argument("--prompt", default=DEFAULT_PROMPT,
+                       help="the prompt; with --dataset, of the records without their own `prompt` (default: %(default)r)")
     score.add_argument("--key-phrase", help="score only the response tokens overlapping this phrase")
     score.add_argument("--queries", choices=get_args(Queries), default="producing",
                        help="query rows: the row producing each token, or the token's own row (default: %(default)s)")
@@ -273,7 +274,12 @@ def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up share of the steps (default: %(default)s)")
     parser.add_argument("--schedule", choices=get_args(Schedule), default=defaults.schedule, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed (compare: the first seed) (default: %(default)s)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt (default: %(default)r)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help="the prompt of the records without their own `prompt` (default: %(default)r)")
+    parser.add_argument("--task", choices=get_args(Task), default=defaults.data.task,
+                        help="how the held-out records are scored: caption metrics, or for vqa (records whose prompt is "
+                        "a question and text its answer) answer accuracy, normalized exact match with a 95%% interval "
+                        "(default: %(default)s)")
     parser.add_argument("--eval-fraction", type=float, default=defaults.data.eval_fraction,
                         help="share of records held out for the caption metrics, by a hash of the id (default: %(default)s)")
     parser.add_argument("--eval-dataset", metavar="DIR", help="a separate held-out dataset (its ids are left out of training)")
@@ -313,7 +319,7 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _finetune_config(args: argparse.Namespace, layers: str) -> FinetuneConfig:
-    data = DataConfig(prompt=args.prompt, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
+    data = DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
                       max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
     targets = tuple(name.strip() for name in args.targets.split(",")) if args.targets else ()
     return FinetuneConfig(layers=layers, k=args.k, rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets,
@@ -326,6 +332,7 @@ def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedMode
     for folder in filter(None, (args.dataset, args.eval_dataset)):
         if count_records(folder) == 0:
             raise InputError(f"dataset {folder!r} is empty: its data.jsonl has no records")
+        check_task(args.task, folder)
     ranking = read_ranking(args.ranking) if args.ranking else None
     if args.ranking_limit is not None and args.ranking_limit < 1:
         raise InputError(f"--ranking-limit must be at least 1, got {args.ranking_limit}")
@@ -371,7 +378,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 
 def _metrics_line(record: RunRecord) -> str:
-    return ", ".join(f"{name} {value:.3f}" for name, value in record.metrics.items()) or "not evaluated"
+    def shown(name: str, value: float) -> str:
+        interval = record.metric_intervals.get(name)
+        return f"{name} {value:.3f}" + (f" [95% {interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
+
+    return ", ".join(shown(name, value) for name, value in record.metrics.items()) or "not evaluated"
 
 
 def _run_compare(args: argparse.Namespace) -> None:

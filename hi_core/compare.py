@@ -5,9 +5,12 @@ random or bottom-k layers, on all layers, and no tuning, over several seeds.
 (seed s sets the LoRA initialization, the data order and, for `random`, the layers); each run is a
 run folder of `runs.py`, so a rerun reuses the finished ones (and says so through `on_run`) and an
 interruption loses only the run in progress. Then it summarizes the held-out metrics per strategy
-(mean over seeds, 95% t-interval), the differences top - random and top - bottom (95% Welch
+(mean over seeds, 95% t-interval; the one `pretrained` run's answer accuracy with its 95% Wilson
+interval over the held-out records), the differences top - random and top - bottom (95% Welch
 interval), and writes `results.json`, `report.md` and the figures `metrics.png`, `loss.png`,
 `layers.png`. The ranking, when computed from the dataset, is kept in `ranking.json` for reruns.
+The task (`FinetuneConfig.data.task`) decides the metrics: caption metrics, or for `vqa` answer
+accuracy (normalized exact match) of the answers to each record's question.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from scipy import stats
 
 from .distributed import is_main_process
 from .errors import InputError, check_number
-from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, split_dataset
+from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, check_task, split_dataset
 from .layer_selection import Ranking, select_layers
 from .loading import LoadedModel
 from .outputs import atomic_path, check_output_folder, write_json
@@ -33,7 +36,8 @@ from .runs import RUN_FILE, RunRecord, dataset_ranking, run_finetune, run_pretra
 logger = logging.getLogger(__name__)
 
 CompareStrategy = Literal["pretrained", "top", "random", "bottom", "all"]
-METRICS = {"bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr", "meteor": "METEOR", "exact": "exact match"}
+METRICS = {"bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr", "meteor": "METEOR", "exact": "exact match",
+           "accuracy": "answer accuracy"}
 RANKING_FILE = "ranking.json"
 
 
@@ -114,7 +118,7 @@ class Comparison:
                 "layers": [record.layers for record in records],
                 "trainable_parameters": records[0].trainable_parameters,
                 "trainable_share": records[0].trainable_share,
-                "metrics": {name: mean_interval([r.metrics[name] for r in records]) for name in self.metric_names()
+                "metrics": {name: _metric_summary(records, name) for name in self.metric_names()
                             if all(name in r.metrics for r in records)},
                 "final_loss": mean_interval([float(np.mean(r.losses[-10:])) for r in records]) if records[0].losses else None,
                 "seconds_per_step": float(np.mean([r.timings["seconds_per_step"] for r in records])),
@@ -139,6 +143,7 @@ class Comparison:
         return {
             "model": self.model,
             "dataset": self.dataset,
+            "task": self.config.finetune.data.task,
             "config": asdict(self.config),
             "ranking": self.ranking.to_json() if self.ranking is not None else None,
             "num_layers": any_run.num_layers,
@@ -149,6 +154,18 @@ class Comparison:
             "runs": {strategy: [f"runs/{_folder(r)}" for r in records] for strategy, records in self.runs.items()},
             "reused": self.reused,
         }
+
+
+def _metric_summary(records: list[RunRecord], name: str) -> dict[str, Any]:
+    """Mean over the runs with a t-interval over seeds (`interval`: "seeds"); a single run with an
+    interval of its own over its held-out records (answer accuracy) has that one ("held-out records")."""
+    entry = mean_interval([record.metrics[name] for record in records])
+    if entry["low"] is not None:
+        return entry | {"interval": "seeds"}
+    own = records[0].metric_intervals.get(name) if len(records) == 1 else None
+    if own is not None:
+        return entry | {"low": own["low"], "high": own["high"], "interval": "held-out records"}
+    return entry | {"interval": None}
 
 
 def _folder(record: RunRecord) -> str:
@@ -207,6 +224,9 @@ def run_compare(
     for strategy in config.strategies:  # input errors (k too large, ...) before any work
         if strategy not in ("pretrained", "top", "bottom"):
             select_layers(strategy, adaptable, config.finetune.k, None, config.finetune.seed)
+    for folder in (dataset, eval_dataset):  # a VQA comparison needs questions, before the ranking is scored
+        if folder is not None:
+            check_task(config.finetune.data.task, folder)
     ranking = _ranking(loaded, dataset, out, ranking, ranking_limit) if needs else None
     if ranking is not None:
         select_layers("top", adaptable, config.finetune.k, ranking)
@@ -300,8 +320,14 @@ def report_markdown(comparison: Comparison) -> str:
     if ranking is not None:
         order = ", ".join(f"{layer} ({score:.3f})" for layer, score in zip(ranking.layers, ranking.scores))
         lines.append(f"- ranking (layer score, best first): {order}; from {ranking.source}")
+    if data["task"] == "vqa":
+        lines.append("- task: closed-form VQA (each record's prompt is its question, its text the answer); answer accuracy = "
+                     "normalized exact match (the VQA evaluation's normalization)")
+    pretrained = summary.get("pretrained", {}).get("metrics", {})
+    wilson = any(entry.get("interval") == "held-out records" for entry in pretrained.values())
     lines += [
-        "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run",
+        "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run"
+        + (" [its answer accuracy: 95% Wilson interval over the held-out records]" if wilson else ""),
         "",
         "| strategy | layers (per seed) | trainable parameters | " + " | ".join(METRICS[m] for m in metrics) + " | final loss |",
         "|---|---|---|" + "---|" * len(metrics) + "---|",

@@ -7,8 +7,9 @@ targeting, training loop.
   wrap the vision tower's layers with the same numbers; see NOTES.) Only layers with softmax
   attention are adapted: a hybrid model's linear-attention layers are neither scored nor tuned.
 - `train_lora` trains the attached adapter: AdamW, warm-up then cosine/linear decay, seeded; the
-  batches are built like scoring's (`build_inputs` + `collate`, right padding), with the loss on the
-  description tokens and the end-of-sequence token only. It runs through `accelerate.Accelerator`,
+  batches are built like scoring's (`build_inputs` + `collate`, right padding), each record with its own
+  prompt when it has one (a VQA record's question), with the loss on the description (or answer)
+  tokens and the end-of-sequence token only. It runs through `accelerate.Accelerator`,
   so the same loop works under `accelerate launch` (each process takes its slice of every batch).
 - `split_dataset` holds records out by a hash of their id (or takes a separate dataset). It reads
   only data.jsonl: the split holds each record's scanned line (`DatasetRecords`), and a record's
@@ -46,6 +47,7 @@ from .loading import LoadedModel
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["cosine", "linear", "constant_with_warmup"]
+Task = Literal["caption", "vqa"]
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (accelerate's `set_seed`) accepts 0..2**32 - 1
 
 
@@ -56,9 +58,15 @@ class DataConfig:
     eval_fraction: share of records held out, chosen by a hash of the record id (the same records
     whatever the order or size of the file); ignored when a separate evaluation dataset is given.
     eval_limit: caption at most this many held-out records (None: all).
+    prompt: the prompt of records without their own `prompt` (a record's own prompt always wins, in
+    training and on the held-out records alike).
+    task: what the held-out answers are scored as: `caption` (BLEU-4, ROUGE-L, CIDEr, METEOR, exact
+    match) or `vqa` (closed-form VQA: each record's prompt is its question and its text the answer;
+    answer accuracy, normalized exact match, with a 95% interval). `vqa` needs records with prompts.
     """
 
     prompt: str = DEFAULT_PROMPT
+    task: Task = "caption"
     eval_fraction: float = 0.2
     eval_limit: int | None = None
     max_new_tokens: int = 64
@@ -66,6 +74,7 @@ class DataConfig:
     meteor: bool = True
 
     def __post_init__(self) -> None:
+        check_choice("task", self.task, Task)
         check_number("eval_fraction", self.eval_fraction, "a number in [0, 1)", lambda v: 0 <= v < 1)
         if self.eval_limit is not None:
             check_number("eval_limit", self.eval_limit, "at least 1", lambda v: v >= 1)
@@ -226,6 +235,19 @@ def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dat
     return Split(train=train, held_out=held_out, description=description)
 
 
+def has_prompts(dataset: str | Path) -> bool:
+    """Whether any well-formed record of the dataset has its own prompt (reads only data.jsonl)."""
+    return any(line.fields.get("prompt") for line in scan_dataset(dataset) if line.problem is None)
+
+
+def check_task(task: Task, dataset: str | Path, name: str | None = None) -> None:
+    """A VQA run needs questions: InputError when no record of `dataset` has a prompt (the default
+    prompt would be asked of every record). `name`: the dataset as the message calls it."""
+    if task == "vqa" and not has_prompts(dataset):
+        raise InputError(f"the VQA task needs records whose `prompt` is the question (and `text` its answer); no record of "
+                         f"{name or repr(str(dataset))} has a prompt: choose such a dataset, or the caption task")
+
+
 # --- LoRA on the chosen layers ------------------------------------------------------------------
 
 
@@ -293,8 +315,9 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 
 def training_inputs(loaded: LoadedModel, record: Record, prompt: str) -> ModelInputs:
-    """The record's sequence (prefix + description) with the end-of-sequence token appended."""
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, prompt, record.text)
+    """The record's sequence (prefix + description) with the end-of-sequence token appended; the
+    prefix is built with the record's own prompt (a VQA question) if it has one, else `prompt`."""
+    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, record.prompt or prompt, record.text)
     eos = loaded.processor.tokenizer.eos_token_id
     if eos is None:
         return inputs
@@ -309,7 +332,8 @@ def training_inputs(loaded: LoadedModel, record: Record, prompt: str) -> ModelIn
 
 
 def training_batch(loaded: LoadedModel, records: Sequence[Record], prompt: str) -> dict[str, torch.Tensor]:
-    """A right-padded batch with `labels`: the description + eos tokens, -100 on prefix and padding."""
+    """A right-padded batch with `labels`: the description (answer) + eos tokens, -100 on prefix and
+    padding. `prompt`: for records without their own."""
     items = [training_inputs(loaded, record, prompt) for record in records]
     batch = collate(items, pad_token_id(loaded.processor.tokenizer))
     labels = batch["input_ids"].clone()  # (B, T)

@@ -1,5 +1,6 @@
 """Caption metrics from pycocoevalcap: BLEU-4, ROUGE-L and CIDEr (pure Python, no Java), and
-METEOR where Java is installed (pycocoevalcap's METEOR 1.5 jar runs in a Java subprocess).
+METEOR where Java is installed (pycocoevalcap's METEOR 1.5 jar runs in a Java subprocess); and the
+closed-form VQA metric, answer accuracy: normalized exact match, with a 95% Wilson interval.
 
 CIDEr's IDF comes from the evaluated references, so it is only meaningful over a corpus.
 SPICE is not computed: it downloads Stanford CoreNLP at first use, which fails offline.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+
+from scipy import stats
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -59,3 +62,43 @@ def meteor_score(references: dict[str, list[str]], candidates: dict[str, str]) -
         logger.warning("METEOR failed: %s", error)
         return None, f"METEOR skipped: the Java METEOR process failed ({error})"
     return float(score), None
+
+
+# --- closed-form VQA: answer accuracy -----------------------------------------------------------
+
+# The VQA evaluation's normalization (Antol et al. 2015, vqaEval.py), on one reference answer:
+# lower-case; punctuation to spaces ("t-shirt" -> "t shirt"), except a decimal point between two
+# digits (kept) and a thousands separator (dropped); number words to digits; articles dropped.
+_NUMBERS = dict(zip("none zero one two three four five six seven eight nine ten".split(), "0 0 1 2 3 4 5 6 7 8 9 10".split()))
+_ARTICLES = {"a", "an", "the"}
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as the VQA evaluation compares it: "The Two circles." -> "2 circles"."""
+    text = _PUNCTUATION.sub(" ", _THOUSANDS.sub("", text.lower()))
+    words = [_NUMBERS.get(word, word) for word in text.split()]
+    return " ".join(word for word in words if word not in _ARTICLES)
+
+
+def answer_correct(reference: str, answer: str) -> bool:
+    """Whether the answer equals the reference after normalization (an empty answer never does)."""
+    normalized = normalize_answer(answer)
+    return bool(normalized) and normalized == normalize_answer(reference)
+
+
+def answer_accuracy(references: dict[str, str], answers: dict[str, str]) -> float:
+    """Share of ids whose answer matches its reference (normalized exact match)."""
+    if set(references) != set(answers) or not answers:
+        raise ValueError("references and answers must have the same, non-empty set of ids")
+    return sum(answer_correct(references[key], answers[key]) for key in references) / len(references)
+
+
+def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `correct / total`: unlike the normal approximation it
+    stays inside [0, 1] and has a width at 0 or `total` correct (e.g. 10 of 10: [0.72, 1])."""
+    if total < 1 or not 0 <= correct <= total:
+        raise ValueError(f"need 0 <= correct <= total and total >= 1, got {correct} of {total}")
+    interval = stats.binomtest(correct, total).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)

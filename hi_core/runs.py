@@ -1,8 +1,9 @@
 """A fine-tuning run on disk: one folder per run, complete or absent, reused when finished.
 
 `run_finetune` does one run end to end: the held-out split, layer selection (`layer_selection.py`),
-LoRA training (`finetune.py`), greedy captions of the held-out records (`captioning.py`), then a run
-folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`), the held-out
+LoRA training (`finetune.py`), greedy captions of the held-out records (`captioning.py`; each asked
+with its own prompt if it has one; scored as captions, or as VQA answers by answer accuracy when the
+task is `vqa`), then a run folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`), the held-out
 captions (`captions.jsonl`) and `run.json` (`RunRecord`). The folder is written under a temporary
 name and renamed into place, `run.json` last, so an interrupted run leaves nothing behind; a rerun
 with the same settings finds the finished run and returns it without training again. The output
@@ -26,11 +27,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .captioning import SAMPLES, evaluate_captions, generate_captions
+from .captioning import CaptionEvaluation, evaluate_answers, evaluate_captions, generate_captions
 from .dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from .datasets import INDEX
 from .distributed import is_distributed
@@ -41,6 +42,7 @@ from .finetune import (
     Split,
     TrainCallbacks,
     attention_targets,
+    check_task,
     lora_attached,
     lora_config,
     make_accelerator,
@@ -61,7 +63,9 @@ CAPTIONS_FILE = "captions.jsonl"
 @dataclass(frozen=True)
 class RunRecord:
     """What `run.json` holds. strategy: top/bottom/random/all/list, or `pretrained` (no tuning).
-    losses: (steps,) training loss per step. metrics: held-out caption metrics (may be empty)."""
+    losses: (steps,) training loss per step. metrics: held-out caption metrics, or answer accuracy
+    for task `vqa` (may be empty). task: `caption` or `vqa` (runs written before tasks: caption).
+    metric_intervals: {metric: {"low", "high"}} 95% intervals over the held-out records (accuracy)."""
 
     strategy: str
     settings: dict[str, Any]
@@ -77,6 +81,8 @@ class RunRecord:
     samples: list[dict[str, str]]
     split: dict[str, Any]
     timings: dict[str, Any]
+    task: str = "caption"
+    metric_intervals: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def trainable_share(self) -> float:
@@ -115,6 +121,18 @@ def check_run_folder(folder: str | Path, what: str = "run folder") -> Path:
     return folder
 
 
+def _with_task(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings read back from a run.json written before runs had a task: those were caption runs."""
+    config = settings.get("config")
+    if not isinstance(config, dict):
+        return settings
+    if isinstance(config.get("data"), dict) and "task" not in config["data"]:  # a tuned run: FinetuneConfig
+        return settings | {"config": config | {"data": config["data"] | {"task": "caption"}}}
+    if "eval_fraction" in config and "task" not in config:  # the untuned baseline: DataConfig
+        return settings | {"config": config | {"task": "caption"}}
+    return settings
+
+
 def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | None:
     """The run in `folder` if it finished with these settings; None if there is none yet."""
     path = check_run_folder(folder) / RUN_FILE
@@ -124,7 +142,7 @@ def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | No
         record = RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, AttributeError) as error:
         raise InputError(f"{str(path)!r} is not a {RUN_FILE} written by a run ({error}); delete the folder or choose another") from None
-    if record.settings != settings:
+    if _with_task(record.settings) != settings:
         differing = sorted(key for key in settings.keys() | record.settings.keys() if settings.get(key) != record.settings.get(key))
         raise InputError(f"{str(folder)!r} holds a run made with other settings ({', '.join(differing)}); "
                          "delete it or choose another output folder")
@@ -159,14 +177,27 @@ def run_folder(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _evaluate(loaded: LoadedModel, split: Split, data: DataConfig) -> tuple[dict[str, float], list[str], list[dict[str, str]]]:
+def _evaluate(loaded: LoadedModel, split: Split, data: DataConfig) -> CaptionEvaluation:
+    """The held-out records captioned (each with its own prompt, else the run's) and scored for the task."""
     if not split.held_out:
-        return {}, ["no held-out records: metrics not computed"], []
-    images = (record.image for record in split.held_out)  # each record read when its batch is captioned
-    generated = generate_captions(loaded, images, data.prompt, data.max_new_tokens, data.eval_batch_size)
-    references = {line.id: line.fields["text"] for line in split.held_out.lines}  # no image opened
-    result = evaluate_captions(references, dict(zip(split.held_out.ids, generated)), data.meteor)
-    return result.metrics, result.notes, result.captions
+        return CaptionEvaluation(metrics={}, notes=["no held-out records: metrics not computed"])
+    held_out = split.held_out
+    prompts = [line.fields["prompt"] or data.prompt for line in held_out.lines]  # from the index: no image opened
+    images = (record.image for record in held_out)  # each record read when its batch is captioned
+    generated = generate_captions(loaded, images, prompts, data.max_new_tokens, data.eval_batch_size)
+    references = {line.id: line.fields["text"] for line in held_out.lines}
+    answers = dict(zip(held_out.ids, generated))
+    own_prompts = {line.id: line.fields["prompt"] for line in held_out.lines if line.fields["prompt"]}
+    if data.task == "vqa":
+        return evaluate_answers(references, answers, own_prompts)
+    return evaluate_captions(references, answers, data.meteor, own_prompts)
+
+
+def _check_task(task: str, dataset: str | Path, eval_dataset: str | Path | None) -> None:
+    """A VQA run's training set and held-out set must have questions (prompts): InputError before any work."""
+    for folder in (dataset, eval_dataset):
+        if folder is not None:
+            check_task(task, folder)  # type: ignore[arg-type]
 
 
 def _write_run(folder: Path, record: RunRecord, captions: list[dict[str, str]], save_adapter: Callable[[Path], None] | None) -> None:
@@ -203,6 +234,7 @@ def run_finetune(
     num_layers = len(loaded.adapter.decoder_layers(loaded.model))
     adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers: all but a hybrid's others
     layers = select_layers(config.layers, adaptable, config.k, ranking, config.seed)  # input errors before any work
+    _check_task(config.data.task, dataset, eval_dataset)
     settings = run_settings(loaded, dataset, eval_dataset, config, ranking if needs_ranking(config.layers) else None)
     done = finished_run(out, settings)
     if done is not None:
@@ -218,7 +250,7 @@ def run_finetune(
         train_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         main = accelerator.is_main_process  # the other processes of a multi-GPU run only train
-        metrics, notes, captions = _evaluate(loaded, split, config.data) if main else ({}, [], [])
+        evaluation = _evaluate(loaded, split, config.data) if main else CaptionEvaluation(metrics={})
         eval_seconds = time.perf_counter() - clock
         total = sum(parameter.numel() for name, parameter in peft_model.named_parameters() if "lora_" not in name)
         record = RunRecord(
@@ -231,15 +263,17 @@ def run_finetune(
             trainable_parameters=trainable,
             total_parameters=total,
             losses=losses,
-            metrics=metrics,
-            metric_notes=notes,
-            samples=captions[:SAMPLES],
+            metrics=evaluation.metrics,
+            metric_notes=evaluation.notes,
+            samples=evaluation.samples,
             split=_split_summary(split),
             timings={"started": started, "finished": _now(), "train_seconds": train_seconds,
                      "seconds_per_step": train_seconds / config.steps, "eval_seconds": eval_seconds},
+            task=config.data.task,
+            metric_intervals=evaluation.intervals,
         )
         if main:
-            _write_run(Path(out), record, captions, peft_model.save_pretrained)
+            _write_run(Path(out), record, evaluation.captions, peft_model.save_pretrained)
         accelerator.wait_for_everyone()
     return record
 
@@ -249,6 +283,7 @@ def run_pretrained(
     eval_dataset: str | Path | None = None, split: Split | None = None,
 ) -> RunRecord:
     """The baseline without tuning: the held-out captions of the model as it is, in a run folder."""
+    _check_task(data.task, dataset, eval_dataset)
     settings = run_settings(loaded, dataset, eval_dataset, data)
     done = finished_run(out, settings)
     if done is not None:
@@ -258,17 +293,18 @@ def run_pretrained(
     accelerator = make_accelerator(loaded)
     main = accelerator.is_main_process  # under `accelerate launch` the main process alone evaluates
     started, clock = _now(), time.perf_counter()
-    metrics, notes, captions = _evaluate(loaded, split, data) if main else ({}, [], [])
+    evaluation = _evaluate(loaded, split, data) if main else CaptionEvaluation(metrics={})
     total = sum(parameter.numel() for parameter in loaded.model.parameters())
     record = RunRecord(
         strategy="pretrained", settings=settings, layers=[], num_layers=len(loaded.adapter.decoder_layers(loaded.model)),
-        targets=[], ranking=None, trainable_parameters=0, total_parameters=total, losses=[], metrics=metrics,
-        metric_notes=notes, samples=captions[:SAMPLES], split=_split_summary(split),
+        targets=[], ranking=None, trainable_parameters=0, total_parameters=total, losses=[], metrics=evaluation.metrics,
+        metric_notes=evaluation.notes, samples=evaluation.samples, split=_split_summary(split),
         timings={"started": started, "finished": _now(), "train_seconds": 0.0, "seconds_per_step": 0.0,
                  "eval_seconds": time.perf_counter() - clock},
+        task=data.task, metric_intervals=evaluation.intervals,
     )
     if main:
-        _write_run(Path(out), record, captions, None)
+        _write_run(Path(out), record, evaluation.captions, None)
     accelerator.wait_for_everyone()
     return record
 
@@ -352,6 +388,7 @@ def run_before_after(
     out = Path(out)
     stage = on_stage or (lambda text: None)
     select_layers(config.layers, loaded.adapter.scored_layers(loaded.model), config.k, ranking, config.seed)  # a bad choice fails before the slow steps
+    _check_task(config.data.task, folder, eval_dataset)
     for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
         check_run_folder(out / name, f"{name} run folder")
     stage("reading the held-out split")

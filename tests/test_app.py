@@ -1,7 +1,8 @@
 """The app through its API (gradio_client): analysis, head selection, per-session state, errors, the
 per-token view (the views on chosen tokens' rows) and the before/after view of a tuned model; the Dataset tab: scoring the demo set or an uploaded zip, best/worst galleries, unsafe and bad zips; the
 Fine-tune tab: a run that finishes (metrics, loss curve, a loadable adapter zip, the tuned model back in
-the explorer, whose cached model never carries LoRA), a cancelled run, bad input."""
+the explorer, whose cached model never carries LoRA), a cancelled run, bad input, the VQA task (answer
+accuracy; a dataset without questions is refused in the page)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE
 
 from .app_api import UNCHANGED, outputs, predict
+from .vqa_data import write_vqa_dataset
 
 EXAMPLE_DIR = EXAMPLES_DIR
 
@@ -404,10 +406,12 @@ def test_gallery_overlay_puts_the_map_on_its_cells_and_outlines_the_mask():
 # --- the Fine-tune tab -----------------------------------------------------------------------------
 
 
-def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False, lr=1e-3):
+def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False, lr=1e-3,
+                  task=None):
+    """`task`: None leaves the page's default (captioning)."""
     return client.submit(model_name=model, device="cpu", source=source, archive=handle_file(str(archive)) if archive else None,
                          strategy=strategy, layer_list=layers, k=k, rank=4, steps=steps, lr=lr, batch_size=2, seed=0,
-                         meteor=meteor, api_name="/finetune")
+                         meteor=meteor, **({"task": task} if task else {}), api_name="/finetune")
 
 
 def _finetune(client, model, **options):
@@ -553,6 +557,36 @@ def test_bad_finetune_input_is_shown_and_leaves_no_files(server, tmp_path, optio
     shown = _finetune(client, model, **options)
     assert message in shown["ft-status"] and shown["ft-summary"] == UNCHANGED
     assert _run_folders() <= before
+
+
+def test_the_vqa_task_answers_each_records_question_and_shows_answer_accuracy(server, tmp_path):
+    url, model = server
+    client = Client(url, verbose=False)
+    archive = _zip_of(write_vqa_dataset(tmp_path / "vqa", n=10, prompts="some"), tmp_path / "vqa.zip")
+    shown = _finetune(client, model, source="zip", archive=archive, strategy="list", layers="1", steps=2, task="vqa")
+    status, metrics, summary, samples = shown["ft-status"], shown["ft-metrics"], shown["ft-summary"], shown["ft-samples"]
+    assert status.startswith("**Finished:** 2 steps")
+    assert [row[0] for row in metrics["data"]] == ["answer accuracy"]  # instead of the caption metrics
+    before, after, change = metrics["data"][0][1:]
+    assert 0 <= before <= 1 and 0 <= after <= 1 and change == pytest.approx(after - before, abs=2e-4)
+    shown_before, shown_after = (float(x) for x in re.search(r"before \*\*(\S+)\*\* \[\S+, \S+\] → after \*\*(\S+)\*\* \[", summary).groups())
+    assert (shown_before, shown_after) == (pytest.approx(before, abs=1e-3), pytest.approx(after, abs=1e-3))
+    assert "**Questions answered before and after:**" in summary and "normalized exact match" in summary
+    assert samples["headers"] == ["id", "question", "answer", "before", "after"] and samples["data"]
+    questions = {json.loads(line)["id"]: json.loads(line).get("prompt", "") for line in (tmp_path / "vqa" / "data.jsonl").read_text().splitlines()}
+    assert all(row[1] == questions[row[0]] for row in samples["data"]) and all(row[4][-1] in "✓✗" for row in samples["data"])
+
+
+@pytest.mark.parametrize("source", ["demo", "zip"])
+def test_the_vqa_task_on_a_dataset_without_questions_says_so_in_the_page(server, tmp_path, source):
+    url, model = server
+    client = Client(url, verbose=False)
+    archive = _zip_of(write_vqa_dataset(tmp_path / "plain", n=4, prompts="none"), tmp_path / "plain.zip") if source == "zip" else None
+    before = _run_folders()
+    shown = _finetune(client, model, source=source, archive=archive, strategy="all", steps=1, task="vqa")
+    name = "the demo set" if source == "demo" else "`plain.zip`"
+    assert f"the VQA task needs records whose `prompt` is the question (and `text` its answer); no record of {name} has a prompt" in shown["ft-status"]
+    assert shown["ft-summary"] == UNCHANGED and str(tmp_path) not in shown["ft-status"] and _run_folders() <= before
 
 
 def test_a_cancel_with_nothing_running_does_not_stop_the_next_run(server):

@@ -1,4 +1,5 @@
-"""Held-out captions: left-padded batches generate what one-at-a-time generation does; metrics and notes."""
+"""Held-out captions: left-padded batches generate what one-at-a-time generation does, each image with
+its own prompt when given one; metrics and notes; VQA answers scored by answer accuracy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.captioning import evaluate_captions, generate_captions, left_padded
+from hi_core.captioning import evaluate_answers, evaluate_captions, generate_captions, left_padded
+from hi_core.metrics import accuracy_interval
 
 
 def test_left_padding_aligns_the_ends_and_masks_the_padding():
@@ -29,9 +31,35 @@ def test_batched_captions_equal_one_at_a_time(llava):
     assert any(batched)
 
 
+def test_each_image_is_asked_its_own_prompt(llava):
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(4)]
+    prompts = ["what is at the top ?", "describe the image .", "what is at the left ?", "what is in this picture ?"]
+    batched = generate_captions(llava, images, prompts, max_new_tokens=6, batch_size=4)  # prompts of 3 lengths, left-padded
+    assert batched == [one_caption(llava, image, prompt) for image, prompt in zip(images, prompts)]
+    assert batched != generate_captions(llava, images, "describe the image .", max_new_tokens=6, batch_size=4)  # the prompts mattered
+    with pytest.raises(ValueError, match="argument 2 is shorter than argument 1"):  # 3 prompts for 4 images
+        generate_captions(llava, images, prompts[:3])
+
+
+def test_answers_are_scored_by_accuracy_with_an_interval_and_marked():
+    references = {"1": "red", "2": "circle", "3": "2", "4": "blue"}
+    answers = {"1": "Red.", "2": "the circle", "3": "three", "4": ""}
+    questions = {"1": "what colour is it ?", "2": "what shape is it ?", "3": "how many ?"}  # record 4 has no prompt of its own
+    result = evaluate_answers(references, answers, questions)
+    assert result.metrics == {"accuracy": 0.5}  # no caption metrics for one-word answers
+    low, high = accuracy_interval(2, 4)
+    assert result.intervals == {"accuracy": {"low": low, "high": high}} and low < 0.5 < high
+    assert [c["correct"] for c in result.captions] == [True, True, False, False]
+    assert result.captions[0] == {"id": "1", "prompt": "what colour is it ?", "reference": "red", "generated": "Red.", "correct": True}
+    assert "prompt" not in result.captions[3] and any("normalized exact match" in note for note in result.notes)
+    with pytest.raises(ValueError):
+        evaluate_answers(references, {"1": "red"})
+
+
 @torch.inference_mode()
-def one_caption(loaded, image):
-    prefix = loaded.adapter.prefix_inputs(loaded.processor, image, "describe the image .")
+def one_caption(loaded, image, prompt="describe the image ."):
+    prefix = loaded.adapter.prefix_inputs(loaded.processor, image, prompt)
     output = loaded.model.generate(**prefix, max_new_tokens=6, do_sample=False)
     return loaded.processor.tokenizer.decode(output[0, prefix["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 

@@ -1,5 +1,6 @@
 """The comparison: every strategy and seed run once, the right layers per strategy, report.md,
-results.json and figures; a rerun reuses finished runs; an interruption keeps the finished ones."""
+results.json and figures; a rerun reuses finished runs; an interruption keeps the finished ones;
+`compare --task vqa` end to end, reporting answer accuracy with intervals."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from hi_core.datasets import write_synthetic
 from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig
 from hi_core.layer_selection import Ranking, select_layers
+from hi_core.metrics import accuracy_interval
+
+from .vqa_data import write_vqa_dataset
 
 FAST = DataConfig(max_new_tokens=3, meteor=False, eval_fraction=0.3)
 CONFIG = CompareConfig(finetune=FinetuneConfig(k=1, rank=4, steps=2, batch_size=2, lr=1e-2, data=FAST), seeds=2)
@@ -167,3 +171,41 @@ def test_a_comparison_is_never_written_over_what_the_user_owns(llava, tiny_data,
 def test_config_refuses_nan_and_seeds_past_numpys_range(kwargs, message):
     with pytest.raises(InputError, match=message):
         CompareConfig(**kwargs)
+
+
+def test_cli_compare_task_vqa_reports_answer_accuracy_with_intervals(llava_dir, tmp_path, capsys):
+    folder = write_vqa_dataset(tmp_path / "vqa", n=10, prompts="some")
+    ranking = tmp_path / "score.json"
+    ranking.write_text(json.dumps({"layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.1}]}))
+    out = tmp_path / "c"
+    argv = ["compare", "--model", str(llava_dir), "--dataset", str(folder), "--out", str(out), "--task", "vqa", "--steps", "1",
+            "--batch-size", "2", "--max-new-tokens", "2", "--eval-fraction", "0.4", "-k", "1", "--seeds", "2",
+            "--strategies", "pretrained,top,bottom", "--ranking", str(ranking)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "vqa" and results["config"]["finetune"]["data"]["task"] == "vqa"
+    for strategy, entry in results["strategies"].items():
+        assert list(entry["metrics"]) == ["accuracy"]  # instead of the caption metrics
+        accuracy = entry["metrics"]["accuracy"]
+        runs_of = [json.loads((out / path / "run.json").read_text()) for path in results["runs"][strategy]]
+        assert [run["task"] for run in runs_of] == ["vqa"] * len(runs_of)
+        assert accuracy["values"] == [run["metrics"]["accuracy"] for run in runs_of]
+        if strategy == "pretrained":  # one run: its Wilson interval over the held-out records
+            answers = [json.loads(line) for line in (out / "runs" / "pretrained" / "captions.jsonl").read_text().splitlines()]
+            low, high = accuracy_interval(sum(a["correct"] for a in answers), len(answers))
+            assert (accuracy["low"], accuracy["high"], accuracy["interval"]) == (low, high, "held-out records")
+        else:  # two seeds: the t-interval over seeds, as for every metric
+            assert accuracy["interval"] == "seeds" and (accuracy["low"], accuracy["high"]) == pytest.approx(
+                (mean_interval(accuracy["values"])["low"], mean_interval(accuracy["values"])["high"]))
+    assert set(results["differences"]["top - bottom"]) == {"accuracy"}
+    report = (out / "report.md").read_text()
+    assert "| answer accuracy | final loss |" in report and "closed-form VQA" in report and "Wilson interval" in report
+    assert (out / "metrics.png").is_file()
+    capsys.readouterr()
+    captions = tmp_path / "captions"  # the same command on records without questions: one line, exit 2, before any run
+    write_vqa_dataset(captions, n=4, prompts="none")
+    argv[argv.index("--dataset") + 1], argv[argv.index("--out") + 1] = str(captions), str(tmp_path / "c2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the VQA task needs records whose `prompt` is the question" in err
+    assert not (tmp_path / "c2").exists()

@@ -23,7 +23,10 @@ from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.distributed import ProcessState
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig, load_model
+from hi_core.inputs import DEFAULT_PROMPT, model_image
 from hi_core.masks import load_image, load_mask
+
+from .vqa_data import QUESTIONS, write_vqa_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,3 +353,40 @@ def test_score_batch_scores_each_record_with_record_analysis(demo, dataset, monk
         np.testing.assert_allclose(result.mass, alone.mass, atol=1e-5)
     plain = analyze_image(demo, records[1].image, records[1].mask, records[1].text, original(config, records[1]))
     assert not np.allclose(results[1].hi, plain.hi)  # the record's own options made a difference
+
+
+def test_vqa_records_are_scored_on_the_answer_with_their_own_question_against_their_mask(llava, tmp_path, monkeypatch):
+    """Each record's sequence is its own question's prefix + its answer's tokens (a record without a
+    prompt: the run's prompt), and its HI is a one-image analysis with that prompt, answer and mask."""
+    folder = write_vqa_dataset(tmp_path / "vqa", n=3, prompts="some")  # top (question), bottom (no prompt), left (question)
+    records = list(read_dataset(folder))
+    seen = {}
+    original = dataset_scoring.prepare_image
+
+    def spy(loaded, image, mask, text, options):
+        prepared = original(loaded, image, mask, text, options)
+        seen[text, options.prompt] = (prepared.inputs, prepared.tokens, prepared.grid.object_patches)
+        return prepared
+
+    monkeypatch.setattr(dataset_scoring, "prepare_image", spy)
+    result = score_dataset(llava, folder, DatasetConfig(batch_size=2))
+    assert [image.id for image in result.images] == [r.id for r in records] and not result.skipped
+    tokenizer, prefixes = llava.processor.tokenizer, []
+    for record, image in zip(records, result.images):
+        prompt = record.prompt or DEFAULT_PROMPT
+        inputs, tokens, object_patches = seen[record.text, prompt]
+        ids = inputs.tensors["input_ids"][0].tolist()
+        expected_prefix = llava.adapter.prefix_inputs(llava.processor, model_image(llava.adapter, llava.processor, record.image), prompt)
+        assert ids[: inputs.prefix_length] == expected_prefix["input_ids"][0].tolist()  # the record's question
+        answer = tokenizer(record.text, add_special_tokens=False)["input_ids"]
+        assert ids[inputs.prefix_length :] == answer and tokens.tolist() == list(range(len(answer)))  # the answer's tokens
+        assert image.response_tokens == len(answer) and image.text == record.text
+        prefixes.append(ids[: inputs.prefix_length])
+        alone = analyze_image(llava, record.image, record.mask, record.text, AnalysisConfig(prompt=prompt))  # the oracle
+        np.testing.assert_allclose(image.hi, alone.hi, atol=1e-5)
+        np.testing.assert_allclose(image.mass, alone.mass, atol=1e-5)
+        # against the record's own mask: 14 px squares on 8 px cells cover (at least half of) 2 x 2 cells
+        assert np.array_equal(object_patches, alone.mask.object_patches) and image.object_patches == int(object_patches.sum()) == 4
+    questions = [tokenizer.decode(prefix) for prefix in prefixes]
+    assert QUESTIONS["top"] in questions[0] and QUESTIONS["left"] in questions[2] and "describe the image" in questions[1]
+    assert prefixes[0] != prefixes[2] and len({tuple(p) for p in prefixes}) == 3  # two questions, and the default prompt

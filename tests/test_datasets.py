@@ -13,6 +13,8 @@ from hi_core.archives import check_record_paths
 from hi_core.datasets import Problems, count_records, read_dataset, scan_dataset, write_synthetic
 from hi_core.errors import InputError
 
+from .vqa_data import QUESTIONS, write_vqa_dataset
+
 
 def test_synthetic_set_round_trips_and_is_reproducible(tmp_path):
     write_synthetic(tmp_path / "a", n=6, seed=1)
@@ -231,3 +233,18 @@ def test_upload_path_check_reads_lines_like_the_reader(scenes):
         check_record_paths(folder)
     _write_lines(folder, [x, z | {"id": x["id"], "mask": "/etc/passwd"}])  # a duplicate is never opened
     check_record_paths(folder)
+
+
+def test_vqa_records_with_and_without_a_prompt_are_read_and_validated(tmp_path):
+    folder = write_vqa_dataset(tmp_path / "vqa", n=4, prompts="some")
+    entries = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    # a record whose key phrase is not in its answer, and one whose question is empty, are skipped like any other
+    _write_lines(folder, entries + [entries[0] | {"id": "bad-phrase", "key_phrase": "circle"}, entries[0] | {"id": "bad-prompt", "prompt": " "}])
+    problems = Problems()
+    records = list(read_dataset(folder, problems))
+    assert [(r.id, r.prompt, r.text) for r in records] == [
+        ("vqa-00", QUESTIONS["top"], "red"), ("vqa-01", None, "green"), ("vqa-02", QUESTIONS["left"], "blue"), ("vqa-03", None, "red")]
+    assert all(r.mask.sum() == 14 * 14 and r.mask.shape == (48, 48) for r in records)
+    assert [(rid, reason) for _, rid, reason in problems.skipped] == [
+        ("bad-phrase", "key phrase 'circle' does not occur in the text"),
+        ("bad-prompt", "field(s) prompt are empty (leave them out, or write null, for none)")]

@@ -24,6 +24,8 @@ from hi_core.finetune import (
     TrainCallbacks,
     TrainingCancelled,
     TrainingDiverged,
+    check_task,
+    has_prompts,
     is_held_out,
     lora_attached,
     lora_config,
@@ -33,6 +35,10 @@ from hi_core.finetune import (
     trainable_parameters,
 )
 from hi_core.runs import run_pretrained
+
+from hi_core.inputs import model_image
+
+from .vqa_data import QUESTIONS, write_vqa_dataset
 
 FAST = DataConfig(max_new_tokens=4, meteor=False)
 
@@ -92,6 +98,41 @@ def test_labels_cover_the_description_and_eos_only(llava, records):
         start = int(torch.nonzero(labels != -100)[0])
         assert batch["input_ids"][row, start : start + len(ids)].tolist() == ids  # at the response positions
         assert batch["attention_mask"][row, start + len(ids) :].sum() == 0  # after them only padding
+
+
+def test_training_asks_each_record_its_own_question_and_learns_its_answer(llava, tmp_path):
+    """A VQA record's prefix is built from its own prompt (the question), a record without one from
+    the run's prompt; the labels are the answer's tokens + eos."""
+    records = list(read_dataset(write_vqa_dataset(tmp_path / "vqa", n=3, prompts="some")))  # top, (none), left
+    tokenizer, default = llava.processor.tokenizer, "describe the image ."
+    batch = training_batch(llava, records, default)
+    prefixes = []
+    for row, record in enumerate(records):
+        labels = batch["labels"][row]
+        start = int(torch.nonzero(labels != -100)[0])  # where the answer starts: the prefix's length
+        oracle = llava.adapter.prefix_inputs(llava.processor, model_image(llava.adapter, llava.processor, record.image),
+                                             record.prompt or default)["input_ids"][0].tolist()
+        prefix = batch["input_ids"][row, :start].tolist()
+        assert prefix == oracle
+        answer = tokenizer(record.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert labels[labels != -100].tolist() == answer and batch["input_ids"][row, start : start + len(answer)].tolist() == answer
+        prefixes.append(tokenizer.decode(prefix))
+    assert prefixes[0].endswith(f"{QUESTIONS['top']} assistant :") and prefixes[2].endswith(f"{QUESTIONS['left']} assistant :")
+    assert prefixes[1].endswith(f"{default} assistant :")
+    assert len(set(prefixes)) == 3  # two questions, two prefixes: not one prompt for every record
+
+
+def test_vqa_needs_records_with_prompts(tmp_path, tiny_data):
+    some = write_vqa_dataset(tmp_path / "some", n=4, prompts="some")
+    none = write_vqa_dataset(tmp_path / "none", n=4, prompts="none")
+    assert has_prompts(some) and not has_prompts(none) and not has_prompts(tiny_data)
+    check_task("vqa", some)
+    check_task("caption", none)  # captioning needs none
+    with pytest.raises(InputError, match=r"the VQA task needs records whose `prompt` is the question .*; no record of the "
+                                         r"scenes has a prompt: choose such a dataset, or the caption task"):
+        check_task("vqa", none, "the scenes")
+    with pytest.raises(InputError, match="task must be one of caption, vqa"):
+        DataConfig(task="qa")
 
 
 def test_training_changes_only_the_adapter_and_leaves_the_base_bitwise_equal(llava, records):
@@ -271,6 +312,24 @@ def test_cli_finetune_before_reports_the_untuned_and_the_tuned_model(llava_dir, 
     assert "not trained again" in capsys.readouterr().err
 
 
+def test_cli_finetune_task_vqa_reports_answer_accuracy_with_its_interval(llava_dir, tmp_path, capsys):
+    folder = write_vqa_dataset(tmp_path / "vqa", n=10, prompts="all")
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(folder), "--task", "vqa", "--layers", "1", "--steps", "2",
+            "--batch-size", "2", "--rank", "4", "--max-new-tokens", "2", "--eval-fraction", "0.4", "--before", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    for line, name in zip(err, ("pretrained", "adapter")):
+        record = json.loads((out / name / "run.json").read_text())
+        interval = record["metric_intervals"]["accuracy"]
+        assert record["task"] == "vqa" and list(record["metrics"]) == ["accuracy"]
+        assert (f"held-out accuracy {record['metrics']['accuracy']:.3f} [95% {interval['low']:.3f}, {interval['high']:.3f}]"
+                in line)
+    with pytest.raises(SystemExit) as usage:  # argparse's own one-line usage error
+        main(argv[:-1] + [str(tmp_path / "other"), "--task", "qa"])
+    assert usage.value.code == 2 and "argument --task: invalid choice: 'qa'" in capsys.readouterr().err
+
+
 def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "data.jsonl").write_text("\n")
@@ -288,11 +347,14 @@ def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
                         "--out", str(tmp_path / "o")], "is not a dataset folder"),
         "bad layers": (base + ["--layers", "best"], "layers must be one of top, bottom, random, all"),
         "bad rank": (base + ["--layers", "all", "--rank", "0"], "rank must be at least 1"),
+        "vqa without questions": (base + ["--layers", "all", "--task", "vqa"],
+                                  f"the VQA task needs records whose `prompt` is the question (and `text` its answer); "
+                                  f"no record of {str(tiny_data)!r} has a prompt"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown layer", "k too large", "missing ranking", "other model's ranking", "empty dataset",
-                                  "no dataset", "bad layers", "bad rank"])
+                                  "no dataset", "bad layers", "bad rank", "vqa without questions"])
 def test_cli_finetune_bad_input_exits_2_with_one_line(case, tmp_path, tiny_data, llava_dir, capsys):
     argv, message = _cli_bad_cases(tmp_path, tiny_data, llava_dir)[case]
     assert main(argv) == 2

@@ -1,10 +1,12 @@
 """Run folders: a standard peft adapter that reloads and reproduces the logits, run.json, reuse of
-finished runs, refusal of other settings, and nothing left behind by an interrupted run."""
+finished runs, refusal of other settings, and nothing left behind by an interrupted run; the VQA task
+(each held-out record asked its own question, answer accuracy with an interval in run.json)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,7 +21,10 @@ from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
 from hi_core.layer_selection import Ranking
 from hi_core.loading import LoadConfig, load_model
+from hi_core.metrics import accuracy_interval, answer_correct
 from hi_core.runs import BeforeAfter, RunRecord, reuse_ranking, run_before_after, run_finetune, run_pretrained
+
+from .vqa_data import write_vqa_dataset
 
 FAST = DataConfig(max_new_tokens=4, meteor=False, eval_fraction=0.3)
 CONFIG = FinetuneConfig(layers="top", k=1, rank=4, steps=3, batch_size=2, lr=1e-2, dropout=0.0, data=FAST)
@@ -273,3 +278,58 @@ def test_before_after_stops_where_on_stage_raises(llava, tiny_data, tmp_path):
     with pytest.raises(TrainingCancelled):
         run_before_after(llava, tiny_data, tmp_path, CONFIG, RANKING, on_stage=on_stage)
     assert (tmp_path / "pretrained" / "run.json").is_file() and not (tmp_path / "adapter").exists()
+
+
+def test_a_vqa_run_asks_each_held_out_record_its_question_and_reports_answer_accuracy(llava, tmp_path, monkeypatch):
+    folder = write_vqa_dataset(tmp_path / "vqa", n=12, prompts="some")
+    asked = []
+    original = runs.generate_captions
+
+    def spy(loaded, images, prompt, *args):
+        asked.append(list(prompt))
+        return original(loaded, images, prompt, *args)
+
+    monkeypatch.setattr(runs, "generate_captions", spy)
+    data = replace(FAST, task="vqa", eval_fraction=0.5, max_new_tokens=2)
+    config = replace(CONFIG, layers="all", data=data)
+    record = run_finetune(llava, folder, tmp_path / "run", config)
+    split = split_dataset(folder, data)
+    assert asked == [[r.prompt or data.prompt for r in split.held_out]]
+    assert any(r.prompt for r in split.held_out) and any(not r.prompt for r in split.held_out)  # both kinds were asked
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["task"] == "vqa" and saved["settings"]["config"]["data"]["task"] == "vqa" and RunRecord.from_json(saved) == record
+    captions = [json.loads(line) for line in (tmp_path / "run" / "captions.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in captions] == [r.id for r in split.held_out]
+    assert [c.get("prompt") for c in captions] == [r.prompt for r in split.held_out]
+    correct = [answer_correct(c["reference"], c["generated"]) for c in captions]  # the oracle: the metric on the saved answers
+    assert [c["correct"] for c in captions] == correct
+    assert saved["metrics"] == {"accuracy": sum(correct) / len(correct)}
+    low, high = accuracy_interval(sum(correct), len(correct))
+    assert saved["metric_intervals"] == {"accuracy": {"low": low, "high": high}}
+    pretrained = run_pretrained(llava, folder, tmp_path / "pretrained", data)
+    assert pretrained.task == "vqa" and set(pretrained.metrics) == {"accuracy"} and "accuracy" in pretrained.metric_intervals
+
+
+def test_a_vqa_run_on_records_without_questions_is_refused_before_any_work(llava, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "train_lora", lambda *args, **kwargs: pytest.fail("trained"))
+    data = replace(FAST, task="vqa")
+    for run in (lambda: run_finetune(llava, tiny_data, tmp_path / "run", replace(CONFIG, data=data), RANKING),
+                lambda: run_pretrained(llava, tiny_data, tmp_path / "run", data),
+                lambda: run_before_after(llava, tiny_data, tmp_path / "run", replace(CONFIG, data=data), RANKING),
+                lambda: run_finetune(llava, write_vqa_dataset(tmp_path / "vqa", n=4), tmp_path / "run", replace(CONFIG, data=data),
+                                     RANKING, eval_dataset=tiny_data)):
+        with pytest.raises(InputError, match="the VQA task needs records whose `prompt` is the question"):
+            run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_runs_written_before_tasks_are_reused_as_caption_runs(finished, llava, tiny_data, tmp_path, monkeypatch):
+    out, record = finished
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    saved = json.loads((old / "run.json").read_text())
+    del saved["settings"]["config"]["data"]["task"], saved["task"], saved["metric_intervals"]  # as written before tasks
+    (old / "run.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(runs, "train_lora", lambda *args, **kwargs: pytest.fail("trained again"))
+    again = run_finetune(llava, tiny_data, old, CONFIG, RANKING)
+    assert again.task == "caption" and again.metrics == record.metrics and again.metric_intervals == {}

@@ -1,5 +1,5 @@
-"""One fine-tune as the Fine-tune tab runs it (in a worker thread, see `ui.jobs`): the dataset, a private
-copy of the model (so the Explorer's cached model never carries LoRA, and keeps serving), the layer
+"""One fine-tune as the Fine-tune tab runs it (in a worker thread, see `ui.jobs`): the dataset (for VQA,
+checked to have questions before the model loads), a private copy of the model (so the Explorer's cached model never carries LoRA, and keeps serving), the layer
 ranking, the untuned baseline, LoRA, and what the page shows while it runs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled
+from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
 from hi_core.layer_selection import Ranking, check_layer_choice, needs_ranking
 from hi_core.loading import LoadConfig, LoadedModel, load_model
 from hi_core.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
@@ -85,6 +85,7 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
 
     stage("unpacking the zip" if source == UPLOADED_ZIP else "preparing the dataset")
     folder, name = dataset_folder(source, archive, run_folder)
+    check_task(config.data.task, folder, name)  # VQA without questions: said in the page, before the model loads
     stage("loading a private copy of the model")
     loaded = load_model(load)
     check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before the slow steps

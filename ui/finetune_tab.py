@@ -1,7 +1,7 @@
 """The Fine-tune tab: LoRA on chosen language-model layers of the Explorer's model (a private copy, so the
 Explorer's cached model never carries LoRA and keeps serving), with live progress and a Cancel button;
-the held-out records captioned before and after; the adapter as a zip, and the tuned model back in the
-Explorer."""
+the held-out records captioned (task `caption`) or their questions answered (task `vqa`: answer
+accuracy) before and after; the adapter as a zip, and the tuned model back in the Explorer."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 EVAL_LIMIT = 200  # held-out records captioned before and after tuning
 LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
 STRATEGIES = [("top-k by HI", "top"), ("bottom-k by HI", "bottom"), ("random k", "random"), ("all", "all"), ("these:", "list")]
+TASKS = [("captioning", "caption"), ("closed-form VQA", "vqa")]  # the values of finetune.Task
 
 
 def progress_bar(done: int, steps: int) -> str:
@@ -66,9 +67,36 @@ def tuned_summary(session: FinetuneSession) -> str:
         f"{', '.join(map(str, after.layers))} of {after.num_layers} ({how}) · **trainable parameters** "
         f"{after.trainable_parameters:,} of {after.total_parameters:,} ({100 * after.trainable_share:.3g}%)  \n"
         + (f"**Ranking:** {ranking.source}  \n" if ranking is not None else "")
-        + f"**Captioned before and after:** {after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
+        + ("**Captioned before and after:** " if after.task != "vqa" else "**Questions answered before and after:** ")
+        + f"{after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
+        + accuracy_line(session.before, after)
         + " ".join(note.rstrip(".") + "." for note in after.metric_notes)
     )
+
+
+def accuracy_line(before: RunRecord, after: RunRecord) -> str:
+    """VQA: the answer accuracy before and after tuning, each with its 95% interval over the held-out records."""
+    def shown(record: RunRecord) -> str:
+        interval = record.metric_intervals.get("accuracy")
+        return f"**{record.metrics['accuracy']:.3f}**" + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else "")
+
+    if "accuracy" not in before.metrics or "accuracy" not in after.metrics:
+        return ""
+    return f"  \n**Answer accuracy** (95% interval): before {shown(before)} → after {shown(after)}.  \n"
+
+
+def sample_frame(before: RunRecord, after: RunRecord) -> pd.DataFrame:
+    """The held-out samples before and after; for VQA with the question, the reference answer and whether each answer is right."""
+    untuned = {sample["id"]: sample for sample in before.samples}
+    if after.task != "vqa":
+        return pd.DataFrame([[s["id"], s["reference"], untuned.get(s["id"], {}).get("generated", ""), s["generated"]] for s in after.samples],
+                            columns=["id", "reference", "before", "after"])
+
+    def answer(sample: dict | None) -> str:
+        return "" if sample is None else sample["generated"] + (" ✓" if sample.get("correct") else " ✗")
+
+    return pd.DataFrame([[s["id"], s.get("prompt", ""), s["reference"], answer(untuned.get(s["id"])), answer(s)] for s in after.samples],
+                        columns=["id", "question", "answer", "before", "after"])
 
 
 def metric_rows(before: RunRecord, after: RunRecord) -> list[list]:
@@ -95,7 +123,9 @@ class FinetuneTab:
         self.jobs = Jobs()
         gr.Markdown(
             "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), then "
-            "caption the held-out records (a hashed 20% of the dataset) before and after. `top`/`bottom` take the layers "
+            "caption the held-out records (a hashed 20% of the dataset) before and after, or, for the VQA task, answer their "
+            "questions (each record's `prompt`; its `text` is the answer) and report answer accuracy (normalized exact match). "
+            "`top`/`bottom` take the layers "
             "by Dataset HI: the Dataset tab's scores if you scored the same dataset there with the same model, else "
             "scored when the run starts. The defaults suit the demo model (3 layers): the synthetic scenes are captioned "
             "in reading order, which it learns in about 100 steps. Training uses a private copy of the model; the "
@@ -114,6 +144,9 @@ class FinetuneTab:
                                 (f"demo set ({examples} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
                                value=SYNTHETIC, label="Dataset", elem_id="ft-source")
         self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", height=120, elem_id="ft-zip")
+        self.task = gr.Radio(TASKS, value=FinetuneConfig().data.task, label="Task", elem_id="ft-task",
+                             info="VQA needs a dataset whose records have a `prompt` (the question) and a one-word or "
+                             "templated answer as `text`: an uploaded .zip of such records")
         self.strategy = gr.Radio(STRATEGIES, value="top", label="Layers to tune", elem_id="ft-strategy")
         self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
         defaults = FinetuneConfig(layers="top")
@@ -135,7 +168,7 @@ class FinetuneTab:
         self.loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", elem_id="ft-loss")
         self.summary = gr.Markdown(label="Fine-tune summary", elem_id="ft-summary")
         self.metrics = gr.Dataframe(headers=["metric", "before", "after", "change"], interactive=False,
-                                    label="Held-out caption metrics", elem_id="ft-metrics")
+                                    label="Held-out metrics (captions, or VQA answer accuracy)", elem_id="ft-metrics")
         self.samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
                                     column_widths=["16%", "28%", "28%", "28%"], label="Sample captions", elem_id="ft-samples")
         self.layers = figure(label="Adapted layers", height=200, elem_id="ft-layers")
@@ -151,7 +184,7 @@ class FinetuneTab:
         self.launch.click(
             self.finetune,
             [self.state, self.dataset_state, model.name, model.device, self.source, self.archive, self.strategy,
-             self.layer_list, self.k, self.rank, self.steps, self.lr, self.batch_size, self.seed, self.meteor],
+             self.layer_list, self.k, self.rank, self.steps, self.lr, self.batch_size, self.seed, self.meteor, self.task],
             [self.state, self.status, self.loss, self.metrics, self.summary, self.layers, self.samples, self.download, self.use],
             api_name="finetune",
             concurrency_limit=1,  # one run at a time (each holds a private copy of the model)
@@ -164,12 +197,12 @@ class FinetuneTab:
     @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
     def finetune(self, previous: FinetuneSession | None, scored, model_name: str, device: str, source: str,
                  archive: str | None, strategy: str, layer_list: str, k: int, rank: int, steps: int, lr: float,
-                 batch_size: int, seed: int, meteor: bool = True, request: gr.Request = None):
+                 batch_size: int, seed: int, meteor: bool = True, task: str = "caption", request: gr.Request = None):
         if strategy == "list" and not (layer_list or "").strip():
             raise InputError("type the layers to tune, e.g. 0,2")
         config = FinetuneConfig(layers=layer_list if strategy == "list" else strategy, k=int(k or 0), rank=int(rank or 0),
                                 steps=int(steps or 0), lr=float(lr or 0), batch_size=int(batch_size or 0), seed=int(seed or 0),
-                                data=DataConfig(eval_limit=EVAL_LIMIT, meteor=bool(meteor)))
+                                data=DataConfig(task=task, eval_limit=EVAL_LIMIT, meteor=bool(meteor)))
         self.context.settings.check_finetune(config)
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose another dataset")
@@ -197,14 +230,13 @@ class FinetuneTab:
     def _finished(self, session: FinetuneSession) -> dict:
         after = session.after
         shutil.make_archive(str(session.archive.with_suffix("")), "zip", root_dir=session.adapter)
-        untuned = {caption["id"]: caption["generated"] for caption in session.before.samples}
         return {
             self.state: session,
             self.status: (f"**Finished:** {len(after.losses)} steps, final loss {after.losses[-1]:.3f}, "
                           f"{after.timings['train_seconds']:.1f} s of training" + progress_bar(len(after.losses), len(after.losses))),
             self.loss: loss_frame(after.losses), self.metrics: metric_rows(session.before, after),
             self.summary: tuned_summary(session), self.layers: layers_figure(session),
-            self.samples: [[c["id"], c["reference"], untuned.get(c["id"], ""), c["generated"]] for c in after.samples],
+            self.samples: sample_frame(session.before, after),
             self.download: str(session.archive), self.use: gr.Button(interactive=True),
         }
 
