@@ -100,6 +100,15 @@ def check_region_lands_on_its_cells(loaded, size: tuple[int, int], box: tuple[in
     return grid.object_patches
 
 
+# A batch of three noise images (mixed sizes) with responses of mixed lengths, one scored on a key phrase:
+# (images, texts, phrases) for `check_batched_equals_one_by_one`.
+BATCH_IMAGES = (
+    random_images([(130, 90), (70, 110), (64, 64)]),
+    ["a red square", TEXT, "a blue circle at the center"],
+    [None, "blue circle", None],
+)
+
+
 def check_batched_equals_one_by_one(loaded, images, texts, phrases, queries: str) -> list:
     """One batched forward over `images` with `texts` (so padding of tokens, and of pixels where the
     sizes differ) gives each image the maps it has alone: same shape (layers, heads, *its grid), equal
