@@ -64,18 +64,28 @@ def write_scene(folder: Path, size: tuple[int, int], box: tuple[int, int, int, i
 
 
 def check_capture_equals_eager(loaded, folder, image: Image.Image, text: str = TEXT) -> None:
-    """Captured rows (both query modes) equal eager `output_attentions=True` rows to 1e-5."""
+    """Captured rows (both query modes) equal eager `output_attentions=True` rows to 1e-5, layer by layer.
+
+    Eager returns one tensor per softmax-attention layer (all layers but in a model that mixes in
+    linear attention): those are the layers the adapter scores, in order; the others are NaN."""
     inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text)
     keys = inputs.layout.positions.reshape(-1)
+    layers = len(loaded.adapter.decoder_layers(loaded.model))
+    scored = list(loaded.adapter.scored_layers(loaded.model))
+    unscored = [layer for layer in range(layers) if layer not in scored]
     for queries in ("producing", "reading"):
         rows = inputs.query_positions(np.arange(inputs.num_response_tokens), queries)
         with capture_attention(loaded.model, loaded.adapter, rows, keys) as cache:
             run_forward(loaded, inputs.tensors)
-        captured = cache.stacked()[:, 0].numpy()
-        expected = eager_rows(str(folder), inputs, rows, keys)
-        assert captured.shape == expected.shape
-        np.testing.assert_allclose(captured, expected, atol=1e-5)
-        assert captured.std() > 1e-4
+        assert sorted(cache.rows) == scored
+        captured = cache.stacked()[:, 0].numpy()  # (layers, heads, rows, keys)
+        expected = eager_rows(str(folder), inputs, rows, keys)  # (softmax layers, heads, rows, keys)
+        assert captured.shape == (layers, *expected.shape[1:]) and expected.shape[0] == len(scored)
+        assert captured.shape[2:] == (rows.size, keys.size)
+        assert np.isnan(captured[unscored]).all()
+        np.testing.assert_allclose(captured[scored], expected, atol=1e-5)
+        for layer in scored:
+            assert captured[layer].std() > 1e-4, layer
 
 
 def check_region_lands_on_its_cells(loaded, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -109,11 +119,13 @@ BATCH_IMAGES = (
 )
 
 
-def check_batched_equals_one_by_one(loaded, images, texts, phrases, queries: str) -> list:
+def check_batched_equals_one_by_one(loaded, images, texts, phrases, queries: str, *,
+                                    layers_heads: tuple[int, int] | None = None, scored: tuple[int, ...] | None = None) -> list:
     """One batched forward over `images` with `texts` (so padding of tokens, and of pixels where the
     sizes differ) gives each image the maps it has alone: same shape (layers, heads, *its grid), equal
     to 1e-5, NaN exactly on the layers the adapter does not score, varied on the others.
 
+    `layers_heads` and `scored`, where given, are the counts and the scored layers the caller expects.
     Returns the items, so the caller can also check what the batch mixes (grids, tile counts)."""
     items = [build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text)
              for image, text in zip(images, texts, strict=True)]
@@ -121,6 +133,10 @@ def check_batched_equals_one_by_one(loaded, images, texts, phrases, queries: str
     tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases, strict=True)]
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     heads = loaded.model.config.get_text_config().num_attention_heads
+    if layers_heads is not None:
+        assert (layers, heads) == layers_heads
+    if scored is not None:
+        assert loaded.adapter.scored_layers(loaded.model) == tuple(scored)
     scored = list(loaded.adapter.scored_layers(loaded.model))
     unscored = [layer for layer in range(layers) if layer not in scored]
     batched = batch_head_maps(loaded, items, tokens, queries)
