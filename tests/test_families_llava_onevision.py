@@ -100,7 +100,7 @@ def test_a_processor_that_disagrees_with_the_model_is_refused_at_load(onevision_
     shutil.copytree(onevision_dir, folder)
     settings = json.loads((folder / "processor_config.json").read_text())
     (folder / "processor_config.json").write_text(json.dumps(dict(settings, **{setting: value})))
-    check_refused_at_load(folder, message, capsys, tmp_path, after_weights=True)
+    check_refused_at_load(folder, message, capsys, tmp_path)
 
 
 def test_image_grid_pinpoints_of_config_and_processor_must_agree(onevision_dir, tmp_path):

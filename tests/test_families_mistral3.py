@@ -159,7 +159,7 @@ def test_a_processor_that_disagrees_with_the_model_is_refused_at_load(mistral3_d
     shutil.copytree(mistral3_dir, folder)
     settings = json.loads((folder / "processor_config.json").read_text())
     (folder / "processor_config.json").write_text(json.dumps(dict(settings, **{setting: value})))
-    check_refused_at_load(folder, message, capsys, tmp_path, after_weights=True)
+    check_refused_at_load(folder, message, capsys, tmp_path)
 
 
 def test_a_non_square_patch_in_the_config_is_refused_at_load(mistral3_dir, tmp_path):
