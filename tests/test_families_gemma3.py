@@ -1,83 +1,38 @@
 """Gemma 3 adapter: `<start_of_image>` + n soft tokens + `<end_of_image>`, a square grid pooled by
 the projector, the squash resize, image tokens attending to each other both ways, pan and scan off.
-
-Also home of three checks the PaliGemma 2 tests share: batched equals one-by-one, LoRA on language
-layers only, and `python -m hi_core score` on a saved folder.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hi_core.capture import capture_attention
-from hi_core.cli import main
-from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, lora_attached, lora_config
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps, run_forward
+from hi_core.maps import run_forward
 
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    BATCH_IMAGES,
+    PROMPT,
+    TEXT,
+    check_batched_equals_one_by_one,
+    check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
+    check_region_lands_on_its_cells,
+    two_scenes,
+)
 from .oracles import eager_rows
 from .tiny_gemma3 import TOKENS, build_gemma3
 
 SIZE = (140, 70)  # (width, height): squashed to 56 x 56, x by 0.4 and y by 0.8
 BOX = (80, 10, 120, 40)
 SIDE = 7  # sqrt(49); a cell is 2 x 2 patches of 4 px = 8 px
-
-
-# --- checks shared with the PaliGemma 2 tests -----------------------------------------------------
-
-
-def check_batched_equals_one_by_one(loaded) -> None:
-    """One batched forward (mixed image sizes and response lengths, so padding) gives each image's maps."""
-    rng = np.random.default_rng(0)
-    sizes, texts = [(130, 90), (70, 110), (64, 64)], ["a red square", TEXT, "a blue circle at the center"]
-    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for w, h in sizes]
-    items = [build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text)
-             for image, text in zip(images, texts)]
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, [None, "blue circle", None])]
-    assert len({item.tensors["input_ids"].shape[1] for item in items}) > 1  # padding is exercised
-    for queries in ("producing", "reading"):
-        batched = batch_head_maps(loaded, items, tokens, queries)
-        for item, selected, maps in zip(items, tokens, batched):
-            alone = head_maps(loaded, item, selected, queries)
-            np.testing.assert_allclose(maps, alone, atol=1e-5)
-            assert alone.std() > 1e-4
-
-
-def check_lora_targets_only_language_layers(loaded) -> None:
-    """LoRA on layers (0, 1) wraps exactly the q/k/v/o projections of the language model's layers 0 and 1."""
-    path = loaded.adapter.decoder_layers_path(loaded.model)
-    assert "language_model" in path
-    with lora_attached(loaded, lora_config(loaded, (0, 1), FinetuneConfig(layers=(0, 1), rank=4))):
-        wrapped = [name for name, module in loaded.model.named_modules()
-                   if hasattr(module, "lora_A") and len(module.lora_A)]
-    expected = [f"{path}.{layer}.self_attn.{proj}" for layer in (0, 1) for proj in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    assert sorted(wrapped) == sorted(expected)
-
-
-def check_cli_scores_folder(folder, tmp_path, capsys, family: str, grid: list[int]) -> dict:
-    """`python -m hi_core score --model FOLDER` on a Hub-like folder: exit 0, the design JSON."""
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    argv = ["score", "--model", str(folder), "--image", str(tmp_path / "image.png"),
-            "--mask", str(tmp_path / "mask.png"), "--text", "a red square"]
-    assert main(argv) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["family"] == family and result["grid"] == grid
-    assert len(result["heads"]) == result["num_layers"] * result["num_heads"]
-    return result
-
-
-# --- Gemma 3 ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +116,18 @@ def test_gemma3_pan_and_scan_crops_are_never_scored(gemma3):
         torch.testing.assert_close(scored.tensors[key], plain.tensors[key])
 
 
-def test_gemma3_batched_equals_one_by_one(gemma3):
-    check_batched_equals_one_by_one(gemma3)
+@pytest.mark.parametrize("queries", ["producing", "reading"])
+def test_gemma3_batched_equals_one_by_one(gemma3, queries):
+    check_batched_equals_one_by_one(gemma3, *BATCH_IMAGES, queries)
 
 
 def test_gemma3_lora_targets_only_language_model_layers(gemma3):
-    check_lora_targets_only_language_layers(gemma3)
+    check_lora_targets_only_language_model(gemma3, (0, 1))
 
 
 def test_gemma3_folder_scores_from_the_command_line(gemma3_dir, tmp_path, capsys):
-    check_cli_scores_folder(gemma3_dir, tmp_path, capsys, "gemma3", [SIDE, SIDE])
+    check_cli_scores_folder(gemma3_dir, tmp_path, capsys, SIZE, BOX, "gemma3", (SIDE, SIDE), text="a red square",
+                            num_layers=2, num_heads=4)
 
 
 def test_gemma3_tester_config_with_a_square_token_count_captures_eager(tmp_path):
@@ -186,13 +143,5 @@ def test_gemma3_exact_tester_config_is_refused_at_load(tmp_path, capsys):
     """The tester's mm_tokens_per_image 2 pools to 1 x 1 = 1 token while its processor expands 2:
     refused when loaded, in one line naming both counts, not in the middle of a forward."""
     folder = build_gemma3(tmp_path / "model", tester=True)
-    with pytest.raises(InputError, match=r"expands each image to 2 image tokens, but the projector makes 1 \(1x1"):
-        load_model(LoadConfig(model=str(folder), device="cpu"))
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(folder), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", "a red square"])
-    captured = capsys.readouterr()
-    assert code == 2 and captured.err.count("\n") == 1 and "mm_tokens_per_image=2" in captured.err
-    assert "Traceback" not in captured.err and captured.out == ""
+    check_refused_at_load(folder, ("expands each image to 2 image tokens, but the projector makes 1 (1x1", "mm_tokens_per_image=2"),
+                          capsys, tmp_path)

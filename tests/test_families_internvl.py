@@ -18,20 +18,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoProcessor
 
-from hi_core.cli import main
 from hi_core.errors import InputError
 from hi_core.families import ImageLayout, adapter_for
 from hi_core.families.internvl import InternVLAdapter
-from hi_core.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps
 
 from . import tiny_internvl
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    PROMPT,
+    TEXT,
+    check_batched_equals_one_by_one,
+    check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
+    check_region_lands_on_its_cells,
+    two_scenes,
+)
 from .oracles import embedding_change
 
 SPLIT, SINGLE = (120, 60), (72, 60)  # (width, height): 2 x 1 tiles + thumbnail; one tile
@@ -159,41 +165,22 @@ def test_region_lands_on_its_cells_of_the_squashed_view(model, size, box, rows, 
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(internvl, queries):
     # Different tile counts (3, 1, 4 frames) and response lengths in one batch.
-    sizes, texts, phrases = [SPLIT, SINGLE, (60, 200)], ["a red square", TEXT, "a blue circle at the center"], [None, "blue circle", None]
-    items = [inputs_for(internvl, two_scenes(size, (10, 10, 40, 40), seed)[0], text) for seed, (size, text) in enumerate(zip(sizes, texts))]
+    images = [two_scenes(size, (10, 10, 40, 40), seed)[0] for seed, size in enumerate([SPLIT, SINGLE, (60, 200)])]
+    texts, phrases = ["a red square", TEXT, "a blue circle at the center"], [None, "blue circle", None]
+    items = check_batched_equals_one_by_one(internvl, images, texts, phrases, queries, layers_heads=(2, 4))
     assert [int(item.tensors["pixel_values"].shape[0]) for item in items] == [3, 1, 4]
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases)]
-    batched = batch_head_maps(internvl, items, tokens, queries)
-    for item, selected, maps in zip(items, tokens, batched):
-        alone = head_maps(internvl, item, selected, queries)
-        assert maps.shape == alone.shape == (2, 4, SIDE, SIDE)
-        np.testing.assert_allclose(maps, alone, atol=1e-5)
-        assert alone.std() > 1e-4
+    assert all(item.layout.grid == (SIDE, SIDE) for item in items)
 
 
 def test_lora_targets_only_language_model_layers(internvl):
-    layers = (1,)
-    attention = internvl.model.model.language_model.layers[1].self_attn
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    expected = sum(4 * (p.in_features + p.out_features) for p in projections)
-    with lora_attached(internvl, lora_config(internvl, layers, FinetuneConfig(layers=layers, rank=4))) as peft_model:
-        wrapped = [name for name, module in internvl.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-        assert sorted(wrapped) == sorted(f"model.language_model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        assert trainable_parameters(peft_model) == expected
+    check_lora_targets_only_language_model(internvl, (1,))
     # The vision tower has q/k/v projections in its layer 1 too: never wrapped.
     assert hasattr(internvl.model.model.vision_tower.encoder.layer[0].attention, "q_proj")
 
 
 def test_cli_scores_a_hub_like_folder(internvl_dir, tmp_path, capsys):
-    image, _, mask = two_scenes(SPLIT, (20, 30, 80, 50))
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    argv = ["score", "--model", str(internvl_dir), "--image", str(tmp_path / "image.png"),
-            "--mask", str(tmp_path / "mask.png"), "--text", TEXT, "--out", str(tmp_path / "score.json")]
-    assert main(argv) == 0
-    result = json.loads((tmp_path / "score.json").read_text())
-    assert result["family"] == "internvl" and result["grid"] == [SIDE, SIDE]
-    assert result["object_patches"] == 6 and len(result["heads"]) == 2 * 4
+    check_cli_scores_folder(internvl_dir, tmp_path, capsys, SPLIT, (20, 30, 80, 50), "internvl", (SIDE, SIDE), to_file=True,
+                            num_layers=2, num_heads=4, object_patches=6)
 
 
 # --- refusals: InputError naming what was expected and what was found, never a crash mid-forward ----
@@ -246,16 +233,7 @@ def test_a_mismatched_folder_is_refused_at_load_and_the_cli_exits_2(internvl_dir
     settings = json.loads((folder / file).read_text())
     settings[key] = value
     (folder / file).write_text(json.dumps(settings))
-    with pytest.raises(InputError, match=message):
-        load_model(LoadConfig(model=str(folder), device="cpu"))
-    image, _, mask = two_scenes(SINGLE, (20, 30, 60, 50))
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    argv = ["score", "--model", str(folder), "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"), "--text", TEXT]
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and message.split(" but")[0] in err
+    check_refused_at_load(folder, message, capsys, tmp_path)
 
 
 @pytest.mark.parametrize("prompt, text, message", [

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.inputs import to_model_device
-from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
 
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    TEXT,
+    check_capture_equals_eager,
+    check_region_lands_on_its_cells,
+    check_scores_exactly_the_base_view,
+    two_scenes,
+)
 from .tiny_llava_next import build_llava_next
 
 SIZE = (120, 60)  # (width, height): base view squashed to 48 x 48, x by 0.4 and y by 0.8
@@ -31,22 +34,6 @@ def llava_next_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llava_next(llava_next_dir):
     return load_model(LoadConfig(model=str(llava_next_dir), device="cpu"))
-
-
-@torch.no_grad()
-def language_model_input(loaded, tensors: dict) -> torch.Tensor:
-    """(T, hidden): the input of the first decoder layer (image features scattered into the text)."""
-    captured = []
-
-    def hook(module, args, kwargs):
-        captured.append(kwargs.get("hidden_states", args[0] if args else None)[0].clone())
-
-    handle = loaded.adapter.decoder_layers(loaded.model)[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        loaded.model(**to_model_device(tensors, loaded.model), use_cache=False)
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def test_llava_next_capture_equals_eager(llava_next, llava_next_dir):
@@ -64,33 +51,9 @@ def test_llava_next_grid_follows_the_base_view_squash(llava_next):
 
 
 @pytest.mark.parametrize("size", [(60, 120), (120, 60)])
-@torch.no_grad()
 def test_llava_next_scores_exactly_the_base_view(llava_next, size):
-    model = llava_next.model
-    image, _, _ = two_scenes(size, (10, 10, 40, 30))
-    inputs = build_inputs(llava_next.adapter, model, llava_next.processor, image, PROMPT, TEXT)
-    layout = inputs.layout
-    assert layout.view == "base view" and layout.grid == (SIDE, SIDE) and layout.valid.all()
-    image_positions = np.flatnonzero(inputs.tensors["input_ids"][0].numpy() == model.config.image_token_id)
-    # Base view (36) + 2 tiles of 6x6 unpadded into a 6x12 or 12x6 grid + one newline per row.
-    tile_rows = 12 if size[1] > size[0] else 6
-    assert image_positions.size == SIDE * SIDE + SIDE * SIDE * 2 + tile_rows
-    pixel_values = inputs.tensors["pixel_values"]
-    assert pixel_values.shape[:2] == (1, 3)  # base view + 2 tiles
-
-    # Oracle: the base view's pixels alone through the vision tower and projector, CLS dropped.
-    hidden = model.model.vision_tower(pixel_values[:, 0], output_hidden_states=True).hidden_states
-    features = model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][:, 1:])[0]
-    embeddings = language_model_input(llava_next, inputs.tensors)
-    np.testing.assert_allclose(embeddings[layout.positions.reshape(-1)].numpy(), features.numpy(), atol=1e-5)
-
-    # Changing only the tiles moves other image tokens, never the scored ones.
-    tiles_changed = dict(inputs.tensors, pixel_values=pixel_values.clone())
-    noise = torch.randn(pixel_values[:, 1:].shape, generator=torch.Generator().manual_seed(0))
-    tiles_changed["pixel_values"][:, 1:] = noise
-    change = (language_model_input(llava_next, tiles_changed) - embeddings).norm(dim=-1).numpy()
-    assert change[layout.positions.reshape(-1)].max() == 0
-    assert (change[np.setdiff1d(image_positions, layout.positions)] > 0).sum() >= SIDE * SIDE * 2
+    # CLIP: the CLS token is dropped before the projector.
+    check_scores_exactly_the_base_view(llava_next, size, SIDE, cls_tokens=1)
 
 
 def test_llava_next_analyze_image(llava_next):

@@ -13,27 +13,23 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from hi_core.cli import main
 from hi_core.errors import InputError
-from hi_core.finetune import (
-    FinetuneConfig,
-    lora_attached,
-    lora_config,
-    trainable_parameters,
-)
-from hi_core.inputs import build_inputs, key_phrase_tokens, to_model_device
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps
 
 from . import tiny_llava_onevision
 from .family_checks import (
     PROMPT,
     TEXT,
+    check_batched_equals_one_by_one,
     check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
     check_region_lands_on_its_cells,
+    check_scores_exactly_the_base_view,
+    random_images,
     two_scenes,
 )
 
@@ -54,22 +50,6 @@ def onevision(onevision_dir):
     return loaded
 
 
-@torch.no_grad()
-def language_model_input(loaded, tensors: dict) -> torch.Tensor:
-    """(T, hidden): the input of the first decoder layer (image features scattered into the text)."""
-    captured = []
-
-    def hook(module, args, kwargs):
-        captured.append(kwargs.get("hidden_states", args[0] if args else None)[0].clone())
-
-    handle = loaded.adapter.decoder_layers(loaded.model)[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        loaded.model(**to_model_device(tensors, loaded.model), use_cache=False)
-    finally:
-        handle.remove()
-    return captured[0]
-
-
 def test_capture_equals_eager(onevision, onevision_dir):
     image, _, _ = two_scenes(SIZE, BOX)
     check_capture_equals_eager(onevision, onevision_dir, image)
@@ -85,74 +65,26 @@ def test_grid_follows_the_base_view_squash(onevision):
 
 
 @pytest.mark.parametrize("size", [(60, 120), (120, 60)])
-@torch.no_grad()
 def test_scores_exactly_the_base_view(onevision, size):
-    model = onevision.model
-    image, _, _ = two_scenes(size, (10, 10, 40, 30))
-    inputs = build_inputs(onevision.adapter, model, onevision.processor, image, PROMPT, TEXT)
-    layout = inputs.layout
-    assert layout.view == "base view" and layout.grid == (SIDE, SIDE) and layout.valid.all()
-    image_positions = np.flatnonzero(inputs.tensors["input_ids"][0].numpy() == model.config.image_token_id)
-    # Base view (36) + 2 tiles of 6x6 unpadded into a 6x12 or 12x6 grid + one newline per row.
-    tile_rows = 12 if size[1] > size[0] else 6
-    assert image_positions.size == SIDE * SIDE + SIDE * SIDE * 2 + tile_rows
-    assert layout.positions[0, 0] == image_positions[0]  # the base view comes first
-    pixel_values = inputs.tensors["pixel_values"]
-    assert pixel_values.shape[:2] == (1, 3)  # base view + 2 tiles
-
-    # Oracle: the base view's pixels alone through SigLIP (no CLS: every token kept) and the projector.
-    hidden = model.model.vision_tower(pixel_values[:, 0], output_hidden_states=True).hidden_states
-    features = model.model.multi_modal_projector(hidden[model.config.vision_feature_layer])[0]
-    embeddings = language_model_input(onevision, inputs.tensors)
-    np.testing.assert_allclose(embeddings[layout.positions.reshape(-1)].numpy(), features.numpy(), atol=1e-5)
-
-    # Changing only the tiles moves other image tokens, never the scored ones.
-    tiles_changed = dict(inputs.tensors, pixel_values=pixel_values.clone())
-    tiles_changed["pixel_values"][:, 1:] = torch.randn(pixel_values[:, 1:].shape, generator=torch.Generator().manual_seed(0))
-    change = (language_model_input(onevision, tiles_changed) - embeddings).norm(dim=-1).numpy()
-    assert change[layout.positions.reshape(-1)].max() == 0
-    assert (change[np.setdiff1d(image_positions, layout.positions)] > 0).sum() >= SIDE * SIDE * 2
+    # SigLIP: no CLS token, every vision token is kept.
+    check_scores_exactly_the_base_view(onevision, size, SIDE, cls_tokens=0)
 
 
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(onevision, queries):
     # Sizes with 2 and 4 tiles (zero-padded views), texts of different lengths (padded tokens).
-    sizes, texts, phrases = [(120, 60), (64, 64), (60, 120)], [TEXT, "a red square", "a blue circle"], [None, "square", None]
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for w, h in sizes]
-    items = [build_inputs(onevision.adapter, onevision.model, onevision.processor, image, PROMPT, text)
-             for image, text in zip(images, texts)]
+    images = random_images([(120, 60), (64, 64), (60, 120)])
+    items = check_batched_equals_one_by_one(onevision, images, [TEXT, "a red square", "a blue circle"], [None, "square", None], queries)
     assert len({item.tensors["pixel_values"].shape[1] for item in items}) > 1
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases)]
-    for item, selected, maps in zip(items, tokens, batch_head_maps(onevision, items, tokens, queries)):
-        alone = head_maps(onevision, item, selected, queries)
-        np.testing.assert_allclose(maps, alone, atol=1e-5)
-        assert alone.std() > 1e-4
 
 
 def test_lora_wraps_only_the_language_models_attention(onevision):
-    layers = (1,)
-    expected = sum(
-        4 * (projection.in_features + projection.out_features)
-        for attention in [onevision.model.model.language_model.layers[1].self_attn]
-        for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    )
-    with lora_attached(onevision, lora_config(onevision, layers, FinetuneConfig(layers=layers, rank=4))) as peft_model:
-        wrapped = [name for name, module in onevision.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-        assert sorted(wrapped) == sorted(f"model.language_model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        assert trainable_parameters(peft_model) == expected
+    check_lora_targets_only_language_model(onevision, (1,))
 
 
 def test_cli_scores_the_saved_folder(onevision_dir, tmp_path, capsys):
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(onevision_dir), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", TEXT])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["family"] == "llava_onevision" and result["grid"] == [SIDE, SIDE] and result["object_patches"] == 6
-    assert len(result["heads"]) == 2 * 4
+    check_cli_scores_folder(onevision_dir, tmp_path, capsys, SIZE, BOX, "llava_onevision", (SIDE, SIDE),
+                            num_layers=2, num_heads=4, object_patches=6)
 
 
 @pytest.mark.parametrize(
@@ -168,16 +100,7 @@ def test_a_processor_that_disagrees_with_the_model_is_refused_at_load(onevision_
     shutil.copytree(onevision_dir, folder)
     settings = json.loads((folder / "processor_config.json").read_text())
     (folder / "processor_config.json").write_text(json.dumps(dict(settings, **{setting: value})))
-    with pytest.raises(InputError) as error:
-        load_model(LoadConfig(model=str(folder), device="cpu"))
-    assert message in str(error.value)
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(folder), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", TEXT])
-    lines = [line for line in capsys.readouterr().err.split("\n") if line.strip() and "Loading weights" not in line]  # transformers bar
-    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in lines[0]
+    check_refused_at_load(folder, message, capsys, tmp_path)
 
 
 def test_image_grid_pinpoints_of_config_and_processor_must_agree(onevision_dir, tmp_path):

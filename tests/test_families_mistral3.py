@@ -25,25 +25,22 @@ from transformers.models.pixtral.image_processing_pil_pixtral import (
     get_resize_output_image_size,
 )
 
-from hi_core.cli import main
 from hi_core.errors import InputError
-from hi_core.finetune import (
-    FinetuneConfig,
-    lora_attached,
-    lora_config,
-    trainable_parameters,
-)
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps
 from hi_core.pixtral_inputs import PixtralImageTextProcessor
 
 from . import tiny_mistral3
 from .family_checks import (
     PROMPT,
     TEXT,
+    check_batched_equals_one_by_one,
     check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
     check_region_lands_on_its_cells,
+    random_images,
     two_scenes,
 )
 from .tiny_models import word_tokenizer
@@ -162,16 +159,7 @@ def test_a_processor_that_disagrees_with_the_model_is_refused_at_load(mistral3_d
     shutil.copytree(mistral3_dir, folder)
     settings = json.loads((folder / "processor_config.json").read_text())
     (folder / "processor_config.json").write_text(json.dumps(dict(settings, **{setting: value})))
-    with pytest.raises(InputError) as error:
-        load_model(LoadConfig(model=str(folder), device="cpu"))
-    assert message in str(error.value)
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(folder), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", TEXT])
-    lines = [line for line in capsys.readouterr().err.split("\n") if line.strip() and "Loading weights" not in line]  # transformers bar
-    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in lines[0]
+    check_refused_at_load(folder, message, capsys, tmp_path)
 
 
 def test_a_non_square_patch_in_the_config_is_refused_at_load(mistral3_dir, tmp_path):
@@ -187,40 +175,19 @@ def test_a_non_square_patch_in_the_config_is_refused_at_load(mistral3_dir, tmp_p
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(mistral3, queries):
     # Three grids (5x6, 6x2, 2x6): pixel_values zero-padded to 96x96, texts of different lengths.
-    sizes, texts, phrases = [SIZE, (40, 150), (150, 40)], [TEXT, "a red square", "a blue circle"], [None, "square", None]
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for w, h in sizes]
-    items = [build_inputs(mistral3.adapter, mistral3.model, mistral3.processor, image, PROMPT, text)
-             for image, text in zip(images, texts)]
+    images = random_images([SIZE, (40, 150), (150, 40)])
+    items = check_batched_equals_one_by_one(mistral3, images, [TEXT, "a red square", "a blue circle"], [None, "square", None], queries)
     assert [item.layout.grid for item in items] == [GRID, (6, 2), (2, 6)]
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases)]
-    for item, selected, maps in zip(items, tokens, batch_head_maps(mistral3, items, tokens, queries)):
-        alone = head_maps(mistral3, item, selected, queries)
-        np.testing.assert_allclose(maps, alone, atol=1e-5)
-        assert alone.std() > 1e-4
 
 
 def test_lora_wraps_only_the_language_models_attention(mistral3):
-    attention = mistral3.model.model.language_model.layers[0].self_attn
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    expected = sum(4 * (projection.in_features + projection.out_features) for projection in projections)
-    with lora_attached(mistral3, lora_config(mistral3, (0,), FinetuneConfig(layers=(0,), rank=4))) as peft_model:
-        wrapped = [name for name, module in mistral3.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-        # the Pixtral tower has layer 0 with q/k/v/o projections too: never wrapped
-        assert sorted(wrapped) == sorted(f"model.language_model.layers.0.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        assert trainable_parameters(peft_model) == expected
+    # the Pixtral tower has layer 0 with q/k/v/o projections too: never wrapped
+    check_lora_targets_only_language_model(mistral3, (0,))
 
 
 def test_cli_scores_the_saved_folder(mistral3_dir, tmp_path, capsys):
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(mistral3_dir), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", TEXT])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["family"] == "mistral3" and result["grid"] == list(GRID) and result["object_patches"] == 6
-    assert len(result["heads"]) == 2 * 4
+    check_cli_scores_folder(mistral3_dir, tmp_path, capsys, SIZE, BOX, "mistral3", GRID,
+                            num_layers=2, num_heads=4, object_patches=6)
 
 
 def test_the_transformers_model_testers_config(tmp_path_factory):

@@ -11,23 +11,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from hi_core.capture import IMPLEMENTATION, capture_attention, install_capture
-from hi_core.cli import main
-from hi_core.errors import InputError
 from hi_core.inputs import build_inputs, to_model_device
 from hi_core.loading import LoadConfig, load_model
 from hi_core.maps import run_forward
 
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
-from .oracles import eager_rows
-from .test_families_gemma3 import (
+from .family_checks import (
+    BATCH_IMAGES,
+    PROMPT,
+    TEXT,
     check_batched_equals_one_by_one,
+    check_capture_equals_eager,
     check_cli_scores_folder,
-    check_lora_targets_only_language_layers,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
+    check_region_lands_on_its_cells,
+    two_scenes,
 )
+from .oracles import eager_rows
 from .tiny_paligemma import SLIDING_WINDOW, build_paligemma2, build_paligemma_with_sinks
 
 SIZE = (140, 70)  # squashed to 56 x 56: x by 0.4, y by 0.8
@@ -124,16 +127,18 @@ def test_paligemma2_grid_follows_the_squash_resize(paligemma2):
     np.testing.assert_array_equal(cells, expected)
 
 
-def test_paligemma2_batched_equals_one_by_one(paligemma2):
-    check_batched_equals_one_by_one(paligemma2)
+@pytest.mark.parametrize("queries", ["producing", "reading"])
+def test_paligemma2_batched_equals_one_by_one(paligemma2, queries):
+    check_batched_equals_one_by_one(paligemma2, *BATCH_IMAGES, queries)
 
 
 def test_paligemma2_lora_targets_only_language_model_layers(paligemma2):
-    check_lora_targets_only_language_layers(paligemma2)
+    check_lora_targets_only_language_model(paligemma2, (0, 1))
 
 
 def test_paligemma2_folder_scores_from_the_command_line(paligemma2_dir, tmp_path, capsys):
-    check_cli_scores_folder(paligemma2_dir, tmp_path, capsys, "paligemma", [SIDE, SIDE])
+    check_cli_scores_folder(paligemma2_dir, tmp_path, capsys, SIZE, BOX, "paligemma", (SIDE, SIDE), text="a red square",
+                            num_layers=2, num_heads=4)
 
 
 def test_paligemma2_tester_config_captures_eager(tmp_path):
@@ -151,17 +156,5 @@ def sinks_dir(tmp_path_factory):
     return build_paligemma_with_sinks(tmp_path_factory.mktemp("sinks"))
 
 
-def test_attention_sinks_are_refused_at_load_naming_them(sinks_dir):
-    with pytest.raises(InputError, match=r"attention sinks \(s_aux\), which the attention capture cannot reproduce"):
-        load_model(LoadConfig(model=str(sinks_dir), device="cpu"))
-
-
-def test_attention_sinks_exit_2_with_one_line(sinks_dir, tmp_path, capsys):
-    image, _, mask = two_scenes(SIZE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    code = main(["score", "--model", str(sinks_dir), "--image", str(tmp_path / "image.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--text", "a red square"])
-    captured = capsys.readouterr()
-    assert code == 2 and captured.err.count("\n") == 1 and "attention sinks (s_aux)" in captured.err
-    assert "Traceback" not in captured.err and captured.out == ""
+def test_attention_sinks_are_refused_at_load_naming_them(sinks_dir, tmp_path, capsys):
+    check_refused_at_load(sinks_dir, "attention sinks (s_aux), which the attention capture cannot reproduce", capsys, tmp_path)

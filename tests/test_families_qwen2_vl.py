@@ -13,7 +13,6 @@ Tiny models (tests/tiny_qwen2_vl.py):
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,18 +21,28 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.cli import main
 from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps, run_forward
 
 from . import tiny_qwen2_vl
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    PROMPT,
+    TEXT,
+    check_batched_equals_one_by_one,
+    check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_grid_matches_rope,
+    check_lora_targets_only_language_model,
+    check_refused_at_load,
+    check_region_lands_on_its_cells,
+    random_image,
+    score_argv,
+    two_scenes,
+    write_scene,
+)
 
 LANDSCAPE, PORTRAIT = (130, 90), (70, 110)
 BOX = (68, 12, 119, 42)  # x0, y0, x1, y1 in the landscape image
@@ -94,36 +103,7 @@ def test_off_centre_region_lands_on_its_cells(qwen):
 def test_layout_matches_the_models_3d_rope_positions(qwen):
     """The model's own M-RoPE index gives each image token its (row, col): ours must agree."""
     loaded, _, case = qwen
-    image, _, _ = two_scenes(LANDSCAPE, (0, 0, 10, 10))
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
-    tensors = inputs.tensors
-    positions = inputs.layout.positions
-    assert positions.shape == case.landscape_grid
-    rope, _ = loaded.model.model.get_rope_index(
-        tensors["input_ids"],
-        mm_token_type_ids=tensors["mm_token_type_ids"],
-        image_grid_thw=tensors["image_grid_thw"],
-        attention_mask=tensors["attention_mask"],
-    )
-    temporal, height, width = (rope[axis, 0].numpy() for axis in range(3))
-    # Image tokens: (t, h, w) = start + (0, row, col); so h - t is the row and w - t the column.
-    rows, cols = np.indices(case.landscape_grid)
-    np.testing.assert_array_equal(height[positions] - temporal[positions], rows)
-    np.testing.assert_array_equal(width[positions] - temporal[positions], cols)
-    # Every other token is text, with equal indices on the three axes.
-    text = np.setdiff1d(np.arange(temporal.size), positions.reshape(-1))
-    assert (temporal[text] == height[text]).all() and (temporal[text] == width[text]).all()
-
-    # And the forward pass really uses these positions (response tokens included).
-    used = []
-    hook = loaded.model.model.language_model.rotary_emb.register_forward_pre_hook(
-        lambda module, args: used.append(args[1].detach().clone())
-    )
-    try:
-        run_forward(loaded, tensors)
-    finally:
-        hook.remove()
-    torch.testing.assert_close(used[0], rope)
+    check_grid_matches_rope(loaded, LANDSCAPE, case.landscape_grid)
 
 
 def test_response_extends_every_per_token_tensor(qwen):
@@ -154,69 +134,31 @@ def test_response_extends_every_per_token_tensor(qwen):
     assert analysis.mask.object_patches.sum() == 6  # 2 rows x 3 cols (BOX's fractions 1.0 and 0.8)
 
 
-def _image(size: tuple[int, int], seed: int) -> Image.Image:
-    width, height = size
-    return Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
-
-
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(qwen, queries):
     """Different grids and response lengths in one batch (padding of tokens, patches, rows, keys)."""
     loaded, _, case = qwen
-    sizes, texts, phrases = [LANDSCAPE, PORTRAIT], [TEXT, "a red square"], [None, "square"]
-    items = [
-        build_inputs(loaded.adapter, loaded.model, loaded.processor, _image(size, seed), PROMPT, text)
-        for seed, (size, text) in enumerate(zip(sizes, texts))
-    ]
+    images = [random_image(size, seed) for seed, size in enumerate([LANDSCAPE, PORTRAIT])]
+    items = check_batched_equals_one_by_one(loaded, images, [TEXT, "a red square"], [None, "square"], queries,
+                                            layers_heads=(case.layers, 4))
     assert [item.layout.grid for item in items] == [case.landscape_grid, case.portrait_grid]
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases)]
-    batched = batch_head_maps(loaded, items, tokens, queries)
-    for item, selected, maps in zip(items, tokens, batched):
-        alone = head_maps(loaded, item, selected, queries)
-        assert maps.shape == alone.shape == (case.layers, 4, *item.layout.grid)
-        np.testing.assert_allclose(maps, alone, atol=1e-5)
-        assert alone.std() > 1e-4
 
 
 def test_lora_wraps_only_language_model_attention(qwen):
     """Layer 1's q/k/v/o of the language model, never the vision tower's blocks (which have a layer 1 too)."""
     loaded, _, _ = qwen
-    attention = loaded.model.model.language_model.layers[1].self_attn
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    expected = sum(4 * (p.in_features + p.out_features) for p in projections)  # rank 4: r * (in + out)
-    with lora_attached(loaded, lora_config(loaded, (1,), FinetuneConfig(layers=(1,), rank=4))) as peft_model:
-        wrapped = [name for name, module in loaded.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-        assert sorted(wrapped) == sorted(f"model.language_model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        assert trainable_parameters(peft_model) == expected
-    assert not any(hasattr(module, "lora_A") for module in loaded.model.modules())
+    check_lora_targets_only_language_model(loaded, (1,))
 
 
 # --- transformers' exact tester config, and a model whose processor's image token is not the config's ---
 
 
-@pytest.fixture
-def scene_files(tmp_path):
-    image, _, mask = two_scenes(LANDSCAPE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    return tmp_path
-
-
-def score_argv(folder, files, *extra):
-    return ["score", "--model", str(folder), "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-            "--text", TEXT, *extra]
-
-
-def test_tester_config_with_vision_end_outside_its_vocabulary_scores_through_the_cli(qwen, scene_files, capsys):
+def test_tester_config_with_vision_end_outside_its_vocabulary_scores_through_the_cli(qwen, tmp_path, capsys):
     """The tester's `vision_end_token_id` (151653) is not the tokenizer's `<|vision_end|>` (6) and not
     even in its 99-token vocabulary; the model never reads it, so the model scores as any other."""
     loaded, folder, case = qwen
-    out = scene_files / "score.json"
-    assert main(score_argv(folder, scene_files, "--out", str(out))) == 0, capsys.readouterr().err
-    result = json.loads(out.read_text())
-    assert result["family"] == "qwen2_vl" and result["grid"] == list(case.landscape_grid)
-    assert result["num_layers"] == case.layers and len(result["heads"]) == case.layers * 4
-    assert result["object_patches"] == 6
+    check_cli_scores_folder(folder, tmp_path, capsys, LANDSCAPE, BOX, "qwen2_vl", case.landscape_grid, to_file=True,
+                            num_layers=case.layers, num_heads=4, object_patches=6)
     if case.build is tiny_qwen2_vl.build_qwen2_vl_tester:
         config, tokenizer = loaded.model.config, loaded.processor.tokenizer
         assert config.vision_end_token_id == 151653 and config.get_text_config().vocab_size == 99
@@ -232,17 +174,10 @@ def mismatched_folder(tmp_path_factory):
     return tiny_qwen2_vl.build_qwen2_vl_tester(tmp_path_factory.mktemp("mismatch"), image_token_matches=False)
 
 
-def test_image_token_not_the_processors_is_refused_at_load(mismatched_folder):
-    with pytest.raises(InputError) as raised:
-        load_model(LoadConfig(model=str(mismatched_folder), device="cpu"))
-    assert MISMATCH in str(raised.value)
-
-
-def test_image_token_not_the_processors_exits_2_with_one_line(mismatched_folder, scene_files, capsys):
-    assert main(score_argv(mismatched_folder, scene_files)) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and MISMATCH in captured.err and captured.out == ""
-    process = subprocess.run([sys.executable, "-m", "hi_core", *score_argv(mismatched_folder, scene_files)],
+def test_image_token_not_the_processors_is_refused_at_load_and_exits_2_with_one_line(mismatched_folder, tmp_path, capsys):
+    check_refused_at_load(mismatched_folder, MISMATCH, capsys, tmp_path)
+    image, mask = write_scene(tmp_path, LANDSCAPE, BOX)
+    process = subprocess.run([sys.executable, "-m", "hi_core", *score_argv(mismatched_folder, image, mask)],
                              capture_output=True, text=True, timeout=120, check=False)
     assert process.returncode == 2 and MISMATCH in process.stderr
     assert process.stderr.strip().count("\n") == 0 and "Traceback" not in process.stderr

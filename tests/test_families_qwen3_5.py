@@ -4,6 +4,9 @@ Tiny models (tests/tiny_qwen3_5.py) with 4 text layers, linear / full / linear /
 layers 1 and 3 are captured, scored, ranked and adapted; layers 0 and 2 (Gated DeltaNet) keep
 their index everywhere and are NaN / null / "not scored". The image layout is Qwen3-VL's: one image
 token per 16x16 px, so a 130x90 image is a 6x8 grid (tests/test_families_qwen3_vl.py).
+
+A third tiny model has the exact config of transformers' own Qwen3.5 tester (2 text layers, full then
+linear attention, so layer 0 alone is scored; 16-px patches, merge 1: one token per 16x16 px again).
 """
 
 from __future__ import annotations
@@ -15,28 +18,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText
 
 from hi_core.analysis import analyze_image
-from hi_core.capture import capture_attention
 from hi_core.cli import main
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.datasets import write_synthetic
 from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, attention_targets, lora_attached, lora_config, trainable_parameters
+from hi_core.finetune import FinetuneConfig, attention_targets, lora_config
 from hi_core.heatmap import NAN_COLOUR, HeatmapLayout
 from hi_core.image_scoring import AnalysisConfig
-from hi_core.inputs import build_inputs, to_model_device
+from hi_core.inputs import build_inputs
 from hi_core.layer_selection import Ranking, select_layers
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps, run_forward
 from hi_core.scoring import ScoringConfig
 from ui import explorer_views as views
 
 from . import tiny_qwen3_5
-from .family_checks import PROMPT, TEXT, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    PROMPT,
+    TEXT,
+    check_batched_equals_one_by_one,
+    check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_grid_matches_rope,
+    check_lora_targets_only_language_model,
+    check_region_lands_on_its_cells,
+    random_images,
+    two_scenes,
+)
 
 SCORED = tiny_qwen3_5.FULL_ATTENTION_LAYERS  # (1, 3)
 UNSCORED = (0, 2)
@@ -77,47 +86,20 @@ def test_hub_folder_loads_with_its_softmax_layers_resolved(hybrid):
     assert all(hasattr(layers[i], "linear_attn") and not hasattr(layers[i], "self_attn") for i in UNSCORED)
 
 
-@torch.no_grad()
 def test_captured_rows_of_softmax_layers_equal_eager_and_the_others_are_nan(hybrid):
     """Eager `output_attentions` returns one tensor per softmax-attention layer (transformers records
     `Qwen3_5Attention` only): they are the captured layers 1 and 3, in order; layers 0 and 2 are NaN."""
     loaded, folder, _ = hybrid
-    image, _, _ = two_scenes(LANDSCAPE, BOX)
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
-    keys = inputs.layout.positions.reshape(-1)
-    eager = AutoModelForImageTextToText.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32).eval()
-    attentions = eager(**to_model_device(inputs.tensors, eager), output_attentions=True, use_cache=False).attentions
-    assert len(attentions) == len(SCORED)
-    for queries in ("producing", "reading"):
-        rows = inputs.query_positions(np.arange(inputs.num_response_tokens), queries)
-        with capture_attention(loaded.model, loaded.adapter, rows, keys) as cache:
-            run_forward(loaded, inputs.tensors)
-        assert sorted(cache.rows) == list(SCORED)
-        captured = cache.stacked()[:, 0].numpy()  # (layers, heads, rows, keys)
-        assert captured.shape == (4, HEADS, rows.size, keys.size)
-        assert np.isnan(captured[list(UNSCORED)]).all()
-        for attention, layer in zip(attentions, SCORED):
-            expected = attention[0][:, torch.as_tensor(rows)][..., torch.as_tensor(keys)].numpy()
-            np.testing.assert_allclose(captured[layer], expected, atol=1e-5)
-            assert captured[layer].std() > 1e-4
+    assert loaded.adapter.scored_layers(loaded.model) == SCORED and len(loaded.adapter.decoder_layers(loaded.model)) == 4
+    assert loaded.model.config.get_text_config().num_attention_heads == HEADS
+    check_capture_equals_eager(loaded, folder, two_scenes(LANDSCAPE, BOX)[0])
 
 
 def test_grid_follows_the_models_rope_and_the_image(dense):
     """The model's own M-RoPE index gives each image token its (row, col); a changed region moves the
     embeddings of exactly the cells the grid puts it on."""
     loaded, _ = dense
-    image, _, _ = two_scenes(LANDSCAPE, (0, 0, 10, 10))
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
-    tensors, positions = inputs.tensors, inputs.layout.positions
-    assert positions.shape == LANDSCAPE_GRID
-    rope, _ = loaded.model.model.get_rope_index(
-        tensors["input_ids"], mm_token_type_ids=tensors["mm_token_type_ids"],
-        image_grid_thw=tensors["image_grid_thw"], attention_mask=tensors["attention_mask"],
-    )
-    temporal, height, width = (rope[axis, 0].numpy() for axis in range(3))
-    rows, cols = np.indices(LANDSCAPE_GRID)
-    np.testing.assert_array_equal(height[positions] - temporal[positions], rows)
-    np.testing.assert_array_equal(width[positions] - temporal[positions], cols)
+    check_grid_matches_rope(loaded, LANDSCAPE, LANDSCAPE_GRID)
     cells = check_region_lands_on_its_cells(loaded, LANDSCAPE, BOX)
     expected = np.zeros(LANDSCAPE_GRID, dtype=bool)
     expected[1:3, 4:7] = True
@@ -202,32 +184,16 @@ def test_rankings_and_selection_never_pick_a_linear_attention_layer(analysis, de
 
 def test_lora_wraps_only_the_chosen_softmax_attention_layers(hybrid):
     loaded, _, _ = hybrid
-    layers = loaded.adapter.decoder_layers(loaded.model)
     assert attention_targets(loaded) == [f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
     for chosen in ((3,), select_layers("all", loaded.adapter.scored_layers(loaded.model), 0)):
-        projections = [getattr(layers[i].self_attn, p) for i in chosen for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        expected = sum(4 * (p.in_features + p.out_features) for p in projections)  # rank 4: r * (in + out)
-        with lora_attached(loaded, lora_config(loaded, chosen, FinetuneConfig(layers=chosen, rank=4))) as peft_model:
-            wrapped = [name for name, module in loaded.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-            assert sorted(wrapped) == sorted(f"model.language_model.layers.{i}.self_attn.{p}"
-                                             for i in chosen for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-            assert trainable_parameters(peft_model) == expected
-    assert not any(hasattr(module, "lora_A") for module in loaded.model.modules())
+        check_lora_targets_only_language_model(loaded, chosen)
 
 
 def test_cli_scores_the_hub_folder_and_names_the_scored_layers(dense, tmp_path, capsys):
     _, folder = dense
-    image, _, mask = two_scenes(LANDSCAPE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    out = tmp_path / "score.json"
-    code = main(["score", "--model", str(folder), "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
-                 "--text", TEXT, "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    result = json.loads(out.read_text())  # json.loads would accept NaN; null is what the file must hold
-    assert "NaN" not in out.read_text()
-    assert result["family"] == "qwen3_5" and result["grid"] == list(LANDSCAPE_GRID) and result["num_layers"] == 4
-    assert result["scored_layers"] == list(SCORED) and len(result["heads"]) == 4 * HEADS
+    result = check_cli_scores_folder(folder, tmp_path, capsys, LANDSCAPE, BOX, "qwen3_5", LANDSCAPE_GRID, to_file=True,
+                                     num_layers=4, num_heads=HEADS)
+    assert result["scored_layers"] == list(SCORED)
     assert {h["layer"] for h in result["heads"] if h["hi"] is not None} == set(SCORED)
 
 
@@ -283,15 +249,44 @@ def test_cli_finetune_top_layers_tunes_only_softmax_attention(dense, tmp_path, c
 @pytest.mark.parametrize("queries", ["producing", "reading"])
 def test_batched_maps_equal_one_at_a_time(dense, queries):
     """Padding in a batch must not leak into the linear-attention layers' recurrence (their outputs feed
-    the softmax layers after them): each sequence's maps equal its maps alone."""
+    the softmax layers after them): each sequence's maps equal its maps alone, NaN on layers 0 and 2."""
     loaded, _ = dense
-    sizes, texts = [LANDSCAPE, (70, 110), (64, 64)], [TEXT, "a red square", "a blue circle at the center"]
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for w, h in sizes]
-    items = [build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text) for image, text in zip(images, texts)]
-    tokens = [np.arange(item.num_response_tokens) for item in items]
-    for item, selected, maps in zip(items, tokens, batch_head_maps(loaded, items, tokens, queries)):
-        alone = head_maps(loaded, item, selected, queries)
-        assert maps.shape == alone.shape == (4, HEADS, *item.layout.grid)
-        np.testing.assert_allclose(maps, alone, atol=1e-5, equal_nan=True)
-        assert np.isnan(alone[list(UNSCORED)]).all() and alone[list(SCORED)].std() > 1e-4
+    images = random_images([LANDSCAPE, (70, 110), (64, 64)])
+    texts = [TEXT, "a red square", "a blue circle at the center"]
+    check_batched_equals_one_by_one(loaded, images, texts, [None] * 3, queries, layers_heads=(4, HEADS), scored=SCORED)
+
+
+# --- transformers' own Qwen3.5 tester config (2 layers: full attention, then linear attention) ----------
+
+
+@pytest.fixture(scope="module")
+def tester(tmp_path_factory):
+    folder = tiny_qwen3_5.build_qwen3_5_tester(tmp_path_factory.mktemp("tester"))
+    return load_model(LoadConfig(model=str(folder), device="cpu")), folder
+
+
+def test_tester_config_scores_its_softmax_layer_and_captures_eager(tester):
+    """Settings nobody here chose: layer 0 softmax, layer 1 Gated DeltaNet (the other order from ours),
+    head_dim 32 rotated on a quarter of its dims, 4 value heads per key head pair, a 99-token vocabulary."""
+    loaded, folder = tester
+    config = loaded.model.config
+    assert config.model_type == "qwen3_5" and loaded.family == "qwen3_5"
+    assert config.text_config.layer_types == ["full_attention", "linear_attention"] and config.get_text_config().vocab_size == 99
+    assert loaded.adapter.scored_layers(loaded.model) == tiny_qwen3_5.TESTER_FULL_ATTENTION_LAYERS == (0,)
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    assert hasattr(layers[1], "linear_attn") and not hasattr(layers[1], "self_attn")
+    image, _, _ = two_scenes(LANDSCAPE, BOX)
+    assert build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT).layout.grid == LANDSCAPE_GRID
+    check_capture_equals_eager(loaded, folder, image)
+
+
+def test_tester_config_grid_follows_the_models_rope_and_the_image(tester):
+    """One 16-px patch per token, whose embedding reacts to a sliver of a patch about as much as to a whole
+    one, so the box follows cell edges (as for the Qwen3-VL tester): (65, 15, 114, 45) scaled by 128/130
+    and 96/90 -> x 64.0..112.25: cols 4-6 full, col 7 0.02; y 16..48: rows 1-2 full."""
+    loaded, _ = tester
+    check_grid_matches_rope(loaded, LANDSCAPE, LANDSCAPE_GRID)
+    cells = check_region_lands_on_its_cells(loaded, LANDSCAPE, (65, 15, 114, 45))
+    expected = np.zeros(LANDSCAPE_GRID, dtype=bool)
+    expected[1:3, 4:7] = True
+    np.testing.assert_array_equal(cells, expected)

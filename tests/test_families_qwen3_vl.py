@@ -16,18 +16,24 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from hi_core.cli import main
 from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps, run_forward
 
 from . import tiny_qwen3_vl
-from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
+from .family_checks import (
+    PROMPT,
+    TEXT,
+    check_batched_equals_one_by_one,
+    check_capture_equals_eager,
+    check_cli_scores_folder,
+    check_grid_matches_rope,
+    check_lora_targets_only_language_model,
+    check_region_lands_on_its_cells,
+    random_image,
+    two_scenes,
+)
 
 LANDSCAPE, LANDSCAPE_GRID = (130, 90), (6, 8)
 PORTRAIT, PORTRAIT_GRID = (70, 110), (7, 4)
@@ -89,38 +95,7 @@ def test_layout_matches_the_models_3d_rope_positions(qwen3):
     """The model's own M-RoPE index gives each image token its (row, col): ours must agree, and the
     forward pass uses exactly these positions."""
     loaded, _, _ = qwen3
-    image, _, _ = two_scenes(LANDSCAPE, (0, 0, 10, 10))
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
-    tensors = inputs.tensors
-    positions = inputs.layout.positions
-    assert positions.shape == LANDSCAPE_GRID
-    rope, _ = loaded.model.model.get_rope_index(
-        tensors["input_ids"],
-        mm_token_type_ids=tensors["mm_token_type_ids"],
-        image_grid_thw=tensors["image_grid_thw"],
-        attention_mask=tensors["attention_mask"],
-    )
-    temporal, height, width = (rope[axis, 0].numpy() for axis in range(3))
-    rows, cols = np.indices(LANDSCAPE_GRID)
-    np.testing.assert_array_equal(height[positions] - temporal[positions], rows)
-    np.testing.assert_array_equal(width[positions] - temporal[positions], cols)
-    text = np.setdiff1d(np.arange(temporal.size), positions.reshape(-1))
-    assert (temporal[text] == height[text]).all() and (temporal[text] == width[text]).all()
-
-    used = []
-    hook = loaded.model.model.language_model.rotary_emb.register_forward_pre_hook(
-        lambda module, args: used.append(args[1].detach().clone())
-    )
-    try:
-        run_forward(loaded, tensors)
-    finally:
-        hook.remove()
-    torch.testing.assert_close(used[0], rope)
-
-
-def _image(size: tuple[int, int], seed: int) -> Image.Image:
-    width, height = size
-    return Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
+    check_grid_matches_rope(loaded, LANDSCAPE, LANDSCAPE_GRID)
 
 
 @pytest.mark.parametrize("queries", ["producing", "reading"])
@@ -128,46 +103,21 @@ def test_batched_maps_equal_one_at_a_time(qwen3, queries):
     """Different grids (6x8, 7x4, 4x4) and response lengths in one batch: padding of tokens,
     of the patches and of the per-sequence rows and keys is exercised."""
     loaded, _, _ = qwen3
-    sizes, texts, phrases = [LANDSCAPE, PORTRAIT, (64, 64)], [TEXT, "a red square", "a blue circle at the center"], [None, None, "blue circle"]
-    items = [
-        build_inputs(loaded.adapter, loaded.model, loaded.processor, _image(size, seed), PROMPT, text)
-        for seed, (size, text) in enumerate(zip(sizes, texts))
-    ]
+    images = [random_image(size, seed) for seed, size in enumerate([LANDSCAPE, PORTRAIT, (64, 64)])]
+    texts, phrases = [TEXT, "a red square", "a blue circle at the center"], [None, None, "blue circle"]
+    items = check_batched_equals_one_by_one(loaded, images, texts, phrases, queries, layers_heads=(2, 4))
     assert [item.layout.grid for item in items] == [LANDSCAPE_GRID, PORTRAIT_GRID, (4, 4)]
-    tokens = [key_phrase_tokens(item, phrase) for item, phrase in zip(items, phrases)]
-    batched = batch_head_maps(loaded, items, tokens, queries)
-    for item, selected, maps in zip(items, tokens, batched):
-        alone = head_maps(loaded, item, selected, queries)
-        assert maps.shape == alone.shape == (2, 4, *item.layout.grid)
-        np.testing.assert_allclose(maps, alone, atol=1e-5)
-        assert alone.std() > 1e-4
 
 
 def test_lora_wraps_only_language_model_attention(qwen3):
     loaded, _, _ = qwen3
-    layers = (1,)
-    attention = loaded.model.model.language_model.layers[1].self_attn
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-    expected = sum(4 * (p.in_features + p.out_features) for p in projections)  # rank 4: r * (in + out)
-    with lora_attached(loaded, lora_config(loaded, layers, FinetuneConfig(layers=layers, rank=4))) as peft_model:
-        wrapped = [name for name, module in loaded.model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-        assert sorted(wrapped) == sorted(f"model.language_model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        assert trainable_parameters(peft_model) == expected
-    assert not any(hasattr(module, "lora_A") for module in loaded.model.modules())
+    check_lora_targets_only_language_model(loaded, (1,))
 
 
 def test_cli_scores_the_hub_folder(qwen3, tmp_path, capsys):
     _, folder, _ = qwen3
-    image, _, mask = two_scenes(LANDSCAPE, BOX)
-    image.save(tmp_path / "image.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    out = tmp_path / "score.json"
-    code = main(["score", "--model", str(folder), "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
-                 "--text", TEXT, "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    result = json.loads(out.read_text())
-    assert result["family"] == "qwen3_vl" and result["grid"] == list(LANDSCAPE_GRID)
-    assert result["object_patches"] == 6 and len(result["heads"]) == 2 * 4
+    check_cli_scores_folder(folder, tmp_path, capsys, LANDSCAPE, BOX, "qwen3_vl", LANDSCAPE_GRID, to_file=True,
+                            num_layers=2, num_heads=4, object_patches=6)
 
 
 def test_patch_geometry_not_the_models_is_refused_at_load(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_models import _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import random_model, save_folder, tiny_text_config, tiny_vision_config, word_tokenizer
 
 IMAGE_SIZE = 56
 PATCH = 4
@@ -70,10 +70,7 @@ def build_gemma3(folder: Path, tester: bool = False, mm_tokens_per_image: int | 
         text = {**TESTER_TEXT, "vocab_size": len(tokenizer)}
         tokens = TESTER_TOKENS if mm_tokens_per_image is None else mm_tokens_per_image
     else:
-        vision = dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH,
-        )
+        vision = tiny_vision_config(IMAGE_SIZE, PATCH, model_type="siglip_vision_model")  # with its pooling head
         text = tiny_text_config(
             len(tokenizer), model_type="gemma3_text", head_dim=16, sliding_window=SLIDING_WINDOW,
             layer_types=["sliding_attention", "full_attention"],
@@ -95,9 +92,7 @@ def build_gemma3(folder: Path, tester: bool = False, mm_tokens_per_image: int | 
         boi_token_index=ids["<start_of_image>"],
         eoi_token_index=ids["<end_of_image>"],
     )
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(config)
-    _randomize(model, seed=0)  # also the projector, which a fresh model starts at zero
+    model = random_model(Gemma3ForConditionalGeneration, config)  # also the projector, which a fresh model starts at zero
     if not tester:
         # Random attention over 196 patches, then the projector's RMSNorm, spreads a local change
         # over every token; weaker mixing keeps each region's change on its own cells, which the
@@ -105,6 +100,4 @@ def build_gemma3(folder: Path, tester: bool = False, mm_tokens_per_image: int | 
         with torch.no_grad():
             for layer in model.model.vision_tower.encoder.layers:
                 layer.self_attn.out_proj.weight.mul_(0.1)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, model, processor)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_models import _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import _randomize, save_folder, special_token_ids, tiny_text_config, tiny_vision_config, word_tokenizer
 
 TILE = 48  # pixels per tile side (vision image_size, processor max_image_size)
 PATCH = 4
@@ -66,20 +66,8 @@ def _config_kwargs(tokenizer) -> dict:
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     assert isinstance(image_token_id, int) and image_token_id > 3
     return dict(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=TILE,
-            patch_size=PATCH,
-        ),
-        text_config=tiny_text_config(
-            len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        vision_config=tiny_vision_config(TILE, PATCH),
+        text_config=tiny_text_config(len(tokenizer), **special_token_ids(tokenizer)),
         image_token_id=image_token_id,
         scale_factor=SCALE,
         pad_token_id=tokenizer.pad_token_id,
@@ -112,8 +100,7 @@ def build_idefics3(folder: Path, split: bool = True) -> Path:
     config = Idefics3Config(**_config_kwargs(tokenizer))
     torch.manual_seed(0)
     _save_model(folder, Idefics3ForConditionalGeneration(config))
-    processor.save_pretrained(folder)
-    return Path(folder)
+    return save_folder(folder, processor)
 
 
 def build_smolvlm(folder: Path, split: bool = True) -> Path:
@@ -126,11 +113,7 @@ def build_smolvlm(folder: Path, split: bool = True) -> Path:
     config = SmolVLMConfig(**_config_kwargs(tokenizer))
     torch.manual_seed(0)
     _save_model(folder, SmolVLMForConditionalGeneration(config))
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    (Path(folder) / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     # The processor's own settings (a Hub folder has them in processor_config.json).
-    (Path(folder) / "processor_config.json").write_text(
-        '{"processor_class": "SmolVLMProcessor", "image_seq_len": %d}\n' % IMAGE_SEQ_LEN
-    )
-    return Path(folder)
+    settings = '{"processor_class": "SmolVLMProcessor", "image_seq_len": %d}\n' % IMAGE_SEQ_LEN
+    return save_folder(folder, tokenizer, image_processor,
+                       files={"chat_template.jinja": CHAT_TEMPLATE, "processor_config.json": settings})

@@ -22,10 +22,18 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .tiny_models import WORDS, _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import (
+    WORDS,
+    random_model,
+    save_folder,
+    special_token_ids,
+    tiny_text_config,
+    tiny_vision_config,
+    word_level_tokenizer,
+    word_tokenizer,
+)
 
 TILE = 48  # pixels per tile side (vision image_size, processor size)
 PATCH = 4
@@ -94,15 +102,9 @@ TESTER_TOKENS_PER_SIDE = 8
 
 def _save(folder: Path, model, tokenizer, image_processor, image_seq_length: int) -> Path:
     """Model, tokenizer, image processor and processor settings in a Hub checkpoint's layout."""
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    (folder / "processor_config.json").write_text(
-        json.dumps({"processor_class": "InternVLProcessor", "image_seq_length": image_seq_length}) + "\n"
-    )
-    return folder
+    settings = json.dumps({"processor_class": "InternVLProcessor", "image_seq_length": image_seq_length}) + "\n"
+    return save_folder(folder, model, tokenizer, image_processor,
+                       files={"chat_template.jinja": CHAT_TEMPLATE, "processor_config.json": settings})
 
 
 def _weak_vision_attention(model) -> None:
@@ -127,29 +129,14 @@ def build_internvl(folder: Path) -> Path:
 
     tokenizer = word_tokenizer(SPECIAL, extra_special=IMAGE_TOKENS)
     config = InternVLConfig(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=TILE,
-            patch_size=PATCH,
-        ),
-        text_config=tiny_text_config(
-            len(tokenizer),
-            model_type="qwen2",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        vision_config=tiny_vision_config(TILE, PATCH),
+        text_config=tiny_text_config(len(tokenizer), model_type="qwen2", **special_token_ids(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=IMAGE_SEQ_LENGTH,
         downsample_ratio=DOWNSAMPLE,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config)
-    _randomize(model, seed=0)
+    model = random_model(InternVLForConditionalGeneration, config)
     _weak_vision_attention(model)
     return _save(folder, model, tokenizer, _image_processor(TILE), IMAGE_SEQ_LENGTH)
 
@@ -162,19 +149,7 @@ def tester_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     if len(vocab) > TESTER_TEXT_CONFIG["vocab_size"]:
         raise RuntimeError(f"{len(vocab)} tokens do not fit the tester's vocabulary")
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens=IMAGE_TOKENS,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL})
-    return tokenizer
+    return word_level_tokenizer(vocab, SPECIAL, IMAGE_TOKENS)
 
 
 def build_internvl_tester(folder: Path) -> Path:
@@ -183,8 +158,6 @@ def build_internvl_tester(folder: Path) -> Path:
 
     tokenizer = tester_tokenizer()
     config = InternVLConfig(text_config=dict(TESTER_TEXT_CONFIG), vision_config=dict(TESTER_VISION_CONFIG), **TESTER_CONFIG)
-    torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config)
-    _randomize(model, seed=1)
+    model = random_model(InternVLForConditionalGeneration, config, seed=1)
     _weak_vision_attention(model)
     return _save(folder, model, tokenizer, _image_processor(TESTER_TILE), TESTER_CONFIG["image_seq_length"])

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from .tiny_models import CHAT_TEMPLATE, _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import CHAT_TEMPLATE, random_model, save_folder, tiny_siglip_vision_config, tiny_text_config, word_tokenizer
 
 IMAGE_SIZE = 48
 PATCH = 8
@@ -51,10 +49,6 @@ def _tokenizer():
 
 
 def _write(folder: Path, model, tokenizer, image_processor, num_image_tokens: int, strategy: str) -> Path:
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
     settings = {
         "processor_class": "LlavaOnevisionProcessor",
         "image_token": "<image>",
@@ -63,9 +57,8 @@ def _write(folder: Path, model, tokenizer, image_processor, num_image_tokens: in
         "vision_feature_select_strategy": strategy,
         "vision_aspect_ratio": model.config.vision_aspect_ratio,
     }
-    (folder / "processor_config.json").write_text(json.dumps(settings, indent=2))
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    return folder
+    return save_folder(folder, model, tokenizer, image_processor,
+                       files={"processor_config.json": json.dumps(settings, indent=2), "chat_template.jinja": CHAT_TEMPLATE})
 
 
 def _image_processor(side: int, pinpoints: list[list[int]]):
@@ -85,16 +78,7 @@ def build_llava_onevision(folder: Path, image_size: int = IMAGE_SIZE, patch_size
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
     tokenizer = _tokenizer()
     config = LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            vision_use_head=False,
-        ),
+        vision_config=tiny_siglip_vision_config(image_size, patch_size),
         text_config=tiny_text_config(len(tokenizer), model_type="qwen2"),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
@@ -102,9 +86,7 @@ def build_llava_onevision(folder: Path, image_size: int = IMAGE_SIZE, patch_size
         vision_feature_layer=-1,
         image_grid_pinpoints=pinpoints,
     )
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(config)
-    _randomize(model, seed=0)
+    model = random_model(LlavaOnevisionForConditionalGeneration, config)
     side = image_size // patch_size
     return _write(folder, model, tokenizer, _image_processor(image_size, pinpoints), side * side, "full")
 
@@ -125,9 +107,7 @@ def build_tester_llava_onevision(folder: Path) -> Path:
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         **TESTER_SETTINGS,
     )
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(config)
-    _randomize(model, seed=1)
+    model = random_model(LlavaOnevisionForConditionalGeneration, config, seed=1)
     side = TESTER_VISION_CONFIG["image_size"] // TESTER_VISION_CONFIG["patch_size"]
     image_processor = _image_processor(TESTER_VISION_CONFIG["image_size"], TESTER_SETTINGS["image_grid_pinpoints"])
     return _write(folder, model, tokenizer, image_processor, side * side, "full")

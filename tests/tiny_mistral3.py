@@ -20,7 +20,7 @@ import torch
 
 from hi_core.pixtral_inputs import PixtralImageTextProcessor
 
-from .tiny_models import _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import random_model, save_folder, tiny_text_config, tiny_vision_config, word_tokenizer
 
 PATCH = 8
 MERGE = 2
@@ -71,9 +71,7 @@ def _write(folder: Path, model, processor) -> Path:
     with torch.no_grad():
         for layer in model.model.vision_tower.transformer.layers:
             layer.attention.o_proj.weight.mul_(VISION_ATTENTION_SCALE)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return Path(folder)
+    return save_folder(folder, model, processor)
 
 
 def build_mistral3(folder: Path) -> Path:
@@ -83,24 +81,13 @@ def build_mistral3(folder: Path) -> Path:
     processor = _processor(PATCH, MERGE, LONGEST_EDGE)
     tokenizer = processor.tokenizer
     config = Mistral3Config(
-        vision_config=dict(
-            model_type="pixtral",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=LONGEST_EDGE,
-            patch_size=PATCH,
-        ),
+        vision_config=tiny_vision_config(LONGEST_EDGE, PATCH, model_type="pixtral"),
         text_config=tiny_text_config(len(tokenizer), model_type="mistral"),
         image_token_index=processor.image_token_id,
         spatial_merge_size=MERGE,
         vision_feature_layer=-1,
     )
-    torch.manual_seed(0)
-    model = Mistral3ForConditionalGeneration(config)
-    _randomize(model, seed=0)
-    return _write(folder, model, processor)
+    return _write(folder, random_model(Mistral3ForConditionalGeneration, config), processor)
 
 
 def build_tester_mistral3(folder: Path) -> Path:
@@ -115,7 +102,4 @@ def build_tester_mistral3(folder: Path) -> Path:
         image_token_index=processor.image_token_id,
         **TESTER_SETTINGS,
     )
-    torch.manual_seed(0)
-    model = Mistral3ForConditionalGeneration(config)
-    _randomize(model, seed=1)
-    return _write(folder, model, processor)
+    return _write(folder, random_model(Mistral3ForConditionalGeneration, config, seed=1), processor)

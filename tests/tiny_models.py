@@ -27,11 +27,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(special_tokens: list[str], extra_special: dict[str, str] | None = None, **kwargs) -> PreTrainedTokenizerFast:
-    """A lower-casing word-level tokenizer over WORDS, with the given special tokens first."""
-    base = ["<pad>", "<unk>", "<s>", "</s>"]
-    words = [w for w in WORDS if w.strip()] + ["\n"]
-    vocab = {token: i for i, token in enumerate(base + special_tokens + words)}
+def word_level_tokenizer(vocab: dict[str, int], special_tokens: list[str], extra_special: dict[str, str] | None = None,
+                         **kwargs) -> PreTrainedTokenizerFast:
+    """A lower-casing, whitespace-split word-level tokenizer over `vocab` (`<s>`, `</s>`, `<pad>`, `<unk>`
+    among its tokens), with `special_tokens` kept whole."""
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -46,6 +45,19 @@ def word_tokenizer(special_tokens: list[str], extra_special: dict[str, str] | No
     )
     tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
     return tokenizer
+
+
+def word_tokenizer(special_tokens: list[str], extra_special: dict[str, str] | None = None, **kwargs) -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer over WORDS, with the given special tokens first."""
+    base = ["<pad>", "<unk>", "<s>", "</s>"]
+    words = [w for w in WORDS if w.strip()] + ["\n"]
+    vocab = {token: i for i, token in enumerate(base + special_tokens + words)}
+    return word_level_tokenizer(vocab, special_tokens, extra_special, **kwargs)
+
+
+def special_token_ids(tokenizer) -> dict:
+    """The tokenizer's bos, eos and pad ids, as a text config names them."""
+    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def tiny_text_config(vocab_size: int, model_type: str = "llama", **overrides) -> dict:
@@ -63,17 +75,27 @@ def tiny_text_config(vocab_size: int, model_type: str = "llama", **overrides) ->
     return config
 
 
-def tiny_clip_vision_config(image_size: int, patch_size: int) -> dict:
-    """A one-layer CLIP vision tower (LLaVA and LLaVA-NeXT)."""
+def tiny_vision_config(image_size: int, patch_size: int, **extra) -> dict:
+    """A one-layer vision tower of hidden 32 with 2 heads (`extra`: its model_type and the like)."""
     return dict(
-        model_type="clip_vision_model",
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         image_size=image_size,
         patch_size=patch_size,
+        **extra,
     )
+
+
+def tiny_clip_vision_config(image_size: int, patch_size: int) -> dict:
+    """A one-layer CLIP vision tower (LLaVA and LLaVA-NeXT)."""
+    return tiny_vision_config(image_size, patch_size, model_type="clip_vision_model")
+
+
+def tiny_siglip_vision_config(image_size: int, patch_size: int) -> dict:
+    """A one-layer SigLIP vision tower without its pooling head (PaliGemma, LLaVA-OneVision)."""
+    return tiny_vision_config(image_size, patch_size, model_type="siglip_vision_model", vision_use_head=False)
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
@@ -85,33 +107,55 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
-def build_llava(folder: Path, image_size: int = 48, patch_size: int = 8) -> Path:
-    """LLaVA 1.5: CLIP vision tower (shortest-edge resize + center crop) and a Llama."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+def random_model(model_class, config, seed: int = 0) -> torch.nn.Module:
+    """`model_class(config)` built under torch seed 0, then given `_randomize`'s weights from `seed`."""
+    torch.manual_seed(0)
+    model = model_class(config)
+    _randomize(model, seed=seed)
+    return model
 
+
+def save_folder(folder: Path, *parts, files: dict[str, str] | None = None) -> Path:
+    """A Hub checkpoint's layout: each part's `save_pretrained` (model, processor or tokenizer and image
+    processor) into `folder`, and the text `files` (chat template, processor settings) beside them."""
+    folder = Path(folder)
+    for part in parts:
+        part.save_pretrained(folder)
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def llava_parts(image_size: int, patch_size: int) -> tuple:
+    """What LLaVA 1.5 and LLaVA-NeXT share: the tokenizer, the processor's settings (CLIP's CLS token
+    counted, dropped by the "default" strategy) and the config's (a CLIP tower and a Llama)."""
     tokenizer = word_tokenizer(["<image>"], extra_special={"image_token": "<image>"})
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
+    processor = dict(
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
-    config = LlavaConfig(
+    config = dict(
         vision_config=tiny_clip_vision_config(image_size, patch_size),
         text_config=tiny_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
-    _randomize(model, seed=0)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return tokenizer, processor, config
+
+
+def build_llava(folder: Path, image_size: int = 48, patch_size: int = 8) -> Path:
+    """LLaVA 1.5: CLIP vision tower (shortest-edge resize + center crop) and a Llama."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    _, processor_settings, config_settings = llava_parts(image_size, patch_size)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(image_processor=image_processor, **processor_settings)
+    model = random_model(LlavaForConditionalGeneration, LlavaConfig(**config_settings))
+    return save_folder(folder, model, processor)

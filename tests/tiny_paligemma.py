@@ -16,34 +16,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .tiny_models import _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import random_model, save_folder, tiny_siglip_vision_config, tiny_text_config, word_tokenizer
 
 IMAGE_SIZE = 56
 PATCH = 8
 
 
-def build_paligemma(folder: Path, image_size: int = IMAGE_SIZE, patch_size: int = PATCH) -> Path:
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+def _processor(image_size: int, patch_size: int):
+    """PaliGemma's processor (which adds the `<locNNNN>` and `<segNNN>` tokens to the tokenizer) over a
+    word tokenizer, squashing images to image_size x image_size."""
+    from transformers import PaliGemmaProcessor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     tokenizer = word_tokenizer(["<image>"], extra_special={"image_token": "<image>"})
     image_processor = SiglipImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_seq_length=(image_size // patch_size) ** 2
     )
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_paligemma(folder: Path, image_size: int = IMAGE_SIZE, patch_size: int = PATCH) -> Path:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    processor = _processor(image_size, patch_size)
+    tokenizer = processor.tokenizer
     config = PaliGemmaConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            vision_use_head=False,
-        ),
+        vision_config=tiny_siglip_vision_config(image_size, patch_size),
         # Gemma's default head_dim is 256: set it to hidden / heads.
         text_config=tiny_text_config(len(tokenizer), model_type="gemma", head_dim=16),
         image_token_id=processor.image_token_id,
@@ -52,12 +50,7 @@ def build_paligemma(folder: Path, image_size: int = IMAGE_SIZE, patch_size: int 
         vocab_size=len(tokenizer),
     )
     assert config.text_config.use_bidirectional_attention  # PaliGemma's bidirectional prefix
-    torch.manual_seed(0)
-    model = PaliGemmaForConditionalGeneration(config)
-    _randomize(model, seed=0)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, random_model(PaliGemmaForConditionalGeneration, config), processor)
 
 
 # transformers' PaliGemma2VisionText2TextModelTester (5.24), minus the training-only fields.
@@ -77,22 +70,15 @@ SOFTCAP = 1.5
 
 def build_paligemma2(folder: Path, tester: bool = False, text_overrides: dict | None = None) -> Path:
     """PaliGemma 2: SigLIP + Gemma 2 (soft-capped attention, sliding-window layers)."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     image_size, patch_size = (TESTER_VISION["image_size"], TESTER_VISION["patch_size"]) if tester else (IMAGE_SIZE, PATCH)
-    tokenizer = word_tokenizer(["<image>"], extra_special={"image_token": "<image>"})
-    image_processor = SiglipImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_seq_length=(image_size // patch_size) ** 2
-    )
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor = _processor(image_size, patch_size)
+    tokenizer = processor.tokenizer
     if tester:
         vision, text, projection = TESTER_VISION, {**TESTER_TEXT, "vocab_size": len(tokenizer)}, 32
     else:
-        vision = dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False,
-        )
+        vision = tiny_siglip_vision_config(image_size, patch_size)
         text = tiny_text_config(
             len(tokenizer), model_type="gemma2", head_dim=16, sliding_window=SLIDING_WINDOW,
             attn_logit_softcapping=SOFTCAP, layer_types=["sliding_attention", "full_attention"],
@@ -107,25 +93,17 @@ def build_paligemma2(folder: Path, tester: bool = False, text_overrides: dict | 
         hidden_size=text["hidden_size"],
         vocab_size=len(tokenizer),
     )
-    torch.manual_seed(0)
-    model = PaliGemmaForConditionalGeneration(config)
-    _randomize(model, seed=0)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, random_model(PaliGemmaForConditionalGeneration, config), processor)
 
 
 def build_paligemma_with_sinks(folder: Path) -> Path:
     """A PaliGemma whose text model is gpt-oss: attention sinks (`s_aux`), which the capture refuses."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
-    tokenizer = word_tokenizer(["<image>"], extra_special={"image_token": "<image>"})
-    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_seq_length=(IMAGE_SIZE // PATCH) ** 2)
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor = _processor(IMAGE_SIZE, PATCH)
+    tokenizer = processor.tokenizer
     config = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False),
+        vision_config=tiny_siglip_vision_config(IMAGE_SIZE, PATCH),
         text_config=tiny_text_config(len(tokenizer), model_type="gpt_oss", head_dim=16, num_local_experts=2,
                                      num_experts_per_tok=1, use_bidirectional_attention=False),
         image_token_id=processor.image_token_id,
@@ -133,7 +111,4 @@ def build_paligemma_with_sinks(folder: Path) -> Path:
         hidden_size=64,
         vocab_size=len(tokenizer),
     )
-    model = PaliGemmaForConditionalGeneration(config)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, PaliGemmaForConditionalGeneration(config), processor)  # weights never read

@@ -19,11 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .tiny_models import WORDS, _randomize, tiny_text_config, word_tokenizer
+from .tiny_models import WORDS, _randomize, save_folder, special_token_ids, tiny_text_config, word_level_tokenizer, word_tokenizer
 
 PATCH = 8
 MERGE = 2
@@ -63,18 +61,7 @@ def numbered_tokenizer(tokens_in_id_order: list[str]) -> PreTrainedTokenizerFast
     and Qwen's special tokens must be among the listed tokens."""
     words = [w for w in WORDS if w.strip() and w not in tokens_in_id_order] + ["\n"]
     vocab = {token: i for i, token in enumerate(list(tokens_in_id_order) + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL})
+    tokenizer = word_level_tokenizer(vocab, QWEN_SPECIAL, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
     if [tokenizer.convert_tokens_to_ids(token) for token in tokens_in_id_order] != list(range(len(tokens_in_id_order))):
         raise RuntimeError("the tokenizer did not keep the given ids")
     return tokenizer
@@ -105,9 +92,7 @@ def _text_config(tokenizer, model_type: str) -> dict:
         len(tokenizer),
         model_type=model_type,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **special_token_ids(tokenizer),
     )
 
 
@@ -120,11 +105,7 @@ def _write(folder: Path, model, tokenizer, image_processor) -> Path:
     with torch.no_grad():
         for block in model.model.visual.blocks:
             block.attn.proj.weight.mul_(VISION_ATTENTION_SCALE)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    (Path(folder) / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    return Path(folder)
+    return save_folder(folder, model, tokenizer, image_processor, files={"chat_template.jinja": CHAT_TEMPLATE})
 
 
 def build_qwen2_vl(folder: Path) -> Path:

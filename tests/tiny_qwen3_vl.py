@@ -26,8 +26,10 @@ PATCH = 8
 MERGE = 2
 
 
-def _vision_config(model_type: str) -> dict:
-    return dict(
+def qwen3_vision_config(model_type: str, **overrides) -> dict:
+    """The tiny Qwen3-VL vision tower (also Qwen3.5's, which has no DeepStack: `deepstack_visual_indexes=None`
+    drops the key)."""
+    config = dict(
         model_type=model_type,
         depth=2,
         hidden_size=32,
@@ -40,9 +42,12 @@ def _vision_config(model_type: str) -> dict:
         num_position_embeddings=16,
         deepstack_visual_indexes=[0],
     )
+    config.update(overrides)
+    return {key: value for key, value in config.items() if value is not None}
 
 
-def _qwen3_text_config(tokenizer, model_type: str, **overrides) -> dict:
+def qwen3_text_config(tokenizer, model_type: str, **overrides) -> dict:
+    """The tiny Qwen2-VL text config with head_dim 16 and interleaved M-RoPE (Qwen3-VL, Qwen3.5)."""
     config = _text_config(tokenizer, model_type)
     config["head_dim"] = 16
     config["rope_parameters"] = {
@@ -61,8 +66,8 @@ def build_qwen3_vl(folder: Path) -> Path:
 
     tokenizer = _tokenizer()
     config = Qwen3VLConfig(
-        vision_config=_vision_config("qwen3_vl_vision"),
-        text_config=_qwen3_text_config(tokenizer, "qwen3_vl_text"),
+        vision_config=qwen3_vision_config("qwen3_vl_vision"),
+        text_config=qwen3_text_config(tokenizer, "qwen3_vl_text"),
         **_token_ids(tokenizer),
     )
     torch.manual_seed(0)
@@ -75,8 +80,8 @@ def build_qwen3_vl_moe(folder: Path) -> Path:
 
     tokenizer = _tokenizer()
     config = Qwen3VLMoeConfig(
-        vision_config=_vision_config("qwen3_vl_moe_vision"),
-        text_config=_qwen3_text_config(
+        vision_config=qwen3_vision_config("qwen3_vl_moe_vision"),
+        text_config=qwen3_text_config(
             tokenizer, "qwen3_vl_moe_text", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
         ),
         **_token_ids(tokenizer),
@@ -128,14 +133,17 @@ QWEN3_VL_TESTER = dict(
 )
 
 
+# A tokenizer numbering the special tokens as the Qwen3-VL and Qwen3.5 testers' token ids do
+# (bos 0, eos 1, pad 2, image 3, video 4, vision start 5, vision end 6).
+TESTER_TOKENS = ["<s>", "</s>", "<pad>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+
 def build_qwen3_vl_tester(folder: Path) -> Path:
     """The exact config of transformers' Qwen3-VL tester; its image processor (not part of the
     tester) cuts 16-px patches, merge 1: one token = 16x16 px, as in the other two builders."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    tokenizer = numbered_tokenizer(
-        ["<s>", "</s>", "<pad>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    )
+    tokenizer = numbered_tokenizer(TESTER_TOKENS)
     config = Qwen3VLConfig(**QWEN3_VL_TESTER)
     torch.manual_seed(0)
     return _write(folder, Qwen3VLForConditionalGeneration(config), tokenizer, _image_processor(16, 1))
