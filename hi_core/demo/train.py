@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """Training and evaluation settings; the defaults made the shipped model."""
 
-    steps: int = 2800
+    steps: int = 4500
     batch_size: int = 16
     vqa_share: float = 0.5  # share of each batch's rows that are questions (the rest: descriptions)
     lr: float = 2e-3
@@ -306,6 +306,11 @@ def _hi_row(name: str, profile: dict[str, Any]) -> str:
             f"{profile['chance']:.3f} | {ratio:.1f}x | {top} |")
 
 
+def _target(profile: dict[str, Any]) -> str:
+    met = profile["best_hi"] >= 0.5 and profile["best_hi"] >= 3 * profile["chance"]
+    return "met" if met else "**not met**"
+
+
 def model_card(report: dict[str, Any]) -> str:
     config = TrainConfig(**report["config"])
     captions, vqa = report["captions"], report["vqa"]
@@ -364,6 +369,8 @@ that produce the reference answer, against the mask of the object asked about.
 {_hi_row("questions, untrained", report['hi_vqa_untrained'])}
 
 Held-out best HI: the head chosen on the first half of the scenes, scored on the other half.
+The target (best head HI >= 0.5 and >= 3x chance on unseen scenes) is {_target(report['hi_trained'])} on
+descriptions and {_target(report['hi_vqa_trained'])} on answers.
 
 Best HI per layer (descriptions, trained): `{report['hi_trained']['layer_max']}`
 Best HI per layer (questions, trained): `{report['hi_vqa_trained']['layer_max']}`
