@@ -51,6 +51,7 @@ from .runs import (
 )
 from .scoring import Binarization, LayerScore, ScoringConfig
 from .synth import Order, check_scene_options
+from .synth_vqa import write_synthetic_vqa
 
 
 class _Parser(argparse.ArgumentParser):
@@ -208,14 +209,17 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
 def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     dataset = subcommands.add_parser("dataset", help="build datasets in the dataset format (data.jsonl + images + masks)")
     kinds = dataset.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
-    synth = kinds.add_parser("synth", help="generate synthetic scenes with exact masks and descriptions")
+    synth = kinds.add_parser("synth", help="generate synthetic scenes with exact masks, and descriptions or questions")
     synth.add_argument("--out", required=True, help="output folder (new or empty)")
     synth.add_argument("--n", type=int, default=100, help="number of scenes (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--size", type=int, default=96, help="image side in pixels (default: %(default)s)")
-    synth.add_argument("--order", choices=get_args(Order), default="drawing",
-                       help="list the objects as drawn (the demo model's captions) or in reading order, "
-                       "top to bottom then left to right (default: %(default)s)")
+    synth.add_argument("--task", choices=("caption", "vqa"), default="caption",
+                       help="caption: `text` describes every object, the mask is the key object's; vqa: `prompt` "
+                       "is a closed-form question, `text` its answer, the mask the asked object's (default: %(default)s)")
+    synth.add_argument("--order", choices=get_args(Order),
+                       help="captions only: list the objects as drawn (the demo model's captions) or in reading "
+                       "order, top to bottom then left to right (default: drawing)")
     synth.set_defaults(run=_run_synth)
     coco = kinds.add_parser("from-coco", help="convert COCO annotations (instances + captions) to the dataset format",
                             description="Convert COCO-format annotations to the dataset format. An image's key "
@@ -242,9 +246,14 @@ def _run_synth(args: argparse.Namespace) -> None:
     if args.seed < 0:
         raise InputError(f"--seed must be a whole number >= 0, got {args.seed}")
     check_scene_options(args.size)
+    if args.task == "vqa" and args.order is not None:
+        raise InputError("--order applies to --task caption only (a question's answer has no object order)")
     _new_dataset_folder(args.out)
-    folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size, order=args.order)
-    print(f"wrote {args.n} scenes to {folder}", file=sys.stderr)
+    if args.task == "vqa":
+        folder = write_synthetic_vqa(args.out, n=args.n, seed=args.seed, size=args.size)
+    else:
+        folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size, order=args.order or "drawing")
+    print(f"wrote {args.n} scenes ({args.task}) to {folder}", file=sys.stderr)
 
 
 def _run_from_coco(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Synthetic captioning scenes with exact object masks: the demo model's training data.
+"""Synthetic scenes with exact object masks, described or questioned: the demo model's training data.
 
 Each scene has one to `max_objects` coloured shapes of two sizes on a textured background; later
 objects may occlude earlier ones, and each object's mask is its *visible* pixels. The description
@@ -9,12 +9,29 @@ object (its mask and its phrase, e.g. "big red circle"). Scenes are a pure funct
 Objects are listed in drawing order by default (random, as the demo model learned them), or in
 reading order (top to bottom, then left to right): a caption style the demo model never saw, which
 makes a small fine-tuning task for it.
+
+Closed-form VQA (`make_question`, `make_vqa`): a templated question about one object of a scene,
+with a one-word or fixed-form answer and that object's mask (the object the model must look at to
+answer). Four kinds, in `QUESTION_KINDS`:
+
+- colour: "What colour is the star?" -> "red" (the scene has exactly one star);
+- shape: "What shape is at the top left?" -> "circle" (one object per cell, always unique);
+- position: "Where is the red star?" -> "top left" (exactly one red star);
+- exists: "Is there a blue star?" -> "yes" / "no". The scene has exactly one star, and the answer
+  says whether it is blue; a "no" asks the star's shape with another colour. So a "no" still has
+  an object it is about, the star whose colour was checked, and its mask is that star's: every
+  VQA record has a non-empty mask and is scored like the others. Questions about a combination
+  absent altogether (no star at all) are not asked.
+
+Questions are only asked about visible objects, and only when the object they name is the only
+one matching the question in the scene (visible or hidden), so every answer is right for the
+image as drawn.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -39,6 +56,11 @@ COLUMNS = ("left", "center", "right")
 
 #: In which order a description lists the objects: as drawn (random), or top-to-bottom, left-to-right.
 Order = Literal["drawing", "reading"]
+#: The closed-form question kinds (module docstring).
+QuestionKind = Literal["colour", "shape", "position", "exists"]
+QUESTION_KINDS: tuple[str, ...] = get_args(QuestionKind)
+QUESTION_WORDS = ("what", "colour", "is", "shape", "where", "there", "?")
+ANSWER_WORDS = ("yes", "no")
 
 
 def position_phrase(row: int, column: int) -> str:
@@ -170,3 +192,59 @@ def make_scene(rng: np.random.Generator, size: int = 96, max_objects: int = 3) -
     visible = [i for i in range(count) if masks[i].any()]
     key = int(rng.choice(visible))
     return Scene(image=image, masks=masks, objects=tuple(objects), key=key)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A closed-form question about one object of a scene: `text` asked, `answer` expected, and
+    `target`, the index of the object the question is about (whose mask scores the answer)."""
+
+    kind: str
+    text: str
+    answer: str
+    target: int
+
+
+def make_question(rng: np.random.Generator, scene: Scene, kind: QuestionKind) -> Question | None:
+    """A random question of this kind about a visible object of the scene, or None when the scene
+    has no object the kind can ask about unambiguously (module docstring)."""
+    check_choice("kind", kind, QuestionKind)
+    objects = scene.objects
+
+    def unique(index: int, same) -> bool:
+        return sum(same(other, objects[index]) for other in objects) == 1
+
+    same_shape = lambda a, b: a.shape == b.shape  # noqa: E731
+    same_kind = lambda a, b: a.shape == b.shape and a.colour == b.colour  # noqa: E731
+    visible = [i for i in range(len(objects)) if scene.masks[i].any()]
+    if kind == "shape":
+        candidates = visible
+    elif kind == "position":
+        candidates = [i for i in visible if unique(i, same_kind)]
+    else:
+        candidates = [i for i in visible if unique(i, same_shape)]
+    if not candidates:
+        return None
+    target = int(rng.choice(candidates))
+    obj = objects[target]
+    if kind == "colour":
+        return Question(kind, f"What colour is the {obj.shape}?", obj.colour, target)
+    if kind == "shape":
+        return Question(kind, f"What shape is at the {position_phrase(obj.row, obj.column)}?", obj.shape, target)
+    if kind == "position":
+        return Question(kind, f"Where is the {obj.colour} {obj.shape}?", position_phrase(obj.row, obj.column), target)
+    if rng.random() < 0.5:
+        return Question(kind, f"Is there a {obj.colour} {obj.shape}?", "yes", target)
+    other = str(rng.choice([colour for colour in COLOURS if colour != obj.colour]))
+    return Question(kind, f"Is there a {other} {obj.shape}?", "no", target)
+
+
+def make_vqa(rng: np.random.Generator, kind: QuestionKind, size: int = 96, max_objects: int = 3) -> tuple[Scene, Question]:
+    """A random scene and a question of this kind about it (scenes the kind cannot ask about are
+    drawn again, from the same generator: the pair is a pure function of the generator's state)."""
+    check_choice("kind", kind, QuestionKind)
+    while True:
+        scene = make_scene(rng, size, max_objects)
+        question = make_question(rng, scene, kind)
+        if question is not None:
+            return scene, question

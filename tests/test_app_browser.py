@@ -30,6 +30,7 @@ from transformers import AutoConfig
 from ui.app import build_demo
 from ui.context import EXAMPLES_DIR
 from ui.dataset_tab import GALLERY_SIZE
+from ui.options import TOP_K_LAYERS
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.heatmap import HeatmapLayout
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
@@ -308,7 +309,7 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
     _image_src(page, "layer-bars")
     page.locator("#layer-bars").scroll_into_view_if_needed()
     _screenshot(page, "02-layer-bars.png", full_page=False)
-    expect(page.locator("#top-k input[type=number]")).to_have_value(str(min(4, layers - 1)))  # never every layer
+    expect(page.locator("#top-k input[type=number]")).to_have_value(str(min(TOP_K_LAYERS, layers - 1)))  # never every layer
 
 
 def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):

@@ -235,7 +235,9 @@ def test_duplicate_ids_and_bad_lines_give_one_result_whatever_the_history(demo, 
         monkeypatch.setattr(dataset_scoring, "process_state", lambda cpu, p=process: ProcessState(p, 2, lambda: barriers.append(p)))
         sharded = score_dataset(demo, folder, config, cache=tmp_path / "shards")
     assert barriers == [1, 1, 0, 0]
-    assert _json(sharded) == _json(whole) and sharded.skipped == whole.skipped
+    # the shards batch other records together (other padding): float32 sums differ in the last digits
+    rounded = lambda result: json.loads(json.dumps(_json(result)), parse_float=lambda v: round(float(v), 5))  # noqa: E731
+    assert rounded(sharded) == rounded(whole) and sharded.skipped == whole.skipped
     parts = {p.name: [json.loads(line)["id"] for line in p.read_text().splitlines()] for p in (tmp_path / "shards").glob("part-*")}
     assert parts == {"part-0.jsonl": [entries[i]["id"] for i in (0, 2)], "part-1.jsonl": [entries[i]["id"] for i in (1, 4, 6)]}
 

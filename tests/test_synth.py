@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from hi_core.cli import main
-from hi_core.datasets import write_synthetic
+from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.errors import InputError
-from hi_core.synth import COLOURS, make_scene, position_phrase
+from hi_core.synth import COLOURS, QUESTION_KINDS, make_scene, make_vqa, position_phrase
 
 
 def test_same_seed_same_scene_other_seed_other_scene():
@@ -88,3 +89,95 @@ def test_reading_order_dataset_has_the_same_scenes_and_reordered_texts(tmp_path)
 def test_scene_options_out_of_range_are_input_errors(size, max_objects):
     with pytest.raises(InputError, match="size must be a whole number of pixels in|max_objects must be a whole number in"):
         make_scene(np.random.default_rng(0), size=size, max_objects=max_objects)
+
+
+# Closed-form VQA: the oracle below reads the question's words and answers from the scene's
+# objects, without the generator's code.
+CELLS = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "center",
+         (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
+
+
+def oracle(objects, question: str) -> tuple[str, list[int]]:
+    """The right answer to a question about these objects, and the objects it can be about."""
+    if match := re.fullmatch(r"What colour is the (\w+)\?", question):
+        about = [i for i, obj in enumerate(objects) if obj.shape == match[1]]
+        return (objects[about[0]].colour if len(about) == 1 else "ambiguous"), about
+    if match := re.fullmatch(r"What shape is at the ([\w ]+)\?", question):
+        about = [i for i, obj in enumerate(objects) if CELLS[obj.row, obj.column] == match[1]]
+        return (objects[about[0]].shape if len(about) == 1 else "ambiguous"), about
+    if match := re.fullmatch(r"Where is the (\w+) (\w+)\?", question):
+        about = [i for i, obj in enumerate(objects) if (obj.colour, obj.shape) == (match[1], match[2])]
+        return (CELLS[objects[about[0]].row, objects[about[0]].column] if len(about) == 1 else "ambiguous"), about
+    if match := re.fullmatch(r"Is there a (\w+) (\w+)\?", question):
+        present = any((obj.colour, obj.shape) == (match[1], match[2]) for obj in objects)
+        return ("yes" if present else "no"), [i for i, obj in enumerate(objects) if obj.shape == match[2]]
+    raise AssertionError(f"unexpected question {question!r}")
+
+
+@pytest.mark.parametrize("kind", QUESTION_KINDS)
+def test_answers_are_right_for_the_scene_and_the_mask_is_the_asked_objects(kind):
+    rng = np.random.default_rng(21)
+    answers = set()
+    for _ in range(40):
+        scene, question = make_vqa(rng, kind)
+        answer, about = oracle(scene.objects, question.text)
+        assert question.kind == kind and question.answer == answer
+        assert about == [question.target]  # the one object the question is about
+        mask = scene.masks[question.target]
+        assert mask.any() and (scene.image[mask] == COLOURS[scene.objects[question.target].colour]).all()
+        answers.add(answer)
+    assert len(answers) > 1
+    if kind == "exists":
+        assert answers == {"yes", "no"}
+
+
+def test_same_seed_same_questions_other_seed_other_questions():
+    def questions(seed):
+        rng = np.random.default_rng(seed)
+        return [make_vqa(rng, kind) for kind in QUESTION_KINDS * 3]
+
+    a, b, c = questions(3), questions(3), questions(4)
+    assert [q for _, q in a] == [q for _, q in b] and [q for _, q in a] != [q for _, q in c]
+    for (scene_a, _), (scene_b, _) in zip(a, b):
+        np.testing.assert_array_equal(scene_a.image, scene_b.image)
+
+
+def test_unknown_question_kind_is_an_input_error():
+    with pytest.raises(InputError, match="kind must be one of colour, shape, position, exists"):
+        make_vqa(np.random.default_rng(0), "count")
+
+
+def _vqa_dataset(tmp_path, name, seed, n=24):
+    out = tmp_path / name
+    assert main(["dataset", "synth", "--task", "vqa", "--out", str(out), "--n", str(n), "--seed", str(seed)]) == 0
+    return out
+
+
+def test_vqa_dataset_is_reproducible_by_seed(tmp_path):
+    first, again, other = _vqa_dataset(tmp_path, "a", 5), _vqa_dataset(tmp_path, "b", 5), _vqa_dataset(tmp_path, "c", 6)
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert len(files) == 1 + 2 * 24
+    for name in files:
+        assert (first / name).read_bytes() == (again / name).read_bytes()
+    assert (first / "data.jsonl").read_text() != (other / "data.jsonl").read_text()
+
+
+def test_vqa_dataset_records_hold_every_kind_right_answers_and_the_asked_objects_masks(tmp_path):
+    folder = _vqa_dataset(tmp_path, "vqa", 9, n=40)
+    entries = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert {entry["kind"] for entry in entries} == set(QUESTION_KINDS)
+    rng = np.random.default_rng(9)  # the same scenes, regenerated: the oracle needs their objects
+    records = list(read_dataset(folder))
+    assert len(records) == 40
+    for index, (entry, record) in enumerate(zip(entries, records)):
+        scene, _ = make_vqa(rng, QUESTION_KINDS[index % len(QUESTION_KINDS)])
+        np.testing.assert_array_equal(np.asarray(record.image), scene.image)
+        answer, about = oracle(scene.objects, record.prompt)
+        assert record.prompt == entry["prompt"] and record.text == answer and record.key_phrase is None
+        np.testing.assert_array_equal(record.mask, scene.masks[about[0]])
+
+
+def test_order_with_the_vqa_task_is_an_input_error(tmp_path, capsys):
+    code = main(["dataset", "synth", "--task", "vqa", "--order", "reading", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--order applies to --task caption only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -127,7 +127,7 @@ class FinetuneTab:
             "questions (each record's `prompt`; its `text` is the answer) and report answer accuracy (normalized exact match). "
             "`top`/`bottom` take the layers "
             "by Dataset HI: the Dataset tab's scores if you scored the same dataset there with the same model, else "
-            "scored when the run starts. The defaults suit the demo model (3 layers): the synthetic scenes are captioned "
+            "scored when the run starts. The defaults suit the demo model (6 layers): the synthetic scenes are captioned "
             "in reading order, which it learns in about 100 steps. Training uses a private copy of the model; the "
             "explorer keeps serving meanwhile."
         )
@@ -151,7 +151,7 @@ class FinetuneTab:
         self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
         defaults = FinetuneConfig(layers="top")
         with gr.Row():
-            self.k = gr.Number(1, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
+            self.k = gr.Number(2, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
             self.rank = gr.Number(defaults.rank, precision=0, minimum=1, label="LoRA rank", min_width=90, elem_id="ft-rank")
             self.steps = gr.Number(100, precision=0, minimum=1, label="Steps", min_width=90, elem_id="ft-steps")
         with gr.Row():

@@ -13,7 +13,7 @@ from hi_core.inputs import Queries
 from hi_core.scoring import Binarization, LayerScore, ScoringConfig
 
 DEFAULTS = AnalysisConfig()
-TOP_K_LAYERS = 4  # layers highlighted in the layer bars (LoRA's k) when the model has more than that
+TOP_K_LAYERS = 2  # layers highlighted in the layer bars (LoRA's k; the Fine-tune tab's default for the 6-layer demo)
 
 
 @dataclass

@@ -1,8 +1,12 @@
 """The demo model's vocabulary, tokenizer, processor and architecture (a standard transformers LLaVA).
 
-A word-level tokenizer over the synthetic scenes' words; a CLIP vision tower (2 layers, hidden 64,
-8-px patches on 96-px images: a 12 x 12 grid) and a Llama language model (3 layers, hidden 128,
-4 heads). Everything is built locally: no download.
+A word-level tokenizer over the synthetic scenes' words (descriptions, questions and answers); a
+CLIP vision tower (1 layer, hidden 64, 8-px patches on 96-px images: a 12 x 12 grid) and a Llama
+language model (`TEXT_LAYERS` layers, hidden 128, `TEXT_HEADS` heads). Everything is built
+locally: no download.
+
+One vision layer: features taken before a second CLIP layer put the heads' localization on the
+object's own words, where the last of two layers put it on the token before them (NOTES.md).
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from ..synth import COLOURS, COLUMNS, ROWS, SHAPES, SIZES
+from ..synth import ANSWER_WORDS, COLOURS, COLUMNS, QUESTION_WORDS, ROWS, SHAPES, SIZES
 
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
+TEXT_LAYERS = 6
+TEXT_HEADS = 8
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
@@ -26,9 +32,11 @@ CHAT_TEMPLATE = (
 
 
 def vocabulary() -> list[str]:
-    """Every word the scenes' descriptions, the default prompt and the chat template use."""
+    """Every word the scenes' descriptions, questions and answers, the default prompt and the chat
+    template use."""
     words = ["a", "at", "the", "and", "describe", "image", ".", "user", "assistant", ":"]
     words += list(SIZES) + list(COLOURS) + list(SHAPES) + list(ROWS) + list(COLUMNS)
+    words += list(QUESTION_WORDS) + list(ANSWER_WORDS)
     return SPECIAL_TOKENS + sorted(set(words))
 
 
@@ -70,7 +78,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
             model_type="clip_vision_model",
             hidden_size=64,
             intermediate_size=128,
-            num_hidden_layers=2,
+            num_hidden_layers=1,
             num_attention_heads=4,
             image_size=IMAGE_SIZE,
             patch_size=PATCH_SIZE,
@@ -79,9 +87,9 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
             model_type="llama",
             hidden_size=128,
             intermediate_size=256,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
+            num_hidden_layers=TEXT_LAYERS,
+            num_attention_heads=TEXT_HEADS,
+            num_key_value_heads=TEXT_HEADS,
             vocab_size=len(tokenizer),
             max_position_embeddings=512,
             tie_word_embeddings=True,
