@@ -84,7 +84,7 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
             live.progress.stage = "captioning the held-out records with the tuned model"
 
     stage("unpacking the zip" if source == UPLOADED_ZIP else "preparing the dataset")
-    folder, name = dataset_folder(source, archive, run_folder)
+    folder, name = dataset_folder(source, archive, run_folder, config.data.task)
     check_task(config.data.task, folder, name)  # VQA without questions: said in the page, before the model loads
     stage("loading a private copy of the model")
     loaded = load_model(load)

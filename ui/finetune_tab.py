@@ -140,13 +140,14 @@ class FinetuneTab:
 
     def _controls(self) -> None:
         examples = len(self.context.examples)
-        self.source = gr.Radio([(f"synthetic scenes (reading-order captions, N={SYNTHETIC_SCENES})", SYNTHETIC),
+        self.source = gr.Radio([(f"synthetic scenes (N={SYNTHETIC_SCENES}: reading-order captions, or one question each for VQA)",
+                                 SYNTHETIC),
                                 (f"demo set ({examples} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
                                value=SYNTHETIC, label="Dataset", elem_id="ft-source")
         self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", height=120, elem_id="ft-zip")
         self.task = gr.Radio(TASKS, value=FinetuneConfig().data.task, label="Task", elem_id="ft-task",
                              info="VQA needs a dataset whose records have a `prompt` (the question) and a one-word or "
-                             "templated answer as `text`: an uploaded .zip of such records")
+                             "templated answer as `text`: the synthetic scenes (generated with questions), or an uploaded .zip")
         self.strategy = gr.Radio(STRATEGIES, value="top", label="Layers to tune", elem_id="ft-strategy")
         self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
         defaults = FinetuneConfig(layers="top")
