@@ -238,9 +238,22 @@ def _error_badges(page: Page) -> int:
 def _ranked_pairs(page: Page, layers: int, heads: int) -> list[tuple[int, int]]:
     page.get_by_role("tab", name="Ranking").click()
     expect(page.locator("#ranking [role=grid]")).to_have_attribute("aria-rowcount", str(layers * heads + 1))  # + the header
-    expect(page.locator("#ranking [role=gridcell][data-col='0']")).to_have_count(layers * heads)
-    return [(int(page.locator(f"#ranking [data-testid='cell-{row}-0']").inner_text()),
-             int(page.locator(f"#ranking [data-testid='cell-{row}-1']").inner_text())) for row in range(layers * heads)]
+    expect(page.locator("#ranking [role=gridcell][data-col='0']").first).to_be_visible()
+    texts: dict[tuple[int, int], str] = {}
+    for _ in range(layers * heads):  # a long table renders only the rows near the view: scroll until each was read
+        rendered = page.locator("#ranking").evaluate(
+            "root => [...root.querySelectorAll('[role=gridcell]')].map(cell => [cell.getAttribute('data-testid'), cell.innerText])")
+        for testid, text in rendered:
+            _, row, col = testid.split("-")
+            texts[int(row), int(col)] = text
+        if all((row, col) in texts for row in range(layers * heads) for col in (0, 1)):
+            break
+        page.locator("#ranking").evaluate("root => [...root.querySelectorAll('[role=gridcell]')].pop().scrollIntoView()")
+        page.wait_for_timeout(300)
+    page.locator("#ranking").evaluate("root => [root, ...root.querySelectorAll('*')].forEach(e => { e.scrollTop = 0; })")
+    expect(page.locator("#ranking [data-testid='cell-0-0']")).to_be_attached()  # back at the top, as the page shows it
+    pairs = {row: (int(texts[row, 0]), int(texts[row, 1])) for row in range(layers * heads)}
+    return [pairs[row] for row in range(layers * heads)]
 
 
 def test_the_examples_and_the_mask_upload_are_shown_whole(page):
