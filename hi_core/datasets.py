@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,21 @@ def record_ids(folder: str | Path, limit: int | None = None) -> Iterator[str | N
     return (line.id for line in scan_dataset(folder, limit))
 
 
+def write_generated(folder: str | Path, records: Iterable[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]) -> Path:
+    """Write generated records, each (id, image (H, W, 3) uint8, mask (H, W) bool, the other fields), as a
+    dataset in `folder` (new or empty): images/ID.png, masks/ID.png, and data.jsonl written last, atomically."""
+    folder = make_dataset_folder(folder)
+    lines = []
+    for record_id, image, mask, fields in records:
+        image_path, mask_path = f"images/{record_id}.png", f"masks/{record_id}.png"
+        Image.fromarray(image).save(folder / image_path)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / mask_path)
+        lines.append(json.dumps({"id": record_id, "image": image_path, "mask": mask_path, **fields}) + "\n")
+    with atomic_path(folder / INDEX) as temporary:
+        temporary.write_text("".join(lines))
+    return folder
+
+
 def write_synthetic(
     folder: str | Path, n: int = 100, seed: int = 0, size: int = 96, max_objects: int = 3, order: Order = "drawing"
 ) -> Path:
@@ -263,16 +278,12 @@ def write_synthetic(
     """
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}")
-    folder = make_dataset_folder(folder)
     rng = np.random.default_rng(seed)
-    records = []
-    for index in range(n):
-        scene = make_scene(rng, size=size, max_objects=max_objects)
-        scene_id = f"synth-{seed}-{index:05d}"
-        image_path, mask_path = f"images/{scene_id}.png", f"masks/{scene_id}.png"
-        Image.fromarray(scene.image).save(folder / image_path)
-        Image.fromarray(scene.masks[scene.key].astype(np.uint8) * 255).save(folder / mask_path)
-        records.append({"id": scene_id, "image": image_path, "mask": mask_path, "text": scene.caption(order), "key_phrase": scene.key_phrase})
-    with atomic_path(folder / INDEX) as temporary:
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return folder
+
+    def records():
+        for index in range(n):
+            scene = make_scene(rng, size=size, max_objects=max_objects)
+            yield (f"synth-{seed}-{index:05d}", scene.image, scene.masks[scene.key],
+                   {"text": scene.caption(order), "key_phrase": scene.key_phrase})
+
+    return write_generated(folder, records())

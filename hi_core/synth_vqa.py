@@ -11,15 +11,12 @@ the whole text, so HI scores all of its tokens. The kinds take turns (record i a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .datasets import INDEX, make_dataset_folder
+from .datasets import write_generated
 from .errors import InputError
-from .outputs import atomic_path
 from .synth import QUESTION_KINDS, make_vqa
 
 
@@ -27,18 +24,13 @@ def write_synthetic_vqa(folder: str | Path, n: int = 100, seed: int = 0, size: i
     """Write `n` generated scenes with one question each (images/, masks/, data.jsonl) to `folder`."""
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}")
-    folder = make_dataset_folder(folder)
     rng = np.random.default_rng(seed)
-    records = []
-    for index in range(n):
-        kind = QUESTION_KINDS[index % len(QUESTION_KINDS)]
-        scene, question = make_vqa(rng, kind, size=size, max_objects=max_objects)
-        record_id = f"synth-vqa-{seed}-{index:05d}"
-        image_path, mask_path = f"images/{record_id}.png", f"masks/{record_id}.png"
-        Image.fromarray(scene.image).save(folder / image_path)
-        Image.fromarray(scene.masks[question.target].astype(np.uint8) * 255).save(folder / mask_path)
-        records.append({"id": record_id, "image": image_path, "mask": mask_path, "text": question.answer,
-                        "prompt": question.text, "kind": question.kind})
-    with atomic_path(folder / INDEX) as temporary:
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return folder
+
+    def records():
+        for index in range(n):
+            kind = QUESTION_KINDS[index % len(QUESTION_KINDS)]
+            scene, question = make_vqa(rng, kind, size=size, max_objects=max_objects)
+            yield (f"synth-vqa-{seed}-{index:05d}", scene.image, scene.masks[question.target],
+                   {"text": question.answer, "prompt": question.text, "kind": question.kind})
+
+    return write_generated(folder, records())
