@@ -10,9 +10,17 @@ from PIL import Image
 
 from hi_core.demo.build import build_model, vocabulary
 from hi_core.demo.train import (
-    Prefixes, TrainConfig, caption_example, make_batch, normalize_answer, prefix_ids, task_loss, train, vqa_example,
+    Prefixes,
+    TrainConfig,
+    caption_example,
+    make_batch,
+    prefix_ids,
+    task_loss,
+    train,
+    vqa_example,
 )
 from hi_core.errors import InputError
+from hi_core.metrics import normalize_answer
 from hi_core.synth import QUESTION_KINDS, make_scene, make_vqa
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +84,7 @@ def test_every_scene_word_is_in_the_vocabulary(built):
 
 @pytest.mark.parametrize("text, normalized", [("red", "red"), (" The Red. ", "red"), ("top  left", "top left"), ("Yes!", "yes"),
                                               ("a circle", "circle")])
-def test_answers_are_normalized_before_matching(text, normalized):
+def test_answers_are_normalized_before_matching(text, normalized):  # the pipeline's metric, on the demo's answers
     assert normalize_answer(text) == normalized
 
 

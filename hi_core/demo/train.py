@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from ..errors import InputError
 from ..families.llava import LlavaAdapter
 from ..inputs import DEFAULT_PROMPT
 from ..loading import LoadedModel
-from ..metrics import caption_metrics
+from ..metrics import answer_correct, caption_metrics
 from ..outputs import write_json
 from ..plots import overlay_grid
 from ..synth import QUESTION_KINDS, Question, Scene, make_scene, make_vqa
@@ -202,15 +201,6 @@ def held_out_questions(config: TrainConfig) -> list[tuple[Scene, Question]]:
     return [make_vqa(rng, kind, IMAGE_SIZE) for _ in range(config.eval_questions) for kind in QUESTION_KINDS]
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, words only (punctuation dropped), articles dropped: "The Red." -> "red".
-    (A private copy for the model card; the pipeline's answer-accuracy metric will replace it.)"""
-    return " ".join(word for word in _WORD.findall(text.lower()) if word not in ("a", "an", "the"))
-
-
 def caption_report(loaded: LoadedModel, scenes: list[Scene]) -> dict[str, Any]:
     """Greedy captions of held-out scenes against their references."""
     captions = generate_captions(loaded, [Image.fromarray(s.image) for s in scenes], DEFAULT_PROMPT, max_new_tokens=48)
@@ -232,7 +222,7 @@ def vqa_report(loaded: LoadedModel, pairs: list[tuple[Scene, Question]]) -> dict
             answer = generate_description(loaded, Image.fromarray(scene.image), question.text, max_new_tokens=4)
         except InputError:  # an empty answer
             answer = ""
-        rows.append((question, answer, normalize_answer(answer) == normalize_answer(question.answer)))
+        rows.append((question, answer, answer_correct(question.answer, answer)))
     by_kind = {kind: float(np.mean([right for q, _, right in rows if q.kind == kind])) for kind in QUESTION_KINDS}
     return {
         "accuracy": float(np.mean([right for _, _, right in rows])),
