@@ -105,13 +105,16 @@ def special_tokens(processor: Any) -> set[str]:
     return {token for token in found if isinstance(token, str) and token.strip()}
 
 
-def check_plain_text(processor: Any, field: str, text: str) -> None:
-    """Refuse `text` holding a special token: typed into a prompt or a description, `<image>` (say) would
-    become a second image placeholder or a turn marker, not words, and break the sequence's layout."""
-    typed = sorted(token for token in special_tokens(processor) if token in text)
-    if typed:
-        raise InputError(f"the {field} contains {typed[0]!r}, a special token of this model's tokenizer "
-                         "(read as a control token, not as text): remove it")
+def check_plain_text(processor: Any, **texts: str) -> None:
+    """Refuse a text (named by its keyword: prompt=..., description=...) holding a special token: typed into a
+    prompt or a description, `<image>` (say) would become a second image placeholder or a turn marker, not
+    words, and break the sequence's layout."""
+    specials = special_tokens(processor)
+    for field, text in texts.items():
+        typed = sorted(token for token in specials if token in text)
+        if typed:
+            raise InputError(f"the {field} contains {typed[0]!r}, a special token of this model's tokenizer "
+                             "(read as a control token, not as text): remove it")
 
 
 def build_inputs(
@@ -124,8 +127,7 @@ def build_inputs(
     """
     if not response_text.strip():
         raise InputError("the description text is empty: give a text to score, or generate one")
-    check_plain_text(processor, "prompt", prompt)
-    check_plain_text(processor, "description", response_text)
+    check_plain_text(processor, prompt=prompt, description=response_text)
     tensors = adapter.prefix_inputs(processor, model_image(adapter, processor, image), prompt)
     tokenizer = processor.tokenizer
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
