@@ -50,6 +50,7 @@ from .finetune import (
     train_lora,
     trainable_parameters,
 )
+from .head_selection import HeadRanking
 from .layer_selection import Ranking, needs_ranking, select_layers
 from .loading import LoadConfig, LoadedModel
 from .outputs import check_output_folder, write_json
@@ -317,6 +318,16 @@ def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None 
     if analysis is None:
         raise RuntimeError("score_dataset returned no result on a single process")
     return Ranking.from_scores(analysis.layer_scores, f"dataset HI of {dataset} ({len(analysis.images)} images)")
+
+
+def dataset_head_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> HeadRanking:
+    """Heads ranked by dataset HI (`score --dataset` with default options), computed now."""
+    if is_distributed():
+        raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
+    analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
+    if analysis is None:
+        raise RuntimeError("score_dataset returned no result on a single process")
+    return HeadRanking.from_hi(analysis.hi, f"dataset HI of {dataset} ({len(analysis.images)} images)")
 
 
 def reuse_ranking(
