@@ -30,7 +30,7 @@ from .compare import CompareConfig, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .distributed import is_distributed, is_main_process, process_state
-from .errors import InputError
+from .errors import InputError, check_choice
 from .finetune import DataConfig, FinetuneConfig, Schedule, Task, check_task
 from .image_scoring import AnalysisConfig
 from .inputs import DEFAULT_PROMPT, Queries
@@ -50,7 +50,7 @@ from .runs import (
     run_finetune,
 )
 from .scoring import Binarization, LayerScore, ScoringConfig
-from .synth import Order, check_scene_options
+from .synth import NEW_KINDS, QUESTION_KINDS, Order, QuestionKind, check_scene_options
 from .synth_vqa import write_synthetic_vqa
 
 
@@ -217,6 +217,9 @@ def _add_dataset(subcommands: argparse._SubParsersAction) -> None:
     synth.add_argument("--task", choices=("caption", "vqa"), default="caption",
                        help="caption: `text` describes every object, the mask is the key object's; vqa: `prompt` "
                        "is a closed-form question, `text` its answer, the mask the asked object's (default: %(default)s)")
+    synth.add_argument("--kinds", metavar="K1,K2",
+                       help=f"vqa only: comma-separated question kinds, taking turns (default: the demo model's "
+                       f"{','.join(QUESTION_KINDS)}; {','.join(NEW_KINDS)}: kinds it never saw, a task to tune it on)")
     synth.add_argument("--order", choices=get_args(Order),
                        help="captions only: list the objects as drawn (the demo model's captions) or in reading "
                        "order, top to bottom then left to right (default: drawing)")
@@ -248,9 +251,14 @@ def _run_synth(args: argparse.Namespace) -> None:
     check_scene_options(args.size)
     if args.task == "vqa" and args.order is not None:
         raise InputError("--order applies to --task caption only (a question's answer has no object order)")
+    if args.task != "vqa" and args.kinds is not None:
+        raise InputError("--kinds applies to --task vqa only")
+    kinds = QUESTION_KINDS if args.kinds is None else tuple(kind.strip() for kind in args.kinds.split(","))
+    for kind in kinds:
+        check_choice("--kinds", kind, QuestionKind)
     _new_dataset_folder(args.out)
     if args.task == "vqa":
-        folder = write_synthetic_vqa(args.out, n=args.n, seed=args.seed, size=args.size)
+        folder = write_synthetic_vqa(args.out, n=args.n, seed=args.seed, size=args.size, kinds=kinds)
     else:
         folder = write_synthetic(args.out, n=args.n, seed=args.seed, size=args.size, order=args.order or "drawing")
     print(f"wrote {args.n} scenes ({args.task}) to {folder}", file=sys.stderr)

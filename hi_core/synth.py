@@ -12,7 +12,7 @@ makes a small fine-tuning task for it.
 
 Closed-form VQA (`make_question`, `make_vqa`): a templated question about one object of a scene,
 with a one-word or fixed-form answer and that object's mask (the object the model must look at to
-answer). Four kinds, in `QUESTION_KINDS`:
+answer). Four kinds the demo model is trained on, in `QUESTION_KINDS`:
 
 - colour: "What colour is the star?" -> "red" (the scene has exactly one star);
 - shape: "What shape is at the top left?" -> "circle" (one object per cell, always unique);
@@ -22,6 +22,11 @@ answer). Four kinds, in `QUESTION_KINDS`:
   an object it is about, the star whose colour was checked, and its mask is that star's: every
   VQA record has a non-empty mask and is scored like the others. Questions about a combination
   absent altogether (no star at all) are not asked.
+
+One more kind, in `NEW_KINDS`, asks in words the demo model knows a question it was never trained
+on, a task to fine-tune it on (`dataset synth --task vqa --kinds colour_at`):
+
+- colour_at: "What colour is at the top left?" -> "red" (one object per cell, always unique).
 
 Questions are only asked about visible objects, and only when the object they name is the only
 one matching the question in the scene (visible or hidden), so every answer is right for the
@@ -57,8 +62,11 @@ COLUMNS = ("left", "center", "right")
 #: In which order a description lists the objects: as drawn (random), or top-to-bottom, left-to-right.
 Order = Literal["drawing", "reading"]
 #: The closed-form question kinds (module docstring).
-QuestionKind = Literal["colour", "shape", "position", "exists"]
-QUESTION_KINDS: tuple[str, ...] = get_args(QuestionKind)
+QuestionKind = Literal["colour", "shape", "position", "exists", "colour_at"]
+#: The kinds the demo model is trained on (and `dataset synth --task vqa` writes by default).
+QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "position", "exists")
+#: Kinds the demo model never saw in training: new tasks to fine-tune it on.
+NEW_KINDS: tuple[str, ...] = tuple(kind for kind in get_args(QuestionKind) if kind not in QUESTION_KINDS)
 QUESTION_WORDS = ("what", "colour", "is", "shape", "where", "there", "?")
 ANSWER_WORDS = ("yes", "no")
 
@@ -217,7 +225,7 @@ def make_question(rng: np.random.Generator, scene: Scene, kind: QuestionKind) ->
     same_shape = lambda a, b: a.shape == b.shape  # noqa: E731
     same_kind = lambda a, b: a.shape == b.shape and a.colour == b.colour  # noqa: E731
     visible = [i for i in range(len(objects)) if scene.masks[i].any()]
-    if kind == "shape":
+    if kind in ("shape", "colour_at"):
         candidates = visible
     elif kind == "position":
         candidates = [i for i in visible if unique(i, same_kind)]
@@ -231,6 +239,8 @@ def make_question(rng: np.random.Generator, scene: Scene, kind: QuestionKind) ->
         return Question(kind, f"What colour is the {obj.shape}?", obj.colour, target)
     if kind == "shape":
         return Question(kind, f"What shape is at the {position_phrase(obj.row, obj.column)}?", obj.shape, target)
+    if kind == "colour_at":
+        return Question(kind, f"What colour is at the {position_phrase(obj.row, obj.column)}?", obj.colour, target)
     if kind == "position":
         return Question(kind, f"Where is the {obj.colour} {obj.shape}?", position_phrase(obj.row, obj.column), target)
     if rng.random() < 0.5:

@@ -11,7 +11,7 @@ import pytest
 from hi_core.cli import main
 from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.errors import InputError
-from hi_core.synth import COLOURS, QUESTION_KINDS, make_scene, make_vqa, position_phrase
+from hi_core.synth import COLOURS, NEW_KINDS, QUESTION_KINDS, make_scene, make_vqa, position_phrase
 
 
 def test_same_seed_same_scene_other_seed_other_scene():
@@ -102,6 +102,9 @@ def oracle(objects, question: str) -> tuple[str, list[int]]:
     if match := re.fullmatch(r"What colour is the (\w+)\?", question):
         about = [i for i, obj in enumerate(objects) if obj.shape == match[1]]
         return (objects[about[0]].colour if len(about) == 1 else "ambiguous"), about
+    if match := re.fullmatch(r"What colour is at the ([\w ]+)\?", question):
+        about = [i for i, obj in enumerate(objects) if CELLS[obj.row, obj.column] == match[1]]
+        return (objects[about[0]].colour if len(about) == 1 else "ambiguous"), about
     if match := re.fullmatch(r"What shape is at the ([\w ]+)\?", question):
         about = [i for i, obj in enumerate(objects) if CELLS[obj.row, obj.column] == match[1]]
         return (objects[about[0]].shape if len(about) == 1 else "ambiguous"), about
@@ -114,7 +117,7 @@ def oracle(objects, question: str) -> tuple[str, list[int]]:
     raise AssertionError(f"unexpected question {question!r}")
 
 
-@pytest.mark.parametrize("kind", QUESTION_KINDS)
+@pytest.mark.parametrize("kind", QUESTION_KINDS + NEW_KINDS)
 def test_answers_are_right_for_the_scene_and_the_mask_is_the_asked_objects(kind):
     rng = np.random.default_rng(21)
     answers = set()
@@ -143,7 +146,7 @@ def test_same_seed_same_questions_other_seed_other_questions():
 
 
 def test_unknown_question_kind_is_an_input_error():
-    with pytest.raises(InputError, match="kind must be one of colour, shape, position, exists"):
+    with pytest.raises(InputError, match="kind must be one of colour, shape, position, exists, colour_at"):
         make_vqa(np.random.default_rng(0), "count")
 
 
@@ -175,6 +178,28 @@ def test_vqa_dataset_records_hold_every_kind_right_answers_and_the_asked_objects
         answer, about = oracle(scene.objects, record.prompt)
         assert record.prompt == entry["prompt"] and record.text == answer and record.key_phrase is None
         np.testing.assert_array_equal(record.mask, scene.masks[about[0]])
+
+
+def test_vqa_dataset_of_a_new_kind_asks_only_that_kind_reproducibly(tmp_path):
+    def write(name, seed):
+        out = tmp_path / name
+        assert main(["dataset", "synth", "--task", "vqa", "--kinds", "colour_at", "--out", str(out), "--n", "12",
+                     "--seed", str(seed)]) == 0
+        return [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+
+    first, again = write("a", 2), write("b", 2)
+    assert first == again and {entry["kind"] for entry in first} == {"colour_at"}
+    assert all(entry["prompt"].startswith("What colour is at the ") and entry["text"] in COLOURS for entry in first)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "vqa", "--kinds", "colour,count"], "--kinds must be one of colour, shape, position, exists, colour_at, got 'count'"),
+    (["--kinds", "colour_at"], "--kinds applies to --task vqa only"),
+])
+def test_bad_kinds_are_one_line_errors(tmp_path, capsys, extra, message):
+    assert main(["dataset", "synth", "--out", str(tmp_path / "x"), "--n", "2", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def test_order_with_the_vqa_task_is_an_input_error(tmp_path, capsys):
