@@ -26,7 +26,9 @@ answer). Four kinds the demo model is trained on, in `QUESTION_KINDS`:
 One more kind, in `NEW_KINDS`, asks in words the demo model knows a question it was never trained
 on, a task to fine-tune it on (`dataset synth --task vqa --kinds colour_at`):
 
-- colour_at: "What colour is at the top left?" -> "red" (one object per cell, always unique).
+- colour_at: "What colour is at the top left?" -> "red" (one object per cell, always unique);
+- size: "Is the star big?" / "Is the star small?" -> "yes" / "no" (the scene has exactly one star;
+  either size asked with the same chance).
 
 Questions are only asked about visible objects, and only when the object they name is the only
 one matching the question in the scene (visible or hidden), so every answer is right for the
@@ -62,7 +64,7 @@ COLUMNS = ("left", "center", "right")
 #: In which order a description lists the objects: as drawn (random), or top-to-bottom, left-to-right.
 Order = Literal["drawing", "reading"]
 #: The closed-form question kinds (module docstring).
-QuestionKind = Literal["colour", "shape", "position", "exists", "colour_at"]
+QuestionKind = Literal["colour", "shape", "position", "exists", "colour_at", "size"]
 #: The kinds the demo model is trained on (and `dataset synth --task vqa` writes by default).
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "position", "exists")
 #: Kinds the demo model never saw in training: new tasks to fine-tune it on.
@@ -243,6 +245,9 @@ def make_question(rng: np.random.Generator, scene: Scene, kind: QuestionKind) ->
         return Question(kind, f"What colour is at the {position_phrase(obj.row, obj.column)}?", obj.colour, target)
     if kind == "position":
         return Question(kind, f"Where is the {obj.colour} {obj.shape}?", position_phrase(obj.row, obj.column), target)
+    if kind == "size":
+        asked = str(rng.choice(list(SIZES)))
+        return Question(kind, f"Is the {obj.shape} {asked}?", "yes" if asked == obj.size else "no", target)
     if rng.random() < 0.5:
         return Question(kind, f"Is there a {obj.colour} {obj.shape}?", "yes", target)
     other = str(rng.choice([colour for colour in COLOURS if colour != obj.colour]))
