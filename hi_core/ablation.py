@@ -5,7 +5,8 @@ projection: every supported language model concatenates its heads, head h at col
 h*head_dim..(h+1)*head_dim-1 of the input of `o_proj`. `ablate_heads` replaces those slices by
 zero (`mode="zero"`) or by the head's mean over a set of records (`mode="mean"`, the means from
 `head_output_means`), with a forward pre-hook on each touched layer's `o_proj`, removed in
-`finally`. Query heads are ablated one by one; with grouped KV heads the shared key/value heads
+`finally`. The hooks act only in the context (thread) that entered the block (a `ContextVar`, as in
+`capture.py`): a concurrent forward on the same model in another thread sees every head. Query heads are ablated one by one; with grouped KV heads the shared key/value heads
 keep serving the other query heads of their group.
 
 `run_ablation` is the experiment: the held-out records of `finetune`'s split (or an evaluation
@@ -19,6 +20,7 @@ caption still names. Statistics and the report are `ablation_report.py`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 AblationMode = Literal["zero", "mean"]
 BASELINE = "baseline"
 LIST = "list"  # the condition of explicit layer:head pairs
+
+# The ablations active in this context (thread): a hook removes heads only when its own key is here.
+_ACTIVE: contextvars.ContextVar[frozenset[object]] = contextvars.ContextVar("hi_ablation_active", default=frozenset())
 
 
 # --- removing heads -----------------------------------------------------------------------------
@@ -118,21 +123,27 @@ def ablate_heads(loaded: LoadedModel, heads: Sequence[Head], mode: AblationMode 
             raise InputError(f"the head means do not fit layer {layer} of this model (expected {num_heads}x{head_dim}, "
                              f"found {found}): compute them with this model")
         fills[layer] = mean[layer_heads]  # (ablated heads, head_dim)
+    key = object()
     handles = []
+    active = _ACTIVE.set(_ACTIVE.get() | {key})
     try:
         for layer, layer_heads in by_layer.items():
-            handles.append(projections[layer].register_forward_pre_hook(_replace_slices(layer_heads, fills[layer], num_heads)))
+            handles.append(projections[layer].register_forward_pre_hook(_replace_slices(key, layer_heads, fills[layer], num_heads)))
         yield heads
     finally:
         for handle in handles:
             handle.remove()
+        _ACTIVE.reset(active)
 
 
-def _replace_slices(heads: list[int], fill: torch.Tensor | None, num_heads: int) -> Callable[..., tuple]:
-    """A pre-hook for o_proj: the given heads' slices of its input replaced by zero or by `fill` (heads, head_dim)."""
+def _replace_slices(key: object, heads: list[int], fill: torch.Tensor | None, num_heads: int) -> Callable[..., tuple | None]:
+    """A pre-hook for o_proj: the given heads' slices of its input replaced by zero or by `fill` (heads,
+    head_dim), when the ablation `key` is active in the calling context; else the input as it is."""
     index = torch.tensor(heads)
 
-    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+    def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
+        if key not in _ACTIVE.get():
+            return None
         output = args[0].unflatten(-1, (num_heads, -1)).clone()  # (batch, tokens, heads, head_dim)
         if fill is None:
             output[..., index.to(output.device), :] = 0
@@ -154,14 +165,18 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
     num_heads = num_attention_heads(loaded)
     sums = {layer: torch.zeros(projection.in_features, dtype=torch.float64) for layer, projection in projections.items()}
     state: dict[str, torch.Tensor] = {}
+    key = object()
 
     def summing(layer: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple) -> None:
+            if key not in _ACTIVE.get():  # another thread's forward on the same model
+                return
             keep = state["mask"].to(args[0].device, args[0].dtype)[..., None]  # (batch, tokens, 1)
             sums[layer] += (args[0] * keep).sum(dim=(0, 1)).double().cpu()
         return hook
 
     positions = 0
+    active = _ACTIVE.set(_ACTIVE.get() | {key})
     handles = [projection.register_forward_pre_hook(summing(layer)) for layer, projection in projections.items()]
     try:
         for start in range(0, len(records), batch_size):
@@ -173,6 +188,7 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
     finally:
         for handle in handles:
             handle.remove()
+        _ACTIVE.reset(active)
     means = {layer: (total / positions).float().reshape(num_heads, -1) for layer, total in sums.items()}
     return HeadMeans(means=means, records=len(records), positions=positions)
 

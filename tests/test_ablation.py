@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -125,6 +126,16 @@ def test_the_model_is_restored_after_an_exception_in_the_block(llava):
             raise RuntimeError("inside the block")
     assert _pre_hooks(llava) == hooks
     assert torch.equal(_logits(llava), before)
+
+
+def test_another_threads_forward_keeps_every_head(llava):
+    """The hooks act in the context that entered the block: the app's other requests are untouched."""
+    before = _logits(llava)
+    with ablate_heads(llava, [(0, 1), (1, 2)]):
+        with ThreadPoolExecutor(1) as pool:
+            elsewhere = pool.submit(_logits, llava).result()
+        here = _logits(llava)
+    assert torch.equal(elsewhere, before) and not torch.equal(here, before)
 
 
 @pytest.fixture(scope="module")
