@@ -6,8 +6,9 @@ h*head_dim..(h+1)*head_dim-1 of the input of `o_proj`. `ablate_heads` replaces t
 zero (`mode="zero"`) or by the head's mean over a set of records (`mode="mean"`, the means from
 `head_output_means`), with a forward pre-hook on each touched layer's `o_proj`, removed in
 `finally`. The hooks act only in the context (thread) that entered the block (a `ContextVar`, as in
-`capture.py`): a concurrent forward on the same model in another thread sees every head. Query heads are ablated one by one; with grouped KV heads the shared key/value heads
-keep serving the other query heads of their group.
+`capture.py`): a concurrent forward on the same model in another thread sees every head. Query
+heads are ablated one by one; with grouped KV heads the shared key/value heads keep serving the
+other query heads of their group.
 
 `run_ablation` is the experiment: the held-out records of `finetune`'s split (or an evaluation
 dataset) captioned greedily by the model as it is (the baseline, once) and with each strategy's

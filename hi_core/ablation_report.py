@@ -224,11 +224,13 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
         lines.append("- task: closed-form VQA; answer accuracy = normalized exact match of the answer to each record's question")
     else:
         lines.append("- key object named: the record's key phrase appears in the caption (whole words, ignoring case and punctuation)")
+    corpus = [METRICS[m] for m in metrics if m in CORPUS]
     lines += [
-        "- cells: value [95% interval]; a share of records (key object named, exact match, accuracy): Wilson interval over the "
-        "records; BLEU-4, ROUGE-L, CIDEr of one run: percentile bootstrap over the held-out records "
-        f"({config.resamples} draws); random: mean over seeds [t-interval over seeds, clipped to [0, 1] but for CIDEr]; "
-        "METEOR of one run: no interval",
+        "- cells: value [95% interval]; a share of records (" + ", ".join(METRICS[m] for m in metrics if m in SHARES)
+        + "): Wilson interval over the records"
+        + (f"; {', '.join(corpus)} of one run: percentile bootstrap over the held-out records ({config.resamples} draws)" if corpus else "")
+        + "; random: mean over seeds [t-interval over seeds, clipped to [0, 1] but for CIDEr]"
+        + ("; METEOR of one run: no interval" if "meteor" in metrics else ""),
         "",
         "| condition | heads removed | " + " | ".join(METRICS[m] for m in metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
