@@ -1,9 +1,11 @@
 """HI Explorer: which attention heads of a multimodal LM look at the object a description names.
 
 The public API, re-exported: load a model, analyze an image or a dataset, score maps, select
-layers by HI and fine-tune LoRA on them, compare strategies.
+layers by HI and fine-tune LoRA on them, compare strategies, ablate heads.
 """
 
+from .ablation import Ablation, AblationConfig, HeadMeans, ablate_heads, head_output_means, run_ablation
+from .ablation_report import write_ablation_report
 from .analysis import ImageAnalysis, analyze_image, hi_difference
 from .batching import collate
 from .capture import AttentionCache, capture_attention, install_capture
@@ -36,6 +38,9 @@ from .scoring import (
 )
 
 __all__ = [
+    "ablate_heads",
+    "Ablation",
+    "AblationConfig",
     "adapter_for",
     "AnalysisConfig",
     "analyze_image",
@@ -61,6 +66,8 @@ __all__ = [
     "FinetuneConfig",
     "generate_description",
     "head_impact",
+    "head_output_means",
+    "HeadMeans",
     "hi_difference",
     "head_maps",
     "image_to_rgb",
@@ -92,6 +99,7 @@ __all__ = [
     "read_ranking",
     "Record",
     "reuse_ranking",
+    "run_ablation",
     "run_before_after",
     "run_compare",
     "run_finetune",
@@ -107,4 +115,5 @@ __all__ = [
     "TrainCallbacks",
     "TrainingCancelled",
     "TrainingDiverged",
+    "write_ablation_report",
 ]

@@ -24,6 +24,9 @@ from typing import get_args
 import torch
 from transformers.utils import logging as transformers_logging
 
+from .ablation import AblationConfig, AblationMode, check_ablation, run_ablation
+from .ablation_report import METRICS as ABLATION_METRICS
+from .ablation_report import check_ablation_folder, write_ablation_report
 from .analysis import analyze_image
 from .coco import convert_coco
 from .compare import CompareConfig, check_compare_folder, run_compare
@@ -32,6 +35,7 @@ from .datasets import count_records, write_synthetic
 from .distributed import is_distributed, is_main_process, process_state
 from .errors import InputError, check_choice
 from .finetune import DataConfig, FinetuneConfig, Schedule, Task, check_task
+from .head_selection import read_head_ranking
 from .image_scoring import AnalysisConfig
 from .inputs import DEFAULT_PROMPT, Queries
 from .layer_selection import LayerChoice, Ranking, check_layer_choice, needs_ranking, read_ranking
@@ -418,6 +422,66 @@ def _run_compare(args: argparse.Namespace) -> None:
         print(f"{len(comparison.reused)} run(s) reused; wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
 
 
+def _add_ablate(subcommands: argparse._SubParsersAction) -> None:
+    defaults = AblationConfig()
+    ablate = subcommands.add_parser(
+        "ablate", help="remove the top-HI heads (against random and bottom ones) and caption the held-out records",
+        description="Caption the held-out records with the model as it is, then with each strategy's k heads removed "
+        "(their slice of the attention output before o_proj set to zero, or to its mean): top-k and bottom-k by HI, "
+        "k random heads per seed, or a list. Writes report.md, results.json, captions.jsonl and ablation.png to --out.",
+    )
+    ablate.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
+    ablate.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder (data.jsonl + images + masks)")
+    ablate.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or an earlier ablation's)")
+    ablate.add_argument("--heads", default="top,random,bottom", metavar="top,random,bottom|L:H,..",
+                        help="comma-separated strategies and/or layer:head pairs (the pairs form one condition) (default: %(default)s)")
+    ablate.add_argument("-k", type=int, default=defaults.k, help="heads removed by top/bottom/random (default: %(default)s)")
+    ablate.add_argument("--ranking", metavar="SCORE.json", help="the head ranking: a JSON written by `score` (default: score the dataset now)")
+    ablate.add_argument("--ranking-limit", type=int, metavar="N", help="score only the first N records for the ranking")
+    ablate.add_argument("--seeds", type=int, default=defaults.seeds, help="runs of random (default: %(default)s)")
+    ablate.add_argument("--seed", type=int, default=defaults.seed, help="the first random seed, and the bootstrap's (default: %(default)s)")
+    ablate.add_argument("--mode", choices=get_args(AblationMode), default=defaults.mode,
+                        help="a removed head's output becomes zero, or its mean over training records (default: %(default)s)")
+    ablate.add_argument("--mean-records", type=int, default=defaults.mean_records, metavar="N",
+                        help="training records averaged for --mode mean (default: %(default)s)")
+    ablate.add_argument("--resamples", type=int, default=defaults.resamples, help="bootstrap draws for the intervals (default: %(default)s)")
+    ablate.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of the records without their own `prompt` (default: %(default)r)")
+    ablate.add_argument("--task", choices=get_args(Task), default=defaults.data.task,
+                        help="caption: caption metrics and the share of key objects named; vqa: answer accuracy (default: %(default)s)")
+    ablate.add_argument("--eval-fraction", type=float, default=defaults.data.eval_fraction,
+                        help="share of records held out, by a hash of the id: the records `finetune` holds out (default: %(default)s)")
+    ablate.add_argument("--eval-dataset", metavar="DIR", help="a separate held-out dataset to caption instead")
+    ablate.add_argument("--eval-limit", type=int, metavar="N", help="caption at most N held-out records")
+    ablate.add_argument("--max-new-tokens", type=int, default=defaults.data.max_new_tokens, help="caption length limit (default: %(default)s)")
+    ablate.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
+    ablate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    _add_model_options(ablate)
+    ablate.set_defaults(run=_run_ablate)
+
+
+def _run_ablate(args: argparse.Namespace) -> None:
+    data = DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
+                      max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
+    config = AblationConfig(heads=args.heads, k=args.k, seeds=args.seeds, seed=args.seed, mode=args.mode,
+                            mean_records=args.mean_records, resamples=args.resamples, data=data)
+    check_ablation_folder(args.out, "--out")
+    ranking = read_head_ranking(args.ranking) if args.ranking else None
+    _, loaded = _tuning_inputs(argparse.Namespace(**vars(args) | {"ranking": None}))  # the datasets, threads; then the load
+    check_ablation(loaded, config, args.dataset, args.eval_dataset)  # before the ranking is scored
+    if ranking is None and config.needs_ranking():
+        print(f"no --ranking: scoring {args.dataset} for the head ranking", file=sys.stderr)
+
+    def announce(index: int, total: int, name: str) -> None:
+        print(f"condition {index}/{total}: {name}", file=sys.stderr)
+
+    ablation = run_ablation(loaded, args.dataset, config, ranking, args.eval_dataset, args.ranking_limit, announce)
+    results = write_ablation_report(ablation, args.out)
+    for name, entry in results["conditions"].items():
+        shown = ", ".join(f"{ABLATION_METRICS[m]} {v['mean']:.3f}" for m, v in entry["metrics"].items())
+        print(f"{name}: {shown}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hi_core", description="HI Explorer: Head Impact of the attention heads of multimodal LMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -426,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(subcommands)
     _add_finetune(subcommands)
     _add_compare(subcommands)
+    _add_ablate(subcommands)
     return parser
 
 

@@ -85,9 +85,10 @@ def metric_bars(
     lows: np.ndarray,
     highs: np.ndarray,
     title: str = "Held-out caption metrics",
+    whiskers: str = "95% interval over seeds",
 ) -> Figure:
     """One panel per metric, one bar per strategy; means, lows, highs: (strategies, metrics), the
-    whiskers spanning [low, high] (NaN: no interval, e.g. a single run)."""
+    whiskers spanning [low, high] (NaN: no interval, e.g. a single run); `whiskers` says what they are."""
     figure = Figure(figsize=(2.3 * len(metrics) + 0.5, 2.9), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(metrics), squeeze=False)).reshape(-1)
     colours = [_STRATEGY_COLOURS.get(name, "#8c8c8c") for name in strategies]
@@ -105,7 +106,7 @@ def metric_bars(
             ax.set_ylim(max(0.0, float(finite.min()) - 0.5 * spread), float(finite.max()) + 0.3 * spread)
         ax.set_xticks(x, strategies, rotation=45, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
-    figure.suptitle(f"{title} (whiskers: 95% interval over seeds)", fontsize=10)
+    figure.suptitle(f"{title} (whiskers: {whiskers})", fontsize=10)
     return figure
 
 
