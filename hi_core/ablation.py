@@ -28,9 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
+from PIL import Image
 
+from .analysis import ImageAnalysis, analyze_image
+from .captioning import generate_description
 from .datasets import Record
+from .image_scoring import AnalysisConfig
 from .errors import InputError, check_choice, check_number
 from .finetune import MAX_SEED, DataConfig, Split, check_task, split_dataset, training_batch
 from .head_selection import Head, HeadChoice, HeadRanking, HeadStrategy, check_head_choice, format_heads, parse_head_choice, select_heads
@@ -192,6 +197,46 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
         _ACTIVE.reset(active)
     means = {layer: (total / positions).float().reshape(num_heads, -1) for layer, total in sums.items()}
     return HeadMeans(means=means, records=len(records), positions=positions)
+
+
+# --- one image (the explorer) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageAblation:
+    """One image with heads removed: the model's own description (or answer, for a question prompt)
+    with every head (`intact_text`) and without `heads` (`ablated_text`; "" when it ends at once),
+    and the analyzed text scored again without them (`ablated`: set it against the intact analysis
+    to see how the other heads' maps change; the removed heads' own maps do not, as a head's
+    attention comes before the projection its slice is removed from)."""
+
+    heads: tuple[Head, ...]
+    mode: str
+    intact_text: str
+    ablated_text: str
+    ablated: ImageAnalysis
+
+
+def _description(loaded: LoadedModel, image: Image.Image, config: AnalysisConfig) -> str:
+    try:
+        return generate_description(loaded, image, config.prompt, config.max_new_tokens)
+    except InputError:  # an empty description: what a model without its key heads may well produce
+        return ""
+
+
+def ablate_image(loaded: LoadedModel, image: Image.Image, mask: np.ndarray, text: str, heads: Sequence[Head],
+                 config: AnalysisConfig = AnalysisConfig(), mode: AblationMode = "zero",
+                 means: HeadMeans | None = None) -> ImageAblation:
+    """Regenerate the description with and without `heads`, and score `text` (the analyzed one) on
+    the image and mask without them, with the same options."""
+    heads = check_heads(loaded, heads)
+    if not heads:
+        raise InputError("choose at least one head to remove")
+    intact_text = _description(loaded, image, config)
+    with ablate_heads(loaded, heads, mode, means):
+        ablated_text = _description(loaded, image, config)
+        ablated = analyze_image(loaded, image, mask, text, config)
+    return ImageAblation(heads=heads, mode=mode, intact_text=intact_text, ablated_text=ablated_text, ablated=ablated)
 
 
 # --- the experiment -----------------------------------------------------------------------------

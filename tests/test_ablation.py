@@ -357,3 +357,29 @@ def test_check_ablation_folder_accepts_new_empty_and_earlier_ablations(tmp_path)
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "results.json").write_text("{}")
     assert check_ablation_folder(tmp_path / "earlier") == tmp_path / "earlier"
+
+
+def test_one_image_without_heads_regenerates_and_rescores_only_what_follows_them(demo):
+    """The explorer's view: with two heads of layer 1 removed, layers 0 and 1 attend as before (a head's
+    slice is removed after its attention), later layers' maps move, and the descriptions are the
+    model's own with and without the heads."""
+    from PIL import Image
+
+    from hi_core.analysis import analyze_image
+    from hi_core.captioning import generate_description
+    from hi_core.synth import make_scene
+
+    scene = make_scene(np.random.default_rng(3))
+    image, mask = Image.fromarray(scene.image), scene.masks[scene.key]
+    intact = analyze_image(demo, image, mask, scene.text)
+    hooks = _pre_hooks(demo)
+    result = ablation.ablate_image(demo, image, mask, scene.text, [(1, 5), (1, 2)])
+    assert result.heads == ((1, 2), (1, 5)) and _pre_hooks(demo) == hooks
+    assert result.intact_text == generate_description(demo, image)
+    with ablate_heads(demo, [(1, 2), (1, 5)]):
+        assert result.ablated_text == generate_description(demo, image)
+    np.testing.assert_array_equal(result.ablated.maps[:2], intact.maps[:2])
+    assert not np.allclose(result.ablated.maps[2:], intact.maps[2:], atol=1e-4)
+    assert result.ablated.text == intact.text == scene.text
+    with pytest.raises(InputError, match="at least one head"):
+        ablation.ablate_image(demo, image, mask, scene.text, [])

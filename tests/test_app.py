@@ -7,6 +7,7 @@ accuracy; a dataset without questions is refused in the page)."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import shutil
@@ -22,7 +23,7 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core import archives
+from hi_core import ablation, archives
 from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
@@ -466,6 +467,44 @@ def test_a_finetune_finishes_with_metrics_a_loss_curve_and_a_loadable_adapter(se
     _, mask, _ = _example()
     summary = _analyze(client, model, mask, lora=lora)["summary"]
     assert f"`{model} + LoRA " in summary and "/adapter`" in summary
+
+
+def test_the_ablation_view_describes_again_without_the_top_heads_and_shows_how_the_others_change(server, explorer_cache):
+    url, model = server
+    client = Client(url, verbose=False)
+    image, mask_file, _ = _example()
+    ablate = dict(model_name=model, device="cpu")
+    assert "run an analysis first" in predict(client, "/ablate", **ablate)["ablate-message"]
+    analyzed = _analyze(client, model, mask_file, key_phrase="orange cross")
+    ranked = list(_ranked_hi(analyzed["ranking"]))  # by HI, as the page ranks them
+    shown = predict(client, "/ablate", which="top-k heads by HI", k=2, **ablate)
+    assert not shown["ablate-message"]
+    # the oracle: hi_core's own ablation of the same two heads on the server's model, image and text
+    loaded = explorer_cache.get(LoadConfig(model=model, device="cpu"))
+    mask = load_mask(mask_file)
+    config = AnalysisConfig(key_phrase="orange cross")
+    expected = ablation.ablate_image(loaded, Image.open(image).convert("RGB"), mask, "a small orange cross at the left",
+                                     ranked[:2], config)
+    intact = analyze_image(loaded, Image.open(image).convert("RGB"), mask, "a small orange cross at the left", config)
+    removed = ", ".join(f"{l}:{h}" for l, h in sorted(ranked[:2]))
+    assert f"Without heads {removed} (zero)" in shown["ablate-texts"]
+    for text in (expected.intact_text, expected.ablated_text):
+        assert (html.escape(text) if text else "(nothing: the model ended at once)") in shown["ablate-texts"]
+    difference = expected.ablated.hi - intact.hi
+    layer, head = map(int, re.search(r"\*\*Layer (\d+), head (\d+)\*\*", shown["ablate-info"]).groups())
+    assert abs(difference[layer, head]) == pytest.approx(np.abs(difference).max(), abs=2e-4)  # the largest change first
+    change = float(re.search(r"\(ΔHI \*\*(\S+)\*\*\)", shown["ablate-info"]).group(1))
+    assert change == pytest.approx(difference[layer, head], abs=1e-3)
+    assert "HI every head" in shown["ablate-info"] and "heads removed" in shown["ablate-info"]
+    layout = HeatmapLayout.fit(*intact.hi.shape)
+    assert Image.open(shown["ablate-heatmap"]).size == (layout.width, layout.height)
+    # a bad list: told beside the button, the results stay
+    for listed, message in (("9:0", "layer 9 is not a scored layer"), ("top", "layer:head pairs")):
+        refused = predict(client, "/ablate", which="heads listed", listed=listed, **ablate)
+        assert message in refused["ablate-message"] and refused["ablate-heatmap"] == UNCHANGED
+    selected = predict(client, "/ablate", which="the selected head", **ablate)
+    top_layer, top_head = ranked[0]  # an analysis selects its best head
+    assert f"Without heads {top_layer}:{top_head} (zero)" in selected["ablate-texts"]
 
 
 def test_the_before_after_view_shows_tuned_minus_base_hi_of_the_last_analysis(server):

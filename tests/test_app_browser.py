@@ -399,6 +399,27 @@ def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
     _screenshot(page, "05-one-layer.png", full_page=False)
 
 
+def test_the_ablation_view_describes_again_without_the_top_heads_and_a_click_picks_a_head(page, model_shape):
+    layers, heads, _ = model_shape
+    _pick_example(page, 0)
+    _paint_object(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    top = _ranked_pairs(page, layers, heads)[:2]
+    page.get_by_role("tab", name="Ablation").click()
+    _set_number(page, "ablate-k", 2)
+    page.locator("#ablate").click()
+    removed = ", ".join(f"{layer}:{head}" for layer, head in sorted(top))
+    expect(page.locator("#ablate-texts")).to_contain_text(f"Without heads {removed} (zero)")
+    expect(page.locator("#ablate-texts")).to_contain_text("With every head")
+    _image_src(page, "ablate-head")
+    cell = (layers - 1, heads - 1)  # the last layer's last head: after every removed head
+    _click_heatmap_cell(page, "ablate-heatmap", cell, (layers, heads))
+    expect(page.locator("#ablate-info")).to_contain_text(f"Layer {cell[0]}, head {cell[1]}")
+    assert _error_badges(page) == 0
+    page.locator("#ablate-texts").scroll_into_view_if_needed()
+    _screenshot(page, "13-ablation.png", full_page=False)
+
+
 def test_a_failed_analyze_says_why_beside_analyze_and_keeps_the_marked_stale_results(page):
     _pick_example(page, 0)
     _paint_object(page, 0)

@@ -28,11 +28,13 @@ from .feedback import reports_input_errors
 
 @dataclass
 class BeforeAfter:
-    """One image, mask and text scored by the base model and by its tuned copy (the LoRA set in the Explorer)."""
+    """One image, mask and text scored twice: by the base model and by its tuned copy (the LoRA set in the
+    Explorer), or (the ablation view) by the model with every head and without some; `names` says which."""
 
     base: ImageAnalysis
     tuned: ImageAnalysis
     selected: tuple[int, int]
+    names: tuple[str, str] = ("base", "tuned")
 
     @property
     def difference(self) -> np.ndarray:
@@ -42,30 +44,37 @@ class BeforeAfter:
         return replace(self, base=self.base.rescored(scoring), tuned=self.tuned.rescored(scoring))
 
 
+def largest_change(difference: np.ndarray) -> tuple[int, int]:
+    """The head whose HI changed most (among the scored: a hybrid model's other layers are NaN)."""
+    largest = np.unravel_index(np.argmax(np.nan_to_num(np.abs(difference), nan=-1.0)), difference.shape)
+    return int(largest[0]), int(largest[1])
+
+
 def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
     """ΔHI = tuned - base per head, on a red-blue scale symmetric around 0 (the HI heatmap's cell geometry)."""
     difference = compare.difference
     reach = float(np.nanmax(np.abs(difference))) or 1e-3  # NaN: layers not scored (no softmax attention)
     missing = views.NOT_SCORED if not np.isfinite(difference).all() else None
     return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape, legend=missing is not None),
-                        title="ΔHI = tuned − base: click a cell", label="ΔHI", vmin=-reach, vmax=reach, missing=missing)
+                        title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell", label="ΔHI", vmin=-reach, vmax=reach, missing=missing)
 
 
-def before_after_figure(session: Session) -> np.ndarray:
-    """The selected head's map under the base model and under the tuned one, side by side."""
-    compare, (layer, head) = session.compare, session.compare.selected
+def before_after_figure(session: Session, compare: BeforeAfter) -> np.ndarray:
+    """The selected head's map in the two analyses (base | tuned), side by side."""
+    layer, head = compare.selected
     return overlay_panels(
         [session.image, session.image],
         [compare.base.maps[layer, head], compare.tuned.maps[layer, head]],
         [session.mask, session.mask],
-        [f"base: layer {layer} head {head}, HI {compare.base.hi[layer, head]:.3f}",
-         f"tuned: layer {layer} head {head}, HI {compare.tuned.hi[layer, head]:.3f}"],
+        [f"{name}: layer {layer} head {head}, HI {analysis.hi[layer, head]:.3f}"
+         for name, analysis in zip(compare.names, (compare.base, compare.tuned))],
         columns=2,
     )
 
 
-def before_after_info(compare: BeforeAfter) -> str:
-    layer, head = compare.selected
+def before_after_info(compare: BeforeAfter, models: bool = True) -> str:
+    """The selected head's HI and mass in both analyses, the largest rise and fall; `models`: name the two models."""
+    (base, tuned), (layer, head) = compare.names, compare.selected
     difference = compare.difference
     rise = np.unravel_index(np.argmax(difference), difference.shape)
     fall = np.unravel_index(np.argmin(difference), difference.shape)
@@ -74,12 +83,13 @@ def before_after_info(compare: BeforeAfter) -> str:
                    f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}")
     else:
         changes = "No head's HI changed (the maps may still move within the binarization: see the masses)"
-    return (f"**Layer {layer}, head {head}** · HI base **{compare.base.hi[layer, head]:.3f}** → tuned "
+    scored = f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows)"
+    if models:
+        scored += f" · {base} `{compare.base.model}` · {tuned} `{compare.tuned.model}`"
+    return (f"**Layer {layer}, head {head}** · HI {base} **{compare.base.hi[layer, head]:.3f}** → {tuned} "
             f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · attention mass on the object "
             f"{compare.base.mass[layer, head]:.3f} → {compare.tuned.mass[layer, head]:.3f}  \n"
-            f"{changes}  \n"
-            f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows) · base `{compare.base.model}` · "
-            f"tuned `{compare.tuned.model}`")
+            f"{changes}  \n{scored}")
 
 
 class BeforeAfterTab:
@@ -128,10 +138,8 @@ class BeforeAfterTab:
             progress(0.3 + 0.35 * step, desc=f"scoring with the {which} model")
             analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
             scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
-        difference = hi_difference(scored["base"], scored["tuned"])
-        # the head that changed most (among the scored: a hybrid model's other layers are NaN)
-        largest = np.unravel_index(np.argmax(np.nan_to_num(np.abs(difference), nan=-1.0)), difference.shape)
-        session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=(int(largest[0]), int(largest[1])))
+        selected = largest_change(hi_difference(scored["base"], scored["tuned"]))
+        session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=selected)
         return self.render(session)
 
     def select_cell(self, session: Session | None, event: gr.SelectData):
@@ -148,7 +156,7 @@ class BeforeAfterTab:
     def render(self, session: Session) -> dict:
         compare = session.compare
         return {self.state: session, self.message: "", self.heatmap: difference_heatmap(compare),
-                self.head_view: before_after_figure(session), self.info: before_after_info(compare)}
+                self.head_view: before_after_figure(session, compare), self.info: before_after_info(compare)}
 
     def cleared(self) -> dict:
         """A new analysis: the comparison of the previous one goes."""

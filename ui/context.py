@@ -21,6 +21,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from hi_core.ablation import ImageAblation, ablate_image
 from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from hi_core.datasets import read_dataset
@@ -76,6 +77,7 @@ class ModelWork:
 
     analyze: Callable[..., ImageAnalysis]  # (load config, image, mask, text or None, AnalysisConfig, per_token=False)
     score_dataset: Callable[[LoadConfig, Path, DatasetConfig, Any], DatasetAnalysis]
+    ablate: Callable[..., ImageAblation]  # (load config, image, mask, text, heads, AnalysisConfig)
 
 
 def model_work(cache: ModelCache) -> ModelWork:
@@ -90,7 +92,13 @@ def model_work(cache: ModelCache) -> ModelWork:
     def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress) -> DatasetAnalysis:
         return score_dataset(cache.get(config), folder, dataset_config, progress=progress)
 
-    return ModelWork(analyze, score)
+    @on_gpu(GPU_SECONDS)
+    def ablate(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str, heads: tuple[tuple[int, int], ...],
+               analysis_config: AnalysisConfig) -> ImageAblation:
+        """The image described with and without `heads`, and `text` scored without them."""
+        return ablate_image(cache.get(config), Image.fromarray(image), mask, text, heads, analysis_config)
+
+    return ModelWork(analyze, score, ablate)
 
 
 @dataclass

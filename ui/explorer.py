@@ -24,6 +24,7 @@ from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
 from hi_core.overlays import map_overlay, mask_overlay
 
 from . import explorer_views as views
+from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
 from .components import bounded_image_editor, figure
 from .context import AppContext
@@ -203,6 +204,7 @@ class ExplorerTab:
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
                 self.bars = figure(show_label=False, label="Layer scores", elem_id="layer-bars")
+            self.ablation = AblationTab(self.context, self.state)
             self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
         self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV); each figure has its own download button (PNG)",
                                  file_count="multiple", elem_id="downloads")
@@ -242,7 +244,7 @@ class ExplorerTab:
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
              options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
              self.state, self.tuned_state],
-            [*full, self.mask_view, self.top_k, *self.compare.views],
+            [*full, self.mask_view, self.top_k, *self.compare.views, *self.ablation.views],
             api_name="analyze",
         ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
         shown = [self.state, self.top_n, self.layer, self.top_k]
@@ -253,7 +255,8 @@ class ExplorerTab:
         for box in (self.selected_layer, self.selected_head):
             box.submit(**select, api_name=False)
         for option in options.scoring:
-            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]], [*full, *self.compare.views], api_name=False)
+            option.change(self.rescore, [self.state, *options.scoring, *shown[1:]],
+                          [*full, *self.compare.views, *self.ablation.views], api_name=False)
         shown_tokens = dict(outputs=full, show_progress="minimal")
         # ticks in quick succession: the last one's choice is drawn, not each in turn
         self.tokens.input(self.choose_tokens, [self.state, self.tokens, *shown[1:]], **shown_tokens, api_name="choose_tokens",
@@ -261,6 +264,7 @@ class ExplorerTab:
         self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
         self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
         self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
+        self.ablation.wire(model.name, model.device, model.lora, self.tuned_state)
         self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.message], api_name=False)
         self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view, self.message], api_name=False)
         self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
@@ -341,7 +345,7 @@ class ExplorerTab:
         session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
                 self.top_k: top_k_update(len(analysis.scored_layers), top_k),
-                **self.compare.cleared()}
+                **self.compare.cleared(), **self.ablation.cleared()}
 
     @reports_input_errors("message")
     def select_cell(self, session: Session | None, top_n: int, layer: int, top_k: int, event: gr.SelectData):
@@ -367,7 +371,11 @@ class ExplorerTab:
             return gr.skip()
         session.show(scoring=scoring_config(binarize, quantile, layer_score))
         update = self._render(session, top_n, layer, top_k)
-        return update if session.compare is None else {**update, **self.compare.render(session)}
+        if session.compare is not None:
+            update |= self.compare.render(session)
+        if session.ablation is not None:
+            update |= self.ablation.render(session)
+        return update
 
     @reports_input_errors("message")
     def redraw_top(self, session: Session | None, top_n: int):

@@ -86,6 +86,8 @@ class Session:
     selected: tuple[int, int] = (0, 0)
     analysis: ImageAnalysis = field(init=False)
     compare: BeforeAfter | None = None
+    ablation: BeforeAfter | None = None  # every head vs chosen heads removed (the ablation view)
+    ablation_texts: str = ""  # the two descriptions, as the ablation view shows them
 
     def __post_init__(self) -> None:
         self.chosen = self.chosen or self.whole.key_tokens
@@ -105,6 +107,8 @@ class Session:
         self.chosen, self.config = chosen, replace(self.config, scoring=scoring)
         if self.compare is not None:
             self.compare = self.compare.rescored(scoring)
+        if self.ablation is not None:
+            self.ablation = self.ablation.rescored(scoring)
 
     def remove_files(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
