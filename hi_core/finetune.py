@@ -15,6 +15,9 @@ targeting, training loop.
   only data.jsonl: the split holds each record's scanned line (`DatasetRecords`), and a record's
   image and mask are opened when a training batch or a batch of held-out captions needs them, so
   memory does not grow with the dataset (a bad file fails then, naming its record).
+- Head-level LoRA (`FinetuneConfig.heads`) wraps the layers of the chosen heads the same way and
+  confines the update to those heads' slices (`head_lora.py`); `trainable_parameters` then counts
+  only the entries its masks leave free.
 A whole run (selection, training, held-out captions, the saved adapter and `run.json`) is
 `runs.run_finetune`.
 """
