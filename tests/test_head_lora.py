@@ -192,3 +192,51 @@ def test_config_heads_and_strategy_names():
     assert FinetuneConfig(heads="random").layers is None
     assert [FinetuneConfig(heads=h).strategy for h in ("top", "bottom", "random", "0:1")] == \
         ["top-heads", "bottom-heads", "random-heads", "list-heads"]
+
+
+# --- the head blocks are the model's own: an oracle from its forward --------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen3_5(tmp_path_factory):
+    """A hybrid Qwen3.5 (layers 1, 3 softmax; 4 heads of 16, 2 KV heads) whose q_proj is gated: each
+    head's 32 rows are its query then its gate."""
+    from hi_core.loading import LoadConfig, load_model
+
+    from . import tiny_qwen3_5
+
+    return load_model(LoadConfig(model=str(tiny_qwen3_5.build_qwen3_5(tmp_path_factory.mktemp("qwen3_5"))), device="cpu"))
+
+
+@pytest.mark.parametrize("family, layer", [("llava", 1), ("qwen3_5", 3)])
+@pytest.mark.parametrize("target, changed", [("q_proj", {1}), ("k_proj", {0, 1}), ("v_proj", {0, 1})])
+def test_the_trained_rows_feed_only_the_chosen_heads(request, records, family, layer, target, changed):
+    """Fill the trainable entries of LoRA B (those the masks keep, for query head 1) with noise, and
+    look at each head's attention output (o_proj's input, in head blocks): only head 1 changes for
+    q_proj (its query, and in Qwen3.5 its gate), only the heads reading KV head 0 (0 and 1) for k/v."""
+    from hi_core.finetune import training_batch
+
+    loaded = request.getfixturevalue(family)
+    plan = plan_heads(loaded, ((layer, 1),))
+    config = FinetuneConfig(heads=((layer, 1),), targets=(target,), rank=2)
+    batch = training_batch(loaded, records[:1], config.data.prompt)
+    batch.pop("labels")
+    attention = loaded.adapter.attention_modules(loaded.model)[layer]
+    seen = []
+    hook = attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        with lora_attached(loaded, lora_config(loaded, plan.layers, config)) as peft_model:
+            with heads_only(head_masks(loaded, plan)) as masks:
+                assert len(masks) == 1
+                with torch.no_grad():
+                    for parameter, mask in masks.items():
+                        parameter.copy_(torch.randn(parameter.shape) * mask)
+                    with peft_model.disable_adapter():
+                        peft_model(**batch)
+                    peft_model(**batch)
+    finally:
+        hook.remove()
+    before, after = (output.reshape(*output.shape[:-1], plan.num_heads, -1) for output in seen)  # (B, T, heads, head_dim)
+    difference = (after - before).abs().amax(dim=(0, 1, 3))  # (heads,)
+    assert {head for head in range(plan.num_heads) if difference[head] > 1e-4} == changed
+    assert all(float(difference[head]) == 0.0 for head in range(plan.num_heads) if head not in changed)
