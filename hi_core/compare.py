@@ -402,10 +402,12 @@ def report_markdown(comparison: Comparison) -> str:
     head_runs = [r for records in comparison.runs.values() for r in records if r.heads is not None]
     if head_runs:
         shape = head_runs[0]
+        sharing = (f"{shape.num_heads} query heads share {shape.num_kv_heads} KV heads per layer" if shape.num_kv_heads != shape.num_heads
+                   else "no grouped-query attention: each query head has its own KV head")
         lines.append(f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
                      f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
-                     f"the k/v rows of the KV heads they read ({shape.num_heads} query heads share {shape.num_kv_heads} KV heads "
-                     "per layer) and their o columns; the shared LoRA factors of each wrapped layer make the counts differ")
+                     f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
+                     "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads fall in")
     head_ranking = comparison.head_ranking
     if head_ranking is not None:
         best = ", ".join(f"{l}:{h} ({score:.3f})" for (l, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12]))
