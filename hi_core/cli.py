@@ -29,16 +29,17 @@ from .ablation_report import METRICS as ABLATION_METRICS
 from .ablation_report import check_ablation_folder, write_ablation_report
 from .analysis import analyze_image
 from .coco import convert_coco
-from .compare import CompareConfig, check_compare_folder, run_compare
+from .compare import CompareConfig, CompareStrategy, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
 from .datasets import count_records, write_synthetic
 from .distributed import is_distributed, is_main_process, process_state
 from .errors import InputError, check_choice
-from .finetune import DataConfig, FinetuneConfig, Schedule, Task, check_task
-from .head_selection import read_head_ranking
+from .finetune import DataConfig, FinetuneConfig, Schedule, Task, attention_targets, check_task
+from .head_lora import check_targets, head_counts
+from .head_selection import HeadRanking, check_head_choice, format_heads, read_head_ranking
 from .image_scoring import AnalysisConfig
 from .inputs import DEFAULT_PROMPT, Queries
-from .layer_selection import LayerChoice, Ranking, check_layer_choice, needs_ranking, read_ranking
+from .layer_selection import Ranking, check_layer_choice, read_ranking
 from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
 from .masks import check_mask, load_image, load_mask
 from .outputs import check_output_file, check_output_folder
@@ -49,7 +50,9 @@ from .runs import (
     RunRecord,
     check_before_after_folder,
     check_run_folder,
+    dataset_head_ranking,
     dataset_ranking,
+    needs_run_ranking,
     run_before_after,
     run_finetune,
 )
@@ -280,9 +283,10 @@ def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder (data.jsonl + images + masks)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("-k", type=int, default=defaults.k, help="how many layers top/bottom/random adapt (default: %(default)s)")
+    parser.add_argument("-k", type=int, default=defaults.k,
+                        help="how many layers (finetune --heads: heads) top/bottom/random adapt (default: %(default)s)")
     parser.add_argument("--ranking", metavar="SCORE.json",
-                        help="the layer ranking: a JSON written by `score` (default: score the dataset now)")
+                        help="the layer (and head) ranking: a JSON written by `score` (default: score the dataset now)")
     parser.add_argument("--ranking-limit", type=int, metavar="N", help="score only the first N records for the ranking")
     parser.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="LoRA alpha (default: %(default)s)")
@@ -318,8 +322,13 @@ def _add_finetune(subcommands: argparse._SubParsersAction) -> None:
         "the k best by layer score), caption the held-out records, and write a peft adapter and run.json to --out.",
     )
     _add_tuning_options(finetune)
-    finetune.add_argument("--layers", required=True, metavar="top|bottom|random|all|L1,L2,..",
-                          help="which layers: by the ranking (top/bottom k), k random ones (seeded), all, or a list")
+    choice = finetune.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--layers", metavar="top|bottom|random|all|L1,L2,..",
+                        help="which layers: by the ranking (top/bottom k), k random ones (seeded), all, or a list")
+    choice.add_argument("--heads", metavar="top|bottom|random|L:H,..",
+                        help="head-level LoRA instead: k heads by the head ranking (top/bottom), k random ones (seeded), "
+                        "or layer:head pairs; LoRA trains only those heads' rows of q/k/v (k/v: the KV heads they read) "
+                        "and their input columns of o")
     finetune.add_argument("--before", action="store_true",
                           help="also caption the held-out records with the untuned model, and report both metric sets: "
                           "OUT/pretrained holds that run, OUT/adapter the tuned one")
@@ -335,26 +344,33 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
     _add_tuning_options(compare)
     compare.add_argument("--seeds", type=int, default=CompareConfig().seeds, help="runs per strategy (default: %(default)s)")
     compare.add_argument("--strategies", default=",".join(CompareConfig().strategies),
-                         help="comma-separated subset of the strategies (default: %(default)s)")
+                         help="comma-separated strategies among " + ", ".join(get_args(CompareStrategy))
+                         + " (default: %(default)s)")
+    compare.add_argument("--heads-k", type=int, metavar="N",
+                         help="heads each head strategy (top-heads, random-heads, bottom-heads) trains (default: k x the "
+                         "heads of a layer, as many heads as k layers hold)")
     compare.set_defaults(run=_run_compare)
 
 
-def _finetune_config(args: argparse.Namespace, layers: str) -> FinetuneConfig:
+def _finetune_config(args: argparse.Namespace, layers: str | None, heads: str | None = None) -> FinetuneConfig:
     data = DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
                       max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
     targets = tuple(name.strip() for name in args.targets.split(",")) if args.targets else ()
-    return FinetuneConfig(layers=layers, k=args.k, rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets,
+    return FinetuneConfig(layers=layers, heads=heads, k=args.k, rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets,
                           lr=args.lr, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
                           schedule=args.schedule, seed=args.seed, data=data)
 
 
-def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedModel]:
-    """Check the dataset and the ranking file (before the slow model load), then load the model."""
+def _tuning_inputs(args: argparse.Namespace, layer_ranking: bool = True,
+                   head_ranking: bool = False) -> tuple[Ranking | None, HeadRanking | None, LoadedModel]:
+    """Check the dataset and the ranking file (before the slow model load), then load the model.
+    The file's layer ranking is read if `layer_ranking`, its head ranking if `head_ranking`."""
     for folder in filter(None, (args.dataset, args.eval_dataset)):
         if count_records(folder) == 0:
             raise InputError(f"dataset {folder!r} is empty: its data.jsonl has no records")
         check_task(args.task, folder)
-    ranking = read_ranking(args.ranking) if args.ranking else None
+    ranking = read_ranking(args.ranking) if args.ranking and layer_ranking else None
+    heads = read_head_ranking(args.ranking) if args.ranking and head_ranking else None
     if args.ranking_limit is not None and args.ranking_limit < 1:
         raise InputError(f"--ranking-limit must be at least 1, got {args.ranking_limit}")
     if args.threads is not None:
@@ -362,25 +378,35 @@ def _tuning_inputs(args: argparse.Namespace) -> tuple[Ranking | None, LoadedMode
         if not 1 <= args.threads <= cpus:  # far more threads than CPUs only exhausts memory
             raise InputError(f"threads must be between 1 and this machine's {cpus} CPUs, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return ranking, _load(args)
+    return ranking, heads, _load(args)
 
 
-def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking | None, layers: LayerChoice) -> Ranking | None:
-    if ranking is None and needs_ranking(layers):
-        print(f"no --ranking: scoring {args.dataset} for the layer ranking", file=sys.stderr)
-        return dataset_ranking(loaded, args.dataset, args.ranking_limit)
+def _ranking_for(args: argparse.Namespace, loaded: LoadedModel, ranking: Ranking | HeadRanking | None,
+                 config: FinetuneConfig) -> Ranking | HeadRanking | None:
+    if ranking is None and needs_run_ranking(config):
+        what = "head" if config.heads is not None else "layer"
+        print(f"no --ranking: scoring {args.dataset} for the {what} ranking", file=sys.stderr)
+        pick = dataset_head_ranking if config.heads is not None else dataset_ranking
+        return pick(loaded, args.dataset, args.ranking_limit)
     return ranking
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
-    config = _finetune_config(args, args.layers)
+    config = _finetune_config(args, args.layers, args.heads)
     if args.before:
         check_before_after_folder(args.out, "--out")
     else:
         check_run_folder(args.out, "--out")
-    ranking, loaded = _tuning_inputs(args)
-    check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before any ranking
-    ranking = _ranking_for(args, loaded, ranking, config.layers)
+    layer_ranking, head_ranking, loaded = _tuning_inputs(args, config.heads is None, config.heads is not None)
+    adaptable = loaded.adapter.scored_layers(loaded.model)
+    if config.heads is None:  # the choice is checked before any ranking is scored
+        check_layer_choice(config.layers, adaptable, config.k)  # type: ignore[arg-type]
+        ranking: Ranking | HeadRanking | None = layer_ranking
+    else:
+        check_head_choice(config.heads, adaptable, head_counts(loaded)[0], config.k)
+        check_targets(attention_targets(loaded, config.targets))
+        ranking = head_ranking
+    ranking = _ranking_for(args, loaded, ranking, config)
     adapter = Path(args.out) / ADAPTER_FOLDER if args.before else Path(args.out)
     finished = (adapter / RUN_FILE).is_file()
     if args.before:
@@ -394,7 +420,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
         print(f"{adapter} already holds this finished run: not trained again", file=sys.stderr)
     if args.before:
         print(f"before tuning: held-out {_metrics_line(result.before)}; wrote {Path(args.out) / PRETRAINED_FOLDER}", file=sys.stderr)
-    print(f"layers {record.layers}: {record.trainable_parameters:,} trainable parameters "
+    chosen = f"layers {record.layers}"
+    if record.heads is not None:
+        kv = "; ".join(f"{layer}: {','.join(map(str, heads))}" for layer, heads in record.kv_heads.items())  # type: ignore[union-attr]
+        chosen = f"heads {format_heads([tuple(head) for head in record.heads])} (KV heads trained by layer: {kv})"
+    print(f"{chosen}: {record.trainable_parameters:,} trainable parameters "
           f"({record.trainable_share:.4%}); held-out {_metrics_line(record)}; wrote {adapter}", file=sys.stderr)
 
 
@@ -408,16 +438,17 @@ def _metrics_line(record: RunRecord) -> str:
 
 def _run_compare(args: argparse.Namespace) -> None:
     strategies = tuple(name.strip() for name in args.strategies.split(","))
-    config = CompareConfig(finetune=_finetune_config(args, "top"), seeds=args.seeds, strategies=strategies)  # type: ignore[arg-type]
+    config = CompareConfig(finetune=_finetune_config(args, "top"), seeds=args.seeds, strategies=strategies,  # type: ignore[arg-type]
+                           heads_k=args.heads_k)
     check_compare_folder(args.out, "--out")
-    ranking, loaded = _tuning_inputs(args)
+    ranking, head_ranking, loaded = _tuning_inputs(args, config.uses_layers(), config.needs_head_ranking())
 
     def announce(index: int, total: int, name: str, reused: bool) -> None:
         print(f"run {index}/{total} {name}: " + ("finished earlier, reused" if reused else "running"), file=sys.stderr)
 
     main_process = is_main_process()  # under `accelerate launch`, the main process reports
     comparison = run_compare(loaded, args.dataset, args.out, config, ranking, args.eval_dataset, args.ranking_limit,
-                             announce if main_process else None)
+                             announce if main_process else None, head_ranking=head_ranking)
     if main_process:
         print(f"{len(comparison.reused)} run(s) reused; wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
 

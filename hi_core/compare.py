@@ -9,6 +9,15 @@ interruption loses only the run in progress. Then it summarizes the held-out met
 interval over the held-out records), the differences top - random and top - bottom (95% Welch
 interval), and writes `results.json`, `report.md` and the figures `metrics.png`, `loss.png`,
 `layers.png`. The ranking, when computed from the dataset, is kept in `ranking.json` for reruns.
+
+Head strategies (`top-heads`, `random-heads`, `bottom-heads`) run head-level LoRA (`head_lora.py`)
+on `heads_k` heads, by default k x the heads of one layer: as many heads as the layer strategies'
+k layers hold, so "k layers' worth of heads by HI" meets "as many random heads" and "k layers". The
+parameter counts are not equal (a wrapped layer's shared LoRA factors cost the same whatever the
+number of its chosen heads, and under grouped-query attention the KV heads trained depend on
+which query heads share them), so the report gives each run's exact count. Their head ranking is
+kept in `head_ranking.json`; the differences add top-heads - random-heads, top-heads - bottom-heads
+and top-heads - top.
 The task (`FinetuneConfig.data.task`) decides the metrics: caption metrics, or for `vqa` answer
 accuracy (normalized exact match) of the answers to each record's question.
 """
@@ -27,37 +36,65 @@ from scipy import stats
 
 from .distributed import is_main_process
 from .errors import InputError, check_number
-from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, check_task, split_dataset
+from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, attention_targets, check_task, split_dataset
+from .head_lora import check_targets, head_counts
+from .head_selection import HeadRanking, check_head_choice, format_heads, select_heads
 from .layer_selection import Ranking, select_layers
 from .loading import LoadedModel
 from .outputs import atomic_path, check_output_folder, write_json
-from .runs import RUN_FILE, RunRecord, dataset_ranking, run_finetune, run_pretrained
+from .runs import RUN_FILE, RunRecord, dataset_head_ranking, dataset_ranking, dataset_rankings, run_finetune, run_pretrained
 
 logger = logging.getLogger(__name__)
 
-CompareStrategy = Literal["pretrained", "top", "random", "bottom", "all"]
+CompareStrategy = Literal["pretrained", "top", "random", "bottom", "all", "top-heads", "random-heads", "bottom-heads"]
+LAYER_STRATEGIES = ("pretrained", "top", "random", "bottom", "all")
+#: A head strategy's name -> the head choice of its runs.
+HEAD_STRATEGIES = {"top-heads": "top", "random-heads": "random", "bottom-heads": "bottom"}
+#: The differences reported (a - b), when both strategies ran.
+DIFFERENCES = (("top", "random"), ("top", "bottom"), ("top-heads", "random-heads"), ("top-heads", "bottom-heads"),
+               ("top-heads", "top"))
 METRICS = {"bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr", "meteor": "METEOR", "exact": "exact match",
            "accuracy": "answer accuracy"}
 RANKING_FILE = "ranking.json"
+HEAD_RANKING_FILE = "head_ranking.json"
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """The runs of a comparison: `finetune` for every tuned run (its `layers` is replaced by each
-    strategy, its `seed` is the first seed), `seeds` runs per tuned strategy."""
+    strategy, its `seed` is the first seed), `seeds` runs per tuned strategy. `heads_k`: the heads
+    each head strategy trains (None: `finetune.k` x the heads of a layer, fixed when the model is known)."""
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seeds: int = 3
-    strategies: tuple[CompareStrategy, ...] = get_args(CompareStrategy)
+    strategies: tuple[CompareStrategy, ...] = LAYER_STRATEGIES
+    heads_k: int | None = None
 
     def __post_init__(self) -> None:
         check_number("seeds", self.seeds, "at least 1", lambda v: v >= 1)
+        if self.heads_k is not None:
+            check_number("heads_k", self.heads_k, "at least 1", lambda v: v >= 1)
         last = self.finetune.seed + self.seeds - 1
         if last > MAX_SEED:
             raise InputError(f"seeds {self.finetune.seed}..{last} go past the largest seed {MAX_SEED}: lower seed or seeds")
         unknown = [name for name in self.strategies if name not in get_args(CompareStrategy)]
         if unknown or not self.strategies:
             raise InputError(f"strategies must be among {', '.join(get_args(CompareStrategy))}, got {list(self.strategies)}")
+        if self.finetune.heads is not None:
+            raise InputError("the comparison's finetune settings choose layers; head strategies are among `strategies`")
+
+    def uses_layers(self) -> bool:
+        """Whether a layer strategy (other than `pretrained`) runs."""
+        return any(strategy in LAYER_STRATEGIES[1:] for strategy in self.strategies)
+
+    def needs_head_ranking(self) -> bool:
+        return any(strategy in ("top-heads", "bottom-heads") for strategy in self.strategies)
+
+    def run_config(self, strategy: str, seed: int, heads_k: int) -> FinetuneConfig:
+        """The `FinetuneConfig` of a tuned run of `strategy` with `seed`; `heads_k`: heads of a head strategy."""
+        if strategy in HEAD_STRATEGIES:
+            return replace(self.finetune, layers=None, heads=HEAD_STRATEGIES[strategy], k=heads_k, seed=seed)
+        return replace(self.finetune, layers=strategy, seed=seed)
 
     def run_names(self) -> list[tuple[str, str, int]]:
         """(folder name, strategy, seed) of every run, in the order they run."""
@@ -104,13 +141,16 @@ class Comparison:
     ranking: Ranking | None
     runs: dict[str, list[RunRecord]]
     reused: list[str]
+    head_ranking: HeadRanking | None = None
+    heads_k: int | None = None
 
     def metric_names(self) -> list[str]:
         present = {name for records in self.runs.values() for record in records for name in record.metrics}
         return [name for name in METRICS if name in present]
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per strategy: metrics (mean/low/high/values), parameters, layers per seed, final loss."""
+        """Per strategy: metrics (mean/low/high/values), parameters (the first run's, and each run's:
+        head strategies differ by seed), layers per seed (and heads, KV heads per seed), final loss."""
         result = {}
         for strategy, records in self.runs.items():
             result[strategy] = {
@@ -118,23 +158,27 @@ class Comparison:
                 "layers": [record.layers for record in records],
                 "trainable_parameters": records[0].trainable_parameters,
                 "trainable_share": records[0].trainable_share,
+                "trainable_per_run": [record.trainable_parameters for record in records],
                 "metrics": {name: _metric_summary(records, name) for name in self.metric_names()
                             if all(name in r.metrics for r in records)},
                 "final_loss": mean_interval([float(np.mean(r.losses[-10:])) for r in records]) if records[0].losses else None,
                 "seconds_per_step": float(np.mean([r.timings["seconds_per_step"] for r in records])),
             }
+            if records[0].heads is not None:
+                result[strategy] |= {"heads": [record.heads for record in records], "kv_heads": [record.kv_heads for record in records]}
         return result
 
     def differences(self) -> dict[str, dict[str, Any]]:
-        """top - random and top - bottom for each metric (Welch 95% interval over seeds)."""
+        """top - random, top - bottom (and top-heads - random-heads, top-heads - bottom-heads,
+        top-heads - top) for each metric, when both ran (Welch 95% interval over seeds)."""
         result: dict[str, dict[str, Any]] = {}
-        for other in ("random", "bottom"):
-            if "top" not in self.runs or other not in self.runs:
+        for first, other in DIFFERENCES:
+            if first not in self.runs or other not in self.runs:
                 continue
-            result[f"top - {other}"] = {
-                name: difference_interval([r.metrics[name] for r in self.runs["top"]], [r.metrics[name] for r in self.runs[other]])
+            result[f"{first} - {other}"] = {
+                name: difference_interval([r.metrics[name] for r in self.runs[first]], [r.metrics[name] for r in self.runs[other]])
                 for name in self.metric_names()
-                if all(name in r.metrics for r in self.runs["top"] + self.runs[other])
+                if all(name in r.metrics for r in self.runs[first] + self.runs[other])
             }
         return result
 
@@ -146,6 +190,8 @@ class Comparison:
             "task": self.config.finetune.data.task,
             "config": asdict(self.config),
             "ranking": self.ranking.to_json() if self.ranking is not None else None,
+            "head_ranking": self.head_ranking.to_json() if self.head_ranking is not None else None,
+            "heads_k": self.heads_k,
             "num_layers": any_run.num_layers,
             "split": any_run.split,
             "strategies": self.summary(),
@@ -172,23 +218,43 @@ def _folder(record: RunRecord) -> str:
     return "pretrained" if record.strategy == "pretrained" else f"{record.strategy}-seed{record.settings['config']['seed']}"
 
 
-def _ranking(loaded: LoadedModel, dataset: str | Path, out: Path, ranking: Ranking | None, limit: int | None) -> Ranking:
-    """The given ranking, else the one kept in OUT/ranking.json, else dataset HI computed now (and kept)."""
-    if ranking is not None:
-        return ranking
-    kept = out / RANKING_FILE
-    if kept.is_file():
-        try:
-            data = json.loads(kept.read_text(encoding="utf-8"))
-            source = str(data["source"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(f"{str(kept)!r} is damaged ({error}); delete it to score the dataset again") from None
-        logger.info("using the ranking kept in %s", kept)
-        return Ranking.from_json(data, source)
-    ranking = dataset_ranking(loaded, dataset, limit)
+def _kept(path: Path, read: Callable[[dict[str, Any], str], Any]) -> Any:
+    """A ranking kept by an earlier run of the comparison, or None."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        source = str(data["source"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{str(path)!r} is damaged ({error}); delete it to score the dataset again") from None
+    logger.info("using the ranking kept in %s", path)
+    return read(data, source)
+
+
+def _rankings(loaded: LoadedModel, dataset: str | Path, out: Path, config: CompareConfig, ranking: Ranking | None,
+              head_ranking: HeadRanking | None, limit: int | None) -> tuple[Ranking | None, HeadRanking | None]:
+    """The layer ranking (if top/bottom run) and the head ranking (if top-heads/bottom-heads run):
+    each the given one, else the one kept in OUT, else dataset HI computed now (one scoring pass
+    for both) and kept."""
+    need_layers = any(strategy in ("top", "bottom") for strategy in config.strategies)
+    need_heads = config.needs_head_ranking()
+    if need_layers and ranking is None:
+        ranking = _kept(out / RANKING_FILE, Ranking.from_json)
+    if need_heads and head_ranking is None:
+        head_ranking = _kept(out / HEAD_RANKING_FILE, HeadRanking.from_json)
+    missing_layers, missing_heads = need_layers and ranking is None, need_heads and head_ranking is None
+    if missing_layers and missing_heads:
+        ranking, head_ranking = dataset_rankings(loaded, dataset, limit)
+    elif missing_layers:
+        ranking = dataset_ranking(loaded, dataset, limit)
+    elif missing_heads:
+        head_ranking = dataset_head_ranking(loaded, dataset, limit)
     if is_main_process():
-        write_json(kept, ranking.to_json())
-    return ranking
+        if missing_layers:
+            write_json(out / RANKING_FILE, ranking.to_json())  # type: ignore[union-attr]
+        if missing_heads:
+            write_json(out / HEAD_RANKING_FILE, head_ranking.to_json())  # type: ignore[union-attr]
+    return (ranking if need_layers else None), (head_ranking if need_heads else None)
 
 
 def check_compare_folder(out: str | Path, what: str = "comparison folder") -> Path:
@@ -196,7 +262,7 @@ def check_compare_folder(out: str | Path, what: str = "comparison folder") -> Pa
     (it has `runs/`, `ranking.json` or `results.json`, which a rerun reuses); else InputError, so that
     report files never land among a user's own files."""
     out = check_output_folder(out, what)
-    ours = ("runs", RANKING_FILE, "results.json")
+    ours = ("runs", RANKING_FILE, HEAD_RANKING_FILE, "results.json")
     if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
         raise InputError(f"{what} {str(out)!r} exists and is not a comparison folder (no runs/ or results.json); "
                          "choose a new or empty folder")
@@ -213,23 +279,34 @@ def run_compare(
     ranking_limit: int | None = None,
     on_run: Callable[[int, int, str, bool], None] | None = None,
     callbacks: TrainCallbacks | None = None,
+    head_ranking: HeadRanking | None = None,
 ) -> Comparison:
     """Run (or reuse) every run of the comparison in OUT/runs/, then write the report into OUT.
 
     on_run(index, total, name, reused): called before each run (1-based index), for progress.
+    `ranking` (layers) and `head_ranking` (heads): given, else kept in OUT, else scored now.
     """
     out = check_compare_folder(out)
     adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers
-    needs = any(strategy in ("top", "bottom") for strategy in config.strategies)
+    heads = [strategy for strategy in config.strategies if strategy in HEAD_STRATEGIES]
+    heads_k = None
+    if heads:
+        num_heads = head_counts(loaded)[0]
+        heads_k = config.heads_k if config.heads_k is not None else config.finetune.k * num_heads
+        check_targets(attention_targets(loaded, config.finetune.targets))
     for strategy in config.strategies:  # input errors (k too large, ...) before any work
-        if strategy not in ("pretrained", "top", "bottom"):
+        if strategy in HEAD_STRATEGIES:
+            check_head_choice(HEAD_STRATEGIES[strategy], adaptable, num_heads, heads_k)  # type: ignore[arg-type]
+        elif strategy not in ("pretrained", "top", "bottom"):
             select_layers(strategy, adaptable, config.finetune.k, None, config.finetune.seed)
     for folder in (dataset, eval_dataset):  # a VQA comparison needs questions, before the ranking is scored
         if folder is not None:
             check_task(config.finetune.data.task, folder)
-    ranking = _ranking(loaded, dataset, out, ranking, ranking_limit) if needs else None
+    ranking, head_ranking = _rankings(loaded, dataset, out, config, ranking, head_ranking, ranking_limit)
     if ranking is not None:
         select_layers("top", adaptable, config.finetune.k, ranking)
+    if head_ranking is not None:
+        select_heads("top", adaptable, num_heads, heads_k, head_ranking)  # type: ignore[arg-type]
     split = None
     runs: dict[str, list[RunRecord]] = {}
     reused: list[str] = []
@@ -246,10 +323,12 @@ def run_compare(
         if strategy == "pretrained":
             record = run_pretrained(loaded, dataset, folder, config.finetune.data, eval_dataset, split)
         else:
-            run_config = replace(config.finetune, layers=strategy, seed=seed)
-            record = run_finetune(loaded, dataset, folder, run_config, ranking, eval_dataset, callbacks, split)
+            run_config = config.run_config(strategy, seed, heads_k or 0)
+            chosen = head_ranking if strategy in HEAD_STRATEGIES else ranking
+            record = run_finetune(loaded, dataset, folder, run_config, chosen, eval_dataset, callbacks, split)
         runs.setdefault(strategy, []).append(record)
-    comparison = Comparison(config=config, model=loaded.name, dataset=str(dataset), ranking=ranking, runs=runs, reused=reused)
+    comparison = Comparison(config=config, model=loaded.name, dataset=str(dataset), ranking=ranking, runs=runs, reused=reused,
+                            head_ranking=head_ranking, heads_k=heads_k)
     if is_main_process():
         write_report(comparison, out)
     return comparison
@@ -320,6 +399,19 @@ def report_markdown(comparison: Comparison) -> str:
     if ranking is not None:
         order = ", ".join(f"{layer} ({score:.3f})" for layer, score in zip(ranking.layers, ranking.scores))
         lines.append(f"- ranking (layer score, best first): {order}; from {ranking.source}")
+    head_runs = [r for records in comparison.runs.values() for r in records if r.heads is not None]
+    if head_runs:
+        shape = head_runs[0]
+        sharing = (f"{shape.num_heads} query heads share {shape.num_kv_heads} KV heads per layer" if shape.num_kv_heads != shape.num_heads
+                   else "no grouped-query attention: each query head has its own KV head")
+        lines.append(f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
+                     f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
+                     f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
+                     "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads fall in")
+    head_ranking = comparison.head_ranking
+    if head_ranking is not None:
+        best = ", ".join(f"{l}:{h} ({score:.3f})" for (l, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12]))
+        lines.append(f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; from {head_ranking.source}")
     if data["task"] == "vqa":
         lines.append("- task: closed-form VQA (each record's prompt is its question, its text the answer); answer accuracy = "
                      "normalized exact match (the VQA evaluation's normalization)")
@@ -329,16 +421,20 @@ def report_markdown(comparison: Comparison) -> str:
         "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run"
         + (" [its answer accuracy: 95% Wilson interval over the held-out records]" if wilson else ""),
         "",
-        "| strategy | layers (per seed) | trainable parameters | " + " | ".join(METRICS[m] for m in metrics) + " | final loss |",
-        "|---|---|---|" + "---|" * len(metrics) + "---|",
+        "| strategy | layers (per seed) | " + ("heads (per seed) | " if head_runs else "") + "trainable parameters | "
+        + " | ".join(METRICS[m] for m in metrics) + " | final loss |",
+        "|---|---|---|" + ("---|" if head_runs else "") + "---|" * len(metrics) + "---|",
     ]
     for strategy, entry in summary.items():
         layers = " / ".join(",".join(str(l) for l in layers) or "-" for layers in entry["layers"])
-        share = f"{entry['trainable_parameters']:,} ({entry['trainable_share']:.3%})"
+        heads = " / ".join(format_heads([tuple(h) for h in chosen]) for chosen in entry.get("heads", [])) or "-"
+        counts = entry["trainable_per_run"]
+        share = f"{counts[0]:,} ({entry['trainable_share']:.3%})" if len(set(counts)) == 1 else " / ".join(f"{n:,}" for n in counts)
         cells = [_cell(entry["metrics"].get(m)) for m in metrics]
-        lines.append(f"| {strategy} | {layers} | {share} | " + " | ".join(cells) + f" | {_cell(entry['final_loss'])} |")
+        lines.append(f"| {strategy} | {layers} | " + (f"{heads} | " if head_runs else "") + f"{share} | " + " | ".join(cells)
+                     + f" | {_cell(entry['final_loss'])} |")
     for name, differences in data["differences"].items():
-        lines += ["", f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours top):", ""]
+        lines += ["", f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours {name.split(' - ')[0]}):", ""]
         for metric, value in differences.items():
             if value is not None:
                 lines.append(f"- {METRICS[metric]}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]")

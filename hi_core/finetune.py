@@ -15,6 +15,9 @@ targeting, training loop.
   only data.jsonl: the split holds each record's scanned line (`DatasetRecords`), and a record's
   image and mask are opened when a training batch or a batch of held-out captions needs them, so
   memory does not grow with the dataset (a bad file fails then, naming its record).
+- Head-level LoRA (`FinetuneConfig.heads`) wraps the layers of the chosen heads the same way and
+  confines the update to those heads' slices (`head_lora.py`); `trainable_parameters` then counts
+  only the entries its masks leave free.
 A whole run (selection, training, held-out captions, the saved adapter and `run.json`) is
 `runs.run_finetune`.
 """
@@ -41,6 +44,7 @@ from .batching import collate, pad_token_id
 from .datasets import INDEX, Record, RecordLine, load_record, scan_dataset
 from .errors import InputError, check_choice, check_number
 from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
+from .head_selection import HeadChoice, format_heads, parse_head_choice
 from .layer_selection import LayerChoice, check_layers, parse_layer_choice
 from .loading import LoadedModel
 
@@ -84,10 +88,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One LoRA run (defaults: DESIGN 1.9). `layers`: a strategy name or explicit layer indices;
+    """One LoRA run (defaults: DESIGN 1.9). `layers`: a strategy name or explicit layer indices
+    (None: `top`, unless `heads` is given); `heads`: head-level LoRA instead (`head_lora.py`): a head
+    strategy (top/bottom/random) or (layer, head) pairs, the layers then being those of the chosen
+    heads; give one of the two. `k`: how many layers (or heads) top/bottom/random pick.
     `targets`: names of linear modules inside the attention module (empty: all of them)."""
 
-    layers: LayerChoice = "top"
+    layers: LayerChoice | None = None
+    heads: HeadChoice | None = None
     k: int = 4
     rank: int = 8
     alpha: float = 16.0
@@ -104,9 +112,15 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        if self.heads is not None:
+            if self.layers is not None:
+                raise InputError(f"give layers or heads, not both (got layers {self.layers!r} and heads {self.heads!r})")
+            object.__setattr__(self, "heads", _head_choice(self.heads))
+        elif self.layers is None:
+            object.__setattr__(self, "layers", "top")
         if isinstance(self.layers, str):
             object.__setattr__(self, "layers", parse_layer_choice(self.layers))
-        else:
+        elif self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
         object.__setattr__(self, "targets", tuple(self.targets))
         if any(not isinstance(name, str) or not name.strip() for name in self.targets):
@@ -124,10 +138,39 @@ class FinetuneConfig:
         check_number("weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0)
         check_number("max_grad_norm", self.max_grad_norm, "a number > 0", lambda v: v > 0)
 
+    @property
+    def strategy(self) -> str:
+        """The run's strategy as run.json names it: top/bottom/random/all/list for layers,
+        top-heads/bottom-heads/random-heads/list-heads for heads."""
+        if self.heads is not None:
+            return f"{self.heads if isinstance(self.heads, str) else 'list'}-heads"
+        return self.layers if isinstance(self.layers, str) else "list"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FinetuneConfig:
-        layers = data["layers"]
-        return cls(**data | {"layers": tuple(layers) if isinstance(layers, list) else layers, "data": DataConfig(**data["data"])})
+        layers, heads = data["layers"], data.get("heads")
+        return cls(**data | {"layers": tuple(layers) if isinstance(layers, list) else layers,
+                             "heads": tuple(tuple(pair) for pair in heads) if isinstance(heads, list) else heads,
+                             "data": DataConfig(**data["data"])})
+
+
+def _head_choice(heads: Any) -> HeadChoice:
+    """A head strategy, or (layer, head) pairs (from text such as `2:5,4:0`, or pairs), checked for
+    what needs no model: at least one pair, no negative index, no repeat."""
+    choice = parse_head_choice(heads) if isinstance(heads, str) else heads
+    if isinstance(choice, str):
+        return choice
+    try:
+        pairs = tuple((int(layer), int(head)) for layer, head in choice)
+    except (TypeError, ValueError):
+        raise InputError(f"heads must be top, bottom, random or (layer, head) pairs, got {heads!r}") from None
+    if not pairs:
+        raise InputError("heads: give at least one layer:head pair")
+    if any(layer < 0 or head < 0 for layer, head in pairs):
+        raise InputError(f"heads {format_heads(pairs)}: layers and heads are numbered from 0")
+    if len(set(pairs)) != len(pairs):
+        raise InputError(f"heads {format_heads(pairs)} repeat a head")
+    return pairs
 
 
 @dataclass
@@ -307,8 +350,11 @@ def lora_attached(loaded: LoadedModel, config: Any, seed: int = 0) -> Iterator[A
         loaded.model.eval()
 
 
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+def trainable_parameters(model: torch.nn.Module, masks: dict[torch.nn.Parameter, torch.Tensor] | None = None) -> int:
+    """The entries training can move: every entry of a parameter that requires a gradient, but of a
+    parameter in `masks` (head-level LoRA: `head_lora.head_masks`) only those its mask keeps."""
+    masks = masks or {}
+    return sum(int(masks[p].sum()) if p in masks else p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- training -----------------------------------------------------------------------------------

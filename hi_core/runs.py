@@ -15,6 +15,8 @@ Under `accelerate launch` every process trains, and the main process alone evalu
 
 The layer ranking top/bottom choose from is given, or scored now (`dataset_ranking`), or reused
 from dataset scores made earlier with the same model on the same records (`reuse_ranking`).
+A head-level run (`FinetuneConfig.heads`, `head_lora.py`) chooses heads instead, from a head ranking
+(`dataset_head_ranking`), and records them in run.json with the KV heads it trained.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from .finetune import (
     train_lora,
     trainable_parameters,
 )
-from .head_selection import HeadRanking
+from .head_lora import HeadPlan, check_targets, head_counts, head_masks, heads_only, plan_heads
+from .head_selection import HeadRanking, needs_head_ranking, select_heads
 from .layer_selection import Ranking, needs_ranking, select_layers
 from .loading import LoadConfig, LoadedModel
 from .outputs import check_output_folder, write_json
@@ -66,7 +69,10 @@ class RunRecord:
     """What `run.json` holds. strategy: top/bottom/random/all/list, or `pretrained` (no tuning).
     losses: (steps,) training loss per step. metrics: held-out caption metrics, or answer accuracy
     for task `vqa` (may be empty). task: `caption` or `vqa` (runs written before tasks: caption).
-    metric_intervals: {metric: {"low", "high"}} 95% intervals over the held-out records (accuracy)."""
+    metric_intervals: {metric: {"low", "high"}} 95% intervals over the held-out records (accuracy).
+    Head-level runs (strategy `*-heads`) also have: heads, the chosen [layer, head] pairs; kv_heads,
+    {layer: [KV heads trained]}; num_heads, num_kv_heads per layer (`head_lora.HeadPlan`); their
+    `layers` are the layers holding those heads and `trainable_parameters` counts the unmasked entries."""
 
     strategy: str
     settings: dict[str, Any]
@@ -84,6 +90,10 @@ class RunRecord:
     timings: dict[str, Any]
     task: str = "caption"
     metric_intervals: dict[str, dict[str, float]] = field(default_factory=dict)
+    heads: list[list[int]] | None = None
+    kv_heads: dict[str, list[int]] | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
 
     @property
     def trainable_share(self) -> float:
@@ -99,16 +109,24 @@ class RunRecord:
 
 
 def run_settings(loaded: LoadedModel, dataset: str | Path, eval_dataset: str | Path | None, config: FinetuneConfig | DataConfig,
-                 ranking: Ranking | None = None) -> dict[str, Any]:
+                 ranking: Ranking | HeadRanking | None = None) -> dict[str, Any]:
     """What a run's result depends on; a finished run is reused only when these are equal.
-    `ranking`: the one its layers were chosen from (top/bottom), else None."""
+    `ranking`: the one its layers (heads) were chosen from (top/bottom), else None."""
+    chosen = asdict(config)
+    if chosen.get("heads", ...) is None:  # a layer run: its settings as before head-level runs existed
+        del chosen["heads"]
+    order = None
+    if isinstance(ranking, HeadRanking):
+        order = {"source": ranking.source, "heads": [list(head) for head in ranking.heads]}
+    elif ranking is not None:
+        order = {"source": ranking.source, "layers": list(ranking.layers)}
     settings = {
         "model": loaded.name,
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
         "dataset": str(Path(dataset).resolve()),
         "eval_dataset": None if eval_dataset is None else str(Path(eval_dataset).resolve()),
-        "config": asdict(config),
-        "ranking": None if ranking is None else {"source": ranking.source, "layers": list(ranking.layers)},
+        "config": chosen,
+        "ranking": order,
     }
     return json.loads(json.dumps(settings))  # tuples as lists, as they come back from run.json
 
@@ -217,26 +235,51 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def needs_run_ranking(config: FinetuneConfig) -> bool:
+    """Whether the run's choice (top/bottom layers or heads) needs a ranking."""
+    return needs_head_ranking(config.heads) if config.heads is not None else needs_ranking(config.layers)  # type: ignore[arg-type]
+
+
+def select_targets(loaded: LoadedModel, config: FinetuneConfig, ranking: Ranking | HeadRanking | None) -> tuple[tuple[int, ...], HeadPlan | None]:
+    """The layers LoRA wraps, and for a head-level run the heads it trains in them (None for a
+    layer run). `ranking`: a layer `Ranking` for top/bottom layers, a `HeadRanking` for top/bottom
+    heads. InputError for a choice the model cannot take."""
+    adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers: all but a hybrid's others
+    if config.heads is None:
+        if isinstance(ranking, HeadRanking):
+            raise TypeError("a layer choice needs a layer Ranking, got a HeadRanking")
+        return select_layers(config.layers, adaptable, config.k, ranking, config.seed), None  # type: ignore[arg-type]
+    if isinstance(ranking, Ranking):
+        raise TypeError("a head choice needs a HeadRanking, got a layer Ranking")
+    num_heads, _ = head_counts(loaded)
+    plan = plan_heads(loaded, select_heads(config.heads, adaptable, num_heads, config.k, ranking, config.seed))
+    return plan.layers, plan
+
+
 def run_finetune(
     loaded: LoadedModel,
     dataset: str | Path,
     out: str | Path,
     config: FinetuneConfig = FinetuneConfig(),
-    ranking: Ranking | None = None,
+    ranking: Ranking | HeadRanking | None = None,
     eval_dataset: str | Path | None = None,
     callbacks: TrainCallbacks | None = None,
     split: Split | None = None,
 ) -> RunRecord:
-    """Select layers, train LoRA, caption the held-out records, write `out` (adapter + run.json).
+    """Select layers (or heads), train LoRA, caption the held-out records, write `out` (adapter + run.json).
 
+    A head-level run (`config.heads`) wraps the layers of the chosen heads and trains only their
+    slices (`head_lora.py`); `ranking` is then a `HeadRanking`.
     A finished run in `out` with the same settings is returned as it is (logged), not retrained.
     `split` may be passed to reuse records already read (compare does).
     """
     num_layers = len(loaded.adapter.decoder_layers(loaded.model))
-    adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers: all but a hybrid's others
-    layers = select_layers(config.layers, adaptable, config.k, ranking, config.seed)  # input errors before any work
+    layers, plan = select_targets(loaded, config, ranking)  # input errors before any work
+    targets = attention_targets(loaded, config.targets)
+    if plan is not None:
+        check_targets(targets)
     _check_task(config.data.task, dataset, eval_dataset)
-    settings = run_settings(loaded, dataset, eval_dataset, config, ranking if needs_ranking(config.layers) else None)
+    settings = run_settings(loaded, dataset, eval_dataset, config, ranking if needs_run_ranking(config) else None)
     done = finished_run(out, settings)
     if done is not None:
         logger.info("%s already holds this finished run: not training again", out)
@@ -244,8 +287,10 @@ def run_finetune(
     split = split or split_dataset(dataset, config.data, eval_dataset)
     accelerator = make_accelerator(loaded)
     started = _now()
-    with lora_attached(loaded, lora_config(loaded, layers, config), config.seed) as peft_model:
-        trainable = trainable_parameters(peft_model)
+    with contextlib.ExitStack() as attached:
+        peft_model = attached.enter_context(lora_attached(loaded, lora_config(loaded, layers, config), config.seed))
+        masks = attached.enter_context(heads_only(head_masks(loaded, plan))) if plan is not None else None
+        trainable = trainable_parameters(peft_model, masks)
         clock = time.perf_counter()
         losses = train_lora(loaded, split.train, config, callbacks, accelerator)
         train_seconds = time.perf_counter() - clock
@@ -255,11 +300,11 @@ def run_finetune(
         eval_seconds = time.perf_counter() - clock
         total = sum(parameter.numel() for name, parameter in peft_model.named_parameters() if "lora_" not in name)
         record = RunRecord(
-            strategy=config.layers if isinstance(config.layers, str) else "list",
+            strategy=config.strategy,
             settings=settings,
             layers=list(layers),
             num_layers=num_layers,
-            targets=attention_targets(loaded, config.targets),
+            targets=targets,
             ranking=ranking.to_json() if ranking is not None else None,
             trainable_parameters=trainable,
             total_parameters=total,
@@ -272,11 +317,17 @@ def run_finetune(
                      "seconds_per_step": train_seconds / config.steps, "eval_seconds": eval_seconds},
             task=config.data.task,
             metric_intervals=evaluation.intervals,
+            **(_head_fields(plan) if plan is not None else {}),
         )
         if main:
             _write_run(Path(out), record, evaluation.captions, peft_model.save_pretrained)
         accelerator.wait_for_everyone()
     return record
+
+
+def _head_fields(plan: HeadPlan) -> dict[str, Any]:
+    return {"heads": [list(head) for head in plan.heads], "kv_heads": plan.kv_heads_json(),
+            "num_heads": plan.num_heads, "num_kv_heads": plan.num_kv_heads}
 
 
 def run_pretrained(
@@ -310,24 +361,26 @@ def run_pretrained(
     return record
 
 
-def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
-    """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
+def dataset_rankings(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> tuple[Ranking, HeadRanking]:
+    """Layers and heads ranked by dataset HI (`score --dataset` with default options), from one
+    scoring pass computed now."""
     if is_distributed():
         raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
     analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
     if analysis is None:
         raise RuntimeError("score_dataset returned no result on a single process")
-    return Ranking.from_scores(analysis.layer_scores, f"dataset HI of {dataset} ({len(analysis.images)} images)")
+    source = f"dataset HI of {dataset} ({len(analysis.images)} images)"
+    return Ranking.from_scores(analysis.layer_scores, source), HeadRanking.from_hi(analysis.hi, source)
+
+
+def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
+    """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
+    return dataset_rankings(loaded, dataset, limit)[0]
 
 
 def dataset_head_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> HeadRanking:
     """Heads ranked by dataset HI (`score --dataset` with default options), computed now."""
-    if is_distributed():
-        raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
-    analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
-    if analysis is None:
-        raise RuntimeError("score_dataset returned no result on a single process")
-    return HeadRanking.from_hi(analysis.hi, f"dataset HI of {dataset} ({len(analysis.images)} images)")
+    return dataset_rankings(loaded, dataset, limit)[1]
 
 
 def reuse_ranking(
@@ -355,11 +408,11 @@ def reuse_ranking(
 @dataclass(frozen=True)
 class BeforeAfter:
     """The model before and after tuning, captioning the same held-out records.
-    ranking: what top/bottom chose the layers from (None for random/all/a list)."""
+    ranking: what top/bottom chose the layers (heads) from (None for random/all/a list)."""
 
     before: RunRecord
     after: RunRecord
-    ranking: Ranking | None
+    ranking: Ranking | HeadRanking | None
 
 
 PRETRAINED_FOLDER = "pretrained"
@@ -385,7 +438,7 @@ def run_before_after(
     folder: str | Path,
     out: str | Path,
     config: FinetuneConfig,
-    ranking: Ranking | None,
+    ranking: Ranking | HeadRanking | None,
     callbacks: TrainCallbacks | None = None,
     on_stage: Callable[[str], None] | None = None,
     eval_dataset: str | Path | None = None,
@@ -393,12 +446,12 @@ def run_before_after(
     """The untuned model's held-out captions (`run_pretrained` into out/pretrained), then a LoRA run
     (`run_finetune` into out/adapter), on one held-out split made once. Each is reused when finished.
 
-    The layer choice (and the ranking, for top/bottom) is checked before any work; `on_stage(text)`
+    The layer (or head) choice (and the ranking, for top/bottom) is checked before any work; `on_stage(text)`
     is told each slow stage as it starts (it may raise to stop the run there).
     """
     out = Path(out)
     stage = on_stage or (lambda text: None)
-    select_layers(config.layers, loaded.adapter.scored_layers(loaded.model), config.k, ranking, config.seed)  # a bad choice fails before the slow steps
+    select_targets(loaded, config, ranking)  # a bad choice fails before the slow steps
     _check_task(config.data.task, folder, eval_dataset)
     for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
         check_run_folder(out / name, f"{name} run folder")
@@ -408,4 +461,4 @@ def run_before_after(
     before = run_pretrained(loaded, folder, out / PRETRAINED_FOLDER, config.data, eval_dataset, split=split)
     stage("training")
     after = run_finetune(loaded, folder, out / ADAPTER_FOLDER, config, ranking, eval_dataset, callbacks, split=split)
-    return BeforeAfter(before=before, after=after, ranking=ranking if needs_ranking(config.layers) else None)
+    return BeforeAfter(before=before, after=after, ranking=ranking if needs_run_ranking(config) else None)

@@ -5,6 +5,7 @@ results.json and figures; a rerun reuses finished runs; an interruption keeps th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from hi_core.compare import CompareConfig, difference_interval, mean_interval, r
 from hi_core.datasets import write_synthetic
 from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig
+from hi_core.head_selection import HeadRanking, select_heads
 from hi_core.layer_selection import Ranking, select_layers
 from hi_core.metrics import accuracy_interval
 
@@ -209,3 +211,102 @@ def test_cli_compare_task_vqa_reports_answer_accuracy_with_intervals(llava_dir, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the VQA task needs records whose `prompt` is the question" in err
     assert not (tmp_path / "c2").exists()
+
+
+# --- head strategies: head-level LoRA on as many heads as k layers hold --------------------------
+
+HEAD_RANKING = HeadRanking.from_hi(np.array([[0.3, 0.8, 0.1, 0.5], [0.7, 0.2, 0.6, 0.9]]), "test head ranking")
+HEAD_NAMES = [f"{s}-seed{seed}" for s in ("top", "top-heads", "random-heads", "bottom-heads") for seed in (0, 1)]
+
+
+def _by_hand(heads, rank=4):
+    """Trainable entries of head-level LoRA on the tiny model (hidden 64, 4 heads of 16, 2 KV heads): per
+    wrapped layer rank x 64 for each of A of q/k/v and B of o, plus rank x 16 per chosen query head
+    (q rows, o columns) and per trained KV head (k rows, v rows)."""
+    total = 0
+    for layer in {l for l, _ in heads}:
+        query = [h for l, h in heads if l == layer]
+        kv = {h // 2 for h in query}
+        total += 4 * rank * 64 + rank * 16 * (2 * len(query) + 2 * len(kv))
+    return total
+
+
+@pytest.fixture(scope="module")
+def head_compared(llava, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads")
+    config = CompareConfig(finetune=CONFIG.finetune, seeds=2, strategies=("top", "top-heads", "random-heads", "bottom-heads"))
+    return out, run_compare(llava, tiny_data, out, config, RANKING, head_ranking=HEAD_RANKING)
+
+
+def test_head_strategies_train_k_layers_worth_of_heads_with_exact_counts(head_compared):
+    out, comparison = head_compared
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(HEAD_NAMES)
+    assert comparison.heads_k == 4  # k = 1 layer x 4 heads per layer
+    heads = {strategy: [[tuple(h) for h in r.heads] for r in records] for strategy, records in comparison.runs.items() if strategy != "top"}
+    assert heads["top-heads"] == [[(0, 1), (1, 0), (1, 2), (1, 3)]] * 2  # HI 0.8, 0.7, 0.6, 0.9
+    assert heads["bottom-heads"] == [[(0, 0), (0, 2), (0, 3), (1, 1)]] * 2  # HI 0.3, 0.1, 0.5, 0.2
+    assert heads["random-heads"] == [list(select_heads("random", (0, 1), 4, 4, None, seed)) for seed in (0, 1)]
+    assert heads["random-heads"][0] != heads["random-heads"][1]
+    for strategy, records in comparison.runs.items():
+        for record in records:
+            if strategy == "top":
+                assert record.heads is None and record.layers == [1]
+            else:
+                assert record.strategy == strategy and record.trainable_parameters == _by_hand(record.heads)
+                assert record.kv_heads == {str(l): sorted({h // 2 for ll, h in record.heads if ll == l}) for l in record.layers}
+
+
+def test_head_strategies_in_the_report(head_compared):
+    out, comparison = head_compared
+    results = json.loads((out / "results.json").read_text())
+    assert results["heads_k"] == 4 and results["head_ranking"]["heads"][0] == {"layer": 1, "head": 3, "hi": 0.9}
+    assert set(results["differences"]) == {"top-heads - random-heads", "top-heads - bottom-heads", "top-heads - top"}
+    entry = results["strategies"]["random-heads"]
+    assert entry["trainable_per_run"] == [_by_hand(h) for h in entry["heads"]]
+    report = (out / "report.md").read_text()
+    assert "| strategy | layers (per seed) | heads (per seed) | trainable parameters |" in report
+    top = f"| top-heads | 0,1 / 0,1 | 0:1,1:0,1:2,1:3 / 0:1,1:0,1:2,1:3 | {_by_hand(HEAD_RANKING.heads[:4]):,} ("
+    assert top in report and "| top | 1 / 1 | - |" in report
+    random_counts = " / ".join(f"{n:,}" for n in entry["trainable_per_run"])
+    assert (random_counts in report) == (len(set(entry["trainable_per_run"])) > 1)
+    assert "head-level LoRA on 4 heads (default: k x 4 heads per layer" in report and "4 query heads share 2 KV heads" in report
+
+
+def test_both_rankings_come_from_one_scoring_pass_and_are_kept(llava, tiny_data, tmp_path, monkeypatch):
+    passes = []
+    score = runs.score_dataset
+    monkeypatch.setattr(runs, "score_dataset", lambda *args, **kwargs: passes.append(1) or score(*args, **kwargs))
+    config = CompareConfig(finetune=replace(CONFIG.finetune, steps=1), seeds=1, strategies=("top", "bottom-heads"), heads_k=2)
+    comparison = run_compare(llava, tiny_data, tmp_path, config)
+    assert passes == [1]
+    kept = json.loads((tmp_path / "head_ranking.json").read_text())
+    bottom = sorted((h["layer"], h["head"]) for h in kept["heads"][-2:])  # the two lowest HI of the kept ranking
+    assert [tuple(h) for h in comparison.runs["bottom-heads"][0].heads] == bottom
+    assert (tmp_path / "ranking.json").is_file()
+    assert run_compare(llava, tiny_data, tmp_path, config).reused == ["top-seed0", "bottom-heads-seed0"] and passes == [1]
+
+
+def test_cli_compare_head_strategies_and_their_errors(llava_dir, tiny_data, tmp_path, capsys):
+    ranking = tmp_path / "score.json"
+    ranking.write_text(json.dumps({"num_layers": 2, "num_heads": 4, "layers": [{"layer": 1, "score": 0.9}, {"layer": 0, "score": 0.8}],
+                                   "heads": [{"layer": l, "head": h, "hi": float(HEAD_RANKING.scores[i])}
+                                             for i, (l, h) in enumerate(HEAD_RANKING.heads)]}))
+    base = ["compare", "--model", str(llava_dir), "--dataset", str(tiny_data), "--out", str(tmp_path / "c"), "--steps", "1",
+            "--batch-size", "2", "--max-new-tokens", "2", "--no-meteor", "--eval-fraction", "0.3", "-k", "1", "--seeds", "1",
+            "--ranking", str(ranking)]
+    assert main(base + ["--strategies", "top,top-heads,random-heads", "--heads-k", "2"]) == 0
+    results = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert results["strategies"]["top-heads"]["heads"] == [[[0, 1], [1, 3]]] and results["heads_k"] == 2
+    layers_only = tmp_path / "layers.json"
+    layers_only.write_text(json.dumps({"layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.1}]}))
+    capsys.readouterr()
+    for extra, message in [(["--strategies", "top-heads", "--heads-k", "9"], "k must be between 1 and the language model's 8 scored heads, got 9"),
+                           (["--strategies", "random-heads", "--heads-k", "0"], "heads_k must be at least 1, got 0"),
+                           (["--strategies", "top,top-heads", "--ranking", str(layers_only)], "has no `heads` list"),
+                           (["--strategies", "top,middle-heads"], "strategies must be among")]:
+        argv = base + extra
+        argv[argv.index("--out") + 1] = str(tmp_path / "bad")
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+        assert not (tmp_path / "bad").exists()

@@ -491,3 +491,84 @@ def test_cli_finetune_with_an_unreadable_image_exits_2_naming_the_record_and_lea
     assert not list(out.parent.glob(".*")) and not (out / "adapter").exists()
     if left:
         assert (out / "pretrained" / "run.json").is_file()
+
+
+# --- head-level LoRA from the CLI (the masking itself: test_head_lora.py) ------------------------
+
+
+def _score_json(path):
+    """A `score` JSON of the tiny model (2 layers x 4 heads): head 1:3 best, then 0:1, 1:2, ..."""
+    order = [(1, 3), (0, 1), (1, 2), (0, 0), (1, 0), (0, 2), (1, 1), (0, 3)]
+    heads = [{"layer": l, "head": h, "hi": 0.9 - 0.1 * i, "mass": 0.5} for i, (l, h) in enumerate(order)]
+    path.write_text(json.dumps({"num_layers": 2, "num_heads": 4, "heads": heads,
+                                "layers": [{"layer": 1, "score": 0.9}, {"layer": 0, "score": 0.8}]}))
+    return path
+
+
+def test_cli_finetune_heads_trains_the_top_heads_and_says_which_kv_heads(llava_dir, tiny_data, tmp_path, capsys):
+    ranking = _score_json(tmp_path / "score.json")
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--heads", "top", "-k", "3",
+            "--ranking", str(ranking), "--steps", "2", "--batch-size", "2", "--rank", "4", "--max-new-tokens", "3",
+            "--no-meteor", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["strategy"] == "top-heads" and record["heads"] == [[0, 1], [1, 2], [1, 3]] and record["layers"] == [0, 1]
+    assert record["kv_heads"] == {"0": [0], "1": [1]} and (record["num_heads"], record["num_kv_heads"]) == (4, 2)
+    # by hand (test_head_lora.py): 1024 per wrapped layer + 64 per chosen q/o head block and per trained k/v block
+    assert record["trainable_parameters"] == (1024 + 64 * 4) + (1024 + 64 * 6)
+    assert record["trainable_share"] == record["trainable_parameters"] / record["total_parameters"]
+    assert record["settings"]["ranking"]["heads"][0] == [1, 3] and record["ranking"]["heads"][0]["hi"] == 0.9
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    err = capsys.readouterr().err
+    assert "heads 0:1,1:2,1:3 (KV heads trained by layer: 0: 0; 1: 1): 2,688 trainable parameters" in err
+    assert main(argv) == 0 and "not trained again" in capsys.readouterr().err  # a rerun finds the finished run
+
+
+def test_cli_finetune_head_list_scores_nothing(llava_dir, tiny_data, tmp_path, monkeypatch):
+    import hi_core.cli as cli
+
+    monkeypatch.setattr(cli, "dataset_head_ranking", lambda *args: pytest.fail("a list of heads needs no ranking"))
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--heads", "1:0,1:1", "--steps", "1",
+            "--batch-size", "2", "--rank", "2", "--max-new-tokens", "2", "--no-meteor", "--before", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "adapter" / "run.json").read_text())
+    assert record["strategy"] == "list-heads" and record["layers"] == [1] and record["kv_heads"] == {"1": [0]}
+
+
+def _cli_head_cases(tmp_path, tiny_data, llava_dir):
+    layers_only = tmp_path / "layers.json"
+    layers_only.write_text(json.dumps({"layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.2}]}))
+    base = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--out", str(tmp_path / "o"), "--steps", "1"]
+    return {
+        "heads and layers": (base + ["--heads", "top", "--layers", "1"], "argument --layers: not allowed with argument --heads"),
+        "bad pair": (base + ["--heads", "0:1,1-2"], "heads must be one of top, bottom, random or layer:head pairs like 2:5,4:0; got '0:1,1-2'"),
+        "no such head": (base + ["--heads", "0:4"], "head 0:4 does not exist: each layer has heads 0..3"),
+        "no such layer": (base + ["--heads", "2:0"], "head 2:0: layer 2 is not a scored layer of the language model"),
+        "repeated head": (base + ["--heads", "0:1,0:1"], "heads 0:1,0:1 repeat a head"),
+        "k too large": (base + ["--heads", "random", "-k", "9"], "k must be between 1 and the language model's 8 scored heads, got 9"),
+        "ranking without heads": (base + ["--heads", "top", "--ranking", str(layers_only)], "has no `heads` list"),
+        "unknown target": (base + ["--heads", "0:1", "--targets", "q_proj,nope"], "target 'nope' is not a linear module"),
+    }
+
+
+@pytest.mark.parametrize("case", ["heads and layers", "bad pair", "no such head", "no such layer", "repeated head", "k too large",
+                                  "ranking without heads", "unknown target"])
+def test_cli_finetune_bad_heads_exit_2_with_one_line(case, tmp_path, tiny_data, llava_dir, capsys):
+    argv, message = _cli_head_cases(tmp_path, tiny_data, llava_dir)[case]
+    if case == "heads and layers":  # argparse's own usage error: one line, exit 2
+        with pytest.raises(SystemExit) as usage:
+            main(argv)
+        assert usage.value.code == 2
+    else:
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_head_config_round_trips_through_json():
+    for heads in ("random", ((1, 3), (0, 1))):
+        config = FinetuneConfig(heads=heads, k=3, data=DataConfig(eval_limit=3))
+        assert FinetuneConfig.from_json(json.loads(json.dumps(asdict(config)))) == config
