@@ -42,7 +42,7 @@ from .head_selection import Head, HeadChoice, HeadRanking, HeadStrategy, check_h
 from .inputs import to_model_device
 from .loading import LoadedModel
 from .metrics import normalize_caption
-from .runs import _evaluate, dataset_head_ranking
+from .runs import dataset_head_ranking, evaluate_held_out
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def key_named(caption: str, key_phrase: str) -> bool:
 def _evaluate_condition(loaded: LoadedModel, split: Split, config: AblationConfig, condition: str, seed: int | None,
                         heads: tuple[Head, ...], means: HeadMeans | None) -> ConditionRun:
     with ablate_heads(loaded, heads, config.mode, means):
-        evaluation = _evaluate(loaded, split, config.data)
+        evaluation = evaluate_held_out(loaded, split, config.data)
     captions = [dict(caption) for caption in evaluation.captions]
     metrics = dict(evaluation.metrics)
     if config.data.task == "caption":

@@ -196,7 +196,7 @@ def run_folder(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _evaluate(loaded: LoadedModel, split: Split, data: DataConfig) -> CaptionEvaluation:
+def evaluate_held_out(loaded: LoadedModel, split: Split, data: DataConfig) -> CaptionEvaluation:
     """The held-out records captioned (each with its own prompt, else the run's) and scored for the task."""
     if not split.held_out:
         return CaptionEvaluation(metrics={}, notes=["no held-out records: metrics not computed"])
@@ -296,7 +296,7 @@ def run_finetune(
         train_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         main = accelerator.is_main_process  # the other processes of a multi-GPU run only train
-        evaluation = _evaluate(loaded, split, config.data) if main else CaptionEvaluation(metrics={})
+        evaluation = evaluate_held_out(loaded, split, config.data) if main else CaptionEvaluation(metrics={})
         eval_seconds = time.perf_counter() - clock
         total = sum(parameter.numel() for name, parameter in peft_model.named_parameters() if "lora_" not in name)
         record = RunRecord(
@@ -345,7 +345,7 @@ def run_pretrained(
     accelerator = make_accelerator(loaded)
     main = accelerator.is_main_process  # under `accelerate launch` the main process alone evaluates
     started, clock = _now(), time.perf_counter()
-    evaluation = _evaluate(loaded, split, data) if main else CaptionEvaluation(metrics={})
+    evaluation = evaluate_held_out(loaded, split, data) if main else CaptionEvaluation(metrics={})
     total = sum(parameter.numel() for parameter in loaded.model.parameters())
     record = RunRecord(
         strategy="pretrained", settings=settings, layers=[], num_layers=len(loaded.adapter.decoder_layers(loaded.model)),

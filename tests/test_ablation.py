@@ -235,7 +235,7 @@ RANKING = HeadRanking.from_hi(np.array([[0.1, 0.9, 0.2, 0.3], [0.8, 0.05, 0.4, 0
 def ablated(llava, tiny_data, tmp_path_factory):
     """An experiment on the tiny LLaVA, with the hooks counted at each evaluation."""
     hooks_seen = []
-    evaluate = ablation._evaluate
+    evaluate = ablation.evaluate_held_out
 
     def counting(loaded, split, data):
         hooks_seen.append(_pre_hooks(loaded))
@@ -243,7 +243,7 @@ def ablated(llava, tiny_data, tmp_path_factory):
 
     config = AblationConfig(k=2, seeds=2, resamples=50, data=FAST)
     patch = pytest.MonkeyPatch()
-    patch.setattr(ablation, "_evaluate", counting)
+    patch.setattr(ablation, "evaluate_held_out", counting)
     try:
         result = run_ablation(llava, tiny_data, config, RANKING)
     finally:
