@@ -496,8 +496,7 @@ def _run_ablate(args: argparse.Namespace) -> None:
     config = AblationConfig(heads=args.heads, k=args.k, seeds=args.seeds, seed=args.seed, mode=args.mode,
                             mean_records=args.mean_records, resamples=args.resamples, data=data)
     check_ablation_folder(args.out, "--out")
-    ranking = read_head_ranking(args.ranking) if args.ranking else None
-    _, loaded = _tuning_inputs(argparse.Namespace(**vars(args) | {"ranking": None}))  # the datasets, threads; then the load
+    _, ranking, loaded = _tuning_inputs(args, layer_ranking=False, head_ranking=True)  # the datasets, threads; then the load
     check_ablation(loaded, config, args.dataset, args.eval_dataset)  # before the ranking is scored
     if ranking is None and config.needs_ranking():
         print(f"no --ranking: scoring {args.dataset} for the head ranking", file=sys.stderr)

@@ -127,6 +127,26 @@ class Scene:
         return self.objects[self.key].phrase
 
 
+def listed_positions(caption: str) -> list[tuple[int, int]] | None:
+    """The (row, column) cells a caption of the scenes' form ("a big red circle at the top left and
+    ...") lists its objects at, in the caption's order; None when a part names no position."""
+    cells = {position_phrase(row, column): (row, column) for row in range(3) for column in range(3)}
+    listed = []
+    for part in caption.split(" and "):
+        words = part.strip().split(" at the ", 1)
+        if len(words) != 2 or words[1].strip() not in cells:
+            return None
+        listed.append(cells[words[1].strip()])
+    return listed
+
+
+def in_reading_order(caption: str) -> bool:
+    """Whether a caption lists its objects in reading order (top to bottom, then left to right) by the
+    positions it writes: the fine-tuning task of `--order reading`. False when a position is missing."""
+    listed = listed_positions(caption)
+    return listed is not None and listed == sorted(listed)
+
+
 def _polygon(shape: str, centre: np.ndarray, radius: float) -> np.ndarray:
     angles = {
         "square": np.deg2rad([45, 135, 225, 315]),

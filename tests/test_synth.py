@@ -206,3 +206,18 @@ def test_order_with_the_vqa_task_is_an_input_error(tmp_path, capsys):
     code = main(["dataset", "synth", "--task", "vqa", "--order", "reading", "--out", str(tmp_path / "x")])
     assert code == 2 and "--order applies to --task caption only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_reading_order_is_read_from_the_positions_a_caption_writes():
+    from hi_core.synth import in_reading_order, listed_positions
+
+    assert listed_positions("a big red circle at the top left and a small blue star at the center") == [(0, 0), (1, 1)]
+    assert in_reading_order("a big red circle at the top left and a small blue star at the center")
+    assert not in_reading_order("a small blue star at the center and a big red circle at the top left")
+    assert not in_reading_order("a big red circle at the top left and a small blue star")  # a position missing
+    assert listed_positions("a big red circle at the moon") is None
+    rng = np.random.default_rng(5)
+    scenes = [make_scene(rng) for _ in range(40)]
+    assert all(in_reading_order(scene.caption("reading")) for scene in scenes)
+    several = [scene for scene in scenes if len(scene.objects) > 1]
+    assert any(not in_reading_order(scene.caption("drawing")) for scene in several)
