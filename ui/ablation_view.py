@@ -49,9 +49,11 @@ def chosen_heads(session: Session, which: str, k: int, listed: str) -> tuple[Hea
 
 
 def descriptions(result: ImageAblation) -> str:
-    """The two descriptions side by side (an HTML table: Markdown would read the model's words as markup)."""
+    """The two descriptions side by side: an HTML table (Markdown leaves an HTML block as it is, so the model's words
+    are never read as markup), escaped."""
     def cell(text: str) -> str:
-        return html.escape(text) if text else "<i>(nothing: the model ended at once)</i>"
+        # on one line: a blank line would end Markdown's HTML block and the rest would be read as Markdown
+        return html.escape(" ".join(text.split())) if text.strip() else "<i>(nothing: the model ended at once)</i>"
 
     removed = format_heads(result.heads).replace(",", ", ")
     return (f"<table><tr><th>With every head</th><th>Without heads {removed} ({result.mode})</th></tr>"
@@ -75,7 +77,7 @@ class AblationTab:
                 self.listed = gr.Textbox("", label="Heads listed (layer:head)", placeholder="1:5,2:0", elem_id="ablate-list")
             self.button = gr.Button("Remove the heads and describe again", elem_id="ablate")
             self.message = gr.Markdown("", label="Ablation message", elem_id="ablate-message")
-            self.texts = gr.HTML("", label="Descriptions with and without the heads", elem_id="ablate-texts")
+            self.texts = gr.Markdown("", label="Descriptions with and without the heads", elem_id="ablate-texts")
             with gr.Row():
                 self.heatmap = figure(label="ΔHI (heads removed − every head); click a cell", elem_id="ablate-heatmap",
                                       height=280)
