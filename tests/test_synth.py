@@ -111,6 +111,9 @@ def oracle(objects, question: str) -> tuple[str, list[int]]:
     if match := re.fullmatch(r"Where is the (\w+) (\w+)\?", question):
         about = [i for i, obj in enumerate(objects) if (obj.colour, obj.shape) == (match[1], match[2])]
         return (CELLS[objects[about[0]].row, objects[about[0]].column] if len(about) == 1 else "ambiguous"), about
+    if match := re.fullmatch(r"Is the (\w+) (big|small)\?", question):
+        about = [i for i, obj in enumerate(objects) if obj.shape == match[1]]
+        return (("yes" if objects[about[0]].size == match[2] else "no") if len(about) == 1 else "ambiguous"), about
     if match := re.fullmatch(r"Is there a (\w+) (\w+)\?", question):
         present = any((obj.colour, obj.shape) == (match[1], match[2]) for obj in objects)
         return ("yes" if present else "no"), [i for i, obj in enumerate(objects) if obj.shape == match[2]]
@@ -130,7 +133,7 @@ def test_answers_are_right_for_the_scene_and_the_mask_is_the_asked_objects(kind)
         assert mask.any() and (scene.image[mask] == COLOURS[scene.objects[question.target].colour]).all()
         answers.add(answer)
     assert len(answers) > 1
-    if kind == "exists":
+    if kind in ("exists", "size"):
         assert answers == {"yes", "no"}
 
 
@@ -146,7 +149,7 @@ def test_same_seed_same_questions_other_seed_other_questions():
 
 
 def test_unknown_question_kind_is_an_input_error():
-    with pytest.raises(InputError, match="kind must be one of colour, shape, position, exists, colour_at"):
+    with pytest.raises(InputError, match="kind must be one of colour, shape, position, exists, colour_at, size"):
         make_vqa(np.random.default_rng(0), "count")
 
 
@@ -193,7 +196,7 @@ def test_vqa_dataset_of_a_new_kind_asks_only_that_kind_reproducibly(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--task", "vqa", "--kinds", "colour,count"], "--kinds must be one of colour, shape, position, exists, colour_at, got 'count'"),
+    (["--task", "vqa", "--kinds", "colour,count"], "--kinds must be one of colour, shape, position, exists, colour_at, size, got 'count'"),
     (["--kinds", "colour_at"], "--kinds applies to --task vqa only"),
 ])
 def test_bad_kinds_are_one_line_errors(tmp_path, capsys, extra, message):
