@@ -299,20 +299,33 @@ def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up share of the steps (default: %(default)s)")
     parser.add_argument("--schedule", choices=get_args(Schedule), default=defaults.schedule, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed (compare: the first seed) (default: %(default)s)")
+    _add_evaluation_options(
+        parser, defaults.data,
+        task="how the held-out records are scored: caption metrics, or for vqa (records whose prompt is a question "
+        "and text its answer) answer accuracy, normalized exact match with a 95%% interval (default: %(default)s)",
+        fraction="share of records held out for the caption metrics, by a hash of the id (default: %(default)s)",
+        eval_dataset="a separate held-out dataset (its ids are left out of training)")
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser, defaults: DataConfig, task: str, fraction: str,
+                            eval_dataset: str) -> None:
+    """The held-out evaluation's options (finetune, compare, ablate: `_data_config` reads them back), the
+    threads and the model's options."""
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help="the prompt of the records without their own `prompt` (default: %(default)r)")
-    parser.add_argument("--task", choices=get_args(Task), default=defaults.data.task,
-                        help="how the held-out records are scored: caption metrics, or for vqa (records whose prompt is "
-                        "a question and text its answer) answer accuracy, normalized exact match with a 95%% interval "
-                        "(default: %(default)s)")
-    parser.add_argument("--eval-fraction", type=float, default=defaults.data.eval_fraction,
-                        help="share of records held out for the caption metrics, by a hash of the id (default: %(default)s)")
-    parser.add_argument("--eval-dataset", metavar="DIR", help="a separate held-out dataset (its ids are left out of training)")
+    parser.add_argument("--task", choices=get_args(Task), default=defaults.task, help=task)
+    parser.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction, help=fraction)
+    parser.add_argument("--eval-dataset", metavar="DIR", help=eval_dataset)
     parser.add_argument("--eval-limit", type=int, metavar="N", help="caption at most N held-out records")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.data.max_new_tokens, help="caption length limit (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="caption length limit (default: %(default)s)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     _add_model_options(parser)
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
+                      max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
 
 
 def _add_finetune(subcommands: argparse._SubParsersAction) -> None:
@@ -353,8 +366,7 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _finetune_config(args: argparse.Namespace, layers: str | None, heads: str | None = None) -> FinetuneConfig:
-    data = DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
-                      max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
+    data = _data_config(args)
     targets = tuple(name.strip() for name in args.targets.split(",")) if args.targets else ()
     return FinetuneConfig(layers=layers, heads=heads, k=args.k, rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets,
                           lr=args.lr, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
@@ -476,23 +488,16 @@ def _add_ablate(subcommands: argparse._SubParsersAction) -> None:
     ablate.add_argument("--mean-records", type=int, default=defaults.mean_records, metavar="N",
                         help="training records averaged for --mode mean (default: %(default)s)")
     ablate.add_argument("--resamples", type=int, default=defaults.resamples, help="bootstrap draws for the intervals (default: %(default)s)")
-    ablate.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of the records without their own `prompt` (default: %(default)r)")
-    ablate.add_argument("--task", choices=get_args(Task), default=defaults.data.task,
-                        help="caption: caption metrics and the share of key objects named; vqa: answer accuracy (default: %(default)s)")
-    ablate.add_argument("--eval-fraction", type=float, default=defaults.data.eval_fraction,
-                        help="share of records held out, by a hash of the id: the records `finetune` holds out (default: %(default)s)")
-    ablate.add_argument("--eval-dataset", metavar="DIR", help="a separate held-out dataset to caption instead")
-    ablate.add_argument("--eval-limit", type=int, metavar="N", help="caption at most N held-out records")
-    ablate.add_argument("--max-new-tokens", type=int, default=defaults.data.max_new_tokens, help="caption length limit (default: %(default)s)")
-    ablate.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
-    ablate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    _add_model_options(ablate)
+    _add_evaluation_options(
+        ablate, defaults.data,
+        task="caption: caption metrics and the share of key objects named; vqa: answer accuracy (default: %(default)s)",
+        fraction="share of records held out, by a hash of the id: the records `finetune` holds out (default: %(default)s)",
+        eval_dataset="a separate held-out dataset to caption instead")
     ablate.set_defaults(run=_run_ablate)
 
 
 def _run_ablate(args: argparse.Namespace) -> None:
-    data = DataConfig(prompt=args.prompt, task=args.task, eval_fraction=args.eval_fraction, eval_limit=args.eval_limit,
-                      max_new_tokens=args.max_new_tokens, meteor=not args.no_meteor)
+    data = _data_config(args)
     config = AblationConfig(heads=args.heads, k=args.k, seeds=args.seeds, seed=args.seed, mode=args.mode,
                             mean_records=args.mean_records, resamples=args.resamples, data=data)
     check_ablation_folder(args.out, "--out")

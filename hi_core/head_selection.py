@@ -10,7 +10,6 @@ layers) are never ranked or picked. Layers and heads keep the model's own indice
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from .errors import InputError
+from .layer_selection import read_score_file
 from .scoring import rank_heads
 
 HeadStrategy = Literal["top", "bottom", "random"]
@@ -76,15 +76,7 @@ class HeadRanking:
 
 def read_head_ranking(path: str | Path) -> HeadRanking:
     """The head ranking in a `score` JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"ranking file {str(path)!r} {what} (give the JSON written by `score`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"ranking file {str(path)!r} is not JSON ({error})") from None
-    return HeadRanking.from_json(data, str(path))
+    return HeadRanking.from_json(read_score_file(path), str(path))
 
 
 def parse_head_choice(text: str) -> HeadChoice:

@@ -83,18 +83,22 @@ class Ranking:
         return cls(layers=tuple(l for l, _ in ranked), scores=tuple(s for _, s in ranked), source=source, unscored=unscored)
 
 
-def read_ranking(path: str | Path) -> Ranking:
-    """The ranking in a `score` JSON file."""
+def read_score_file(path: str | Path) -> Any:
+    """The JSON a ranking is read from (written by `score`); InputError for a folder, a missing file or not JSON."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"ranking file {str(path)!r} is a folder (give the JSON written by `score`)")
     if not path.is_file():
         raise InputError(f"ranking file {str(path)!r} does not exist (give the JSON written by `score`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"ranking file {str(path)!r} is not JSON ({error})") from None
-    return Ranking.from_json(data, str(path))
+
+
+def read_ranking(path: str | Path) -> Ranking:
+    """The layer ranking in a `score` JSON file."""
+    return Ranking.from_json(read_score_file(path), str(path))
 
 
 def parse_layer_choice(text: str) -> LayerChoice:

@@ -12,16 +12,21 @@ import dataclasses
 import html
 
 import gradio as gr
-import numpy as np
 
 from hi_core.ablation import ImageAblation
 from hi_core.analysis import hi_difference
 from hi_core.errors import InputError
 from hi_core.head_selection import Head, format_heads, parse_head_choice
 
-from . import explorer_views as views
-from .before_after import BeforeAfter, before_after_figure, before_after_info, difference_heatmap, largest_change
-from .components import figure
+from .before_after import (
+    BeforeAfter,
+    before_after_figure,
+    before_after_info,
+    clicked_pair,
+    difference_heatmap,
+    largest_change,
+    pair_views,
+)
 from .context import AppContext
 from .explorer_views import Session
 from .feedback import refuse_in_handler, reports_input_errors
@@ -78,13 +83,7 @@ class AblationTab:
             self.button = gr.Button("Remove the heads and describe again", elem_id="ablate")
             self.message = gr.Markdown("", label="Ablation message", elem_id="ablate-message")
             self.texts = gr.Markdown("", label="Descriptions with and without the heads", elem_id="ablate-texts")
-            with gr.Row():
-                self.heatmap = figure(label="ΔHI (heads removed − every head); click a cell", elem_id="ablate-heatmap",
-                                      height=280)
-                with gr.Column():
-                    self.head_view = figure(label="The selected head: every head | heads removed", show_label=False,
-                                            elem_id="ablate-head", height=220)
-                    self.info = gr.Markdown("", label="The selected head with and without", elem_id="ablate-info")
+            self.heatmap, self.head_view, self.info = pair_views(NAMES, "ablate")
 
     @property
     def views(self) -> list[gr.components.Component]:
@@ -114,12 +113,10 @@ class AblationTab:
         return self.render(session)
 
     def select_cell(self, session: Session | None, event: gr.SelectData):
-        if session is None or session.ablation is None:
+        pair = clicked_pair(session.ablation if session is not None else None, event)
+        if pair is None:
             return gr.skip()
-        clicked = views.clicked_head(event.index, session.ablation.base.hi)
-        if clicked is None or not np.isfinite(session.ablation.base.hi[clicked]):  # off the grid, or not scored
-            return gr.skip()
-        session.ablation = dataclasses.replace(session.ablation, selected=clicked)
+        session.ablation = pair
         return self.render(session)
 
     def render(self, session: Session) -> dict:

@@ -92,6 +92,30 @@ def before_after_info(compare: BeforeAfter, models: bool = True) -> str:
             f"{changes}  \n{scored}")
 
 
+def pair_views(names: tuple[str, str], prefix: str) -> tuple[gr.Image, gr.Image, gr.Markdown]:
+    """The ΔHI heatmap, the selected head's two maps and its numbers, in a row (elem_ids `{prefix}-heatmap`,
+    `{prefix}-head`, `{prefix}-info`), for a pair of analyses named `names`."""
+    first, second = names
+    with gr.Row():
+        heatmap = figure(label=f"ΔHI ({second} − {first}) per head; click a cell", elem_id=f"{prefix}-heatmap", height=280)
+        with gr.Column():
+            head_view = figure(label=f"The selected head: {first} | {second}", show_label=False, elem_id=f"{prefix}-head",
+                               height=220)
+            info = gr.Markdown("", label=f"The selected head: {first} and {second}", elem_id=f"{prefix}-info")
+    return heatmap, head_view, info
+
+
+def clicked_pair(pair: BeforeAfter | None, event: gr.SelectData) -> BeforeAfter | None:
+    """The pair with the head of the clicked ΔHI cell selected; None for a click off the grid (the numbers,
+    the colour bar), on a layer that is not scored, or before any pair was scored."""
+    if pair is None:
+        return None
+    clicked = views.clicked_head(event.index, pair.base.hi)
+    if clicked is None or not np.isfinite(pair.base.hi[clicked]):
+        return None
+    return replace(pair, selected=clicked)
+
+
 class BeforeAfterTab:
     """The "Before / after" result tab (built in the current Tabs context, hidden until a LoRA is set) and its handlers."""
 
@@ -102,13 +126,7 @@ class BeforeAfterTab:
                         "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps.")
             self.button = gr.Button("Score with the base and the tuned model", elem_id="compare")
             self.message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
-            with gr.Row():
-                self.heatmap = figure(label="ΔHI (tuned − base) per head; click a cell",
-                                        elem_id="diff-heatmap", height=280)
-                with gr.Column():
-                    self.head_view = figure(label="The selected head: base | tuned", show_label=False,
-                                              elem_id="diff-head", height=220)
-                    self.info = gr.Markdown("", label="The selected head before and after", elem_id="diff-info")
+            self.heatmap, self.head_view, self.info = pair_views(("base", "tuned"), "diff")
 
     @property
     def views(self) -> list[gr.components.Component]:
@@ -143,14 +161,10 @@ class BeforeAfterTab:
         return self.render(session)
 
     def select_cell(self, session: Session | None, event: gr.SelectData):
-        if session is None or session.compare is None:
+        pair = clicked_pair(session.compare if session is not None else None, event)
+        if pair is None:
             return gr.skip()
-        clicked = views.clicked_head(event.index, session.compare.base.hi)
-        if clicked is None:  # the numbers or the colour bar, not a cell
-            return gr.skip()
-        if not np.isfinite(session.compare.base.hi[clicked]):  # a layer without softmax attention: not scored
-            return gr.skip()
-        session.compare = replace(session.compare, selected=clicked)
+        session.compare = pair
         return self.render(session)
 
     def render(self, session: Session) -> dict:
