@@ -3,6 +3,8 @@ questions; each task's loss counts once; a few steps reduce the loss."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,9 +19,11 @@ from hi_core.demo.train import (
     prefix_ids,
     task_loss,
     train,
+    training_examples,
     vqa_example,
 )
 from hi_core.errors import InputError
+from hi_core.loading import DEMO_MODEL_DIR
 from hi_core.metrics import normalize_answer
 from hi_core.synth import QUESTION_KINDS, make_scene, make_vqa
 
@@ -88,10 +92,21 @@ def test_answers_are_normalized_before_matching(text, normalized):  # the pipeli
     assert normalize_answer(text) == normalized
 
 
-@pytest.mark.parametrize("field, value", [("vqa_share", 1.5), ("vqa_share", -0.1), ("steps", 0), ("batch_size", 0)])
+@pytest.mark.parametrize("field, value", [("vqa_share", 1.5), ("vqa_share", -0.1), ("steps", 0), ("batch_size", 0),
+                                          ("vision_hidden", 0), ("vision_hidden", 66)])
 def test_bad_training_settings_are_input_errors(field, value):
     with pytest.raises(InputError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_a_wider_vision_tower_is_built_on_request_and_the_default_is_the_shipped_models():
+    shipped = json.loads((DEMO_MODEL_DIR / "config.json").read_text())["vision_config"]
+    default, _ = build_model(seed=0)
+    wide, processor = build_model(seed=0, vision_hidden=128)
+    assert default.config.vision_config.hidden_size == shipped["hidden_size"]
+    assert (wide.config.vision_config.hidden_size, wide.config.vision_config.intermediate_size) == (128, 256)
+    batch = make_batch(processor, Prefixes(processor), training_examples(np.random.default_rng(0), TrainConfig(batch_size=2)))
+    assert torch.isfinite(task_loss(wide, batch))
 
 
 def test_a_few_training_steps_reduce_the_loss():

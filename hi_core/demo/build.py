@@ -20,6 +20,7 @@ from ..synth import ANSWER_WORDS, COLOURS, COLUMNS, QUESTION_WORDS, ROWS, SHAPES
 
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
+VISION_HIDDEN = 64  # the shipped model's; `train --vision-hidden 128` builds a wider vision tower
 TEXT_LAYERS = 6
 TEXT_HEADS = 8
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
@@ -72,12 +73,13 @@ def build_processor() -> LlavaProcessor:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION_HIDDEN) -> LlavaConfig:
+    """The demo's LLaVA config; `vision_hidden`: the CLIP layer's width (its MLP is twice as wide)."""
     return LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
             num_hidden_layers=1,
             num_attention_heads=4,
             image_size=IMAGE_SIZE,
@@ -104,11 +106,11 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     )
 
 
-def build_model(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A freshly initialized demo model (seeded) and its processor."""
     processor = build_processor()
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(processor.tokenizer))
+    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden))
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor
