@@ -387,7 +387,9 @@ def report_markdown(comparison: Comparison) -> str:
     metrics = comparison.metric_names()
     tuned = comparison.config.finetune
     ranking = comparison.ranking
+    heads_only = not comparison.config.uses_layers() and any(s in HEAD_STRATEGIES for s in comparison.config.strategies)
     lines = [
+        "# LoRA on the top-HI heads against other heads" if heads_only else
         "# LoRA layer selection: top-k HI layers against the same budget elsewhere",
         "",
         f"- model: `{comparison.model}` ({data['num_layers']} language-model layers); dataset: `{comparison.dataset}` "

@@ -264,6 +264,9 @@ def test_head_strategies_in_the_report(head_compared):
     entry = results["strategies"]["random-heads"]
     assert entry["trainable_per_run"] == [_by_hand(h) for h in entry["heads"]]
     report = (out / "report.md").read_text()
+    assert report.startswith("# LoRA layer selection")  # a layer strategy ran too
+    heads_only = replace(comparison, config=replace(comparison.config, strategies=tuple(compare.HEAD_STRATEGIES)))
+    assert compare.report_markdown(heads_only).startswith("# LoRA on the top-HI heads against other heads")
     assert "| strategy | layers (per seed) | heads (per seed) | trainable parameters |" in report
     top = f"| top-heads | 0,1 / 0,1 | 0:1,1:0,1:2,1:3 / 0:1,1:0,1:2,1:3 | {_by_hand(HEAD_RANKING.heads[:4]):,} ("
     assert top in report and "| top | 1 / 1 | - |" in report
