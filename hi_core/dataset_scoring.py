@@ -20,8 +20,10 @@ for that record (`DatasetConfig.record_analysis`).
 The cache folder holds `config.json` (the settings its results depend on; a cache of other
 settings, a file, or a folder of part files without config.json is refused with an InputError
 before any image is scored: `check_cache_folder`) and one part file per process: scored images and
-records whose files failed, by id. Lines of a part file that cannot be read (cut short by a kill,
-or edited) are ignored, and those records scored again.
+records whose files failed, by id and the record's fingerprint (its fields, and its image's and
+mask's size and modification time: `record_fingerprint`), so a record edited or whose files were
+replaced since it was cached is scored again. Lines of a part file that cannot be read (cut short
+by a kill, or edited) are ignored, and those records scored again.
 
 The memory held is one batch of images and their maps, plus a (images, layers, heads) array of
 HI and mass for the intervals (a few KB per image).
@@ -30,6 +32,7 @@ HI and mass for the intervals (a few KB per image).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -44,7 +47,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
-from .datasets import INDEX, Record, count_records, load_record, scan_dataset
+from .datasets import INDEX, Record, RecordLine, count_records, load_record, scan_dataset
 from .distributed import process_state
 from .errors import InputError
 from .loading import LoadedModel
@@ -221,8 +224,8 @@ class DatasetAnalysis:
             temporary.write_text(self.to_csv(), encoding="utf-8")
 
 
-#: A record's result by id: its score, or its failure {"id", "skipped": reason, "line"?: n}.
-Entries = dict[str, "ImageScore | dict[str, Any]"]
+#: A record's result by (id, fingerprint): its score, or its failure {"id", "skipped": reason, "line"?: n}.
+Entries = dict[tuple[str, str], "ImageScore | dict[str, Any]"]
 
 
 # --- the cache: config.json + one JSON-lines part file per process ---------------------------
@@ -291,25 +294,44 @@ def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> Non
             raise InputError(f"cannot create the cache folder {str(cache)!r} ({error.strerror or error})") from None
 
 
-def _cache_entry(line: bytes) -> ImageScore | dict[str, Any] | None:
-    """A part file's line as a score or a failure {"id", "skipped", "line"?}; None if unreadable."""
+def record_fingerprint(folder: Path, line: RecordLine) -> str:
+    """What a record's score depends on besides the run's settings: its checked fields (text, key
+    phrase, prompt, file names) and its image's and mask's size and modification time. A cached
+    result whose fingerprint differs from the record's now is stale and scored again."""
+    parts = [json.dumps(line.fields, sort_keys=True)]
+    for key in ("image", "mask"):
+        try:
+            stat = (folder / line.fields[key]).stat()
+            parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+        except (KeyError, TypeError, OSError, ValueError):  # no such field, or no such file (it fails when loaded)
+            parts.append("-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _cache_entry(line: bytes) -> tuple[str, ImageScore | dict[str, Any]] | None:
+    """A part file's line as (fingerprint, a score or a failure {"id", "skipped", "line"?}); None if
+    unreadable or written without a fingerprint."""
     try:
         entry = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
         return None
+    fingerprint = entry.pop("record", None)
+    if not isinstance(fingerprint, str):
+        return None
     if "skipped" in entry:
-        return entry if isinstance(entry["skipped"], str) else None
+        return (fingerprint, entry) if isinstance(entry["skipped"], str) else None
     try:
         score = ImageScore.from_json(entry)
     except (TypeError, ValueError):  # missing or extra keys, ragged arrays
         return None
-    return score if score.hi.ndim == 2 and score.hi.shape == score.mass.shape else None
+    return (fingerprint, score) if score.hi.ndim == 2 and score.hi.shape == score.mass.shape else None
 
 
 def read_cache(cache: Path) -> Entries:
-    """Every cached record by id (scored images and failures), from all part files, streamed.
+    """Every cached record by (id, fingerprint) (scored images and failures), from all part files,
+    streamed.
 
     A line that cannot be read (cut short by an interruption, or edited) is ignored (its image is
     scored again); a score wins over a failure of the same record.
@@ -318,11 +340,13 @@ def read_cache(cache: Path) -> Entries:
     for part in sorted(cache.glob(PART_PATTERN)):
         with open(part, "rb") as lines:
             for line in lines:
-                entry = _cache_entry(line)
-                if isinstance(entry, ImageScore):
-                    entries[entry.id] = entry
-                elif entry is not None and not isinstance(entries.get(entry["id"]), ImageScore):  # a failure, unless scored
-                    entries[entry["id"]] = entry
+                read = _cache_entry(line)
+                if read is None:
+                    continue
+                fingerprint, entry = read
+                key = (entry.id if isinstance(entry, ImageScore) else entry["id"], fingerprint)
+                if isinstance(entry, ImageScore) or not isinstance(entries.get(key), ImageScore):  # a failure, unless scored
+                    entries[key] = entry
     return entries
 
 
@@ -445,7 +469,7 @@ def score_dataset(
     if cache is not None:
         open_cache(cache, _cache_settings(loaded, folder, config), process == 0)
         barrier()
-        done = {rid for rid, entry in read_cache(cache).items() if isinstance(entry, ImageScore)}  # failures are retried
+        done = {key for key, entry in read_cache(cache).items() if isinstance(entry, ImageScore)}  # failures are retried
         writer = _PartWriter(cache / f"part-{process}.jsonl")
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
@@ -458,8 +482,10 @@ def score_dataset(
         for batch in _batches(shard.records(), config.batch_size):
             results, failed = score_batch(loaded, batch, config)
             lines = {record.id: record.line for record in batch}
-            failures = shard.take_failures() + [{"id": rid, "skipped": reason, "line": lines[rid]} for rid, reason in failed]
-            _keep(writer, fresh, results, failures)
+            fingerprints = {record.id: shard.fingerprints.pop(record.id) for record in batch}
+            failures = shard.take_failures() + [{"id": rid, "skipped": reason, "line": lines[rid], "record": fingerprints[rid]}
+                                                for rid, reason in failed]
+            _keep(writer, fresh, [(result, fingerprints[result.id]) for result in results], failures)
             bar.update(shard.passed - shown)
             shown = shard.passed
             if progress is not None:
@@ -475,45 +501,53 @@ def score_dataset(
     return _summarize(loaded, folder, config, total, entries)
 
 
-def _keep(writer: _PartWriter | None, fresh: Entries, results: list[ImageScore], failures: list[dict[str, Any]]) -> None:
-    """Store a batch's scores and failures: in the cache's part file, or in memory without a cache
-    (rounded as the cache rounds them, so a run gives the same numbers with or without a cache)."""
+def _keep(writer: _PartWriter | None, fresh: Entries, results: list[tuple[ImageScore, str]], failures: list[dict[str, Any]]) -> None:
+    """Store a batch's (score, record fingerprint) pairs and failures (with their "record"): in the
+    cache's part file, or in memory without a cache (rounded as the cache rounds them, so a run
+    gives the same numbers with or without a cache)."""
     if writer is not None:
-        writer.append([result.to_json() for result in results] + failures)
+        writer.append([result.to_json() | {"record": fingerprint} for result, fingerprint in results] + failures)
     else:
-        fresh.update((result.id, ImageScore.from_json(result.to_json())) for result in results)
-        fresh.update((failure["id"], failure) for failure in failures)
+        fresh.update(((result.id, fingerprint), ImageScore.from_json(result.to_json())) for result, fingerprint in results)
+        fresh.update(((failure["id"], failure["record"]), {k: v for k, v in failure.items() if k != "record"}) for failure in failures)
 
 
 class _Shard:
-    """This process's records: every processes-th record of the scan, less those already cached.
+    """This process's records: every processes-th record of the scan, less those already cached
+    (same id and fingerprint).
 
     Malformed records and duplicates are passed over here (the summary reports them from the same
-    scan); records whose files fail to load are collected as failures, by id.
+    scan); records whose files fail to load are collected as failures, by id. `fingerprints`: the
+    fingerprint of each record yielded and not yet taken, by id.
     """
 
-    def __init__(self, folder: Path, limit: int | None, process: int, processes: int, done: set[str]) -> None:
+    def __init__(self, folder: Path, limit: int | None, process: int, processes: int, done: set[tuple[str, str]]) -> None:
         self.folder, self.limit, self.process, self.processes, self.done = folder, limit, process, processes, done
         lines = (line for position, line in enumerate(scan_dataset(folder, limit)) if position % processes == process)
         self.size, self.already = 0, 0
         for line in lines:
             self.size += 1
-            self.already += line.id in done
+            self.already += self._cached(line)
         self.passed = self.already  # records of the shard looked at so far (for progress)
+        self.fingerprints: dict[str, str] = {}
         self._failures: list[dict[str, Any]] = []
+
+    def _cached(self, line: RecordLine) -> bool:
+        return bool(self.done) and line.id is not None and (line.id, record_fingerprint(self.folder, line)) in self.done
 
     def records(self) -> Iterator[Record]:
         for position, line in enumerate(scan_dataset(self.folder, self.limit)):
-            if position % self.processes != self.process or line.id in self.done:
+            if position % self.processes != self.process or self._cached(line):
                 continue
             self.passed += 1
             if line.problem is not None:
                 continue
+            fingerprint = self.fingerprints[line.id] = record_fingerprint(self.folder, line)
             try:
                 yield load_record(self.folder, line)
             except InputError as error:
                 logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
-                self._failures.append({"id": line.id, "skipped": str(error), "line": line.number})
+                self._failures.append({"id": line.id, "skipped": str(error), "line": line.number, "record": fingerprint})
 
     def take_failures(self) -> list[dict[str, Any]]:
         failures, self._failures = self._failures, []
@@ -526,7 +560,7 @@ def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: 
     images: list[ImageScore] = []
     skipped: list[tuple[int, str | None, str]] = []
     for line in scan_dataset(folder, total):
-        entry = entries.get(line.id) if line.id is not None and line.problem is None else None
+        entry = entries.get((line.id, record_fingerprint(folder, line))) if line.id is not None and line.problem is None else None
         if line.problem is not None:
             skipped.append((line.number, line.id, line.problem))
         elif isinstance(entry, ImageScore):

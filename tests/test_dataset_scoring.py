@@ -223,7 +223,7 @@ def test_duplicate_ids_and_bad_lines_give_one_result_whatever_the_history(demo, 
 
     with pytest.raises(KeyboardInterrupt):  # the first record of the duplicate id is in the cache, the later not yet read
         score_dataset(demo, folder, config, cache=tmp_path / "cut", progress=interrupt)
-    assert set(read_cache(tmp_path / "cut")) == {entries[0]["id"], entries[1]["id"]}
+    assert {rid for rid, _ in read_cache(tmp_path / "cut")} == {entries[0]["id"], entries[1]["id"]}
     resumed = score_dataset(demo, folder, config, cache=tmp_path / "cut")
     assert _json(resumed) == _json(whole) and resumed.skipped == whole.skipped
     assert resumed.to_csv() == whole.to_csv()
@@ -295,6 +295,29 @@ def test_unreadable_cache_lines_are_scored_again(demo, dataset, tmp_path, monkey
     assert scored == [whole.images[1].id]
     assert [image.id for image in again.images] == [image.id for image in whole.images] and not again.skipped
     np.testing.assert_allclose(again.image_hi, whole.image_hi, atol=1e-5)  # rescored alone, not in a batch of 3
+
+
+def test_a_record_edited_or_whose_image_was_replaced_since_it_was_cached_is_scored_again(demo, dataset, tmp_path, monkeypatch):
+    """The cache holds a result under the record's id and fingerprint: after one record gains a
+    prompt and another's image file is replaced, only those two are scored again, and the result
+    equals a run without the cache."""
+    folder = tmp_path / "set"
+    shutil.copytree(dataset, folder)
+    config = DatasetConfig(limit=4)
+    score_dataset(demo, folder, config, cache=tmp_path / "c")
+    entries = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    entries[1]["prompt"] = "Which shape is it?"
+    (folder / "data.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    shutil.copyfile(folder / entries[3]["image"], folder / entries[2]["image"])  # same size, other pixels
+    scored = []
+    original = dataset_scoring.score_batch
+    monkeypatch.setattr(dataset_scoring, "score_batch", lambda loaded, records, cfg: scored.extend(r.id for r in records) or original(loaded, records, cfg))
+    again = score_dataset(demo, folder, config, cache=tmp_path / "c")
+    assert scored == [entries[1]["id"], entries[2]["id"]]
+    fresh = score_dataset(demo, folder, config)
+    assert [image.id for image in again.images] == [image.id for image in fresh.images] and not again.skipped
+    np.testing.assert_allclose(again.image_hi, fresh.image_hi, atol=1e-5)
+    np.testing.assert_allclose([image.mass for image in again.images], [image.mass for image in fresh.images], atol=1e-5)
 
 
 def _analysis_of(per_image_hi: list[list[float]], chances: list[float]) -> dataset_scoring.DatasetAnalysis:
