@@ -372,6 +372,12 @@ def run_ablation(
     `ranking`: for top/bottom (default: score `dataset` now, its first `ranking_limit` records).
     on_condition(index, total, name): called before each evaluation (1-based), for progress."""
     check_ablation(loaded, config, dataset, eval_dataset)
+    split = split_dataset(dataset, config.data, eval_dataset, need_train=False)
+    if not split.held_out:
+        raise InputError("no held-out records to caption: raise eval_fraction, or give an evaluation dataset")
+    if config.mode == "mean" and not split.train:
+        raise InputError("mean ablation takes the heads' mean outputs over the dataset's records outside the held-out set, "
+                         "and it has none: give another evaluation dataset, or use zero ablation")
     layers, num_heads = loaded.adapter.scored_layers(loaded.model), num_attention_heads(loaded)
     if config.needs_ranking() and ranking is None:
         ranking = dataset_head_ranking(loaded, dataset, ranking_limit)
@@ -382,9 +388,6 @@ def run_ablation(
         seeds = range(config.seed, config.seed + config.seeds) if choice == "random" else [None]
         for seed in seeds:
             plan.append((name, seed, select_heads(choice, layers, num_heads, config.k, ranking, seed or 0)))
-    split = split_dataset(dataset, config.data, eval_dataset)
-    if not split.held_out:
-        raise InputError("no held-out records to caption: raise eval_fraction, or give an evaluation dataset")
     means = None
     if config.mode == "mean":
         means = head_output_means(loaded, split.train[: config.mean_records], config.data.prompt, config.data.eval_batch_size)

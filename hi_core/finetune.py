@@ -257,11 +257,13 @@ class Split:
     description: str
 
 
-def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None) -> Split:
+def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None,
+                  need_train: bool = True) -> Split:
     """The training records and the held-out ones (a hashed share of `dataset`, or `eval_dataset`;
     the training set never contains a held-out id). Only data.jsonl is read here: images and masks
     are opened when a batch needs them (`DatasetRecords`), so a file that is missing or unreadable
-    fails then, naming its record."""
+    fails then, naming its record. need_train: refuse a split without training records (InputError);
+    False for a run that only evaluates (an ablation may hold out the whole dataset)."""
     records = scan_records(dataset)
     if eval_dataset is not None:
         held_out = scan_records(eval_dataset)
@@ -271,7 +273,7 @@ def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dat
         description = f"held out: {data.eval_fraction:.0%} of {dataset} by a hash of the record id"
     held_ids = set(held_out.ids)
     train = DatasetRecords(dataset, [line for line in records.lines if line.id not in held_ids])
-    if not train:
+    if need_train and not train:
         raise InputError(f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else ""))
     if data.eval_limit is not None:
         held_out = held_out[: data.eval_limit]

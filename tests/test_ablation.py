@@ -21,7 +21,7 @@ from hi_core.cli import main
 from hi_core.compare import mean_interval
 from hi_core.datasets import write_synthetic
 from hi_core.errors import InputError
-from hi_core.finetune import DataConfig, split_dataset, training_batch
+from hi_core.finetune import DataConfig, scan_records, split_dataset, training_batch
 from hi_core.head_selection import HeadRanking, select_heads
 from hi_core.inputs import build_inputs, to_model_device
 from hi_core.loading import LoadConfig, load_model
@@ -350,6 +350,21 @@ def test_cli_ablate_bad_input_exits_2_with_one_line(llava_dir, tiny_data, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists() and (tmp_path / "mine" / "report.md").read_text() == "my own report"
+
+
+def test_cli_ablate_may_hold_out_the_whole_dataset_unless_it_needs_means(llava_dir, tiny_data, tmp_path, capsys):
+    """Zero ablation only evaluates: --eval-dataset may be --dataset itself; mean ablation needs
+    records outside the held-out set, and says so before any work."""
+    argv = ["ablate", "--model", str(llava_dir), "--dataset", str(tiny_data), "--eval-dataset", str(tiny_data), "-k", "1",
+            "--heads", "top", "--max-new-tokens", "2", "--no-meteor", "--resamples", "20",
+            "--ranking", str(_score_json(tmp_path / "score.json"))]
+    assert main([*argv, "--out", str(tmp_path / "zero")]) == 0
+    results = json.loads((tmp_path / "zero" / "results.json").read_text())
+    assert results["split"]["held_out"] == len(scan_records(tiny_data))
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "mean"), "--mode", "mean"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mean ablation takes the heads' mean outputs" in err and not (tmp_path / "mean").exists()
 
 
 def test_check_ablation_folder_accepts_new_empty_and_earlier_ablations(tmp_path):
