@@ -21,12 +21,13 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from hi_core.errors import InputError
+from hi_core.families import adapter_for
 from hi_core.finetune import FinetuneConfig
 from hi_core.loading import ModelCache
 from ui.app import build_demo
 from ui.components import bounded_open
 from ui.context import EXAMPLES_DIR, UNPACKED
-from ui.settings import DEFAULT_ALLOWED_MODELS, Settings, scrub_paths
+from ui.settings import DEFAULT_ALLOWED_MODELS, RELEASED_MODEL_TYPES, Settings, scrub_paths
 from ui.storage import RunStorage
 
 from .app_api import predict
@@ -140,6 +141,11 @@ def test_the_public_policy_refuses_paths_and_other_models_with_one_path_free_mes
         settings.check_model(name)
     assert str(refused.value) == f"this deployment offers only these models: {', '.join(DEFAULT_ALLOWED_MODELS)}"
     assert settings.check_model(" demo ") == "demo"
+
+
+@pytest.mark.parametrize("name, model_type", RELEASED_MODEL_TYPES.items())
+def test_every_allow_listed_released_model_is_of_a_supported_family(name, model_type):
+    assert adapter_for(model_type).name and name in DEFAULT_ALLOWED_MODELS
 
 
 def test_public_finetune_and_batch_limits_name_the_limit():

@@ -23,15 +23,18 @@ from dataclasses import dataclass, fields, replace
 from hi_core.errors import InputError
 from hi_core.finetune import FinetuneConfig
 
-#: Models a public deployment offers by default: the embedded demo and small released models of
-#: supported families (all under 2.5B parameters, safetensors, no remote code).
-DEFAULT_ALLOWED_MODELS = (
-    "demo",
-    "HuggingFaceTB/SmolVLM-256M-Instruct",
-    "HuggingFaceTB/SmolVLM-500M-Instruct",
-    "llava-hf/llava-interleave-qwen-0.5b-hf",
-    "Qwen/Qwen2-VL-2B-Instruct",
-)
+#: Small released models of supported families a public deployment offers by default, smallest
+#: first, with their config's `model_type` (all under 2.5B parameters, safetensors, no remote code).
+RELEASED_MODEL_TYPES = {
+    "HuggingFaceTB/SmolVLM-256M-Instruct": "idefics3",
+    "HuggingFaceTB/SmolVLM2-500M-Video-Instruct": "smolvlm",
+    "llava-hf/llava-interleave-qwen-0.5b-hf": "llava",  # its language model: Qwen2
+    "Qwen/Qwen3.5-0.8B": "qwen3_5",  # hybrid: Gated DeltaNet + softmax-attention layers
+    "OpenGVLab/InternVL3-1B-hf": "internvl",
+    "Qwen/Qwen3-VL-2B-Instruct": "qwen3_vl",
+    "Qwen/Qwen2-VL-2B-Instruct": "qwen2_vl",
+}
+DEFAULT_ALLOWED_MODELS = ("demo", *RELEASED_MODEL_TYPES)
 
 _TRUE = {"1", "true", "yes", "on"}
 _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()]+){2,}[\\/]?")
