@@ -21,6 +21,7 @@ from ..synth import ANSWER_WORDS, COLOURS, COLUMNS, QUESTION_WORDS, ROWS, SHAPES
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
 VISION_HIDDEN = 64  # the shipped model's; `train --vision-hidden 128` builds a wider vision tower
+VISION_LAYERS = 1  # the shipped model's; `train --vision-layers 2` builds a deeper one
 TEXT_LAYERS = 6
 TEXT_HEADS = 8
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
@@ -73,14 +74,16 @@ def build_processor() -> LlavaProcessor:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION_HIDDEN) -> LlavaConfig:
-    """The demo's LLaVA config; `vision_hidden`: the CLIP layer's width (its MLP is twice as wide)."""
+def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION_HIDDEN,
+                 vision_layers: int = VISION_LAYERS) -> LlavaConfig:
+    """The demo's LLaVA config; `vision_hidden`: the CLIP layers' width (their MLP is twice as wide);
+    `vision_layers`: how many CLIP layers (the features are the last one's)."""
     return LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
             hidden_size=vision_hidden,
             intermediate_size=2 * vision_hidden,
-            num_hidden_layers=1,
+            num_hidden_layers=vision_layers,
             num_attention_heads=4,
             image_size=IMAGE_SIZE,
             patch_size=PATCH_SIZE,
@@ -106,11 +109,12 @@ def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION
     )
 
 
-def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN,
+                vision_layers: int = VISION_LAYERS) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A freshly initialized demo model (seeded) and its processor."""
     processor = build_processor()
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden))
+    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden, vision_layers))
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor

@@ -40,7 +40,7 @@ from ..metrics import answer_correct, caption_metrics
 from ..outputs import write_json
 from ..plots import overlay_grid
 from ..synth import QUESTION_KINDS, Question, Scene, make_scene, make_vqa
-from .build import IMAGE_SIZE, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, build_model
+from .build import IMAGE_SIZE, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,16 @@ class TrainConfig:
     eval_questions: int = 50  # held-out questions per kind
     hi_scenes: int = 100  # held-out scenes (and questions) scored for the HI profile
     log_every: int = 50
-    vision_hidden: int = VISION_HIDDEN  # the CLIP layer's width (build.build_config)
+    vision_hidden: int = VISION_HIDDEN  # the CLIP layers' width (build.build_config)
+    vision_layers: int = VISION_LAYERS  # how many CLIP layers
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vqa_share <= 1.0:
             raise InputError(f"vqa_share must be in [0, 1], got {self.vqa_share}")
         if self.vision_hidden < 4 or self.vision_hidden % 4:
             raise InputError(f"vision_hidden must be a multiple of 4 (its 4 heads), at least 4, got {self.vision_hidden}")
+        if self.vision_layers < 1:
+            raise InputError(f"vision_layers must be at least 1, got {self.vision_layers}")
         if self.steps < 1 or self.batch_size < 1:
             raise InputError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}")
 
@@ -316,7 +319,7 @@ so that its attention heads really look at the objects they name or are asked ab
 the app and the CLI work offline, on CPU, with `--model demo`.
 
 ## Architecture ({report['parameters']:,} parameters, float32 safetensors)
-- Vision: CLIP, 1 layer, hidden {config.vision_hidden}, 4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
+- Vision: CLIP, {config.vision_layers} layer{"s" if config.vision_layers > 1 else ""}, hidden {config.vision_hidden}, 4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
 - Projector: LLaVA's 2-layer MLP.
 - Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size 16), tied embeddings;
   word-level tokenizer of the scenes' words.
@@ -389,7 +392,7 @@ def evaluate(out: Path) -> dict[str, Any]:
     report = json.loads((out / "eval.json").read_text())
     config = TrainConfig(**report["config"])
     loaded = load_model(LoadConfig(str(out), device="cpu"))
-    untrained_model, processor = build_model(config.seed, config.vision_hidden)
+    untrained_model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers)
     untrained = _loaded(untrained_model, processor, "untrained")
     scenes, pairs = held_out_scenes(config), held_out_questions(config)
     report["captions"] = caption_report(loaded, scenes)
@@ -409,7 +412,7 @@ def evaluate(out: Path) -> dict[str, Any]:
 
 def run(out: Path, config: TrainConfig, command: str = "python -m hi_core.demo train", threads: int | None = None) -> dict[str, Any]:
     """Train, save weights + processor into `out`, then evaluate (`evaluate`) and write the card."""
-    model, processor = build_model(config.seed, config.vision_hidden)
+    model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers)
     parameters = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     losses = train(model, processor, config)
