@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hi_core.demo.train as demo_train
 from hi_core.demo.build import build_model, vocabulary
 from hi_core.demo.train import (
     Prefixes,
@@ -25,7 +26,7 @@ from hi_core.demo.train import (
 from hi_core.errors import InputError
 from hi_core.loading import DEMO_MODEL_DIR
 from hi_core.metrics import normalize_answer
-from hi_core.synth import QUESTION_KINDS, make_scene, make_vqa
+from hi_core.synth import QUESTION_KINDS, Scene, SceneObject, make_scene, make_vqa
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,3 +119,29 @@ def test_a_few_training_steps_reduce_the_loss():
     losses = train(model, processor, TrainConfig(steps=40, batch_size=8, warmup=5, lr=3e-3))
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
     assert not model.training
+
+
+def test_single_object_report_counts_each_attribute_stated_right(monkeypatch):
+    objects = [SceneObject("star", "red", "big", 0, 1), SceneObject("circle", "blue", "small", 1, 1),
+               SceneObject("cross", "white", "big", 2, 0)]
+    scenes = [Scene(np.zeros((96, 96, 3), np.uint8), np.ones((1, 96, 96), bool), (obj,), 0) for obj in objects]
+    captions = ["a big red star at the top",  # all four right
+                "a small blue square at the center",  # the shape wrong
+                "a big white cross at the bottom"]  # the position wrong: bottom left
+    monkeypatch.setattr(demo_train, "generate_captions", lambda loaded, images, prompt, max_new_tokens: captions)
+    report = demo_train.single_object_report(None, scenes)
+    assert report == {"shape": pytest.approx(2 / 3), "colour": 1.0, "size": 1.0, "position": pytest.approx(2 / 3),
+                      "all": pytest.approx(1 / 3), "scenes": 3}
+
+
+def test_a_short_run_saves_a_loadable_model_and_a_card_of_every_evaluation(tmp_path):
+    config = TrainConfig(steps=3, batch_size=2, warmup=1, eval_scenes=3, eval_questions=1, hi_scenes=2, eval_single=2,
+                         vision_layers=2)
+    report = demo_train.run(tmp_path / "model", config, command="python -m hi_core.demo train --steps 3", threads=1)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["vision_config"]["num_hidden_layers"] == 2 and report["config"]["vision_layers"] == 2
+    assert report["single_object"]["scenes"] == 2 and report["vqa"]["questions_per_kind"] == {k: 1 for k in QUESTION_KINDS}
+    assert json.loads((tmp_path / "model" / "eval.json").read_text()) == json.loads(json.dumps(report))
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "CLIP, 2 layers" in card and "One object alone (2 held-out scenes" in card and "--steps 3" in card
+    assert (tmp_path / "model" / "top_head.png").read_bytes()[:4] == b"\x89PNG"
