@@ -94,7 +94,8 @@ def test_answers_are_normalized_before_matching(text, normalized):  # the pipeli
 
 
 @pytest.mark.parametrize("field, value", [("vqa_share", 1.5), ("vqa_share", -0.1), ("steps", 0), ("batch_size", 0),
-                                          ("vision_hidden", 0), ("vision_hidden", 66), ("vision_layers", 0)])
+                                          ("vision_hidden", 0), ("vision_hidden", 66), ("vision_layers", 0), ("patch_shape_weight", -1.0),
+                                          ("patch_shape_weight", float("nan"))])
 def test_bad_training_settings_are_input_errors(field, value):
     with pytest.raises(InputError, match=field):
         TrainConfig(**{field: value})
@@ -136,12 +137,41 @@ def test_single_object_report_counts_each_attribute_stated_right(monkeypatch):
 
 def test_a_short_run_saves_a_loadable_model_and_a_card_of_every_evaluation(tmp_path):
     config = TrainConfig(steps=3, batch_size=2, warmup=1, eval_scenes=3, eval_questions=1, hi_scenes=2, eval_single=2,
-                         vision_layers=2)
+                         vision_layers=2, patch_shape_weight=0.5)
     report = demo_train.run(tmp_path / "model", config, command="python -m hi_core.demo train --steps 3", threads=1)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["vision_config"]["num_hidden_layers"] == 2 and report["config"]["vision_layers"] == 2
     assert report["single_object"]["scenes"] == 2 and report["vqa"]["questions_per_kind"] == {k: 1 for k in QUESTION_KINDS}
     assert json.loads((tmp_path / "model" / "eval.json").read_text()) == json.loads(json.dumps(report))
     card = (tmp_path / "model" / "README.md").read_text()
-    assert "CLIP, 2 layers" in card and "One object alone (2 held-out scenes" in card and "--steps 3" in card
+    assert "0.5 x the image tokens' shape loss" in card and "CLIP, 2 layers" in card and "One object alone (2 held-out scenes" in card and "--steps 3" in card
     assert (tmp_path / "model" / "top_head.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_patch_shapes_label_each_token_with_the_shape_covering_most_of_it():
+    masks = np.zeros((2, 96, 96), bool)
+    masks[0, :8, :8] = True  # the star covers token (0, 0)
+    masks[0, :8, 8:9] = True  # and 1/8 of token (0, 1): too little
+    masks[0, 8:12, 8:16] = True  # half of token (1, 1)
+    masks[1, 12:15, 8:16] = True  # 3/8 of token (1, 1): the star's half wins
+    masks[1, 16:20, 16:24] = True  # half of token (2, 2): the circle's
+    objects = (SceneObject("star", "red", "big", 0, 0), SceneObject("circle", "blue", "small", 1, 1))
+    labels = demo_train.patch_shapes(Scene(np.zeros((96, 96, 3), np.uint8), masks, objects, 0)).reshape(12, 12)
+    star, circle = 1 + demo_train.SHAPES.index("star"), 1 + demo_train.SHAPES.index("circle")
+    expected = np.zeros((12, 12), int)
+    expected[0, 0], expected[1, 1], expected[2, 2] = star, star, circle
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_the_patch_shape_loss_trains_a_probe_that_is_not_saved_and_leaves_no_hook():
+    torch.manual_seed(0)
+    model, processor = build_model(seed=0)
+    keys = set(model.state_dict())
+    examples = training_examples(np.random.default_rng(0), TrainConfig(batch_size=4))
+    loss = demo_train.PatchShapeLoss(model)
+    model(**{k: v for k, v in make_batch(processor, Prefixes(processor), examples).items() if k not in ("labels", "vqa")})
+    value = loss(torch.from_numpy(np.stack([example.shapes for example in examples])))
+    assert value.item() == pytest.approx(np.log(len(demo_train.SHAPES) + 1), abs=0.5)  # an untrained probe: near uniform
+    loss.remove()
+    train(model, processor, TrainConfig(steps=3, batch_size=4, warmup=1, patch_shape_weight=1.0))
+    assert not model.model.multi_modal_projector._forward_hooks and set(model.state_dict()) == keys

@@ -40,8 +40,8 @@ from ..loading import LoadedModel
 from ..metrics import answer_correct, caption_metrics
 from ..outputs import write_json
 from ..plots import overlay_grid
-from ..synth import QUESTION_KINDS, Question, Scene, make_scene, make_vqa, position_phrase
-from .build import IMAGE_SIZE, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
+from ..synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
+from .build import IMAGE_SIZE, PATCH_SIZE, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,15 @@ class TrainConfig:
     log_every: int = 50
     vision_hidden: int = VISION_HIDDEN  # the CLIP layers' width (build.build_config)
     vision_layers: int = VISION_LAYERS  # how many CLIP layers
+    patch_shape_weight: float = 0.0  # weight of the image tokens' shape loss (`patch_shape_loss`); 0: none
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vqa_share <= 1.0:
             raise InputError(f"vqa_share must be in [0, 1], got {self.vqa_share}")
         if self.vision_hidden < 4 or self.vision_hidden % 4:
             raise InputError(f"vision_hidden must be a multiple of 4 (its 4 heads), at least 4, got {self.vision_hidden}")
+        if not 0.0 <= self.patch_shape_weight < float("inf"):
+            raise InputError(f"patch_shape_weight must be a finite number >= 0, got {self.patch_shape_weight}")
         if self.vision_layers < 1:
             raise InputError(f"vision_layers must be at least 1, got {self.vision_layers}")
         if self.steps < 1 or self.batch_size < 1:
@@ -80,12 +83,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Example:
-    """One training row: a scene's image (H, W, 3) uint8, the prompt, and the target text."""
+    """One training row: a scene's image (H, W, 3) uint8, the prompt, the target text, and the
+    shape under each image token (`patch_shapes`)."""
 
     image: np.ndarray
     prompt: str
     target: str
     task: str  # "caption" or "vqa"
+    shapes: np.ndarray | None = None  # (grid * grid,) int
+
+
+def patch_shapes(scene: Scene) -> np.ndarray:
+    """(grid * grid,) the shape under each image token, row-major: 1 + the index in SHAPES of the
+    object covering most of the patch when it covers at least a quarter of it, else 0 (background)."""
+    grid = IMAGE_SIZE // PATCH_SIZE
+    cover = scene.masks.reshape(len(scene.objects), grid, PATCH_SIZE, grid, PATCH_SIZE).mean(axis=(2, 4))  # (objects, g, g)
+    labels = np.array([SHAPES.index(obj.shape) + 1 for obj in scene.objects])[cover.argmax(axis=0)]
+    return np.where(cover.max(axis=0) >= 0.25, labels, 0).reshape(-1)
 
 
 def prefix_ids(processor: Any, prompt: str = DEFAULT_PROMPT) -> list[int]:
@@ -119,11 +133,11 @@ def pixel_values(processor: Any, images: np.ndarray) -> torch.Tensor:
 
 
 def caption_example(scene: Scene) -> Example:
-    return Example(scene.image, DEFAULT_PROMPT, scene.text, "caption")
+    return Example(scene.image, DEFAULT_PROMPT, scene.text, "caption", patch_shapes(scene))
 
 
 def vqa_example(scene: Scene, question: Question) -> Example:
-    return Example(scene.image, question.text, question.answer, "vqa")
+    return Example(scene.image, question.text, question.answer, "vqa", patch_shapes(scene))
 
 
 def make_batch(processor: Any, prefixes: Prefixes, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -172,27 +186,67 @@ def task_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
+class PatchShapeLoss:
+    """An auxiliary loss on the image tokens the language model reads: a linear probe of the
+    projector's output predicts the shape under each token (`patch_shapes`), cross-entropy over the
+    tokens. Shape is a pattern over several patches that the language model learns slowly to read
+    from the tokens (the card's one-object table); this loss makes each token carry the shape of its
+    object. The probe is dropped after training: the saved model is a plain LLaVA, and its attention
+    heads get no target (where they look is learned from the captions and answers alone)."""
+
+    def __init__(self, model: Any) -> None:
+        self.probe = torch.nn.Linear(model.config.text_config.hidden_size, len(SHAPES) + 1)
+        self._tokens: torch.Tensor | None = None
+        self._hook = model.model.multi_modal_projector.register_forward_hook(self._keep)
+
+    def _keep(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        self._tokens = output  # (images, tokens, hidden)
+
+    def __call__(self, shapes: torch.Tensor) -> torch.Tensor:
+        """The loss of the last forward's image tokens against `shapes` (images, tokens)."""
+        assert self._tokens is not None, "no forward pass since the last loss"
+        tokens, self._tokens = self._tokens, None
+        return F.cross_entropy(self.probe(tokens).reshape(-1, self.probe.out_features), shapes.reshape(-1))
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
 def train(model: Any, processor: Any, config: TrainConfig) -> list[float]:
-    """Train in place; returns the loss of every step."""
+    """Train in place; returns the task loss of every step (without the auxiliary shape loss)."""
     prefixes = Prefixes(processor)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    shape_loss = PatchShapeLoss(model) if config.patch_shape_weight > 0 else None
+    parameters = list(model.parameters()) + (list(shape_loss.probe.parameters()) if shape_loss else [])
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
     rng = np.random.default_rng(config.data_seed)
     losses: list[float] = []
+    shape_losses: list[float] = []
     model.train()
     progress = tqdm(range(config.steps), desc="training", unit="step", mininterval=30)
-    for step in progress:
-        batch = make_batch(processor, prefixes, training_examples(rng, config))
-        loss = task_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % config.log_every == 0 or step == config.steps - 1:
-            progress.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.3f}")
-            logger.info("step %d loss %.4f", step, np.mean(losses[-config.log_every:]))
+    try:
+        for step in progress:
+            examples = training_examples(rng, config)
+            batch = make_batch(processor, prefixes, examples)
+            loss = task_loss(model, batch)
+            total = loss
+            if shape_loss is not None:
+                shapes = shape_loss(torch.from_numpy(np.stack([example.shapes for example in examples])))
+                total = loss + config.patch_shape_weight * shapes
+                shape_losses.append(shapes.item())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            if step % config.log_every == 0 or step == config.steps - 1:
+                progress.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.3f}")
+                extra = f" shape loss {np.mean(shape_losses[-config.log_every:]):.4f}" if shape_losses else ""
+                logger.info("step %d loss %.4f%s", step, np.mean(losses[-config.log_every:]), extra)
+    finally:
+        if shape_loss is not None:
+            shape_loss.remove()
     model.eval()
     return losses
 
@@ -332,6 +386,14 @@ def _target(profile: dict[str, Any]) -> str:
     return "met" if met else "**not met**"
 
 
+def _shape_loss_line(config: TrainConfig) -> str:
+    if not config.patch_shape_weight:
+        return ""
+    return (f", plus {config.patch_shape_weight} x the image tokens' shape loss (`PatchShapeLoss`: a linear probe of the\n"
+            "  projector's output predicts the shape under each image token; the probe is dropped after training,\n"
+            "  and no attention head is given a target)")
+
+
 def model_card(report: dict[str, Any]) -> str:
     config = TrainConfig(**report["config"])
     captions, vqa, single = report["captions"], report["vqa"], report["single_object"]
@@ -356,7 +418,7 @@ the app and the CLI work offline, on CPU, with `--model demo`.
 - Data: {config.steps * config.batch_size:,} generated examples ({config.steps} steps x batch {config.batch_size}, data seed {config.data_seed}),
   {1 - config.vqa_share:.0%} descriptions and {config.vqa_share:.0%} questions per batch; scenes of 1-3 objects (6 shapes, 8 colours,
   2 sizes, 3x3 positions) on textured backgrounds. Loss: mean over the description tokens plus mean over
-  the answer tokens (each with its </s>).
+  the answer tokens (each with its </s>){_shape_loss_line(config)}.
 - AdamW lr {config.lr}, {config.warmup} warm-up steps then cosine decay, weight decay {config.weight_decay}, init seed {config.seed}.
 - Final loss (mean of the last 100 steps, the two tasks' sum): {report['final_loss']:.4f};
   {report['train_seconds'] / 60:.1f} minutes on {report['threads']} CPU thread(s) (a 2-core machine shared with other jobs).
