@@ -107,7 +107,6 @@ class AblationTab:
         result = self.context.work.ablate(load_config, session.image, session.mask, session.whole.text, heads, session.config)
         ablated = dataclasses.replace(result.ablated, model=self.context.shown(result.ablated.model))
         intact = session.whole.rescored(session.config.scoring)
-        ablated = ablated.rescored(session.config.scoring)
         pair = BeforeAfter(base=intact, tuned=ablated, selected=largest_change(hi_difference(intact, ablated)), names=NAMES)
         session.ablation, session.ablation_texts = pair, descriptions(result)
         return self.render(session)
