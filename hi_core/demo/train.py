@@ -66,7 +66,7 @@ class TrainConfig:
     log_every: int = 50
     vision_hidden: int = VISION_HIDDEN  # the CLIP layers' width (build.build_config)
     vision_layers: int = VISION_LAYERS  # how many CLIP layers
-    patch_shape_weight: float = 0.0  # weight of the image tokens' shape loss (`patch_shape_loss`); 0: none
+    patch_shape_weight: float = 0.0  # weight of the image tokens' shape loss (`PatchShapeLoss`); 0: none
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vqa_share <= 1.0:
