@@ -1,8 +1,9 @@
 """Peak memory does not depend on the upload's size: huge images are refused or brought to the model's size.
 
 Each case runs in a child process that loads the demo model, notes its peak resident memory
-(`ru_maxrss`, the high-water mark), then reads and analyzes the images and reports how far the
-peak rose. Measured on this machine (torch 2.13 CPU, the 96-px demo model): 442 MB after loading;
+(`VmHWM` of /proc/self/status, the high-water mark of this program's memory, which starts anew at
+exec; `ru_maxrss` does not: it keeps the forking pytest process's size, so it read 1.5 GB before
+the child had loaded anything), then reads and analyzes the images and reports how far the peak rose. Measured on this machine (torch 2.13 CPU, the 96-px demo model): 442 MB after loading;
 the refused 12000 x 12000 1-bit PNG +0 MB; an 8000 x 6000 photo-like JPEG read, analyzed and given
 to GrabCut +387 MB (decoding it is ~180 MB of that); then a 7000 x 7000 1-bit PNG (just under the
 50 Mpx cap) read and analyzed: high-water +395 MB (+333 MB when run alone). Before the cap and
@@ -28,7 +29,7 @@ MAX_RISE_MB = 700  # any image under the cap: decoded once, then only model-size
 MAX_PEAK_MB = 1500  # the whole process, model included
 
 CHILD = r"""
-import json, resource, sys
+import json, re, sys
 import numpy as np
 from hi_core.analysis import analyze_image
 from hi_core.errors import InputError
@@ -36,7 +37,8 @@ from hi_core.loading import LoadConfig, load_model
 from hi_core.masks import check_mask, grabcut_mask, load_image, load_mask
 
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    with open("/proc/self/status") as status:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M).group(1)) / 1024
 
 folder = sys.argv[1]
 demo = load_model(LoadConfig("demo", device="cpu"))
