@@ -278,7 +278,9 @@ def caption_report(loaded: LoadedModel, scenes: list[Scene]) -> dict[str, Any]:
 
 #: The attributes `single_object_report` checks.
 ATTRIBUTES = ("shape", "colour", "size", "position")
-_POSITION = re.compile(r"\bat the (top left|top right|bottom left|bottom right|top|bottom|left|right|center)\b")
+#: "at the <position>" in a description; the longest phrases first, so "top left" is not read as "top".
+_POSITION = re.compile(r"\bat the ({})\b".format("|".join(sorted({position_phrase(row, column) for row in range(3)
+                                                                   for column in range(3)}, key=lambda phrase: (-len(phrase), phrase)))))
 
 
 def single_object_report(loaded: LoadedModel, scenes: list[Scene]) -> dict[str, Any]:
