@@ -22,7 +22,7 @@ from . import explorer_views as views
 from .components import figure
 from .context import AppContext
 from .explorer import ModelControls, forget
-from .feedback import notice, reports_input_errors
+from .feedback import EditCount, notice, reports_input_errors
 from .options import ScoringControls, analysis_config, top_k_slider, top_k_update
 from .sources import DEMO_SET, UPLOADED_ZIP, dataset_folder
 
@@ -52,6 +52,7 @@ class DatasetSession:
     load: LoadConfig  # the model that scored it (the gallery's overlays run it again)
     selected: tuple[int, int]
     shown: dict[str, tuple[Record, np.ndarray | None]] = field(default_factory=dict)  # id -> (record, maps)
+    edits: int = 0  # the browser's count of input edits when Score was pressed (feedback.EditCount)
 
     def remove_files(self) -> None:
         shutil.rmtree(self.run_folder, ignore_errors=True)
@@ -150,6 +151,7 @@ class DatasetTab:
 
     def _results(self) -> None:
         self.stale = gr.Markdown("", label="Stale scores", elem_id="ds-stale")
+        self.edits = EditCount("ds-edits")
         self.summary = gr.Markdown("Scores appear here.", label="Dataset summary", elem_id="ds-summary")
         self.skipped = gr.Markdown(label="Skipped records", elem_id="ds-skipped")
         with gr.Row():
@@ -182,11 +184,11 @@ class DatasetTab:
             self.score,
             [self.state, model.name, model.device, self.source, self.archive, self.batch_size, self.limit,
              options.prompt, options.queries, *options.scoring, self.use_key_phrases, self.top_k, self.overlay,
-             model.lora, self.tuned_state],
+             model.lora, self.tuned_state, self.edits.count],
             [*head_views, self.stale, self.summary, self.ranking, self.bars, self.skipped, self.downloads, self.top_k],
             api_name="score_dataset",
             concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
-        )
+        ).then(self.inputs_changed, [self.state, self.edits.count], [self.stale], api_name=False, show_progress="hidden")
         self.heatmap.select(self.select_cell, [self.state, self.overlay], head_views, api_name=False)
         select = dict(fn=self.select_head, inputs=[self.state, self.layer, self.head, self.overlay], outputs=head_views)
         self.show_head.click(**select, api_name="select_dataset_head")
@@ -194,13 +196,14 @@ class DatasetTab:
             box.submit(**select, api_name=False)
         self.overlay.change(**select, api_name=False)
         self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
-        for box in (model.name, model.device, model.lora, self.source):
-            box.change(self.inputs_changed, [self.state], [self.stale], api_name=False, show_progress="hidden")
+        self.edits.marks_stale([box.change for box in (model.name, model.device, model.lora, self.source)],
+                               self.inputs_changed, self.state, self.stale)
 
     @reports_input_errors("message")
     def score(self, previous: DatasetSession | None, model_name: str, device: str, source: str, archive: str | None,
               batch_size: int, limit: int, prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
-              use_key_phrases: bool, top_k: int, overlay: bool, lora: str = "", tuned=None, progress=gr.Progress()):
+              use_key_phrases: bool, top_k: int, overlay: bool, lora: str = "", tuned=None,
+              edits: float | None = 0, progress=gr.Progress()):
         context = self.context
         load = context.model_config(model_name, device, lora, tuned)
         context.settings.check_batch_size(int(batch_size))
@@ -217,7 +220,8 @@ class DatasetTab:
                 analysis = context.work.score_dataset(load, folder, config,
                                                       lambda done, total: progress((done, total), desc="scoring", unit="images"))
                 analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset))
-                session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0])
+                session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0],
+                                         edits=int(edits or 0))
                 shown = self._head_views(session, overlay)
             except BaseException:
                 shutil.rmtree(run_folder, ignore_errors=True)
@@ -253,8 +257,8 @@ class DatasetTab:
     def redraw_bars(self, session: DatasetSession | None, top_k: int):
         return gr.skip() if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
 
-    def inputs_changed(self, session: DatasetSession | None):
-        if session is None:
+    def inputs_changed(self, session: DatasetSession | None, edits: float | None):
+        if not EditCount.edited_since(session, edits):
             return gr.skip()
         return {self.stale: notice("<b>The model or the dataset changed: the scores below are for the previous ones.</b> "
                                    "Press <b>Score dataset</b> to update them.")}

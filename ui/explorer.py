@@ -11,6 +11,9 @@ while a LoRA adapter is set, the before/after view: the base and the tuned model
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gradio as gr
@@ -29,7 +32,7 @@ from .before_after import BeforeAfterTab
 from .components import bounded_image_editor, figure
 from .context import AppContext
 from .explorer_views import Session
-from .feedback import notice, reports_input_errors
+from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import (
     ScoringControls,
     analysis_config,
@@ -71,15 +74,17 @@ def background(editor: dict | None) -> np.ndarray:
     return np.asarray(editor["background"])[..., :3].astype(np.uint8)
 
 
-def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes."""
+def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int,
+                     check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes; the mask
+    checked for scoring (`check_mask`) unless `check` is False."""
     image = background(editor)
     size = (image.shape[1], image.shape[0])
     if uploaded_mask:  # a mask of the uploaded image's size, reduced like the image if the editor reduced it
         mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
     else:
         mask = painted_mask(list(editor.get("layers") or []), size)
-    return image, check_mask(mask, Image.fromarray(image))
+    return image, check_mask(mask, Image.fromarray(image)) if check else mask
 
 
 def token_maps_note(loaded: LoadedModel, text: str | None, config: AnalysisConfig, limit: int | None) -> str:
@@ -172,6 +177,7 @@ class ExplorerTab:
 
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
+        self.edits = EditCount("edits")
         self.summary = gr.Markdown("Results appear here.", label="Summary", elem_id="summary")
         self.tokens = gr.CheckboxGroup(
             [], label="Tokens scored: tick a token or a span to see every head on those rows alone (★ the key phrase)",
@@ -213,28 +219,32 @@ class ExplorerTab:
 
     def _wire(self) -> None:
         model, options = self.model, self.options
+        marks_stale = functools.partial(self.edits.marks_stale, state=self.state, stale=self.stale)
         self.load_button.click(self.load, [model.name, model.device, model.lora, self.tuned_state], [model.status],
                                api_name="load_model")
         if self.gallery is not None:
             # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
             # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
-            self.gallery.select(self.pick_example, [self.state],
-                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view, self.stale],
+            self.gallery.select(self.pick_example, None,
+                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view],
                                 api_name=False, show_progress_on=[self.text])
+            marks_stale([self.gallery.select], self.example_picked)
         self.grabcut_button.click(self.propose_mask, [self.editor], [self.editor, self.mask_view, self.message],
                                   api_name="propose_mask", show_progress_on=[self.mask_view])
         self.uploaded_mask.change(self.preview_mask, [self.editor, self.uploaded_mask], [self.mask_view, self.message],
                                   api_name=False)
-        stale_outputs = dict(inputs=[self.state], outputs=[self.stale], api_name=False, show_progress="hidden")
-        # What a person does (not `.change`: the editor also changes when an event uploads its layers)
-        for event in (self.editor.input, self.editor.upload, self.editor.clear, self.uploaded_mask.upload, self.uploaded_mask.clear):
-            event(self.image_changed, **stale_outputs)
-        for box in (self.text, self.key_phrase, self.generate):
-            box.input(self.text_changed, **stale_outputs)
-        for box in (model.name, model.device, model.lora):
-            box.change(self.model_changed, **stale_outputs)
-        for box in (options.prompt, options.queries):
-            box.input(self.options_changed, **stale_outputs)
+        # What a person does (not `.change`: the editor also changes when an event uploads its layers). An edit
+        # marks the results stale when it came after Analyze was pressed and the inputs differ from those analyzed:
+        # the editor sends `input` once it has redrawn, which can be after an Analyze that already had the stroke.
+        self.edit_inputs = {"image": [self.editor, self.uploaded_mask], "text": [self.text, self.generate, self.key_phrase],
+                            "model": [model.name, model.device, model.lora], "options": [options.prompt, options.queries]}
+        edit_events = {"image": [self.editor.input, self.editor.upload, self.editor.clear, self.uploaded_mask.upload,
+                                 self.uploaded_mask.clear],
+                       "text": [box.input for box in self.edit_inputs["text"]],
+                       "model": [box.change for box in self.edit_inputs["model"]],
+                       "options": [box.input for box in self.edit_inputs["options"]]}
+        for what, events in edit_events.items():
+            marks_stale(events, functools.partial(self.inputs_changed, what), inputs=self.edit_inputs[what])
 
         full = [self.state, self.stale, self.summary, self.heatmap, self.head_view, self.head_info, self.selected_layer,
                 self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message,
@@ -243,9 +253,12 @@ class ExplorerTab:
             self.analyze,
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
              options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
-             self.state, self.tuned_state],
+             self.state, self.tuned_state, self.edits.count],
             [*full, self.mask_view, self.top_k, *self.compare.views, *self.ablation.views],
             api_name="analyze",
+        ).then(
+            self.changed_during_analysis, [self.state, self.edits.count, *itertools.chain(*self.edit_inputs.values())],
+            [self.stale], api_name=False, show_progress="hidden",
         ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
         shown = [self.state, self.top_n, self.layer, self.top_k]
         self.heatmap.select(self.select_cell, shown, full, api_name=False)
@@ -281,13 +294,13 @@ class ExplorerTab:
     def model_status(self) -> gr.Markdown:
         return self.model.status
 
-    def pick_example(self, session: Session | None, event: gr.SelectData):
+    def pick_example(self, event: gr.SelectData):
         example = self.context.examples[event.index]
         strokes = np.zeros(example.image.shape[:2] + (4,), np.uint8)
         return {
             self.editor: {"background": example.image, "layers": [strokes], "composite": example.image},
             self.text: example.text, self.key_phrase: example.key_phrase, self.uploaded_mask: None,
-            self.mask_view: None, self.stale: self._stale_notice(session, "image"),
+            self.mask_view: None,
         }
 
     @reports_input_errors("message")
@@ -307,29 +320,48 @@ class ExplorerTab:
         image, mask = mask_from_inputs(editor, uploaded_mask, self.context.settings.max_image_pixels)
         return {self.mask_view: mask_preview(image, mask), self.message: ""}
 
-    def _stale_notice(self, session: Session | None, what: str) -> str:
-        if session is None:
-            return ""
-        return notice(f"<b>{STALE[what]}: the results below are for the previous inputs.</b> Press <b>Analyze</b> to update them.")
+    def _banner(self, what: str) -> dict:
+        return {self.stale: notice(f"<b>{STALE[what]}: the results below are for the previous inputs.</b> "
+                                   "Press <b>Analyze</b> to update them.")}
 
-    def image_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "image")} if session is not None else gr.skip()
+    def _differs(self, what: str, session: Session, values: Sequence) -> bool:
+        """Whether the inputs of kind `what` (`edit_inputs[what]`'s values) are not those `session` analyzed."""
+        if what != "image":
+            return tuple(values) != session.inputs[what]
+        editor, uploaded_mask = values
+        if isinstance(editor, Refused) or isinstance(uploaded_mask, Refused):
+            return True
+        try:
+            image, mask = mask_from_inputs(editor, uploaded_mask, self.context.settings.max_image_pixels, check=False)
+        except InputError:
+            return True
+        return not (np.array_equal(image, session.image) and np.array_equal(mask, session.mask))
 
-    def text_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "text")} if session is not None else gr.skip()
+    def inputs_changed(self, what: str, session: Session | None, edits: float | None, *values):
+        if EditCount.edited_since(session, edits) and self._differs(what, session, values):
+            return self._banner(what)
+        return gr.skip()
 
-    def model_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "model")} if session is not None else gr.skip()
+    def example_picked(self, session: Session | None, edits: float | None):
+        return self._banner("image") if EditCount.edited_since(session, edits) else gr.skip()
 
-    def options_changed(self, session: Session | None):
-        return {self.stale: self._stale_notice(session, "options")} if session is not None else gr.skip()
+    def changed_during_analysis(self, session: Session | None, edits: float | None, *values):
+        """After Analyze (whose results clear the banner, and which may have failed): the banner again if the
+        inputs changed after it was pressed, naming the first kind that differs."""
+        if not EditCount.edited_since(session, edits):
+            return gr.skip()
+        values = iter(values)
+        grouped = {what: [next(values) for _ in boxes] for what, boxes in self.edit_inputs.items()}
+        changed = [what for what, group in grouped.items() if self._differs(what, session, group)]
+        return self._banner(changed[0]) if changed else gr.skip()
 
     @reports_input_errors("message")
     def analyze(self, model_name: str, device: str, editor: dict | None, uploaded_mask: str | None, text: str,
                 generate: bool, key_phrase: str, prompt: str, queries: str, binarize: str, quantile: float,
                 layer_score: str, top_n: int, layer: int, top_k: int, lora: str = "", previous: Session | None = None,
-                tuned=None, progress=gr.Progress()):
+                tuned=None, edits: float | None = 0, progress=gr.Progress()):
         context = self.context
+        inputs = {"text": (text, generate, key_phrase), "model": (model_name, device, lora), "options": (prompt, queries)}
         load_config = context.model_config(model_name, device, lora, tuned)
         image, mask = mask_from_inputs(editor, uploaded_mask, context.settings.max_image_pixels)
         config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase)
@@ -342,7 +374,8 @@ class ExplorerTab:
         analysis = context.work.analyze(load_config, image, mask, text, config, per_token=not token_note)
         analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
-        session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note)
+        session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note,
+                          edits=int(edits or 0), inputs=inputs)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
                 self.top_k: top_k_update(len(analysis.scored_layers), top_k),
                 **self.compare.cleared(), **self.ablation.cleared()}

@@ -82,6 +82,8 @@ class Session:
     config: AnalysisConfig  # what it was analyzed with (the before/after view scores the same); scoring: the current
     folder: Path  # this session's downloads, rewritten by each analysis; removed with the session
     token_note: str = ""  # why the per-token view is off, when it is
+    edits: int = 0  # the browser's count of input edits when Analyze was pressed (feedback.EditCount)
+    inputs: dict[str, tuple] = field(default_factory=dict)  # the controls' values analyzed, by kind (Explorer.edit_inputs)
     chosen: tuple[int, ...] = ()  # the tokens shown (indices into whole.tokens)
     selected: tuple[int, int] = (0, 0)
     analysis: ImageAnalysis = field(init=False)

@@ -1,6 +1,9 @@
 """How the page tells a visitor what happened: a message beside the control that failed, a banner over
 results that no longer match the inputs, and one log line per user error on the server.
 
+The stale banner follows the order in which the person edited and ran, not the order in which the server
+happens to handle their events: `EditCount` numbers each edit in the browser before anything is sent.
+
 A raised `gr.Error` marks every output of its event with an error badge and leaves the message only in
 a toast; so handlers do not raise for user mistakes. `reports_input_errors` turns an `InputError` into
 an update of the event's message component alone (the results keep their last good values), plus a
@@ -19,6 +22,7 @@ import html
 import inspect
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
@@ -106,3 +110,27 @@ def reports_input_errors(message: str):
         return wrapper
 
     return decorate
+
+
+class EditCount:
+    """How many times the person has edited a tab's inputs, counted in the browser (a hidden number).
+
+    An edit's event can reach the server after a run pressed later has finished (each event is its own
+    request), so "mark the results stale" must not be decided by arrival: a late edit would mark fresh
+    results stale. The browser numbers each edit in a `js` step before its request leaves; a run records the
+    number it started from in its session, and only an edit numbered above it may mark the results stale."""
+
+    def __init__(self, elem_id: str):
+        self.count = gr.Number(0, precision=0, visible=False, elem_id=elem_id)
+
+    def marks_stale(self, events, handler, state: gr.State, stale: gr.Markdown, inputs: Sequence = ()) -> None:
+        """On each of `events`: count the edit, then `handler(session, count, *inputs)` updates `stale`."""
+        for event in events:
+            event(None, [self.count], [self.count], js="(count) => (count || 0) + 1", api_name=False,
+                  show_progress="hidden", queue=False
+                  ).then(handler, [state, self.count, *inputs], [stale], api_name=False, show_progress="hidden")
+
+    @staticmethod
+    def edited_since(session: Any, count: float | None) -> bool:
+        """Whether an edit numbered `count` came after the run that made `session` (whose `edits` it started from)."""
+        return session is not None and int(count or 0) > session.edits
