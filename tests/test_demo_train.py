@@ -94,24 +94,29 @@ def test_answers_are_normalized_before_matching(text, normalized):  # the pipeli
 
 
 @pytest.mark.parametrize("field, value", [("vqa_share", 1.5), ("vqa_share", -0.1), ("steps", 0), ("batch_size", 0),
-                                          ("vision_hidden", 0), ("vision_hidden", 66), ("vision_layers", 0), ("patch_shape_weight", -1.0),
+                                          ("vision_hidden", 0), ("vision_hidden", 66), ("vision_layers", 0), ("text_head_dim", 15), ("text_head_dim", 0), ("patch_shape_weight", -1.0),
                                           ("patch_shape_weight", float("nan"))])
 def test_bad_training_settings_are_input_errors(field, value):
     with pytest.raises(InputError, match=field):
         TrainConfig(**{field: value})
 
 
-def test_a_wider_or_deeper_vision_tower_is_built_on_request_and_the_default_is_the_shipped_models():
-    shipped = json.loads((DEMO_MODEL_DIR / "config.json").read_text())["vision_config"]
+def test_a_wider_or_deeper_vision_tower_or_wider_heads_are_built_on_request_and_the_default_is_the_shipped_model():
+    shipped = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
     default, _ = build_model(seed=0)
     wide, processor = build_model(seed=0, vision_hidden=128)
     deep, _ = build_model(seed=0, vision_layers=2)
+    wide_heads, _ = build_model(seed=0, text_head_dim=32)
     assert (default.config.vision_config.hidden_size, default.config.vision_config.num_hidden_layers) == (
-        shipped["hidden_size"], shipped["num_hidden_layers"])
+        shipped["vision_config"]["hidden_size"], shipped["vision_config"]["num_hidden_layers"])
+    text = shipped["text_config"]
+    assert default.config.text_config.head_dim == text.get("head_dim", text["hidden_size"] // text["num_attention_heads"])
     assert (wide.config.vision_config.hidden_size, wide.config.vision_config.intermediate_size) == (128, 256)
     assert len(deep.model.vision_tower.encoder.layers) == 2
+    attention = wide_heads.model.language_model.layers[0].self_attn
+    assert (attention.q_proj.out_features, attention.o_proj.in_features, attention.head_dim) == (8 * 32, 8 * 32, 32)
     batch = make_batch(processor, Prefixes(processor), training_examples(np.random.default_rng(0), TrainConfig(batch_size=2)))
-    assert torch.isfinite(task_loss(wide, batch)) and torch.isfinite(task_loss(deep, batch))
+    assert all(torch.isfinite(task_loss(model, batch)) for model in (wide, deep, wide_heads))
 
 
 def test_a_few_training_steps_reduce_the_loss():

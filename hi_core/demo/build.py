@@ -22,6 +22,7 @@ IMAGE_SIZE = 96
 PATCH_SIZE = 8
 VISION_HIDDEN = 64  # the shipped model's; `train --vision-hidden 128` builds a wider vision tower
 VISION_LAYERS = 1  # the shipped model's; `train --vision-layers 2` builds a deeper one
+TEXT_HEAD_DIM = 16  # the shipped model's (128 / 8 heads); `train --text-head-dim 32` builds wider heads
 TEXT_LAYERS = 6
 TEXT_HEADS = 8
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
@@ -75,9 +76,10 @@ def build_processor() -> LlavaProcessor:
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION_HIDDEN,
-                 vision_layers: int = VISION_LAYERS) -> LlavaConfig:
+                 vision_layers: int = VISION_LAYERS, text_head_dim: int = TEXT_HEAD_DIM) -> LlavaConfig:
     """The demo's LLaVA config; `vision_hidden`: the CLIP layers' width (their MLP is twice as wide);
-    `vision_layers`: how many CLIP layers (the features are the last one's)."""
+    `vision_layers`: how many CLIP layers (the features are the last one's); `text_head_dim`: the width
+    of each language-model attention head (q/k/v project to 8 x this; 16 fills the hidden size 128)."""
     return LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
@@ -95,6 +97,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION
             num_hidden_layers=TEXT_LAYERS,
             num_attention_heads=TEXT_HEADS,
             num_key_value_heads=TEXT_HEADS,
+            head_dim=text_head_dim,
             vocab_size=len(tokenizer),
             max_position_embeddings=512,
             tie_word_embeddings=True,
@@ -109,12 +112,12 @@ def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION
     )
 
 
-def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN,
-                vision_layers: int = VISION_LAYERS) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN, vision_layers: int = VISION_LAYERS,
+                text_head_dim: int = TEXT_HEAD_DIM) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A freshly initialized demo model (seeded) and its processor."""
     processor = build_processor()
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden, vision_layers))
+    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden, vision_layers, text_head_dim))
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor

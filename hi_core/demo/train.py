@@ -41,7 +41,7 @@ from ..metrics import answer_correct, caption_metrics
 from ..outputs import write_json
 from ..plots import overlay_grid
 from ..synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
-from .build import IMAGE_SIZE, PATCH_SIZE, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
+from .build import IMAGE_SIZE, PATCH_SIZE, TEXT_HEAD_DIM, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class TrainConfig:
     log_every: int = 50
     vision_hidden: int = VISION_HIDDEN  # the CLIP layers' width (build.build_config)
     vision_layers: int = VISION_LAYERS  # how many CLIP layers
+    text_head_dim: int = TEXT_HEAD_DIM  # each language-model head's width (build.build_config)
     patch_shape_weight: float = 0.0  # weight of the image tokens' shape loss (`PatchShapeLoss`); 0: none
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class TrainConfig:
             raise InputError(f"vision_hidden must be a multiple of 4 (its 4 heads), at least 4, got {self.vision_hidden}")
         if not 0.0 <= self.patch_shape_weight < float("inf"):
             raise InputError(f"patch_shape_weight must be a finite number >= 0, got {self.patch_shape_weight}")
+        if self.text_head_dim < 2 or self.text_head_dim % 2:
+            raise InputError(f"text_head_dim must be even (rotary embeddings) and at least 2, got {self.text_head_dim}")
         if self.vision_layers < 1:
             raise InputError(f"vision_layers must be at least 1, got {self.vision_layers}")
         if self.steps < 1 or self.batch_size < 1:
@@ -410,7 +413,7 @@ the app and the CLI work offline, on CPU, with `--model demo`.
 ## Architecture ({report['parameters']:,} parameters, float32 safetensors)
 - Vision: CLIP, {config.vision_layers} layer{"s" if config.vision_layers > 1 else ""}, hidden {config.vision_hidden}, 4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
 - Projector: LLaVA's 2-layer MLP.
-- Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size 16), tied embeddings;
+- Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size {config.text_head_dim}), tied embeddings;
   word-level tokenizer of the scenes' words.
 - Prompt: the chat template `USER: <image>\n{{prompt}} ASSISTANT:`; default prompt "Describe the image.",
   or a question ("What colour is the star?").
@@ -489,7 +492,7 @@ def evaluate(out: Path) -> dict[str, Any]:
     report = json.loads((out / "eval.json").read_text())
     config = TrainConfig(**report["config"])
     loaded = load_model(LoadConfig(str(out), device="cpu"))
-    untrained_model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers)
+    untrained_model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim)
     untrained = _loaded(untrained_model, processor, "untrained")
     scenes, pairs = held_out_scenes(config), held_out_questions(config)
     report["captions"] = caption_report(loaded, scenes)
@@ -512,7 +515,7 @@ def evaluate(out: Path) -> dict[str, Any]:
 
 def run(out: Path, config: TrainConfig, command: str = "python -m hi_core.demo train", threads: int | None = None) -> dict[str, Any]:
     """Train, save weights + processor into `out`, then evaluate (`evaluate`) and write the card."""
-    model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers)
+    model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim)
     parameters = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     losses = train(model, processor, config)
