@@ -24,7 +24,7 @@ from hi_core.demo.train import (
     vqa_example,
 )
 from hi_core.errors import InputError
-from hi_core.loading import DEMO_MODEL_DIR
+from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.metrics import normalize_answer
 from hi_core.synth import QUESTION_KINDS, Scene, SceneObject, make_scene, make_vqa
 
@@ -180,3 +180,18 @@ def test_the_patch_shape_loss_trains_a_probe_that_is_not_saved_and_leaves_no_hoo
     loss.remove()
     train(model, processor, TrainConfig(steps=3, batch_size=4, warmup=1, patch_shape_weight=1.0))
     assert not model.model.multi_modal_projector._forward_hooks and set(model.state_dict()) == keys
+
+
+def test_training_can_start_from_a_trained_demo_model_of_the_same_architecture(tmp_path):
+    model, _ = build_model(seed=1)
+    parent = demo_train.start_from(model, DEMO_MODEL_DIR)
+    shipped = load_model(LoadConfig(str(DEMO_MODEL_DIR), device="cpu")).model.state_dict()
+    assert all(torch.equal(value, shipped[name]) for name, value in model.state_dict().items())
+    assert parent["command"].startswith("python -m hi_core.demo train")
+    line = demo_train._init_line({"init_from": parent})
+    assert parent["command"] in line and "continued it" in line and demo_train._init_line({"init_from": None}) == ""
+    wide, _ = build_model(seed=0, vision_hidden=128)
+    with pytest.raises(InputError, match="architecture"):
+        demo_train.start_from(wide, DEMO_MODEL_DIR)
+    with pytest.raises(InputError, match="not a trained demo model folder"):
+        demo_train.start_from(model, tmp_path)

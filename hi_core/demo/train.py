@@ -68,6 +68,7 @@ class TrainConfig:
     vision_layers: int = VISION_LAYERS  # how many CLIP layers
     text_head_dim: int = TEXT_HEAD_DIM  # each language-model head's width (build.build_config)
     patch_shape_weight: float = 0.0  # weight of the image tokens' shape loss (`PatchShapeLoss`); 0: none
+    init: str = ""  # a trained demo model's folder to start from (same architecture); "": from scratch (seed)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vqa_share <= 1.0:
@@ -419,7 +420,7 @@ the app and the CLI work offline, on CPU, with `--model demo`.
   or a question ("What colour is the star?").
 
 ## Training
-- Command: `{report['command']}`
+- Command: `{report['command']}`{_init_line(report)}
 - Data: {config.steps * config.batch_size:,} generated examples ({config.steps} steps x batch {config.batch_size}, data seed {config.data_seed}),
   {1 - config.vqa_share:.0%} descriptions and {config.vqa_share:.0%} questions per batch; scenes of 1-3 objects (6 shapes, 8 colours,
   2 sizes, 3x3 positions) on textured backgrounds. Loss: mean over the description tokens plus mean over
@@ -513,15 +514,42 @@ def evaluate(out: Path) -> dict[str, Any]:
     return report
 
 
+def _init_line(report: dict[str, Any]) -> str:
+    parent = report.get("init_from")
+    if not parent:
+        return ""
+    return (f"\n- Started from the weights of a model trained by `{parent['command']}` ({parent['train_seconds'] / 60:.1f} "
+            f"minutes, final loss {parent['final_loss']:.4f}); this command continued it")
+
+
+def start_from(model: Any, folder: Path) -> dict[str, Any]:
+    """Load the weights of the trained demo model in `folder` into `model` (built with the same architecture);
+    its training report, to be named in the new card."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not (folder / "model.safetensors").is_file() or not (folder / "eval.json").is_file():
+        raise InputError(f"--init {folder}: not a trained demo model folder (model.safetensors, eval.json)")
+    trained = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).state_dict()
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    if {name: tuple(value.shape) for name, value in trained.items()} != shapes:
+        raise InputError(f"--init {folder}: its architecture is not the one asked for (vision width/layers, head size)")
+    model.load_state_dict(trained)
+    parent = json.loads((folder / "eval.json").read_text())
+    return {key: parent[key] for key in ("command", "train_seconds", "final_loss", "config")}
+
+
 def run(out: Path, config: TrainConfig, command: str = "python -m hi_core.demo train", threads: int | None = None) -> dict[str, Any]:
-    """Train, save weights + processor into `out`, then evaluate (`evaluate`) and write the card."""
+    """Train (from scratch, or on from `config.init`), save weights + processor into `out`, then evaluate
+    (`evaluate`) and write the card."""
     model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim)
+    init_from = start_from(model, Path(config.init)) if config.init else None
     parameters = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     losses = train(model, processor, config)
     seconds = time.perf_counter() - started
     save_trained(out, model, processor, {
         "config": asdict(config),
+        "init_from": init_from,
         "command": command,
         "threads": threads or torch.get_num_threads(),
         "parameters": parameters,
