@@ -21,7 +21,7 @@ from ..synth import ANSWER_WORDS, COLOURS, COLUMNS, QUESTION_WORDS, ROWS, SHAPES
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
 VISION_HIDDEN = 64  # the shipped model's; `train --vision-hidden 128` builds a wider vision tower
-VISION_LAYERS = 1  # the shipped model's; `train --vision-layers 2` builds a deeper one
+VISION_LAYERS = 2  # the shipped model's (v3); v2's was 1
 TEXT_HEAD_DIM = 16  # the shipped model's (128 / 8 heads); `train --text-head-dim 32` builds wider heads
 TEXT_LAYERS = 6
 TEXT_HEADS = 8

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training and evaluation settings; the defaults made the shipped model."""
+    """Training and evaluation settings. The shipped model (v3) was made by two runs, descriptions alone
+    and then both tasks from those weights (`init`): its card gives both commands."""
 
     steps: int = 4500
     batch_size: int = 16
