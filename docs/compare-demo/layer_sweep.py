@@ -21,7 +21,7 @@ from scipy.stats import permutation_test, spearmanr
 from hi_core.compare import mean_interval
 from hi_core.synth import COLOURS, SHAPES, SIZES
 
-from reading_order import reading_order_share
+from reading_order import captions, reading_order_share
 
 RUN_NAME = re.compile(r"layer(\d+)-seed(\d+)")
 OBJECT = re.compile(rf"\b(?:{'|'.join(SIZES)}) (?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})\b")
@@ -29,8 +29,7 @@ OBJECT = re.compile(rf"\b(?:{'|'.join(SIZES)}) (?:{'|'.join(COLOURS)}) (?:{'|'.j
 
 def objects_named(run: Path) -> float:
     """The share of the reference captions' objects ("big red circle") that the generated caption names."""
-    rows = [json.loads(line) for line in (run / "captions.jsonl").read_text().splitlines()]
-    named = [phrase in row["generated"] for row in rows for phrase in OBJECT.findall(row["reference"])]
+    named = [phrase in row["generated"] for row in captions(run) for phrase in OBJECT.findall(row["reference"])]
     return float(np.mean(named))
 
 

@@ -19,8 +19,13 @@ from hi_core.compare import difference_interval, mean_interval
 from hi_core.synth import in_reading_order
 
 
+def captions(run: Path) -> list[dict]:
+    """A run's held-out records with their generated captions (`captions.jsonl`)."""
+    return [json.loads(line) for line in (run / "captions.jsonl").read_text().splitlines()]
+
+
 def reading_order_share(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "captions.jsonl").read_text().splitlines()]
+    rows = captions(run)
     several = [row["generated"] for row in rows if " and " in row["reference"]]
     return float(np.mean([in_reading_order(caption) for caption in several]))
 

@@ -36,7 +36,7 @@ def main(folders: list[str]) -> None:
                 caption, phrase = words(row["generated"][condition]), words(row["key_phrase"])
                 for name, vocabulary in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES)):
                     counts[name] += attribute(phrase, vocabulary) in caption
-                counts["phrase"] += " ".join(phrase) in " ".join(caption)
+                counts["phrase"] += f" {' '.join(phrase)} " in f" {' '.join(caption)} "
                 counts["short"] += len(caption) <= 4
             shares = " | ".join(f"{counts[name] / len(rows):.3f}" for name in counts)
             print(f"| {condition} | {shares} |")
