@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import permutation_test, spearmanr
 
+from hi_core.ablation import key_named
 from hi_core.compare import mean_interval
 from hi_core.synth import COLOURS, SHAPES, SIZES
 
@@ -29,7 +30,7 @@ OBJECT = re.compile(rf"\b(?:{'|'.join(SIZES)}) (?:{'|'.join(COLOURS)}) (?:{'|'.j
 
 def objects_named(run: Path) -> float:
     """The share of the reference captions' objects ("big red circle") that the generated caption names."""
-    named = [phrase in row["generated"] for row in captions(run) for phrase in OBJECT.findall(row["reference"])]
+    named = [key_named(row["generated"], phrase) for row in captions(run) for phrase in OBJECT.findall(row["reference"])]
     return float(np.mean(named))
 
 

@@ -9,15 +9,12 @@ most four words (a collapse of generation rather than a wrong word).
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
+from hi_core.ablation import key_named
+from hi_core.metrics import normalize_caption
 from hi_core.synth import COLOURS, SHAPES, SIZES
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
 
 
 def attribute(phrase: list[str], vocabulary) -> str | None:
@@ -33,10 +30,11 @@ def main(folders: list[str]) -> None:
         for condition in rows[0]["generated"]:
             counts = {"size": 0, "colour": 0, "shape": 0, "phrase": 0, "short": 0}
             for row in rows:
-                caption, phrase = words(row["generated"][condition]), words(row["key_phrase"])
+                generated = row["generated"][condition]
+                caption, phrase = normalize_caption(generated).split(), normalize_caption(row["key_phrase"]).split()
                 for name, vocabulary in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES)):
                     counts[name] += attribute(phrase, vocabulary) in caption
-                counts["phrase"] += f" {' '.join(phrase)} " in f" {' '.join(caption)} "
+                counts["phrase"] += key_named(generated, row["key_phrase"])
                 counts["short"] += len(caption) <= 4
             shares = " | ".join(f"{counts[name] / len(rows):.3f}" for name in counts)
             print(f"| {condition} | {shares} |")
