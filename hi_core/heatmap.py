@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,11 +178,13 @@ def draw_heatmap(
     vmin: float | None = None,
     vmax: float | None = None,
     missing: str | None = None,
+    marked: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """`values` (layers, heads) as a clickable heatmap, (layout.height, layout.width, 3) uint8; `layout`
     defaults to `HeatmapLayout.fit(*values.shape)` (with a legend line when `missing` is given). `label`
     names the value (colour bar, caption). NaN cells are grey; `missing` says what they mean (e.g. a layer
-    not scored) in the legend line, when the layout has one."""
+    not scored) in the legend line, when the layout has one. Each (layer, head) of `marked` (e.g. heads removed by
+    an ablation) is crossed out."""
     values = np.asarray(values, np.float64)
     if values.ndim != 2:
         raise ValueError(f"a heatmap needs a (layers, heads) array, got shape {values.shape}")
@@ -250,6 +253,12 @@ def draw_heatmap(
                 text = _number(value, 2)
                 cx, cy = layout.cell_centre(layer, head)
                 draw.text((cx, cy), text, font=face, fill=_value_colour(colours[layer, head]), anchor="mm")
+
+    for layer, head in marked:  # a cross from corner to corner, dark over its light halo
+        cx0, cy0, cx1, cy1 = layout.cell_box(layer, head)
+        for width, colour in ((4, (255, 255, 255)), (2, INK)):
+            draw.line((cx0 + 2, cy0 + 2, cx1 - 3, cy1 - 3), fill=colour, width=width)
+            draw.line((cx0 + 2, cy1 - 3, cx1 - 3, cy0 + 2), fill=colour, width=width)
 
     if selected is not None:
         layer, head = selected

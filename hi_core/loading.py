@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .capture import check_capturable
 from .errors import InputError, check_choice
+from .hub import check_hub_model
 from .families import FamilyAdapter, adapter_for, supported_families
 from .pixtral_inputs import PixtralImageTextProcessor
 
@@ -233,6 +234,8 @@ def load_model(config: LoadConfig) -> LoadedModel:
     source = resolve_source(config.model)
     if Path(source).is_dir():
         check_model_folder(source, config.model, config.trust_remote_code)
+    else:
+        check_hub_model(source)  # seconds, where transformers would retry for half a minute
     try:
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError) as error:  # missing, not JSON, unknown model_type, remote code refused

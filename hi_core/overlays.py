@@ -206,3 +206,19 @@ def overlay_panels(
     for (x0, y0), lines in zip(origins, wrapped):
         draw_lines(draw, lines, title_face, x0 + cell_width / 2, y0, fill=INK)
     return np.array(drawn)
+
+
+#: Colours a brush or a mask layer may take, as (R, G, B): saturated and far apart.
+BRUSH_COLOURS = ((255, 0, 255), (0, 255, 0), (255, 255, 0), (0, 160, 255), (255, 0, 0), (255, 255, 255), (0, 0, 0))
+
+
+def contrasting_colour(image: np.ndarray, colours: Sequence[tuple[int, int, int]] = BRUSH_COLOURS) -> tuple[int, int, int]:
+    """Of `colours`, the one the image's pixels come least close to: the largest 5th percentile of the Euclidean
+    RGB distance to the pixels (the closest 5% decide, so a small red object makes red a poor brush on it).
+
+    `image` (H, W, 3) uint8; it is sampled to at most ~64k pixels, so the cost does not grow with the upload."""
+    pixels = np.asarray(image)[..., :3].reshape(-1, 3)
+    pixels = pixels[:: max(1, len(pixels) // 65_536)].astype(np.float32)  # (n, 3)
+    palette = np.asarray(colours, np.float32)  # (c, 3)
+    distances = np.linalg.norm(pixels[None] - palette[:, None], axis=-1)  # (c, n)
+    return tuple(int(v) for v in colours[int(np.percentile(distances, 5, axis=1).argmax())])

@@ -32,9 +32,11 @@ from hi_core.loading import LoadConfig, ModelCache, load_model
 from hi_core.masks import load_mask
 from hi_core.overlays import map_overlay
 from hi_core.scoring import ScoringConfig
-from ui.app import build_demo
+from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE
+from ui.explorer import NO_MASK
+from ui.settings import Settings
 
 from .app_api import UNCHANGED, outputs, predict
 from .vqa_data import write_vqa_dataset
@@ -56,9 +58,10 @@ def explorer_cache():
 
 @pytest.fixture(scope="module")
 def server(llava_dir, explorer_cache):
-    demo = build_demo(str(llava_dir), explorer_cache)
+    settings = Settings()
+    demo = build_demo(str(llava_dir), explorer_cache, settings)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
     yield f"http://127.0.0.1:{port}/", str(llava_dir)
     demo.close()
 
@@ -119,9 +122,9 @@ def test_bad_input_is_shown_beside_analyze_and_leaves_the_results_and_the_app_ke
     assert "grid" in _analyze(client, model, mask)["summary"]
     with caplog.at_level("INFO"):
         refused = _analyze(client, model, None)  # nothing painted, nothing uploaded
-    assert "mask is empty" in refused["analyze-message"]
+    assert NO_MASK in refused["analyze-message"]  # plain words: what to do
     assert {name: value for name, value in refused.items() if name != "analyze-message" and value != UNCHANGED} == {}  # the last results stay
-    logged = [record for record in caplog.records if "mask is empty" in record.getMessage()]
+    logged = [record for record in caplog.records if NO_MASK in record.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is None and "\n" not in logged[0].getMessage()  # one line, no traceback
     missing = predict(client, "/load_model", model_name=str(tmp_path / "missing"), device="cpu")
     assert "does not exist" in missing["model-status"]
@@ -154,7 +157,8 @@ def test_the_key_phrases_tokens_are_marked_and_chosen_first_and_choosing_tokens_
     chosen = predict(client, "/choose_tokens", tokens=span)
     on_span = expected.for_tokens(span, ScoringConfig())
     assert _ranked_hi(chosen["ranking"]) == pytest.approx({head: round(float(on_span.hi[head]), 4) for head in np.ndindex(on_span.hi.shape)}, abs=1e-4)
-    assert chosen["tokens"]["value"] == span and "(chosen)" in chosen["summary"]
+    # the boxes are left as the person ticked them (a reply never resets a newer tick); the views follow the choice
+    assert chosen["tokens"] == UNCHANGED and "(chosen)" in chosen["summary"]
     assert f"response tokens** {len(span)}" in chosen["summary"]
     best = on_span.ranked_heads()[0]
     assert (chosen["selected-layer"], chosen["selected-head"]) == (shown["selected-layer"], shown["selected-head"])  # the head stays
@@ -466,7 +470,7 @@ def test_a_finetune_finishes_with_metrics_a_loss_curve_and_a_loadable_adapter(se
     assert "+ LoRA" in loaded and "2 language-model layers" in loaded
     _, mask, _ = _example()
     summary = _analyze(client, model, mask, lora=lora)["summary"]
-    assert f"`{model} + LoRA " in summary and "/adapter`" in summary
+    assert f"`{model} + LoRA adapter`" in summary and str(UNPACKED) not in summary  # the app's own folders are not shown
 
 
 def test_the_ablation_view_describes_again_without_the_top_heads_and_shows_how_the_others_change(server, explorer_cache):

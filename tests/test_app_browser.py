@@ -27,10 +27,11 @@ from playwright.sync_api import Page, expect, sync_playwright
 from scipy import ndimage
 from transformers import AutoConfig
 
-from ui.app import build_demo
+from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR
 from ui.dataset_tab import GALLERY_SIZE
 from ui.options import TOP_K_LAYERS
+from ui.settings import Settings
 from hi_core.dataset_scoring import DatasetConfig, score_dataset
 from hi_core.heatmap import HeatmapLayout
 from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
@@ -62,9 +63,10 @@ def model_folder(request) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_folder):
-    demo = build_demo("demo" if MODEL == "demo" else str(model_folder))
+    settings = Settings()  # as `python app.py` serves it: the local settings, its theme and limits
+    demo = build_demo("demo" if MODEL == "demo" else str(model_folder), settings=settings)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -75,7 +77,7 @@ def browser(tmp_path_factory):
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             tmp_path_factory.mktemp("chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000},
+            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1000},  # a laptop screen
         )
         yield context
         context.close()
@@ -230,6 +232,25 @@ def _in_viewport(page: Page, selector: str) -> bool:
         "element => { const box = element.getBoundingClientRect(); return box.top >= 0 && box.top < window.innerHeight; }")
 
 
+def _type_into(box, text: str) -> None:
+    """Replace a text box's value as a person does, with keys (Playwright's `fill` sends no key, and Gradio's
+    `input` event waits for one): select all, type the text (the last character as a key press)."""
+    box.click()
+    box.press("Control+A")
+    box.press("Backspace")
+    if text:
+        box.fill(text[:-1])
+        box.press_sequentially(text[-1])
+
+
+def _wait_until(page: Page, condition, failure: str, timeout_ms: int = WAIT_MS) -> None:
+    """Poll `condition()` until it is true (a loaded machine is slow, not wrong); fail with `failure` at the timeout."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        page.wait_for_timeout(100)
+
+
 def _error_badges(page: Page) -> int:
     """Components the page marks with Gradio's error badge (what a raised gr.Error does to every output)."""
     return page.locator(".wrap.error, .error .error").count() + page.get_by_text("Error", exact=True).count()
@@ -272,11 +293,48 @@ def test_the_examples_and_the_mask_upload_are_shown_whole(page):
     assert inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 1, "the mask's drop zone is clipped"
 
 
-def test_picking_an_example_fills_the_editor_and_the_description(page):
+def _tinted_where(page: Page, elem_id: str, image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: where a mask preview (`elem_id`) of `image` shows the mask's tint rather than the image."""
+    shown = _shown_image(page, elem_id).astype(int)
+    factor = shown.shape[0] // image.shape[0]  # a small image is shown enlarged by a whole factor
+    assert shown.shape[:2] == (image.shape[0] * factor, image.shape[1] * factor)
+    shown, tinted = shown[::factor, ::factor], mask_overlay(image, np.ones(image.shape[:2], bool)).astype(int)
+    return np.abs(shown - tinted).sum(axis=-1) < np.abs(shown - image.astype(int)).sum(axis=-1)
+
+
+def test_picking_an_example_brings_its_mask_and_analyze_is_in_view(page, model_shape):
     _pick_example(page, 0)
-    image, _ = _example_pixels(0)
+    image, mask = _example_pixels(0)
     _wait_for_editor_image(page, image)  # the canvas shows the example's pixels
     expect(page.locator("#key-phrase textarea")).to_have_value(EXAMPLES[0]["key_phrase"])
+    tinted = _tinted_where(page, "mask-view", image)  # the example's own mask, shown at once
+    assert (tinted == mask).mean() > 0.99, "the mask preview does not show the example's mask"
+    page.evaluate("window.scrollTo(0, 0)")  # the page as it opened
+    analyze = page.locator("#analyze").bounding_box()
+    assert analyze["y"] + analyze["height"] <= page.viewport_size["height"], "Analyze is below the fold after picking an example"
+    _screenshot(page, "00-example-picked.png", full_page=False)
+    page.locator("#analyze").click()  # nothing painted: the example's mask is scored
+    expect(page.locator("#summary")).to_contain_text(EXAMPLES[0]["text"])
+    expect(page.locator("#analyze-message")).to_have_text("")
+
+
+def test_the_mask_preview_follows_the_brush(page):
+    _pick_example(page, 0)
+    image, mask = _example_pixels(0)
+    left, top, scale = _wait_for_editor_image(page, image)
+    before = _image_src(page, "mask-view")
+    far = ~ndimage.binary_dilation(mask, iterations=12)  # a stroke well away from the key object
+    row = int(np.flatnonzero(far.all(axis=1))[len(np.flatnonzero(far.all(axis=1))) // 2])
+    page.mouse.move(left + 4 * scale, top + (row + 0.5) * scale)
+    page.mouse.down()
+    page.mouse.move(left + (image.shape[1] - 4) * scale, top + (row + 0.5) * scale, steps=12)
+    page.mouse.up()
+    expect(page.locator("#mask-view img")).not_to_have_attribute("src", before)  # no Analyze pressed
+    tinted = _tinted_where(page, "mask-view", image)  # what Analyze would score now
+    assert tinted[max(0, row - 1): row + 2].mean() > 0.5, "the new stroke is not in the preview"
+    # Gradio 6.31's editor does not draw a layer the server sets, and a stroke replaces it: painting starts a new
+    # mask (the preview says so at once)
+    assert (tinted & mask).sum() < 0.1 * mask.sum()
 
 
 def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
@@ -284,8 +342,7 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
     _pick_example(page, 0)
     mask = _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
-    page.wait_for_timeout(800)  # the smooth scroll
-    assert _in_viewport(page, "#summary"), "the results did not come into view after Analyze"
+    _wait_until(page, lambda: _in_viewport(page, "#summary"), "the results did not come into view after Analyze")
     _screenshot(page, "01-analysis.png", full_page=False)
     _screenshot(page, "01-analysis-page.png")
 
@@ -328,7 +385,6 @@ def test_painting_the_object_and_analyzing_shows_every_head(page, model_shape):
 def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
     layers, heads, _ = model_shape
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     best = _selected_head(page)
     target = (layers - 1, heads - 1) if best != (layers - 1, heads - 1) else (0, 0)
@@ -347,7 +403,6 @@ def test_clicking_a_heatmap_cell_selects_that_head(page, model_shape):
 
 def test_a_token_click_changes_the_maps(page, model_shape):
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     words = EXAMPLES[0]["text"].split()  # the demo's tokenizer is word-level
     key = EXAMPLES[0]["key_phrase"].split()
@@ -377,7 +432,6 @@ def test_a_token_click_changes_the_maps(page, model_shape):
 def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
     layers, heads, _ = model_shape
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     page.get_by_role("tab", name="Top heads").click()
     before = _image_src(page, "top-heads")
@@ -392,9 +446,10 @@ def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
     page.get_by_role("tab", name="One layer").click()
     before = _image_src(page, "layer-view")
     layer = page.locator("#layer input")
-    layer.fill(str(layers - 1))
+    layer.fill(str(layers + 3))  # past the last layer: the last is drawn, and the box says so
     layer.blur()
     expect(page.locator("#layer-view img")).not_to_have_attribute("src", before)
+    expect(layer).to_have_value(str(layers - 1))
     page.locator("#layer-view").scroll_into_view_if_needed()
     _screenshot(page, "05-one-layer.png", full_page=False)
 
@@ -402,7 +457,6 @@ def test_top_n_and_the_layer_to_show_redraw_when_changed(page, model_shape):
 def test_the_ablation_view_describes_again_without_the_top_heads_and_a_click_picks_a_head(page, model_shape):
     layers, heads, _ = model_shape
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     top = _ranked_pairs(page, layers, heads)[:2]
     page.get_by_role("tab", name="Ablation").click()
@@ -422,34 +476,76 @@ def test_the_ablation_view_describes_again_without_the_top_heads_and_a_click_pic
 
 def test_a_failed_analyze_says_why_beside_analyze_and_keeps_the_marked_stale_results(page):
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     heatmap = _image_src(page, "heatmap")
     expect(page.locator("#stale")).to_have_text("")
 
-    _pick_example(page, 1)  # a new example starts with no strokes
+    _pick_example(page, 1)
     stale = page.locator("#stale")
-    expect(stale).to_contain_text("the results below are for the previous inputs")
+    expect(stale).to_contain_text("The image or the mask changed")  # the banner names what changed
     expect(stale).to_contain_text("Press Analyze")
     stale.scroll_into_view_if_needed()
     _screenshot(page, "06-stale-results.png", full_page=False)
     image, _ = _example_pixels(1)
     _wait_for_editor_image(page, image)
+    description = page.locator("#description textarea")
+    _type_into(description, "")
     page.locator("#analyze").click()
     message = page.locator("#analyze-message")
-    expect(message).to_contain_text("mask is empty")
+    expect(message).to_contain_text("type the description")
     expect(page.locator("#summary")).to_contain_text(EXAMPLES[0]["text"])  # the last good results stay...
     expect(page.locator("#heatmap img")).to_have_attribute("src", heatmap)
     expect(stale).to_contain_text("previous inputs")  # ...marked as not matching the inputs
     assert _error_badges(page) == 0
     message.scroll_into_view_if_needed()
-    page.wait_for_timeout(300)
-    _screenshot(page, "06-empty-mask-message-beside-analyze.png", full_page=False)
+    _wait_until(page, lambda: _in_viewport(page, "#analyze-message"), "the message did not come into view")
+    _screenshot(page, "06-failed-analyze-message-beside-analyze.png", full_page=False)
 
-    _paint_object(page, 1)
+    _type_into(description, EXAMPLES[1]["text"])  # the message is about the description: it goes when the description changes
+    expect(message).to_have_text("")
     _analyze(page, EXAMPLES[1]["text"])
     expect(message).to_have_text("")
     expect(stale).to_have_text("")
+
+
+def test_no_component_label_covers_a_picture(page):
+    """In the theme the app is served with, every picture (figures, the mask preview, the editor) is clear of the
+    labels Gradio draws over components: each visible label's box and each visible picture's box are apart."""
+    _pick_example(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    overlaps = page.evaluate("""() => {
+      const visible = e => { const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0 &&
+                             getComputedStyle(e).visibility !== 'hidden' && !e.classList.contains('sr-only'); };
+      const found = [];
+      for (const block of document.querySelectorAll('.block')) {
+        const labels = [...block.querySelectorAll('[data-testid=block-label]')].filter(visible);
+        const pictures = [...block.querySelectorAll('img, canvas')].filter(visible);
+        for (const label of labels) for (const picture of pictures) {
+          const a = label.getBoundingClientRect(), b = picture.getBoundingClientRect();
+          if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+            found.push((block.id || block.className) + ': ' + label.innerText.trim());
+        }
+      }
+      return found;
+    }""")
+    assert overlaps == []
+
+
+def test_token_ticks_in_quick_succession_are_all_kept(page):
+    _pick_example(page, 0)
+    _analyze(page, EXAMPLES[0]["text"])
+    words = EXAMPLES[0]["text"].split()  # the demo's tokenizer is word-level
+    key = EXAMPLES[0]["key_phrase"].split()
+    tokens = page.locator("#tokens")
+    expect(tokens.locator("input:checked")).to_have_count(len(key))
+    ticked = [i for i, word in enumerate(words) if word not in key][:4]
+    for index in ticked:  # a person ticking fast: 200 ms apart, replies still on their way
+        tokens.get_by_label(f"{index}: {words[index]}", exact=True).check()
+        page.wait_for_timeout(200)
+    expect(tokens.locator("input:checked")).to_have_count(len(key) + len(ticked))  # no reply unticked a newer tick
+    for index in ticked:
+        expect(page.locator("#summary")).to_contain_text(f"{index}: {words[index]}")
+    expect(page.locator("#summary")).to_contain_text(f"response tokens {len(key) + len(ticked)}")
 
 
 @pytest.fixture(scope="module")
@@ -553,7 +649,6 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     compare_tab = page.get_by_role("tab", name="Before / after")
     expect(compare_tab).to_be_visible()
     _pick_example(page, 0)
-    _paint_object(page, 0)
     _analyze(page, EXAMPLES[0]["text"])
     compare_tab.click()
     page.locator("#compare").click()

@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from ui.components import file_name
 from ui.context import AppContext
 from ui.explorer import ExplorerTab
 from ui.options import DEFAULTS
@@ -49,7 +50,8 @@ def test_the_explorer_analyzes_a_saved_folder_of_each_new_family(tab, tmp_path, 
     assert analysis.family == family and f"({family}, " in shown[tab.summary] and "**Best head:**" in shown[tab.summary]
     scored = np.isfinite(analysis.hi).all(axis=1)
     assert len(shown[tab.ranking]) == int(scored.sum()) * analysis.hi.shape[1]  # every scored head ranked
-    assert shown[tab.heatmap].ndim == 3 and shown[tab.bars].ndim == 3 and shown[tab.top_view].ndim == 3
+    pictures = [shown[view] for view in (tab.heatmap, tab.bars, tab.top_view)]
+    assert all(picture.pixels.ndim == 3 and picture.name.endswith(file_name(analysis.model)) for picture in pictures)
     layer = int(np.flatnonzero(scored)[-1])
     clicked = tab.select_head(session, layer, 1, 8, 0, 2)
     assert (clicked[tab.selected_layer], clicked[tab.selected_head]) == (layer, 1)

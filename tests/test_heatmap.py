@@ -141,3 +141,22 @@ def test_grey_cells_get_a_legend_line_that_moves_no_cell():
     legend = picture[with_legend.legend_top : with_legend.height]
     assert (legend == 200).all(axis=-1).any() and (legend < 100).all(axis=-1).any()  # the grey swatch and its text
     assert draw_heatmap(values, (1, 1)).shape[0] == plain.height  # no `missing`: no legend
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_marked_cells_are_crossed_out_from_corner_to_corner_and_no_other_cell_changes(shape):
+    layout = HeatmapLayout.fit(*shape)
+    values = _values(shape)
+    marked_heads = [(0, 0), (shape[0] - 1, shape[1] // 2)]
+    plain = draw_heatmap(values, None, layout)
+    crossed = draw_heatmap(values, None, layout, marked=marked_heads)
+    changed = (plain != crossed).any(axis=2)
+    inside = np.zeros_like(changed)
+    for head in marked_heads:
+        x0, y0, x1, y1 = layout.cell_box(*head)
+        inside[y0:y1, x0:x1] = True
+        side = min(x1 - x0, y1 - y0)
+        diagonal = [(y0 + 3 + i, x0 + 3 + i) for i in range(side - 7)]
+        anti = [(y1 - 4 - i, x0 + 3 + i) for i in range(side - 7)]
+        assert all(changed[point] for point in diagonal + anti), "the cross does not span the cell"
+    assert not changed[~inside].any()  # nothing outside the crossed cells moves (the layout stays clickable)

@@ -24,7 +24,7 @@ from hi_core.errors import InputError
 from hi_core.families import adapter_for
 from hi_core.finetune import FinetuneConfig
 from hi_core.loading import ModelCache
-from ui.app import build_demo
+from ui.app import build_demo, launch_options
 from ui.components import bounded_open
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.settings import DEFAULT_ALLOWED_MODELS, RELEASED_MODEL_TYPES, Settings, scrub_paths
@@ -194,7 +194,7 @@ def _public_server(llava_dir, **overrides):
     settings = type(settings)(**{**settings.__dict__, "allowed_models": ("demo", str(llava_dir)), **overrides})
     demo = build_demo(str(llava_dir), ModelCache(), settings)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
     return demo, f"http://127.0.0.1:{port}/"
 
 
@@ -233,6 +233,21 @@ def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_message
         refused = predict(client, "/finetune", model_name=str(llava_dir), device="cpu", source="demo", archive=None, strategy="top", k=1,
                           rank=20000, steps=3, batch_size=4, meteor=False)
         assert "LoRA rank is 20000; this deployment allows at most 64" in refused["ft-status"]
+    finally:
+        demo.close()
+
+
+def test_the_editor_still_refuses_a_huge_image_after_an_event_left_it_unchanged(llava_dir, tmp_path):
+    """Gradio re-creates a component for the session from its class when an event skips or updates it (here a
+    GrabCut without an image, whose error leaves the editor as it was): the limits must survive that."""
+    demo, url = _public_server(llava_dir)
+    try:
+        client = Client(url, verbose=False)
+        _, mask, _ = _example()
+        assert "upload an image" in predict(client, "/propose_mask", editor=None)["analyze-message"]
+        huge = tmp_path / "huge.png"
+        Image.new("1", (12000, 12000)).save(huge)
+        assert "more than the limit of 24,000,000" in _analyze(client, str(llava_dir), str(huge), mask)["analyze-message"]
     finally:
         demo.close()
 

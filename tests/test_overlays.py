@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 
 from hi_core.drawing import colormap_lut
-from hi_core.overlays import MAP_OPACITY, OUTLINE, PANEL_PX, map_colours, map_overlay, outline, overlay_panels
+from hi_core.overlays import (
+    BRUSH_COLOURS,
+    MAP_OPACITY,
+    OUTLINE,
+    PANEL_PX,
+    contrasting_colour,
+    map_colours,
+    map_overlay,
+    outline,
+    overlay_panels,
+)
 
 
 def _scene(side=96):
@@ -94,3 +104,16 @@ def test_gallery_thumbnail_and_mask_preview():
     shown = map_overlay(image, head_map, mask, min_side=16)
     assert shown.shape == (16, 16, 3) and (shown[8:10, 8:] == OUTLINE).all() and (shown[12, 12] != OUTLINE).any()
     assert map_overlay(image).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("colour", BRUSH_COLOURS)
+def test_the_brush_colour_is_never_the_colour_of_the_object(colour):
+    """A scene of a grey background with a large object in one of the brush colours: that colour is never the
+    brush, and the one chosen is far from every pixel."""
+    image = np.full((64, 64, 3), 110, np.uint8)
+    image[16:48, 16:48] = colour
+    chosen = contrasting_colour(image)
+    assert chosen != colour
+    distance = np.linalg.norm(image.reshape(-1, 3).astype(float) - np.asarray(chosen, float), axis=1)
+    assert distance.min() > 150
+

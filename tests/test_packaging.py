@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -32,10 +33,19 @@ def test_pip_install_then_the_console_scripts_work_from_any_folder(tmp_path):
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "artifacts", "__pycache__", ".hypothesis", "build",
                                                                  "*.egg-info", ".venv", "tests", "docs", "bench"))
     venv = tmp_path / "venv"
-    # A fresh environment that sees this machine's packages (torch & co.: no download) but not this checkout.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-                    "--no-build-isolation", str(source)], check=True, capture_output=True)
+    # A fresh environment that sees the packages of the environment running the tests (torch & co.: no download;
+    # setuptools >= 68, the declared build requirement, which requirements-dev.txt installs) but not this checkout.
+    # Not `--system-site-packages`: from inside a venv that option shows the *base* interpreter's packages
+    # (there: an old setuptools without bdist_wheel, and no torch).
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(venv_site, "test-environment.pth").write_text("\n".join(sorted(here)) + "\n")
+    built = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                            "--no-build-isolation", str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
     shutil.rmtree(source)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

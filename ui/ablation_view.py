@@ -29,7 +29,8 @@ from .before_after import (
 )
 from .context import AppContext
 from .explorer_views import Session
-from .feedback import refuse_in_handler, reports_input_errors
+from .components import refuse_in_handler
+from .feedback import reports_input_errors
 
 WHICH = ("top-k heads by HI", "the selected head", "heads listed")
 NAMES = ("every head", "heads removed")
@@ -107,7 +108,8 @@ class AblationTab:
         result = self.context.work.ablate(load_config, session.image, session.mask, session.whole.text, heads, session.config)
         ablated = dataclasses.replace(result.ablated, model=self.context.shown(result.ablated.model))
         intact = session.whole.rescored(session.config.scoring)
-        pair = BeforeAfter(base=intact, tuned=ablated, selected=largest_change(hi_difference(intact, ablated)), names=NAMES)
+        pair = BeforeAfter(base=intact, tuned=ablated, selected=largest_change(hi_difference(intact, ablated)), names=NAMES,
+                           removed=tuple(result.heads))
         session.ablation, session.ablation_texts = pair, descriptions(result)
         return self.render(session)
 

@@ -19,17 +19,14 @@ from hi_core.loading import ModelCache
 from .context import AppContext
 from .dataset_tab import DatasetTab
 from .explorer import ExplorerTab, forget
-from .feedback import refuse_in_handler
+from .components import refuse_in_handler
 from .finetune_tab import FinetuneTab
 from .settings import Settings
 
 INTRO = """# HI Explorer
-Which attention heads of a multimodal LM look at the object a description names? Mark the key
-object, run the analysis, and every head of the language model is scored by **Head Impact** (IoU
-of its binarized attention map over the image with the object's mask).
-Click a cell of the heatmap (rows: layers, columns: heads) to see that head's map. The **Dataset** tab
-scores every head over a whole dataset (the demo set, or a .zip of your own); **Fine-tune** tunes LoRA
-on the layers with the highest HI (or others, to compare) and shows the captions before and after."""
+Which attention heads of a multimodal LM look at the object a description names? Each head of the language model
+is scored by **Head Impact**: the IoU of its binarized attention map over the image with the object's mask.
+**Dataset** scores every head over a dataset; **Fine-tune** tunes LoRA on the layers with the highest HI."""
 
 
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None) -> gr.Blocks:
@@ -55,6 +52,24 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
     return demo
 
 
+THEME = gr.themes.Soft()
+# Gradio's gallery keeps thumbnails at least ~100 px wide: the examples fit one row of the Explorer's left
+# column only with square cells of the column's width / 8.
+CSS = """
+#examples .grid-wrap { overflow: hidden !important; }
+#examples .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+                            grid-auto-rows: auto !important; }
+#examples .thumbnail-item { min-width: 0 !important; width: 100% !important; height: auto !important; aspect-ratio: 1 / 1; }
+.hi-figure .image-container { padding-top: 30px; box-sizing: border-box; }
+"""  # figures: their download / fullscreen buttons sit in a band above the picture, not over its title
+
+
+def launch_options(settings: Settings) -> dict:
+    """What `launch()` gets besides where to serve: the theme, the style rules and the upload limit. `python app.py`
+    and the tests that drive the page in a browser use this one dict, so the tests see what visitors see."""
+    return {"theme": THEME, "css": CSS, "max_file_size": settings.max_file_size}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve HI Explorer.")
     parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME, else loopback only; "
@@ -72,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     # server_name/port None: Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0:7860)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Soft(),
-                max_file_size=settings.max_file_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(settings))
 
 
 if __name__ == "__main__":

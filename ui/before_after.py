@@ -35,6 +35,7 @@ class BeforeAfter:
     tuned: ImageAnalysis
     selected: tuple[int, int]
     names: tuple[str, str] = ("base", "tuned")
+    removed: tuple[tuple[int, int], ...] = ()  # the ablation view's heads removed, crossed out on the ΔHI heatmap
 
     @property
     def difference(self) -> np.ndarray:
@@ -55,8 +56,10 @@ def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
     difference = compare.difference
     reach = float(np.nanmax(np.abs(difference))) or 1e-3  # NaN: layers not scored (no softmax attention)
     missing = views.NOT_SCORED if not np.isfinite(difference).all() else None
+    crossed = "; × removed" if compare.removed else ""
     return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape, legend=missing is not None),
-                        title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell", label="ΔHI", vmin=-reach, vmax=reach, missing=missing)
+                        title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell{crossed}", label="ΔHI",
+                        vmin=-reach, vmax=reach, missing=missing, marked=compare.removed)
 
 
 def before_after_figure(session: Session, compare: BeforeAfter) -> np.ndarray:
@@ -97,9 +100,9 @@ def pair_views(names: tuple[str, str], prefix: str) -> tuple[gr.Image, gr.Image,
     `{prefix}-head`, `{prefix}-info`), for a pair of analyses named `names`."""
     first, second = names
     with gr.Row():
-        heatmap = figure(label=f"ΔHI ({second} − {first}) per head; click a cell", elem_id=f"{prefix}-heatmap", height=280)
+        heatmap = figure(label=f"ΔHI ({second} − {first}) per head; click a cell", download_name=f"{prefix}-delta-hi-heatmap", elem_id=f"{prefix}-heatmap", height=280)
         with gr.Column():
-            head_view = figure(label=f"The selected head: {first} | {second}", show_label=False, elem_id=f"{prefix}-head",
+            head_view = figure(label=f"The selected head: {first} | {second}", download_name=f"{prefix}-selected-head", elem_id=f"{prefix}-head",
                                height=220)
             info = gr.Markdown("", label=f"The selected head: {first} and {second}", elem_id=f"{prefix}-info")
     return heatmap, head_view, info

@@ -1,27 +1,39 @@
 """Gradio components with the explorer's limits built in.
 
-`bounded_image_editor` makes a `gr.ImageEditor` whose server side never decodes more than the deployment
+`BoundedImageEditor` is a `gr.ImageEditor` whose server side never decodes more than the deployment
 allows: Gradio's own preprocessing opens each uploaded layer with PIL and converts it at full
 resolution (a 17.6 KB 1-bit PNG of 12000 x 12000 px becomes gigabytes of RGBA), before any handler
 runs. Here the pixel count is read from the file's header first (refused beyond `max_pixels`), and
 a large image is reduced to at most `max_side` pixels per side while it is decoded (JPEG draft
 mode, then a box filter), so the handler, the overlays and the model only ever see a bounded image.
 The background and the brush layers have one canvas size, so they are reduced alike. A refused upload
-reaches the handler as `Refused` (`feedback.refuse_in_handler`), which reports it beside Analyze.
+reaches the handler as `Refused` (`refuse_in_preprocess`), which reports it beside Analyze.
+
+These are subclasses, not patched instances: Gradio re-creates a component for a session from its class
+and constructor arguments whenever an event updates it (a `gr.skip()` or a property update), and an
+instance's patch would be lost there (after one failed GrabCut, the session's editor would decode any
+upload at full size). Gradio writes a `.pyi` stub beside this module for them (ignored by git).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import PIL.Image
 from gradio.data_classes import FileData
+from gradio.processing_utils import save_pil_to_cache
+
+from hi_core.errors import InputError
 
 from hi_core.images import image_to_rgb, open_header
 
-from .feedback import refuse_in_handler
+from .feedback import Refused
+from .settings import scrub_paths
 
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
@@ -33,34 +45,130 @@ def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.I
     return image
 
 
-def bounded_image_editor(max_pixels: int, max_side: int, **kwargs: Any) -> gr.ImageEditor:
-    """A `gr.ImageEditor(**kwargs)` that refuses images over `max_pixels` and reduces them to `max_side` on arrival.
+def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
+    """A component's preprocessing that hands the handler `Refused(message)` where Gradio's own checks (a number
+    below its minimum, a value not among the choices, an upload over the limits) would raise `gr.Error`; every
+    handler taking it is wrapped by `feedback.reports_input_errors`, which reports it beside the action. The
+    `preprocess` of the classes below: each a direct subclass of a Gradio component, drawn in the page by that
+    component's frontend (`is_template`, as Gradio's own templates do)."""
+    try:
+        return super(type(self), self).preprocess(payload)
+    except (gr.Error, InputError) as error:
+        name = self.label or self.elem_id or type(self).__name__
+        return Refused(f"{name}: {scrub_paths(str(error.message if isinstance(error, gr.Error) else error))}")
 
-    The editor's own `convert_and_format_image` (the step of its preprocessing that decodes each
-    layer) is wrapped on this instance only. (A subclass would do, but Gradio writes a `.pyi` stub
-    beside the module of every Component subclass it meets.)
-    """
-    editor = gr.ImageEditor(**kwargs)
-    convert = editor.convert_and_format_image
 
-    def bounded_convert(file: FileData | None | bytes, flatten_on_white: bool = False) -> Any:
+class RefusingNumber(gr.Number):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
+class RefusingSlider(gr.Slider):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
+class RefusingDropdown(gr.Dropdown):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
+class RefusingRadio(gr.Radio):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
+class RefusingCheckboxGroup(gr.CheckboxGroup):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
+#: The refusing class of each checked input component (`refuse_in_handler`).
+REFUSING = {gr.Number: RefusingNumber, gr.Slider: RefusingSlider, gr.Dropdown: RefusingDropdown, gr.Radio: RefusingRadio,
+            gr.CheckboxGroup: RefusingCheckboxGroup}
+
+
+def refuse_in_handler(component: gr.components.Component) -> gr.components.Component:
+    """`component`, made an instance of its `REFUSING` class (so the session copies Gradio makes of it refuse too)."""
+    refusing = REFUSING.get(type(component))
+    if refusing is not None:
+        component.__class__ = refusing
+    return component
+
+
+class BoundedImageEditor(gr.ImageEditor):
+    """A `gr.ImageEditor(**kwargs)` that refuses images over `max_pixels` and reduces them to `max_side` on arrival:
+    its own `convert_and_format_image` (the step of its preprocessing that decodes each layer) goes through
+    `bounded_open` first."""
+
+    is_template = True  # drawn by the parent's frontend (Gradio's way for its own template components)
+
+    def __init__(self, max_pixels: int, max_side: int, **kwargs: Any) -> None:
+        self.max_pixels, self.max_side = max_pixels, max_side
+        super().__init__(**kwargs)
+
+    preprocess = refuse_in_preprocess
+
+    def get_config(self, cls: type | None = None) -> dict[str, Any]:
+        return super().get_config(cls or gr.ImageEditor)  # the page's props: the parent's parameters
+
+    def convert_and_format_image(self, file: FileData | None | bytes, flatten_on_white: bool = False) -> Any:
         if file is None:
             return None
         source = file.path if isinstance(file, FileData) else BytesIO(file)
-        image = bounded_open(source, max_pixels, max_side)  # InputError: the handler is told (`refuse_in_handler`)
+        image = bounded_open(source, self.max_pixels, self.max_side)  # InputError: the handler is told (Refused)
         # The image (any mode: 16-bit, CMYK, ...) as 8-bit RGB, or a brush layer as RGBA, reduced, handed
         # to Gradio's own conversion (mode, alpha, type).
         image = image_to_rgb(image) if flatten_on_white else image.convert("RGBA")
         buffer = BytesIO()
         image.save(buffer, format="PNG")
-        return convert(buffer.getvalue(), flatten_on_white)
-
-    editor.convert_and_format_image = bounded_convert
-    return refuse_in_handler(editor)
+        return super().convert_and_format_image(buffer.getvalue(), flatten_on_white)
 
 
-def figure(label: str, **kwargs: Any) -> gr.Image:
+@dataclass(frozen=True)
+class Picture:
+    """A figure's pixels and the name its download gets (without `.png`), e.g. `hi-heatmap-demo`."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    name: str
+
+
+def file_name(*parts: str) -> str:
+    """A download's name from words: lower case, runs of anything but letters, digits, '.' and '_' as one '-'."""
+    return re.sub(r"[^a-z0-9._]+", "-", "-".join(parts).lower()).strip("-.")[:120] or "figure"
+
+
+FIGURE_CLASS = "hi-figure"  # the page's style (ui.app.CSS) keeps a band over these for their buttons
+
+
+class Figure(gr.Image):
     """A picture of results (heatmap, head maps, bars): read-only, sent and downloaded as PNG (Gradio's
-    default, lossy WebP, smears the small numbers on the figures), with a download and a fullscreen button."""
-    kwargs.setdefault("buttons", ["download", "fullscreen"])
-    return gr.Image(label=label, interactive=False, format="png", **kwargs)
+    default, lossy WebP, smears the small numbers on the figures), with a download and a fullscreen button.
+
+    The figures carry their own titles, so the component's label (`label`: what screen readers and the API
+    name) is not drawn over them. A download is named `download_name`.png, or after what a `Picture` value says it shows."""
+
+    is_template = True
+
+    def __init__(self, label: str, download_name: str, **kwargs: Any) -> None:
+        self.download_name = download_name
+        kwargs.setdefault("buttons", ["download", "fullscreen"])
+        kwargs.setdefault("show_label", False)
+        kwargs.setdefault("interactive", False)
+        kwargs.setdefault("format", "png")
+        kwargs["elem_classes"] = [*(kwargs.get("elem_classes") or []), FIGURE_CLASS]
+        super().__init__(label=label, **kwargs)
+
+    def get_config(self, cls: type | None = None) -> dict[str, Any]:
+        return super().get_config(cls or gr.Image)  # the page's props: the parent's parameters
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            value = Picture(value, self.download_name)
+        if isinstance(value, Picture):  # written under its name (Gradio names every array `image.png`)
+            value = save_pil_to_cache(PIL.Image.fromarray(value.pixels), self.GRADIO_CACHE, name=file_name(value.name),
+                                      format="png")
+        return super().postprocess(value)
+
+
+figure = Figure

@@ -11,6 +11,7 @@ it uses.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,8 +138,11 @@ class AppContext:
         return self.cache.get(config, on_wait=waiting)
 
     def shown(self, name: str) -> str:
-        """A model's name as the page shows it: in public, without the server's paths (a tuned model's adapter)."""
-        return scrub_paths(name) if self.settings.public else name
+        """A model's name as the page shows it: without the server's paths (in public none at all; locally the folders
+        the person named stay, the app's own temporary ones, e.g. a tuned model's adapter, go)."""
+        if self.settings.public:
+            return scrub_paths(name)
+        return re.sub(rf"{re.escape(str(UNPACKED))}[^\s'\"]*", lambda match: scrub_paths(match.group(0)), name)
 
     def loaded_message(self, loaded: LoadedModel) -> str:
         layers, scored = len(loaded.adapter.decoder_layers(loaded.model)), loaded.adapter.scored_layers(loaded.model)

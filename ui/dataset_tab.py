@@ -155,11 +155,11 @@ class DatasetTab:
         self.summary = gr.Markdown("Scores appear here.", label="Dataset summary", elem_id="ds-summary")
         self.skipped = gr.Markdown(label="Skipped records", elem_id="ds-skipped")
         with gr.Row():
-            self.heatmap = figure(label="Mean HI: rows are layers, columns heads; click a cell",
+            self.heatmap = figure(label="Mean HI: rows are layers, columns heads; click a cell", download_name="dataset-hi-heatmap",
                                     elem_id="ds-heatmap", height=280)
             with gr.Column():
                 self.top_k = top_k_slider("ds-top-k")
-                self.bars = figure(label="Layer scores", show_label=False, elem_id="ds-layer-bars",
+                self.bars = figure(label="Layer scores", download_name="dataset-layer-scores", elem_id="ds-layer-bars",
                                      height=220)
         with gr.Row():
             self.layer = gr.Number(label="Selected layer", precision=0, value=0, minimum=0, elem_id="ds-layer")

@@ -24,12 +24,12 @@ from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
 from hi_core.loading import LoadedModel
 from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
-from hi_core.overlays import map_overlay, mask_overlay
+from hi_core.overlays import BRUSH_COLOURS, contrasting_colour, map_overlay, mask_overlay
 
 from . import explorer_views as views
 from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
-from .components import bounded_image_editor, figure
+from .components import BoundedImageEditor, Picture, figure, file_name
 from .context import AppContext
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
@@ -37,6 +37,7 @@ from .options import (
     ScoringControls,
     analysis_config,
     scoring_config,
+    top_k_for,
     top_k_slider,
     top_k_update,
 )
@@ -54,6 +55,11 @@ STALE = {
 }
 
 
+def named(session: Session, pixels: np.ndarray, what: str) -> Picture:
+    """A figure of the session's analysis, downloaded as `{what}-{model}.png`."""
+    return Picture(pixels, file_name(what, session.analysis.model))
+
+
 def forget(session) -> None:
     """gr.State's delete callback: a closed session's files go with it."""
     if session is not None:
@@ -66,6 +72,30 @@ MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this fo
 def mask_preview(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image with the mask tinted and outlined, enlarged by a whole factor when small, so it reads at a glance."""
     return map_overlay(mask_overlay(image, mask), None, mask, min_side=MASK_PREVIEW_PX)
+
+
+#: What the message beside Analyze says when nothing marks the key object.
+NO_MASK = "paint the object you want scored with the brush (or pick an example, or upload a mask)"
+MASK_LAYER_ALPHA = 150  # an example's mask in the editor: painted, and the object still shows through
+
+
+def hex_colour(colour: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{channel:02x}" for channel in colour)
+
+
+def brush_for(image: np.ndarray | None) -> gr.Brush:
+    """The editor's brush in the colour that stands out most on `image` (a red brush vanishes on a red object);
+    before any image, the first of the brush colours."""
+    colour = hex_colour(BRUSH_COLOURS[0] if image is None else contrasting_colour(image))
+    return gr.Brush(colors=[colour], default_color=colour, default_size=6, color_mode="fixed")
+
+
+def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """The editor's value: `image` with `mask` (if any) as its brush layer, in the brush's colour, half see-through."""
+    strokes = np.zeros(image.shape[:2] + (4,), np.uint8)  # (H, W, RGBA)
+    if mask is not None:
+        strokes[mask] = (*contrasting_colour(image), MASK_LAYER_ALPHA)
+    return {"background": image, "layers": [strokes], "composite": image}
 
 
 def background(editor: dict | None) -> np.ndarray:
@@ -84,6 +114,8 @@ def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels:
         mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
     else:
         mask = painted_mask(list(editor.get("layers") or []), size)
+    if check and not mask.any():
+        raise InputError(NO_MASK)
     return image, check_mask(mask, Image.fromarray(image)) if check else mask
 
 
@@ -109,6 +141,7 @@ class ModelControls:
     device: gr.Dropdown
     lora: gr.Textbox
     status: gr.Markdown
+    lora_options: gr.Accordion  # holds `lora`; opened when a tuned model is set
 
 
 class ExplorerTab:
@@ -131,49 +164,61 @@ class ExplorerTab:
     def _model_controls(self, default_model: str) -> ModelControls:
         settings = self.context.settings
         with gr.Group():
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 if settings.public:  # a visitor picks from the allow-list; nothing else is loaded
                     name = gr.Dropdown(list(settings.allowed_models), value=settings.check_model(default_model),
                                        label="Model", scale=3, elem_id="model")
                 else:
-                    name = gr.Textbox(default_model, label="Model: demo, a Hub id or a local folder", scale=3, elem_id="model")
+                    name = gr.Textbox(default_model, label="Model", placeholder="demo, a Hub id or a local folder", scale=3,
+                                      elem_id="model")
                 device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device")
+                self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
+            status = gr.Markdown("The embedded `demo` model is loaded on first use.", label="Model status", elem_id="model-status")
+        with gr.Accordion("LoRA adapter", open=False, elem_id="lora-options") as lora_options:
             lora = gr.Textbox(
                 "", label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),
                 placeholder="set by the Fine-tune tab's 'Use the tuned model'", elem_id="lora", interactive=not settings.public)
-            self.load_button = gr.Button("Load model", size="sm", elem_id="load-model")
-            status = gr.Markdown("The embedded `demo` model is loaded on first use.", label="Model status", elem_id="model-status")
-        return ModelControls(name, device, lora, status)
+        return ModelControls(name, device, lora, status, lora_options)
 
     def _input_controls(self) -> None:
         settings, examples = self.context.settings, self.context.examples
-        self.editor = bounded_image_editor(
-            max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
-            label="Image: upload one or pick an example, then paint the key object", type="numpy",
-            sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], default_size=6, color_mode="fixed"),
-            eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=340, elem_id="editor",
-        )
         self.gallery = None
-        if examples:  # every thumbnail in view: rows of four
-            columns = min(4, len(examples))
-            self.gallery = gr.Gallery([example.image for example in examples], label="Examples (click one)",
-                                      columns=columns, height=30 + 112 * -(-len(examples) // columns), object_fit="cover",
+        if examples:  # every thumbnail in view, in one row (two for more than eight)
+            columns = min(8, len(examples))
+            self.gallery = gr.Gallery([example.image for example in examples], label="Examples (click one)", show_label=False,
+                                      columns=columns, height=12 + 56 * -(-len(examples) // columns), object_fit="cover",
                                       allow_preview=False, elem_id="examples")
+        gr.Markdown("**Pick an example or upload an image, then paint the object you want scored.** The mask shows "
+                    "below as you paint; an example comes with its own, which painting replaces." + (f" Images over {settings.max_image_pixels / 1e6:g} Mpx are refused; larger "
+                                              f"sides are reduced to {settings.max_image_side} px." if settings.public else ""),
+                    elem_id="editor-help")
+        self.editor = BoundedImageEditor(
+            max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
+            label="Image: upload one or pick an example, then paint the key object", show_label=False, type="numpy",
+            sources=["upload", "clipboard"], brush=brush_for(None),
+            eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=250, elem_id="editor",
+        )
         with gr.Row():
             self.text = gr.Textbox("", label="Description to score", lines=2, scale=2, elem_id="description")
-            self.key_phrase = gr.Textbox("", label="Key phrase (optional)", scale=1, elem_id="key-phrase")
-        self.generate = gr.Checkbox(label="Generate the description with the model instead", elem_id="generate")
-        self.analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+            self.key_phrase = gr.Textbox("", label="Key phrase", placeholder="optional", scale=1, elem_id="key-phrase")
+        with gr.Row(equal_height=True):
+            self.generate = gr.Checkbox(label="Let the model describe it instead", scale=2, elem_id="generate")
+            self.analyze_button = gr.Button("Analyze", variant="primary", scale=1, elem_id="analyze")
         self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
         with gr.Row(equal_height=True):
             with gr.Column(min_width=160):
                 self.grabcut_button = gr.Button("Propose a mask from my box or scribble (GrabCut)", size="sm", elem_id="grabcut")
                 self.uploaded_mask = gr.File(label="...or upload a mask PNG", file_types=["image"], type="filepath",
                                              height=150, elem_id="mask-upload")
-            self.mask_view = gr.Image(label="Key-object mask over the image", interactive=False, height=260,
-                                      elem_id="mask-view", buttons=[])
-        with gr.Accordion("Options", open=False):
-            self.options = ScoringControls.build()
+            with gr.Column(min_width=160):
+                # no label over the picture: it would hide the top of the image (where an object may be)
+                self.mask_view = gr.Image(label="Key-object mask over the image", show_label=False, interactive=False,
+                                          height=240, elem_id="mask-view", buttons=[])
+                gr.Markdown("The key-object mask over the image", elem_id="mask-view-caption")
+        self.options = ScoringControls.build(render=False)
+        with gr.Accordion("Analysis options: prompt, query rows", open=False, elem_id="analysis-options"):
+            self.options.prompt.render()
+            self.options.queries.render()
 
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
@@ -186,12 +231,17 @@ class ExplorerTab:
             self.key_tokens_button = gr.Button("Back to the key phrase", size="sm", elem_id="tokens-key", visible=False, scale=0)
             self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False, scale=0)
             self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
+        with gr.Accordion("Scoring options: binarization, layer score (rescores the same maps, no new forward pass)",
+                          open=False, elem_id="scoring-options"):
+            with gr.Row():
+                for control in self.options.scoring:
+                    control.render()
         with gr.Row():
-            self.heatmap = figure(label="HI per head: rows are layers, columns heads; click a cell",
+            self.heatmap = figure(label="HI per head: rows are layers, columns heads; click a cell", download_name="hi-heatmap",
                                     elem_id="heatmap", height=280)
             with gr.Column():
                 # no label over the picture: it would hide the panels' titles (the line below names the head)
-                self.head_view = figure(label="Selected head over the image, and the object patches", show_label=False, elem_id="head-view", height=220)
+                self.head_view = figure(label="Selected head over the image, and the object patches", download_name="selected-head", elem_id="head-view", height=220)
                 self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
         with gr.Row():
             self.selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0, elem_id="selected-layer")
@@ -200,16 +250,16 @@ class ExplorerTab:
         with gr.Tabs() as self.result_tabs:
             with gr.Tab("Top heads", id="top"):
                 self.top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show", elem_id="top-n")
-                self.top_view = figure(show_label=False, label="Top heads", elem_id="top-heads")
+                self.top_view = figure(label="Top heads", download_name="top-heads", elem_id="top-heads")
             with gr.Tab("One layer", id="layer"):
                 self.layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0, elem_id="layer")
-                self.layer_view = figure(show_label=False, label="One layer", elem_id="layer-view")
+                self.layer_view = figure(label="One layer", download_name="layer-heads", elem_id="layer-view")
             with gr.Tab("Ranking", id="ranking"):
                 self.ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, label="Ranking",
                                             elem_id="ranking")
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
-                self.bars = figure(show_label=False, label="Layer scores", elem_id="layer-bars")
+                self.bars = figure(label="Layer scores", download_name="layer-scores", elem_id="layer-bars")
             self.ablation = AblationTab(self.context, self.state)
             self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
         self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV); each figure has its own download button (PNG)",
@@ -226,13 +276,18 @@ class ExplorerTab:
             # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
             # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
             self.gallery.select(self.pick_example, None,
-                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view],
+                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view, self.message],
                                 api_name=False, show_progress_on=[self.text])
             marks_stale([self.gallery.select], self.example_picked)
         self.grabcut_button.click(self.propose_mask, [self.editor], [self.editor, self.mask_view, self.message],
                                   api_name="propose_mask", show_progress_on=[self.mask_view])
         self.uploaded_mask.change(self.preview_mask, [self.editor, self.uploaded_mask], [self.mask_view, self.message],
                                   api_name=False)
+        # the mask preview follows the brush as it paints; a new image gets a brush that stands out on it
+        self.editor.input(self.preview_painted, [self.editor, self.uploaded_mask, self.message], [self.mask_view, self.message],
+                          api_name=False, show_progress="hidden", trigger_mode="always_last")
+        self.editor.upload(self.image_uploaded, [self.editor], [self.editor, self.mask_view], api_name=False,
+                           show_progress="hidden")
         # What a person does (not `.change`: the editor also changes when an event uploads its layers). An edit
         # marks the results stale when it came after Analyze was pressed and the inputs differ from those analyzed:
         # the editor sends `input` once it has redrawn, which can be after an Analyze that already had the stroke.
@@ -244,7 +299,10 @@ class ExplorerTab:
                        "model": [box.change for box in self.edit_inputs["model"]],
                        "options": [box.input for box in self.edit_inputs["options"]]}
         for what, events in edit_events.items():
-            marks_stale(events, functools.partial(self.inputs_changed, what), inputs=self.edit_inputs[what])
+            # the editor also sends `input` after redrawing a value it was sent (late, even after Analyze): a message
+            # about the mask goes only once a mask is there (`preview_painted`)
+            marks_stale(events, functools.partial(self.inputs_changed, what), inputs=self.edit_inputs[what],
+                        clears=None if what == "image" else self.message)
 
         full = [self.state, self.stale, self.summary, self.heatmap, self.head_view, self.head_info, self.selected_layer,
                 self.selected_head, self.top_view, self.layer_view, self.ranking, self.bars, self.downloads, self.message,
@@ -254,7 +312,7 @@ class ExplorerTab:
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
              options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
              self.state, self.tuned_state, self.edits.count],
-            [*full, self.mask_view, self.top_k, *self.compare.views, *self.ablation.views],
+            [*full, self.mask_view, self.top_k, model.status, self.text, *self.compare.views, *self.ablation.views],
             api_name="analyze",
         ).then(
             self.changed_during_analysis, [self.state, self.edits.count, *itertools.chain(*self.edit_inputs.values())],
@@ -278,9 +336,9 @@ class ExplorerTab:
         self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
         self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
         self.ablation.wire(model.name, model.device, model.lora, self.tuned_state)
-        self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.message], api_name=False)
-        self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view, self.message], api_name=False)
-        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
+        self.top_n.change(self.redraw_top, [self.state, self.top_n], [self.top_view, self.top_n, self.message], api_name=False)
+        self.layer.change(self.redraw_layer, [self.state, self.layer], [self.layer_view, self.layer, self.message], api_name=False)
+        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.top_k, self.message], api_name=False)
 
     # --- handlers -------------------------------------------------------------------------------
 
@@ -295,23 +353,35 @@ class ExplorerTab:
         return self.model.status
 
     def pick_example(self, event: gr.SelectData):
+        """The example's image with its mask as a brush layer (to erase or add to), its text and key phrase."""
         example = self.context.examples[event.index]
-        strokes = np.zeros(example.image.shape[:2] + (4,), np.uint8)
         return {
-            self.editor: {"background": example.image, "layers": [strokes], "composite": example.image},
+            self.editor: gr.ImageEditor(editor_value(example.image, example.mask), brush=brush_for(example.image)),
             self.text: example.text, self.key_phrase: example.key_phrase, self.uploaded_mask: None,
-            self.mask_view: None,
+            self.mask_view: mask_preview(example.image, example.mask), self.message: "",
         }
+
+    def image_uploaded(self, editor: dict | None):
+        """A new image: a brush that stands out on it, and no mask yet."""
+        if isinstance(editor, Refused) or not editor or editor.get("background") is None:
+            return gr.skip()
+        return {self.editor: gr.ImageEditor(brush=brush_for(background(editor))), self.mask_view: None}
+
+    @reports_input_errors("message")
+    def preview_painted(self, editor: dict | None, uploaded_mask: str | None, message: str = ""):
+        """The mask as painted so far, over the image (nothing while nothing is painted); a message that asked for
+        a mask goes once there is one."""
+        image, mask = mask_from_inputs(editor, uploaded_mask, self.context.settings.max_image_pixels, check=False)
+        if not mask.any():
+            return {self.mask_view: None}
+        return {self.mask_view: mask_preview(image, mask), **({self.message: ""} if NO_MASK in (message or "") else {})}
 
     @reports_input_errors("message")
     def propose_mask(self, editor: dict | None):
         image = background(editor)
         hint = painted_mask(list(editor.get("layers") or []), (image.shape[1], image.shape[0]))
         proposal = grabcut_mask(Image.fromarray(image), hint)
-        strokes = np.zeros(image.shape[:2] + (4,), np.uint8)
-        strokes[proposal] = (255, 0, 0, 255)
-        return {self.editor: {"background": image, "layers": [strokes], "composite": image},
-                self.mask_view: mask_preview(image, proposal), self.message: ""}
+        return {self.editor: editor_value(image, proposal), self.mask_view: mask_preview(image, proposal), self.message: ""}
 
     @reports_input_errors("message")
     def preview_mask(self, editor: dict | None, uploaded_mask: str | None):
@@ -373,11 +443,14 @@ class ExplorerTab:
         progress(0.5, desc="capturing attention")
         analysis = context.work.analyze(load_config, image, mask, text, config, per_token=not token_note)
         analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
+        if generate:  # the box shows the text that was scored, and the session counts it as what was analyzed
+            inputs["text"] = (analysis.text, generate, key_phrase)
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
         session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note,
                           edits=int(edits or 0), inputs=inputs)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
-                self.top_k: top_k_update(len(analysis.scored_layers), top_k),
+                self.top_k: top_k_update(len(analysis.scored_layers), top_k), self.model.status: context.loaded_message(loaded),
+                **({self.text: analysis.text} if generate else {}),
                 **self.compare.cleared(), **self.ablation.cleared()}
 
     @reports_input_errors("message")
@@ -414,15 +487,20 @@ class ExplorerTab:
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
             return gr.skip()
-        return {self.top_view: views.top_figure(session, top_n)}
+        return {self.top_view: named(session, views.top_figure(session, top_n), f"top-{views.shown_top_n(session, top_n)}-heads"), self.top_n: views.shown_top_n(session, top_n)}
 
+    # The redraws put the value drawn back in its control, so a clamped value (layer 9 of 6) does not stay in the box.
     @reports_input_errors("message")
     def redraw_layer(self, session: Session | None, layer: int):
-        return gr.skip() if session is None else {self.layer_view: views.layer_figure(session, layer)}
+        if session is None:
+            return gr.skip()
+        return {self.layer_view: named(session, views.layer_figure(session, layer), f"layer-{views.shown_layer(session, layer)}-heads"), self.layer: views.shown_layer(session, layer)}
 
     @reports_input_errors("message")
     def redraw_bars(self, session: Session | None, top_k: int):
-        return gr.skip() if session is None else {self.bars: views.bars_figure(session.analysis, top_k)}
+        if session is None:
+            return gr.skip()
+        return {self.bars: named(session, views.bars_figure(session.analysis, top_k), "layer-scores"), self.top_k: top_k_for(len(session.analysis.scored_layers), top_k)}
 
     # --- the per-token view ---------------------------------------------------------------------
 
@@ -434,13 +512,20 @@ class ExplorerTab:
         if not session.per_token:
             raise InputError(f"this analysis kept no per-token maps ({session.token_note})")
         session.show(tokens or [])
-        return self._render(session, top_n, layer, top_k)
+        update = self._render(session, top_n, layer, top_k)
+        del update[self.tokens]  # the boxes show what was ticked, and may show a newer choice by now: never reset them
+        return update
 
     def key_phrase_tokens(self, session: Session | None, top_n: int, layer: int, top_k: int):
-        return self.choose_tokens(session, list(session.whole.key_tokens) if session else [], top_n, layer, top_k)
+        return self._choose_by_button(session, list(session.whole.key_tokens) if session else [], top_n, layer, top_k)
 
     def every_token(self, session: Session | None, top_n: int, layer: int, top_k: int):
-        return self.choose_tokens(session, list(range(len(session.whole.tokens))) if session else [], top_n, layer, top_k)
+        return self._choose_by_button(session, list(range(len(session.whole.tokens))) if session else [], top_n, layer, top_k)
+
+    def _choose_by_button(self, session: Session | None, tokens: list[int], top_n: int, layer: int, top_k: int):
+        """A button's choice: the views and the boxes, which show it."""
+        update = self.choose_tokens(session, tokens, top_n, layer, top_k)
+        return update | self._token_controls(session) if self.state in update else update  # else: the error alone
 
     # --- drawing --------------------------------------------------------------------------------
 
@@ -452,10 +537,10 @@ class ExplorerTab:
             self.stale: "", self.token_message: "",
             self.summary: views.summary(session),
             **self._token_controls(session),
-            self.top_view: views.top_figure(session, top_n),
-            self.layer_view: views.layer_figure(session, layer),
+            self.top_view: named(session, views.top_figure(session, top_n), f"top-{views.shown_top_n(session, top_n)}-heads"),
+            self.layer_view: named(session, views.layer_figure(session, layer), f"layer-{views.shown_layer(session, layer)}-heads"),
             self.ranking: views.ranking_rows(analysis),
-            self.bars: views.bars_figure(analysis, top_k),
+            self.bars: named(session, views.bars_figure(analysis, top_k), "layer-scores"),
             self.downloads: views.save_downloads(session),
         }
 
@@ -463,8 +548,8 @@ class ExplorerTab:
         """The selection: the heatmap's marker and the selected head (a click redraws nothing else)."""
         return {
             self.state: session, self.message: "",
-            self.heatmap: views.heatmap_image(session.analysis.hi, session.selected),
-            self.head_view: views.head_figure(session),
+            self.heatmap: named(session, views.heatmap_image(session.analysis.hi, session.selected), "hi-heatmap"),
+            self.head_view: named(session, views.head_figure(session), "layer-{}-head-{}".format(*session.selected)),
             self.head_info: views.head_info(session.analysis, session.selected),
             self.selected_layer: session.selected[0], self.selected_head: session.selected[1],
         }

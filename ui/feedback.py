@@ -11,7 +11,7 @@ toast, and logs it as one line (no traceback: it is the visitor's mistake, not t
 
 Gradio checks some inputs itself before any handler runs (a number below its minimum, a slider out of
 range, a value not among a dropdown's choices, an upload over the image editor's limits) and raises
-`gr.Error`, with a traceback in the log. `refuse_in_handler` makes such a component hand the handler a
+`gr.Error`, with a traceback in the log. `components.refuse_in_handler` makes such a component hand the handler a
 `Refused` value instead, which `reports_input_errors` reports like any other input error.
 """
 
@@ -58,22 +58,6 @@ class Refused:
     """An input its component's own checks refused, with what to tell the visitor."""
 
     message: str
-
-
-def refuse_in_handler(component: gr.components.Component) -> gr.components.Component:
-    """`component` (this instance), whose preprocessing hands the handler `Refused(message)` where it would
-    raise `gr.Error` or `InputError`; every handler taking it is wrapped by `reports_input_errors`."""
-    preprocess = component.preprocess
-    name = component.label or component.elem_id or type(component).__name__
-
-    def preprocess_or_refuse(payload: Any) -> Any:
-        try:
-            return preprocess(payload)
-        except (gr.Error, InputError) as error:
-            return Refused(f"{name}: {scrub_paths(str(error.message if isinstance(error, gr.Error) else error))}")
-
-    component.preprocess = preprocess_or_refuse
-    return component
 
 
 def _check_refused(args: tuple, kwargs: dict) -> None:
@@ -123,10 +107,13 @@ class EditCount:
     def __init__(self, elem_id: str):
         self.count = gr.Number(0, precision=0, visible=False, elem_id=elem_id)
 
-    def marks_stale(self, events, handler, state: gr.State, stale: gr.Markdown, inputs: Sequence = ()) -> None:
-        """On each of `events`: count the edit, then `handler(session, count, *inputs)` updates `stale`."""
+    def marks_stale(self, events, handler, state: gr.State, stale: gr.Markdown, inputs: Sequence = (),
+                    clears: gr.Markdown | None = None) -> None:
+        """On each of `events`: count the edit, then `handler(session, count, *inputs)` updates `stale`; `clears`
+        (a message about the last run, e.g. why Analyze failed) is emptied: it was about the inputs before this edit."""
+        count = "(count) => (count || 0) + 1" if clears is None else "(count) => [(count || 0) + 1, '']"
         for event in events:
-            event(None, [self.count], [self.count], js="(count) => (count || 0) + 1", api_name=False,
+            event(None, [self.count], [self.count] if clears is None else [self.count, clears], js=count, api_name=False,
                   show_progress="hidden", queue=False
                   ).then(handler, [state, self.count, *inputs], [stale], api_name=False, show_progress="hidden")
 

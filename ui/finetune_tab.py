@@ -172,7 +172,7 @@ class FinetuneTab:
                                     label="Held-out metrics (captions, or VQA answer accuracy)", elem_id="ft-metrics")
         self.samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
                                     column_widths=["16%", "28%", "28%", "28%"], label="Sample captions", elem_id="ft-samples")
-        self.layers = figure(label="Adapted layers", height=200, elem_id="ft-layers")
+        self.layers = figure(label="Adapted layers", download_name="finetune-adapted-layers", height=200, elem_id="ft-layers")
         with gr.Row():
             self.download = gr.File(label="The adapter (peft) with run.json, zipped", elem_id="ft-download")
             self.use = gr.Button("Use the tuned model in the Explorer", interactive=False, elem_id="ft-use")
@@ -193,7 +193,8 @@ class FinetuneTab:
         )
         self.cancel.click(self.cancel_finetune, None, None, api_name="cancel_finetune")
         self.use.click(self.use_tuned_model, [self.state],
-                       [model.name, model.device, model.lora, model.status, self.tabs, self.status], api_name="use_tuned_model")
+                       [model.name, model.device, model.lora, model.status, model.lora_options, self.tabs, self.status],
+                       api_name="use_tuned_model")
 
     @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
     def finetune(self, previous: FinetuneSession | None, scored, model_name: str, device: str, source: str,
@@ -253,4 +254,5 @@ class FinetuneTab:
         lora = TUNED + session.run_folder.name
         loaded = context.get_model(context.model_config(session.load.model, session.load.device, lora, session), progress)
         return {model.name: session.load.model, model.device: session.load.device, model.lora: lora,
-                model.status: context.loaded_message(loaded), self.tabs: gr.Tabs(selected="explorer")}
+                model.status: context.loaded_message(loaded), model.lora_options: gr.Accordion(open=True),
+                self.tabs: gr.Tabs(selected="explorer")}

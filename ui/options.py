@@ -27,19 +27,20 @@ class ScoringControls:
     layer_score: gr.Radio
 
     @classmethod
-    def build(cls, elem_prefix: str = "") -> ScoringControls:
-        """The widgets, in the current layout context (e.g. inside an Accordion)."""
+    def build(cls, elem_prefix: str = "", render: bool = True) -> ScoringControls:
+        """The widgets, in the current layout context (e.g. inside an Accordion); with `render=False`, to be placed
+        later (`.render()` each where it belongs: the Explorer puts the scoring ones beside the heatmap)."""
         scoring = DEFAULTS.scoring
         return cls(
-            prompt=gr.Textbox(DEFAULTS.prompt, label="Prompt", elem_id=f"{elem_prefix}prompt"),
+            prompt=gr.Textbox(DEFAULTS.prompt, label="Prompt", elem_id=f"{elem_prefix}prompt", render=render),
             queries=gr.Radio(list(get_args(Queries)), value=DEFAULTS.queries, label="Query rows",
-                             elem_id=f"{elem_prefix}queries"),
+                             elem_id=f"{elem_prefix}queries", render=render),
             binarize=gr.Radio(list(get_args(Binarization)), value=scoring.binarize, label="Binarization",
-                              elem_id=f"{elem_prefix}binarize"),
+                              elem_id=f"{elem_prefix}binarize", render=render),
             quantile=gr.Slider(0.5, 0.99, value=scoring.quantile, step=0.01, label="Quantile (for quantile binarization)",
-                               elem_id=f"{elem_prefix}quantile"),
+                               elem_id=f"{elem_prefix}quantile", render=render),
             layer_score=gr.Radio(list(get_args(LayerScore)), value=scoring.layer_score, label="Layer score",
-                                 elem_id=f"{elem_prefix}layer-score"),
+                                 elem_id=f"{elem_prefix}layer-score", render=render),
         )
 
     @property
