@@ -412,11 +412,11 @@ def test_gallery_overlay_puts_the_map_on_its_cells_and_outlines_the_mask():
 
 
 def _finetune_job(client, model, source="demo", archive=None, strategy="top", layers="", k=1, steps=3, meteor=False, lr=1e-3,
-                  task=None):
-    """`task`: None leaves the page's default (captioning)."""
+                  task=None, **options):
+    """`task`: None leaves the page's default (captioning); `options`: the event's other inputs by name."""
     return client.submit(model_name=model, device="cpu", source=source, archive=handle_file(str(archive)) if archive else None,
                          strategy=strategy, layer_list=layers, k=k, rank=4, steps=steps, lr=lr, batch_size=2, seed=0,
-                         meteor=meteor, **({"task": task} if task else {}), api_name="/finetune")
+                         meteor=meteor, **({"task": task} if task else {}), **options, api_name="/finetune")
 
 
 def _finetune(client, model, **options):
@@ -553,6 +553,19 @@ def _wait_for(client, job, pattern: str, timeout: float = 120) -> None:
     while not any(re.search(pattern, outputs(client, "/finetune", output)["ft-status"] or "") for output in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), f"no {pattern!r} in the status: {str(job.outputs()[-1:])[:300]}"
         time.sleep(0.1)
+
+
+def test_a_second_run_on_the_same_data_reuses_the_ranking_and_the_estimate_follows_the_measured_rates(server):
+    url, model = server
+    client = Client(url, verbose=False)  # no Dataset tab scores in this session: the run ranks, or reuses a run's ranking
+    first = _finetune(client, model, preset="full")
+    assert "**Finished:** 3 steps" in first["ft-status"]
+    assert re.search(r"Dataset HI of the demo set, scored for (this|an earlier) run", first["ft-summary"])
+    second = _finetune(client, model, preset="full")
+    assert "Dataset HI of the demo set, scored for an earlier run" in second["ft-summary"]
+    estimate = second["ft-estimate"]  # what the next launch of these settings will take, from this run's rates
+    assert re.search(r"\*\*About \d+ s\*\* to run: training \d+ s, captioning \d+ held-out records twice", estimate)
+    assert "ranking: reused" in estimate and "measured by this server's last run of this model" in estimate
 
 
 def test_cancelling_a_finetune_stops_it_and_leaves_no_files(server):

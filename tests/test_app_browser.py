@@ -610,6 +610,13 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     layers, heads, _ = model_shape
     expect(page.get_by_role("tab", name="Before / after")).to_have_count(0)  # no LoRA set: no before/after view
     page.get_by_role("tab", name="Fine-tune").click()
+    estimate = page.locator("#ft-estimate")  # before any launch: what the quick preset will take
+    expect(estimate).to_contain_text(re.compile(r"About \d+ s to run: training \d+ s"))
+    page.locator("#ft-preset").get_by_text("full:").click()  # the preset fills the settings, and the estimate follows
+    expect(page.locator("#ft-steps input")).to_have_value("100")
+    expect(page.locator("#ft-batch-size input")).to_have_value("16")
+    loss_plot, status_box = page.locator("#ft-loss").bounding_box(), page.locator("#ft-status").bounding_box()
+    assert abs(loss_plot["x"] - status_box["x"]) < 40 and 0 <= loss_plot["y"] - status_box["y"] < 200, "the status is not by its plot"
     page.get_by_text(f"demo set ({len(EXAMPLES)} scenes)").click()
     _set_number(page, "ft-steps", 4)
     _set_number(page, "ft-batch-size", 4)

@@ -219,6 +219,7 @@ class DatasetTab:
                 context.get_model(load, progress)
                 analysis = context.work.score_dataset(load, folder, config,
                                                       lambda done, total: progress((done, total), desc="scoring", unit="images"))
+                progress(1.0, desc="scored: drawing the heatmap and each head's best and worst images")
                 analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset))
                 session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0],
                                          edits=int(edits or 0))

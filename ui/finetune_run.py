@@ -7,9 +7,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hi_core.datasets import count_records
 from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
 from hi_core.layer_selection import Ranking, check_layer_choice, needs_ranking
 from hi_core.loading import LoadConfig, LoadedModel, load_model
@@ -31,6 +34,7 @@ class FinetuneSession:
     before: RunRecord  # the model as it is, on the held-out records
     after: RunRecord  # the tuned model, on the same records
     run_folder: Path  # adapter/ (peft adapter, run.json, captions), its zip, pretrained/, an unpacked upload
+    ranking_work: RankingWork = field(default_factory=lambda: RankingWork())
 
     @property
     def adapter(self) -> Path:
@@ -56,21 +60,69 @@ class Live:
         self.progress = self.progress or Progress(total=self.steps)
 
 
-def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel) -> Ranking:
+def ranking_key(load: LoadConfig, source: str, task: str, rank_limit: int) -> tuple:
+    """What a cached ranking of one of the app's own datasets depends on: the model, the dataset, its task, the records scored."""
+    return (load, source, task, rank_limit)
+
+
+class RankingCache:
+    """Layer rankings made for runs on the app's own datasets (the demo set, the generated scenes: files that never
+    change), by model and record limit, shared by every session: a second launch on the same data does not rank
+    again. Bounded; thread-safe. Uploads are never cached (their folder is the run's own)."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self._rankings: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Ranking | None:
+        with self._lock:
+            return self._rankings.get(key)
+
+    def put(self, key: tuple, ranking: Ranking) -> None:
+        with self._lock:
+            self._rankings[key] = ranking
+            self._rankings.move_to_end(key)
+            while len(self._rankings) > self._capacity:
+                self._rankings.popitem(last=False)
+
+
+@dataclass
+class RankingWork:
+    """How the run got its ranking: records scored for it now (0: reused) and the seconds that took."""
+
+    ranked: int = 0
+    seconds: float = 0.0
+
+
+def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel, limit: int = RANKING_LIMIT,
+                  cache: RankingCache | None = None, cache_key: tuple | None = None,
+                  work: RankingWork | None = None) -> Ranking:
     """Layers by Dataset HI: the Dataset tab's scores when they fit this run (`reuse_ranking`: the same model,
-    the same records); else scored now (default options, at most RANKING_LIMIT records)."""
+    the same records); else one made earlier for the same data (`cache` under `cache_key`); else scored now
+    (default options, at most `limit` records; counted in `work`)."""
     if scored is not None:
         reused = reuse_ranking(scored.analysis, scored.load, scored.folder, load, folder)
         if reused is not None:
             return dataclasses.replace(reused, source=f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)")
-    ranking = dataset_ranking(loaded, folder, limit=RANKING_LIMIT)
-    return dataclasses.replace(ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {RANKING_LIMIT} records)")
+    if cache is not None and cache_key is not None and (cached := cache.get(cache_key)) is not None:
+        return dataclasses.replace(cached, source=cached.source.replace("scored for this run", "scored for an earlier run"))
+    started = time.perf_counter()
+    ranking = dataset_ranking(loaded, folder, limit=limit)
+    ranking = dataclasses.replace(ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {limit} records)")
+    if work is not None:
+        work.ranked, work.seconds = count_records(folder, limit), time.perf_counter() - started
+    if cache is not None and cache_key is not None:
+        cache.put(cache_key, ranking)
+    return ranking
 
 
 def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
-                 scored, live: Live, stop: threading.Event) -> FinetuneSession:
+                 scored, live: Live, stop: threading.Event, rank_limit: int = RANKING_LIMIT,
+                 rankings: RankingCache | None = None) -> FinetuneSession:
     """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set. `scored`: the session's
-    Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit."""
+    Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit; else a ranking of
+    `rankings` made for the same model and data, else one scored now on at most `rank_limit` records."""
 
     def stage(text: str) -> None:
         if stop.is_set():
@@ -89,9 +141,10 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
     stage("loading a private copy of the model")
     loaded = load_model(load)
     check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before the slow steps
-    ranking = None
+    ranking, work = None, RankingWork()
     if needs_ranking(config.layers):
         stage("ranking the layers by Dataset HI")
-        ranking = layer_ranking(scored, load, folder, name, loaded)
+        key = None if source == UPLOADED_ZIP else ranking_key(load, source, config.data.task, rank_limit)
+        ranking = layer_ranking(scored, load, folder, name, loaded, rank_limit, rankings, key, work)
     tuned = run_before_after(loaded, folder, run_folder, config, ranking, TrainCallbacks(on_step, stop.is_set), on_stage=stage)
-    return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder)
+    return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder, work)

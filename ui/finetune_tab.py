@@ -6,6 +6,7 @@ accuracy) before and after; the adapter as a zip, and the tuned model back in th
 from __future__ import annotations
 
 import shutil
+import threading
 
 import gradio as gr
 import numpy as np
@@ -14,6 +15,8 @@ import pandas as pd
 from hi_core.compare import METRICS
 from hi_core.errors import InputError
 from hi_core.finetune import DataConfig, FinetuneConfig, TrainingCancelled
+from hi_core.finetune_presets import DEMO_RATES, RANK_LIMIT, RunRates, finetune_preset
+from hi_core.layer_selection import needs_ranking
 from hi_core.plots import figure_to_array, layer_choices
 from hi_core.runs import RunRecord
 
@@ -21,7 +24,7 @@ from .components import figure
 from .context import TUNED, AppContext
 from .explorer import ModelControls, forget
 from .feedback import reports_input_errors
-from .finetune_run import FinetuneSession, Live, finetune_job
+from .finetune_run import FinetuneSession, Live, RankingCache, finetune_job, ranking_key
 from .jobs import Jobs, duration
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
@@ -29,6 +32,16 @@ EVAL_LIMIT = 200  # held-out records captioned before and after tuning
 LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
 STRATEGIES = [("top-k by HI", "top"), ("bottom-k by HI", "bottom"), ("random k", "random"), ("all", "all"), ("these:", "list")]
 TASKS = [("captioning", "caption"), ("closed-form VQA", "vqa")]  # the values of finetune.Task
+
+
+PRESET_CHOICES = [("quick: 30 steps of 8, 16 held-out records", "quick"),
+                  ("full: 100 steps of 16, up to 200 held-out records, METEOR (the experiment pages' run)", "full")]
+DEFAULT_PRESET = "quick"
+
+
+def limit_note(limit: int | None) -> str | None:
+    """A control's note of the deployment's limit (None: no limit, no note)."""
+    return None if limit is None else f"at most {limit} here"
 
 
 def progress_bar(done: int, steps: int) -> str:
@@ -121,15 +134,18 @@ class FinetuneTab:
         """`state`: this session's last finished run (a `FinetuneSession`), which the other tabs read."""
         self.context, self.model, self.dataset_state, self.tabs, self.state = context, model, dataset_state, tabs, state
         self.jobs = Jobs()
+        self.rankings = RankingCache()  # layer rankings of the app's own datasets, reused by later runs
+        self.rates = {"demo": DEMO_RATES}  # model name -> RunRates measured by its last run here (demo: the bench's)
+        self._rates_lock = threading.Lock()
         gr.Markdown(
             "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), then "
             "caption the held-out records (a hashed 20% of the dataset) before and after, or, for the VQA task, answer their "
             "questions (each record's `prompt`; its `text` is the answer) and report answer accuracy (normalized exact match). "
-            "`top`/`bottom` take the layers "
-            "by Dataset HI: the Dataset tab's scores if you scored the same dataset there with the same model, else "
-            "scored when the run starts. The defaults suit the demo model (6 layers): the synthetic scenes are captioned "
-            "in reading order, a shift LoRA teaches it (about 100 steps for the first, 3-layer demo model). Training uses a private copy of the model; the "
-            "explorer keeps serving meanwhile."
+            "`top`/`bottom` take the layers by Dataset HI: the Dataset tab's scores if you scored the same dataset there "
+            "with the same model, else one made for an earlier run on the same data, else scored when the run starts. "
+            "The presets suit the demo model (6 layers): the synthetic scenes are captioned in reading order, a shift "
+            "LoRA teaches it; **quick** is a first look, **full** the run of the project's experiment pages. "
+            "Training uses a private copy of the model; the explorer keeps serving meanwhile."
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
@@ -150,22 +166,32 @@ class FinetuneTab:
                              "templated answer as `text`: the synthetic scenes (generated with questions), or an uploaded .zip")
         self.strategy = gr.Radio(STRATEGIES, value="top", label="Layers to tune", elem_id="ft-strategy")
         self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
-        defaults = FinetuneConfig(layers="top")
+        settings = self.context.settings
+        self.preset = gr.Radio(PRESET_CHOICES, value=DEFAULT_PRESET, label="Preset (fills the settings below)", elem_id="ft-preset")
+        start = finetune_preset(DEFAULT_PRESET)
         with gr.Row():
-            self.k = gr.Number(2, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
-            self.rank = gr.Number(defaults.rank, precision=0, minimum=1, label="LoRA rank", min_width=90, elem_id="ft-rank")
-            self.steps = gr.Number(100, precision=0, minimum=1, label="Steps", min_width=90, elem_id="ft-steps")
+            self.k = gr.Number(start.k, precision=0, minimum=1, label="k (layers)", min_width=90, elem_id="ft-k")
+            self.rank = gr.Number(start.rank, precision=0, minimum=1, label="LoRA rank", min_width=90, elem_id="ft-rank",
+                                  info=limit_note(settings.max_lora_rank))
+            self.steps = gr.Number(start.steps, precision=0, minimum=1, label="Steps", min_width=90, elem_id="ft-steps",
+                                   info=limit_note(settings.max_finetune_steps))
         with gr.Row():
-            self.lr = gr.Number(2e-3, label="Learning rate", min_width=90, elem_id="ft-lr")
-            self.batch_size = gr.Number(16, precision=0, minimum=1, label="Batch size", min_width=90, elem_id="ft-batch-size")
+            self.lr = gr.Number(start.lr, label="Learning rate", min_width=90, elem_id="ft-lr")
+            self.batch_size = gr.Number(start.batch_size, precision=0, minimum=1, label="Batch size", min_width=90,
+                                        elem_id="ft-batch-size", info=limit_note(settings.max_batch_size))
             self.seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="ft-seed")
-        self.meteor = gr.Checkbox(True, label="METEOR too (needs Java; ~5 s per evaluation)", elem_id="ft-meteor")
+        with gr.Row():
+            self.eval_limit = gr.Number(start.data.eval_limit, precision=0, minimum=1, maximum=EVAL_LIMIT, min_width=90,
+                                        label=f"Held-out records captioned (at most {EVAL_LIMIT})", elem_id="ft-eval-limit")
+            self.meteor = gr.Checkbox(start.data.meteor, label="METEOR too (needs Java; ~5 s per evaluation)", elem_id="ft-meteor")
+
+    def _results(self) -> None:
+        # the action, what it will cost and how it goes, at the top, beside the loss plot
         with gr.Row():
             self.launch = gr.Button("Launch fine-tune", variant="primary", elem_id="ft-launch")
             self.cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+        self.estimate = gr.Markdown("", label="How long the run will take", elem_id="ft-estimate")
         self.status = gr.Markdown("Progress appears here.", label="Fine-tune status", elem_id="ft-status")
-
-    def _results(self) -> None:
         self.loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", elem_id="ft-loss")
         self.summary = gr.Markdown(label="Fine-tune summary", elem_id="ft-summary")
         self.metrics = gr.Dataframe(headers=["metric", "before", "after", "change"], interactive=False,
@@ -182,11 +208,20 @@ class FinetuneTab:
         self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_name=False)
         self.archive.clear(lambda: SYNTHETIC, None, self.source, api_name=False)
         self.layer_list.input(lambda: "list", None, self.strategy, api_name=False)
+        filled = [self.k, self.rank, self.steps, self.lr, self.batch_size, self.eval_limit, self.meteor]
+        self.preset.input(self.apply_preset, [self.preset], filled, api_name=False)
+        costs = [model.name, model.device, self.source, self.strategy, self.preset, self.steps, self.batch_size,
+                 self.eval_limit, self.task]
+        for control in costs:
+            control.change(self.show_estimate, costs, [self.estimate], api_name=False, show_progress="hidden")
+        self.tabs.select(self.show_estimate, costs, [self.estimate], api_name=False, show_progress="hidden")
         self.launch.click(
             self.finetune,
             [self.state, self.dataset_state, model.name, model.device, self.source, self.archive, self.strategy,
-             self.layer_list, self.k, self.rank, self.steps, self.lr, self.batch_size, self.seed, self.meteor, self.task],
-            [self.state, self.status, self.loss, self.metrics, self.summary, self.layers, self.samples, self.download, self.use],
+             self.layer_list, self.k, self.rank, self.steps, self.lr, self.batch_size, self.seed, self.meteor, self.task,
+             self.eval_limit, self.preset],
+            [self.state, self.status, self.loss, self.metrics, self.summary, self.layers, self.samples, self.download, self.use,
+             self.estimate],
             api_name="finetune",
             concurrency_limit=1,  # one run at a time (each holds a private copy of the model)
             show_progress_on=[self.status],
@@ -199,12 +234,14 @@ class FinetuneTab:
     @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
     def finetune(self, previous: FinetuneSession | None, scored, model_name: str, device: str, source: str,
                  archive: str | None, strategy: str, layer_list: str, k: int, rank: int, steps: int, lr: float,
-                 batch_size: int, seed: int, meteor: bool = True, task: str = "caption", request: gr.Request = None):
+                 batch_size: int, seed: int, meteor: bool = True, task: str = "caption", eval_limit: int = EVAL_LIMIT,
+                 preset: str = DEFAULT_PRESET, request: gr.Request = None):
         if strategy == "list" and not (layer_list or "").strip():
             raise InputError("type the layers to tune, e.g. 0,2")
         config = FinetuneConfig(layers=layer_list if strategy == "list" else strategy, k=int(k or 0), rank=int(rank or 0),
                                 steps=int(steps or 0), lr=float(lr or 0), batch_size=int(batch_size or 0), seed=int(seed or 0),
-                                data=DataConfig(task=task, eval_limit=EVAL_LIMIT, meteor=bool(meteor)))
+                                data=DataConfig(task=task, eval_limit=min(int(eval_limit or EVAL_LIMIT), EVAL_LIMIT),
+                                                meteor=bool(meteor)))
         self.context.settings.check_finetune(config)
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose another dataset")
@@ -213,7 +250,7 @@ class FinetuneTab:
         with self.context.storage.run() as run_folder:
             try:
                 with self.jobs.start(request.session_hash, lambda stop: finetune_job(
-                        load, config, source, archive, run_folder, scored, live, stop)) as job:
+                        load, config, source, archive, run_folder, scored, live, stop, RANK_LIMIT[preset], self.rankings)) as job:
                     for _ in job.ticks():
                         yield {self.status: live_status(live, job.stop.is_set()), self.loss: loss_frame(live.losses)}
                     fresh = job.result()
@@ -227,7 +264,9 @@ class FinetuneTab:
                     shutil.rmtree(run_folder, ignore_errors=True)
         if fresh is not None:
             forget(previous)  # the previous run's files, now that this one stands
-            yield self._finished(fresh)
+            self._measured(fresh)
+            yield self._finished(fresh) | {self.estimate: self.show_estimate(model_name, device, source, strategy, preset, steps,
+                                                                             batch_size, eval_limit, task)}
 
     def _finished(self, session: FinetuneSession) -> dict:
         after = session.after
@@ -241,6 +280,51 @@ class FinetuneTab:
             self.samples: sample_frame(session.before, after),
             self.download: str(session.archive), self.use: gr.Button(interactive=True),
         }
+
+    def apply_preset(self, preset: str):
+        """The preset's settings in the controls."""
+        config = finetune_preset(preset if preset in RANK_LIMIT else DEFAULT_PRESET)
+        return {self.k: config.k, self.rank: config.rank, self.steps: config.steps, self.lr: config.lr,
+                self.batch_size: config.batch_size, self.eval_limit: config.data.eval_limit, self.meteor: config.data.meteor}
+
+    def show_estimate(self, model_name: str, device: str, source: str, strategy: str, preset: str, steps: float | None,
+                      batch_size: float | None, eval_limit: float | None, task: str = "caption") -> str:
+        """What a launch with these settings will take, from the rates this model's last run here measured."""
+        with self._rates_lock:
+            rates = self.rates.get((model_name or "").strip())
+        if rates is None:
+            return "_How long a run takes is shown once this model has finished a run on this server._"
+        try:
+            config = FinetuneConfig(layers="top", steps=int(steps or 0), batch_size=int(batch_size or 0))
+            load = self.context.model_config(model_name, device)
+        except (InputError, TypeError, ValueError):
+            return ""  # the launch will say what is wrong
+        scenes = {SYNTHETIC: SYNTHETIC_SCENES, DEMO_SET: len(self.context.examples)}.get(source)
+        expected = max(1, round(scenes * DataConfig().eval_fraction)) if scenes else int(eval_limit or EVAL_LIMIT)
+        held_out = min(expected, int(eval_limit or EVAL_LIMIT), EVAL_LIMIT)
+        limit = RANK_LIMIT.get(preset, RANK_LIMIT[DEFAULT_PRESET])
+        cached = source != UPLOADED_ZIP and self.rankings.get(ranking_key(load, source, task, limit)) is not None
+        ranked = 0 if cached or not needs_ranking(strategy) else min(limit, scenes or limit)
+        stages = rates.estimate(config, held_out, ranked)
+        ranking = (f"ranking {ranked} records {duration(stages['ranking'])}" if ranked else
+                   "ranking: reused" if needs_ranking(strategy) else "no ranking")
+        return (f"**About {duration(stages['total'])}** to run: training {duration(stages['training'])}, captioning "
+                f"{held_out} held-out records twice {duration(stages['captioning'])}, {ranking}; loading and METEOR "
+                f"not counted. Rates {rates.source}.")
+
+    def _measured(self, session: FinetuneSession) -> None:
+        """This model's rates, from the run just finished."""
+        before, after, work = session.before, session.after, session.ranking_work
+        captioned = max(1, int(after.split["held_out"]))
+        batch = int(after.settings["config"]["batch_size"])
+        measured = dict(train_sample_s=after.timings["seconds_per_step"] / batch,
+                        caption_s=(before.timings["eval_seconds"] + after.timings["eval_seconds"]) / (2 * captioned),
+                        rank_s=work.seconds / work.ranked if work.ranked else None,
+                        source="measured by this server's last run of this model")
+        with self._rates_lock:
+            known = self.rates.get(session.load.model)
+            self.rates[session.load.model] = (known.updated(**measured) if known is not None else
+                                              RunRates(**{**measured, "rank_s": measured["rank_s"] or 0.0}))
 
     def cancel_finetune(self, request: gr.Request):
         if not self.jobs.cancel(request.session_hash):

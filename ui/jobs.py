@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+ETA_SMOOTHING = 0.15  # share of a new measurement in the time-left shown (read every `Jobs.refresh_s`)
+
+
 @dataclass
 class Progress:
     """A job as the page shows it: written by the worker thread, read by the event's loop."""
@@ -29,6 +32,8 @@ class Progress:
     done: int = 0  # steps finished
     started: float = field(default_factory=time.monotonic)
     first_step: float | None = None  # when the first step finished (the rate is measured from there)
+    _left: float | None = None  # the estimate last shown, and when
+    _left_at: float = 0.0
 
     def step(self) -> None:
         self.done += 1
@@ -40,10 +45,19 @@ class Progress:
         return time.monotonic() - self.started
 
     def seconds_left(self) -> float | None:
-        """The remaining steps at the rate measured since the first one (None before two steps)."""
+        """The remaining steps at the rate measured since the first one (None before two steps), smoothed: each
+        reading counts down from the last one shown and moves a share `ETA_SMOOTHING` toward the new measurement,
+        so one slow step (another process, a checkpoint) does not make the estimate jump by minutes."""
         if self.first_step is None or self.done < 2:
             return None
-        return (time.monotonic() - self.first_step) / (self.done - 1) * (self.total - self.done)
+        now = time.monotonic()
+        measured = (now - self.first_step) / (self.done - 1) * (self.total - self.done)
+        if self._left is None:
+            self._left = measured
+        else:
+            self._left = (1 - ETA_SMOOTHING) * max(0.0, self._left - (now - self._left_at)) + ETA_SMOOTHING * measured
+        self._left_at = now
+        return self._left
 
 
 def duration(seconds: float) -> str:
