@@ -2,11 +2,11 @@
 layout), driven by Playwright in Debian's Chromium, on the demo model.
 
 Measured, `--reps` times each, from the action to the first frame that shows its result:
-  click      a heatmap cell clicked -> the selected head's picture replaced (the src of #head-view changes);
+  click      a heatmap cell clicked -> the head's line names it and its picture is replaced;
   token      a token ticked -> the summary names it (every view redrawn on the chosen rows);
   analyze    Analyze pressed (the model already loaded, the example's mask) -> the summary shows the new analysis.
-The clock is the page's own (`performance.now()` in a `requestAnimationFrame` poll started with the action),
-so Playwright's round trips to the browser do not count; between actions the page is left 0.5-1 s to settle
+Times are wall-clock from the action's call to the frame (Playwright polls every animation frame) where the
+result shows, so they include Playwright's own round trips to the browser (a few ms); between actions the page is left 0.5-1 s to settle
 (the editor uploads its layers after a redraw). Printed: the median and every time, in ms, beside the
 goals of the first-run issue (a click < 300 ms, Analyze < 1.5 s, on an idle 2-core machine).
 
@@ -22,6 +22,7 @@ import os
 import socket
 import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,28 +38,13 @@ from ui.settings import Settings  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-GOALS_MS = {"click": 300, "token": 300, "analyze": 1500}
-# Resolves with the ms from now until `done()` first holds, polled every animation frame (time out: -1).
-WAIT_JS = """([condition, timeout]) => new Promise(resolve => {
-  const done = new Function('return (' + condition + ')');
-  const start = performance.now();
-  const poll = () => {
-    const now = performance.now();
-    if (done()) resolve(now - start); else if (now - start > timeout) resolve(-1); else requestAnimationFrame(poll);
-  };
-  requestAnimationFrame(poll);
-})"""
-
-
+GOALS_MS = {"click": 300, "token": None, "analyze": 1500}  # the issue's goals; a token tick has none
 def timed(page: Page, action, condition: str, timeout_ms: int = 60_000) -> float:
-    """Milliseconds from `action()` until the JS expression `condition` holds in the page."""
-    waiting = page.evaluate_handle(f"() => {{ window.__hiWait = ({WAIT_JS})([{json.dumps(condition)}, {timeout_ms}]); }}")
-    waiting.dispose()
+    """Milliseconds from `action()` until the JS expression `condition` holds in the page (checked every frame)."""
+    started = time.perf_counter()
     action()
-    elapsed = page.evaluate("() => window.__hiWait")
-    if elapsed < 0:
-        raise TimeoutError(f"not seen within {timeout_ms} ms: {condition}")
-    return elapsed
+    page.wait_for_function(condition, polling="raf", timeout=timeout_ms)
+    return (time.perf_counter() - started) * 1000
 
 
 def src(elem_id: str) -> str:
@@ -106,9 +92,10 @@ def main() -> None:
                 target = (5, 7) if selected != (5, 7) else (0, 0)
                 x, y = HeatmapLayout.fit(6, 8).cell_centre(*target)  # the demo model: 6 layers of 8 heads
                 page.wait_for_timeout(500)  # the analysis's pictures have loaded
-                before = page.evaluate(src("head-view"))
+                before = page.evaluate(src("head-view"))  # the reply names the head and brings its picture
                 click = timed(page, lambda: page.mouse.click(left + x * scale, top + y * scale),
-                              f"{src('head-view')} !== {json.dumps(before)}")
+                              f"document.querySelector('#head-info').innerText.includes('Layer {target[0]}, head {target[1]} ') "
+                              f"&& {src('head-view')} !== {json.dumps(before)}")
 
                 page.wait_for_timeout(500)
                 position = next(i for i, word in enumerate(words) if word not in key)
@@ -123,7 +110,8 @@ def main() -> None:
     print(f"{args.reps} rounds on the demo model, 1280 x 1000, {os.cpu_count()} CPUs\n")
     print("| action | median ms | goal ms | every time ms |\n|---|---|---|---|")
     for name, values in times.items():
-        print(f"| {name} | {statistics.median(values):.0f} | < {GOALS_MS[name]} | {' '.join(f'{v:.0f}' for v in values)} |")
+        goal = f"< {GOALS_MS[name]}" if GOALS_MS[name] else "-"
+        print(f"| {name} | {statistics.median(values):.0f} | {goal} | {' '.join(f'{v:.0f}' for v in values)} |")
 
 
 if __name__ == "__main__":

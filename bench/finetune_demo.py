@@ -86,7 +86,8 @@ def main() -> None:
         print(f"    rates: {after.timings['seconds_per_step'] / batch:.4f} s per training sample, "
               f"{(before.timings['eval_seconds'] + after.timings['eval_seconds']) / (2 * captioned):.4f} s per record "
               f"captioned, " + (f"{work.seconds / work.ranked:.4f} s per record ranked" if work.ranked else "ranking reused")
-              + "; metrics after: " + ", ".join(f"{k} {v:.3f}" for k, v in after.metrics.items()) + "\n")
+              + "\n    metrics before -> after: " + ", ".join(f"{key} {before.metrics[key]:.3f} -> {value:.3f}"
+                                                     for key, value in after.metrics.items()) + "\n")
 
 
 if __name__ == "__main__":

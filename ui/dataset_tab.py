@@ -136,8 +136,9 @@ class DatasetTab:
                                value=DEMO_SET, label="Dataset", elem_id="ds-source")
         self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", elem_id="ds-zip")
         with gr.Accordion("Options", open=False):
-            self.batch_size = gr.Slider(1, 32, value=DatasetConfig.batch_size, step=1, label="Batch size (images per forward pass)",
-                                        elem_id="ds-batch-size")
+            batch_cap = settings.max_batch_size
+            self.batch_size = gr.Slider(1, 32, value=DatasetConfig.batch_size, step=1, elem_id="ds-batch-size",
+                                        label=f"Batch size (images per forward pass{f'; at most {batch_cap} here' if batch_cap else ''})")
             cap = settings.max_dataset_images
             self.limit = gr.Number(cap or 0, precision=0, minimum=0, elem_id="ds-limit",
                                    label=f"Max images (0: all{f'; at most {cap} here' if cap else ''})")
