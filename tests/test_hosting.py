@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -25,7 +26,8 @@ from hi_core.families import adapter_for
 from hi_core.finetune import FinetuneConfig
 from hi_core.loading import ModelCache
 from ui.app import build_demo, launch_options
-from ui.components import bounded_open
+from ui.components import bounded_open, refuse_in_handler
+from ui.feedback import Refused
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.settings import DEFAULT_ALLOWED_MODELS, RELEASED_MODEL_TYPES, Settings, scrub_paths
 from ui.storage import RunStorage
@@ -208,6 +210,23 @@ def _analyze(client, model, image, mask, lora=""):
     editor = {"background": handle_file(image), "layers": [], "composite": handle_file(image)}
     return predict(client, "/analyze", model_name=model, device="cpu", editor=editor, uploaded_mask=handle_file(mask),
                    text="a small orange cross at the left", lora=lora)
+
+
+@pytest.mark.parametrize("make, bad", [
+    (lambda: gr.Number(1, minimum=0, maximum=5), 9),
+    (lambda: gr.Slider(1, 16, value=2, step=1), 40),
+    (lambda: gr.Dropdown(["demo", "other"], value="demo"), "/etc/passwd"),
+    (lambda: gr.Radio(["a", "b"], value="a"), "c"),
+])
+def test_a_checked_control_refuses_in_the_handler_also_as_the_copy_gradio_makes_for_a_session(make, bad):
+    """Gradio re-creates a component for a session from its class and constructor arguments when an event updates
+    it; the copy refuses a value out of range as the original does (a message beside the action, no traceback)."""
+    with gr.Blocks():
+        control = refuse_in_handler(make())
+        copy = type(control)(**{**control.constructor_args, "render": False})
+    for component in (control, copy):
+        refused = component.preprocess(bad)
+        assert isinstance(refused, Refused) and refused.message
 
 
 def test_a_public_app_refuses_other_models_huge_images_and_adapters_with_messages_and_keeps_serving(llava_dir, tmp_path):

@@ -59,6 +59,8 @@ def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
         return Refused(f"{name}: {scrub_paths(str(error.message if isinstance(error, gr.Error) else error))}")
 
 
+# One class statement each: Gradio's ComponentMeta reads each component class's own source (to write its `.pyi`
+# stub), so these cannot be made in a loop.
 class RefusingNumber(gr.Number):
     is_template = True
     preprocess = refuse_in_preprocess
