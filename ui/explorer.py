@@ -188,9 +188,10 @@ class ExplorerTab:
             self.gallery = gr.Gallery([example.image for example in examples], label="Examples (click one)", show_label=False,
                                       columns=columns, height=12 + 56 * -(-len(examples) // columns), object_fit="cover",
                                       allow_preview=False, elem_id="examples")
+        limits = (f" Images over {settings.max_image_pixels / 1e6:g} Mpx are refused; larger sides are reduced to "
+                  f"{settings.max_image_side} px." if settings.public else "")
         gr.Markdown("**Pick an example or upload an image, then paint the object you want scored.** The mask shows "
-                    "below as you paint; an example comes with its own, which painting replaces." + (f" Images over {settings.max_image_pixels / 1e6:g} Mpx are refused; larger "
-                                              f"sides are reduced to {settings.max_image_side} px." if settings.public else ""),
+                    "below as you paint; an example comes with its own, which painting replaces." + limits,
                     elem_id="editor-help")
         self.editor = BoundedImageEditor(
             max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
@@ -241,7 +242,8 @@ class ExplorerTab:
                                     elem_id="heatmap", height=280)
             with gr.Column():
                 # no label over the picture: it would hide the panels' titles (the line below names the head)
-                self.head_view = figure(label="Selected head over the image, and the object patches", download_name="selected-head", elem_id="head-view", height=220)
+                self.head_view = figure(label="Selected head over the image, and the object patches", download_name="selected-head",
+                                        elem_id="head-view", height=220)
                 self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
         with gr.Row():
             self.selected_layer = gr.Number(label="Layer", precision=0, value=0, minimum=0, elem_id="selected-layer")
