@@ -35,7 +35,7 @@ from hi_core.scoring import ScoringConfig
 from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE
-from ui.explorer import NO_MASK
+from ui.editor import NO_MASK
 from ui.settings import Settings
 
 from .app_api import UNCHANGED, outputs, predict

@@ -23,14 +23,14 @@ from PIL import Image
 from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
 from hi_core.loading import LoadedModel
-from hi_core.masks import check_mask, grabcut_mask, load_mask, painted_mask
-from hi_core.overlays import BRUSH_COLOURS, contrasting_colour, map_overlay, mask_overlay
+from hi_core.masks import grabcut_mask, painted_mask
 
 from . import explorer_views as views
 from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
 from .components import BoundedImageEditor, Picture, figure, file_name
 from .context import AppContext
+from .editor import NO_MASK, background, brush_for, editor_value, mask_from_inputs, mask_preview
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import (
@@ -64,59 +64,6 @@ def forget(session) -> None:
     """gr.State's delete callback: a closed session's files go with it."""
     if session is not None:
         session.remove_files()
-
-
-MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this for the mask preview
-
-
-def mask_preview(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the mask tinted and outlined, enlarged by a whole factor when small, so it reads at a glance."""
-    return map_overlay(mask_overlay(image, mask), None, mask, min_side=MASK_PREVIEW_PX)
-
-
-#: What the message beside Analyze says when nothing marks the key object.
-NO_MASK = "paint the object you want scored with the brush (or pick an example, or upload a mask)"
-MASK_LAYER_ALPHA = 150  # an example's mask in the editor: painted, and the object still shows through
-
-
-def hex_colour(colour: tuple[int, int, int]) -> str:
-    return "#" + "".join(f"{channel:02x}" for channel in colour)
-
-
-def brush_for(image: np.ndarray | None) -> gr.Brush:
-    """The editor's brush in the colour that stands out most on `image` (a red brush vanishes on a red object);
-    before any image, the first of the brush colours."""
-    colour = hex_colour(BRUSH_COLOURS[0] if image is None else contrasting_colour(image))
-    return gr.Brush(colors=[colour], default_color=colour, default_size=6, color_mode="fixed")
-
-
-def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
-    """The editor's value: `image` with `mask` (if any) as its brush layer, in the brush's colour, half see-through."""
-    strokes = np.zeros(image.shape[:2] + (4,), np.uint8)  # (H, W, RGBA)
-    if mask is not None:
-        strokes[mask] = (*contrasting_colour(image), MASK_LAYER_ALPHA)
-    return {"background": image, "layers": [strokes], "composite": image}
-
-
-def background(editor: dict | None) -> np.ndarray:
-    if not editor or editor.get("background") is None:
-        raise InputError("upload an image or pick an example first")
-    return np.asarray(editor["background"])[..., :3].astype(np.uint8)
-
-
-def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int,
-                     check: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes; the mask
-    checked for scoring (`check_mask`) unless `check` is False."""
-    image = background(editor)
-    size = (image.shape[1], image.shape[0])
-    if uploaded_mask:  # a mask of the uploaded image's size, reduced like the image if the editor reduced it
-        mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
-    else:
-        mask = painted_mask(list(editor.get("layers") or []), size)
-    if check and not mask.any():
-        raise InputError(NO_MASK)
-    return image, check_mask(mask, Image.fromarray(image)) if check else mask
 
 
 def token_maps_note(loaded: LoadedModel, text: str | None, config: AnalysisConfig, limit: int | None) -> str:
