@@ -192,7 +192,9 @@ class FinetuneTab:
             self.cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
         self.estimate = gr.Markdown("", label="How long the run will take", elem_id="ft-estimate")
         self.status = gr.Markdown("Progress appears here.", label="Fine-tune status", elem_id="ft-status")
-        self.loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", elem_id="ft-loss")
+        # no fixed height: with one, Gradio 6.31 cuts the step axis's labels and title off; the title is the chart's own
+        self.loss = gr.LinePlot(x="step", y="loss", title="Training loss", label="Training loss", show_label=False,
+                                elem_id="ft-loss")
         self.summary = gr.Markdown(label="Fine-tune summary", elem_id="ft-summary")
         self.metrics = gr.Dataframe(headers=["metric", "before", "after", "change"], interactive=False,
                                     label="Held-out metrics (captions, or VQA answer accuracy)", elem_id="ft-metrics")
