@@ -20,7 +20,7 @@ from hi_core.overlays import overlay_panels
 from hi_core.scoring import ScoringConfig
 
 from . import explorer_views as views
-from .components import figure
+from .components import Figure
 from .context import AppContext
 from .explorer_views import Session
 from .feedback import reports_input_errors
@@ -100,9 +100,9 @@ def pair_views(names: tuple[str, str], prefix: str) -> tuple[gr.Image, gr.Image,
     `{prefix}-head`, `{prefix}-info`), for a pair of analyses named `names`."""
     first, second = names
     with gr.Row():
-        heatmap = figure(label=f"ΔHI ({second} − {first}) per head; click a cell", download_name=f"{prefix}-delta-hi-heatmap", elem_id=f"{prefix}-heatmap", height=280)
+        heatmap = Figure(label=f"ΔHI ({second} − {first}) per head; click a cell", download_name=f"{prefix}-delta-hi-heatmap", elem_id=f"{prefix}-heatmap", height=280)
         with gr.Column():
-            head_view = figure(label=f"The selected head: {first} | {second}", download_name=f"{prefix}-selected-head", elem_id=f"{prefix}-head",
+            head_view = Figure(label=f"The selected head: {first} | {second}", download_name=f"{prefix}-selected-head", elem_id=f"{prefix}-head",
                                height=220)
             info = gr.Markdown("", label=f"The selected head: {first} and {second}", elem_id=f"{prefix}-info")
     return heatmap, head_view, info

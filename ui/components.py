@@ -30,7 +30,6 @@ from gradio.data_classes import FileData
 from gradio.processing_utils import hash_bytes
 
 from hi_core.errors import InputError
-
 from hi_core.images import image_to_rgb, open_header
 
 from .feedback import Refused
@@ -189,5 +188,3 @@ def save_png(pixels: np.ndarray, cache: Path, name: str) -> str:
         path.write_bytes(data)
     return str(path.resolve())
 
-
-figure = Figure

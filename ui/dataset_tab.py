@@ -19,7 +19,7 @@ from hi_core.loading import LoadConfig
 from hi_core.overlays import map_overlay
 
 from . import explorer_views as views
-from .components import figure
+from .components import Figure
 from .context import AppContext
 from .explorer import ModelControls, forget
 from .feedback import EditCount, notice, reports_input_errors
@@ -156,11 +156,11 @@ class DatasetTab:
         self.summary = gr.Markdown("Scores appear here.", label="Dataset summary", elem_id="ds-summary")
         self.skipped = gr.Markdown(label="Skipped records", elem_id="ds-skipped")
         with gr.Row():
-            self.heatmap = figure(label="Mean HI: rows are layers, columns heads; click a cell", download_name="dataset-hi-heatmap",
+            self.heatmap = Figure(label="Mean HI: rows are layers, columns heads; click a cell", download_name="dataset-hi-heatmap",
                                     elem_id="ds-heatmap", height=280)
             with gr.Column():
                 self.top_k = top_k_slider("ds-top-k")
-                self.bars = figure(label="Layer scores", download_name="dataset-layer-scores", elem_id="ds-layer-bars",
+                self.bars = Figure(label="Layer scores", download_name="dataset-layer-scores", elem_id="ds-layer-bars",
                                      height=220)
         with gr.Row():
             self.layer = gr.Number(label="Selected layer", precision=0, value=0, minimum=0, elem_id="ds-layer")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from hi_core.errors import InputError
 from hi_core.masks import check_mask, load_mask, painted_mask
-from hi_core.overlays import BRUSH_COLOURS, contrasting_colour, map_overlay, mask_overlay
+from hi_core.overlays import contrasting_colour, map_overlay, mask_overlay
 
 MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this for the mask preview
 
@@ -29,18 +29,19 @@ def hex_colour(colour: tuple[int, int, int]) -> str:
     return "#" + "".join(f"{channel:02x}" for channel in colour)
 
 
-def brush_for(image: np.ndarray | None) -> gr.Brush:
-    """The editor's brush in the colour that stands out most on `image` (a red brush vanishes on a red object);
-    before any image, the first of the brush colours."""
-    colour = hex_colour(BRUSH_COLOURS[0] if image is None else contrasting_colour(image))
-    return gr.Brush(colors=[colour], default_color=colour, default_size=6, color_mode="fixed")
+def brush(colour: tuple[int, int, int]) -> gr.Brush:
+    """The editor's brush in one colour: the one that stands out on the image (`contrasting_colour`; a red brush
+    vanishes on a red object)."""
+    shown = hex_colour(colour)
+    return gr.Brush(colors=[shown], default_color=shown, default_size=6, color_mode="fixed")
 
 
-def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
-    """The editor's value: `image` with `mask` (if any) as its brush layer, in the brush's colour, half see-through."""
+def editor_value(image: np.ndarray, mask: np.ndarray | None = None, colour: tuple[int, int, int] | None = None) -> dict:
+    """The editor's value: `image` with `mask` (if any) as its brush layer, half see-through, in `colour` (default:
+    the brush colour that stands out on `image`)."""
     strokes = np.zeros(image.shape[:2] + (4,), np.uint8)  # (H, W, RGBA)
     if mask is not None:
-        strokes[mask] = (*contrasting_colour(image), MASK_LAYER_ALPHA)
+        strokes[mask] = (*(colour or contrasting_colour(image)), MASK_LAYER_ALPHA)
     return {"background": image, "layers": [strokes], "composite": image}
 
 

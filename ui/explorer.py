@@ -24,13 +24,14 @@ from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
 from hi_core.loading import LoadedModel
 from hi_core.masks import grabcut_mask, painted_mask
+from hi_core.overlays import BRUSH_COLOURS, contrasting_colour
 
 from . import explorer_views as views
 from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
-from .components import BoundedImageEditor, Picture, figure, file_name
+from .components import BoundedImageEditor, Figure, Picture, file_name
 from .context import AppContext
-from .editor import NO_MASK, background, brush_for, editor_value, mask_from_inputs, mask_preview
+from .editor import NO_MASK, background, brush, editor_value, mask_from_inputs, mask_preview
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import (
@@ -143,7 +144,7 @@ class ExplorerTab:
         self.editor = BoundedImageEditor(
             max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
             label="Image: upload one or pick an example, then paint the key object", show_label=False, type="numpy",
-            sources=["upload", "clipboard"], brush=brush_for(None),
+            sources=["upload", "clipboard"], brush=brush(BRUSH_COLOURS[0]),
             eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=250, elem_id="editor",
         )
         with gr.Row():
@@ -185,11 +186,11 @@ class ExplorerTab:
                 for control in self.options.scoring:
                     control.render()
         with gr.Row():
-            self.heatmap = figure(label="HI per head: rows are layers, columns heads; click a cell", download_name="hi-heatmap",
+            self.heatmap = Figure(label="HI per head: rows are layers, columns heads; click a cell", download_name="hi-heatmap",
                                     elem_id="heatmap", height=280)
             with gr.Column():
                 # no label over the picture: it would hide the panels' titles (the line below names the head)
-                self.head_view = figure(label="Selected head over the image, and the object patches", download_name="selected-head",
+                self.head_view = Figure(label="Selected head over the image, and the object patches", download_name="selected-head",
                                         elem_id="head-view", height=220)
                 self.head_info = gr.Markdown("", label="Selected head in numbers", elem_id="head-info")
         with gr.Row():
@@ -199,16 +200,16 @@ class ExplorerTab:
         with gr.Tabs() as self.result_tabs:
             with gr.Tab("Top heads", id="top"):
                 self.top_n = gr.Slider(1, 32, value=8, step=1, label="Top-N heads to show", elem_id="top-n")
-                self.top_view = figure(label="Top heads", download_name="top-heads", elem_id="top-heads")
+                self.top_view = Figure(label="Top heads", download_name="top-heads", elem_id="top-heads")
             with gr.Tab("One layer", id="layer"):
                 self.layer = gr.Number(label="Layer to show", precision=0, value=0, minimum=0, elem_id="layer")
-                self.layer_view = figure(label="One layer", download_name="layer-heads", elem_id="layer-view")
+                self.layer_view = Figure(label="One layer", download_name="layer-heads", elem_id="layer-view")
             with gr.Tab("Ranking", id="ranking"):
                 self.ranking = gr.Dataframe(headers=["layer", "head", "HI", "mass"], interactive=False, label="Ranking",
                                             elem_id="ranking")
             with gr.Tab("Layers", id="layers"):
                 self.top_k = top_k_slider("top-k")
-                self.bars = figure(label="Layer scores", download_name="layer-scores", elem_id="layer-bars")
+                self.bars = Figure(label="Layer scores", download_name="layer-scores", elem_id="layer-bars")
             self.ablation = AblationTab(self.context, self.state)
             self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
         self.downloads = gr.File(label="Downloads: the scores shown (JSON with the tokens they are on, CSV); each figure has its own download button (PNG)",
@@ -304,8 +305,9 @@ class ExplorerTab:
     def pick_example(self, event: gr.SelectData):
         """The example's image with its mask as a brush layer (to erase or add to), its text and key phrase."""
         example = self.context.examples[event.index]
+        colour = contrasting_colour(example.image)  # the mask layer's and the brush's
         return {
-            self.editor: gr.ImageEditor(editor_value(example.image, example.mask), brush=brush_for(example.image)),
+            self.editor: gr.ImageEditor(editor_value(example.image, example.mask, colour), brush=brush(colour)),
             self.text: example.text, self.key_phrase: example.key_phrase, self.uploaded_mask: None,
             self.mask_view: mask_preview(example.image, example.mask), self.message: "",
         }
@@ -314,7 +316,7 @@ class ExplorerTab:
         """A new image: a brush that stands out on it, and no mask yet."""
         if isinstance(editor, Refused) or not editor or editor.get("background") is None:
             return gr.skip()
-        return {self.editor: gr.ImageEditor(brush=brush_for(background(editor))), self.mask_view: None}
+        return {self.editor: gr.ImageEditor(brush=brush(contrasting_colour(background(editor)))), self.mask_view: None}
 
     @reports_input_errors("message")
     def preview_painted(self, editor: dict | None, uploaded_mask: str | None, message: str = ""):
@@ -436,20 +438,20 @@ class ExplorerTab:
     def redraw_top(self, session: Session | None, top_n: int):
         if session is None:
             return gr.skip()
-        return {self.top_view: named(session, views.top_figure(session, top_n), f"top-{views.shown_top_n(session, top_n)}-heads"), self.top_n: views.shown_top_n(session, top_n)}
+        return {self.top_view: self._top_figure(session, top_n), self.top_n: views.shown_top_n(session, top_n)}
 
     # The redraws put the value drawn back in its control, so a clamped value (layer 9 of 6) does not stay in the box.
     @reports_input_errors("message")
     def redraw_layer(self, session: Session | None, layer: int):
         if session is None:
             return gr.skip()
-        return {self.layer_view: named(session, views.layer_figure(session, layer), f"layer-{views.shown_layer(session, layer)}-heads"), self.layer: views.shown_layer(session, layer)}
+        return {self.layer_view: self._layer_figure(session, layer), self.layer: views.shown_layer(session, layer)}
 
     @reports_input_errors("message")
     def redraw_bars(self, session: Session | None, top_k: int):
         if session is None:
             return gr.skip()
-        return {self.bars: named(session, views.bars_figure(session.analysis, top_k), "layer-scores"), self.top_k: top_k_for(len(session.analysis.scored_layers), top_k)}
+        return {self.bars: self._bars_figure(session, top_k), self.top_k: top_k_for(len(session.analysis.scored_layers), top_k)}
 
     # --- the per-token view ---------------------------------------------------------------------
 
@@ -486,12 +488,22 @@ class ExplorerTab:
             self.stale: "", self.token_message: "",
             self.summary: views.summary(session),
             **self._token_controls(session),
-            self.top_view: named(session, views.top_figure(session, top_n), f"top-{views.shown_top_n(session, top_n)}-heads"),
-            self.layer_view: named(session, views.layer_figure(session, layer), f"layer-{views.shown_layer(session, layer)}-heads"),
+            self.top_view: self._top_figure(session, top_n),
+            self.layer_view: self._layer_figure(session, layer),
             self.ranking: views.ranking_rows(analysis),
-            self.bars: named(session, views.bars_figure(analysis, top_k), "layer-scores"),
+            self.bars: self._bars_figure(session, top_k),
             self.downloads: views.save_downloads(session),
         }
+
+    # The figures a redraw and a full render share, each downloaded under what it shows (`named`).
+    def _top_figure(self, session: Session, top_n: int) -> Picture:
+        return named(session, views.top_figure(session, top_n), f"top-{views.shown_top_n(session, top_n)}-heads")
+
+    def _layer_figure(self, session: Session, layer: int) -> Picture:
+        return named(session, views.layer_figure(session, layer), f"layer-{views.shown_layer(session, layer)}-heads")
+
+    def _bars_figure(self, session: Session, top_k: int) -> Picture:
+        return named(session, views.bars_figure(session.analysis, top_k), "layer-scores")
 
     def _render_head(self, session: Session) -> dict:
         """The selection: the heatmap's marker and the selected head (a click redraws nothing else)."""

@@ -20,7 +20,7 @@ from hi_core.layer_selection import needs_ranking
 from hi_core.plots import figure_to_array, layer_choices
 from hi_core.runs import RunRecord
 
-from .components import figure
+from .components import Figure
 from .context import TUNED, AppContext
 from .explorer import ModelControls, forget
 from .feedback import reports_input_errors
@@ -200,7 +200,7 @@ class FinetuneTab:
                                     label="Held-out metrics (captions, or VQA answer accuracy)", elem_id="ft-metrics")
         self.samples = gr.Dataframe(headers=["id", "reference", "before", "after"], interactive=False, wrap=True,
                                     column_widths=["16%", "28%", "28%", "28%"], label="Sample captions", elem_id="ft-samples")
-        self.layers = figure(label="Adapted layers", download_name="finetune-adapted-layers", height=200, elem_id="ft-layers")
+        self.layers = Figure(label="Adapted layers", download_name="finetune-adapted-layers", height=200, elem_id="ft-layers")
         with gr.Row():
             self.download = gr.File(label="The adapter (peft) with run.json, zipped", elem_id="ft-download")
             self.use = gr.Button("Use the tuned model in the Explorer", interactive=False, elem_id="ft-use")

@@ -32,8 +32,8 @@ class Progress:
     done: int = 0  # steps finished
     started: float = field(default_factory=time.monotonic)
     first_step: float | None = None  # when the first step finished (the rate is measured from there)
-    _left: float | None = None  # the estimate last shown, and when
-    _left_at: float = 0.0
+    _left: float | None = field(default=None, init=False, repr=False)  # the estimate last shown, and when
+    _left_at: float = field(default=0.0, init=False, repr=False)
 
     def step(self) -> None:
         self.done += 1
