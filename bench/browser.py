@@ -54,6 +54,8 @@ def src(elem_id: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds between picking an example and pressing Analyze (the editor uploads its layers meanwhile)")
     args = parser.parse_args()
     records = [json.loads(line) for line in (EXAMPLES_DIR / "data.jsonl").read_text().splitlines()[:2]]
     settings = Settings()
@@ -78,7 +80,7 @@ def main() -> None:
                 page.locator("#examples button.thumbnail-item").nth(index).click()
                 page.wait_for_function(f"document.querySelector('#description textarea').value === {json.dumps(record['text'])}")
                 page.wait_for_function("document.querySelector('#mask-view img')")  # the example's mask has arrived
-                page.wait_for_timeout(1000)  # the editor uploads its new layers after a redraw: let that pass
+                page.wait_for_timeout(args.settle * 1000)  # a person's pause; the editor uploads its new layers after a redraw
                 analyze = timed(page, lambda: page.locator("#analyze").click(),
                                 f"{summary}.includes({json.dumps(record['text'])}) && {summary}.includes('Best head')")
 

@@ -667,3 +667,36 @@ def test_a_tiny_image_and_grabcut_on_it_show_a_message_and_the_app_keeps_serving
     assert "at least 8 px" in proposed["analyze-message"]
     _, mask, _ = _example()
     assert "Best head" in _analyze(client, model, mask)["summary"]
+
+
+def test_the_editor_gets_an_examples_pixels_as_they_are():
+    """What the server puts in the editor (an example, a GrabCut mask) comes back as those pixels: the explorer
+    scores an example's own image, not a lossy copy (Gradio's editor sends WebP unless told otherwise)."""
+    from ui.components import BoundedImageEditor
+    from ui.editor import editor_value
+
+    image = np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8)  # noise: what a lossy codec alters most
+    mask = np.zeros((50, 60), bool)
+    mask[10:30, 20:40] = True
+    editor = BoundedImageEditor(max_pixels=10**6, max_side=1536, type="numpy")
+    sent = editor.postprocess(editor_value(image, mask))
+    back = editor.preprocess(sent)  # as the page sends the files back, unchanged
+    np.testing.assert_array_equal(back["background"][..., :3], image)
+    np.testing.assert_array_equal(back["layers"][0][..., 3] > 0, mask)
+
+
+def test_a_new_image_gets_a_contrasting_brush_and_the_same_image_again_leaves_the_editor_alone():
+    """The editor says `upload` also when it redraws a value it was sent; an update to it then makes it reload its
+    value and send its layers again (Gradio 6.31), which delays the next event by ~1 s. So the handler updates
+    the editor only when the brush colour changes."""
+    import gradio as gr
+
+    demo = build_demo()
+    uploaded = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "image_uploaded")
+    editor, colour_state = uploaded.inputs
+    magenta = np.full((40, 40, 3), (255, 0, 255), np.uint8)  # the default brush's colour: the brush must change
+    value = {"background": magenta, "layers": [], "composite": magenta}
+    update = uploaded.fn(value, "#ff00ff")
+    colour = update[colour_state]
+    assert colour != "#ff00ff" and update[editor].brush.default_color == colour
+    assert uploaded.fn(value, colour) == gr.skip()  # the same image redrawn: nothing sent to the editor

@@ -101,12 +101,14 @@ def refuse_in_handler(component: gr.components.Component) -> gr.components.Compo
 class BoundedImageEditor(gr.ImageEditor):
     """A `gr.ImageEditor(**kwargs)` that refuses images over `max_pixels` and reduces them to `max_side` on arrival:
     its own `convert_and_format_image` (the step of its preprocessing that decodes each layer) goes through
-    `bounded_open` first."""
+    `bounded_open` first. What the server sends it (an example, a GrabCut mask) goes as PNG, so the pixels that
+    come back are those sent (Gradio's default, WebP, is lossy: an example would be scored on altered pixels)."""
 
     is_template = True  # drawn by the parent's frontend (Gradio's way for its own template components)
 
     def __init__(self, max_pixels: int, max_side: int, **kwargs: Any) -> None:
         self.max_pixels, self.max_side = max_pixels, max_side
+        kwargs.setdefault("format", "png")
         super().__init__(**kwargs)
 
     preprocess = refuse_in_preprocess

@@ -31,7 +31,7 @@ from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
 from .components import BoundedImageEditor, Figure, Picture, file_name
 from .context import AppContext
-from .editor import NO_MASK, background, brush, editor_value, mask_from_inputs, mask_preview
+from .editor import NO_MASK, background, brush, editor_value, hex_colour, mask_from_inputs, mask_preview
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import (
@@ -99,6 +99,8 @@ class ExplorerTab:
         self.context = context
         self.tuned_state = tuned_state  # the Fine-tune tab's last run: its adapter may be the LoRA chosen here
         self.state = gr.State(None, delete_callback=forget)
+        # the editor's brush colour (hex) as last sent: an image that keeps it gets no editor update (see image_uploaded)
+        self.brush_colour = gr.State(hex_colour(BRUSH_COLOURS[0]))
         with gr.Row():
             with gr.Column(scale=2, min_width=340):
                 self.model = self._model_controls(default_model)
@@ -226,7 +228,8 @@ class ExplorerTab:
             # Progress shows on the description, not the editor: Gradio 6.31 updates an editor's progress only
             # after reading its value, which can hang while a new image loads (a blank editor, "processing" forever).
             self.gallery.select(self.pick_example, None,
-                                [self.editor, self.text, self.key_phrase, self.uploaded_mask, self.mask_view, self.message],
+                                [self.editor, self.brush_colour, self.text, self.key_phrase, self.uploaded_mask,
+                                 self.mask_view, self.message],
                                 api_name=False, show_progress_on=[self.text])
             marks_stale([self.gallery.select], self.example_picked)
         self.grabcut_button.click(self.propose_mask, [self.editor], [self.editor, self.mask_view, self.message],
@@ -236,8 +239,8 @@ class ExplorerTab:
         # the mask preview follows the brush as it paints; a new image gets a brush that stands out on it
         self.editor.input(self.preview_painted, [self.editor, self.uploaded_mask, self.message], [self.mask_view, self.message],
                           api_name=False, show_progress="hidden", trigger_mode="always_last")
-        self.editor.upload(self.image_uploaded, [self.editor], [self.editor, self.mask_view], api_name=False,
-                           show_progress="hidden")
+        self.editor.upload(self.image_uploaded, [self.editor, self.brush_colour], [self.editor, self.brush_colour, self.mask_view],
+                           api_name=False, show_progress="hidden")
         # What a person does (not `.change`: the editor also changes when an event uploads its layers). An edit
         # marks the results stale when it came after Analyze was pressed and the inputs differ from those analyzed:
         # the editor sends `input` once it has redrawn, which can be after an Analyze that already had the stroke.
@@ -308,15 +311,23 @@ class ExplorerTab:
         colour = contrasting_colour(example.image)  # the mask layer's and the brush's
         return {
             self.editor: gr.ImageEditor(editor_value(example.image, example.mask, colour), brush=brush(colour)),
+            self.brush_colour: hex_colour(colour),
             self.text: example.text, self.key_phrase: example.key_phrase, self.uploaded_mask: None,
             self.mask_view: mask_preview(example.image, example.mask), self.message: "",
         }
 
-    def image_uploaded(self, editor: dict | None):
-        """A new image: a brush that stands out on it, and no mask yet."""
+    def image_uploaded(self, editor: dict | None, current: str | None):
+        """A new image: a brush that stands out on it, and no mask yet.
+
+        The editor also says `upload` when it redraws a value it was sent (an example, and again when an event
+        reads it). An image whose brush would not change is left alone: an editor update makes Gradio 6.31's
+        editor reload its value and send its layers again (~1 s of requests before the next event, Analyze's)."""
         if isinstance(editor, Refused) or not editor or editor.get("background") is None:
             return gr.skip()
-        return {self.editor: gr.ImageEditor(brush=brush(contrasting_colour(background(editor)))), self.mask_view: None}
+        colour = contrasting_colour(background(editor))
+        if hex_colour(colour) == current:
+            return gr.skip()
+        return {self.editor: gr.ImageEditor(brush=brush(colour)), self.brush_colour: hex_colour(colour), self.mask_view: None}
 
     @reports_input_errors("message")
     def preview_painted(self, editor: dict | None, uploaded_mask: str | None, message: str = ""):
