@@ -1,8 +1,7 @@
 """One image end to end: the library's main entry point (the CLI's `score` and the app call it).
 
-`analyze_image` checks the mask against the image, brings both to the size the model uses
-(`images.reduce_image`, `images.reduce_mask`: no step after the check works at the upload's
-resolution), generates the description when none is given (`captioning.generate_description`),
+`analyze_image` checks the mask against the image (both stay as given: the processor gets the model's
+own pixels, and the mask goes through the same processor geometry), generates the description when none is given (`captioning.generate_description`),
 then runs the per-image steps of `image_scoring` (the same steps a dataset run takes, in the same
 order): `prepare_image` -> `maps.head_maps` -> `PreparedImage.score` -> `scoring.layer_scores`.
 The result, `ImageAnalysis`, holds every head's map and score, and writes the `score` JSON.
@@ -22,8 +21,6 @@ from PIL import Image
 from .captioning import generate_description
 from .errors import InputError
 from .image_scoring import AnalysisConfig, prepare_image
-from .images import reduce_mask
-from .inputs import model_image
 from .loading import LoadedModel
 from .maps import head_maps, token_maps
 from .masks import MaskGrid, check_mask
@@ -147,8 +144,6 @@ def analyze_image(
     """HI of every language-model head on one image. `text=None` scores the model's own description.
     `per_token`: also keep every response token's maps (the per-token view; the same forward pass)."""
     mask = check_mask(mask, image)
-    view_side = loaded.adapter.view_side(loaded.processor)
-    image, mask = model_image(loaded.adapter, loaded.processor, image), reduce_mask(mask, view_side)
     if text is None:
         text = generate_description(loaded, image, config.prompt, config.max_new_tokens)
         logger.info("generated description: %s", text)

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .batching import TOKEN_PAD_VALUES, pad_token_id
 from .errors import InputError
-from .inputs import DEFAULT_PROMPT, model_image, to_model_device
+from .images import check_image_size
+from .inputs import DEFAULT_PROMPT, to_model_device
 from .metrics import SPICE_NOTE, accuracy_interval, answer_correct, caption_metrics, meteor_score, normalize_caption
 
 SAMPLES = 5  # captions kept in a run record
@@ -54,7 +55,7 @@ class CaptionEvaluation:
 @torch.inference_mode()
 def generate_description(loaded: Any, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64) -> str:
     """The model's own description of the image (greedy decoding), to be scored afterwards."""
-    image = model_image(loaded.adapter, loaded.processor, image)
+    check_image_size(image.size)
     prefix = to_model_device(loaded.adapter.prefix_inputs(loaded.processor, image, prompt), loaded.model)
     output = loaded.model.generate(**prefix, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[0, prefix["input_ids"].shape[1] :]

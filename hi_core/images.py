@@ -20,23 +20,17 @@ How each PIL mode is read (`image_to_rgb` for images, `mask_from_image` for mask
   alpha alone (>= 128: transparent = not object, as an exported brush layer is); an all-opaque
   alpha carries no information, and the grey or colour value decides.
 
-Bringing image and mask to what the model will see (`fit_size`, `reduce_image`, `reduce_mask`):
-a model uses at most `view_side` pixels along an axis (the family adapter says how many); an
-image is downscaled, aspect kept, until its shorter side is at most 2 x `view_side` and its area
-at most (4 x `view_side`)^2. The processor's own resize then still shrinks every axis by 2x or
-more (for aspect ratios up to 4:1; up to 16:1 it never has to enlarge), so it is barely affected,
-while memory after this step no longer depends on the upload's size. The mask is area-averaged
-onto the same size (values: the share of each pixel covered), so grid fractions stay right.
+The model gets its own pixels: an image reaches the processor as the file decodes it (within the pixel
+cap), so maps equal transformers' own processor applied to the same file; only copies for display or
+GrabCut are ever reduced (by their callers), and the mask keeps the image's size.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -207,41 +201,3 @@ def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np
             "(>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
         )
     return mask
-
-
-def fit_size(size: tuple[int, int], view_side: int | None) -> tuple[int, int]:
-    """The (width, height) to downscale `size` to for a model that uses `view_side` px per axis.
-
-    Shorter side at most 2 x view_side and area at most (4 x view_side)^2, aspect kept; a size
-    already within both is returned as is (so fitting twice changes nothing).
-    """
-    width, height = size
-    if view_side is None:
-        return width, height
-    scale = min(1.0, 2 * view_side / min(width, height), 4 * view_side / math.sqrt(width * height))
-    scale = max(scale, min(1.0, MIN_IMAGE_SIDE / min(width, height)))  # a very long image stays readable
-    if scale >= 1.0:
-        return width, height
-    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-
-
-def reduce_image(image: Image.Image, view_side: int | None) -> Image.Image:
-    """The image downscaled (area average) to `fit_size`, or itself when it already fits."""
-    target = fit_size(image.size, view_side)
-    return image if target == image.size else image.resize(target, Image.Resampling.BOX)
-
-
-def reduce_mask(mask: np.ndarray, view_side: int | None) -> np.ndarray:
-    """A mask (H, W) area-averaged to `fit_size`: float32 coverage in [0, 1], or itself if it fits.
-
-    An input already fractional (float) is averaged as coverage; a boolean one as 0 / 1.
-    """
-    mask = np.asarray(mask)
-    height, width = mask.shape
-    target = fit_size((width, height), view_side)
-    if target == (width, height):
-        return mask
-    # OpenCV's INTER_AREA is the exact area average when shrinking; 0 / 255 levels keep 1/255 steps.
-    levels = np.where(mask, np.uint8(255), np.uint8(0)) if mask.dtype == bool else np.clip(mask, 0.0, 1.0).astype(np.float32)
-    reduced = cv2.resize(levels, target, interpolation=cv2.INTER_AREA).astype(np.float32)
-    return reduced / 255.0 if mask.dtype == bool else reduced

@@ -1,8 +1,8 @@
 """The sequence of DESIGN 1.1: prefix (prompt + image + generation prompt) followed by the response.
 
 The response tokens are `tokenizer(R, add_special_tokens=False).input_ids`, appended after the
-prefix, so one forward pass teacher-forces the description. The image is first brought to the
-size the model uses (`images.reduce_image`), and a sequence longer than the language model's
+prefix, so one forward pass teacher-forces the description. The processor gets the image as it is
+(the model's own pixels: no reduction before it), and a sequence longer than the language model's
 context (`max_position_embeddings` of its text config) is refused. Also here: which response
 tokens a key phrase selects, which query rows (`producing` / `reading`) stand for them, and
 `to_model_device` (the tensors on the model's device and dtype, for any forward pass).
@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import InputError, check_choice
 from .families import FamilyAdapter, ImageLayout
-from .images import check_image_size, reduce_image
+from .images import check_image_size
 
 Queries = Literal["producing", "reading"]
 
@@ -90,12 +90,6 @@ def to_model_device(tensors: dict[str, Any], model: Any) -> dict[str, Any]:
     return moved
 
 
-def model_image(adapter: FamilyAdapter, processor: Any, image: Image.Image) -> Image.Image:
-    """The image checked (not too small) and downscaled to the size the model uses."""
-    check_image_size(image.size)
-    return reduce_image(image, adapter.view_side(processor))
-
-
 def special_tokens(processor: Any) -> set[str]:
     """The strings the tokenizer reads as control tokens (image placeholders, turn markers, ...)."""
     tokenizer = processor.tokenizer
@@ -128,7 +122,8 @@ def build_inputs(
     if not response_text.strip():
         raise InputError("the description text is empty: give a text to score, or generate one")
     check_plain_text(processor, prompt=prompt, description=response_text)
-    tensors = adapter.prefix_inputs(processor, model_image(adapter, processor, image), prompt)
+    check_image_size(image.size)
+    tensors = adapter.prefix_inputs(processor, image, prompt)
     tokenizer = processor.tokenizer
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     if not response_ids:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .images import MAX_IMAGE_PIXELS, check_image_size, image_to_rgb, load_image, load_mask, reduce_mask
+from .images import MAX_IMAGE_PIXELS, check_image_size, image_to_rgb, load_image, load_mask
 
 if TYPE_CHECKING:
     from .inputs import ModelInputs
@@ -107,9 +107,8 @@ def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> Ma
 
 def mask_grid(loaded: LoadedModel, inputs: ModelInputs, mask: np.ndarray) -> MaskGrid:
     """The mask (H, W) of the image of `inputs`, bool or float coverage, on its grid (DESIGN 1.4):
-    brought to the model's size, sent through the processor's geometry by the family adapter,
+    sent through the processor's geometry by the family adapter (at the image's size, as the image went),
     area-averaged, and thresholded by `object_patches` on the cells that are image."""
-    mask = reduce_mask(mask, loaded.adapter.view_side(loaded.processor))
     fractions = loaded.adapter.mask_fractions(loaded.model, loaded.processor, mask, inputs.tensors)
     return object_patches(fractions, inputs.layout.valid)
 

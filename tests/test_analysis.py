@@ -9,14 +9,15 @@ from PIL import Image
 
 from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.errors import InputError
-from hi_core.images import fit_size
-from hi_core.inputs import build_inputs, model_image
+from hi_core.inputs import build_inputs
 from hi_core.loading import LoadConfig, load_model
 from hi_core.loading import ModelCache
-from hi_core.masks import mask_grid
 from hi_core.scoring import ScoringConfig
 
-from . import tiny_idefics3, tiny_llava_next, tiny_models, tiny_paligemma, tiny_qwen2_vl
+from . import (tiny_gemma3, tiny_idefics3, tiny_internvl, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_models,
+               tiny_paligemma, tiny_qwen2_vl, tiny_qwen3_5, tiny_qwen3_vl)
+from .family_checks import PROMPT, TEXT
+from .oracles import eager_rows
 
 
 def test_rescored_equals_a_fresh_analysis_with_those_options(llava, scene):
@@ -50,88 +51,49 @@ def test_model_cache_reuses_and_evicts(llava_dir):
     assert cpu not in cache and other in cache
 
 
-def _large_scene() -> tuple[Image.Image, np.ndarray]:
-    """A 1200x900 picture (gradient + noise) with a red disc, and the disc's mask."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:900, :1200]
-    pixels = np.stack([xx * 255 // 1200, yy * 255 // 900, np.full_like(xx, 90)], -1).astype(np.float64)
-    pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
-    mask = (yy - 400) ** 2 + (xx - 700) ** 2 < 200**2
-    pixels[mask] = (240, 40, 40)
-    return Image.fromarray(pixels), mask
-
-
-def test_a_large_image_is_downscaled_before_the_processor_with_the_same_result(llava, monkeypatch):
-    """The 48-px model sees a 1200x900 image through a 128x96 copy; against the full-resolution path:
-    maps within 5e-3 (of values up to ~0.1), mask fractions within 0.01, the same object cells and HI."""
-    image, mask = _large_scene()
-    seen = []
-    processor_call = type(llava.processor.image_processor).__call__
-    monkeypatch.setattr(
-        type(llava.processor.image_processor), "__call__",
-        lambda self, images, *args, **kwargs: seen.append(images[0].size) or processor_call(self, images, *args, **kwargs),
-    )
-    reduced = analyze_image(llava, image, mask, "a red circle at the right")
-    assert set(seen) == {(128, 96)}  # image and mask both reach the processor at 2x its 48-px view
-    monkeypatch.setattr(type(llava.adapter), "view_side", lambda self, processor: None)  # no downscaling
-    full = analyze_image(llava, image, mask, "a red circle at the right")
-    assert (1200, 900) in seen
-    np.testing.assert_allclose(reduced.maps, full.maps, atol=5e-3)
-    np.testing.assert_allclose(reduced.mask.fractions, full.mask.fractions, atol=0.01)
-    np.testing.assert_array_equal(reduced.mask.object_patches, full.mask.object_patches)
-    np.testing.assert_array_equal(reduced.hi, full.hi)
-
-
-def test_the_dataset_path_fits_the_mask_like_analyze_image(llava):
-    image, mask = _large_scene()
-    inputs = build_inputs(llava.adapter, llava.model, llava.processor, image, "Describe the image.", "a red circle")
-    from_full_mask = mask_grid(llava, inputs, mask)  # dataset scoring passes the full-resolution mask
-    analysis = analyze_image(llava, image, mask, "a red circle")
-    np.testing.assert_allclose(from_full_mask.fractions, analysis.mask.fractions, atol=1e-6)
-
-
-def test_a_mask_of_the_whole_image_is_refused(llava, scene):
-    image, mask = scene
-    with pytest.raises(InputError, match="covers the whole image the model sees"):
-        analyze_image(llava, image, np.ones_like(mask), "a red square")
-
-
-def test_a_one_pixel_image_is_one_input_error(llava):
-    with pytest.raises(InputError, match="image is 1x1 px"):
-        analyze_image(llava, Image.new("RGB", (1, 1)), np.ones((1, 1), bool), "a red square")
-
-
 FAMILY_BUILDERS = {
     "llava": tiny_models.build_llava,
     "llava_next": tiny_llava_next.build_llava_next,
+    "llava_onevision": tiny_llava_onevision.build_llava_onevision,
     "paligemma": tiny_paligemma.build_paligemma,
+    "paligemma2": tiny_paligemma.build_paligemma2,
+    "gemma3": tiny_gemma3.build_gemma3,
     "qwen2_vl": tiny_qwen2_vl.build_qwen2_vl,
+    "qwen2_5_vl": tiny_qwen2_vl.build_qwen2_5_vl,
+    "qwen3_vl": tiny_qwen3_vl.build_qwen3_vl,
+    "qwen3_5": tiny_qwen3_5.build_qwen3_5,
     "idefics3": tiny_idefics3.build_idefics3,
     "smolvlm": tiny_idefics3.build_smolvlm,
+    "internvl": tiny_internvl.build_internvl,
+    "mistral3": tiny_mistral3.build_mistral3,
 }
 
 
 @pytest.mark.parametrize("family", list(FAMILY_BUILDERS))
-def test_every_family_sees_the_same_geometry_from_the_downscaled_image(family, tmp_path):
-    """`view_side` per family: the 2x-downscaled copy gives the processor's same tokens and tensor
-    shapes (same grid, tiles, resize targets) as the full image, and the same mask fractions (0.02)."""
-    loaded = load_model(LoadConfig(model=str(FAMILY_BUILDERS[family](tmp_path)), device="cpu"))
-    adapter, processor = loaded.adapter, loaded.processor
+def test_maps_equal_the_models_own_processor_and_eager_attention_on_a_large_image(family, tmp_path):
+    """The processor gets the image as the file decodes it (no reduction before it): on a 1600 x 1000 image, far
+    larger than any tiny model's view, the pixel tensors are exactly the processor's own for that image, and the
+    maps equal eager attention's rows on them, averaged over the response as DESIGN 1.3 says."""
+    folder = FAMILY_BUILDERS[family](tmp_path)
+    loaded = load_model(LoadConfig(model=str(folder), device="cpu"))
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((1000, 1600, 3)) * 255).astype(np.uint8))
     mask = np.zeros((1000, 1600), bool)
     mask[200:700, 300:1100] = True
-    reduced = model_image(adapter, processor, image)
-    assert max(reduced.size) < 1600 and reduced.size == fit_size(image.size, adapter.view_side(processor))
-    full = adapter.prefix_inputs(processor, image, "Describe the image.")
-    small = adapter.prefix_inputs(processor, reduced, "Describe the image.")
-    assert full.keys() == small.keys()
-    torch.testing.assert_close(small["input_ids"], full["input_ids"])
-    assert all(small[key].shape == full[key].shape for key in full)
-    inputs = build_inputs(adapter, loaded.model, processor, image, "Describe the image.", "a red circle")
-    from_full = adapter.mask_fractions(loaded.model, processor, mask, inputs.tensors)
-    from_reduced = mask_grid(loaded, inputs, mask).fractions
-    np.testing.assert_allclose(from_reduced, np.where(inputs.layout.valid, from_full, 0.0), atol=0.02)
+    analysis = analyze_image(loaded, image, mask, TEXT)
+
+    own = loaded.adapter.prefix_inputs(loaded.processor, image, PROMPT)  # the processor on the decoded file
+    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
+    for key, value in own.items():
+        ours = inputs.tensors[key]
+        if ours.shape != value.shape:  # a per-token tensor: the prefix is the processor's, the response follows
+            ours = ours[:, : value.shape[1]]
+        torch.testing.assert_close(ours, value, rtol=0, atol=0, msg=key)
+    rows = inputs.query_positions(np.arange(inputs.num_response_tokens), "producing")
+    eager = eager_rows(str(folder), inputs, rows, inputs.layout.positions.reshape(-1))  # (softmax layers, heads, rows, keys)
+    scored = list(loaded.adapter.scored_layers(loaded.model))
+    expected = eager.mean(axis=2).reshape(len(scored), eager.shape[1], *inputs.layout.grid)
+    np.testing.assert_allclose(analysis.maps[scored], expected, atol=1e-6)
 
 
 # --- the per-token view --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from hi_core.datasets import read_dataset, write_synthetic
 from hi_core.distributed import ProcessState
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig, load_model
-from hi_core.inputs import DEFAULT_PROMPT, model_image
+from hi_core.inputs import DEFAULT_PROMPT
 from hi_core.masks import load_image, load_mask
 
 from .vqa_data import QUESTIONS, write_vqa_dataset
@@ -401,7 +401,7 @@ def test_vqa_records_are_scored_on_the_answer_with_their_own_question_against_th
         prompt = record.prompt or DEFAULT_PROMPT
         inputs, tokens, object_patches = seen[record.text, prompt]
         ids = inputs.tensors["input_ids"][0].tolist()
-        expected_prefix = llava.adapter.prefix_inputs(llava.processor, model_image(llava.adapter, llava.processor, record.image), prompt)
+        expected_prefix = llava.adapter.prefix_inputs(llava.processor, record.image, prompt)
         assert ids[: inputs.prefix_length] == expected_prefix["input_ids"][0].tolist()  # the record's question
         answer = tokenizer(record.text, add_special_tokens=False)["input_ids"]
         assert ids[inputs.prefix_length :] == answer and tokens.tolist() == list(range(len(answer)))  # the answer's tokens

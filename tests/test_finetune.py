@@ -36,7 +36,6 @@ from hi_core.finetune import (
 )
 from hi_core.runs import run_pretrained
 
-from hi_core.inputs import model_image
 
 from .vqa_data import QUESTIONS, write_vqa_dataset
 
@@ -110,8 +109,7 @@ def test_training_asks_each_record_its_own_question_and_learns_its_answer(llava,
     for row, record in enumerate(records):
         labels = batch["labels"][row]
         start = int(torch.nonzero(labels != -100)[0])  # where the answer starts: the prefix's length
-        oracle = llava.adapter.prefix_inputs(llava.processor, model_image(llava.adapter, llava.processor, record.image),
-                                             record.prompt or default)["input_ids"][0].tolist()
+        oracle = llava.adapter.prefix_inputs(llava.processor, record.image, record.prompt or default)["input_ids"][0].tolist()
         prefix = batch["input_ids"][row, :start].tolist()
         assert prefix == oracle
         answer = tokenizer(record.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -55,8 +55,7 @@ def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
 def mask_as_image(mask: np.ndarray) -> Image.Image:
     """A (H, W) mask as an RGB image for the image processor: object white, rest black.
 
-    A boolean mask is 0 / 255; a float one is coverage in [0, 1] (a mask area-averaged to the
-    model's size, `images.reduce_mask`) and becomes grey levels.
+    A boolean mask is 0 / 255; a float one is coverage in [0, 1] and becomes grey levels.
     """
     mask = np.asarray(mask)
     if mask.dtype == bool:
@@ -112,23 +111,6 @@ class FamilyAdapter:
         not one the adapter can score (an unset token id, an attention feature the capture cannot
         reproduce). `load_model` calls it once, so such a model is refused at load time, never in the
         middle of an analysis. The default checks nothing."""
-
-    def view_side(self, processor: Any) -> int | None:
-        """The most pixels along one axis that the processor's output takes from an image.
-
-        Inputs larger than about twice this are downscaled before the processor runs
-        (`images.fit_size`), so memory does not depend on the upload's size. The default reads
-        the image processor's `size` and `crop_size` (height, width, shortest / longest edge);
-        families whose size means something else override it. None: no downscaling.
-        """
-        image_processor = processor.image_processor
-        values = [
-            size_value(getattr(image_processor, name, None) or {}, key)
-            for name in ("size", "crop_size")
-            for key in ("height", "width", "shortest_edge", "longest_edge")
-        ]
-        values = [value for value in values if value]
-        return max(values) if values else None
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError

@@ -29,11 +29,6 @@ class LlavaNextAdapter(FamilyAdapter):
     name = "llava_next"
     model_types = ("llava_next",)
 
-    def view_side(self, processor: Any) -> int | None:
-        """The largest side of the largest `image_grid_pinpoints` resolution the tiles use."""
-        pinpoints = getattr(processor.image_processor, "image_grid_pinpoints", None) or []
-        return max([int(n) for point in pinpoints for n in point] + [super().view_side(processor) or 0]) or None
-
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         _, side = patch_grid_side(model)
         positions = token_positions(inputs["input_ids"], model.config.image_token_id)

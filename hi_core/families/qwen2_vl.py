@@ -22,14 +22,13 @@ token are consecutive), so the mask's per-token coverage is the mean over each b
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, processed_mask, size_value, token_positions
+from .base import FamilyAdapter, ImageLayout, processed_mask, token_positions
 
 
 def merged_grid(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -100,16 +99,6 @@ class Qwen2VLAdapter(FamilyAdapter):
         """Refuse a model whose processor's image token or patch geometry is not the model's."""
         check_image_token(model, processor)
         check_patch_geometry(model, processor)
-
-    def view_side(self, processor: Any) -> int | None:
-        """The side of a square of the pixel budget: `size["longest_edge"]` is max_pixels here.
-
-        Any aspect ratio keeps at most that many pixels, so its shorter side is at most this
-        side and a pre-downscale to 2x it (`images.fit_size`) leaves the processor 2x to shrink.
-        """
-        image_processor = processor.image_processor
-        max_pixels = getattr(image_processor, "max_pixels", None) or size_value(image_processor.size, "longest_edge")
-        return math.isqrt(int(max_pixels)) if max_pixels else None
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         _, gh, gw = merged_grid(model, inputs)
