@@ -334,3 +334,28 @@ def test_the_examples_the_bounded_editor_gets_are_unchanged_below_the_limits():
     with open(image, "rb") as file:
         reopened = np.asarray(bounded_open(io.BytesIO(file.read()), 24_000_000, 1536).convert("RGB"))
     assert np.array_equal(original, reopened)
+
+
+def test_the_model_memory_budget_picks_bfloat16_when_float32_would_not_fit_and_the_page_says_so(llava_dir):
+    """A public server whose budget (HI_MODEL_MEMORY_GB) holds the model's weights in bfloat16 only: it loads in
+    bfloat16 and the status says why; a budget too small for either refuses in one message with both numbers."""
+    from dataclasses import replace
+
+    from hi_core.model_memory import GB, safetensors_parameters
+
+    parameters = safetensors_parameters(llava_dir)
+    for budget, expected in ((parameters * 3, ("bfloat16, ", "in float32 its weights", "would not fit the model memory budget")),
+                             (parameters, ("needs", "for its", "more than the model memory budget of"))):
+        settings = replace(Settings.public_defaults(), allowed_models=("demo", str(llava_dir)), model_memory_gb=budget / GB)
+        assert Settings.from_env(environ={"SPACE_ID": "x", "HI_MODEL_MEMORY_GB": str(budget / GB)}).model_memory == settings.model_memory
+        demo = build_demo(str(llava_dir), settings=settings)
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            status = next(c for c in client.config["components"] if c["props"].get("elem_id") == "model-status")
+            assert "Models are held within" in status["props"]["value"]
+            shown = predict(client, "/load_model", model_name=str(llava_dir), device="cpu")["model-status"]
+            assert all(part in shown for part in expected), shown
+        finally:
+            demo.close()

@@ -32,7 +32,8 @@ is scored by **Head Impact**: the IoU of its binarized attention map over the im
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None) -> gr.Blocks:
     """The explorer's UI; `cache` holds loaded models across sessions; `settings` says what a visitor may
     do (default: open, as for a local user)."""
-    context = AppContext(settings=settings or Settings(), cache=cache or ModelCache())
+    settings = settings or Settings()
+    context = AppContext(settings=settings, cache=cache or ModelCache(budget=settings.model_memory))
     # Gradio's upload cache (uploads, and copies of the files handlers return) is swept of old files.
     ttl = context.settings.cache_ttl_s
     with gr.Blocks(title="HI Explorer", delete_cache=(ttl, ttl)) as demo:

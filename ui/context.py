@@ -28,6 +28,7 @@ from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_datase
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
 from hi_core.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
+from hi_core.model_memory import describe
 
 from .settings import Settings, scrub_paths
 from .storage import RunStorage
@@ -147,4 +148,9 @@ class AppContext:
     def loaded_message(self, loaded: LoadedModel) -> str:
         layers, scored = len(loaded.adapter.decoder_layers(loaded.model)), loaded.adapter.scored_layers(loaded.model)
         note = "" if len(scored) == layers else f" (scored: the softmax-attention layers {', '.join(map(str, scored))})"
-        return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}."
+        weights = sum(parameter.numel() * parameter.element_size() for parameter in loaded.model.parameters())
+        dtype = str(loaded.model.dtype).removeprefix("torch.")
+        memory = (f"{dtype}, {describe(weights)} of weights (models are held within {describe(self.cache.budget)})"
+                  if loaded.device.type == "cpu" else f"{dtype} on {loaded.device.type}")
+        chosen = f"; {loaded.note}" if loaded.note else ""
+        return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}; {memory}{chosen}."

@@ -24,6 +24,7 @@ from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
 from hi_core.loading import LoadedModel
 from hi_core.masks import grabcut_mask, painted_mask
+from hi_core.model_memory import describe
 from hi_core.overlays import BRUSH_COLOURS, contrasting_colour
 
 from . import explorer_views as views
@@ -123,7 +124,9 @@ class ExplorerTab:
                                       elem_id="model")
                 device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device")
                 self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
-            status = gr.Markdown("The embedded `demo` model is loaded on first use.", label="Model status", elem_id="model-status")
+            status = gr.Markdown(f"The embedded `demo` model is loaded on first use. Models are held within "
+                                 f"{describe(self.context.cache.budget)} of memory; one whose float32 weights would not fit "
+                                 "loads in bfloat16.", label="Model status", elem_id="model-status")
         with gr.Accordion("LoRA adapter", open=False, elem_id="lora-options") as lora_options:
             lora = gr.Textbox(
                 "", label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),

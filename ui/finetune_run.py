@@ -15,7 +15,7 @@ from pathlib import Path
 from hi_core.datasets import count_records
 from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
 from hi_core.layer_selection import Ranking, check_layer_choice, needs_ranking
-from hi_core.loading import LoadConfig, LoadedModel, load_model
+from hi_core.loading import LoadConfig, LoadedModel, ModelCache, load_model
 from hi_core.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
 
 from .jobs import Progress
@@ -119,10 +119,19 @@ def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: Loa
 
 def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
                  scored, live: Live, stop: threading.Event, rank_limit: int = RANKING_LIMIT,
-                 rankings: RankingCache | None = None) -> FinetuneSession:
+                 rankings: RankingCache | None = None, memory: ModelCache | None = None) -> FinetuneSession:
     """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set. `scored`: the session's
     Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit; else a ranking of
-    `rankings` made for the same model and data, else one scored now on at most `rank_limit` records."""
+    `rankings` made for the same model and data, else one scored now on at most `rank_limit` records. The
+    private copy of the model it trains is counted in `memory`'s budget while the run lasts."""
+    if memory is None:
+        return _finetune(load, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings)
+    with memory.private(load) as planned:
+        return _finetune(planned, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings)
+
+
+def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
+              scored, live: Live, stop: threading.Event, rank_limit: int, rankings: RankingCache | None) -> FinetuneSession:
 
     def stage(text: str) -> None:
         if stop.is_set():

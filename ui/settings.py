@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 
 from hi_core.errors import InputError
 from hi_core.finetune import FinetuneConfig
+from hi_core.model_memory import GB, memory_budget
 
 #: Small released models of supported families a public deployment offers by default, smallest
 #: first, with their config's `model_type` (all under 2.5B parameters, safetensors, no remote code).
@@ -60,6 +61,8 @@ class Settings:
     concurrency: int = 2  # events of one kind running at once (the dataset and fine-tune: 1)
     max_run_storage_mb: float = 2048  # unpacked uploads, downloads and adapters on disk, all sessions; oldest go first
     cache_ttl_s: int = 3600  # Gradio's upload cache: files older than this are deleted (checked as often)
+    # model weights held in memory at once (cached models + fine-tunes' private copies); None: half the machine's
+    model_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -139,6 +142,12 @@ class Settings:
         if self.max_dataset_images is None:
             return asked
         return min(asked or self.max_dataset_images, self.max_dataset_images)
+
+    @property
+    def model_memory(self) -> int:
+        """The model cache's budget in bytes: `model_memory_gb`, else `hi_core.model_memory.DEFAULT_SHARE` of the
+        machine's memory."""
+        return int(self.model_memory_gb * GB) if self.model_memory_gb else memory_budget({})
 
     @property
     def max_file_size(self) -> int | None:
