@@ -217,7 +217,7 @@ def app_handlers(tab, model: str, record, args: argparse.Namespace, previous):
     editor = {"background": image, "layers": [strokes], "composite": image}
     scoring = DEFAULTS.scoring
     shown, analyze_s = timed(tab.analyze, model, "cpu", editor, None, record.text, False, record.key_phrase, DEFAULTS.prompt,
-                             DEFAULTS.queries, scoring.binarize, scoring.quantile, scoring.layer_score, args.top_n, 0,
+                             DEFAULTS.queries, DEFAULTS.view, scoring.binarize, scoring.quantile, scoring.layer_score, args.top_n, 0,
                              args.top_k, previous=previous, progress=lambda *_, **__: None)
     session = shown[tab.state]
     other = session.analysis.ranked_heads()[-1]

@@ -22,7 +22,8 @@ from .captioning import generate_description
 from .errors import InputError
 from .image_scoring import AnalysisConfig, prepare_image
 from .loading import LoadedModel
-from .maps import head_maps, token_maps
+from .families import View
+from .maps import head_maps_and_views, shares, token_maps
 from .masks import MaskGrid, check_mask
 from .outputs import csv_number, json_number, write_json, write_npz
 from .scoring import ScoringConfig, every_head, every_layer, layer_scores, rank_heads, score_maps, scored_layers
@@ -44,6 +45,9 @@ class ImageAnalysis:
     With `analyze_image(..., per_token=True)`, the per-token view: `tokens` (the response's tokens
     as text), `key_tokens` (the ones scored: the key phrase's, or all), `token_maps` (layers, heads,
     tokens, gh, gw), each token's own query row; `for_tokens` scores any set of them.
+    views: every view of the image the sequence holds (`families.View`: name, grid, tokens; together every
+    image token); view_shares (layers, heads, views): each view's share of each head's image attention
+    (NaN in unscored layers); token_view_sums (layers, heads, tokens, views) with the per-token view.
     """
 
     model: str
@@ -62,6 +66,9 @@ class ImageAnalysis:
     tokens: tuple[str, ...] = ()
     key_tokens: tuple[int, ...] = ()
     token_maps: np.ndarray | None = None
+    views: tuple[View, ...] = ()
+    view_shares: np.ndarray | None = None
+    token_view_sums: np.ndarray | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -91,6 +98,12 @@ class ImageAnalysis:
             "queries": self.queries,
             "text": self.text,
             "view": self.view,
+            "views": [
+                {"name": view.name, "grid": None if view.grid is None else list(view.grid), "tokens": view.tokens,
+                 "share": [[json_number(self.view_shares[layer, head, index]) for head in range(num_heads)]
+                            for layer in range(num_layers)] if self.view_shares is not None else None}
+                for index, view in enumerate(self.views)
+            ],
             "scored_layers": self.scored_layers,
             "heads": [
                 {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "mass": json_number(self.mass[layer, head])}
@@ -116,7 +129,8 @@ class ImageAnalysis:
             raise InputError(f"token {int(chosen[-1] if chosen[-1] >= len(self.tokens) else chosen[0])} is not one of "
                              f"the description's {len(self.tokens)} tokens (0-{len(self.tokens) - 1})")
         maps = self.token_maps[:, :, chosen].mean(axis=2)  # (layers, heads, gh, gw)
-        return replace(self, maps=maps, response_tokens=int(chosen.size)).rescored(scoring)
+        view_shares = None if self.token_view_sums is None else shares(self.token_view_sums[:, :, chosen].sum(axis=2))
+        return replace(self, maps=maps, response_tokens=int(chosen.size), view_shares=view_shares).rescored(scoring)
 
     def to_csv(self) -> str:
         """One row per head, by HI descending: layer, head, hi, mass (heads not scored last, hi and mass empty)."""
@@ -148,12 +162,13 @@ def analyze_image(
         text = generate_description(loaded, image, config.prompt, config.max_new_tokens)
         logger.info("generated description: %s", text)
     prepared = prepare_image(loaded, image, mask, text, config)
-    every_token = None
+    every_token = sums = None
     if per_token:
-        every_token = token_maps(loaded, prepared.inputs, config.queries)  # (layers, heads, tokens, gh, gw)
+        every_token, sums = token_maps(loaded, prepared.inputs, config.queries)  # (layers, heads, tokens, gh, gw | views)
         maps = every_token[:, :, prepared.tokens].mean(axis=2)
+        view_shares = shares(sums[:, :, prepared.tokens].sum(axis=2))
     else:
-        maps = head_maps(loaded, prepared.inputs, prepared.tokens, config.queries)
+        maps, view_shares = head_maps_and_views(loaded, prepared.inputs, prepared.tokens, config.queries)
     hi, mass, chance = prepared.score(maps, config.scoring)
     return ImageAnalysis(
         model=loaded.name,
@@ -172,6 +187,9 @@ def analyze_image(
         tokens=tuple(text[start:end] for start, end in prepared.inputs.response_offsets) if per_token else (),
         key_tokens=tuple(int(i) for i in prepared.tokens) if per_token else (),
         token_maps=every_token,
+        views=prepared.inputs.layout.views,
+        view_shares=view_shares,
+        token_view_sums=sums,
     )
 
 

@@ -37,7 +37,7 @@ from .errors import InputError, check_choice
 from .finetune import DataConfig, FinetuneConfig, Schedule, Task, attention_targets, check_task
 from .head_lora import check_targets, head_counts
 from .head_selection import HeadRanking, check_head_choice, format_heads, read_head_ranking
-from .image_scoring import AnalysisConfig
+from .image_scoring import AnalysisConfig, View
 from .inputs import DEFAULT_PROMPT, Queries
 from .layer_selection import Ranking, check_layer_choice, read_ranking
 from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
@@ -97,6 +97,9 @@ def _add_score(subcommands: argparse._SubParsersAction) -> None:
     score.add_argument("--key-phrase", help="score only the response tokens overlapping this phrase")
     score.add_argument("--queries", choices=get_args(Queries), default="producing",
                        help="query rows: the row producing each token, or the token's own row (default: %(default)s)")
+    score.add_argument("--view", choices=get_args(View), default="combined",
+                       help="of an image the model writes as tiles plus a global view: every token on the stitched tiles "
+                            "(combined), the global or base view alone (global), or the tiles alone (default: %(default)s)")
     score.add_argument("--binarize", choices=get_args(Binarization), default="area", help="default: %(default)s")
     score.add_argument("--quantile", type=float, default=0.9, help="q for --binarize quantile (default: %(default)s)")
     score.add_argument("--layer-score", choices=get_args(LayerScore), default="max", help="default: %(default)s")
@@ -137,6 +140,7 @@ def _run_score(args: argparse.Namespace) -> None:
         queries=args.queries,
         scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
         max_new_tokens=args.max_new_tokens,
+        view=args.view,
     )
     _check_output_files(("--out", args.out), ("--maps", args.maps))
     image = load_image(args.image)
@@ -177,6 +181,7 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
             key_phrase=args.key_phrase,
             queries=args.queries,
             scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
+            view=args.view,
         ),
         use_key_phrases=not args.all_tokens and args.key_phrase is None,
         batch_size=args.batch_size,

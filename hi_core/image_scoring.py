@@ -14,6 +14,7 @@ same in a dataset run and alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,8 @@ from .inputs import DEFAULT_PROMPT, ModelInputs, Queries, build_inputs, key_phra
 from .loading import LoadedModel
 from .masks import MaskGrid, mask_grid
 from .scoring import ScoringConfig, score_maps
+
+View = Literal["combined", "global", "tiles"]  # families.VIEWS
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,11 @@ class AnalysisConfig:
     queries: Queries = "producing"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     max_new_tokens: int = 64  # for generated descriptions
+    view: View = "combined"  # of an image written in several views (tiles + a global view): what is scored
 
     def __post_init__(self) -> None:
         check_choice("queries", self.queries, Queries)
+        check_choice("view", self.view, View)
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
@@ -63,5 +68,5 @@ class PreparedImage:
 def prepare_image(loaded: LoadedModel, image: Image.Image, mask: np.ndarray, text: str, config: AnalysisConfig) -> PreparedImage:
     """Steps 1 of DESIGN 1 for one image: sequence, selected response tokens, mask on the grid.
     `mask` is (H, W) of `image`, already checked (`masks.check_mask`, or a dataset record's own check)."""
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, config.prompt, text)
+    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, config.prompt, text, config.view)
     return PreparedImage(inputs=inputs, tokens=key_phrase_tokens(inputs, config.key_phrase), grid=mask_grid(loaded, inputs, mask))

@@ -112,9 +112,11 @@ def check_plain_text(processor: Any, **texts: str) -> None:
 
 
 def build_inputs(
-    adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str
+    adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str,
+    view: str = "combined",
 ) -> ModelInputs:
-    """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended.
+    """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended; its image tokens
+    laid out for `view` (`FamilyAdapter.view_layout`).
 
     Refused (InputError) when prefix + response exceed the language model's context, or when the prompt
     or the description hold one of the tokenizer's special tokens.
@@ -147,7 +149,7 @@ def build_inputs(
             fill = adapter.response_token_values.get(key, int(value[0, -1]))
             value = torch.cat([value, torch.full((1, extra), fill, dtype=value.dtype)], dim=1)
         extended[key] = value
-    layout = adapter.image_layout(model, extended)
+    layout = adapter.view_layout(model, processor, extended, view)
     return ModelInputs(
         tensors=extended,
         prefix_length=prefix_length,

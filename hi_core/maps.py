@@ -39,7 +39,7 @@ def _padded_positions(lists: Sequence[np.ndarray]) -> torch.Tensor:
 def _captured_rows(loaded: Any, items: Sequence[ModelInputs], token_indices: Sequence[np.ndarray], queries: Queries):
     """One batched forward pass; yields each sequence's (layers, heads, rows, cells) rows and its inputs."""
     rows = [item.query_positions(tokens, queries) for item, tokens in zip(items, token_indices)]
-    keys = [item.layout.positions.reshape(-1) for item in items]
+    keys = [item.layout.keys for item in items]
     batch = collate(items, pad_token_id(loaded.processor.tokenizer))
     with capture_attention(loaded.model, loaded.adapter, _padded_positions(rows), _padded_positions(keys)) as cache:
         run_forward(loaded, batch)
@@ -54,24 +54,43 @@ def batch_head_maps(
     items: Sequence[ModelInputs],
     token_indices: Sequence[np.ndarray],
     queries: Queries,
-) -> list[np.ndarray]:
+    views: bool = False,
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
     """Each sequence's (layers, heads, gh, gw) float32 maps, from one batched forward pass:
-    the mean attention of its query rows (`queries`, for its `token_indices`) to each grid cell."""
-    maps = []
+    the mean attention of its query rows (`queries`, for its `token_indices`) to each grid cell. With `views`,
+    each as (maps, (layers, heads, views) each view's share of the head's image attention)."""
+    placed = []
     for own, item in _captured_rows(loaded, items, token_indices, queries):
-        grid = own.mean(dim=2).reshape(own.shape[0], own.shape[1], *item.layout.grid)
-        maps.append(grid.numpy().astype(np.float32))
-    return maps
+        mean = own.mean(dim=2)
+        placed.append((item.layout.place(mean), shares(view_sums(item.layout, mean))) if views else item.layout.place(mean))
+    return placed
 
 
 @torch.inference_mode()
-def token_maps(loaded: Any, inputs: ModelInputs, queries: Queries) -> np.ndarray:
+def token_maps(loaded: Any, inputs: ModelInputs, queries: Queries) -> tuple[np.ndarray, np.ndarray]:
     """(layers, heads, tokens, gh, gw) float32: the map of every response token's own query row
-    (`queries`), not averaged: the per-token view. Averaged over a token set, they are that set's
-    `head_maps`."""
+    (`queries`), not averaged: the per-token view; and (layers, heads, tokens, views): each token's attention
+    to each view's image tokens (`ImageLayout.views`). Averaged over a token set, the maps are that set's
+    `head_maps`, and the view sums give its `view_shares`."""
     every_token = np.arange(inputs.num_response_tokens)
     (own, item), = _captured_rows(loaded, [inputs], [every_token], queries)
-    return own.reshape(own.shape[0], own.shape[1], own.shape[2], *item.layout.grid).numpy().astype(np.float32)
+    return item.layout.place(own), view_sums(item.layout, own)
+
+
+def view_sums(layout: Any, attention: torch.Tensor) -> np.ndarray:
+    """(..., K) attention to the keys -> (..., views) float32: the attention to each view's tokens."""
+    return torch.stack([attention[..., view.start:view.stop].sum(dim=-1) for view in layout.views], dim=-1).float().numpy()
+
+
+def shares(sums: np.ndarray) -> np.ndarray:
+    """(..., views) attention per view -> each view's share of the image attention."""
+    total = sums.sum(axis=-1, keepdims=True)
+    return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
+
+
+def head_maps_and_views(loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries) -> tuple[np.ndarray, np.ndarray]:
+    """`head_maps` of one sequence, and (layers, heads, views) each view's share of each head's image attention."""
+    return batch_head_maps(loaded, [inputs], [token_indices], queries, views=True)[0]
 
 
 def head_maps(loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries) -> np.ndarray:

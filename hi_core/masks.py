@@ -109,7 +109,7 @@ def mask_grid(loaded: LoadedModel, inputs: ModelInputs, mask: np.ndarray) -> Mas
     """The mask (H, W) of the image of `inputs`, bool or float coverage, on its grid (DESIGN 1.4):
     sent through the processor's geometry by the family adapter (at the image's size, as the image went),
     area-averaged, and thresholded by `object_patches` on the cells that are image."""
-    fractions = loaded.adapter.mask_fractions(loaded.model, loaded.processor, mask, inputs.tensors)
+    fractions = loaded.adapter.view_mask_fractions(loaded.model, loaded.processor, mask, inputs.tensors, inputs.layout)
     return object_patches(fractions, inputs.layout.valid)
 
 

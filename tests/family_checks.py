@@ -69,7 +69,7 @@ def check_capture_equals_eager(loaded, folder, image: Image.Image, text: str = T
     Eager returns one tensor per softmax-attention layer (all layers but in a model that mixes in
     linear attention): those are the layers the adapter scores, in order; the others are NaN."""
     inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text)
-    keys = inputs.layout.positions.reshape(-1)
+    keys = inputs.layout.keys
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     scored = list(loaded.adapter.scored_layers(loaded.model))
     unscored = [layer for layer in range(layers) if layer not in scored]
@@ -88,15 +88,17 @@ def check_capture_equals_eager(loaded, folder, image: Image.Image, text: str = T
             assert captured[layer].std() > 1e-4, layer
 
 
-def check_region_lands_on_its_cells(loaded, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """A changed image region moves the embeddings of exactly the cells its mask lands on.
+def check_region_lands_on_its_cells(loaded, size: tuple[int, int], box: tuple[int, int, int, int],
+                                    view: str = "combined") -> np.ndarray:
+    """A changed image region moves the embeddings of exactly the cells its mask lands on (on `view`'s grid, one
+    token per cell).
 
     Returns the mask's object cells (gh, gw) so the caller can also compare them with the
     geometry it expects.
     """
     bright, dark, mask = two_scenes(size, box)
-    inputs_a = build_inputs(loaded.adapter, loaded.model, loaded.processor, bright, PROMPT, TEXT)
-    inputs_b = build_inputs(loaded.adapter, loaded.model, loaded.processor, dark, PROMPT, TEXT)
+    inputs_a = build_inputs(loaded.adapter, loaded.model, loaded.processor, bright, PROMPT, TEXT, view)
+    inputs_b = build_inputs(loaded.adapter, loaded.model, loaded.processor, dark, PROMPT, TEXT, view)
     np.testing.assert_array_equal(inputs_a.tensors["input_ids"], inputs_b.tensors["input_ids"])
     change = embedding_change(loaded, inputs_a, inputs_b)  # (gh, gw)
     grid = mask_grid(loaded, inputs_a, mask)

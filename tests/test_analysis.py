@@ -73,7 +73,8 @@ FAMILY_BUILDERS = {
 def test_maps_equal_the_models_own_processor_and_eager_attention_on_a_large_image(family, tmp_path):
     """The processor gets the image as the file decodes it (no reduction before it): on a 1600 x 1000 image, far
     larger than any tiny model's view, the pixel tensors are exactly the processor's own for that image, and the
-    maps equal eager attention's rows on them, averaged over the response as DESIGN 1.3 says."""
+    maps equal eager attention's rows on them, averaged over the response as DESIGN 1.3 says and put on the
+    image. The views account for every image token the processor wrote."""
     folder = FAMILY_BUILDERS[family](tmp_path)
     loaded = load_model(LoadConfig(model=str(folder), device="cpu"))
     rng = np.random.default_rng(0)
@@ -89,10 +90,17 @@ def test_maps_equal_the_models_own_processor_and_eager_attention_on_a_large_imag
         if ours.shape != value.shape:  # a per-token tensor: the prefix is the processor's, the response follows
             ours = ours[:, : value.shape[1]]
         torch.testing.assert_close(ours, value, rtol=0, atol=0, msg=key)
+    config = loaded.model.config
+    image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index")
+    written = int((own["input_ids"] == image_token).sum())  # every image token the processor wrote
+    assert sum(view.tokens for view in inputs.layout.views) == inputs.layout.keys.size == written
+    assert analysis.to_json()["views"] == [
+        {"name": view.name, "grid": None if view.grid is None else list(view.grid), "tokens": view.tokens,
+         "share": analysis.to_json()["views"][index]["share"]} for index, view in enumerate(inputs.layout.views)]
     rows = inputs.query_positions(np.arange(inputs.num_response_tokens), "producing")
-    eager = eager_rows(str(folder), inputs, rows, inputs.layout.positions.reshape(-1))  # (softmax layers, heads, rows, keys)
+    eager = eager_rows(str(folder), inputs, rows, inputs.layout.keys)  # (softmax layers, heads, rows, every image token)
     scored = list(loaded.adapter.scored_layers(loaded.model))
-    expected = eager.mean(axis=2).reshape(len(scored), eager.shape[1], *inputs.layout.grid)
+    expected = inputs.layout.place(eager.mean(axis=2))
     np.testing.assert_allclose(analysis.maps[scored], expected, atol=1e-6)
 
 

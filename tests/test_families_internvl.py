@@ -116,7 +116,7 @@ def test_scored_tokens_are_the_thumbnail_or_the_single_tile(case):
         # Oracle: changing only the last frame moves exactly the scored tokens' input embeddings;
         # changing the first tile (when split) moves none of them.
         everything = dataclasses.replace(
-            inputs, layout=ImageLayout(positions=np.arange(ids.numel())[None], valid=np.ones((1, ids.numel()), bool))
+            inputs, layout=ImageLayout.cells(np.arange(ids.numel())[None], np.ones((1, ids.numel()), bool))
         )
         is_scored = np.zeros(ids.numel(), dtype=bool)
         is_scored[layout.positions.reshape(-1)] = True

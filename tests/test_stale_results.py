@@ -40,10 +40,10 @@ def analyzed(tab):
     example = tab.context.examples[0]
     editor = _editor(example.image, example.mask)
     inputs = {"image": [editor, None], "text": [example.text, False, example.key_phrase],
-              "model": ["demo", "cpu", ""], "options": [DEFAULTS.prompt, DEFAULTS.queries]}
+              "model": ["demo", "cpu", ""], "options": [DEFAULTS.prompt, DEFAULTS.queries, DEFAULTS.view]}
     scoring = DEFAULTS.scoring
     shown = tab.analyze("demo", "cpu", editor, None, example.text, False, example.key_phrase, DEFAULTS.prompt,
-                        DEFAULTS.queries, scoring.binarize, scoring.quantile, scoring.layer_score, 8, 0, 2, "", None,
+                        DEFAULTS.queries, DEFAULTS.view, scoring.binarize, scoring.quantile, scoring.layer_score, 8, 0, 2, "", None,
                         None, PRESSED_AT)
     assert shown[tab.stale] == "" and tab.state in shown, shown.get(tab.message)
     return shown[tab.state], inputs

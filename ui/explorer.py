@@ -169,10 +169,11 @@ class ExplorerTab:
                 self.mask_view = gr.Image(label="Key-object mask over the image", show_label=False, interactive=False,
                                           height=240, elem_id="mask-view", buttons=[])
                 gr.Markdown("The key-object mask over the image", elem_id="mask-view-caption")
-        self.options = ScoringControls.build(render=False)
-        with gr.Accordion("Analysis options: prompt, query rows", open=False, elem_id="analysis-options"):
+        self.options = ScoringControls.build(render=False, views=True)
+        with gr.Accordion("Analysis options: prompt, query rows, view", open=False, elem_id="analysis-options"):
             self.options.prompt.render()
             self.options.queries.render()
+            self.options.view.render()
 
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")
@@ -248,7 +249,7 @@ class ExplorerTab:
         # marks the results stale when it came after Analyze was pressed and the inputs differ from those analyzed:
         # the editor sends `input` once it has redrawn, which can be after an Analyze that already had the stroke.
         self.edit_inputs = {"image": [self.editor, self.uploaded_mask], "text": [self.text, self.generate, self.key_phrase],
-                            "model": [model.name, model.device, model.lora], "options": [options.prompt, options.queries]}
+                            "model": [model.name, model.device, model.lora], "options": [options.prompt, options.queries, options.view]}
         edit_events = {"image": [self.editor.input, self.editor.upload, self.editor.clear, self.uploaded_mask.upload,
                                  self.uploaded_mask.clear],
                        "text": [box.input for box in self.edit_inputs["text"]],
@@ -266,7 +267,7 @@ class ExplorerTab:
         self.analyze_button.click(
             self.analyze,
             [model.name, model.device, self.editor, self.uploaded_mask, self.text, self.generate, self.key_phrase,
-             options.prompt, options.queries, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
+             options.prompt, options.queries, options.view, *options.scoring, self.top_n, self.layer, self.top_k, model.lora,
              self.state, self.tuned_state, self.edits.count],
             [*full, self.mask_view, self.top_k, model.status, self.text, *self.compare.views, *self.ablation.views],
             api_name="analyze",
@@ -392,14 +393,14 @@ class ExplorerTab:
 
     @reports_input_errors("message")
     def analyze(self, model_name: str, device: str, editor: dict | None, uploaded_mask: str | None, text: str,
-                generate: bool, key_phrase: str, prompt: str, queries: str, binarize: str, quantile: float,
+                generate: bool, key_phrase: str, prompt: str, queries: str, view: str, binarize: str, quantile: float,
                 layer_score: str, top_n: int, layer: int, top_k: int, lora: str = "", previous: Session | None = None,
                 tuned=None, edits: float | None = 0, progress=gr.Progress()):
         context = self.context
-        inputs = {"text": (text, generate, key_phrase), "model": (model_name, device, lora), "options": (prompt, queries)}
+        inputs = {"text": (text, generate, key_phrase), "model": (model_name, device, lora), "options": (prompt, queries, view)}
         load_config = context.model_config(model_name, device, lora, tuned)
         image, mask = mask_from_inputs(editor, uploaded_mask, context.settings.max_image_pixels)
-        config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase)
+        config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase, view)
         if not generate and not (text or "").strip():
             raise InputError("type the description to score, or tick 'generate'")
         loaded = context.get_model(load_config, progress)

@@ -157,8 +157,25 @@ def summary(session: Session) -> str:
         f"**object patches** {int(analysis.mask.object_patches.sum())} · **chance IoU** {analysis.chance:.3f} · "
         f"**response tokens** {analysis.response_tokens} ({analysis.queries} rows)  \n"
         f"**Best head:** layer {best_layer}, head {best_head}, HI {best:.3f} ({best / max(analysis.chance, 1e-9):.1f}× chance)"
+        + (f"  \n**Views of the image:** {views}" if (views := views_note(analysis)) else "")
         + (f"  \n**Layers:** {note}" if (note := not_scored_note(analysis.hi)) else "")
     )
+
+
+def views_note(analysis: ImageAnalysis) -> str:
+    """The views a tiled model wrote, with their grids and tokens ("" for an image written once)."""
+    if len(analysis.views) < 2:
+        return ""
+    parts = [f"{view.name} {'×'.join(map(str, view.grid)) + ', ' if view.grid else ''}{view.tokens} tokens" for view in analysis.views]
+    return f"{'; '.join(parts)} (scored: {analysis.view})"
+
+
+def view_shares_note(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
+    """The selected head's share of its image attention on each view ("" for an image written once)."""
+    if len(analysis.views) < 2 or analysis.view_shares is None:
+        return ""
+    shares = analysis.view_shares[selected]
+    return " · its image attention: " + ", ".join(f"{view.name} **{share:.2f}**" for view, share in zip(analysis.views, shares))
 
 
 def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
@@ -170,7 +187,7 @@ def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
     rank = analysis.ranked_heads().index(selected) + 1
     return (f"**Layer {layer}, head {head}** · HI **{hi:.3f}** ({hi / max(analysis.chance, 1e-9):.1f}× chance "
             f"{analysis.chance:.3f}) · attention mass on the object **{analysis.mass[layer, head]:.3f}** · "
-            f"rank {rank} of {analysis.hi.size}")
+            f"rank {rank} of {analysis.hi.size}{view_shares_note(analysis, selected)}")
 
 
 def _shown_map(analysis: ImageAnalysis, layer: int, head: int) -> np.ndarray | None:

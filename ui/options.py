@@ -9,6 +9,7 @@ from typing import get_args
 import gradio as gr
 
 from hi_core.analysis import AnalysisConfig
+from hi_core.image_scoring import View
 from hi_core.inputs import Queries
 from hi_core.scoring import Binarization, LayerScore, ScoringConfig
 
@@ -25,9 +26,10 @@ class ScoringControls:
     binarize: gr.Radio
     quantile: gr.Slider
     layer_score: gr.Radio
+    view: gr.Radio | None = None  # of a tiled model's image (`views=True`: the Explorer)
 
     @classmethod
-    def build(cls, elem_prefix: str = "", render: bool = True) -> ScoringControls:
+    def build(cls, elem_prefix: str = "", render: bool = True, views: bool = False) -> ScoringControls:
         """The widgets, in the current layout context (e.g. inside an Accordion); with `render=False`, to be placed
         later (`.render()` each where it belongs: the Explorer puts the scoring ones beside the heatmap)."""
         scoring = DEFAULTS.scoring
@@ -41,6 +43,9 @@ class ScoringControls:
                                elem_id=f"{elem_prefix}quantile", render=render),
             layer_score=gr.Radio(list(get_args(LayerScore)), value=scoring.layer_score, label="Layer score",
                                  elem_id=f"{elem_prefix}layer-score", render=render),
+            view=gr.Radio(list(get_args(View)), value=DEFAULTS.view, elem_id=f"{elem_prefix}view", render=render,
+                          label="View of a tiled image (tiles + a global view): every token on the stitched tiles "
+                                "(combined), the global view alone, or the tiles alone") if views else None,
         )
 
     @property
@@ -54,9 +59,9 @@ def scoring_config(binarize: str, quantile: float, layer_score: str) -> ScoringC
 
 
 def analysis_config(prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
-                    key_phrase: str | None = None) -> AnalysisConfig:
+                    key_phrase: str | None = None, view: str = DEFAULTS.view) -> AnalysisConfig:
     return AnalysisConfig(prompt=prompt or DEFAULTS.prompt, key_phrase=key_phrase or None, queries=queries,
-                          scoring=scoring_config(binarize, quantile, layer_score))
+                          scoring=scoring_config(binarize, quantile, layer_score), view=view)
 
 
 def top_k_slider(elem_id: str) -> gr.Slider:

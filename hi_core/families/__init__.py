@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout
+from .base import VIEWS, FamilyAdapter, ImageLayout, View
 from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
@@ -46,4 +46,4 @@ def adapter_for(model_type: str) -> FamilyAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "ImageLayout", "adapter_for", "supported_families"]
+__all__ = ["ADAPTERS", "VIEWS", "FamilyAdapter", "ImageLayout", "View", "adapter_for", "supported_families"]

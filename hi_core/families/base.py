@@ -25,22 +25,84 @@ from PIL import Image
 from ..errors import InputError
 
 
+VIEWS = ("combined", "global", "tiles")  # what is scored of an image its model writes in several views (DESIGN 1.2)
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of the image as the sequence writes it: `keys[start:stop]` of the layout (its image tokens, in
+    sequence order) on a `grid` (rows, cols) of the image, or None for tokens that cover no area of it."""
+
+    name: str
+    start: int
+    stop: int
+    grid: tuple[int, int] | None
+
+    @property
+    def tokens(self) -> int:
+        return self.stop - self.start
+
+
 @dataclass(frozen=True)
 class ImageLayout:
-    """The scored view's image tokens as a grid.
+    """The image tokens of one sequence and how a head's attention to them lands on the image.
 
-    positions: (gh, gw) int64, the sequence position of the token at each grid cell.
+    keys: (K,) int64, the sequence positions of every image token, view by view (`views`), in order.
+    placement: (K, gh * gw) float32, row k = the share of key k's area in each cell of the grid HI is
+        computed on: one 1 per row for a token that is one cell, a token covering several cells spread
+        evenly over them (mass conserved), a zero row for a token of a view not scored.
     valid: (gh, gw) bool, False where the cell only holds padding added by the processor.
-    view: which view of the image is scored, in words ("image", "base view", "global view").
+    view: what is scored, in words ("image", "global view", "12 tiles + global view").
+    views: every view of the image, covering all K keys.
     """
 
-    positions: np.ndarray
+    keys: np.ndarray
+    placement: np.ndarray
     valid: np.ndarray
     view: str = "image"
+    views: tuple[View, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            object.__setattr__(self, "views", (View("image", 0, int(self.keys.size), self.grid),))
+        if self.placement.shape != (self.keys.size, self.valid.size):
+            raise ValueError(f"placement {self.placement.shape} for {self.keys.size} keys on a {self.grid} grid")
+        if sum(view.tokens for view in self.views) != self.keys.size:
+            raise ValueError(f"views of {[view.tokens for view in self.views]} tokens for {self.keys.size} keys")
+
+    @classmethod
+    def cells(cls, positions: np.ndarray, valid: np.ndarray, view: str = "image") -> ImageLayout:
+        """One token per grid cell: `positions` (gh, gw) the sequence position of the token at each cell."""
+        keys = positions.reshape(-1)
+        return cls(keys=keys, placement=np.eye(keys.size, dtype=np.float32), valid=valid, view=view)
+
+    @classmethod
+    def one_view(cls, keys: np.ndarray, views: tuple[View, ...], scored: str, valid: np.ndarray) -> ImageLayout:
+        """Every image token (`keys`, view by view), the view named `scored` alone on the grid, one token per
+        cell (its `grid`, row-major); the other views' tokens counted (their shares) but not placed."""
+        view = next(view for view in views if view.name == scored)
+        placement = np.zeros((keys.size, valid.size), dtype=np.float32)
+        placement[np.arange(view.start, view.stop), np.arange(view.tokens)] = 1.0
+        return cls(keys=keys, placement=placement, valid=valid, view=scored, views=views)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(int(n) for n in self.positions.shape)  # type: ignore[return-value]
+        return tuple(int(n) for n in self.valid.shape)  # type: ignore[return-value]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(gh, gw): the position of each cell's token, for a layout of one token per cell (tests, oracles)."""
+        scored = self.placement.sum(axis=1) > 0
+        if not np.allclose(self.placement[scored].max(axis=1), 1.0) or scored.sum() != self.valid.size:
+            raise ValueError("the layout spreads tokens over several cells: it has no one position per cell")
+        return self.keys[scored][np.argmax(self.placement[scored], axis=1).argsort()].reshape(self.grid)
+
+    def place(self, attention: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(..., K) attention to the keys -> (..., gh, gw) on the grid (float32)."""
+        values = torch.as_tensor(attention, dtype=torch.float32)
+        placed = values @ torch.from_numpy(self.placement)
+        return placed.reshape(*values.shape[:-1], *self.grid).numpy()
+
 
 
 def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
@@ -114,6 +176,17 @@ class FamilyAdapter:
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError
+
+    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined") -> ImageLayout:
+        """The layout for `view` (one of `VIEWS`): families that write one view of the image, or whose other
+        views are counted but not yet placed on it, have one layout whatever is asked (`image_layout`)."""
+        return self.image_layout(model, inputs)
+
+    def view_mask_fractions(
+        self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor], layout: ImageLayout
+    ) -> np.ndarray:
+        """(gh, gw) on `layout`'s grid: `mask_fractions` for families with one grid."""
+        return self.mask_fractions(model, processor, mask, inputs)
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

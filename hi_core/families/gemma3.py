@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
 
 
 def pooled_grid(model: Any) -> tuple[int, int, int]:
@@ -77,8 +77,10 @@ class Gemma3Adapter(FamilyAdapter):
                 f"expected {side * side} Gemma 3 image tokens (a {side}x{side} grid), found {positions.size}"
             )
         # The main view comes first (pan-and-scan crops, if any, follow it).
-        main_view = positions[: side * side].reshape(side, side)
-        return ImageLayout(positions=main_view, valid=np.ones((side, side), dtype=bool))
+        views = (View("image", 0, side * side, (side, side)),)
+        if positions.size > side * side:
+            views += (View("crops", side * side, int(positions.size), None),)
+        return ImageLayout.one_view(positions, views, "image", np.ones((side, side), dtype=bool))
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

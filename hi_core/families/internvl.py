@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, size_value, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, size_value, token_positions
 
 
 def _side(value: Any, name: str) -> int:
@@ -114,9 +114,12 @@ class InternVLAdapter(FamilyAdapter):
                 f"image tokens{'' if contiguous else ' in separate runs'}: the prompt or the description may contain "
                 f"the image token itself"
             )
-        scored = positions[-per_frame:].reshape(side, side)  # the thumbnail, or the only tile
-        view = "global view" if frames > 1 else "image"
-        return ImageLayout(positions=scored, valid=np.ones((side, side), dtype=bool), view=view)
+        valid = np.ones((side, side), dtype=bool)
+        if frames == 1:
+            return ImageLayout.cells(positions.reshape(side, side), valid)
+        tiles = (frames - 1) * per_frame  # the thumbnail comes last
+        views = (View("tiles", 0, tiles, None), View("global view", tiles, int(positions.size), (side, side)))
+        return ImageLayout.one_view(positions, views, "global view", valid)
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

@@ -31,7 +31,7 @@ class LlavaAdapter(FamilyAdapter):
         if positions.size != side * side:
             raise InputError(f"expected {side * side} image tokens for the vision tower's {side}x{side} grid, found "
                              f"{positions.size}: the processor's image token count does not match the model")
-        return ImageLayout(positions=positions.reshape(side, side), valid=np.ones((side, side), dtype=bool))
+        return ImageLayout.cells(positions.reshape(side, side), np.ones((side, side), dtype=bool))
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
 from .llava import patch_grid_side
 
 
@@ -36,8 +36,8 @@ class LlavaNextAdapter(FamilyAdapter):
             raise InputError(
                 f"expected a {side}x{side} base view followed by tiles, found only {positions.size} image tokens"
             )
-        base = positions[: side * side].reshape(side, side)
-        return ImageLayout(positions=base, valid=np.ones((side, side), dtype=bool), view="base view")
+        views = (View("base view", 0, side * side, (side, side)), View("tiles", side * side, int(positions.size), None))
+        return ImageLayout.one_view(positions, views, "base view", np.ones((side, side), dtype=bool))
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

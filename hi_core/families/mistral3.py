@@ -105,7 +105,7 @@ class Mistral3Adapter(FamilyAdapter):
                 f"expected {rows} rows of {cols} image tokens ({image_id}), each closed by one break token and "
                 f"the last by an end token, found the ids {run.tolist()}"
             )
-        return ImageLayout(positions=positions.reshape(rows, cols), valid=np.ones((rows, cols), dtype=bool))
+        return ImageLayout.cells(positions.reshape(rows, cols), np.ones((rows, cols), dtype=bool))
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

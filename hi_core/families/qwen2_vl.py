@@ -116,7 +116,7 @@ class Qwen2VLAdapter(FamilyAdapter):
                 f"expected the {positions.size} image tokens (id {image_token_id}) as one run, found them spread over "
                 f"positions {first}..{last} of the sequence the processor built"
             )
-        return ImageLayout(positions=positions.reshape(gh, gw), valid=np.ones((gh, gw), dtype=bool))
+        return ImageLayout.cells(positions.reshape(gh, gw), np.ones((gh, gw), dtype=bool))
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]
