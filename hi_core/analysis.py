@@ -69,6 +69,7 @@ class ImageAnalysis:
     views: tuple[View, ...] = ()
     view_shares: np.ndarray | None = None
     token_view_sums: np.ndarray | None = None
+    view_budget: str | None = None  # the processor's view budget the model was loaded with (`LoadConfig.max_view_pixels`)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -104,6 +105,7 @@ class ImageAnalysis:
                             for layer in range(num_layers)] if self.view_shares is not None else None}
                 for index, view in enumerate(self.views)
             ],
+            "view_budget": self.view_budget,
             "scored_layers": self.scored_layers,
             "heads": [
                 {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "mass": json_number(self.mass[layer, head])}
@@ -190,6 +192,7 @@ def analyze_image(
         views=prepared.inputs.layout.views,
         view_shares=view_shares,
         token_view_sums=sums,
+        view_budget=loaded.view_budget,
     )
 
 

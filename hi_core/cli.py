@@ -116,13 +116,18 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=get_args(DType), default="auto", help="default: %(default)s")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code from the Hub (off by default)")
+    parser.add_argument("--max-view-pixels", type=int,
+                        help="a view budget: the processor makes at most about this many pixels of each image (fewer "
+                             "tiles or image tokens, a faster vision tower; Idefics3/SmolVLM and the Qwen-VL families; "
+                             "recorded in the JSON). Default: the model's own settings")
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
     """The model of --model; under `accelerate launch`, after binding this process to its device."""
     if is_distributed():
         process_state(cpu=resolve_device(args.device).type == "cpu")
-    return load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code))
+    return load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code,
+                                 max_view_pixels=args.max_view_pixels))
 
 
 def _run_score(args: argparse.Namespace) -> None:

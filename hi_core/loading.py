@@ -55,11 +55,14 @@ class LoadConfig:
     dtype: DType = "auto"
     trust_remote_code: bool = False
     lora: str | None = None
+    max_view_pixels: int | None = None  # a view budget: the processor makes at most ~this many pixels per image
 
     def __post_init__(self) -> None:
         if self.lora is not None and not self.lora.strip():
             object.__setattr__(self, "lora", None)  # an empty field in a form: no adapter
         check_choice("device", self.device, Device)
+        if self.max_view_pixels is not None and self.max_view_pixels < 1:
+            raise InputError(f"max_view_pixels must be a positive number of pixels, got {self.max_view_pixels}")
         check_choice("dtype", self.dtype, DType)
         if not self.model.strip():
             raise InputError("model is empty: give `demo`, a Hub id (owner/name) or a local folder")
@@ -76,6 +79,7 @@ class LoadedModel:
     adapter: FamilyAdapter
     device: torch.device
     note: str = ""
+    view_budget: str | None = None  # what `LoadConfig.max_view_pixels` set in the processor, in words
 
     @property
     def family(self) -> str:
@@ -272,7 +276,8 @@ def load_model(config: LoadConfig) -> LoadedModel:
     if config.lora is not None:
         model = merge_lora(model, config.lora)
     name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"
-    return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device)
+    budget = None if config.max_view_pixels is None else adapter.limit_view(processor, config.max_view_pixels)
+    return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device, view_budget=budget)
 
 
 def attention_implementation(model_config: Any, adapter: FamilyAdapter) -> str | dict[str, str]:

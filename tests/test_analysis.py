@@ -160,3 +160,28 @@ def test_hi_difference_is_tuned_minus_base_on_the_same_inputs(llava, scene):
         hi_difference(base, analyze_image(llava, image, mask, "a red square"))
     with pytest.raises(InputError, match="different models: 2x4 heads"):
         hi_difference(base, replace(tuned, hi=tuned.hi[:1]))
+
+
+def test_a_view_budget_gives_fewer_tiles_or_tokens_and_the_json_records_it(tmp_path):
+    """SmolVLM (48-px tiles): a budget of 96 x 96 px keeps the longest edge at 96, so a 120 x 60 image is 2 tiles
+    (1 row) + the global view instead of 2 x 3; Qwen2-VL: fewer image tokens. The JSON says what was set."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((60, 120, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((60, 120), bool)
+    mask[10:40, 20:70] = True
+    smol = str(tiny_idefics3.build_smolvlm(tmp_path / "smol"))
+    free = analyze_image(load_model(LoadConfig(smol, device="cpu")), image, mask, TEXT)
+    limited = analyze_image(load_model(LoadConfig(smol, device="cpu", max_view_pixels=96 * 96 + 500)), image, mask, TEXT)
+    assert free.grid == (12, 18) and limited.grid == (6, 12) and limited.view == "2 tiles + global view"
+    assert free.to_json()["view_budget"] is None
+    assert limited.to_json()["view_budget"] == "longest edge 96 px (at most 4 tiles of 48 px + the global view)"
+    qwen = str(tiny_qwen2_vl.build_qwen2_vl(tmp_path / "qwen"))
+    big = Image.fromarray((rng.random((600, 800, 3)) * 255).astype(np.uint8))
+    big_mask = np.zeros((600, 800), bool)
+    big_mask[100:400, 200:500] = True
+    free = analyze_image(load_model(LoadConfig(qwen, device="cpu")), big, big_mask, TEXT)
+    limited = analyze_image(load_model(LoadConfig(qwen, device="cpu", max_view_pixels=10_000)), big, big_mask, TEXT)
+    assert limited.views[0].tokens < free.views[0].tokens
+    assert "at most 10,000 pixels per image" in limited.to_json()["view_budget"]
+    with pytest.raises(InputError, match="max_view_pixels must be a positive number"):
+        LoadConfig("demo", max_view_pixels=0)

@@ -127,7 +127,8 @@ class AppContext:
             lora = str(tuned.adapter)
         elif lora and self.settings.public:
             raise InputError("this deployment applies only the adapter of this session's fine-tune (its 'Use the tuned model')")
-        return LoadConfig(model=self.settings.check_model(model_name), device=device, lora=lora or None)
+        return LoadConfig(model=self.settings.check_model(model_name), device=device, lora=lora or None,
+                          max_view_pixels=self.settings.max_view_pixels)
 
     def get_model(self, config: LoadConfig, progress: gr.Progress | None = None) -> LoadedModel:
         """A loaded model from the cache (in this process, never in a GPU worker); a load waits its turn."""
@@ -153,4 +154,6 @@ class AppContext:
         memory = (f"{dtype}, {describe(weights)} of weights (models are held within {describe(self.cache.budget)})"
                   if loaded.device.type == "cpu" else f"{dtype} on {loaded.device.type}")
         chosen = f"; {loaded.note}" if loaded.note else ""
+        if self.settings.max_view_pixels is not None:
+            chosen += f"; view budget: {loaded.view_budget or 'none needed (this family sees images at one fixed size)'}"
         return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}; {memory}{chosen}."

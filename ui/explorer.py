@@ -126,7 +126,10 @@ class ExplorerTab:
                 self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
             status = gr.Markdown(f"The embedded `demo` model is loaded on first use. Models are held within "
                                  f"{describe(self.context.cache.budget)} of memory; one whose float32 weights would not fit "
-                                 "loads in bfloat16.", label="Model status", elem_id="model-status")
+                                 "loads in bfloat16." + (f" View budget: images are seen at about {settings.max_view_pixels:,} "
+                                                         "pixels at most (fewer tiles or image tokens)."
+                                                         if settings.max_view_pixels else ""),
+                                 label="Model status", elem_id="model-status")
         with gr.Accordion("LoRA adapter", open=False, elem_id="lora-options") as lora_options:
             lora = gr.Textbox(
                 "", label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),

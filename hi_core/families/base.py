@@ -174,6 +174,12 @@ class FamilyAdapter:
         reproduce). `load_model` calls it once, so such a model is refused at load time, never in the
         middle of an analysis. The default checks nothing."""
 
+    def limit_view(self, processor: Any, max_pixels: int) -> str | None:
+        """Set the processor to make at most about `max_pixels` of image pixels per image (a view budget: fewer
+        image tokens, a faster vision tower); what was set, in words, or None for a family whose view is one
+        fixed size (nothing to limit). The default: nothing to limit."""
+        return None
+
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError
 

@@ -26,6 +26,7 @@ prompt is rendered by the generic `ProcessorMixin` code (the same text for image
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -86,6 +87,16 @@ class Idefics3Adapter(FamilyAdapter):
 
     def check_loaded(self, model: Any, processor: Any) -> None:
         tile_geometry(model)
+
+    def limit_view(self, processor: Any, max_pixels: int) -> str | None:
+        """The longest edge the processor resizes to (`size`), lowered to whole tiles within `max_pixels` (a
+        square of that edge): fewer tiles. At least one tile (the global view alone)."""
+        image_processor = processor.image_processor
+        tile = int(image_processor.max_image_size["longest_edge"])
+        current = int(image_processor.size["longest_edge"])
+        edge = min(current, max(tile, math.isqrt(int(max_pixels)) // tile * tile))
+        image_processor.size = {"longest_edge": edge}
+        return f"longest edge {edge} px (at most {(edge // tile) ** 2} tiles of {tile} px + the global view)"
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         """The global view alone (where the tiles are needs the tokenizer: `view_layout`)."""

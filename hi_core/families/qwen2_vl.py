@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, processed_mask, token_positions
+from .base import FamilyAdapter, ImageLayout, processed_mask, size_value, token_positions
 
 
 def merged_grid(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -99,6 +99,14 @@ class Qwen2VLAdapter(FamilyAdapter):
         """Refuse a model whose processor's image token or patch geometry is not the model's."""
         check_image_token(model, processor)
         check_patch_geometry(model, processor)
+
+    def limit_view(self, processor: Any, max_pixels: int) -> str | None:
+        """The processor's pixel budget (`size["longest_edge"]`, its max_pixels) lowered to `max_pixels`."""
+        image_processor = processor.image_processor
+        current = size_value(image_processor.size, "longest_edge") or int(max_pixels)
+        smallest = size_value(image_processor.size, "shortest_edge")  # min_pixels
+        image_processor.size = {"shortest_edge": min(smallest or 1, int(max_pixels)), "longest_edge": min(current, int(max_pixels))}
+        return f"at most {min(current, int(max_pixels)):,} pixels per image (the processor's max_pixels)"
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         _, gh, gw = merged_grid(model, inputs)
