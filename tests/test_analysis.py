@@ -185,3 +185,15 @@ def test_a_view_budget_gives_fewer_tiles_or_tokens_and_the_json_records_it(tmp_p
     assert "at most 10,000 pixels per image" in limited.to_json()["view_budget"]
     with pytest.raises(InputError, match="max_view_pixels must be a positive number"):
         LoadConfig("demo", max_view_pixels=0)
+
+
+def test_a_layout_holds_one_entry_per_token_and_cell_not_a_dense_matrix():
+    """Qwen2-VL at its own pixel cap writes up to 16,384 image tokens: a dense keys x cells matrix would be 1 GB."""
+    from hi_core.families import ImageLayout
+
+    side = 128
+    layout = ImageLayout.cells(np.arange(side * side).reshape(side, side) + 7, np.ones((side, side), bool))
+    assert all(part.size == side * side for part in layout.placement)
+    attention = np.random.default_rng(0).random((2, side * side)).astype(np.float32)
+    np.testing.assert_array_equal(layout.place(attention), attention.reshape(2, side, side))
+    np.testing.assert_array_equal(layout.positions, np.arange(side * side).reshape(side, side) + 7)

@@ -48,16 +48,17 @@ class ImageLayout:
     """The image tokens of one sequence and how a head's attention to them lands on the image.
 
     keys: (K,) int64, the sequence positions of every image token, view by view (`views`), in order.
-    placement: (K, gh * gw) float32, row k = the share of key k's area in each cell of the grid HI is
-        computed on: one 1 per row for a token that is one cell, a token covering several cells spread
-        evenly over them (mass conserved), a zero row for a token of a view not scored.
+    placement: (key index, cell index, weight) arrays, one entry per (token, cell) it covers: the share of the
+        token's area in that cell of the (gh, gw) grid HI is computed on, row-major. A token that is one cell
+        has one entry of weight 1, a token covering several cells is spread evenly over them (mass
+        conserved), a token of a view not scored has none.
     valid: (gh, gw) bool, False where the cell only holds padding added by the processor.
     view: what is scored, in words ("image", "global view", "12 tiles + global view").
     views: every view of the image, covering all K keys.
     """
 
     keys: np.ndarray
-    placement: np.ndarray
+    placement: tuple[np.ndarray, np.ndarray, np.ndarray]
     valid: np.ndarray
     view: str = "image"
     views: tuple[View, ...] = ()
@@ -65,24 +66,24 @@ class ImageLayout:
     def __post_init__(self) -> None:
         if not self.views:
             object.__setattr__(self, "views", (View("image", 0, int(self.keys.size), self.grid),))
-        if self.placement.shape != (self.keys.size, self.valid.size):
-            raise ValueError(f"placement {self.placement.shape} for {self.keys.size} keys on a {self.grid} grid")
+        key, cell, weight = self.placement
+        if not key.shape == cell.shape == weight.shape or (key.size and (key.max() >= self.keys.size or cell.max() >= self.valid.size)):
+            raise ValueError(f"a placement of {key.size} entries does not fit {self.keys.size} keys on a {self.grid} grid")
         if sum(view.tokens for view in self.views) != self.keys.size:
             raise ValueError(f"views of {[view.tokens for view in self.views]} tokens for {self.keys.size} keys")
 
     @classmethod
     def cells(cls, positions: np.ndarray, valid: np.ndarray, view: str = "image") -> ImageLayout:
         """One token per grid cell: `positions` (gh, gw) the sequence position of the token at each cell."""
-        keys = positions.reshape(-1)
-        return cls(keys=keys, placement=np.eye(keys.size, dtype=np.float32), valid=valid, view=view)
+        index = np.arange(positions.size)
+        return cls(keys=positions.reshape(-1), placement=(index, index, np.ones(index.size, np.float32)), valid=valid, view=view)
 
     @classmethod
     def one_view(cls, keys: np.ndarray, views: tuple[View, ...], scored: str, valid: np.ndarray) -> ImageLayout:
         """Every image token (`keys`, view by view), the view named `scored` alone on the grid, one token per
         cell (its `grid`, row-major); the other views' tokens counted (their shares) but not placed."""
         view = next(view for view in views if view.name == scored)
-        placement = np.zeros((keys.size, valid.size), dtype=np.float32)
-        placement[np.arange(view.start, view.stop), np.arange(view.tokens)] = 1.0
+        placement = (np.arange(view.start, view.stop), np.arange(view.tokens), np.ones(view.tokens, np.float32))
         return cls(keys=keys, placement=placement, valid=valid, view=scored, views=views)
 
     @property
@@ -92,17 +93,20 @@ class ImageLayout:
     @property
     def positions(self) -> np.ndarray:
         """(gh, gw): the position of each cell's token, for a layout of one token per cell (tests, oracles)."""
-        scored = self.placement.sum(axis=1) > 0
-        if not np.allclose(self.placement[scored].max(axis=1), 1.0) or scored.sum() != self.valid.size:
+        key, cell, weight = self.placement
+        if key.size != self.valid.size or np.unique(cell).size != cell.size or not np.allclose(weight, 1.0):
             raise ValueError("the layout spreads tokens over several cells: it has no one position per cell")
-        return self.keys[scored][np.argmax(self.placement[scored], axis=1).argsort()].reshape(self.grid)
+        positions = np.empty(self.valid.size, dtype=self.keys.dtype)
+        positions[cell] = self.keys[key]
+        return positions.reshape(self.grid)
 
     def place(self, attention: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(..., K) attention to the keys -> (..., gh, gw) on the grid (float32)."""
+        """(..., K) attention to the keys -> (..., gh, gw) float32 on the grid."""
         values = torch.as_tensor(attention, dtype=torch.float32)
-        placed = values @ torch.from_numpy(self.placement)
+        key, cell, weight = (torch.from_numpy(np.asarray(part)) for part in self.placement)
+        placed = torch.zeros(*values.shape[:-1], self.valid.size, dtype=torch.float32)
+        placed.index_add_(-1, cell.long(), values[..., key.long()] * weight.float())
         return placed.reshape(*values.shape[:-1], *self.grid).numpy()
-
 
 
 def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:

@@ -121,14 +121,16 @@ class Idefics3Adapter(FamilyAdapter):
             views += (View("global view", tiles, int(keys.size), (side, side)),)
             return ImageLayout.one_view(keys, views, "global view", frames[-1])
         views = (View("tiles", 0, tiles, fine), View("global view", tiles, int(keys.size), (side, side)))
-        placement = np.zeros((keys.size, fine[0] * fine[1]), dtype=np.float32)
         cells = np.arange(fine[0] * fine[1]).reshape(fine)
-        for frame in range(rows * cols):  # tile (r, c): its token (a, b) is fine cell (r * side + a, c * side + b)
-            r, c = divmod(frame, cols)
-            placement[frame * side * side + np.arange(side * side), cells[r * side:(r + 1) * side, c * side:(c + 1) * side].reshape(-1)] = 1.0
+        # tile (r, c), row by row: its token (a, b) is fine cell (r * side + a, c * side + b)
+        tile_cells = cells.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1)
+        key_index, cell_index, weights = [np.arange(tiles)], [tile_cells], [np.ones(tiles, np.float32)]
         if view == "combined":  # global token (a, b): the rows x cols fine cells under it, evenly
             covered = cells.reshape(side, rows, side, cols).transpose(0, 2, 1, 3).reshape(side * side, rows * cols)
-            placement[tiles + np.arange(side * side)[:, None], covered] = 1.0 / (rows * cols)
+            key_index.append(np.repeat(tiles + np.arange(side * side), rows * cols))
+            cell_index.append(covered.reshape(-1))
+            weights.append(np.full(covered.size, 1.0 / (rows * cols), np.float32))
+        placement = (np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights))
         valid = np.block([[frames[r * cols + c] for c in range(cols)] for r in range(rows)])
         scored = f"{rows * cols} tiles" + (" + global view" if view == "combined" else "")
         return ImageLayout(keys=keys, placement=placement, valid=valid, view=scored, views=views)
