@@ -1,7 +1,10 @@
 """Head Impact and everything computed from head maps: pure NumPy, no model.
 
 Maps arrive as (layers, heads, cells) over the valid cells of the image grid, the key object as a
-boolean (cells,) vector (DESIGN 1.4-1.8):
+boolean (cells,) vector (DESIGN 1.4-1.8). The grid is the image's finest one: where a model writes the
+image in several views (tiles + a global view), every image token's attention is on it, each token's
+spread evenly over the cells of the image it covers (`families.ImageLayout.place`, `--view combined`),
+so a cell's value is all the attention the head gives that part of the image, in whichever view:
 - `binarize`: keep the k highest cells (`area`), the cells at or above the q-quantile
   (`quantile`), or those above Otsu's threshold (`otsu`);
 - `head_impact`: IoU of the binarized map with the object cells;

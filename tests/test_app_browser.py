@@ -675,3 +675,85 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     expect(page.locator("#diff-head img")).not_to_have_attribute("src", pair)
     page.locator("#diff-heatmap").scroll_into_view_if_needed()
     _screenshot(page, "12-before-after.png", full_page=False)
+
+
+def _real_size_photo(width: int = 1024, height: int = 768, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded photo-like image, (H, W, 3) uint8: a red ball on textured grass under a sky; and the ball's mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    texture = sum(np.asarray(Image.fromarray(rng.normal(0, 1, (height // s, width // s)).astype(np.float32))
+                             .resize((width, height), Image.Resampling.BICUBIC)) * (s / 32) for s in (4, 16, 64))
+    horizon = height * 0.4 + 20 * np.sin(x / 90)
+    sky = np.stack([110 + 60 * y / height, 160 + 40 * y / height, 235 - 10 * y / height], axis=-1)
+    grass = np.stack([60 + 0 * y, 120 + 40 * (y - horizon) / height, 40 + 0 * y], axis=-1)
+    pixels = np.where((y < horizon)[..., None], sky, grass) + 25 * texture[..., None]
+    mask = ((y - 0.62 * height) / 130) ** 2 + ((x - 0.45 * width) / 150) ** 2 <= 1.0
+    pixels = np.where(mask[..., None], np.array([215.0, 35, 40]) + 8 * texture[..., None], pixels)
+    return np.clip(pixels, 0, 255).astype(np.uint8), mask
+
+
+def _preview_agrees(page: Page, image: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the mask preview (a large image is shown reduced) is tinted where `mask` is, at the preview's size."""
+    if not page.locator("#mask-view img").count():
+        return False
+    shown = _shown_image(page, "mask-view").astype(int)
+    size = (shown.shape[1], shown.shape[0])
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    expected = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    tinted = mask_overlay(small, np.ones(small.shape[:2], bool)).astype(int)
+    where = np.abs(shown - tinted).sum(axis=-1) < np.abs(shown - small.astype(int)).sum(axis=-1)
+    return (where == expected).mean() > 0.98
+
+
+@pytest.mark.real_size
+def test_real_size_smolvlm_256m_analyzes_an_uploaded_photo_in_the_page(browser, tmp_path):
+    """Served as in public (the allow-list, the 1 Mpx view budget) with SmolVLM-256M at its true size (random
+    weights, tests/real_models.py): upload a 1024 x 768 photo and its mask, describe it, Analyze; the summary names
+    the views the budget leaves (2 x 2 tiles stitched to 16 x 16 cells + the global view) and the heatmap has the
+    real model's 30 layers x 9 heads. Minutes on a CPU (the first Analyze loads the model)."""
+    from dataclasses import replace
+
+    from .real_models import build_real_model
+
+    folder = str(build_real_model("smolvlm-256m"))
+    settings = replace(Settings.public_defaults(), allowed_models=(folder,), max_view_pixels=1_048_576)
+    demo = build_demo(folder, settings=settings)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    image, mask = _real_size_photo()
+    Image.fromarray(image).save(tmp_path / "ball.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "ball-mask.png")
+    text = "A red ball on the grass."
+    page = browser.new_page()
+    try:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#editor input[type=file]").set_input_files(tmp_path / "ball.png")
+        _wait_for_editor_image(page, image)
+        page.locator("#mask-upload input[type=file]").set_input_files(tmp_path / "ball-mask.png")
+        _wait_until(page, lambda: _preview_agrees(page, image, mask), "the mask preview does not show the uploaded mask")
+        expect(page.locator("#analyze-message")).to_have_text("")
+        _type_into(page.locator("#description textarea"), text)
+        page.locator("#analyze").click()
+        summary = page.locator("#summary")
+        expect(summary).to_contain_text(text, timeout=600_000)  # loading 256M parameters, then ~6 s of analysis
+        expect(page.locator("#analyze-message")).to_have_text("")
+        # 1024 x 768 within 1,048,576 px: the longest edge 1024 = 2 x 2 tiles of 8 x 8 tokens (stitched: 16 x 16) + the global view
+        expect(summary).to_contain_text("grid 16×16")
+        expect(summary).to_contain_text("Views of the image: tiles 16×16, 256 tokens; global view 8×8, 64 tokens")
+        expect(page.locator("#model-status")).to_contain_text("idefics3, 30 language-model layers")
+        expect(page.locator("#model-status")).to_contain_text("view budget")
+        heatmap = page.locator("#heatmap img")
+        expect(heatmap).to_have_attribute("src", re.compile(r"\S"))
+        natural = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")
+        layout = HeatmapLayout.fit(30, 9)  # the real model's layers x heads
+        assert natural == [layout.width, layout.height]
+        page.get_by_role("tab", name="Ranking").click()
+        expect(page.locator("#ranking [role=grid]")).to_have_attribute("aria-rowcount", str(30 * 9 + 1))  # + the header
+        _image_src(page, "head-view")
+        assert _error_badges(page) == 0
+        page.evaluate("window.scrollTo(0, 0)")
+        _screenshot(page, "real-size-smolvlm.png")
+    finally:
+        page.close()
+        demo.close()
