@@ -177,13 +177,13 @@ def score_argv(folder, image: Path, mask: Path, text: str = TEXT, *extra) -> lis
 
 def check_cli_scores_folder(folder, tmp_path: Path, capsys, size, box, family: str, grid, *, text: str = TEXT,
                             to_file: bool = False, num_layers: int | None = None, num_heads: int | None = None,
-                            object_patches: int | None = None) -> dict:
+                            object_patches: int | None = None, extra: tuple[str, ...] = ()) -> dict:
     """`python -m hi_core score --model FOLDER` on a Hub-like folder: exit 0 and the design JSON (on
     stdout, or with `to_file` in `--out`, strict JSON without NaN), the family, the grid, one entry per
     head; and where given, the layer and head counts and the mask's object cells."""
     image, mask = write_scene(tmp_path, size, box)
     out = tmp_path / "score.json"
-    code = main(score_argv(folder, image, mask, text, *(["--out", str(out)] if to_file else [])))
+    code = main(score_argv(folder, image, mask, text, *extra, *(["--out", str(out)] if to_file else [])))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     if to_file:
@@ -227,7 +227,7 @@ def check_scores_exactly_the_base_view(loaded, size: tuple[int, int], side: int,
     changing only the tiles moves other image tokens, never the scored ones."""
     model = loaded.model
     image, _, _ = two_scenes(size, (10, 10, 40, 30))
-    inputs = build_inputs(loaded.adapter, model, loaded.processor, image, PROMPT, TEXT)
+    inputs = build_inputs(loaded.adapter, model, loaded.processor, image, PROMPT, TEXT, "global")
     layout = inputs.layout
     assert layout.view == "base view" and layout.grid == (side, side) and layout.valid.all()
     image_positions = np.flatnonzero(inputs.tensors["input_ids"][0].numpy() == model.config.image_token_id)

@@ -58,7 +58,7 @@ def test_capture_equals_eager(onevision, onevision_dir):
 def test_grid_follows_the_base_view_squash(onevision):
     # Base view: 120x60 -> 48x48, x * 0.4 and y * 0.8, 8-px cells. Box x 60..100 -> 24..40 ->
     # cols 3-4; y 10..40 -> 8..32 -> rows 1-3. Off-centre, 3 rows by 2 columns.
-    cells = check_region_lands_on_its_cells(onevision, SIZE, BOX)
+    cells = check_region_lands_on_its_cells(onevision, SIZE, BOX, view="global")
     expected = np.zeros((SIDE, SIDE), dtype=bool)
     expected[1:4, 3:5] = True
     np.testing.assert_array_equal(cells, expected)
@@ -84,7 +84,7 @@ def test_lora_wraps_only_the_language_models_attention(onevision):
 
 def test_cli_scores_the_saved_folder(onevision_dir, tmp_path, capsys):
     check_cli_scores_folder(onevision_dir, tmp_path, capsys, SIZE, BOX, "llava_onevision", (SIDE, SIDE),
-                            num_layers=2, num_heads=4, object_patches=6)
+                            num_layers=2, num_heads=4, object_patches=6, extra=("--view", "global"))
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_the_transformers_model_testers_config(tmp_path_factory):
     folder = tiny_llava_onevision.build_tester_llava_onevision(tmp_path_factory.mktemp("tester"))
     loaded = load_model(LoadConfig(model=str(folder), device="cpu"))
     image, _, _ = two_scenes((50, 30), (25, 0, 50, 15))
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT)
+    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, TEXT, "global")
     image_positions = np.flatnonzero(inputs.tensors["input_ids"][0].numpy() == loaded.model.config.image_token_id)
     assert inputs.layout.grid == (2, 2) and inputs.layout.view == "base view"
     np.testing.assert_array_equal(inputs.layout.positions.reshape(-1), image_positions[:4])
