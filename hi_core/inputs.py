@@ -149,7 +149,7 @@ def build_inputs(
             fill = adapter.response_token_values.get(key, int(value[0, -1]))
             value = torch.cat([value, torch.full((1, extra), fill, dtype=value.dtype)], dim=1)
         extended[key] = value
-    layout = adapter.view_layout(model, processor, extended, view)
+    layout = adapter.view_layout(model, processor, extended, view, image.size)
     return ModelInputs(
         tensors=extended,
         prefix_length=prefix_length,

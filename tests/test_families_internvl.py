@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
+from hi_core.analysis import AnalysisConfig, analyze_image
 from hi_core.errors import InputError
 from hi_core.families import ImageLayout, adapter_for
 from hi_core.families.internvl import InternVLAdapter
@@ -70,8 +71,8 @@ def case(request, internvl_dir, internvl, tester_dir, tester):
     return (internvl_dir, internvl, SIDE) if request.param == "ours" else (tester_dir, tester, TESTER_SIDE)
 
 
-def inputs_for(loaded, image, text=TEXT):
-    return build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text)
+def inputs_for(loaded, image, text=TEXT, view="global"):
+    return build_inputs(loaded.adapter, loaded.model, loaded.processor, image, PROMPT, text, view)
 
 
 def test_hub_folder_loads_without_torchvision(internvl_dir, internvl):
@@ -156,7 +157,7 @@ REGIONS = [
 @pytest.mark.parametrize("model, size, box, rows, cols", REGIONS, ids=["ours-split", "ours-single", "tester-split"])
 def test_region_lands_on_its_cells_of_the_squashed_view(model, size, box, rows, cols, internvl, tester):
     loaded, side = (internvl, SIDE) if model == "ours" else (tester, TESTER_SIDE)
-    cells = check_region_lands_on_its_cells(loaded, size, box)
+    cells = check_region_lands_on_its_cells(loaded, size, box, view="global")
     expected = expected_cells(side, rows, cols)
     assert len(rows) > 1 and len(cols) > 1 and len(rows) != len(cols)  # non-square in cells
     np.testing.assert_array_equal(cells, expected)
@@ -169,7 +170,8 @@ def test_batched_maps_equal_one_at_a_time(internvl, queries):
     texts, phrases = ["a red square", TEXT, "a blue circle at the center"], [None, "blue circle", None]
     items = check_batched_equals_one_by_one(internvl, images, texts, phrases, queries, layers_heads=(2, 4))
     assert [int(item.tensors["pixel_values"].shape[0]) for item in items] == [3, 1, 4]
-    assert all(item.layout.grid == (SIDE, SIDE) for item in items)
+    # every image token: the stitched tiles (2 x 1 and 1 x 3 of them), the single tile alone
+    assert [item.layout.grid for item in items] == [(SIDE, 2 * SIDE), (SIDE, SIDE), (3 * SIDE, SIDE)]
 
 
 def test_lora_targets_only_language_model_layers(internvl):
@@ -180,6 +182,7 @@ def test_lora_targets_only_language_model_layers(internvl):
 
 def test_cli_scores_a_hub_like_folder(internvl_dir, tmp_path, capsys):
     check_cli_scores_folder(internvl_dir, tmp_path, capsys, SPLIT, (20, 30, 80, 50), "internvl", (SIDE, SIDE), to_file=True,
+                            extra=("--view", "global"),
                             num_layers=2, num_heads=4, object_patches=6)
 
 
@@ -244,3 +247,16 @@ def test_an_image_token_typed_by_the_user_is_an_input_error(internvl, prompt, te
     image, _, _ = two_scenes(SPLIT, (20, 30, 60, 50))
     with pytest.raises(InputError, match=message):
         build_inputs(internvl.adapter, internvl.model, internvl.processor, image, prompt, text)
+
+
+def test_combined_maps_are_the_tiles_plus_the_thumbnail_spread_over_the_cells_it_covers(internvl):
+    """Oracle: the tiles-only map plus the thumbnail's map upsampled by np.kron over the cols x rows tiles (the
+    image processor's own choice of grid for the image's aspect), divided among the cells under each token."""
+    image, _, mask = two_scenes(SPLIT, (20, 30, 80, 50))
+    combined, tiles, thumbnail = (analyze_image(internvl, image, mask, TEXT, AnalysisConfig(view=view))
+                                  for view in ("combined", "tiles", "global"))
+    cols, rows = internvl.adapter.tile_grid(internvl.processor, SPLIT)
+    assert rows * cols > 1 and combined.grid == tiles.grid == (rows * SIDE, cols * SIDE) and thumbnail.grid == (SIDE, SIDE)
+    spread = np.kron(thumbnail.maps, np.ones((rows, cols), np.float32)) / (rows * cols)
+    np.testing.assert_allclose(combined.maps, tiles.maps + spread, rtol=1e-5, atol=1e-8)
+    assert combined.view == f"{rows * cols} tiles + global view"

@@ -109,6 +109,29 @@ class ImageLayout:
         return placed.reshape(*values.shape[:-1], *self.grid).numpy()
 
 
+def stitched_layout(keys: np.ndarray, rows: int, cols: int, side: int, with_global: bool, global_name: str,
+                    valid: np.ndarray | None = None) -> ImageLayout:
+    """Tiles of side x side tokens (rows x cols of them, row by row, each row-major) followed by one global view
+    of side x side tokens of the whole image: the tiles stitched are the grid, one token per cell; with
+    `with_global`, each global token is spread evenly over the rows x cols cells under it (the global view is
+    the same whole image squashed to a square, so each of its cells covers exactly that many)."""
+    tiles = rows * cols * side * side
+    fine = (rows * side, cols * side)
+    cells = np.arange(fine[0] * fine[1]).reshape(fine)
+    # tile (r, c): its token (a, b) is fine cell (r * side + a, c * side + b)
+    key_index, cell_index = [np.arange(tiles)], [cells.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1)]
+    weights = [np.ones(tiles, np.float32)]
+    if with_global:  # global token (a, b): the rows x cols fine cells under it
+        covered = cells.reshape(side, rows, side, cols).transpose(0, 2, 1, 3).reshape(side * side, rows * cols)
+        key_index.append(np.repeat(tiles + np.arange(side * side), rows * cols))
+        cell_index.append(covered.reshape(-1))
+        weights.append(np.full(covered.size, 1.0 / (rows * cols), np.float32))
+    views = (View("tiles", 0, tiles, fine), View(global_name, tiles, int(keys.size), (side, side)))
+    return ImageLayout(keys=keys, placement=(np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights)),
+                       valid=np.ones(fine, dtype=bool) if valid is None else valid,
+                       view=f"{rows * cols} tiles" + (f" + {global_name}" if with_global else ""), views=views)
+
+
 def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
     """Area-average a (H, W) array onto (H // cell_h, W // cell_w) cells (H, W multiples of them)."""
     height, width = view.shape
@@ -187,9 +210,10 @@ class FamilyAdapter:
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined") -> ImageLayout:
-        """The layout for `view` (one of `VIEWS`): families that write one view of the image, or whose other
-        views are counted but not yet placed on it, have one layout whatever is asked (`image_layout`)."""
+    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
+                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+        """The layout for `view` (one of `VIEWS`) of an image of `image_size` (width, height): families that write
+        one view of the image have one layout whatever is asked (`image_layout`)."""
         return self.image_layout(model, inputs)
 
     def view_mask_fractions(

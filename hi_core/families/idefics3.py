@@ -36,7 +36,7 @@ from PIL import Image
 from transformers.processing_utils import ProcessorMixin
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, stitched_layout, token_positions
 
 
 def tile_geometry(model: Any) -> tuple[int, int, int]:
@@ -102,7 +102,8 @@ class Idefics3Adapter(FamilyAdapter):
         """The global view alone (where the tiles are needs the tokenizer: `view_layout`)."""
         return self.view_layout(model, None, inputs, "global")
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined") -> ImageLayout:
+    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
+                    image_size: tuple[int, int] | None = None) -> ImageLayout:
         _, cell, side = tile_geometry(model)
         runs = image_token_runs(inputs["input_ids"], model.config.image_token_id, side * side)
         pixels = tuple(inputs["pixel_values"].shape)
@@ -120,20 +121,8 @@ class Idefics3Adapter(FamilyAdapter):
             views = (View("tiles", 0, tiles, fine if rows else None),) if tiles else ()
             views += (View("global view", tiles, int(keys.size), (side, side)),)
             return ImageLayout.one_view(keys, views, "global view", frames[-1])
-        views = (View("tiles", 0, tiles, fine), View("global view", tiles, int(keys.size), (side, side)))
-        cells = np.arange(fine[0] * fine[1]).reshape(fine)
-        # tile (r, c), row by row: its token (a, b) is fine cell (r * side + a, c * side + b)
-        tile_cells = cells.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1)
-        key_index, cell_index, weights = [np.arange(tiles)], [tile_cells], [np.ones(tiles, np.float32)]
-        if view == "combined":  # global token (a, b): the rows x cols fine cells under it, evenly
-            covered = cells.reshape(side, rows, side, cols).transpose(0, 2, 1, 3).reshape(side * side, rows * cols)
-            key_index.append(np.repeat(tiles + np.arange(side * side), rows * cols))
-            cell_index.append(covered.reshape(-1))
-            weights.append(np.full(covered.size, 1.0 / (rows * cols), np.float32))
-        placement = (np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights))
         valid = np.block([[frames[r * cols + c] for c in range(cols)] for r in range(rows)])
-        scored = f"{rows * cols} tiles" + (" + global view" if view == "combined" else "")
-        return ImageLayout(keys=keys, placement=placement, valid=valid, view=scored, views=views)
+        return stitched_layout(keys, rows, cols, side, view == "combined", "global view", valid)
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

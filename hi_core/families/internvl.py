@@ -30,13 +30,14 @@ before any forward pass.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, size_value, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, size_value, stitched_layout, token_positions
 
 
 def _side(value: Any, name: str) -> int:
@@ -120,6 +121,43 @@ class InternVLAdapter(FamilyAdapter):
         tiles = (frames - 1) * per_frame  # the thumbnail comes last
         views = (View("tiles", 0, tiles, None), View("global view", tiles, int(positions.size), (side, side)))
         return ImageLayout.one_view(positions, views, "global view", valid)
+
+    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
+                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+        """`combined`: the tiles stitched (cols x rows of them, as the image processor's own
+        `get_optimal_tiled_canvas` picks for this image size) are the grid, and each thumbnail token is spread
+        over the cols x rows cells under it; `tiles` the tiles alone; `global` the thumbnail alone."""
+        layout = self.image_layout(model, inputs)
+        if view == "global" or len(layout.views) == 1 or image_size is None or processor is None:
+            return layout
+        _, _, side = tile_geometry(model.config)
+        cols, rows = self.tile_grid(processor, image_size)
+        tiles = layout.views[0].tokens
+        if cols * rows * side * side != tiles:
+            raise InputError(f"the image processor tiles a {image_size[0]}x{image_size[1]} image {cols}x{rows}, but the "
+                             f"sequence holds {tiles // (side * side)} tiles")
+        return stitched_layout(layout.keys, rows, cols, side, view == "combined", "global view")
+
+    @staticmethod
+    def tile_grid(processor: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(cols, rows) of the tiles the image processor cuts an image of `image_size` (width, height) into."""
+        image_processor = processor.image_processor
+        module = importlib.import_module(type(image_processor).__module__)
+        tile = (size_value(image_processor.size, "height"), size_value(image_processor.size, "width"))
+        cols, rows = module.get_optimal_tiled_canvas((image_size[1], image_size[0]), tile, int(image_processor.min_patches),
+                                                     int(image_processor.max_patches))
+        return int(cols), int(rows)
+
+    def view_mask_fractions(
+        self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor], layout: ImageLayout
+    ) -> np.ndarray:
+        tile, cell, side = tile_geometry(model.config)
+        if layout.grid == (side, side):
+            return self.mask_fractions(model, processor, mask, inputs)
+        views = processed_mask(processor, mask, **dict(getattr(processor, "images_kwargs", None) or {}))
+        frames = [block_mean(frame.mean(axis=0), cell, cell) for frame in views[:-1]]  # the tiles, row by row
+        rows, cols = layout.grid[0] // side, layout.grid[1] // side
+        return np.block([[frames[r * cols + c] for c in range(cols)] for r in range(rows)])
 
     def mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor]

@@ -63,7 +63,8 @@ class LlavaNextAdapter(FamilyAdapter):
                                                         config.vision_feature_select_strategy, image_newline=newline)
         return packed[0][:, 0]
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined") -> ImageLayout:
+    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
+                    image_size: tuple[int, int] | None = None) -> ImageLayout:
         base = self.image_layout(model, inputs)
         _, side = patch_grid_side(model)
         positions = base.keys
