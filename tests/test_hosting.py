@@ -341,7 +341,7 @@ def test_the_model_memory_budget_picks_bfloat16_when_float32_would_not_fit_and_t
     bfloat16 and the status says why; a budget too small for either refuses in one message with both numbers."""
     from dataclasses import replace
 
-    from hi_core.model_memory import GB, safetensors_parameters
+    from hi_core.model_memory import GB, describe, safetensors_parameters
 
     parameters = safetensors_parameters(llava_dir)
     for budget, expected in ((parameters * 3, ("bfloat16, ", "in float32 its weights", "would not fit the model memory budget")),
@@ -354,7 +354,7 @@ def test_the_model_memory_budget_picks_bfloat16_when_float32_would_not_fit_and_t
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             status = next(c for c in client.config["components"] if c["props"].get("elem_id") == "model-status")
-            assert "Models are held within" in status["props"]["value"]
+            assert f"model memory {describe(settings.model_memory)}" in status["props"]["value"]
             shown = predict(client, "/load_model", model_name=str(llava_dir), device="cpu")["model-status"]
             assert all(part in shown for part in expected), shown
         finally:

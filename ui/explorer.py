@@ -124,11 +124,8 @@ class ExplorerTab:
                                       elem_id="model")
                 device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device")
                 self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
-            status = gr.Markdown(f"The embedded `demo` model is loaded on first use. Models are held within "
-                                 f"{describe(self.context.cache.budget)} of memory; one whose float32 weights would not fit "
-                                 "loads in bfloat16." + (f" View budget: images are seen at about {settings.max_view_pixels:,} "
-                                                         "pixels at most (fewer tiles or image tokens)."
-                                                         if settings.max_view_pixels else ""),
+            # one line (Analyze stays above the fold); once loaded it says the dtype and why
+            status = gr.Markdown(f"`demo` loads on first use · model memory {describe(self.context.cache.budget)}",
                                  label="Model status", elem_id="model-status")
         with gr.Accordion("LoRA adapter", open=False, elem_id="lora-options") as lora_options:
             lora = gr.Textbox(
@@ -146,6 +143,8 @@ class ExplorerTab:
                                       allow_preview=False, elem_id="examples")
         limits = (f" Images over {settings.max_image_pixels / 1e6:g} Mpx are refused; larger sides are reduced to "
                   f"{settings.max_image_side} px." if settings.public else "")
+        if settings.max_view_pixels:
+            limits += f" The model sees at most ~{settings.max_view_pixels / 1e6:.1f} Mpx of an image (view budget: fewer tiles)."
         gr.Markdown("**Pick an example or upload an image, then paint the object you want scored.** The mask shows "
                     "below as you paint; an example comes with its own, which painting replaces." + limits,
                     elem_id="editor-help")
