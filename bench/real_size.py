@@ -75,25 +75,13 @@ class Run:
 
 
 def photo(seed: int = 0):
-    """A seeded photo-like 1024 x 768 RGB image, a red ball on textured grass under a sky, and the ball's mask."""
-    import numpy as np
+    """The seeded 1024 x 768 photo-like image (`tests.real_models.photo`) as a PIL image, and the ball's mask."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    texture = sum(np.asarray(Image.fromarray(rng.normal(0, 1, (HEIGHT // s, WIDTH // s)).astype(np.float32))
-                             .resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)) * (s / 32) for s in (4, 16, 64))
-    horizon = HEIGHT * 0.4 + 20 * np.sin(x / 90)
-    sky = np.stack([110 + 60 * y / HEIGHT, 160 + 40 * y / HEIGHT, 235 - 10 * y / HEIGHT], axis=-1)
-    grass = np.stack([60 + 0 * y, 120 + 40 * (y - horizon) / HEIGHT, 40 + 0 * y], axis=-1)
-    pixels = np.where((y < horizon)[..., None], sky, grass) + 25 * texture[..., None]
-    cy, cx, ry, rx = 0.62 * HEIGHT, 0.45 * WIDTH, 130, 150
-    inside = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
-    mask = inside <= 1.0
-    shade = np.clip(1.1 - 0.6 * np.sqrt(np.clip(((y - cy + 50) / ry) ** 2 + ((x - cx + 50) / rx) ** 2, 0, None)), 0.3, 1.1)
-    ball = np.stack([220 * shade, 30 * shade, 35 * shade], axis=-1) + 8 * texture[..., None]
-    pixels = np.where(mask[..., None], ball, pixels)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), mask
+    from tests.real_models import photo as real_photo
+
+    pixels, mask = real_photo(WIDTH, HEIGHT, seed)
+    return Image.fromarray(pixels), mask
 
 
 def app_handler_seconds(run: Run) -> float:

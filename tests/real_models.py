@@ -372,3 +372,25 @@ def real_processor(name: str) -> Any:
     with tempfile.TemporaryDirectory(prefix=f"hi-real-processor-{name}-") as folder:
         write_processor_files(Path(folder), name)
         return load_processor(folder, AutoConfig.from_pretrained(folder))
+
+
+def photo(width: int = 1024, height: int = 768, seed: int = 0):
+    """A seeded photo-like image, (H, W, 3) uint8: a shaded red ball on textured grass under a sky; and the
+    ball's (H, W) bool mask. What the real-size bench and browser test analyze."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    texture = sum(np.asarray(Image.fromarray(rng.normal(0, 1, (height // s, width // s)).astype(np.float32))
+                             .resize((width, height), Image.Resampling.BICUBIC)) * (s / 32) for s in (4, 16, 64))
+    horizon = height * 0.4 + 20 * np.sin(x / 90)
+    sky = np.stack([110 + 60 * y / height, 160 + 40 * y / height, 235 - 10 * y / height], axis=-1)
+    grass = np.stack([60 + 0 * y, 120 + 40 * (y - horizon) / height, 40 + 0 * y], axis=-1)
+    pixels = np.where((y < horizon)[..., None], sky, grass) + 25 * texture[..., None]
+    cy, cx, ry, rx = 0.62 * height, 0.45 * width, 130, 150
+    mask = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+    shade = np.clip(1.1 - 0.6 * np.sqrt(((y - cy + 50) / ry) ** 2 + ((x - cx + 50) / rx) ** 2), 0.3, 1.1)
+    ball = np.stack([220 * shade, 30 * shade, 35 * shade], axis=-1) + 8 * texture[..., None]
+    pixels = np.where(mask[..., None], ball, pixels)
+    return np.clip(pixels, 0, 255).astype(np.uint8), mask

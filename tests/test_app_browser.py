@@ -677,21 +677,6 @@ def test_the_finetune_tab_runs_a_tiny_finetune_cancels_a_long_one_and_the_before
     _screenshot(page, "12-before-after.png", full_page=False)
 
 
-def _real_size_photo(width: int = 1024, height: int = 768, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded photo-like image, (H, W, 3) uint8: a red ball on textured grass under a sky; and the ball's mask."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    texture = sum(np.asarray(Image.fromarray(rng.normal(0, 1, (height // s, width // s)).astype(np.float32))
-                             .resize((width, height), Image.Resampling.BICUBIC)) * (s / 32) for s in (4, 16, 64))
-    horizon = height * 0.4 + 20 * np.sin(x / 90)
-    sky = np.stack([110 + 60 * y / height, 160 + 40 * y / height, 235 - 10 * y / height], axis=-1)
-    grass = np.stack([60 + 0 * y, 120 + 40 * (y - horizon) / height, 40 + 0 * y], axis=-1)
-    pixels = np.where((y < horizon)[..., None], sky, grass) + 25 * texture[..., None]
-    mask = ((y - 0.62 * height) / 130) ** 2 + ((x - 0.45 * width) / 150) ** 2 <= 1.0
-    pixels = np.where(mask[..., None], np.array([215.0, 35, 40]) + 8 * texture[..., None], pixels)
-    return np.clip(pixels, 0, 255).astype(np.uint8), mask
-
-
 def _preview_agrees(page: Page, image: np.ndarray, mask: np.ndarray) -> bool:
     """Whether the mask preview (a large image is shown reduced) is tinted where `mask` is, at the preview's size."""
     if not page.locator("#mask-view img").count():
@@ -714,13 +699,14 @@ def test_real_size_smolvlm_256m_analyzes_an_uploaded_photo_in_the_page(browser, 
     from dataclasses import replace
 
     from .real_models import build_real_model
+    from .real_models import photo as real_size_photo
 
     folder = str(build_real_model("smolvlm-256m"))
     settings = replace(Settings.public_defaults(), allowed_models=(folder,), max_view_pixels=1_048_576)
     demo = build_demo(folder, settings=settings)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    image, mask = _real_size_photo()
+    image, mask = real_size_photo()
     Image.fromarray(image).save(tmp_path / "ball.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "ball-mask.png")
     text = "A red ball on the grass."
