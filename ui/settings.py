@@ -55,8 +55,15 @@ class Settings:
     max_lora_rank: int | None = None
     max_batch_size: int | None = None  # fine-tune and dataset scoring
     # The Explorer's per-token view keeps each response token's map of every head: at most this many maps
-    # (layers x heads x tokens) per session, e.g. 97 tokens on a 28 x 12-head model (72 MiB on a 24 x 24 grid)
-    max_token_maps: int | None = 32_768
+    # (layers x heads x tokens) for the whole server, all sessions together, e.g. 97 tokens on a 28 x 12-head model
+    # (72 MiB on a 24 x 24 grid)
+    max_token_maps: int | None = 65_536
+    max_editor_layers: int | None = None  # brush layers the image editor may send with its image (checked before decoding)
+    max_text_chars: int | None = 100_000  # a description, prompt or key phrase, in characters, checked before tokenizing
+    max_index_mb: float | None = None  # an uploaded dataset's data.jsonl, in MB, checked before it is read
+    max_index_lines: int | None = None  # an uploaded dataset's data.jsonl, in lines, counted before any record is parsed
+    session_idle_s: int | None = None  # a session's state (results, maps, run folder) is freed after this idle time
+    max_upload_cache_mb: float | None = None  # Gradio's upload cache, in MB: swept of its oldest files beyond this
     queue_size: int | None = None  # events waiting in the queue; more are turned away with a message
     concurrency: int = 2  # events of one kind running at once (the dataset and fine-tune: 1)
     max_run_storage_mb: float = 2048  # unpacked uploads, downloads and adapters on disk, all sessions; oldest go first
@@ -92,6 +99,12 @@ class Settings:
             queue_size=32,
             concurrency=2,
             max_run_storage_mb=1024,
+            max_editor_layers=4,
+            max_text_chars=2_000,
+            max_index_mb=4,
+            max_index_lines=10_000,
+            session_idle_s=1800,
+            max_upload_cache_mb=2048,
         )
 
     @classmethod
