@@ -23,7 +23,13 @@ scan, so all of them agree on which record an id means. The rules:
   present and not null they must be non-empty strings (null means absent), and the key phrase must
   occur in the text. Unknown fields are ignored.
 - Then the files: a missing or unreadable image or mask, a mask of another size than its image, or
-  an empty mask make a skipped record too (`load_record`).
+  an empty mask make a skipped record too (`load_record`). Its reason names the file as data.jsonl
+  does (relative to the dataset folder), never by the folder's path: a server's paths stay its own.
+  Files are decoded within `ImageLimits` (the library's pixel cap, full size; a server passes its own
+  cap and side, so that a batch of n records holds at most n x side^2 pixels).
+
+A server also bounds the index itself before anything reads it (`check_index`: its size and line
+count), and can stop a long read between lines (`stop`: `Cancelled` is raised).
 
 `write_synthetic` writes a generated set in this format.
 """
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +47,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .images import ImageLimits, load_image_and_mask
 from .inputs import phrase_span
-from .masks import check_mask, load_image, load_mask
 from .outputs import atomic_path
 from .synth import Order, make_scene
 
@@ -51,6 +57,14 @@ logger = logging.getLogger(__name__)
 INDEX = "data.jsonl"
 REQUIRED = ("id", "image", "mask", "text")
 OPTIONAL = ("key_phrase", "prompt")
+STOP_EVERY = 1024  # lines read between two looks at a reader's stop flag
+
+#: A stop flag a long read looks at between lines and batches (e.g. `threading.Event().is_set`).
+Stop = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """A read (or a scoring run) stopped because its caller's stop flag was set; nothing was kept."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +117,36 @@ def _index_path(folder: str | Path) -> Path:
     return index
 
 
-def _raw_lines(index: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of every non-blank line of the file, streamed."""
+def check_index(folder: str | Path, max_mb: float | None = None, max_lines: int | None = None) -> None:
+    """Refuse a data.jsonl of more than `max_mb` MB (from its size) or `max_lines` lines (newlines counted
+    in 1 MiB blocks, nothing parsed) before any reader scans it: every reader reads every line before the
+    first record it yields (ids must be unique), so a 5 M-line index would hold a server for minutes."""
+    index = _index_path(folder)
+    size = index.stat().st_size
+    if max_mb is not None and size > max_mb * 1e6:
+        raise InputError(f"{INDEX} is {size / 1e6:.1f} MB; this deployment reads at most {max_mb:g} MB")
+    if max_lines is None:
+        return
+    lines, last = 0, b"\n"
+    with open(index, "rb") as data:
+        while block := data.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    if lines > max_lines:
+        raise InputError(f"{INDEX} has {lines:,} lines; this deployment reads at most {max_lines:,}")
+
+
+def _raw_lines(index: Path, stop: Stop | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line of the file, streamed; `Cancelled` once `stop()`."""
     try:
         lines = open(index, "rb")
     except OSError as error:
         raise InputError(f"cannot read {str(index)!r} ({error.strerror or error})") from None
     with lines:
         for number, raw in enumerate(lines, start=1):
+            if stop is not None and number % STOP_EVERY == 0 and stop():
+                raise Cancelled(f"stopped while reading {INDEX}, at line {number:,}")
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
                 raw = raw[3:]
             if raw.strip():
@@ -185,11 +221,12 @@ def _scan_line(number: int, raw: bytes) -> RecordLine:
     return RecordLine(number, record_id, fields, problem)
 
 
-def scan_dataset(folder: str | Path, limit: int | None = None) -> Iterator[RecordLine]:
+def scan_dataset(folder: str | Path, limit: int | None = None, stop: Stop | None = None) -> Iterator[RecordLine]:
     """Every record (non-blank line) of data.jsonl in file order, up to `limit` records, with its id
-    and any problem, duplicate ids included; reads only data.jsonl (no image is opened)."""
+    and any problem, duplicate ids included; reads only data.jsonl (no image is opened). `stop`: looked
+    at every `STOP_EVERY` lines; `Cancelled` is raised once it says so."""
     first_line: dict[str, int] = {}
-    for position, (number, raw) in enumerate(_raw_lines(_index_path(folder))):
+    for position, (number, raw) in enumerate(_raw_lines(_index_path(folder), stop)):
         if limit is not None and position >= limit:
             return
         line = _scan_line(number, raw)
@@ -201,14 +238,16 @@ def scan_dataset(folder: str | Path, limit: int | None = None) -> Iterator[Recor
         yield line
 
 
-def load_record(folder: str | Path, line: RecordLine) -> Record:
-    """Open a well-formed record's image and mask (InputError: missing, unreadable, mismatched, empty)."""
+def load_record(folder: str | Path, line: RecordLine, limits: ImageLimits | None = None) -> Record:
+    """Open a well-formed record's image and mask within `limits` (None: the library's pixel cap, full
+    size). InputError: missing, unreadable, over the cap, mismatched, empty; the files named as the
+    record names them (relative to the dataset folder)."""
     if line.problem is not None or line.id is None:
         raise InputError(line.problem or "the record has no id")
     folder = Path(folder)
     fields = line.fields
-    image = load_image(folder / fields["image"])
-    mask = check_mask(load_mask(folder / fields["mask"]), image)
+    image, mask = load_image_and_mask(folder / fields["image"], folder / fields["mask"], limits or ImageLimits(),
+                                      names=(fields["image"], fields["mask"]))
     return Record(id=line.id, image=image, mask=mask, text=fields["text"], key_phrase=fields["key_phrase"],
                   prompt=fields["prompt"], line=line.number)
 
@@ -219,6 +258,8 @@ def read_dataset(
     limit: int | None = None,
     shard: tuple[int, int] = (0, 1),
     skip_ids: Container[str] = (),
+    limits: ImageLimits | None = None,
+    stop: Stop | None = None,
 ) -> Iterator[Record]:
     """Yield the valid records of a dataset folder, in file order; bad ones go to `problems`.
 
@@ -226,25 +267,29 @@ def read_dataset(
     agrees on where the data ends). shard (index, count): yield only every count-th record,
     starting at the index-th (data-parallel workers split a dataset this way); duplicates are
     still found across shards. skip_ids: records with these ids are passed over without opening
-    their files or reporting them (resuming a run; reading only some records).
+    their files or reporting them (resuming a run; reading only some records). limits: how far
+    each file may be decoded (`load_record`). stop: `Cancelled` is raised once it says so (looked at
+    while scanning and before each record's files are opened).
     """
     shard_index, shard_count = shard
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"bad shard {shard}")
     problems = problems if problems is not None else Problems()
-    for position, line in enumerate(scan_dataset(folder, limit)):
+    for position, line in enumerate(scan_dataset(folder, limit, stop)):
         if position % shard_count != shard_index or (skip_ids and line.id in skip_ids):
             continue
+        if stop is not None and stop():
+            raise Cancelled(f"stopped before line {line.number} of {INDEX}")
         try:
-            yield load_record(folder, line)
+            yield load_record(folder, line, limits)
         except InputError as error:
             problems.skipped.append((line.number, line.id, str(error)))
             logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
 
 
-def count_records(folder: str | Path, limit: int | None = None) -> int:
+def count_records(folder: str | Path, limit: int | None = None, stop: Stop | None = None) -> int:
     """How many records (non-blank lines) `read_dataset` will look at, without reading them."""
-    total = sum(1 for _ in _raw_lines(_index_path(folder)))
+    total = sum(1 for _ in _raw_lines(_index_path(folder), stop))
     return total if limit is None else min(total, limit)
 
 

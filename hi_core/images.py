@@ -22,12 +22,16 @@ How each PIL mode is read (`image_to_rgb` for images, `mask_from_image` for mask
 
 The model gets its own pixels: an image reaches the processor as the file decodes it (within the pixel
 cap), so maps equal transformers' own processor applied to the same file; only copies for display or
-GrabCut are ever reduced (by their callers), and the mask keeps the image's size.
+GrabCut are ever reduced (by their callers), and the mask keeps the image's size. A server that must
+bound what a visitor's files cost passes `ImageLimits` with a `max_side`: each file is then reduced
+while it is decoded (`open_bounded`, what the app's image editor does too), so n images hold at most
+n x max_side^2 pixels; `load_image_and_mask` keeps a reduced mask the size of its reduced image.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,18 +90,56 @@ def open_header(source: str | Path | BinaryIO, label: str, max_pixels: int | Non
     return image
 
 
-def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """The decoded image of a file, its size checked from the header before decoding (`open_header`).
+@dataclass(frozen=True)
+class ImageLimits:
+    """How far an image file may be decoded: refused beyond `max_pixels` (read from its header), and
+    reduced while decoding to at most `max_side` pixels per side (None: the file's own size, what the
+    library gives the model). A public server passes its settings, so that a batch of records holds at
+    most batch x max_side^2 pixels whatever the files claim."""
+
+    max_pixels: int | None = MAX_IMAGE_PIXELS
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_side"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < MIN_IMAGE_SIDE):
+                raise InputError(f"{name} must be a whole number of at least {MIN_IMAGE_SIDE}, or None, got {value!r}")
+
+
+def reduce_on_decode(image: Image.Image, max_side: int | None) -> Image.Image:
+    """`image` (opened by `open_header`, not yet decoded) decoded to at most `max_side` pixels per side:
+    a JPEG decodes at 1/2, 1/4 or 1/8 scale directly (draft mode), then a box filter; in place (PIL's
+    `thumbnail`), and returned. Never more than the file's own pixels are held, and only while decoding."""
+    if max_side is not None and max(image.size) > max_side:
+        image.draft(image.mode, (max_side, max_side))
+        image.thumbnail((max_side, max_side), Image.Resampling.BOX)
+    return image
+
+
+def open_bounded(source: str | Path | BinaryIO, label: str, max_pixels: int | None, max_side: int | None) -> Image.Image:
+    """An image file with at most `max_pixels` (else InputError naming `label`), reduced to `max_side`
+    per side while decoding (`reduce_on_decode`): what the app's image editor and its dataset records
+    decode."""
+    return reduce_on_decode(open_header(source, label, max_pixels), max_side)
+
+
+def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS,
+               max_side: int | None = None, name: str | None = None) -> Image.Image:
+    """The decoded image of a file, its size checked from the header before decoding (`open_header`),
+    reduced to `max_side` per side while decoding (None: full size).
 
     A missing or non-image file, or one beyond `max_pixels` is an input error naming `kind`, the
-    size and the cap.
+    file (as `name`, e.g. its path inside a dataset; default: its path), the size and the cap.
     """
     path = Path(path)
+    shown = repr(str(path) if name is None else name)
     if not path.is_file():
-        raise InputError(f"{kind} file {str(path)!r} does not exist")
-    label = f"{kind} {str(path)!r}"
+        raise InputError(f"{kind} file {shown} does not exist")
+    label = f"{kind} {shown}"
     try:
         with open_header(path, label, max_pixels) as image:
+            reduce_on_decode(image, max_side)
             image.load()
     except OSError as error:  # a truncated or damaged file fails only while decoding
         raise InputError(f"{label} is not an image file PIL can read ({error})") from None
@@ -187,17 +229,50 @@ def mask_from_image(image: Image.Image) -> np.ndarray:
     return rgb.max(axis=-1) >= 128
 
 
-def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An 8-bit RGB image from a file of any mode; size checked before decoding (see module)."""
-    return image_to_rgb(open_image(path, "image", max_pixels))
+def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_side: int | None = None,
+               name: str | None = None) -> Image.Image:
+    """An 8-bit RGB image from a file of any mode; size checked before decoding, reduced to `max_side`
+    while decoding (see module); messages call the file `name` (default: its path)."""
+    return image_to_rgb(open_image(path, "image", max_pixels, max_side, name))
 
 
-def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """A boolean (H, W) key-object mask from a file of any mode, thresholded at half its range."""
-    mask = mask_from_image(open_image(path, "mask", max_pixels))
+def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_side: int | None = None,
+              name: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A boolean (H, W) key-object mask from a file of any mode, thresholded at half its range; reduced
+    to `max_side` while decoding (a reduced grey mask is thresholded after the box filter: cells at
+    least half covered), then brought to `size` (width, height) when given and different (nearest
+    neighbour: a JPEG image's draft decoding can round its reduced size one pixel apart from the mask's)."""
+    picture = open_image(path, "mask", max_pixels, max_side, name)
+    if size is not None and picture.size != size:
+        picture = picture.resize(size, Image.Resampling.NEAREST)
+    mask = mask_from_image(picture)
     if not mask.any():
         raise InputError(
-            f"mask is empty: no pixel of {str(path)!r} marks the object, which takes at least half the range "
-            "(>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
+            f"mask is empty: no pixel of {str(path) if name is None else name!r} marks the object, which takes at least "
+            "half the range (>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
         )
     return mask
+
+
+def load_image_and_mask(image_path: str | Path, mask_path: str | Path, limits: ImageLimits = ImageLimits(),
+                        names: tuple[str | None, str | None] = (None, None)) -> tuple[Image.Image, np.ndarray]:
+    """A record's RGB image and boolean (H, W) mask, decoded within `limits`. A mask of another size than
+    its image (as the files are) is an InputError before either is decoded; reduced, the mask keeps its
+    image's reduced size. `names`: how messages call the two files (default: their paths)."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    if limits.max_side is not None:  # compare the files' own sizes (from their headers) before reducing
+        sizes = []
+        for path, kind, name in ((image_path, "image", names[0]), (mask_path, "mask", names[1])):
+            if not path.is_file():
+                raise InputError(f"{kind} file {str(path) if name is None else name!r} does not exist")
+            with open_header(path, f"{kind} {str(path) if name is None else name!r}", limits.max_pixels) as header:
+                sizes.append(header.size)
+        (width, height), (mask_width, mask_height) = sizes
+        if sizes[0] != sizes[1]:
+            raise InputError(f"mask is {mask_width}x{mask_height} but the image is {width}x{height}: they must be the same size")
+    image = load_image(image_path, limits.max_pixels, limits.max_side, names[0])
+    mask = load_mask(mask_path, limits.max_pixels, limits.max_side, names[1], size=image.size if limits.max_side else None)
+    height, width = mask.shape
+    if (width, height) != image.size:
+        raise InputError(f"mask is {width}x{height} but the image is {image.size[0]}x{image.size[1]}: they must be the same size")
+    return image, mask
