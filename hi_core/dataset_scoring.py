@@ -47,9 +47,10 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
-from .datasets import INDEX, Record, RecordLine, count_records, load_record, scan_dataset
+from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
 from .distributed import process_state
 from .errors import InputError
+from .images import ImageLimits
 from .loading import LoadedModel
 from .maps import batch_head_maps
 from .outputs import atomic_path, csv_number, json_number, write_json
@@ -67,7 +68,8 @@ class DatasetConfig:
 
     analysis: the per-image options (prompt, queries, scoring). key phrases: with
     `use_key_phrases`, a record's own `key_phrase` selects its response tokens (the words naming
-    the key object); otherwise `analysis.key_phrase`, or every token.
+    the key object); otherwise `analysis.key_phrase`, or every token. image_limits: how far each
+    record's files are decoded (None: the library's pixel cap, at full size; a server passes its own).
     """
 
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -77,6 +79,7 @@ class DatasetConfig:
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    image_limits: ImageLimits | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -243,7 +246,7 @@ def _cache_settings(loaded: LoadedModel, folder: Path, config: DatasetConfig) ->
         "key_phrase": analysis.key_phrase,
         "use_key_phrases": config.use_key_phrases,
         "scoring": asdict(analysis.scoring),
-    }
+    } | ({"image_limits": asdict(config.image_limits)} if config.image_limits is not None else {})
 
 
 def check_cache_folder(cache: str | Path) -> Path:
@@ -451,14 +454,17 @@ def score_dataset(
     config: DatasetConfig = DatasetConfig(),
     cache: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop: Stop | None = None,
 ) -> DatasetAnalysis | None:
     """Dataset HI of every head. Returns None on the non-main processes of a data-parallel run.
 
     cache: a folder for per-image results (resume); without one, nothing is written.
     progress(done, total): called after every batch (for the app); a tqdm bar is shown too.
+    stop: looked at while data.jsonl is scanned and between batches; once it says so, `Cancelled` is
+    raised (a cache keeps the batches finished before, as after any interruption).
     """
     folder = Path(folder)
-    total = count_records(folder, config.limit)  # raises InputError on a folder without data.jsonl
+    total = count_records(folder, config.limit, stop)  # raises InputError on a folder without data.jsonl
     if cache is not None:
         cache = check_cache_folder(cache)
     process, processes, barrier = process_state(cpu=loaded.device.type == "cpu")
@@ -474,12 +480,14 @@ def score_dataset(
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
 
-    shard = _Shard(folder, config.limit, process, processes, done)
+    shard = _Shard(folder, config, process, processes, done, stop)
     bar = tqdm(total=shard.size, initial=shard.already, desc=f"scoring {folder.name}", unit="img", disable=None, position=process)
     fresh: Entries = {}  # this run's results, kept only when there is no cache to read them back from
     shown = shard.already
     try:
         for batch in _batches(shard.records(), config.batch_size):
+            if stop is not None and stop():
+                raise Cancelled(f"stopped after {shard.passed - len(batch)} of {shard.size} records")
             results, failed = score_batch(loaded, batch, config)
             lines = {record.id: record.line for record in batch}
             fingerprints = {record.id: shard.fingerprints.pop(record.id) for record in batch}
@@ -521,9 +529,11 @@ class _Shard:
     fingerprint of each record yielded and not yet taken, by id.
     """
 
-    def __init__(self, folder: Path, limit: int | None, process: int, processes: int, done: set[tuple[str, str]]) -> None:
-        self.folder, self.limit, self.process, self.processes, self.done = folder, limit, process, processes, done
-        lines = (line for position, line in enumerate(scan_dataset(folder, limit)) if position % processes == process)
+    def __init__(self, folder: Path, config: DatasetConfig, process: int, processes: int, done: set[tuple[str, str]],
+                 stop: Stop | None = None) -> None:
+        self.folder, self.limit, self.process, self.processes, self.done = folder, config.limit, process, processes, done
+        self.limits, self.stop = config.image_limits, stop
+        lines = (line for position, line in enumerate(scan_dataset(folder, self.limit, stop)) if position % processes == process)
         self.size, self.already = 0, 0
         for line in lines:
             self.size += 1
@@ -536,7 +546,7 @@ class _Shard:
         return bool(self.done) and line.id is not None and (line.id, record_fingerprint(self.folder, line)) in self.done
 
     def records(self) -> Iterator[Record]:
-        for position, line in enumerate(scan_dataset(self.folder, self.limit)):
+        for position, line in enumerate(scan_dataset(self.folder, self.limit, self.stop)):
             if position % self.processes != self.process or self._cached(line):
                 continue
             self.passed += 1
@@ -544,7 +554,7 @@ class _Shard:
                 continue
             fingerprint = self.fingerprints[line.id] = record_fingerprint(self.folder, line)
             try:
-                yield load_record(self.folder, line)
+                yield load_record(self.folder, line, self.limits)
             except InputError as error:
                 logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
                 self._failures.append({"id": line.id, "skipped": str(error), "line": line.number, "record": fingerprint})
