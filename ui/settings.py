@@ -36,6 +36,10 @@ RELEASED_MODEL_TYPES = {
     "Qwen/Qwen2-VL-2B-Instruct": "qwen2_vl",
 }
 DEFAULT_ALLOWED_MODELS = ("demo", *RELEASED_MODEL_TYPES)
+#: The allow-list's ~2 B models, whose vision towers attend over every patch of the image at once: the view budget
+#: for them is `Settings.large_model_view_pixels` (Qwen2-VL-2B on 2 CPU threads, a 1024 x 768 photo: ~14 s at
+#: 262,144 px, ~134 s at 1,048,576 px; bench/README.md).
+LARGE_VIEW_MODELS = frozenset({"Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"})
 
 _TRUE = {"1", "true", "yes", "on"}
 _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()]+){2,}[\\/]?")
@@ -73,6 +77,7 @@ class Settings:
     # a view budget: the processor makes at most ~this many pixels of an image (fewer tiles / image tokens: SmolVLM-256M
     # analyzes a 1024 x 768 photo in ~6 s instead of ~20 s on 2 cores, its 4 tiles instead of 12)
     max_view_pixels: int | None = None
+    large_model_view_pixels: int | None = None  # the view budget of LARGE_VIEW_MODELS (at most max_view_pixels)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -91,6 +96,7 @@ class Settings:
             max_image_pixels=24_000_000,
             max_image_side=1536,
             max_view_pixels=1_048_576,
+            large_model_view_pixels=262_144,
             max_upload_mb=50,
             max_dataset_images=200,
             max_finetune_steps=500,
@@ -140,6 +146,14 @@ class Settings:
         if self.public and name not in self.allowed_models:
             raise InputError(f"this deployment offers only these models: {', '.join(self.allowed_models)}")
         return name
+
+    def view_pixels(self, model: str) -> int | None:
+        """The view budget `model` loads with: `max_view_pixels`, or for LARGE_VIEW_MODELS `large_model_view_pixels`
+        when that is lower (None: the model's own settings)."""
+        budgets = [self.max_view_pixels]
+        if model in LARGE_VIEW_MODELS:
+            budgets.append(self.large_model_view_pixels)
+        return min((budget for budget in budgets if budget is not None), default=None)
 
     def check_finetune(self, config: FinetuneConfig) -> None:
         for value, limit, what in (
