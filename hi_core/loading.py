@@ -1,11 +1,8 @@
 """Model + processor from `demo`, a Hub id or a local folder, with the family adapter.
 
-Loading is plain transformers (`AutoProcessor` + `AutoModelForImageTextToText`), weights from
-safetensors only, `trust_remote_code` off unless asked for. Processors that own a video processor
-(Qwen2-VL, Qwen3-VL, SmolVLM, InternVL, LLaVA-OneVision) cannot be built without torchvision; for
-those the processor is assembled from its tokenizer and image processor with no video processor (images
-are all we need); Mistral 3's `PixtralProcessor` cannot even be imported without it, so ours stands in
-(`pixtral_inputs`).
+Loading is plain transformers (`AutoModelForImageTextToText`, the processor as `processors` builds it),
+weights from safetensors only, `trust_remote_code` off unless asked for. A model's size is known before
+any weight is allocated (`model_memory`), and a model that cannot fit the memory budget is refused.
 A LoRA adapter (a peft folder, as `finetune` writes) can be merged into the weights at load
 (`LoadConfig.lora`): the result is a plain model of the same family, analyzed like any other.
 """
@@ -13,7 +10,6 @@ A LoRA adapter (a peft folder, as `finetune` writes) can be merged into the weig
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import re
 import threading
@@ -26,14 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from .capture import check_capturable
 from .errors import InputError, check_choice
 from .hub import check_hub_model
 from .families import FamilyAdapter, adapter_for, supported_families
-from .model_memory import MemoryPlan, describe, memory_budget, parameter_count, plan
-from .pixtral_inputs import PixtralImageTextProcessor
+from .model_memory import MemoryPlan, check_device_fits, describe, memory_budget, parameter_count, plan, read_config_json
+from .processors import load_processor
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +115,12 @@ def check_model_folder(folder: str | Path, name: str, trust_remote_code: bool = 
     """Refuse a local model folder we cannot load, in one message naming the model and the problem,
     before anything slow is read: config.json that is not a JSON object or has no `model_type`,
     a family we do not support, a model that needs its own code without `trust_remote_code`,
-    no safetensors weights (pickled ones are never loaded) or a safetensors file that is damaged."""
-    import json
-
+    no safetensors weights (pickled ones are never loaded) or a safetensors file that is damaged. The model's size
+    is checked apart (`ModelCache`, `model_memory`)."""
     from safetensors import SafetensorError, safe_open
 
     folder = Path(folder)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"model {name!r}: config.json is not readable JSON ({error})") from None
+    config = read_config_json(str(folder), name)  # also refuses a file too large, or layers beyond any real model
     if not isinstance(config, dict):
         raise InputError(f"model {name!r}: config.json is not a JSON object")
     model_type = config.get("model_type")
@@ -169,73 +161,6 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def _processor_without_video(source: str, config: Any, trust_remote_code: bool) -> Any:
-    """The family's processor built from its tokenizer and image processor, with no video processor."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
-
-    processor_class = PROCESSOR_MAPPING[type(config)]
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    chat_template = getattr(tokenizer, "chat_template", None)
-    template_file = Path(source) / "chat_template.jinja"
-    if template_file.is_file():
-        chat_template = template_file.read_text()
-    # The processor's own settings from processor_config.json (e.g. SmolVLM's `image_seq_len`,
-    # without which it expands `<image>` to the class default, not the model's token count).
-    saved, _ = processor_class.get_processor_dict(source, trust_remote_code=trust_remote_code)
-    accepted = inspect.signature(processor_class.__init__).parameters
-    skip = {"self", "image_processor", "tokenizer", "video_processor", "chat_template"}
-    settings = {key: value for key, value in saved.items() if key in accepted and key not in skip}
-    return build_processor_without_video(processor_class, image_processor, tokenizer, chat_template, **settings)
-
-
-def build_processor_without_video(
-    processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str | None, **settings: Any
-) -> Any:
-    """Instantiate a processor that declares a video processor, passing None for it."""
-    # ProcessorMixin checks every declared attribute's class; it must accept None for the video
-    # processor, which we never use (images only).
-    original = processor_class.check_argument_for_proper_class
-
-    def check(self: Any, argument_name: str, argument: Any) -> Any:
-        if argument is None and argument_name == "video_processor":
-            return None
-        return original(self, argument_name, argument)
-
-    processor_class.check_argument_for_proper_class = check
-    try:
-        return processor_class(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **settings,
-        )
-    finally:
-        processor_class.check_argument_for_proper_class = original
-
-
-#: Families whose transformers processor cannot be imported at all without torchvision (not only its
-#: video processor); our own processor stands in for it, for text and images.
-OWN_PROCESSORS: dict[str, Callable[[str, bool], Any]] = {"mistral3": PixtralImageTextProcessor.from_pretrained}
-
-
-def load_processor(source: str, config: Any, trust_remote_code: bool = False) -> Any:
-    try:
-        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (ImportError, ValueError) as error:
-        # Without torchvision the video processor fails: an ImportError for Qwen2-VL / SmolVLM, a
-        # ValueError ("... requires `torchvision`") from the video processor's auto class for InternVL.
-        if "torchvision" not in str(error).lower():
-            raise
-        if config.model_type in OWN_PROCESSORS:
-            logger.info("building our own %s processor (transformers' needs torchvision)", config.model_type)
-            return OWN_PROCESSORS[config.model_type](source, trust_remote_code)
-        logger.info("building the processor without its video processor (torchvision is missing)")
-        return _processor_without_video(source, config, trust_remote_code)
-
-
 def load_model(config: LoadConfig) -> LoadedModel:
     """Load model, processor and family adapter; bad names and unsupported families are input errors."""
     from safetensors import SafetensorError
@@ -267,6 +192,11 @@ def load_model(config: LoadConfig) -> LoadedModel:
         )
     except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing or damaged files of the model
         raise InputError(f"could not load model {config.model!r}: {_first_line(error)}") from None
+    except RuntimeError as error:  # weights of other shapes than config.json says: transformers' report, then this
+        if "mismatched_sizes" not in str(error):
+            raise
+        raise InputError(f"could not load model {config.model!r}: the shapes of its weights differ from those its "
+                         "config.json describes") from None
     adapter.check_loaded(model, processor)
     try:
         check_capturable(model, adapter)
@@ -334,7 +264,7 @@ def count_parameters(config: LoadConfig) -> int:
         check_model_folder(source, config.model, config.trust_remote_code)
     else:
         check_hub_model(source)
-    return parameter_count(source, config.trust_remote_code)
+    return parameter_count(source, config.trust_remote_code, config.model)
 
 
 class ModelCache:
@@ -416,10 +346,11 @@ class ModelCache:
                 self._reserved -= size
 
     def _admit(self, config: LoadConfig) -> MemoryPlan | None:
-        """The dtype and size `config` loads in (None: not on the CPU, no budget applies), after dropping the
-        least recently used models until it fits; refused when it cannot. Called holding `_loading`."""
+        """The dtype and size `config` loads in (None: not on the CPU, where only the device's memory bounds it), after
+        dropping the least recently used models until it fits; refused when it cannot. Called holding `_loading`."""
         device = resolve_device(config.device)
         if device.type != "cpu":
+            check_device_fits(config.model, self._count(config), resolve_dtype(config.dtype, device), device)
             return None
         asked = None if config.dtype == "auto" else resolve_dtype(config.dtype, device)
         memory = plan(config.model, self._count(config), asked, self.budget)
