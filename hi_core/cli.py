@@ -1,6 +1,5 @@
-"""Command line: `python -m hi_core SUBCOMMAND ...`, one subcommand per library entry point.
-
-Exit codes: 0 on success; 2 on bad input, with one line on stderr and no traceback.
+"""Command line: `python -m hi_core SUBCOMMAND ...`, one subcommand per library entry point. Exit codes: 0 on
+success, 2 on bad input, 130 on Ctrl-C, with one line on stderr and no traceback (`cli_exits`).
 
 Inputs and output paths are checked before anything slow starts (model load, scoring, training):
 an output file may exist (it is replaced, atomically) and its missing parent folders are created,
@@ -28,6 +27,7 @@ from .ablation import AblationConfig, AblationMode, check_ablation, run_ablation
 from .ablation_report import METRICS as ABLATION_METRICS
 from .ablation_report import check_ablation_folder, write_ablation_report
 from .analysis import analyze_image
+from .cli_exits import check_text_arguments, exit_code
 from .coco import convert_coco
 from .compare import CompareConfig, CompareStrategy, check_compare_folder, run_compare
 from .dataset_scoring import DatasetConfig, score_dataset
@@ -40,7 +40,7 @@ from .head_selection import HeadRanking, check_head_choice, format_heads, read_h
 from .image_scoring import AnalysisConfig, View
 from .inputs import DEFAULT_PROMPT, Queries
 from .layer_selection import Ranking, check_layer_choice, read_ranking
-from .loading import Device, DType, LoadConfig, LoadedModel, load_model, resolve_device
+from .loading import Device, DType, LoadConfig, LoadedModel, ModelCache, resolve_device
 from .masks import check_mask, load_image, load_mask
 from .outputs import check_output_file, check_output_folder
 from .runs import (
@@ -123,11 +123,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-    """The model of --model; under `accelerate launch`, after binding this process to its device."""
+    """--model, sized and held to the memory budget as in the app (`ModelCache`); bound to its device under accelerate."""
     if is_distributed():
         process_state(cpu=resolve_device(args.device).type == "cpu")
-    return load_model(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code,
-                                 max_view_pixels=args.max_view_pixels))
+    loaded = ModelCache(1).get(LoadConfig(args.model, args.device, args.dtype, args.trust_remote_code, max_view_pixels=args.max_view_pixels))
+    if loaded.note:
+        print(f"{args.model}: loaded {loaded.note}", file=sys.stderr)
+    return loaded
 
 
 def _run_score(args: argparse.Namespace) -> None:
@@ -540,15 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return exit_code(lambda: _main(argv))  # 2 and one stderr line for bad input, 130 for Ctrl-C (`cli_exits`)
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (args.verbose or sys.stderr.isatty()):
         transformers_logging.disable_progress_bar()  # keep stderr to the one line that matters
-    try:
-        args.run(args)
-    except InputError as error:
-        message = " ".join(str(error).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    check_text_arguments(args)
+    args.run(args)
