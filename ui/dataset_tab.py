@@ -1,11 +1,17 @@
 """The Dataset tab: every head scored over a dataset (the demo set, or a .zip of your own) with the
 Explorer's model: mean HI with intervals, the layer bars, and the images where a chosen head scores
-best and worst (its attention drawn over each, by running the model on those few images again)."""
+best and worst (its attention drawn over each, by running the model on those few images again).
+
+Scoring holds to the deployment's budget (`sources`): an upload unpacks only into reserved run storage, its
+data.jsonl is bounded before it is scanned, records are decoded as the editor decodes an image, and the session's
+Cancel stops it between batches (the last finished scores stay on the page; nothing of the cancelled run is kept).
+Skipped records are listed without the server's paths, in the page and in the JSON."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +19,7 @@ import gradio as gr
 import numpy as np
 
 from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig
-from hi_core.datasets import INDEX, Record, read_dataset
+from hi_core.datasets import INDEX, Cancelled, Record, read_dataset
 from hi_core.errors import InputError
 from hi_core.loading import LoadConfig
 from hi_core.overlays import map_overlay
@@ -23,8 +29,10 @@ from .components import Figure
 from .context import AppContext
 from .explorer import ModelControls, forget
 from .feedback import EditCount, notice, reports_input_errors
+from .jobs import Jobs
 from .options import ScoringControls, analysis_config, top_k_slider, top_k_update
-from .sources import DEMO_SET, UPLOADED_ZIP, dataset_folder
+from .settings import scrub_paths
+from .sources import DEMO_SET, UPLOADED_ZIP, dataset_folder, record_limits
 
 GALLERY_SIZE = 4  # images shown where the selected head scores best, and worst
 SHOWN_KEPT = 64  # gallery images (and their maps) a session keeps for the next head it selects
@@ -104,7 +112,8 @@ def _records(session: DatasetSession, ids: list[str]) -> None:
         return
     if not (session.folder / INDEX).is_file():
         raise InputError("this dataset's files were cleaned up after a long idle time; score it again")
-    for record in read_dataset(session.folder, limit=session.analysis.config.limit, skip_ids=_AllBut(missing)):
+    config = session.analysis.config
+    for record in read_dataset(session.folder, limit=config.limit, skip_ids=_AllBut(missing), limits=config.image_limits):
         if record.id in missing:  # a duplicate id was scored once: its first record
             session.shown[record.id] = (record, None)
             missing.discard(record.id)
@@ -116,6 +125,7 @@ def _records(session: DatasetSession, ids: list[str]) -> None:
 class DatasetTab:
     def __init__(self, context: AppContext, model: ModelControls, tuned_state: gr.State) -> None:
         self.context, self.model, self.tuned_state = context, model, tuned_state
+        self.jobs = Jobs()  # each session's running score, for its Cancel
         self.state = gr.State(None, delete_callback=forget)
         gr.Markdown(
             "Score every head over a dataset: mean HI with its interval over the images, the layer scores, and "
@@ -147,7 +157,9 @@ class DatasetTab:
             self.options = ScoringControls.build("ds-")
         self.overlay = gr.Checkbox(True, label="Show the head's attention on the gallery images (runs the model on them)",
                                    elem_id="ds-overlay")
-        self.score_button = gr.Button("Score dataset", variant="primary", elem_id="ds-score")
+        with gr.Row():
+            self.score_button = gr.Button("Score dataset", variant="primary", elem_id="ds-score")
+            self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="ds-cancel")
         self.message = gr.Markdown("", label="Dataset message", elem_id="ds-message")
 
     def _results(self) -> None:
@@ -190,6 +202,7 @@ class DatasetTab:
             api_name="score_dataset",
             concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
         ).then(self.inputs_changed, [self.state, self.edits.count], [self.stale], api_name=False, show_progress="hidden")
+        self.cancel_button.click(self.cancel, None, None, api_name="cancel_dataset")
         self.heatmap.select(self.select_cell, [self.state, self.overlay], head_views, api_name=False)
         select = dict(fn=self.select_head, inputs=[self.state, self.layer, self.head, self.overlay], outputs=head_views)
         self.show_head.click(**select, api_name="select_dataset_head")
@@ -204,30 +217,38 @@ class DatasetTab:
     def score(self, previous: DatasetSession | None, model_name: str, device: str, source: str, archive: str | None,
               batch_size: int, limit: int, prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
               use_key_phrases: bool, top_k: int, overlay: bool, lora: str = "", tuned=None,
-              edits: float | None = 0, progress=gr.Progress()):
+              edits: float | None = 0, progress=gr.Progress(), request: gr.Request = None):
         context = self.context
         load = context.model_config(model_name, device, lora, tuned)
         context.settings.check_batch_size(int(batch_size))
         config = DatasetConfig(analysis=analysis_config(prompt, queries, binarize, quantile, layer_score),
                                use_key_phrases=bool(use_key_phrases), batch_size=int(batch_size),
-                               limit=context.settings.dataset_limit(int(limit or 0) or None))
+                               limit=context.settings.dataset_limit(int(limit or 0) or None),
+                               image_limits=record_limits(context.settings))
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose the demo set")
-        with context.storage.run() as run_folder:
-            try:
-                progress(0, desc="unpacking the zip" if source == UPLOADED_ZIP else "reading the dataset")
-                folder, name = dataset_folder(source, archive, run_folder)
-                context.get_model(load, progress)
-                analysis = context.work.score_dataset(load, folder, config,
-                                                      lambda done, total: progress((done, total), desc="scoring", unit="images"))
-                progress(1.0, desc="scored: drawing the heatmap and each head's best and worst images")
-                analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset))
-                session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0],
-                                         edits=int(edits or 0))
-                shown = self._head_views(session, overlay)
-            except BaseException:
-                shutil.rmtree(run_folder, ignore_errors=True)
-                raise
+        try:
+            with context.storage.run() as run_folder, self.jobs.flag(request.session_hash if request else "") as stop:
+                try:
+                    progress(0, desc="unpacking the zip" if source == UPLOADED_ZIP else "reading the dataset")
+                    folder, name = dataset_folder(source, archive, run_folder, settings=context.settings,
+                                                  storage=context.storage, stop=stop.is_set)
+                    context.get_model(load, progress)
+                    if stop.is_set():
+                        raise Cancelled("stopped before scoring")
+                    analysis = context.work.score_dataset(load, folder, config, _reporting(progress, stop))
+                    progress(1.0, desc="scored: drawing the heatmap and each head's best and worst images")
+                    analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset),
+                                                   skipped=[(line, rid, scrub_paths(reason)) for line, rid, reason in analysis.skipped])
+                    session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0],
+                                             edits=int(edits or 0))
+                    shown = self._head_views(session, overlay)
+                except BaseException:
+                    shutil.rmtree(run_folder, ignore_errors=True)
+                    raise
+        except Cancelled:
+            kept = " (below: the last finished scores)" if previous is not None else ""
+            return {self.message: notice(f"<b>Scoring cancelled</b>: nothing of it was kept{kept}.")}
         forget(previous)  # the previous run's files, now that this one stands
         analysis.save_json(run_folder / "dataset_scores.json")
         analysis.save_csv(run_folder / "images.csv")
@@ -237,6 +258,11 @@ class DatasetTab:
             self.downloads: [str(run_folder / "dataset_scores.json"), str(run_folder / "images.csv")],
             self.top_k: top_k_update(len(analysis.scored_layers), top_k),
         }
+
+    def cancel(self, request: gr.Request):
+        """Stops this session's scoring at its next check (between batches, or while its data.jsonl is read)."""
+        if not self.jobs.cancel(request.session_hash):
+            gr.Warning("Nothing is being scored in this session.")
 
     @reports_input_errors("message")
     def select_cell(self, session: DatasetSession | None, overlay: bool, event: gr.SelectData):
@@ -297,3 +323,12 @@ class DatasetTab:
         """One dataset record's head maps, (layers, heads, gh, gw)."""
         self.context.get_model(load)
         return self.context.work.analyze(load, np.asarray(record.image), record.mask, record.text, config).maps
+
+
+def _reporting(progress: gr.Progress, stop) -> Callable[[int, int], None]:
+    """`score_dataset`'s progress callback: the page's bar, and the session's Cancel (raised after a batch)."""
+    def report(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Cancelled(f"stopped after {done} of {total} records")
+        progress((done, total), desc="scoring", unit="images")
+    return report

@@ -8,11 +8,17 @@ generator refreshes the page; each browser session has at most one job, which it
 
 Leaving the block (the job ended, the page was closed, or an error) sets the stop flag and waits for the
 worker, so a job never outlives its event. The work checks `stop.is_set()` between its steps.
+
+Work that must run in the event's own thread (where `gr.Progress` reaches the page) takes only the flag:
+
+    with jobs.flag(request.session_hash) as stop:          # the session's Cancel sets it
+        result = work(stop)
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,33 +94,44 @@ class Job:
     def __exit__(self, *exc_info) -> None:
         self.stop.set()  # the page was closed, or the job failed: the work stops at its next check
         self._worker.shutdown(wait=True)
-        self._jobs._finished(self._key, self)
+        self._jobs._finished(self._key, self.stop)
 
 
 class Jobs:
-    """The running job of each browser session (by its session hash)."""
+    """The running job of each browser session (by its session hash), by its stop flag."""
 
     def __init__(self, refresh_s: float = 0.5) -> None:
         self.refresh_s = refresh_s
-        self._running: dict[str, Job] = {}
+        self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def start(self, key: str, work: Callable[[threading.Event], Any]) -> Job:
         job = Job(self, key, work, self.refresh_s)
         with self._lock:
-            self._running[key] = job
+            self._running[key] = job.stop
         return job
+
+    @contextlib.contextmanager
+    def flag(self, key: str) -> Iterator[threading.Event]:
+        """The stop flag of work the block runs itself (in the event's thread), set by the session's `cancel`."""
+        stop = threading.Event()
+        with self._lock:
+            self._running[key] = stop
+        try:
+            yield stop
+        finally:
+            self._finished(key, stop)
 
     def cancel(self, key: str) -> bool:
         """Asks the session's running job to stop; False when it has none."""
         with self._lock:
-            job = self._running.get(key)
-        if job is None:
+            stop = self._running.get(key)
+        if stop is None:
             return False
-        job.stop.set()
+        stop.set()
         return True
 
-    def _finished(self, key: str, job: Job) -> None:
+    def _finished(self, key: str, stop: threading.Event) -> None:
         with self._lock:
-            if self._running.get(key) is job:
+            if self._running.get(key) is stop:
                 del self._running[key]
