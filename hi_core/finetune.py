@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .batching import collate, pad_token_id
 from .datasets import INDEX, Record, RecordLine, load_record, scan_dataset
 from .errors import InputError, check_choice, check_number
+from .images import ImageLimits
 from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
 from .head_selection import HeadChoice, format_heads, parse_head_choice
 from .layer_selection import LayerChoice, check_layers, parse_layer_choice
@@ -204,11 +205,14 @@ class DatasetRecords(Sequence[Record]):
     """Records of a dataset folder, read lazily: only their scanned lines (ids, texts, file names)
     are held; indexing opens a record's image and mask (`load_record`) and keeps nothing, so a
     training batch or a batch of held-out captions holds only its own records' pixels. A slice is
-    another `DatasetRecords`. A record whose files cannot be read raises InputError naming it."""
+    another `DatasetRecords`. A record whose files cannot be read raises InputError naming it.
+    limits: how far each record's files are decoded (None: the library's pixel cap, full size; a
+    server passes its own, so a batch holds at most batch x max_side^2 pixels)."""
 
-    def __init__(self, folder: str | Path, lines: Sequence[RecordLine]) -> None:
+    def __init__(self, folder: str | Path, lines: Sequence[RecordLine], limits: ImageLimits | None = None) -> None:
         self.folder = Path(folder)
         self.lines = list(lines)  # well-formed lines only (`RecordLine.problem` is None)
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -221,10 +225,10 @@ class DatasetRecords(Sequence[Record]):
 
     def __getitem__(self, index: int | slice) -> Record | DatasetRecords:
         if isinstance(index, slice):
-            return DatasetRecords(self.folder, self.lines[index])
+            return DatasetRecords(self.folder, self.lines[index], self.limits)
         line = self.lines[index]
         try:
-            return load_record(self.folder, line)
+            return load_record(self.folder, line, self.limits)
         except InputError as error:
             raise InputError(f"record {line.id!r} (line {line.number} of {str(self.folder / INDEX)!r}) cannot be read: {error}") from None
 
@@ -236,16 +240,17 @@ class DatasetRecords(Sequence[Record]):
         return f"DatasetRecords({str(self.folder)!r}, {len(self)} records)"
 
 
-def scan_records(folder: str | Path) -> DatasetRecords:
-    """The well-formed records of a dataset folder, in file order, without opening any image;
-    malformed lines and repeated ids are skipped (logged) as `read_dataset` skips them."""
+def scan_records(folder: str | Path, limits: ImageLimits | None = None) -> DatasetRecords:
+    """The well-formed records of a dataset folder, in file order, without opening any image (then
+    decoded within `limits`); malformed lines and repeated ids are skipped (logged) as `read_dataset`
+    skips them."""
     lines = []
     for line in scan_dataset(folder):
         if line.problem is None:
             lines.append(line)
         else:
             logger.warning("skipping %s line %d: %s", INDEX, line.number, line.problem)
-    return DatasetRecords(folder, lines)
+    return DatasetRecords(folder, lines, limits)
 
 
 @dataclass(frozen=True)
@@ -258,21 +263,23 @@ class Split:
 
 
 def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None,
-                  need_train: bool = True) -> Split:
+                  need_train: bool = True, image_limits: ImageLimits | None = None) -> Split:
     """The training records and the held-out ones (a hashed share of `dataset`, or `eval_dataset`;
     the training set never contains a held-out id). Only data.jsonl is read here: images and masks
     are opened when a batch needs them (`DatasetRecords`), so a file that is missing or unreadable
     fails then, naming its record. need_train: refuse a split without training records (InputError);
-    False for a run that only evaluates (an ablation may hold out the whole dataset)."""
-    records = scan_records(dataset)
+    False for a run that only evaluates (an ablation may hold out the whole dataset). image_limits: how
+    far the records' files are decoded when they are read (`DatasetRecords`)."""
+    records = scan_records(dataset, image_limits)
     if eval_dataset is not None:
-        held_out = scan_records(eval_dataset)
+        held_out = scan_records(eval_dataset, image_limits)
         description = f"held out: {eval_dataset}"
     else:
-        held_out = DatasetRecords(dataset, [line for line in records.lines if is_held_out(str(line.id), data.eval_fraction)])
+        held_out = DatasetRecords(dataset, [line for line in records.lines if is_held_out(str(line.id), data.eval_fraction)],
+                                  image_limits)
         description = f"held out: {data.eval_fraction:.0%} of {dataset} by a hash of the record id"
     held_ids = set(held_out.ids)
-    train = DatasetRecords(dataset, [line for line in records.lines if line.id not in held_ids])
+    train = DatasetRecords(dataset, [line for line in records.lines if line.id not in held_ids], image_limits)
     if need_train and not train:
         raise InputError(f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else ""))
     if data.eval_limit is not None:

@@ -38,6 +38,7 @@ from .dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from .datasets import INDEX
 from .distributed import is_distributed
 from .errors import InputError
+from .images import ImageLimits
 from .finetune import (
     DataConfig,
     FinetuneConfig,
@@ -361,21 +362,23 @@ def run_pretrained(
     return record
 
 
-def dataset_rankings(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> tuple[Ranking, HeadRanking]:
-    """Layers and heads ranked by dataset HI (`score --dataset` with default options), from one
-    scoring pass computed now."""
+def dataset_rankings(loaded: LoadedModel, dataset: str | Path, limit: int | None = None,
+                     image_limits: ImageLimits | None = None) -> tuple[Ranking, HeadRanking]:
+    """Layers and heads ranked by dataset HI (`score --dataset` with default options, the records
+    decoded within `image_limits`), from one scoring pass computed now."""
     if is_distributed():
         raise InputError("under accelerate launch, score the dataset first (score --dataset) and give --ranking")
-    analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit))
+    analysis = score_dataset(loaded, dataset, DatasetConfig(limit=limit, image_limits=image_limits))
     if analysis is None:
         raise RuntimeError("score_dataset returned no result on a single process")
     source = f"dataset HI of {dataset} ({len(analysis.images)} images)"
     return Ranking.from_scores(analysis.layer_scores, source), HeadRanking.from_hi(analysis.hi, source)
 
 
-def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> Ranking:
+def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None,
+                    image_limits: ImageLimits | None = None) -> Ranking:
     """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
-    return dataset_rankings(loaded, dataset, limit)[0]
+    return dataset_rankings(loaded, dataset, limit, image_limits)[0]
 
 
 def dataset_head_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None) -> HeadRanking:
@@ -442,12 +445,14 @@ def run_before_after(
     callbacks: TrainCallbacks | None = None,
     on_stage: Callable[[str], None] | None = None,
     eval_dataset: str | Path | None = None,
+    image_limits: ImageLimits | None = None,
 ) -> BeforeAfter:
     """The untuned model's held-out captions (`run_pretrained` into out/pretrained), then a LoRA run
     (`run_finetune` into out/adapter), on one held-out split made once. Each is reused when finished.
 
     The layer (or head) choice (and the ranking, for top/bottom) is checked before any work; `on_stage(text)`
-    is told each slow stage as it starts (it may raise to stop the run there).
+    is told each slow stage as it starts (it may raise to stop the run there). image_limits: how far the
+    records' files are decoded (None: full size; a server passes its own).
     """
     out = Path(out)
     stage = on_stage or (lambda text: None)
@@ -456,7 +461,7 @@ def run_before_after(
     for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
         check_run_folder(out / name, f"{name} run folder")
     stage("reading the held-out split")
-    split = split_dataset(folder, config.data, eval_dataset)
+    split = split_dataset(folder, config.data, eval_dataset, image_limits=image_limits)
     stage(f"captioning the {len(split.held_out)} held-out record(s) with the model as it is")
     before = run_pretrained(loaded, folder, out / PRETRAINED_FOLDER, config.data, eval_dataset, split=split)
     stage("training")

@@ -387,9 +387,9 @@ def loads(monkeypatch):
     opened = []
     original = finetune.load_record
 
-    def counted(folder, line):
+    def counted(folder, line, *limits):
         opened.append(line.id)
-        return original(folder, line)
+        return original(folder, line, *limits)
 
     monkeypatch.setattr(finetune, "load_record", counted)
     return opened

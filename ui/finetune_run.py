@@ -19,7 +19,9 @@ from hi_core.loading import LoadConfig, LoadedModel, ModelCache, load_model
 from hi_core.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
 
 from .jobs import Progress
-from .sources import UPLOADED_ZIP, dataset_folder
+from .settings import Settings
+from .sources import UPLOADED_ZIP, dataset_folder, record_limits
+from .storage import RunStorage
 
 RANKING_LIMIT = 200  # records scored when a run ranks the layers itself
 
@@ -97,10 +99,10 @@ class RankingWork:
 
 def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel, limit: int = RANKING_LIMIT,
                   cache: RankingCache | None = None, cache_key: tuple | None = None,
-                  work: RankingWork | None = None) -> Ranking:
+                  work: RankingWork | None = None, settings: Settings | None = None) -> Ranking:
     """Layers by Dataset HI: the Dataset tab's scores when they fit this run (`reuse_ranking`: the same model,
     the same records); else one made earlier for the same data (`cache` under `cache_key`); else scored now
-    (default options, at most `limit` records; counted in `work`)."""
+    (default options, at most `limit` records decoded as `settings` allow; counted in `work`)."""
     if scored is not None:
         reused = reuse_ranking(scored.analysis, scored.load, scored.folder, load, folder)
         if reused is not None:
@@ -108,7 +110,7 @@ def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: Loa
     if cache is not None and cache_key is not None and (cached := cache.get(cache_key)) is not None:
         return dataclasses.replace(cached, source=cached.source.replace("scored for this run", "scored for an earlier run"))
     started = time.perf_counter()
-    ranking = dataset_ranking(loaded, folder, limit=limit)
+    ranking = dataset_ranking(loaded, folder, limit=limit, image_limits=record_limits(settings or Settings()))
     ranking = dataclasses.replace(ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {limit} records)")
     if work is not None:
         work.ranked, work.seconds = count_records(folder, limit), time.perf_counter() - started
@@ -119,19 +121,24 @@ def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: Loa
 
 def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
                  scored, live: Live, stop: threading.Event, rank_limit: int = RANKING_LIMIT,
-                 rankings: RankingCache | None = None, memory: ModelCache | None = None) -> FinetuneSession:
+                 rankings: RankingCache | None = None, memory: ModelCache | None = None,
+                 settings: Settings | None = None, storage: RunStorage | None = None) -> FinetuneSession:
     """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set. `scored`: the session's
     Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit; else a ranking of
     `rankings` made for the same model and data, else one scored now on at most `rank_limit` records. The
-    private copy of the model it trains is counted in `memory`'s budget while the run lasts."""
+    private copy of the model it trains is counted in `memory`'s budget while the run lasts. An upload is held to
+    `settings`' budget (`sources.dataset_folder`: room reserved in `storage`, data.jsonl bounded) and its records
+    decoded as the Dataset tab decodes them."""
+    settings = settings or Settings()
     if memory is None:
-        return _finetune(load, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings)
+        return _finetune(load, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage)
     with memory.private(load) as planned:
-        return _finetune(planned, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings)
+        return _finetune(planned, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage)
 
 
 def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
-              scored, live: Live, stop: threading.Event, rank_limit: int, rankings: RankingCache | None) -> FinetuneSession:
+              scored, live: Live, stop: threading.Event, rank_limit: int, rankings: RankingCache | None,
+              settings: Settings, storage: RunStorage | None) -> FinetuneSession:
 
     def stage(text: str) -> None:
         if stop.is_set():
@@ -145,7 +152,7 @@ def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: st
             live.progress.stage = "captioning the held-out records with the tuned model"
 
     stage("unpacking the zip" if source == UPLOADED_ZIP else "preparing the dataset")
-    folder, name = dataset_folder(source, archive, run_folder, config.data.task)
+    folder, name = dataset_folder(source, archive, run_folder, config.data.task, settings, storage)
     check_task(config.data.task, folder, name)  # VQA without questions: said in the page, before the model loads
     stage("loading a private copy of the model")
     loaded = load_model(load)
@@ -154,6 +161,7 @@ def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: st
     if needs_ranking(config.layers):
         stage("ranking the layers by Dataset HI")
         key = None if source == UPLOADED_ZIP else ranking_key(load, source, config.data.task, rank_limit)
-        ranking = layer_ranking(scored, load, folder, name, loaded, rank_limit, rankings, key, work)
-    tuned = run_before_after(loaded, folder, run_folder, config, ranking, TrainCallbacks(on_step, stop.is_set), on_stage=stage)
+        ranking = layer_ranking(scored, load, folder, name, loaded, rank_limit, rankings, key, work, settings)
+    tuned = run_before_after(loaded, folder, run_folder, config, ranking, TrainCallbacks(on_step, stop.is_set), on_stage=stage,
+                             image_limits=record_limits(settings))
     return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder, work)

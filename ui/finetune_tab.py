@@ -253,7 +253,7 @@ class FinetuneTab:
             try:
                 with self.jobs.start(request.session_hash, lambda stop: finetune_job(
                         load, config, source, archive, run_folder, scored, live, stop, RANK_LIMIT[preset], self.rankings,
-                        self.context.cache)) as job:
+                        self.context.cache, self.context.settings, self.context.storage)) as job:
                     for _ in job.ticks():
                         yield {self.status: live_status(live, job.stop.is_set()), self.loss: loss_frame(live.losses)}
                     fresh = job.result()
