@@ -12,9 +12,11 @@ resident memory (`VmHWM`), which starts anew at exec. The child is also the meas
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from hi_core import archives
@@ -33,6 +36,8 @@ from hi_core.images import ImageLimits
 from ui.settings import Settings
 from ui.sources import UPLOADED_ZIP, dataset_folder
 from ui.storage import MIB, RunStorage, folder_bytes
+
+from .app_api import UNCHANGED, outputs
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_RISE_REDUCED_MB = 400  # 16 records of 49 Mpx each, reduced to 256 px while decoding (full size: ~3 GB)
@@ -305,6 +310,126 @@ def test_a_damaged_member_is_one_message(tmp_path):
     with pytest.raises(InputError, match="not a readable zip file"):
         archives.extract_dataset_zip(archive, tmp_path / "into")
     assert not (tmp_path / "into").exists()
+
+
+# --- the same through the app: every message in the page, Cancel, no server path -----------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    from ui.app import build_demo, launch_options
+    from hi_core.loading import ModelCache
+
+    settings = Settings(max_image_pixels=24_000_000, max_image_side=256, max_index_lines=2_000, max_run_storage_mb=8)
+    demo = build_demo("demo", ModelCache(), settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _submit(client, archive: Path | None, batch_size: int = 4):
+    return client.submit(model_name="demo", device="cpu", source="zip" if archive else "demo",
+                         archive=handle_file(str(archive)) if archive else None, batch_size=batch_size, limit=0,
+                         api_name="/score_dataset")
+
+
+def _scored(client, archive: Path | None, batch_size: int = 4) -> dict:
+    return outputs(client, "/score_dataset", _submit(client, archive, batch_size).result(timeout=120))
+
+
+def _run_folders() -> set[Path]:
+    from ui.context import UNPACKED
+
+    return set(UNPACKED.glob("run-*"))
+
+
+def _demo_zip(archive: Path, extra_records: list[dict] = (), extra_files: dict[str, bytes] | None = None, copies: int = 1) -> Path:
+    """The demo set as an uploaded zip: its records `copies` times (with new ids), then `extra_records`."""
+    from ui.context import EXAMPLES_DIR
+
+    lines = [json.loads(line) for line in (EXAMPLES_DIR / "data.jsonl").read_text().splitlines() if line.strip()]
+    lines = [line | {"id": f"{line['id']}-{copy}"} for copy in range(copies) for line in lines] + list(extra_records)
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("data.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+        for name in sorted({line[key] for line in lines for key in ("image", "mask")}):
+            if (EXAMPLES_DIR / name).is_file():
+                bundle.write(EXAMPLES_DIR / name, name)
+        for name, data in (extra_files or {}).items():
+            bundle.writestr(name, data)
+    return archive
+
+
+def _big_png() -> bytes:
+    big = Image.new("1", (7000, 7000))
+    big.paste(1, (100, 100, 3000, 3000))
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_skipped_records_name_their_files_never_a_server_path_in_the_page_or_the_json(server, tmp_path):
+    client = Client(server, verbose=False)
+    archive = _demo_zip(tmp_path / "scenes.zip", extra_records=[
+        {"id": "lost", "image": "images/synth-2026-00000.png", "mask": "masks/lost.png", "text": "a thing"},
+        {"id": "huge", "image": "images/big.png", "mask": "images/big.png", "text": "a thing"},
+    ], extra_files={"images/big.png": _big_png()})
+    shown = _scored(client, archive)
+    skipped = shown["ds-skipped"]
+    assert "line 9 (lost): mask file 'masks/lost.png' does not exist" in skipped
+    assert "line 10 (huge): image 'images/big.png' is 7000x7000 = 49,000,000 pixels, more than the limit of 24,000,000" in skipped
+    scores_file = next(path for path in shown["ds-downloads"] if path.endswith(".json"))
+    scores = json.loads(Path(scores_file).read_text())
+    assert [entry["reason"] for entry in scores["skipped"]] == [reason.split(": ", 1)[1] for reason in skipped.splitlines()[1:]]
+    server_root = tempfile.gettempdir()  # the app's run folders and Gradio's cache lie below it
+    for text in (shown["ds-summary"], shown["ds-skipped"], shown["ds-message"], json.dumps(scores)):
+        assert server_root not in text and "/run-" not in text
+
+
+def test_cancel_stops_scoring_keeps_nothing_and_the_page_keeps_serving(server, tmp_path):
+    client = Client(server, verbose=False)
+    archive = _demo_zip(tmp_path / "many.zip", copies=200)  # 1,600 records, one per batch: minutes if not stopped
+    before = _run_folders()
+    job = _submit(client, archive, batch_size=1)
+    started = time.monotonic()
+    while not job.done():  # until the handler has started (a cancel before it is only a warning)
+        client.predict(api_name="/cancel_dataset")
+        time.sleep(0.3)
+        assert time.monotonic() - started < 60
+    shown = outputs(client, "/score_dataset", job.result(timeout=10))
+    assert "Scoring cancelled" in shown["ds-message"] and shown["ds-summary"] == UNCHANGED
+    assert _run_folders() <= before  # nothing of the cancelled run is kept
+    assert _scored(client, None)["ds-summary"].startswith("**8 images scored**")  # and it keeps serving
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"x": b"a", "x/y": b"b"}, "the zip holds 'x' both as a file and as a folder"),
+    ({"data.jsonl": b"", "a" * 300: b"b"}, "the zip holds a name of 300 characters"),
+    ({"data.jsonl": b"", ".": b"a"}, "names no file or folder"),
+    ({}, "the zip is empty"),
+    ({"data.jsonl": b"{}\n" * 3_000}, "data.jsonl has 3,000 lines; this deployment reads at most 2,000"),
+])
+def test_an_odd_upload_is_one_message_in_the_page_and_leaves_no_files(server, tmp_path, members, message):
+    client = Client(server, verbose=False)
+    before = _run_folders()
+    shown = _scored(client, _zip_with(tmp_path / "odd.zip", members))
+    assert message in shown["ds-message"] and shown["ds-summary"] == UNCHANGED
+    assert _run_folders() <= before
+
+
+def test_zip_bombs_uploaded_through_the_page_are_refused_before_writing(server, tmp_path):
+    from ui.context import UNPACKED
+
+    client = Client(server, verbose=False)
+    bomb = _bomb(tmp_path / "bomb.zip")
+    with DiskWatch(UNPACKED) as watch:
+        for _ in range(3):
+            shown = _scored(client, bomb)
+            assert "the upload unpacks to 200.0 MiB" in shown["ds-message"]
+            assert folder_bytes(UNPACKED) <= 8 * MIB
+    assert watch.peak <= 8 * MIB
 
 
 if __name__ == "__main__":  # the README's measurement: RECORDS BATCH [SIDE]

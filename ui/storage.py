@@ -15,7 +15,9 @@ starts (three zip bombs uploaded one after another once took 1,985 MB against a 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -28,12 +30,15 @@ MIB = 1 << 20
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the regular files below `folder` (links not followed)."""
+    """Bytes of the regular files below `folder` (links not followed); a folder or file removed meanwhile (another
+    session's run cleaned up) is passed over."""
     total = 0
-    for path in folder.rglob("*"):
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
+    for parent, _, names in os.walk(folder):  # os.walk skips folders it can no longer list
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(os.path.join(parent, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
     return total
 
 
