@@ -59,17 +59,35 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def _process_umask() -> int:
+    """This process's umask, read without changing it where Linux reports it (/proc/self/status), else by setting and
+    restoring it once, here at import: while serving nothing process-wide may change (threads write at the same time)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `path` when the block succeeds."""
+    """Yield a temporary path in the target's folder; rename it onto `path` when the block succeeds. Whatever ends
+    the block early (an error, Ctrl-C) removes the temporary file: `path` is whole, or as it was before."""
     path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600 files; results are ordinary files
     try:
+        try:
+            os.fchmod(handle, 0o666 & ~UMASK)  # mkstemp makes 0600 files; results are ordinary files
+        finally:
+            os.close(handle)
         yield Path(temporary)
         os.replace(temporary, path)
     finally:
