@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .batching import TOKEN_PAD_VALUES, pad_token_id
 from .errors import InputError
 from .images import check_image_size
-from .inputs import DEFAULT_PROMPT, to_model_device
+from .inputs import DEFAULT_PROMPT, check_text_fits, to_model_device
 from .metrics import SPICE_NOTE, accuracy_interval, answer_correct, caption_metrics, meteor_score, normalize_caption
 
 SAMPLES = 5  # captions kept in a run record
@@ -52,11 +52,17 @@ class CaptionEvaluation:
         return self.captions[:SAMPLES]
 
 
+def _prefix(loaded: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
+    """The image's prefix for `prompt`, the prompt measured against the context before it is tokenized."""
+    check_text_fits(loaded.model, prompt=prompt)
+    return loaded.adapter.prefix_inputs(loaded.processor, image, prompt)
+
+
 @torch.inference_mode()
 def generate_description(loaded: Any, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64) -> str:
     """The model's own description of the image (greedy decoding), to be scored afterwards."""
     check_image_size(image.size)
-    prefix = to_model_device(loaded.adapter.prefix_inputs(loaded.processor, image, prompt), loaded.model)
+    prefix = to_model_device(_prefix(loaded, image, prompt), loaded.model)
     output = loaded.model.generate(**prefix, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[0, prefix["input_ids"].shape[1] :]
     text = loaded.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
@@ -108,7 +114,7 @@ def generate_captions(
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     pad_id = pad_token_id(tokenizer)
     pairs = zip(images, itertools.repeat(prompt)) if isinstance(prompt, str) else zip(images, prompt, strict=True)
-    prefixes = (loaded.adapter.prefix_inputs(loaded.processor, image, text) for image, text in pairs)
+    prefixes = (_prefix(loaded, image, text) for image, text in pairs)
     captions: list[str] = []
     for group in tqdm(_groups(prefixes, batch_size), desc="captions", unit="batch", disable=None, leave=False):
         batch = to_model_device(left_padded(group, pad_id), model)

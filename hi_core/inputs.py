@@ -6,6 +6,10 @@ prefix, so one forward pass teacher-forces the description. The processor gets t
 context (`max_position_embeddings` of its text config) is refused. Also here: which response
 tokens a key phrase selects, which query rows (`producing` / `reading`) stand for them, and
 `to_model_device` (the tensors on the model's device and dtype, for any forward pass).
+
+Texts are measured before anything reads them: a text whose characters could not fit the model's
+context even at `MAX_CHARS_PER_TOKEN` per token is refused from its length alone (a 20 MB string never
+reaches the tokenizer), and messages quote at most `text_head` of a text.
 """
 
 from __future__ import annotations
@@ -25,6 +29,33 @@ from .images import check_image_size
 Queries = Literal["producing", "reading"]
 
 DEFAULT_PROMPT = "Describe the image."
+# Natural-language tokens average ~4 characters, and few vocabularies hold tokens longer than 32: a text longer than
+# this many characters per token of the context cannot fit it, and is refused without tokenizing it.
+MAX_CHARS_PER_TOKEN = 32
+MAX_TEXT_CHARS = 1_000_000  # the same bound for a model whose config names no context length
+TEXT_HEAD = 40  # characters of a text a message quotes
+
+
+def text_head(text: str, limit: int = TEXT_HEAD) -> str:
+    """A text as a message quotes it: whole when short, else its first `limit` characters and '…'."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def check_text_length(field: str, text: str, limit: int | None) -> None:
+    """Refuse (InputError) a `field` text longer than `limit` characters (None: any length), from its length alone:
+    the message names the length and the limit, and quotes only the text's head."""
+    if limit is not None and len(text) > limit:
+        raise InputError(f"the {field} is {len(text):,} characters long, more than the {limit:,} allowed "
+                         f"(it begins {text_head(text)}): shorten it")
+
+
+def check_text_fits(model: Any, **texts: str) -> None:
+    """Refuse a text (named by its keyword: prompt=..., description=...) whose length alone shows that it cannot fit
+    the language model's context (`MAX_CHARS_PER_TOKEN` characters per token), before it is tokenized."""
+    limit = context_length(model)
+    chars = MAX_TEXT_CHARS if limit is None else limit * MAX_CHARS_PER_TOKEN
+    for field, text in texts.items():
+        check_text_length(field, text, chars)
 
 
 @dataclass
@@ -121,6 +152,7 @@ def build_inputs(
     Refused (InputError) when prefix + response exceed the language model's context, or when the prompt
     or the description hold one of the tokenizer's special tokens.
     """
+    check_text_fits(model, prompt=prompt, description=response_text)
     if not response_text.strip():
         raise InputError("the description text is empty: give a text to score, or generate one")
     check_plain_text(processor, prompt=prompt, description=response_text)
@@ -129,7 +161,7 @@ def build_inputs(
     tokenizer = processor.tokenizer
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     if not response_ids:
-        raise InputError(f"the description {response_text!r} has no tokens for this model's tokenizer")
+        raise InputError(f"the description {text_head(response_text)} has no tokens for this model's tokenizer")
     input_ids = tensors["input_ids"]
     if input_ids.shape[0] != 1:
         raise RuntimeError("build_inputs makes one sequence at a time")
@@ -179,12 +211,12 @@ def key_phrase_tokens(inputs: ModelInputs, key_phrase: str | None) -> np.ndarray
     count = inputs.num_response_tokens
     if key_phrase is None or not key_phrase.strip():
         return np.arange(count)
-    phrase = key_phrase.strip()
-    span = phrase_span(inputs.response_text, phrase)
+    phrase, text = key_phrase.strip(), inputs.response_text
+    span = phrase_span(text, phrase) if len(phrase) <= len(text) else None  # a longer one cannot occur: no regex built
     if span is None:
-        raise InputError(f"key phrase {phrase!r} does not occur in the description {inputs.response_text!r}")
+        raise InputError(f"key phrase {text_head(phrase)} does not occur in the description {text_head(text)}")
     start, end = span
     selected = [i for i, (a, b) in enumerate(inputs.response_offsets) if a < end and b > start]
     if not selected:
-        raise InputError(f"key phrase {phrase!r} covers no token of the description")
+        raise InputError(f"key phrase {text_head(phrase)} covers no token of the description")
     return np.asarray(selected, dtype=np.int64)
