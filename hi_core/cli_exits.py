@@ -5,10 +5,12 @@ for something the user did.
 - An argument that is not UTF-8 text: Python hands the undecodable bytes of the command line over as lone
   surrogates (PEP 383's surrogateescape), which the tokenizer, JSON and file writes would reject deep inside
   a run, after the model loaded. `check_text_arguments` refuses them first, naming the flag: exit 2.
-- Ctrl-C (SIGINT), wherever it lands (import, load, scoring, writing): `interrupted`, exit 130 (128 + SIGINT,
-  as shells report it). Results are written under a temporary name and renamed into place (`outputs`), and
+- Ctrl-C (SIGINT) while a command runs (load, scoring, writing): `interrupted`, exit 130 (128 + SIGINT, as
+  shells report it). Results are written under a temporary name and renamed into place (`outputs`), and
   the temporary file is removed on the way out, so nothing half-written stays behind; a second Ctrl-C is
   ignored while that cleanup runs. A dataset's per-image cache keeps the images finished, for a resume.
+  Not covered: a Ctrl-C during `import hi_core` itself (torch and transformers, seconds), which runs before
+  any code of ours and ends in Python's own KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations
