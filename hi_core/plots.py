@@ -155,3 +155,44 @@ def layer_choices(selected: np.ndarray, labels: Sequence[str], scores: np.ndarra
     figure.suptitle(title, fontsize=10)
     return figure
 
+
+
+def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Sequence[int]) -> Figure:
+    """Each head's effect when removed alone (one panel per ablation mode) against its HI, coloured by layer."""
+    figure = Figure(figsize=(3.6 * len(effects) + 0.8, 3.3), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(effects), sharey=False))
+    layers = np.asarray(layers)
+    colours = None
+    for ax, (mode, effect) in zip(axes, effects.items()):
+        colours = ax.scatter(hi, effect, c=layers, cmap="viridis", s=22, edgecolors="black", linewidths=0.3,
+                             vmin=layers.min(), vmax=max(layers.max(), layers.min() + 1))
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xlabel("HI (mean over the ranking records)")
+        ax.set_ylabel("rise in scored-token loss")
+        ax.set_title(f"each head removed alone ({mode})", fontsize=9)
+    if colours is not None:
+        figure.colorbar(colours, ax=list(axes), label="layer")
+    return figure
+
+
+def dose_response_figure(dose: dict, rankings: Sequence[str], names: dict[str, str]) -> Figure:
+    """Loss with the first k heads of each order removed: each ranking's curve, and the random and layer-matched
+    orders' means with their 2.5-97.5 percentile bands."""
+    figure = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = figure.subplots()
+    ks = np.asarray(dose["ks"])
+    for name, colour in (("random", "grey"), ("layer-matched", "tab:orange")):
+        band = dose.get(name)
+        if band is None:
+            continue
+        ax.fill_between(ks, band["loss_low"], band["loss_high"], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(ks, band["loss_mean"], color=colour, linestyle="--", linewidth=1.2,
+                label=f"{name} ({dose['orders'][name]} orders, 95% band)")
+    for name, colour in zip(rankings, ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+        ax.plot(ks, dose[name]["loss"], color=colour, marker="o", markersize=3, linewidth=2 if name == "hi" else 1.2,
+                label=f"{names.get(name, name)} order")
+    ax.set_xlabel("heads removed (k)")
+    ax.set_ylabel("scored-token loss (held-out mean)")
+    ax.set_title("Dose-response: heads removed cumulatively (zero ablation)", fontsize=9)
+    ax.legend(fontsize=7)
+    return figure

@@ -159,3 +159,15 @@ def layer_partial_correlation(scores: np.ndarray, effects: np.ndarray, layers: n
     rho = float(np.clip((a * b).sum() / norm, -1.0, 1.0))
     t = rho * np.sqrt(dof / max(1 - rho * rho, 1e-300))
     return PartialCorrelation(rho, float(2 * stats.t.sf(abs(t), dof)), dof)
+
+
+def bootstrap_difference(first: np.ndarray, second: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0,
+                         confidence: float = 0.95) -> tuple[float, float, float]:
+    """(difference, low, high): Spearman's rho of `first` with the effects minus that of `second`, and a percentile
+    interval of it, resampling heads with replacement (the same heads for both: a paired comparison)."""
+    first, effects = _check(first, effects)
+    second, _ = _check(second, effects)
+    picks = np.random.default_rng(seed).integers(0, effects.size, size=(draws, effects.size))
+    differences = _spearman(first[picks], effects[picks]) - _spearman(second[picks], effects[picks])
+    low, high = _interval(differences, confidence)
+    return float(_spearman(first, effects) - _spearman(second, effects)), low, high

@@ -8,6 +8,7 @@ from scipy import stats
 
 from hi_core.errors import InputError
 from hi_core.validation_stats import (
+    bootstrap_difference,
     bootstrap_heads,
     bootstrap_records,
     layer_partial_correlation,
@@ -103,3 +104,15 @@ def test_constant_and_bad_inputs():
         rank_correlations(np.array([1.0, np.nan, 2.0]), np.ones(3))
     with pytest.raises(InputError, match="degrees of freedom"):
         layer_partial_correlation(np.arange(4.0), np.arange(4.0), np.array([0, 1, 2, 3]))
+
+
+def test_paired_difference_of_two_rankings():
+    rng = np.random.default_rng(9)
+    effects = rng.normal(size=40)
+    good, poor = effects + rng.normal(0, 0.3, 40), rng.normal(size=40)
+    difference, low, high = bootstrap_difference(good, poor, effects, draws=500, seed=2)
+    expected = stats.spearmanr(good, effects).statistic - stats.spearmanr(poor, effects).statistic
+    assert difference == pytest.approx(expected, abs=1e-12)
+    assert 0 < low < difference < high
+    same, low, high = bootstrap_difference(good, good, effects, draws=50)
+    assert same == low == high == 0

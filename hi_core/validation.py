@@ -1,0 +1,391 @@
+"""Does HI find the heads that matter? Remove each head and measure, teacher-forced, what the model loses.
+
+`validate` is the experiment behind `python -m hi_core validate`:
+
+1. The dataset is split as `finetune` splits it (`split_dataset`): the held-out records are where effects are
+   measured; the first `ranking_records` training records are where the rankings are computed.
+2. Rankings, one score per head (higher: more important by that criterion), each from the same records:
+   - `hi`: mean HI (`analyze_image` with the record's key phrase), or the heads of a given dataset-scores JSON;
+   - `mass`: mean share of the head's image attention on the object (the attention-mass baseline);
+   - `localization`: the localization-heads criterion (Kang et al., CVPR 2025): per record, among the heads whose
+     attention sum over the image is at least the median head's, the `selected` heads of lowest spatial entropy
+     (entropy of the sizes of the map's connected regions above its mean); the score is how often a head is so
+     selected;
+   - `gradient`: Michel et al.'s (NeurIPS 2019) head importance, the mean over records of |dL/dg_h|, with g_h a
+     gate of 1 on the head's output and L the scored tokens' loss.
+3. Effects, teacher-forced on the held-out records (no generation): the mean cross-entropy of the scored tokens
+   (captions: the key phrase's tokens, else the whole description; VQA: the answer's) and whether the first scored
+   token is the model's top prediction (first-token accuracy), with every head removed in turn (`ablate_heads`,
+   zero and/or mean), minus the same without removal.
+4. Dose-response: heads removed cumulatively in each ranking's order, in `orders` random orders (an empirical
+   band) and in as many layer-matched random orders (each head of HI's order swapped for a random head of the same
+   layer), for k = 0..`max_k` (default: a quarter of the heads).
+
+Statistics and the report are `validation_report.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .ablation import AblationMode, HeadMeans, ablate_heads, head_output_means, num_attention_heads, output_projections
+from .analysis import analyze_image
+from .batching import collate, pad_token_id
+from .datasets import Record
+from .errors import InputError, check_choice, check_number
+from .finetune import MAX_SEED, DataConfig, check_task, split_dataset, training_inputs
+from .head_selection import Head
+from .image_scoring import AnalysisConfig
+from .inputs import key_phrase_tokens, to_model_device
+from .loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+RANKINGS = ("hi", "mass", "localization", "gradient")
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """One validation. heads: a seeded sample of this many heads to remove one by one (None: every head; state it
+    for big models). orders: random orders of the dose-response, and as many layer-matched ones. max_k: heads removed
+    at most in the dose-response (None: a quarter of the heads). selected: heads the localization criterion selects
+    per record. data: the held-out split and the prompt, as in `finetune` (`data.task`: caption or vqa)."""
+
+    modes: tuple[AblationMode, ...] = ("zero", "mean")
+    heads: int | None = None
+    orders: int = 100
+    max_k: int | None = None
+    ranking_records: int = 32
+    mean_records: int = 32
+    selected: int = 10
+    batch_size: int = 8
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise InputError("modes must name at least one of zero, mean")
+        for mode in self.modes:
+            check_choice("mode", mode, AblationMode)
+        for name in ("orders", "ranking_records", "mean_records", "selected", "batch_size"):
+            check_number(name, getattr(self, name), "a whole number of at least 1", lambda v: v == int(v) and v >= 1)
+        for name in ("heads", "max_k"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), "a whole number of at least 1", lambda v: v == int(v) and v >= 1)
+        check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
+
+
+# --- teacher-forced evaluation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A right-padded batch of records' sequences and where their scored tokens are. `positions`: the sequence
+    positions whose logits predict a scored token (shared by the batch: `logits_to_keep`); `rows`, `columns`: for
+    each scored token, its record and its index into `positions`; `targets`: its id; `first`: per record, the index
+    (into the scored tokens) of its first one."""
+
+    tensors: dict[str, torch.Tensor]
+    positions: torch.Tensor
+    rows: torch.Tensor
+    columns: torch.Tensor
+    targets: torch.Tensor
+    first: torch.Tensor
+    size: int
+
+
+def scored_tokens(loaded: LoadedModel, record: Record, task: str, prompt: str):
+    """(inputs, token indices): the record's teacher-forced sequence and the response tokens whose loss is measured:
+    a caption's key phrase (its whole description without one), a VQA answer's every token."""
+    inputs = training_inputs(loaded, record, prompt)
+    phrase = record.key_phrase if task == "caption" else None
+    return inputs, key_phrase_tokens(inputs, phrase)
+
+
+def prepare_batches(loaded: LoadedModel, records: Sequence[Record], task: str, prompt: str, batch_size: int) -> list[ScoredBatch]:
+    """The records as `ScoredBatch`es, built once (the processor runs once per record, whatever is removed later)."""
+    batches = []
+    for start in range(0, len(records), batch_size):
+        items = [scored_tokens(loaded, record, task, prompt) for record in records[start : start + batch_size]]
+        tensors = collate([inputs for inputs, _ in items], pad_token_id(loaded.processor.tokenizer))
+        predicting = [inputs.prefix_length + tokens - 1 for inputs, tokens in items]  # the logit before each token
+        positions = np.unique(np.concatenate(predicting))
+        rows, columns, targets, first = [], [], [], []
+        for row, ((inputs, tokens), where) in enumerate(zip(items, predicting)):
+            first.append(len(rows))
+            rows += [row] * len(where)
+            columns += list(np.searchsorted(positions, where))
+            targets += [int(tensors["input_ids"][row, position + 1]) for position in where]
+        batches.append(ScoredBatch(tensors, torch.as_tensor(positions), torch.as_tensor(rows), torch.as_tensor(columns),
+                                   torch.as_tensor(targets), torch.as_tensor(first), len(items)))
+    return batches
+
+
+def _token_losses(loaded: LoadedModel, batch: ScoredBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, top): each scored token's cross-entropy and whether it was the model's top prediction."""
+    output = loaded.model(**to_model_device(batch.tensors, loaded.model), use_cache=False, logits_to_keep=batch.positions)
+    logits = output.logits[batch.rows, batch.columns].float()  # (scored tokens, vocabulary)
+    targets = batch.targets.to(logits.device)
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return losses, logits.argmax(dim=-1) == targets
+
+
+def _per_record(values: torch.Tensor, batch: ScoredBatch) -> np.ndarray:
+    totals = torch.zeros(batch.size, dtype=torch.float64).index_add_(0, batch.rows, values.double().cpu())
+    return (totals / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1)).numpy()
+
+
+@torch.inference_mode()
+def evaluate(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head] = (), mode: AblationMode = "zero",
+             means: HeadMeans | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(loss, correct) per record with `heads` removed: the mean cross-entropy of its scored tokens, and whether its
+    first scored token is the model's top prediction."""
+    losses, correct = [], []
+    with ablate_heads(loaded, heads, mode, means):
+        for batch in batches:
+            token_losses, top = _token_losses(loaded, batch)
+            losses.append(_per_record(token_losses, batch))
+            correct.append(top.cpu().numpy()[batch.first.numpy()])
+    return np.concatenate(losses), np.concatenate(correct)
+
+
+# --- rankings --------------------------------------------------------------------------------------
+
+
+def spatial_entropy(attention: np.ndarray) -> float:
+    """The localization-heads paper's spatial entropy of a (gh, gw) map: the cells above the map's mean split into
+    8-connected regions, and the entropy of the regions' sizes (0: one compact region; more: scattered)."""
+    regions, count = ndimage.label(attention > attention.mean(), structure=np.ones((3, 3)))
+    if count <= 1:
+        return 0.0
+    sizes = np.bincount(regions.ravel())[1:].astype(float)
+    shares = sizes / sizes.sum()
+    return float(-(shares * np.log(shares)).sum())
+
+
+def image_rankings(loaded: LoadedModel, records: Sequence[Record], config: ValidationConfig,
+                   progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """The map-based rankings (`hi`, `mass`, `localization`), each (layers, heads), from `records`: NaN in layers
+    that are not scored."""
+    hi, mass, selected = [], [], []
+    for index, record in enumerate(records):
+        if progress is not None:
+            progress("ranking", index, len(records))
+        analysis = analyze_image(loaded, record.image, record.mask, record.text,
+                                 AnalysisConfig(key_phrase=record.key_phrase, prompt=record.prompt or config.data.prompt))
+        hi.append(analysis.hi)
+        mass.append(analysis.mass)
+        maps = np.where(analysis.valid, analysis.maps, 0.0)  # (layers, heads, gh, gw)
+        sums = maps.sum(axis=(2, 3))
+        scored = np.isfinite(analysis.hi)
+        entropy = np.full(sums.shape, np.inf)
+        qualified = scored & (sums >= np.nanmedian(np.where(scored, sums, np.nan)))
+        for layer, head in zip(*np.nonzero(qualified)):
+            entropy[layer, head] = spatial_entropy(maps[layer, head])
+        order = np.lexsort((-sums.ravel(), entropy.ravel()))[: config.selected]  # lowest entropy, then most attention
+        chosen = np.zeros(sums.size)
+        chosen[order[np.isfinite(entropy.ravel()[order])]] = 1
+        selected.append(np.where(scored, chosen.reshape(sums.shape), np.nan))
+    return {"hi": np.mean(hi, axis=0), "mass": np.mean(mass, axis=0), "localization": np.mean(selected, axis=0)}
+
+
+def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> np.ndarray:
+    """(layers, heads): Michel et al.'s importance, the mean over records of |dL/dg_h| where g_h = 1 gates head h's
+    slice of o_proj's input and L is the record's mean scored-token loss. Only the gates get gradients
+    (`torch.autograd.grad`): the model's parameters are left untouched. NaN in layers without softmax attention."""
+    projections = output_projections(loaded)
+    num_heads = num_attention_heads(loaded)
+    layers = len(loaded.adapter.attention_modules(loaded.model))
+    totals, records = np.zeros((layers, num_heads)), 0
+    for batch in batches:
+        gates = {layer: torch.ones(batch.size, num_heads, requires_grad=True) for layer in projections}
+
+        def gating(layer: int) -> Callable[..., tuple]:
+            def hook(module: torch.nn.Module, args: tuple) -> tuple:
+                hidden = args[0]
+                shaped = hidden.reshape(*hidden.shape[:-1], num_heads, -1)
+                gate = gates[layer].to(hidden.device, hidden.dtype)[:, None, :, None]
+                return ((shaped * gate).reshape(hidden.shape), *args[1:])
+            return hook
+
+        handles = [projection.register_forward_pre_hook(gating(layer)) for layer, projection in projections.items()]
+        try:
+            with torch.enable_grad():
+                token_losses, _ = _token_losses(loaded, batch)
+                per_record = torch.zeros(batch.size, dtype=token_losses.dtype).index_add(0, batch.rows.to(token_losses.device), token_losses)
+                per_record = per_record / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1).to(per_record)
+                grads = torch.autograd.grad(per_record.sum(), [gates[layer] for layer in projections])
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer, grad in zip(projections, grads):
+            totals[layer] += grad.abs().sum(dim=0).double().numpy()
+        records += batch.size
+    importance = totals / max(records, 1)
+    importance[[layer not in projections for layer in range(layers)]] = np.nan
+    return importance
+
+
+# --- the experiment --------------------------------------------------------------------------------
+
+
+def head_sample(hi: np.ndarray, count: int | None, seed: int) -> list[Head]:
+    """The scored heads (layer, head order), or a seeded sample of `count` of them in that order."""
+    heads = [(int(layer), int(head)) for layer, head in zip(*np.nonzero(np.isfinite(hi)))]
+    if count is None or count >= len(heads):
+        return heads
+    picked = np.sort(np.random.default_rng(seed).choice(len(heads), size=count, replace=False))
+    return [heads[i] for i in picked]
+
+
+def ranked(scores: np.ndarray, heads: Sequence[Head]) -> list[Head]:
+    """`heads` by score descending (ties: layer, then head)."""
+    return sorted(heads, key=lambda head: (-scores[head], head))
+
+
+def layer_matched(order: Sequence[Head], heads: Sequence[Head], rng: np.random.Generator) -> list[Head]:
+    """`order` with each head swapped for a random head of the same layer among `heads` (distinct within a layer):
+    the same layers at every k as `order`, other heads."""
+    matched = list(order)
+    for layer in sorted({layer for layer, _ in order}):
+        slots = [i for i, (other, _) in enumerate(order) if other == layer]
+        pool = [head for head in heads if head[0] == layer]
+        for slot, pick in zip(slots, rng.choice(len(pool), size=len(slots), replace=False)):
+            matched[slot] = pool[int(pick)]
+    return matched
+
+
+def dose_points(max_k: int) -> list[int]:
+    """The k of the dose-response: 0 to 4 each, then about 1.5x apart, and `max_k` (every removal is a forward pass
+    over the held-out records, for each of the hundreds of orders)."""
+    points, k = [0, 1, 2, 3, 4], 4
+    while k < max_k:
+        k = max(k + 1, round(k * 1.5))
+        points.append(k)
+    return sorted({point for point in points if point < max_k} | {max_k})
+
+
+def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: dict[str, list[list[Head]]], ks: Sequence[int],
+                  progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """name -> (orders, len(ks), 2): the mean loss and first-token accuracy over the records with the first k heads of
+    each order removed (zero ablation), for each k of `ks`. k = 0 is the model as it is, run once for all orders."""
+    baseline_loss, baseline_correct = evaluate(loaded, batches)
+    baseline = (float(baseline_loss.mean()), float(baseline_correct.mean()))
+    total, done = sum(len(group) for group in orders.values()) * sum(k > 0 for k in ks), 0
+    curves = {}
+    for name, group in orders.items():
+        curve = np.zeros((len(group), len(ks), 2))
+        for index, order in enumerate(group):
+            for column, k in enumerate(ks):
+                if k == 0:
+                    curve[index, column] = baseline
+                    continue
+                if progress is not None:
+                    progress("dose-response", done, total)
+                loss, correct = evaluate(loaded, batches, order[:k])
+                curve[index, column] = (loss.mean(), correct.mean())
+                done += 1
+        curves[name] = curve
+    return curves
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What `validate` measured: `scores[ranking]` (layers, heads); `heads` removed one by one; `effects[mode]`
+    (heads, records, 2): the rise in loss and the drop in first-token correctness with that head removed;
+    `baseline` (records, 2); `curves` (the dose-response at each k of `ks`, `dose_response`) and the orders behind
+    them."""
+
+    model: str
+    dataset: str
+    task: str
+    config: ValidationConfig
+    split: dict[str, Any]
+    record_ids: list[str]
+    scores: dict[str, np.ndarray]
+    heads: list[Head]
+    baseline: np.ndarray
+    effects: dict[str, np.ndarray]
+    curves: dict[str, np.ndarray]
+    orders: dict[str, list[list[list[int]]]]
+    ks: list[int]
+    num_heads: int
+    seconds: float = 0.0
+
+
+def measure_effects(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head], mode: AblationMode,
+                    baseline: tuple[np.ndarray, np.ndarray], means: HeadMeans | None,
+                    progress: Progress | None = None) -> np.ndarray:
+    """(heads, records, 2): per head removed alone, each record's rise in scored-token loss and drop in first-token
+    correctness against `baseline`."""
+    effects = np.zeros((len(heads), len(baseline[0]), 2))
+    for index, head in enumerate(heads):
+        if progress is not None:
+            progress(f"removing each head ({mode})", index, len(heads))
+        loss, correct = evaluate(loaded, batches, [head], mode, means)
+        effects[index, :, 0] = loss - baseline[0]
+        effects[index, :, 1] = baseline[1].astype(float) - correct
+    return effects
+
+
+def mean_outputs(loaded: LoadedModel, train: Sequence[Record], config: ValidationConfig) -> HeadMeans | None:
+    if "mean" not in config.modes:
+        return None
+    if not train:
+        raise InputError("mean ablation takes the heads' mean outputs over training records, and the split has none")
+    return head_output_means(loaded, train[: config.mean_records], config.data.prompt, config.batch_size)
+
+
+def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig = ValidationConfig(),
+             hi: np.ndarray | None = None, eval_dataset: str | Path | None = None,
+             progress: Progress | None = None) -> Validation:
+    """The whole experiment (module docstring). `hi`: (layers, heads) HI to validate (e.g. from a dataset-scores
+    JSON); default: computed on the ranking records like the other rankings."""
+    start = time.perf_counter()
+    task, prompt = config.data.task, config.data.prompt
+    check_task(task, dataset if eval_dataset is None else eval_dataset)
+    split = split_dataset(dataset, config.data, eval_dataset, need_train=True)
+    if len(split.held_out) < 2:
+        raise InputError(f"validation needs at least 2 held-out records, the split has {len(split.held_out)}: raise "
+                         "eval_fraction, or give an evaluation dataset")
+    ranking_records = [split.train[i] for i in range(min(config.ranking_records, len(split.train)))]
+    scores = image_rankings(loaded, ranking_records, config, progress)
+    if hi is not None:
+        if np.shape(hi) != scores["hi"].shape:
+            raise InputError(f"the given HI has shape {np.shape(hi)}, this model's heads are {scores['hi'].shape}")
+        scores["hi"] = np.asarray(hi, dtype=float)
+    if progress is not None:
+        progress("gradient importance", 0, 1)
+    scores["gradient"] = gradient_importance(loaded, prepare_batches(loaded, ranking_records, task, prompt, config.batch_size))
+    held_out = [split.held_out[i] for i in range(len(split.held_out))]
+    batches = prepare_batches(loaded, held_out, task, prompt, config.batch_size)
+    baseline = evaluate(loaded, batches)
+    means = mean_outputs(loaded, split.train, config)
+    every = head_sample(scores["hi"], None, 0)
+    heads = head_sample(scores["hi"], config.heads, config.seed)
+    effects = {mode: measure_effects(loaded, batches, heads, mode, baseline, means, progress) for mode in config.modes}
+    max_k = min(config.max_k or max(1, len(every) // 4), len(every))
+    rng = np.random.default_rng(config.seed)
+    orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
+    orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
+    orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
+    ks = dose_points(max_k)
+    curves = dose_response(loaded, batches, orders, ks, progress)
+    return Validation(
+        model=loaded.name, dataset=str(dataset), task=task, config=config,
+        split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description},
+        record_ids=[record.id for record in held_out], scores=scores, heads=heads,
+        baseline=np.stack([baseline[0], baseline[1].astype(float)], axis=1), effects=effects, curves=curves,
+        orders={name: [[list(head) for head in order] for order in group] for name, group in orders.items()},
+        ks=ks, num_heads=num_attention_heads(loaded), seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,130 @@
+"""`validate` on the demo model: effects, rankings and the dose-response are what they claim to be."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hi_core.ablation import ablate_heads, output_projections
+from hi_core.datasets import write_synthetic
+from hi_core.finetune import DataConfig, split_dataset
+from hi_core.loading import LoadConfig, load_model
+from hi_core.validation import (
+    ValidationConfig,
+    dose_points,
+    evaluate,
+    gradient_importance,
+    layer_matched,
+    prepare_batches,
+    ranked,
+    spatial_entropy,
+    validate,
+)
+from hi_core.validation_report import write_validation_report
+
+PROMPT = DataConfig().prompt
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model(LoadConfig("demo"))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    write_synthetic(folder, 24, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def held_out(demo_model, scenes):
+    split = split_dataset(scenes, DataConfig(eval_fraction=0.25))
+    return [split.held_out[i] for i in range(len(split.held_out))]
+
+
+def test_loss_is_the_cross_entropy_of_the_key_phrase_tokens(demo_model, held_out):
+    record = held_out[0]
+    batch = prepare_batches(demo_model, [record], "caption", PROMPT, 1)[0]
+    loss, correct = evaluate(demo_model, [batch])
+    ids = batch.tensors["input_ids"][0]
+    with torch.inference_mode():
+        logits = demo_model.model(**batch.tensors, use_cache=False).logits[0]
+    predicting = batch.positions[batch.columns]
+    expected = torch.nn.functional.cross_entropy(logits[predicting], ids[predicting + 1])
+    assert loss[0] == pytest.approx(float(expected), rel=1e-5)
+    assert bool(correct[0]) == bool(logits[predicting[0]].argmax() == ids[predicting[0] + 1])
+    decoded = demo_model.processor.tokenizer.decode(ids[predicting + 1])
+    assert record.key_phrase.split()[-1] in decoded  # the scored tokens are the key phrase's
+
+
+def test_removing_no_head_changes_nothing_and_removing_one_does(demo_model, held_out):
+    batches = prepare_batches(demo_model, held_out, "caption", PROMPT, 4)
+    loss, correct = evaluate(demo_model, batches)
+    again, correct_again = evaluate(demo_model, batches, ())
+    np.testing.assert_array_equal(loss, again)
+    np.testing.assert_array_equal(correct, correct_again)
+    removed, _ = evaluate(demo_model, batches, [(0, 0)])
+    assert not np.allclose(removed, loss)
+
+
+def test_gradient_importance_is_the_derivative_of_the_loss_in_a_heads_gate(demo_model, held_out):
+    batch = prepare_batches(demo_model, held_out[:1], "caption", PROMPT, 1)
+    importance = gradient_importance(demo_model, batch)
+    layer, head = 0, 1
+    projection = output_projections(demo_model)[layer]
+    width = projection.in_features // importance.shape[1]
+    columns = slice(head * width, (head + 1) * width)
+    original = projection.weight.data[:, columns].clone()
+    losses = []
+    try:
+        for scale in (1 + 1e-3, 1 - 1e-3):  # o_proj(x * g) = (W * g) x on the head's columns
+            projection.weight.data[:, columns] = original * scale
+            losses.append(evaluate(demo_model, batch)[0][0])
+    finally:
+        projection.weight.data[:, columns] = original
+    assert importance[layer, head] == pytest.approx(abs(losses[0] - losses[1]) / 2e-3, rel=1e-2)
+
+
+def test_orders_and_points():
+    heads = [(layer, head) for layer in range(3) for head in range(4)]
+    scores = np.arange(12.0).reshape(3, 4)
+    assert ranked(scores, heads)[:2] == [(2, 3), (2, 2)]
+    order = ranked(scores, heads)[:6]
+    matched = layer_matched(order, heads, np.random.default_rng(0))
+    assert [layer for layer, _ in matched] == [layer for layer, _ in order]
+    assert len(set(matched)) == len(matched)
+    assert dose_points(12) == [0, 1, 2, 3, 4, 6, 9, 12]
+    corners = np.zeros((5, 5))
+    corners[[0, 0, 4, 4], [0, 4, 0, 4]] = 1  # four separate regions of one cell: entropy log 4
+    assert spatial_entropy(corners) == pytest.approx(np.log(4))
+    assert spatial_entropy(np.pad(np.ones((2, 2)), 1)) == 0.0  # one compact region
+
+
+def test_validate_end_to_end(demo_model, scenes, tmp_path):
+    config = ValidationConfig(heads=6, orders=3, max_k=3, ranking_records=2, mean_records=2, batch_size=4,
+                              data=DataConfig(eval_fraction=0.25))
+    validation = validate(demo_model, scenes, config)
+    assert len(validation.heads) == 6 and validation.ks == [0, 1, 2, 3]
+    baseline = validation.baseline.mean(axis=0)
+    for name, curves in validation.curves.items():  # k = 0: the model as it is, for every order
+        np.testing.assert_allclose(curves[:, 0], np.broadcast_to(baseline, curves[:, 0].shape))
+    assert set(validation.curves) == {"hi", "mass", "localization", "gradient", "random", "layer-matched"}
+    assert validation.effects["zero"].shape == (6, len(validation.record_ids), 2)
+    data = write_validation_report(validation, tmp_path / "out", resamples=50, permutations=50)
+    saved = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert saved["correlations"]["zero"]["loss"]["hi"]["spearman"] == data["correlations"]["zero"]["loss"]["hi"]["spearman"]
+    assert {"report.md", "effect_vs_hi.png", "dose_response.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert "Dose-response" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_removal_is_undone_after_validation(demo_model, held_out):
+    batches = prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 2)
+    before = evaluate(demo_model, batches)[0]
+    with ablate_heads(demo_model, [(1, 1)]):
+        pass
+    np.testing.assert_array_equal(evaluate(demo_model, batches)[0], before)
