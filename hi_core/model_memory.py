@@ -40,6 +40,7 @@ DEFAULT_SHARE = 0.5  # of the machine's memory for model weights; the rest for a
 BUDGET_VARIABLE = "HI_MODEL_MEMORY_GB"
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 MAX_CONFIG_BYTES = 1_000_000  # a config.json; released ones take a few KB
+MAX_NESTING = 32  # levels of objects and lists in a config.json
 MAX_LAYERS = 512  # in one stack (a language model's, a vision tower's); the deepest released models have ~130
 _LAYER_COUNT = re.compile(r"(layers|depth|n_layer)$")  # num_hidden_layers, depth (Qwen-VL towers), n_layer, ...
 
@@ -123,6 +124,8 @@ def check_config_json(config: object, name: str, where: str = "") -> None:
     """Refuse a configuration (raw JSON) whose layer counts are beyond any real model's (`MAX_LAYERS`), before
     transformers builds anything from it: it builds per-layer lists, and modules, for every layer."""
     items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    if where.count(".") >= MAX_NESTING:  # real configs nest 2-3 levels; this keeps the walk off Python's recursion limit
+        raise InputError(f"model {name!r}: config.json nests deeper than any real model's ({where.split('.')[0]}...)")
     for key, value in items:
         field = f"{where}.{key}" if where else str(key)
         if isinstance(value, (dict, list)):

@@ -121,10 +121,12 @@ def test_a_config_json_larger_than_any_real_one_is_not_read(llava_dir, tmp_path,
         load_model(LoadConfig(folder, device="cpu"))
 
 
-def test_a_deeply_nested_config_json_is_one_message(llava_dir, tmp_path, no_weight_loads):
+@pytest.mark.parametrize("depth, message", [(100_000, "config.json is not readable JSON"),  # beyond json's own limit
+                                            (900, "config.json nests deeper than any real model's")])  # within it
+def test_a_deeply_nested_config_json_is_one_message(depth, message, llava_dir, tmp_path, no_weight_loads):
     folder = _folder_with(llava_dir, tmp_path / "model", lambda config: None)
-    (tmp_path / "model" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(InputError, match="config.json is not readable JSON"):
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llava", "x": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(InputError, match=message):
         load_model(LoadConfig(folder, device="cpu"))
 
 
