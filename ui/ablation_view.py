@@ -29,12 +29,13 @@ from .before_after import (
 )
 from .context import AppContext
 from .explorer_views import Session
-from .components import refuse_in_handler
+from .components import BoundedTextbox, refuse_in_handler
 from .feedback import reports_input_errors
 
 WHICH = ("top-k heads by HI", "the selected head", "heads listed")
 NAMES = ("every head", "heads removed")
 MAX_K = 64  # at most this many heads removed at once from the explorer (the CLI takes any number)
+MAX_LISTED_CHARS = 1_000  # the heads listed: MAX_K pairs like "27:13," fit many times over
 
 
 def chosen_heads(session: Session, which: str, k: int, listed: str) -> tuple[Head, ...]:
@@ -80,7 +81,8 @@ class AblationTab:
                                                         elem_id="ablate-which"))
                 self.k = refuse_in_handler(gr.Number(value=4, minimum=1, maximum=MAX_K, precision=0, label="k",
                                                      elem_id="ablate-k"))
-                self.listed = gr.Textbox("", label="Heads listed (layer:head)", placeholder="1:5,2:0", elem_id="ablate-list")
+                self.listed = BoundedTextbox("", max_chars=MAX_LISTED_CHARS, label="Heads listed (layer:head)",
+                                             placeholder="1:5,2:0", elem_id="ablate-list")
             self.button = gr.Button("Remove the heads and describe again", elem_id="ablate")
             self.message = gr.Markdown("", label="Ablation message", elem_id="ablate-message")
             self.texts = gr.Markdown("", label="Descriptions with and without the heads", elem_id="ablate-texts")

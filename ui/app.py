@@ -16,10 +16,11 @@ import gradio as gr
 from hi_core.errors import InputError
 from hi_core.loading import ModelCache
 
+from .budget import forget, upload_cache_lifespan
+from .components import refuse_in_handler
 from .context import AppContext
 from .dataset_tab import DatasetTab
-from .explorer import ExplorerTab, forget
-from .components import refuse_in_handler
+from .explorer import ExplorerTab
 from .finetune_tab import FinetuneTab
 from .settings import Settings
 
@@ -34,7 +35,8 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
     do (default: open, as for a local user)."""
     settings = settings or Settings()
     context = AppContext(settings=settings, cache=cache or ModelCache(budget=settings.model_memory))
-    # Gradio's upload cache (uploads, and copies of the files handlers return) is swept of old files.
+    # Gradio's upload cache (uploads, and copies of the files handlers return) is swept of old files (and, by
+    # `launch_options`, of the oldest beyond its size).
     ttl = context.settings.cache_ttl_s
     with gr.Blocks(title="HI Explorer", delete_cache=(ttl, ttl)) as demo:
         tuned_state = gr.State(None, delete_callback=forget)  # the Fine-tune tab's last run, read by the other tabs
@@ -66,9 +68,13 @@ CSS = """
 
 
 def launch_options(settings: Settings) -> dict:
-    """What `launch()` gets besides where to serve: the theme, the style rules and the upload limit. `python app.py`
-    and the tests that drive the page in a browser use this one dict, so the tests see what visitors see."""
-    return {"theme": THEME, "css": CSS, "max_file_size": settings.max_file_size}
+    """What `launch()` gets besides where to serve: the theme, the style rules, the upload limit and the upload cache's
+    size sweep (`budget.upload_cache_lifespan`). `python app.py` and the tests that drive the page in a browser use
+    this one dict, so the tests see what visitors see."""
+    options = {"theme": THEME, "css": CSS, "max_file_size": settings.max_file_size}
+    if settings.max_upload_cache_mb is not None:
+        options["app_kwargs"] = {"lifespan": upload_cache_lifespan(int(settings.max_upload_cache_mb * 1024 * 1024))}
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,10 @@ resolution (a 17.6 KB 1-bit PNG of 12000 x 12000 px becomes gigabytes of RGBA), 
 runs. Here the pixel count is read from the file's header first (refused beyond `max_pixels`), and
 a large image is reduced to at most `max_side` pixels per side while it is decoded (JPEG draft
 mode, then a box filter), so the handler, the overlays and the model only ever see a bounded image.
-The background and the brush layers have one canvas size, so they are reduced alike. A refused upload
-reaches the handler as `Refused` (`refuse_in_preprocess`), which reports it beside Analyze.
+The background and the brush layers have one canvas size, so they are reduced alike. The number of brush
+layers is bounded too (`max_layers`), counted from the payload before any layer is decoded, and so is the
+index a browser may send a layer blob under (Gradio's `accept_blobs` grows a list to any index it is sent). A
+refused upload reaches the handler as `Refused` (`refuse_in_preprocess`), which reports it beside Analyze.
 
 These are subclasses, not patched instances: Gradio re-creates a component for a session from its class
 and constructor arguments whenever an event updates it (a `gr.skip()` or a property update), and an
@@ -17,7 +19,11 @@ upload at full size). Gradio writes a `.pyi` stub beside this module for them (i
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -26,13 +32,16 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import PIL.Image
+from gradio.components.base import server
+from gradio.components.image_editor import AcceptBlobs, EditorData
 from gradio.data_classes import FileData
 from gradio.processing_utils import hash_bytes
 
 from hi_core.errors import InputError
 from hi_core.images import image_to_rgb, open_header
+from hi_core.inputs import check_text_length
 
-from .feedback import Refused
+from .feedback import Refused, shortened
 from .settings import scrub_paths
 
 
@@ -51,11 +60,33 @@ def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
     handler taking it is wrapped by `feedback.reports_input_errors`, which reports it beside the action. The
     `preprocess` of the classes below: each a direct subclass of a Gradio component, drawn in the page by that
     component's frontend (`is_template`, as Gradio's own templates do)."""
+    name = self.label or self.elem_id or type(self).__name__
+    expected = wrong_type(self, payload)  # sent through the API, e.g. "abc" for a number: Gradio's checks would raise
+    if expected:
+        return Refused(f"{name}: expected {expected}, got {reprlib.repr(payload)}")
     try:
         return super(type(self), self).preprocess(payload)
     except (gr.Error, InputError) as error:
-        name = self.label or self.elem_id or type(self).__name__
-        return Refused(f"{name}: {scrub_paths(str(error.message if isinstance(error, gr.Error) else error))}")
+        return Refused(f"{name}: {scrub_paths(shortened(str(error.message if isinstance(error, gr.Error) else error)))}")
+
+
+MAX_CHOICE_CHARS = 4096  # a choice's value: a model's name or path at most
+
+
+def wrong_type(component: gr.components.Component, payload: Any) -> str:
+    """What `component` expects, in words, when `payload` is not of a type its preprocessing takes ("" when it is)."""
+    if payload is None:
+        return ""
+    if isinstance(component, (gr.Number, gr.Slider)):
+        number = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
+        return "" if number else "a number"
+    if isinstance(component, gr.CheckboxGroup):
+        return "" if isinstance(payload, list) else "a list of choices"
+    if isinstance(component, gr.Checkbox):
+        return "" if isinstance(payload, bool) else "true or false"
+    if isinstance(component, (gr.Dropdown, gr.Radio)) and isinstance(payload, str) and len(payload) > MAX_CHOICE_CHARS:
+        return "one of the choices"  # no choice is this long: refused without Gradio's message, which quotes it whole
+    return ""
 
 
 # One class statement each: Gradio's ComponentMeta reads each component class's own source (to write its `.pyi`
@@ -85,9 +116,14 @@ class RefusingCheckboxGroup(gr.CheckboxGroup):
     preprocess = refuse_in_preprocess
 
 
+class RefusingCheckbox(gr.Checkbox):
+    is_template = True
+    preprocess = refuse_in_preprocess
+
+
 #: The refusing class of each checked input component (`refuse_in_handler`).
 REFUSING = {gr.Number: RefusingNumber, gr.Slider: RefusingSlider, gr.Dropdown: RefusingDropdown, gr.Radio: RefusingRadio,
-            gr.CheckboxGroup: RefusingCheckboxGroup}
+            gr.CheckboxGroup: RefusingCheckboxGroup, gr.Checkbox: RefusingCheckbox}
 
 
 def refuse_in_handler(component: gr.components.Component) -> gr.components.Component:
@@ -98,20 +134,80 @@ def refuse_in_handler(component: gr.components.Component) -> gr.components.Compo
     return component
 
 
+class BoundedTextbox(gr.Textbox):
+    """A `gr.Textbox(**kwargs)` whose value reaches the handler only as text of at most `max_chars` characters (None:
+    any length): a longer text, or a value of another type sent through the API, is `Refused` from its length or
+    type alone, before a tokenizer, a regex or the log reads it; the refusal quotes only the text's head."""
+
+    is_template = True
+
+    def __init__(self, value: str = "", max_chars: int | None = None, **kwargs: Any) -> None:
+        self.max_chars = max_chars
+        super().__init__(value, **kwargs)
+
+    def get_config(self, cls: type | None = None) -> dict[str, Any]:
+        return super().get_config(cls or gr.Textbox)  # the page's props: the parent's parameters
+
+    def preprocess(self, payload: str | None) -> Any:
+        name = self.label or self.elem_id or type(self).__name__
+        if payload is not None and not isinstance(payload, str):
+            return Refused(f"{name}: expected text, got {reprlib.repr(payload)}")
+        try:
+            check_text_length(name[:1].lower() + name[1:], payload or "", self.max_chars)
+        except InputError as error:
+            return Refused(str(error))
+        return super().preprocess(payload)
+
+
+MAX_PENDING_EDITS = 64  # editor values a browser has sent as blobs but no event has read yet (oldest go first)
+
+
 class BoundedImageEditor(gr.ImageEditor):
     """A `gr.ImageEditor(**kwargs)` that refuses images over `max_pixels` and reduces them to `max_side` on arrival:
     its own `convert_and_format_image` (the step of its preprocessing that decodes each layer) goes through
-    `bounded_open` first. What the server sends it (an example, a GrabCut mask) goes as PNG, so the pixels that
-    come back are those sent (Gradio's default, WebP, is lossy: an example would be scored on altered pixels)."""
+    `bounded_open` first. More than `max_layers` brush layers (None: any number) are refused before any is decoded.
+    What the server sends it (an example, a GrabCut mask) goes as PNG, so the pixels that come back are those sent
+    (Gradio's default, WebP, is lossy: an example would be scored on altered pixels)."""
 
     is_template = True  # drawn by the parent's frontend (Gradio's way for its own template components)
 
-    def __init__(self, max_pixels: int, max_side: int, **kwargs: Any) -> None:
-        self.max_pixels, self.max_side = max_pixels, max_side
+    def __init__(self, max_pixels: int, max_side: int, max_layers: int | None = None, **kwargs: Any) -> None:
+        self.max_pixels, self.max_side, self.max_layers = max_pixels, max_side, max_layers
+        self._blobs_lock = threading.Lock()  # `blob_storage` is the shared component's, written by any session
         kwargs.setdefault("format", "png")
         super().__init__(**kwargs)
 
-    preprocess = refuse_in_preprocess
+    def preprocess(self, payload: EditorData | None) -> Any:
+        layers = self._layers_sent(payload)
+        if self.max_layers is not None and len(layers) > self.max_layers:
+            if payload is not None and payload.id is not None:
+                with self._blobs_lock:
+                    self.blob_storage.pop(payload.id, None)
+            name = self.label or self.elem_id or type(self).__name__
+            return Refused(f"{name}: {len(layers):,} brush layers were sent; at most {self.max_layers} are accepted")
+        return refuse_in_preprocess(self, payload)
+
+    def _layers_sent(self, payload: EditorData | None) -> Sequence:
+        """The payload's layers (files), or those a browser sent as blobs under its id: counted, not decoded."""
+        if payload is None:
+            return []
+        if payload.id is not None:
+            with self._blobs_lock:
+                sent = self.blob_storage.get(payload.id)
+            return sent.layers if sent is not None else []
+        return payload.layers
+
+    @server
+    def accept_blobs(self, data: AcceptBlobs) -> None:
+        """Gradio's, with the layer's index bounded by `max_layers` and at most `MAX_PENDING_EDITS` values held."""
+        index = data.data.get("index")
+        if data.data.get("type") == "layer" and index not in (None, "", "null"):
+            if not str(index).isdigit() or (self.max_layers is not None and int(index) >= self.max_layers):
+                raise gr.Error(f"a brush layer's index must be below {self.max_layers}, got {shortened(str(index), 20)}")
+        with self._blobs_lock:
+            super().accept_blobs(data)
+            while len(self.blob_storage) > MAX_PENDING_EDITS:
+                self.blob_storage.pop(next(iter(self.blob_storage)))
 
     def get_config(self, cls: type | None = None) -> dict[str, Any]:
         return super().get_config(cls or gr.ImageEditor)  # the page's props: the parent's parameters

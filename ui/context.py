@@ -27,9 +27,11 @@ from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from hi_core.datasets import read_dataset
 from hi_core.errors import InputError
+from hi_core.inputs import check_text_length
 from hi_core.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
 from hi_core.model_memory import describe
 
+from .budget import TokenMapBudget
 from .settings import Settings, scrub_paths
 from .storage import RunStorage
 
@@ -48,6 +50,7 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 # Every file the app writes lies below this (ui/storage.py): run folders, sessions' downloads, the synthetic set.
 UNPACKED = Path(tempfile.gettempdir()) / "hi-explorer-datasets"
 UNPACKED_TTL_S = 6 * 3600  # a run's folder older than this is removed when a new run starts
+MAX_NAME_CHARS = 4096  # a model's or an adapter's name: a Hub id or a folder (Linux's PATH_MAX)
 TUNED = "fine-tune: "  # the LoRA box's value for this session's tuned adapter (the run's name, never its path)
 
 
@@ -112,14 +115,19 @@ class AppContext:
     examples: list[Example] = field(default_factory=load_examples)
     storage: RunStorage | None = None
     work: ModelWork | None = None
+    token_maps: TokenMapBudget | None = None  # the Explorer's per-token maps, all sessions together
 
     def __post_init__(self) -> None:
         self.storage = self.storage or RunStorage(UNPACKED, self.settings.max_run_storage_mb, UNPACKED_TTL_S)
         self.work = self.work or model_work(self.cache)
+        self.token_maps = self.token_maps or TokenMapBudget(self.settings.max_token_maps)
 
     def model_config(self, model_name: str, device: str, lora: str | None = "", tuned: FinetuneSession | None = None) -> LoadConfig:
         """The model to load, as the deployment allows: the allow-list when public; a LoRA adapter is this
-        session's fine-tune (`TUNED` + its run name) or, locally, any adapter folder."""
+        session's fine-tune (`TUNED` + its run name) or, locally, any adapter folder. A name longer than any path
+        is refused from its length (it is quoted in messages)."""
+        for what, name in (("model name", model_name), ("LoRA adapter", lora)):
+            check_text_length(what, name or "", MAX_NAME_CHARS)
         lora = (lora or "").strip()
         if lora.startswith(TUNED):
             if tuned is None or lora != TUNED + tuned.run_folder.name or not tuned.adapter.is_dir():

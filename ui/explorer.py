@@ -20,9 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from hi_core.analysis import AnalysisConfig
 from hi_core.errors import InputError
-from hi_core.loading import LoadedModel
 from hi_core.masks import grabcut_mask, painted_mask
 from hi_core.model_memory import describe
 from hi_core.overlays import BRUSH_COLOURS, contrasting_colour
@@ -30,14 +28,16 @@ from hi_core.overlays import BRUSH_COLOURS, contrasting_colour
 from . import explorer_views as views
 from .ablation_view import AblationTab
 from .before_after import BeforeAfterTab
-from .components import BoundedImageEditor, Figure, Picture, file_name
-from .context import AppContext
+from .budget import forget, token_maps_note
+from .components import BoundedImageEditor, BoundedTextbox, Figure, Picture, file_name, refuse_in_handler
+from .context import MAX_NAME_CHARS, AppContext
 from .editor import NO_MASK, background, brush, editor_value, hex_colour, mask_from_inputs, mask_preview
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import (
     ScoringControls,
     analysis_config,
+    check_texts,
     scoring_config,
     top_k_for,
     top_k_slider,
@@ -62,26 +62,6 @@ def named(session: Session, pixels: np.ndarray, what: str) -> Picture:
     return Picture(pixels, file_name(what, session.analysis.model))
 
 
-def forget(session) -> None:
-    """gr.State's delete callback: a closed session's files go with it."""
-    if session is not None:
-        session.remove_files()
-
-
-def token_maps_note(loaded: LoadedModel, text: str | None, config: AnalysisConfig, limit: int | None) -> str:
-    """Why the per-token maps of this analysis would not be kept ("" when they fit `limit` maps): layers x
-    heads x the description's tokens (its tokenizer's count, or `max_new_tokens` for a generated one)."""
-    if limit is None:
-        return ""
-    layers = len(loaded.adapter.decoder_layers(loaded.model))
-    heads = loaded.model.config.get_text_config().num_attention_heads
-    tokens = len(loaded.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else config.max_new_tokens
-    if layers * heads * tokens <= limit:
-        return ""
-    return (f"per-token view off: {tokens} tokens x {layers} x {heads} heads = {layers * heads * tokens:,} maps, "
-            f"more than the {limit:,} this server keeps per session")
-
-
 @dataclass
 class ModelControls:
     """The model every tab uses, chosen in the Explorer: name, device, LoRA adapter, and its status line."""
@@ -99,7 +79,8 @@ class ExplorerTab:
     def __init__(self, context: AppContext, tuned_state: gr.State, default_model: str) -> None:
         self.context = context
         self.tuned_state = tuned_state  # the Fine-tune tab's last run: its adapter may be the LoRA chosen here
-        self.state = gr.State(None, delete_callback=forget)
+        # freed when the session ends, or after the idle time without a new result (API sessions never "end")
+        self.state = gr.State(None, time_to_live=context.settings.session_idle_s, delete_callback=forget)
         # the editor's brush colour (hex) as last sent: an image that keeps it gets no editor update (see image_uploaded)
         self.brush_colour = gr.State(hex_colour(BRUSH_COLOURS[0]))
         with gr.Row():
@@ -120,16 +101,16 @@ class ExplorerTab:
                     name = gr.Dropdown(list(settings.allowed_models), value=settings.check_model(default_model),
                                        label="Model", scale=3, elem_id="model")
                 else:
-                    name = gr.Textbox(default_model, label="Model", placeholder="demo, a Hub id or a local folder", scale=3,
-                                      elem_id="model")
+                    name = BoundedTextbox(default_model, max_chars=MAX_NAME_CHARS, label="Model", scale=3, elem_id="model",
+                                          placeholder="demo, a Hub id or a local folder")
                 device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device")
                 self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
             # one line (Analyze stays above the fold); once loaded it says the dtype and why
             status = gr.Markdown(f"`demo` loads on first use · model memory {describe(self.context.cache.budget)}",
                                  label="Model status", elem_id="model-status")
         with gr.Accordion("LoRA adapter", open=False, elem_id="lora-options") as lora_options:
-            lora = gr.Textbox(
-                "", label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),
+            lora = BoundedTextbox(
+                "", max_chars=MAX_NAME_CHARS, label="LoRA adapter: merged into the model" + ("" if settings.public else " (optional: a peft folder)"),
                 placeholder="set by the Fine-tune tab's 'Use the tuned model'", elem_id="lora", interactive=not settings.public)
         return ModelControls(name, device, lora, status, lora_options)
 
@@ -149,16 +130,18 @@ class ExplorerTab:
                     "below as you paint; an example comes with its own, which painting replaces." + limits,
                     elem_id="editor-help")
         self.editor = BoundedImageEditor(
-            max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
+            max_pixels=settings.max_image_pixels, max_side=settings.max_image_side, max_layers=settings.max_editor_layers,
             label="Image: upload one or pick an example, then paint the key object", show_label=False, type="numpy",
             sources=["upload", "clipboard"], brush=brush(BRUSH_COLOURS[0]),
             eraser=gr.Eraser(default_size=8), transforms=(), layers=False, height=250, elem_id="editor",
         )
         with gr.Row():
-            self.text = gr.Textbox("", label="Description to score", lines=2, scale=2, elem_id="description")
-            self.key_phrase = gr.Textbox("", label="Key phrase", placeholder="optional", scale=1, elem_id="key-phrase")
+            self.text = BoundedTextbox("", max_chars=settings.max_text_chars, label="Description to score", lines=2, scale=2,
+                                       elem_id="description")
+            self.key_phrase = BoundedTextbox("", max_chars=settings.max_text_chars, label="Key phrase", placeholder="optional",
+                                             scale=1, elem_id="key-phrase")
         with gr.Row(equal_height=True):
-            self.generate = gr.Checkbox(label="Let the model describe it instead", scale=2, elem_id="generate")
+            self.generate = refuse_in_handler(gr.Checkbox(label="Let the model describe it instead", scale=2, elem_id="generate"))
             self.analyze_button = gr.Button("Analyze", variant="primary", scale=1, elem_id="analyze")
         self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
         with gr.Row(equal_height=True):
@@ -171,7 +154,7 @@ class ExplorerTab:
                 self.mask_view = gr.Image(label="Key-object mask over the image", show_label=False, interactive=False,
                                           height=240, elem_id="mask-view", buttons=[])
                 gr.Markdown("The key-object mask over the image", elem_id="mask-view-caption")
-        self.options = ScoringControls.build(render=False, views=True)
+        self.options = ScoringControls.build(render=False, views=True, max_chars=settings.max_text_chars)
         with gr.Accordion("Analysis options: prompt, query rows, view", open=False, elem_id="analysis-options"):
             self.options.prompt.render()
             self.options.queries.render()
@@ -399,6 +382,7 @@ class ExplorerTab:
                 layer_score: str, top_n: int, layer: int, top_k: int, lora: str = "", previous: Session | None = None,
                 tuned=None, edits: float | None = 0, progress=gr.Progress()):
         context = self.context
+        check_texts(context.settings.max_text_chars, description=text, key_phrase=key_phrase, prompt=prompt)  # before any tokenizer
         inputs = {"text": (text, generate, key_phrase), "model": (model_name, device, lora), "options": (prompt, queries, view)}
         load_config = context.model_config(model_name, device, lora, tuned)
         image, mask = mask_from_inputs(editor, uploaded_mask, context.settings.max_image_pixels)
@@ -410,12 +394,14 @@ class ExplorerTab:
         token_note = token_maps_note(loaded, text, config, context.settings.max_token_maps)
         progress(0.5, desc="capturing attention")
         analysis = context.work.analyze(load_config, image, mask, text, config, per_token=not token_note)
-        analysis = dataclasses.replace(analysis, model=context.shown(analysis.model))
+        if previous is not None:  # its maps make room for these (its folder is reused)
+            previous.release_token_maps()
+        whole, held = context.token_maps.hold(dataclasses.replace(analysis, model=context.shown(analysis.model)))
         if generate:  # the box shows the text that was scored, and the session counts it as what was analyzed
             inputs["text"] = (analysis.text, generate, key_phrase)
         folder = previous.folder if previous is not None else context.storage.new_session_folder()
-        session = Session(whole=analysis, image=image, mask=mask, config=config, folder=folder, token_note=token_note,
-                          edits=int(edits or 0), inputs=inputs)
+        session = Session(whole=whole, image=image, mask=mask, config=config, folder=folder, token_note=token_note,
+                          edits=int(edits or 0), inputs=inputs, held=held)
         return {**self._render(session, top_n, layer, top_k), self.mask_view: mask_preview(image, mask),
                 self.top_k: top_k_update(len(analysis.scored_layers), top_k), self.model.status: context.loaded_message(loaded),
                 **({self.text: analysis.text} if generate else {}),

@@ -25,6 +25,7 @@ from .options import top_k_for
 
 if TYPE_CHECKING:
     from .before_after import BeforeAfter
+    from .budget import HeldTokenMaps
 
 
 #: What a NaN (grey) head of a heatmap means: its layer has no softmax attention, so it is not scored.
@@ -73,7 +74,8 @@ def clip_head(hi: np.ndarray, layer: float | None, head: float | None) -> tuple[
 class Session:
     """What one browser session has analyzed (kept in `gr.State`, never shared between tabs).
 
-    `whole` is the analysis as it came (the key phrase's rows; every token's maps when they were kept);
+    `whole` is the analysis as it came (the key phrase's rows; every token's maps when they were kept: its own, or
+    `held` by the server's budget, `ui.budget`, which may drop them for newer analyses);
     `analysis` is what the page shows: `whole` on the chosen tokens, with the current scoring options."""
 
     whole: ImageAnalysis
@@ -90,6 +92,7 @@ class Session:
     compare: BeforeAfter | None = None
     ablation: BeforeAfter | None = None  # every head vs chosen heads removed (the ablation view)
     ablation_texts: str = ""  # the two descriptions, as the ablation view shows them
+    held: HeldTokenMaps | None = None  # the per-token maps, when the server's budget holds them (whole has none then)
 
     def __post_init__(self) -> None:
         self.chosen = self.chosen or self.whole.key_tokens
@@ -103,21 +106,42 @@ class Session:
 
     @property
     def per_token(self) -> bool:
-        return self.whole.token_maps is not None
+        """Whether the analysis kept every token's maps (they may have been dropped since: `every_token`)."""
+        return self.held is not None or self.whole.token_maps is not None
+
+    def every_token(self) -> ImageAnalysis:
+        """`whole` with its per-token maps; an InputError (analyze again) when the server dropped them."""
+        if self.held is None:
+            return self.whole
+        maps = self.held.get()
+        if maps is None:
+            raise InputError(self.held.dropped)
+        return replace(self.whole, token_maps=maps.maps, token_view_sums=maps.view_sums)
 
     def show(self, tokens: Sequence[int] | None = None, scoring: ScoringConfig | None = None) -> None:
         """Show these tokens' rows (default: the same ones) scored with `scoring` (default: the current options);
-        no forward pass. The selected head stays."""
+        no forward pass. The selected head stays. The same rows are rescored from the maps shown (their mean
+        already), so only a new choice of tokens needs the per-token maps."""
         scoring = scoring or self.config.scoring
-        chosen = tuple(sorted({int(i) for i in tokens})) if tokens is not None else self.chosen
-        self.analysis = self.whole.for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
-        self.chosen, self.config = chosen, replace(self.config, scoring=scoring)
+        if tokens is None:
+            self.analysis = self.analysis.rescored(scoring)
+        else:
+            chosen = tuple(sorted({int(i) for i in tokens}))
+            self.analysis = self.every_token().for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
+            self.chosen = chosen
+        self.config = replace(self.config, scoring=scoring)
         if self.compare is not None:
             self.compare = self.compare.rescored(scoring)
         if self.ablation is not None:
             self.ablation = self.ablation.rescored(scoring)
 
+    def release_token_maps(self) -> None:
+        if self.held is not None:
+            self.held.release()
+
     def remove_files(self) -> None:
+        """What the server holds for this session goes (`budget.forget`): its downloads and its per-token maps."""
+        self.release_token_maps()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -46,8 +46,16 @@ def notice(text: str) -> str:
             f'border-radius: 4px">{text}</div>')
 
 
+MAX_MESSAGE = 500  # characters of a message shown and logged: Gradio's own refusals quote the value sent, of any size
+
+
+def shortened(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, or its first `limit` characters and '…' (the length said) when longer."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def _shown(error: InputError, action: str) -> str:
-    message = scrub_paths(str(error))
+    message = scrub_paths(shortened(str(error)))
     log.warning("input error in %s: %s", action, message)
     gr.Warning(message)
     return message

@@ -10,8 +10,10 @@ import gradio as gr
 
 from hi_core.analysis import AnalysisConfig
 from hi_core.image_scoring import View
-from hi_core.inputs import Queries
+from hi_core.inputs import Queries, check_text_length
 from hi_core.scoring import Binarization, LayerScore, ScoringConfig
+
+from .components import BoundedTextbox
 
 DEFAULTS = AnalysisConfig()
 TOP_K_LAYERS = 2  # layers highlighted in the layer bars (LoRA's k; the Fine-tune tab's default for the 6-layer demo)
@@ -29,12 +31,14 @@ class ScoringControls:
     view: gr.Radio | None = None  # of a tiled model's image (`views=True`: the Explorer)
 
     @classmethod
-    def build(cls, elem_prefix: str = "", render: bool = True, views: bool = False) -> ScoringControls:
+    def build(cls, elem_prefix: str = "", render: bool = True, views: bool = False, max_chars: int | None = None) -> ScoringControls:
         """The widgets, in the current layout context (e.g. inside an Accordion); with `render=False`, to be placed
-        later (`.render()` each where it belongs: the Explorer puts the scoring ones beside the heatmap)."""
+        later (`.render()` each where it belongs: the Explorer puts the scoring ones beside the heatmap). A prompt
+        longer than `max_chars` is refused before the handler reads it."""
         scoring = DEFAULTS.scoring
         return cls(
-            prompt=gr.Textbox(DEFAULTS.prompt, label="Prompt", elem_id=f"{elem_prefix}prompt", render=render),
+            prompt=BoundedTextbox(DEFAULTS.prompt, max_chars=max_chars, label="Prompt", elem_id=f"{elem_prefix}prompt",
+                                  render=render),
             queries=gr.Radio(list(get_args(Queries)), value=DEFAULTS.queries, label="Query rows",
                              elem_id=f"{elem_prefix}queries", render=render),
             binarize=gr.Radio(list(get_args(Binarization)), value=scoring.binarize, label="Binarization",
@@ -56,6 +60,13 @@ class ScoringControls:
 
 def scoring_config(binarize: str, quantile: float, layer_score: str) -> ScoringConfig:
     return ScoringConfig(binarize=binarize, quantile=float(quantile), layer_score=layer_score)
+
+
+def check_texts(limit: int | None, **texts: str | None) -> None:
+    """Refuse (InputError) a text (named by its keyword: description=..., key_phrase=...) longer than `limit` characters,
+    from its length alone: the handler's own check, before any tokenizer (the boxes refuse such a text too)."""
+    for field, text in texts.items():
+        check_text_length(field.replace("_", " "), text or "", limit)
 
 
 def analysis_config(prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
