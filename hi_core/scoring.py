@@ -9,7 +9,8 @@ so a cell's value is all the attention the head gives that part of the image, in
   (`quantile`), or those above Otsu's threshold (`otsu`);
 - `head_impact`: IoU of the binarized map with the object cells;
 - `attention_mass`: share of a map's mass on the object cells;
-- `chance_iou`: expected IoU of k cells drawn at random (exact, hypergeometric);
+- `chance_iou`: expected IoU of cells drawn at random (exact, hypergeometric), as many as the binarization
+  keeps (`binarized_chance`);
 - `score_maps`: the three above for grid-shaped maps (layers, heads, gh, gw), on the valid cells;
 - `layer_scores` and the rankings of heads and layers.
 A NaN map (a layer without softmax attention in a hybrid language model) is not scored: its HI,
@@ -116,33 +117,50 @@ def attention_mass(maps: np.ndarray, object_cells: np.ndarray) -> np.ndarray:
     return np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
 
 
-def chance_iou(cells: int, k: int) -> float:
-    """Expected IoU between k fixed object cells and k cells drawn uniformly without replacement.
+def chance_iou(cells: int, k: int, kept: int | None = None) -> float:
+    """Expected IoU between k fixed object cells and `kept` cells (default k) drawn uniformly without replacement.
 
-    The overlap X is hypergeometric (population `cells`, k successes, k draws); IoU = X / (2k - X).
+    The overlap X is hypergeometric (population `cells`, k successes, `kept` draws); IoU = X / (k + kept - X).
     """
-    if not 0 < k <= cells:
-        raise ValueError(f"need 0 < k <= cells, got k={k}, cells={cells}")
-    overlaps = np.arange(0, k + 1)
-    probabilities = hypergeom.pmf(overlaps, cells, k, k)
-    return float(np.sum(probabilities * overlaps / (2 * k - overlaps)))
+    kept = k if kept is None else kept
+    if not 0 < k <= cells or not 0 <= kept <= cells:
+        raise ValueError(f"need 0 < k <= cells and 0 <= kept <= cells, got k={k}, kept={kept}, cells={cells}")
+    overlaps = np.arange(0, min(k, kept) + 1)
+    probabilities = hypergeom.pmf(overlaps, cells, k, kept)
+    union = k + kept - overlaps
+    return float(np.sum(probabilities * overlaps / np.maximum(union, 1)))
+
+
+def binarized_chance(kept_counts: np.ndarray, cells: int, k: int) -> float:
+    """The chance IoU of maps binarized with `kept_counts` (..,) cells each (DESIGN 1.6): for each map, the expected
+    IoU of as many cells drawn at random with the object's k cells, averaged over the maps. `area` keeps k cells, so
+    this is `chance_iou(cells, k)`; `quantile` and `otsu` keep their own counts, and "x chance" then compares a head
+    with a random map of its own size."""
+    counts, repeats = np.unique(np.asarray(kept_counts, dtype=np.int64), return_counts=True)
+    if counts.size == 0:
+        return chance_iou(cells, k)
+    return float(np.average([chance_iou(cells, k, int(count)) for count in counts], weights=repeats))
 
 
 def score_maps(maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: ScoringConfig = ScoringConfig()) -> tuple[np.ndarray, np.ndarray, float]:
     """(hi, mass, chance) of maps (layers, heads, gh, gw) against the object cells `objects` (gh, gw)
     bool, counting only the `valid` (gh, gw) cells (not processor padding). hi, mass: (layers, heads).
+    chance: the expected IoU of random maps keeping as many cells as each scored head's binarized map, averaged
+    over the scored heads (`binarized_chance`; for `area`, k of k cells).
 
     A map that is NaN (a layer without softmax attention, which is not scored) gets NaN hi and mass,
     never a number: such heads are left out of every ranking and layer score below."""
     cells = maps[..., valid]  # (layers, heads, valid cells)
     target = objects[valid]
-    chance = chance_iou(int(valid.sum()), int(target.sum()))
+    k = int(target.sum())
+    if k == 0:
+        raise InputError("the key object covers no patch of the image grid")
     scored = np.isfinite(cells).all(axis=-1)  # (layers, heads)
     hi, mass = np.full(scored.shape, np.nan), np.full(scored.shape, np.nan)
-    hi[scored] = head_impact(cells[scored], target, config)
+    kept = binarize(cells[scored], k, config)
+    hi[scored] = iou(kept, target)
     mass[scored] = attention_mass(cells[scored], target)
-    if not scored.any():
-        head_impact(cells[:0], target, config)  # an empty object is still an input error
+    chance = chance_iou(int(valid.sum()), k) if config.binarize == "area" else binarized_chance(kept.sum(axis=-1), int(valid.sum()), k)
     return hi, mass, chance
 
 

@@ -116,8 +116,30 @@ def test_chance_equals_monte_carlo_estimate(case):
     assert chance_iou(cells, k) == pytest.approx(estimate, abs=4 * iou(kept, target).std() / np.sqrt(draws) + 1e-9)
 
 
+@pytest.mark.parametrize("binarize", ["area", "quantile", "otsu"])
+@pytest.mark.parametrize("shape", [(6, 8), (24, 24)])
+def test_chance_follows_the_binarization(binarize, shape):
+    """`score_maps`'s chance is the mean IoU that random maps get under the same binarization: heads whose maps are
+    random (i.i.d. values, so the cells a binarization keeps are a uniform random set of its own size), scored as
+    heads are, have a mean HI equal to the chance within Monte Carlo error."""
+    rng = np.random.default_rng(shape[0])
+    objects = np.zeros(shape, dtype=bool)
+    objects[1:4, 2:6] = True  # 12 cells
+    valid = np.ones(shape, dtype=bool)
+    valid[-1] = False  # a row of padding, not counted
+    maps = rng.gamma(0.5, size=(40, 100) + shape)  # skewed, so Otsu and the quantile keep varying counts
+    config = ScoringConfig(binarize=binarize, quantile=0.8)
+    hi, _, chance = score_maps(maps, objects, valid, config)
+    assert chance == pytest.approx(hi.mean(), abs=4 * hi.std() / np.sqrt(hi.size))
+    if binarize != "area":  # a different number of cells than k is kept, so k-of-k would be the wrong chance
+        k, cells = int(objects[valid].sum()), int(valid.sum())
+        assert abs(chance - chance_iou(cells, k)) > 8 * hi.std() / np.sqrt(hi.size)
+
+
 def test_chance_edge_cases():
     assert chance_iou(10, 10) == pytest.approx(1.0)
+    assert chance_iou(10, 3, kept=0) == 0.0
+    assert chance_iou(10, 3, kept=10) == pytest.approx(0.3)  # every cell kept: IoU = k / cells
     assert chance_iou(100, 1) == pytest.approx(0.01)
 
 
