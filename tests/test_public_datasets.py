@@ -30,7 +30,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from hi_core import archives
-from hi_core.datasets import Problems, check_index, read_dataset
+from hi_core.datasets import STOP_EVERY, Cancelled, Problems, check_index, read_dataset, scan_dataset
 from hi_core.errors import InputError
 from hi_core.images import ImageLimits
 from ui.settings import Settings
@@ -139,6 +139,35 @@ def test_a_batch_of_huge_records_is_scored_in_bounded_memory(tmp_path):
     result = _scored_in_child(tmp_path / "set", records=16, batch=16, side=256)
     assert result["scored"] == 16 and not result["skipped"]
     assert result["rise"] < MAX_RISE_REDUCED_MB, result
+
+
+# --- a stop flag while data.jsonl is read and between batches ----------------------------------------------
+
+
+def test_a_stop_flag_stops_reading_while_the_index_is_scanned(tmp_path):
+    (tmp_path / "data.jsonl").write_bytes(b"{}\n" * 5_000)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # the second look: after 2 x STOP_EVERY lines
+
+    with pytest.raises(Cancelled, match=f"at line {2 * STOP_EVERY:,}"):
+        list(scan_dataset(tmp_path, stop=stop))
+    with pytest.raises(Cancelled, match="stopped before line 1"):  # a reader also looks before each record's files
+        list(read_dataset(tmp_path, stop=lambda: True))
+
+
+def test_a_stop_flag_stops_scoring_between_batches(llava, tmp_path):
+    from hi_core.dataset_scoring import DatasetConfig, score_dataset
+    from hi_core.datasets import write_synthetic
+
+    folder = write_synthetic(tmp_path / "set", n=6, seed=3, size=64)
+    batches = []
+    with pytest.raises(Cancelled, match="stopped after 2 of 6 records"):
+        score_dataset(llava, folder, DatasetConfig(batch_size=2, resamples=10),
+                      progress=lambda done, total: batches.append(done), stop=lambda: len(batches) >= 1)
+    assert batches == [2]  # one batch scored, the next one never started
 
 
 # --- data.jsonl bounded before it is scanned -----------------------------------------------------------
