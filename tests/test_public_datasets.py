@@ -123,6 +123,16 @@ def test_records_are_reduced_to_the_side_while_decoding_and_keep_their_mask_alig
     assert record.mask[50:100, 75:150].all() and not record.mask[:50].any()
 
 
+def test_fine_tune_records_are_read_within_the_same_limits(tmp_path):
+    from hi_core.finetune import DataConfig, split_dataset
+
+    folder = _big_record_set(tmp_path / "set", records=1, size=(3000, 2000))
+    split = split_dataset(folder, DataConfig(eval_fraction=0.0), image_limits=ImageLimits(max_side=300))
+    assert [record.image.size for record in split.train] == [(64, 48), (300, 200)]
+    assert split.train[1:][0].image.size == (300, 200)  # a slice keeps the limits
+    assert split_dataset(folder, DataConfig(eval_fraction=0.0)).train[1].image.size == (3000, 2000)  # the library: full size
+
+
 def test_a_mask_of_another_size_is_refused_from_the_headers_before_reducing(tmp_path):
     folder = tmp_path / "set"
     folder.mkdir()
