@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
@@ -59,6 +60,9 @@ from .runs import (
 from .scoring import Binarization, LayerScore, ScoringConfig
 from .synth import NEW_KINDS, QUESTION_KINDS, Order, QuestionKind, check_scene_options
 from .synth_vqa import write_synthetic_vqa
+from .validation import ValidationConfig
+from .validation import validate as validate_heads
+from .validation_report import write_validation_report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -529,6 +533,70 @@ def _run_ablate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'report.md'}", file=sys.stderr)
 
 
+def _add_validate(subcommands: argparse._SubParsersAction) -> None:
+    defaults = ValidationConfig()
+    validate = subcommands.add_parser(
+        "validate", help="does HI find the heads that matter? remove each head and measure the loss, against other rankings",
+        description="Remove every head (or a seeded sample) in turn and measure, teacher-forced on the held-out records, "
+        "the loss of the scored tokens and the first-token accuracy; correlate with HI and with baseline rankings (attention "
+        "mass, localization heads, gradient importance), with bootstrap intervals, a within-layer permutation test and the "
+        "layer-partial correlation; remove heads cumulatively in each ranking's order against random and layer-matched "
+        "orders. Writes report.md, validation.json, effect_vs_hi.png and dose_response.png to --out.")
+    validate.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
+    validate.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder (data.jsonl + images + masks)")
+    validate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    validate.add_argument("--ranking", metavar="SCORE.json", help="the HI to validate: a JSON written by `score` "
+                          "(default: HI on the ranking records, like the baselines)")
+    validate.add_argument("--modes", default="zero,mean", help="ablation modes, comma-separated (default: %(default)s)")
+    validate.add_argument("--sample-heads", type=int, metavar="N", help="remove a seeded sample of N heads one by one "
+                          "(default: every head; for big models)")
+    validate.add_argument("--orders", type=int, default=defaults.orders, help="random orders of the dose-response, and as "
+                          "many layer-matched ones (default: %(default)s)")
+    validate.add_argument("--max-k", type=int, metavar="K", help="heads removed at most (default: a quarter of the heads)")
+    validate.add_argument("--ranking-records", type=int, default=defaults.ranking_records, metavar="N",
+                          help="training records the rankings are computed on (default: %(default)s)")
+    validate.add_argument("--mean-records", type=int, default=defaults.mean_records, metavar="N",
+                          help="training records averaged for mean ablation (default: %(default)s)")
+    validate.add_argument("--batch-size", type=int, default=defaults.batch_size, help="records per forward pass (default: %(default)s)")
+    validate.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples, orders and bootstrap (default: %(default)s)")
+    validate.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (default: %(default)s)")
+    validate.add_argument("--permutations", type=int, default=10_000, help="within-layer permutations (default: %(default)s)")
+    _add_evaluation_options(validate, defaults.data, task="caption: the key phrase's tokens are scored (else the whole "
+                            "description); vqa: the answer's (default: %(default)s)",
+                            fraction="share of records held out, by a hash of the id (default: %(default)s)",
+                            eval_dataset="a separate held-out dataset")
+    validate.set_defaults(run=_run_validate, ranking_limit=None)
+
+
+def _run_validate(args: argparse.Namespace) -> None:
+    for name in ("resamples", "permutations"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    config = ValidationConfig(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()), heads=args.sample_heads,
+                              orders=args.orders, max_k=args.max_k, ranking_records=args.ranking_records,
+                              mean_records=args.mean_records, batch_size=args.batch_size, seed=args.seed, data=_data_config(args))
+    check_output_folder(args.out, "--out")
+    _, ranking, loaded = _tuning_inputs(args, layer_ranking=False, head_ranking=True)
+    hi = None
+    if ranking is not None:
+        hi = np.full((ranking.num_layers, ranking.num_heads), np.nan)
+        for head, score in zip(ranking.heads, ranking.scores):
+            hi[head] = score
+    shown = {"stage": None}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != shown["stage"]:
+            shown["stage"] = stage
+            print(f"{stage} ({total} steps)", file=sys.stderr)
+
+    validation = validate_heads(loaded, args.dataset, config, hi, args.eval_dataset, progress)
+    data = write_validation_report(validation, args.out, args.resamples, args.permutations)
+    for mode, metrics in data["correlations"].items():
+        entry = metrics["loss"]["hi"]
+        print(f"{mode}: Spearman(HI, loss rise) {entry['spearman']}, within-layer p {entry['within_layers_p']}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'report.md'} ({validation.seconds:.0f} s)", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hi_core", description="HI Explorer: Head Impact of the attention heads of multimodal LMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -538,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(subcommands)
     _add_compare(subcommands)
     _add_ablate(subcommands)
+    _add_validate(subcommands)
     return parser
 
 

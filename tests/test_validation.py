@@ -128,3 +128,21 @@ def test_removal_is_undone_after_validation(demo_model, held_out):
     with ablate_heads(demo_model, [(1, 1)]):
         pass
     np.testing.assert_array_equal(evaluate(demo_model, batches)[0], before)
+
+
+def test_the_cli_writes_the_report_and_refuses_bad_input(scenes, tmp_path, capsys):
+    from hi_core.cli import main
+
+    out = tmp_path / "validation"
+    code = main(["validate", "--model", "demo", "--dataset", str(scenes), "--out", str(out), "--orders", "2",
+                 "--sample-heads", "4", "--max-k", "2", "--ranking-records", "2", "--mean-records", "2", "--modes", "zero",
+                 "--eval-fraction", "0.25", "--resamples", "20", "--permutations", "20", "--threads", "1"])
+    assert code == 0
+    data = json.loads((out / "validation.json").read_text())
+    assert len(data["heads_removed"]) == 4 and list(data["correlations"]) == ["zero"]
+    assert data["dose_response"]["ks"] == [0, 1, 2]
+    capsys.readouterr()
+    assert main(["validate", "--model", "demo", "--dataset", str(scenes), "--out", str(tmp_path / "x"), "--modes", "zero,half"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["error: mode must be one of zero, mean, got 'half'"]
+    assert not (tmp_path / "x").exists()
