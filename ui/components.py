@@ -38,7 +38,7 @@ from gradio.data_classes import FileData
 from gradio.processing_utils import hash_bytes
 
 from hi_core.errors import InputError
-from hi_core.images import image_to_rgb, open_header
+from hi_core.images import image_to_rgb, open_bounded
 from hi_core.inputs import check_text_length
 
 from .feedback import Refused, shortened
@@ -47,11 +47,7 @@ from .settings import scrub_paths
 
 def bounded_open(source: str | BytesIO, max_pixels: int, max_side: int) -> PIL.Image.Image:
     """An image file opened with at most `max_pixels` (else InputError) and reduced to `max_side` per side."""
-    image = open_header(source, "the image", max_pixels)
-    if max(image.size) > max_side:
-        image.draft(image.mode, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
-        image.thumbnail((max_side, max_side), PIL.Image.Resampling.BOX)
-    return image
+    return open_bounded(source, "the image", max_pixels, max_side)  # the dataset records' decoding too
 
 
 def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:

@@ -81,7 +81,7 @@ class ModelWork:
     """The model's work, decorated for ZeroGPU once at start-up (the decorated functions close over the cache)."""
 
     analyze: Callable[..., ImageAnalysis]  # (load config, image, mask, text or None, AnalysisConfig, per_token=False)
-    score_dataset: Callable[[LoadConfig, Path, DatasetConfig, Any], DatasetAnalysis]
+    score_dataset: Callable[..., DatasetAnalysis]  # (load config, folder, DatasetConfig, progress, stop=None)
     ablate: Callable[..., ImageAblation]  # (load config, image, mask, text, heads, AnalysisConfig)
 
 
@@ -94,8 +94,9 @@ def model_work(cache: ModelCache) -> ModelWork:
         return analyze_image(cache.get(config), Image.fromarray(image), mask, text, analysis_config, per_token=per_token)
 
     @on_gpu(GPU_SECONDS_DATASET)
-    def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress) -> DatasetAnalysis:
-        return score_dataset(cache.get(config), folder, dataset_config, progress=progress)
+    def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress, stop=None) -> DatasetAnalysis:
+        """`stop()` true: Cancel (while data.jsonl is read, and between batches)."""
+        return score_dataset(cache.get(config), folder, dataset_config, progress=progress, stop=stop)
 
     @on_gpu(GPU_SECONDS)
     def ablate(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str, heads: tuple[tuple[int, int], ...],
@@ -136,7 +137,7 @@ class AppContext:
         elif lora and self.settings.public:
             raise InputError("this deployment applies only the adapter of this session's fine-tune (its 'Use the tuned model')")
         return LoadConfig(model=self.settings.check_model(model_name), device=device, lora=lora or None,
-                          max_view_pixels=self.settings.max_view_pixels)
+                          max_view_pixels=self.settings.view_pixels(model_name.strip()))
 
     def get_model(self, config: LoadConfig, progress: gr.Progress | None = None) -> LoadedModel:
         """A loaded model from the cache (in this process, never in a GPU worker); a load waits its turn."""

@@ -126,7 +126,7 @@ class DatasetTab:
     def __init__(self, context: AppContext, model: ModelControls, tuned_state: gr.State) -> None:
         self.context, self.model, self.tuned_state = context, model, tuned_state
         self.jobs = Jobs()  # each session's running score, for its Cancel
-        self.state = gr.State(None, delete_callback=forget)
+        self.state = gr.State(None, time_to_live=context.settings.session_idle_s, delete_callback=forget)
         gr.Markdown(
             "Score every head over a dataset: mean HI with its interval over the images, the layer scores, and "
             "the images where a chosen head scores best and worst. The model is the one chosen in the Explorer tab. "
@@ -154,7 +154,7 @@ class DatasetTab:
                                    label=f"Max images (0: all{f'; at most {cap} here' if cap else ''})")
             self.use_key_phrases = gr.Checkbox(DatasetConfig.use_key_phrases, elem_id="ds-key-phrases",
                                                label="Score each record's key-phrase tokens (else every token)")
-            self.options = ScoringControls.build("ds-")
+            self.options = ScoringControls.build("ds-", max_chars=settings.max_text_chars)
         self.overlay = gr.Checkbox(True, label="Show the head's attention on the gallery images (runs the model on them)",
                                    elem_id="ds-overlay")
         with gr.Row():
@@ -236,7 +236,7 @@ class DatasetTab:
                     context.get_model(load, progress)
                     if stop.is_set():
                         raise Cancelled("stopped before scoring")
-                    analysis = context.work.score_dataset(load, folder, config, _reporting(progress, stop))
+                    analysis = context.work.score_dataset(load, folder, config, _reporting(progress, stop), stop.is_set)
                     progress(1.0, desc="scored: drawing the heatmap and each head's best and worst images")
                     analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset),
                                                    skipped=[(line, rid, scrub_paths(reason)) for line, rid, reason in analysis.skipped])

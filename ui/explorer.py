@@ -43,6 +43,7 @@ from .options import (
     top_k_slider,
     top_k_update,
 )
+from .settings import LARGE_VIEW_MODELS
 
 # After Analyze: the results' top comes into view (unless the message beside Analyze says it failed).
 SCROLL_TO_RESULTS = """() => setTimeout(() => {
@@ -125,7 +126,9 @@ class ExplorerTab:
         limits = (f" Images over {settings.max_image_pixels / 1e6:g} Mpx are refused; larger sides are reduced to "
                   f"{settings.max_image_side} px." if settings.public else "")
         if settings.max_view_pixels:
-            limits += f" The model sees at most ~{settings.max_view_pixels / 1e6:.1f} Mpx of an image (view budget: fewer tiles)."
+            limits += f" The model sees at most ~{settings.max_view_pixels / 1e6:.1f} Mpx of an image (view budget: fewer tiles"
+            large = settings.view_pixels(min(LARGE_VIEW_MODELS))
+            limits += f"; the ~2 B models ~{large / 1e6:.2f} Mpx)." if large and large < settings.max_view_pixels else ")."
         gr.Markdown("**Pick an example or upload an image, then paint the object you want scored.** The mask shows "
                     "below as you paint; an example comes with its own, which painting replaces." + limits,
                     elem_id="editor-help")

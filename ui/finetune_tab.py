@@ -20,7 +20,7 @@ from hi_core.layer_selection import needs_ranking
 from hi_core.plots import figure_to_array, layer_choices
 from hi_core.runs import RunRecord
 
-from .components import Figure
+from .components import BoundedTextbox, Figure
 from .context import TUNED, AppContext
 from .explorer import ModelControls, forget
 from .feedback import reports_input_errors
@@ -29,6 +29,7 @@ from .jobs import Jobs, duration
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
 EVAL_LIMIT = 200  # held-out records captioned before and after tuning
+MAX_LAYER_LIST_CHARS = 1000  # the "these:" layer list: far more than any model has layers
 LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
 STRATEGIES = [("top-k by HI", "top"), ("bottom-k by HI", "bottom"), ("random k", "random"), ("all", "all"), ("these:", "list")]
 TASKS = [("captioning", "caption"), ("closed-form VQA", "vqa")]  # the values of finetune.Task
@@ -165,7 +166,8 @@ class FinetuneTab:
                              info="VQA needs a dataset whose records have a `prompt` (the question) and a one-word or "
                              "templated answer as `text`: the synthetic scenes (generated with questions), or an uploaded .zip")
         self.strategy = gr.Radio(STRATEGIES, value="top", label="Layers to tune", elem_id="ft-strategy")
-        self.layer_list = gr.Textbox("", label="Layers for 'these:' (indices like 0,2)", elem_id="ft-layer-list")
+        self.layer_list = BoundedTextbox("", max_chars=MAX_LAYER_LIST_CHARS, label="Layers for 'these:' (indices like 0,2)",
+                                         elem_id="ft-layer-list")
         settings = self.context.settings
         self.preset = gr.Radio(PRESET_CHOICES, value=DEFAULT_PRESET, label="Preset (fills the settings below)", elem_id="ft-preset")
         start = finetune_preset(DEFAULT_PRESET)
