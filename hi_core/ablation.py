@@ -41,7 +41,7 @@ from .finetune import MAX_SEED, DataConfig, Split, check_task, split_dataset, tr
 from .head_selection import Head, HeadChoice, HeadRanking, HeadStrategy, check_head_choice, format_heads, parse_head_choice, select_heads
 from .inputs import to_model_device
 from .loading import LoadedModel
-from .metrics import normalize_caption
+from .metrics import normalize_answer, normalize_caption
 from .runs import dataset_head_ranking, evaluate_held_out
 
 logger = logging.getLogger(__name__)
@@ -332,8 +332,26 @@ def key_named(caption: str, key_phrase: str) -> bool:
     return bool(phrase) and f" {phrase} " in f" {normalize_caption(caption)} "
 
 
+def key_words_named(caption: str, key_phrase: str) -> float:
+    """The share of the key phrase's words the caption contains as whole words ("small red circle" in "a red
+    square": 1/3): what of the object's attributes (size, colour, shape) is still named, word by word."""
+    words = normalize_caption(key_phrase).split()
+    said = set(normalize_caption(caption).split())
+    return sum(word in said for word in words) / len(words) if words else float("nan")
+
+
+def answer_starts_right(reference: str, answer: str) -> bool:
+    """Whether the answer begins with the reference's words (normalized as VQA compares answers): "green square" for
+    "green" is right in its first word, if not an exact match."""
+    expected, given = normalize_answer(reference).split(), normalize_answer(answer).split()
+    return bool(expected) and given[: len(expected)] == expected
+
+
 def _evaluate_condition(loaded: LoadedModel, split: Split, config: AblationConfig, condition: str, seed: int | None,
                         heads: tuple[Head, ...], means: HeadMeans | None) -> ConditionRun:
+    """One condition's held-out captions (answers) and metrics. Perception apart from formatting: for captions, the
+    key phrase named whole and word by word (`key_words`); for VQA, the first words right (`first_word`) and the
+    right answer followed by extra words (`extra_words`), beside exact accuracy."""
     with ablate_heads(loaded, heads, config.mode, means):
         evaluation = evaluate_held_out(loaded, split, config.data)
     captions = [dict(caption) for caption in evaluation.captions]
@@ -344,8 +362,16 @@ def _evaluate_condition(loaded: LoadedModel, split: Split, config: AblationConfi
         for caption in with_phrase:
             caption["key_phrase"] = phrases[caption["id"]]
             caption["key_named"] = key_named(caption["generated"], caption["key_phrase"])
+            caption["key_words"] = key_words_named(caption["generated"], caption["key_phrase"])
         if with_phrase:
             metrics["key_named"] = sum(caption["key_named"] for caption in with_phrase) / len(with_phrase)
+            metrics["key_words"] = float(np.nanmean([caption["key_words"] for caption in with_phrase]))
+    elif captions:
+        for caption in captions:
+            caption["first_word"] = answer_starts_right(caption["reference"], caption["generated"])
+            caption["extra_words"] = caption["first_word"] and not caption.get("correct", False)
+        metrics["first_word"] = sum(caption["first_word"] for caption in captions) / len(captions)
+        metrics["extra_words"] = sum(caption["extra_words"] for caption in captions) / len(captions)
     return ConditionRun(condition=condition, seed=seed, heads=heads, metrics=metrics, notes=list(evaluation.notes), captions=captions)
 
 

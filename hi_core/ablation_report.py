@@ -36,10 +36,12 @@ from .head_selection import format_heads
 from .metrics import accuracy_interval, caption_metrics, normalize_caption
 from .outputs import atomic_path, check_output_folder, write_json
 
-METRICS = COMPARE_METRICS | {"key_named": "key object named"}
+METRICS = COMPARE_METRICS | {"first_word": "first words right", "extra_words": "right + extra words",
+                              "key_named": "key object named", "key_words": "key-phrase words named"}
 CORPUS = ("bleu4", "rouge_l", "cider")  # recomputed on each bootstrap draw
-SHARES = ("exact", "key_named", "accuracy")  # shares of records: Wilson intervals
-BOUNDED = ("bleu4", "rouge_l", "meteor", *SHARES)  # in [0, 1]: a t-interval is clipped there (a difference to [-1, 1])
+SHARES = ("exact", "key_named", "accuracy", "first_word", "extra_words")  # shares of records: Wilson intervals
+MEANS = ("key_words",)  # means of a per-record value in [0, 1]: bootstrap intervals
+BOUNDED = ("bleu4", "rouge_l", "meteor", *SHARES, *MEANS)  # in [0, 1]: a t-interval is clipped there (a difference to [-1, 1])
 RESULTS, REPORT, CAPTIONS, FIGURE = "results.json", "report.md", "captions.jsonl", "ablation.png"
 
 
@@ -57,20 +59,21 @@ def check_ablation_folder(out: str | Path, what: str = "ablation folder") -> Pat
 
 
 def _indicators(run: ConditionRun, metric: str) -> np.ndarray:
-    """Per record 1/0 for a share metric, NaN where it does not apply (a record without a key phrase)."""
+    """Per record 1/0 for a share metric (a value in [0, 1] for `key_words`), NaN where it does not apply (a record
+    without a key phrase)."""
     if metric == "exact":
         return np.array([float(normalize_caption(c["generated"]) == normalize_caption(c["reference"])) for c in run.captions])
-    if metric == "key_named":
-        return np.array([float(c["key_named"]) if "key_named" in c else np.nan for c in run.captions])
+    if metric in ("key_named", "key_words", "first_word", "extra_words"):
+        return np.array([float(c[metric]) if metric in c else np.nan for c in run.captions])
     return np.array([float(c["correct"]) for c in run.captions])  # accuracy
 
 
 def bootstrap_metrics(run: ConditionRun, draws: np.ndarray) -> dict[str, np.ndarray]:
     """The run's metrics (all but METEOR) on each draw of its records; draws: (resamples, records)
     indices into `run.captions`. Returns metric -> (resamples,)."""
-    names = [name for name in run.metrics if name in CORPUS or name in SHARES]
+    names = [name for name in run.metrics if name in CORPUS or name in SHARES or name in MEANS]
     values = {name: np.empty(len(draws)) for name in names}
-    shares = {name: _indicators(run, name) for name in names if name in SHARES}
+    shares = {name: _indicators(run, name) for name in names if name in SHARES or name in MEANS}
     corpus = [name for name in names if name in CORPUS]
     for row, draw in enumerate(draws):
         if corpus:

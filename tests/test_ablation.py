@@ -15,7 +15,16 @@ import pytest
 import torch
 
 import hi_core.ablation as ablation
-from hi_core.ablation import AblationConfig, ablate_heads, head_output_means, key_named, parse_strategies, run_ablation
+from hi_core.ablation import (
+    AblationConfig,
+    ablate_heads,
+    answer_starts_right,
+    head_output_means,
+    key_named,
+    key_words_named,
+    parse_strategies,
+    run_ablation,
+)
 from hi_core.ablation_report import check_ablation_folder, write_ablation_report
 from hi_core.cli import main
 from hi_core.compare import mean_interval
@@ -228,6 +237,13 @@ def test_key_named_matches_whole_words():
     assert not key_named("a big red circles", "big red circle") and not key_named("a red big circle", "big red circle")
 
 
+def test_perception_apart_from_formatting():
+    assert key_words_named("a red square on the left", "small red circle") == pytest.approx(1 / 3)
+    assert key_words_named("A small red circle.", "small red circle") == 1.0
+    assert answer_starts_right("green", "Green square") and answer_starts_right("two", "2 circles")
+    assert not answer_starts_right("green", "a red square") and not answer_starts_right("green", "")
+
+
 RANKING = HeadRanking.from_hi(np.array([[0.1, 0.9, 0.2, 0.3], [0.8, 0.05, 0.4, 0.5]]), "test ranking")  # top 2: 0:1, 1:0
 
 
@@ -274,7 +290,11 @@ def test_the_report_holds_the_intervals_it_describes(ablated):
     assert conditions["top"]["heads"] == ["0:1,1:0"] and conditions["random"]["seeds"] == [0, 1]
     for name in ("baseline", "top", "bottom"):
         metrics, run = conditions[name]["metrics"], result.runs[name][0]
-        assert set(metrics) == {"bleu4", "rouge_l", "cider", "exact", "key_named"}
+        assert set(metrics) == {"bleu4", "rouge_l", "cider", "exact", "key_named", "key_words"}
+        words = [c["key_words"] for c in run.captions]
+        assert metrics["key_words"]["mean"] == pytest.approx(np.mean(words))
+        assert metrics["key_words"]["interval"].startswith("bootstrap") and metrics["key_words"]["low"] <= metrics["key_words"]["high"]
+        assert all(w == 1.0 for w, c in zip(words, run.captions) if c["key_named"])  # the whole phrase: every word
         named = [c["key_named"] for c in run.captions]
         assert (metrics["key_named"]["low"], metrics["key_named"]["high"]) == accuracy_interval(sum(named), len(named))
         assert metrics["key_named"]["mean"] == sum(named) / len(named)
@@ -324,8 +344,11 @@ def test_cli_ablate_vqa_reports_answer_accuracy(llava_dir, tmp_path):
     assert list(results["conditions"]) == ["baseline", "top", "bottom", "list"]
     assert results["conditions"]["list"]["heads"] == ["1:3"] and results["conditions"]["top"]["heads"] == ["0:1"]
     for entry in results["conditions"].values():
-        assert list(entry["metrics"]) == ["accuracy"] and entry["metrics"]["accuracy"]["interval"].startswith("Wilson")
-    assert set(results["differences"]["top - bottom"]) == {"accuracy"}
+        assert list(entry["metrics"]) == ["accuracy", "first_word", "extra_words"]
+        assert all(entry["metrics"][name]["interval"].startswith("Wilson") for name in entry["metrics"])
+    assert set(results["differences"]["top - bottom"]) == {"accuracy", "first_word", "extra_words"}
+    rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert rows and all(set(row["generated"]) >= {"baseline", "top"} for row in rows)
     assert "closed-form VQA" in (out / "report.md").read_text()
 
 
