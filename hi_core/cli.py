@@ -585,7 +585,9 @@ def _run_validate(args: argparse.Namespace) -> None:
     shown = {"stage": None}
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage != shown["stage"]:
+        if stage == "estimate":
+            print(f"about {done / 60:.1f} min more: {total} passes over the held-out records", file=sys.stderr)
+        elif stage != shown["stage"]:
             shown["stage"] = stage
             print(f"{stage} ({total} steps)", file=sys.stderr)
 

@@ -348,9 +348,11 @@ def mean_outputs(loaded: LoadedModel, train: Sequence[Record], config: Validatio
 
 def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig = ValidationConfig(),
              hi: np.ndarray | None = None, eval_dataset: str | Path | None = None,
-             progress: Progress | None = None) -> Validation:
+             progress: Progress | None = None, time_limit_s: float | None = None) -> Validation:
     """The whole experiment (module docstring). `hi`: (layers, heads) HI to validate (e.g. from a dataset-scores
-    JSON); default: computed on the ranking records like the other rankings."""
+    JSON); default: computed on the ranking records like the other rankings. Once the model as it is has run over
+    the held-out records, the rest is estimated from that pass's time (`progress` is told: stage "estimate"); over
+    `time_limit_s` it is refused (InputError) before the long part starts."""
     start = time.perf_counter()
     task, prompt = config.data.task, config.data.prompt
     check_task(task, dataset if eval_dataset is None else eval_dataset)
@@ -369,17 +371,26 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
     scores["gradient"] = gradient_importance(loaded, prepare_batches(loaded, ranking_records, task, prompt, config.batch_size))
     held_out = [split.held_out[i] for i in range(len(split.held_out))]
     batches = prepare_batches(loaded, held_out, task, prompt, config.batch_size)
+    timed = time.perf_counter()
     baseline = evaluate(loaded, batches)
-    means = mean_outputs(loaded, split.train, config)
+    one_pass = time.perf_counter() - timed
     every = head_sample(scores["hi"], None, 0)
     heads = head_sample(scores["hi"], config.heads, config.seed)
-    effects = {mode: measure_effects(loaded, batches, heads, mode, baseline, means, progress) for mode in config.modes}
     max_k = min(config.max_k or max(1, len(every) // 4), len(every))
+    ks = dose_points(max_k)
+    passes = len(heads) * len(config.modes) + (len(RANKINGS) + 2 * config.orders) * (len(ks) - 1) + 1
+    if progress is not None:
+        progress("estimate", round(one_pass * passes), passes)
+    if time_limit_s is not None and one_pass * passes > time_limit_s:
+        raise InputError(f"this validation would take about {one_pass * passes / 60:.0f} min ({passes} passes over "
+                         f"{len(held_out)} held-out records at {one_pass:.1f} s each); this deployment allows "
+                         f"{time_limit_s / 60:.0f} min: sample fewer heads, use fewer orders or fewer held-out records")
+    means = mean_outputs(loaded, split.train, config)
+    effects = {mode: measure_effects(loaded, batches, heads, mode, baseline, means, progress) for mode in config.modes}
     rng = np.random.default_rng(config.seed)
     orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
     orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
     orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
-    ks = dose_points(max_k)
     curves = dose_response(loaded, batches, orders, ks, progress)
     return Validation(
         model=loaded.name, dataset=str(dataset), task=task, config=config,

@@ -146,3 +146,13 @@ def test_the_cli_writes_the_report_and_refuses_bad_input(scenes, tmp_path, capsy
     error = capsys.readouterr().err.strip().splitlines()
     assert error == ["error: mode must be one of zero, mean, got 'half'"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_validation_over_the_time_limit_is_refused_before_the_long_part(demo_model, scenes):
+    from hi_core.errors import InputError
+
+    seen = []
+    config = ValidationConfig(orders=50, ranking_records=1, mean_records=1, data=DataConfig(eval_fraction=0.25))
+    with pytest.raises(InputError, match=r"would take about .* this deployment allows 0 min"):
+        validate(demo_model, scenes, config, progress=lambda stage, done, total: seen.append(stage), time_limit_s=1e-3)
+    assert "estimate" in seen and not any(stage.startswith(("removing", "dose")) for stage in seen)
