@@ -45,6 +45,7 @@ from .errors import InputError, check_choice, check_number
 from .finetune import MAX_SEED, DataConfig, check_task, split_dataset, training_inputs
 from .head_selection import Head
 from .image_scoring import AnalysisConfig
+from .images import ImageLimits
 from .inputs import key_phrase_tokens, to_model_device
 from .loading import LoadedModel
 
@@ -348,15 +349,17 @@ def mean_outputs(loaded: LoadedModel, train: Sequence[Record], config: Validatio
 
 def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig = ValidationConfig(),
              hi: np.ndarray | None = None, eval_dataset: str | Path | None = None,
-             progress: Progress | None = None, time_limit_s: float | None = None) -> Validation:
+             progress: Progress | None = None, time_limit_s: float | None = None,
+             image_limits: ImageLimits | None = None) -> Validation:
     """The whole experiment (module docstring). `hi`: (layers, heads) HI to validate (e.g. from a dataset-scores
     JSON); default: computed on the ranking records like the other rankings. Once the model as it is has run over
     the held-out records, the rest is estimated from that pass's time (`progress` is told: stage "estimate"); over
-    `time_limit_s` it is refused (InputError) before the long part starts."""
+    `time_limit_s` it is refused (InputError) before the long part starts. `image_limits`: how far the records' files
+    are decoded (a server's limits; default: as they are)."""
     start = time.perf_counter()
     task, prompt = config.data.task, config.data.prompt
     check_task(task, dataset if eval_dataset is None else eval_dataset)
-    split = split_dataset(dataset, config.data, eval_dataset, need_train=True)
+    split = split_dataset(dataset, config.data, eval_dataset, need_train=True, image_limits=image_limits)
     if len(split.held_out) < 2:
         raise InputError(f"validation needs at least 2 held-out records, the split has {len(split.held_out)}: raise "
                          "eval_fraction, or give an evaluation dataset")

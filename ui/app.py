@@ -23,11 +23,13 @@ from .dataset_tab import DatasetTab
 from .explorer import ExplorerTab
 from .finetune_tab import FinetuneTab
 from .settings import Settings
+from .validate_tab import ValidateTab
 
 INTRO = """# HI Explorer
 Which attention heads of a multimodal LM look at the object a description names? Each head of the language model
 is scored by **Head Impact**: the IoU of its binarized attention map over the image with the object's mask.
-**Dataset** scores every head over a dataset; **Fine-tune** tunes LoRA on the layers with the highest HI."""
+**Dataset** scores every head over a dataset; **Fine-tune** tunes LoRA on the layers with the highest HI; **Validate**
+removes each head to see whether HI predicts what the model loses."""
 
 
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None) -> gr.Blocks:
@@ -48,6 +50,8 @@ def build_demo(default_model: str = "demo", cache: ModelCache | None = None, set
                 dataset = DatasetTab(context, explorer.model, tuned_state)
             with gr.Tab("Fine-tune", id="finetune"):
                 FinetuneTab(context, explorer.model, dataset.state, tabs, tuned_state)
+            with gr.Tab("Validate", id="validate"):
+                ValidateTab(context, explorer.model)
     for block in demo.blocks.values():  # Gradio's own range / choice checks: reported in the page, not as a traceback
         if isinstance(block, (gr.Number, gr.Slider, gr.Dropdown, gr.Radio, gr.CheckboxGroup)):
             refuse_in_handler(block)

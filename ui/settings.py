@@ -68,6 +68,7 @@ class Settings:
     max_index_lines: int | None = None  # an uploaded dataset's data.jsonl, in lines, counted before any record is parsed
     session_idle_s: int | None = None  # a session's state (results, maps, run folder) is freed after this idle time
     max_upload_cache_mb: float | None = None  # Gradio's upload cache, in MB: swept of its oldest files beyond this
+    max_validation_minutes: float | None = None  # a Validate run, estimated from its first pass, refused beyond this
     queue_size: int | None = None  # events waiting in the queue; more are turned away with a message
     concurrency: int = 2  # events of one kind running at once (the dataset and fine-tune: 1)
     max_run_storage_mb: float = 2048  # unpacked uploads, downloads and adapters on disk, all sessions; oldest go first
@@ -111,6 +112,7 @@ class Settings:
             max_index_lines=10_000,
             session_idle_s=1800,
             max_upload_cache_mb=2048,
+            max_validation_minutes=10,
         )
 
     @classmethod
