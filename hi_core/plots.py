@@ -170,8 +170,8 @@ def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Seque
         ax.set_xlabel("HI (mean over the ranking records)")
         ax.set_ylabel("rise in scored-token loss")
         ax.set_title(f"each head removed alone ({mode})", fontsize=9)
-    if colours is not None:
-        figure.colorbar(colours, ax=list(axes), label="layer")
+    if colours is not None:  # whole layers only
+        figure.colorbar(colours, ax=list(axes), label="layer", ticks=np.unique(layers))
     return figure
 
 
