@@ -578,7 +578,7 @@ def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: 
         else:
             skipped.append((line.number, line.id, entry["skipped"] if entry is not None else "not scored"))
     if not images:
-        reasons = "; ".join(sorted({reason for _, _, reason in skipped})[:3])
+        reasons = "; ".join(sorted({reason for _, _, reason in skipped})[:3]) or f"its {INDEX} holds no records"
         raise InputError(f"no record of {str(folder)!r} could be scored ({reasons})")
     hi = np.stack([image.hi for image in images])
     mass = np.stack([image.mass for image in images])

@@ -415,3 +415,9 @@ def test_vqa_records_are_scored_on_the_answer_with_their_own_question_against_th
     questions = [tokenizer.decode(prefix) for prefix in prefixes]
     assert QUESTIONS["top"] in questions[0] and QUESTIONS["left"] in questions[2] and "describe the image" in questions[1]
     assert prefixes[0] != prefixes[2] and len({tuple(p) for p in prefixes}) == 3  # two questions, and the default prompt
+
+
+def test_a_dataset_without_records_says_so(demo, tmp_path):
+    (tmp_path / "data.jsonl").write_text("\n\n")
+    with pytest.raises(InputError, match=r"could be scored \(its data.jsonl holds no records\)"):
+        score_dataset(demo, tmp_path)
