@@ -2,118 +2,96 @@
 
 The public API, re-exported: load a model, analyze an image or a dataset, score maps, select
 layers by HI and fine-tune LoRA on them, compare strategies, ablate heads.
+
+The names are imported on first use (PEP 562), so `import hi_core` and `python -m hi_core --help` do not load torch and
+transformers until something needs them (and a Ctrl-C in those first seconds reaches the command line's handler).
 """
 
-from .ablation import Ablation, AblationConfig, HeadMeans, ablate_heads, head_output_means, run_ablation
-from .ablation_report import write_ablation_report
-from .analysis import ImageAnalysis, analyze_image, hi_difference
-from .batching import collate
-from .capture import AttentionCache, capture_attention, install_capture
-from .captioning import generate_description
-from .coco import convert_coco
-from .compare import CompareConfig, Comparison, run_compare
-from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset
-from .datasets import Record, load_record, read_dataset, scan_dataset
-from .errors import InputError
-from .families import adapter_for, supported_families
-from .finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_config
-from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
-from .images import MAX_IMAGE_PIXELS, image_to_rgb, mask_from_image
-from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs, key_phrase_tokens
-from .layer_selection import Ranking, check_layer_choice, read_ranking, select_layers
-from .loading import LoadConfig, LoadedModel, load_model
-from .maps import batch_head_maps, head_maps, run_forward
-from .masks import MaskGrid, check_mask, load_image, load_mask, mask_grid, object_patches
-from .runs import BeforeAfter, RunRecord, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained
-from .scoring import (
-    ScoringConfig,
-    attention_mass,
-    binarize,
-    chance_iou,
-    head_impact,
-    layer_scores,
-    rank_heads,
-    rank_layers,
-    score_maps,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ablate_heads",
-    "Ablation",
-    "AblationConfig",
-    "adapter_for",
-    "AnalysisConfig",
-    "analyze_image",
-    "attention_mass",
-    "AttentionCache",
-    "batch_head_maps",
-    "BeforeAfter",
-    "binarize",
-    "build_inputs",
-    "capture_attention",
-    "chance_iou",
-    "check_layer_choice",
-    "check_mask",
-    "collate",
-    "CompareConfig",
-    "Comparison",
-    "convert_coco",
-    "DataConfig",
-    "dataset_ranking",
-    "DatasetAnalysis",
-    "DatasetConfig",
-    "DEFAULT_PROMPT",
-    "FinetuneConfig",
-    "generate_description",
-    "head_impact",
-    "head_output_means",
-    "HeadMeans",
-    "hi_difference",
-    "head_maps",
-    "image_to_rgb",
-    "ImageAnalysis",
-    "ImageScore",
-    "InputError",
-    "install_capture",
-    "key_phrase_tokens",
-    "layer_scores",
-    "load_image",
-    "load_mask",
-    "load_model",
-    "load_record",
-    "LoadConfig",
-    "LoadedModel",
-    "lora_config",
-    "mask_from_image",
-    "mask_grid",
-    "MaskGrid",
-    "MAX_IMAGE_PIXELS",
-    "ModelInputs",
-    "object_patches",
-    "prepare_image",
-    "PreparedImage",
-    "rank_heads",
-    "rank_layers",
-    "Ranking",
-    "read_dataset",
-    "read_ranking",
-    "Record",
-    "reuse_ranking",
-    "run_ablation",
-    "run_before_after",
-    "run_compare",
-    "run_finetune",
-    "run_forward",
-    "run_pretrained",
-    "RunRecord",
-    "scan_dataset",
-    "score_dataset",
-    "score_maps",
-    "ScoringConfig",
-    "select_layers",
-    "supported_families",
-    "TrainCallbacks",
-    "TrainingCancelled",
-    "TrainingDiverged",
-    "write_ablation_report",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Each public name and the module of hi_core that defines it.
+_EXPORTS = {
+    **dict.fromkeys(("ablate_heads", "Ablation", "AblationConfig", "head_output_means", "HeadMeans",
+        "run_ablation",), "ablation"),
+    **dict.fromkeys(("write_ablation_report",), "ablation_report"),
+    **dict.fromkeys(("analyze_image", "hi_difference", "ImageAnalysis",), "analysis"),
+    **dict.fromkeys(("collate",), "batching"),
+    **dict.fromkeys(("generate_description",), "captioning"),
+    **dict.fromkeys(("AttentionCache", "capture_attention", "install_capture",), "capture"),
+    **dict.fromkeys(("convert_coco",), "coco"),
+    **dict.fromkeys(("CompareConfig", "Comparison", "run_compare",), "compare"),
+    **dict.fromkeys(("DatasetAnalysis", "DatasetConfig", "ImageScore", "score_dataset",), "dataset_scoring"),
+    **dict.fromkeys(("load_record", "read_dataset", "Record", "scan_dataset",), "datasets"),
+    **dict.fromkeys(("InputError",), "errors"),
+    **dict.fromkeys(("adapter_for", "supported_families",), "families"),
+    **dict.fromkeys(("DataConfig", "FinetuneConfig", "lora_config", "TrainCallbacks", "TrainingCancelled",
+        "TrainingDiverged",), "finetune"),
+    **dict.fromkeys(("AnalysisConfig", "prepare_image", "PreparedImage",), "image_scoring"),
+    **dict.fromkeys(("image_to_rgb", "mask_from_image", "MAX_IMAGE_PIXELS",), "images"),
+    **dict.fromkeys(("build_inputs", "DEFAULT_PROMPT", "key_phrase_tokens", "ModelInputs",), "inputs"),
+    **dict.fromkeys(("check_layer_choice", "Ranking", "read_ranking", "select_layers",), "layer_selection"),
+    **dict.fromkeys(("load_model", "LoadConfig", "LoadedModel",), "loading"),
+    **dict.fromkeys(("batch_head_maps", "head_maps", "run_forward",), "maps"),
+    **dict.fromkeys(("check_mask", "load_image", "load_mask", "mask_grid", "MaskGrid", "object_patches",), "masks"),
+    **dict.fromkeys(("BeforeAfter", "dataset_ranking", "reuse_ranking", "run_before_after", "run_finetune",
+        "run_pretrained", "RunRecord",), "runs"),
+    **dict.fromkeys(("attention_mass", "binarize", "chance_iou", "head_impact", "layer_scores", "rank_heads",
+        "rank_layers", "score_maps", "ScoringConfig",), "scoring"),
+    **dict.fromkeys(("validate", "Validation", "ValidationConfig",), "validation"),
+    **dict.fromkeys(("write_validation_report",), "validation_report"),
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hi_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what static checkers and editors see
+    from .ablation import (  # noqa: F401
+        ablate_heads, Ablation, AblationConfig, head_output_means, HeadMeans, run_ablation,
+    )
+    from .ablation_report import write_ablation_report  # noqa: F401
+    from .analysis import analyze_image, hi_difference, ImageAnalysis  # noqa: F401
+    from .batching import collate  # noqa: F401
+    from .captioning import generate_description  # noqa: F401
+    from .capture import AttentionCache, capture_attention, install_capture  # noqa: F401
+    from .coco import convert_coco  # noqa: F401
+    from .compare import CompareConfig, Comparison, run_compare  # noqa: F401
+    from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
+    from .datasets import load_record, read_dataset, Record, scan_dataset  # noqa: F401
+    from .errors import InputError  # noqa: F401
+    from .families import adapter_for, supported_families  # noqa: F401
+    from .finetune import (  # noqa: F401
+        DataConfig, FinetuneConfig, lora_config, TrainCallbacks, TrainingCancelled, TrainingDiverged,
+    )
+    from .image_scoring import AnalysisConfig, prepare_image, PreparedImage  # noqa: F401
+    from .images import image_to_rgb, mask_from_image, MAX_IMAGE_PIXELS  # noqa: F401
+    from .inputs import build_inputs, DEFAULT_PROMPT, key_phrase_tokens, ModelInputs  # noqa: F401
+    from .layer_selection import check_layer_choice, Ranking, read_ranking, select_layers  # noqa: F401
+    from .loading import load_model, LoadConfig, LoadedModel  # noqa: F401
+    from .maps import batch_head_maps, head_maps, run_forward  # noqa: F401
+    from .masks import check_mask, load_image, load_mask, mask_grid, MaskGrid, object_patches  # noqa: F401
+    from .runs import (  # noqa: F401
+        BeforeAfter, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained,
+        RunRecord,
+    )
+    from .scoring import (  # noqa: F401
+        attention_mass, binarize, chance_iou, head_impact, layer_scores, rank_heads, rank_layers,
+        score_maps, ScoringConfig,
+    )
+    from .validation import validate, Validation, ValidationConfig  # noqa: F401
+    from .validation_report import write_validation_report  # noqa: F401

@@ -9,8 +9,8 @@ for something the user did.
   shells report it). Results are written under a temporary name and renamed into place (`outputs`), and
   the temporary file is removed on the way out, so nothing half-written stays behind; a second Ctrl-C is
   ignored while that cleanup runs. A dataset's per-image cache keeps the images finished, for a resume.
-  Not covered: a Ctrl-C during `import hi_core` itself (torch and transformers, seconds), which runs before
-  any code of ours and ends in Python's own KeyboardInterrupt traceback.
+  `import hi_core` loads nothing heavy (its names are imported on first use), so a Ctrl-C while the command
+  line's modules import torch and transformers (the first seconds) is caught by `__main__` the same way.
 """
 
 from __future__ import annotations

@@ -214,3 +214,24 @@ def test_writes_never_change_the_umask_and_give_ordinary_file_modes(tmp_path, mo
     monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the umask was changed"))
     write_json(tmp_path / "result.json", {"a": 1})
     assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o666 & ~current
+
+
+@pytest.mark.parametrize("delay", [0.8, 2.0])
+def test_ctrl_c_while_the_command_line_imports_torch_is_one_line_exit_130(delay):
+    """`import hi_core` is light (names are imported on first use), so even the first seconds of `python -m hi_core`,
+    spent importing torch and transformers, end in one line and exit 130, not Python's traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "hi_core", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=Path(__file__).resolve().parent.parent)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.decode().strip() == "interrupted"
+
+
+def test_import_hi_core_loads_nothing_heavy_and_keeps_its_public_names():
+    code = ("import sys, hi_core; assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "assert hi_core.score_maps.__module__ == 'hi_core.scoring'; from hi_core import *; print(len(hi_core.__all__))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 80
