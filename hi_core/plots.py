@@ -167,8 +167,10 @@ def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Seque
         colours = ax.scatter(hi, effect, c=layers, cmap="viridis", s=22, edgecolors="black", linewidths=0.3,
                              vmin=layers.min(), vmax=max(layers.max(), layers.min() + 1))
         ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_yscale("symlog", linthresh=0.01)  # one head's effect can dwarf the rest: linear near 0, log beyond
+        ax.set_ylim(bottom=min(-0.002, 1.5 * float(np.min(effect))))
         ax.set_xlabel("HI (mean over the ranking records)")
-        ax.set_ylabel("rise in scored-token loss")
+        ax.set_ylabel("rise in scored-token loss (symlog)")
         ax.set_title(f"each head removed alone ({mode})", fontsize=9)
     if colours is not None:  # whole layers only
         figure.colorbar(colours, ax=list(axes), label="layer", ticks=np.unique(layers))

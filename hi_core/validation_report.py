@@ -160,22 +160,29 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def draw_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The report's two figures (file name -> matplotlib Figure) from validation.json's data alone."""
+    from .plots import dose_response_figure, effect_scatter  # matplotlib only when a report is written
+
+    heads = data["heads_removed"]
+    hi = np.array([data["scores"]["hi"][layer][head] for layer, head in heads], dtype=float)
+    effects = {mode: np.asarray(values["loss"]) for mode, values in data["effects"].items()}
+    return {SCATTER: effect_scatter(hi, effects, [layer for layer, _ in heads]),
+            CURVES: dose_response_figure(data["dose_response"], list(RANKINGS), RANKING_NAMES)}
+
+
+def write_figures(data: dict[str, Any], out: Path) -> None:
+    for name, figure in draw_figures(data).items():
+        with atomic_path(out / name) as temporary:
+            figure.savefig(temporary, format="png", dpi=110)
+
+
 def write_validation_report(validation: Validation, out: str | Path, resamples: int = 2000,
                             permutations: int = 10_000) -> dict[str, Any]:
     """validation.json, report.md and the two figures into `out` (each written atomically); validation.json's data."""
-    from .plots import dose_response_figure, effect_scatter  # matplotlib only when a report is written
-
     out = check_output_folder(out, "validation folder")
     data = summarize(validation, resamples, permutations)
-    heads = validation.heads
-    figures = {
-        SCATTER: effect_scatter(validation.scores["hi"][tuple(np.array(heads).T)], {mode: effects[:, :, 0].mean(axis=1)
-                                for mode, effects in validation.effects.items()}, [layer for layer, _ in heads]),
-        CURVES: dose_response_figure(data["dose_response"], [name for name in RANKINGS], RANKING_NAMES),
-    }
-    for name, figure in figures.items():
-        with atomic_path(out / name) as temporary:
-            figure.savefig(temporary, format="png", dpi=110)
+    write_figures(data, out)
     write_json(out / RESULTS, data)
     with atomic_path(out / REPORT) as temporary:
         temporary.write_text(report_markdown(validation, data), encoding="utf-8")
