@@ -26,10 +26,9 @@ from .settings import Settings
 from .validate_tab import ValidateTab
 
 INTRO = """# HI Explorer
-Which attention heads of a multimodal LM look at the object a description names? Each head of the language model
-is scored by **Head Impact**: the IoU of its binarized attention map over the image with the object's mask.
-**Dataset** scores every head over a dataset; **Fine-tune** tunes LoRA on the layers with the highest HI; **Validate**
-removes each head to see whether HI predicts what the model loses."""
+Which attention heads of a multimodal LM look at the object a description names? Each head is scored by
+**Head Impact**: the IoU of its binarized attention map over the image with the object's mask. **Dataset** scores
+every head over a dataset, **Fine-tune** tunes LoRA on the top-HI layers, **Validate** removes heads to test HI."""
 
 
 def build_demo(default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None) -> gr.Blocks:
