@@ -93,6 +93,19 @@ class HeadMeans:
         return f"HeadMeans(layers={sorted(self.means)}, per layer {shape}, {self.records} records, {self.positions} positions)"
 
 
+@contextlib.contextmanager
+def hooks_in_this_context() -> Iterator[Callable[[], bool]]:
+    """For hooks that must act only in the context (thread) that entered the block, as `ablate_heads`'s do: yields
+    `mine()`, true where the hook runs inside the block's context, false in another thread's forward on the same
+    (shared) model."""
+    key = object()
+    active = _ACTIVE.set(_ACTIVE.get() | {key})
+    try:
+        yield lambda: key in _ACTIVE.get()
+    finally:
+        _ACTIVE.reset(active)
+
+
 def check_heads(loaded: LoadedModel, heads: Sequence[Head]) -> tuple[Head, ...]:
     """The heads as sorted (layer, head) pairs if each is a head of a scored layer of this model;
     else InputError naming the first bad one. An empty sequence is allowed (nothing ablated)."""

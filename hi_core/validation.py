@@ -26,6 +26,7 @@ Statistics and the report are `validation_report.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .ablation import AblationMode, HeadMeans, ablate_heads, head_output_means, num_attention_heads, output_projections
+from .ablation import (
+    AblationMode,
+    HeadMeans,
+    ablate_heads,
+    head_output_means,
+    hooks_in_this_context,
+    num_attention_heads,
+    output_projections,
+)
 from .analysis import analyze_image
 from .batching import collate, pad_token_id
 from .datasets import Record
@@ -203,7 +212,9 @@ def image_rankings(loaded: LoadedModel, records: Sequence[Record], config: Valid
 def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> np.ndarray:
     """(layers, heads): Michel et al.'s importance, the mean over records of |dL/dg_h| where g_h = 1 gates head h's
     slice of o_proj's input and L is the record's mean scored-token loss. Only the gates get gradients
-    (`torch.autograd.grad`): the model's parameters are left untouched. NaN in layers without softmax attention."""
+    (`torch.autograd.grad`): the model's parameters are left untouched, and the gates act only in this context
+    (thread), as `ablate_heads` does, so another session's forward on the shared model is not gated. NaN in layers
+    without softmax attention."""
     projections = output_projections(loaded)
     num_heads = num_attention_heads(loaded)
     layers = len(loaded.adapter.attention_modules(loaded.model))
@@ -211,24 +222,25 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
     for batch in batches:
         gates = {layer: torch.ones(batch.size, num_heads, requires_grad=True) for layer in projections}
 
-        def gating(layer: int) -> Callable[..., tuple]:
-            def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        def gating(layer: int) -> Callable[..., tuple | None]:
+            def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
+                if not mine():  # another thread's forward on the same (shared) model
+                    return None
                 hidden = args[0]
                 shaped = hidden.reshape(*hidden.shape[:-1], num_heads, -1)
                 gate = gates[layer].to(hidden.device, hidden.dtype)[:, None, :, None]
                 return ((shaped * gate).reshape(hidden.shape), *args[1:])
             return hook
 
-        handles = [projection.register_forward_pre_hook(gating(layer)) for layer, projection in projections.items()]
-        try:
+        with contextlib.ExitStack() as stack:
+            mine = stack.enter_context(hooks_in_this_context())
+            handles = [projection.register_forward_pre_hook(gating(layer)) for layer, projection in projections.items()]
+            stack.callback(lambda: [handle.remove() for handle in handles])
             with torch.enable_grad():
                 token_losses, _ = _token_losses(loaded, batch)
                 per_record = torch.zeros(batch.size, dtype=token_losses.dtype).index_add(0, batch.rows.to(token_losses.device), token_losses)
                 per_record = per_record / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1).to(per_record)
                 grads = torch.autograd.grad(per_record.sum(), [gates[layer] for layer in projections])
-        finally:
-            for handle in handles:
-                handle.remove()
         for layer, grad in zip(projections, grads):
             totals[layer] += grad.abs().sum(dim=0).double().numpy()
         records += batch.size

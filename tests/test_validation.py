@@ -156,3 +156,27 @@ def test_a_validation_over_the_time_limit_is_refused_before_the_long_part(demo_m
     with pytest.raises(InputError, match=r"would take about .* this deployment allows 0 min"):
         validate(demo_model, scenes, config, progress=lambda stage, done, total: seen.append(stage), time_limit_s=1e-3)
     assert "estimate" in seen and not any(stage.startswith(("removing", "dose")) for stage in seen)
+
+
+def test_the_gradient_gates_leave_another_threads_forward_alone(demo_model, held_out, monkeypatch):
+    """The gates are hooks on the shared model's o_proj: a forward of another session (another thread, another batch
+    size) while they are installed must run as if they were not."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import hi_core.validation as validation
+
+    ours = prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 2)
+    theirs = prepare_batches(demo_model, held_out[2:3], "caption", PROMPT, 1)
+    expected = evaluate(demo_model, theirs)[0]
+    seen, original, main = [], validation._token_losses, threading.current_thread()
+
+    def with_another_session(loaded, batch):
+        if threading.current_thread() is main and not seen:  # while the gates are installed
+            with ThreadPoolExecutor(1) as pool:
+                seen.append(pool.submit(evaluate, loaded, theirs).result()[0])
+        return original(loaded, batch)
+
+    monkeypatch.setattr(validation, "_token_losses", with_another_session)
+    gradient_importance(demo_model, ours)
+    np.testing.assert_array_equal(seen[0], expected)
