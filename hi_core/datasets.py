@@ -49,6 +49,7 @@ from PIL import Image
 from .errors import InputError
 from .images import ImageLimits, load_image_and_mask
 from .inputs import phrase_span
+from .masks import check_mask
 from .outputs import atomic_path
 from .synth import Order, make_scene
 
@@ -248,6 +249,7 @@ def load_record(folder: str | Path, line: RecordLine, limits: ImageLimits | None
     fields = line.fields
     image, mask = load_image_and_mask(folder / fields["image"], folder / fields["mask"], limits or ImageLimits(),
                                       names=(fields["image"], fields["mask"]))
+    mask = check_mask(mask, image)
     return Record(id=line.id, image=image, mask=mask, text=fields["text"], key_phrase=fields["key_phrase"],
                   prompt=fields["prompt"], line=line.number)
 

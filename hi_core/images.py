@@ -124,6 +124,15 @@ def open_bounded(source: str | Path | BinaryIO, label: str, max_pixels: int | No
     return reduce_on_decode(open_header(source, label, max_pixels), max_side)
 
 
+def _existing(path: Path, kind: str, name: str | None) -> str:
+    """How messages call the file (`kind` and `name`, default its path), once it is known to exist (else
+    InputError)."""
+    shown = repr(str(path) if name is None else name)
+    if not path.is_file():
+        raise InputError(f"{kind} file {shown} does not exist")
+    return f"{kind} {shown}"
+
+
 def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS,
                max_side: int | None = None, name: str | None = None) -> Image.Image:
     """The decoded image of a file, its size checked from the header before decoding (`open_header`),
@@ -133,10 +142,7 @@ def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = M
     file (as `name`, e.g. its path inside a dataset; default: its path), the size and the cap.
     """
     path = Path(path)
-    shown = repr(str(path) if name is None else name)
-    if not path.is_file():
-        raise InputError(f"{kind} file {shown} does not exist")
-    label = f"{kind} {shown}"
+    label = _existing(path, kind, name)
     try:
         with open_header(path, label, max_pixels) as image:
             reduce_on_decode(image, max_side)
@@ -256,23 +262,19 @@ def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_s
 
 def load_image_and_mask(image_path: str | Path, mask_path: str | Path, limits: ImageLimits = ImageLimits(),
                         names: tuple[str | None, str | None] = (None, None)) -> tuple[Image.Image, np.ndarray]:
-    """A record's RGB image and boolean (H, W) mask, decoded within `limits`. A mask of another size than
-    its image (as the files are) is an InputError before either is decoded; reduced, the mask keeps its
-    image's reduced size. `names`: how messages call the two files (default: their paths)."""
+    """A record's RGB image and boolean (H, W) mask, decoded within `limits`. Reduced, a mask of another size
+    than its image (as the files are) is an InputError before either is decoded, and the mask keeps its
+    image's reduced size; unreduced, the caller checks the sizes (`masks.check_mask`). `names`: how messages
+    call the two files (default: their paths)."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     if limits.max_side is not None:  # compare the files' own sizes (from their headers) before reducing
         sizes = []
         for path, kind, name in ((image_path, "image", names[0]), (mask_path, "mask", names[1])):
-            if not path.is_file():
-                raise InputError(f"{kind} file {str(path) if name is None else name!r} does not exist")
-            with open_header(path, f"{kind} {str(path) if name is None else name!r}", limits.max_pixels) as header:
+            with open_header(path, _existing(path, kind, name), limits.max_pixels) as header:
                 sizes.append(header.size)
         (width, height), (mask_width, mask_height) = sizes
         if sizes[0] != sizes[1]:
             raise InputError(f"mask is {mask_width}x{mask_height} but the image is {width}x{height}: they must be the same size")
     image = load_image(image_path, limits.max_pixels, limits.max_side, names[0])
     mask = load_mask(mask_path, limits.max_pixels, limits.max_side, names[1], size=image.size if limits.max_side else None)
-    height, width = mask.shape
-    if (width, height) != image.size:
-        raise InputError(f"mask is {width}x{height} but the image is {image.size[0]}x{image.size[1]}: they must be the same size")
     return image, mask
