@@ -289,11 +289,11 @@ def dose_points(max_k: int) -> list[int]:
 
 
 def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: dict[str, list[list[Head]]], ks: Sequence[int],
-                  progress: Progress | None = None) -> dict[str, np.ndarray]:
+                  baseline: tuple[np.ndarray, np.ndarray], progress: Progress | None = None) -> dict[str, np.ndarray]:
     """name -> (orders, len(ks), 2): the mean loss and first-token accuracy over the records with the first k heads of
-    each order removed (zero ablation), for each k of `ks`. k = 0 is the model as it is, run once for all orders."""
-    baseline_loss, baseline_correct = evaluate(loaded, batches)
-    baseline = (float(baseline_loss.mean()), float(baseline_correct.mean()))
+    each order removed (zero ablation), for each k of `ks`. k = 0 is the model as it is: `baseline` (`evaluate` with
+    no head removed), for all orders."""
+    baseline = (float(baseline[0].mean()), float(baseline[1].mean()))
     total, done = sum(len(group) for group in orders.values()) * sum(k > 0 for k in ks), 0
     curves = {}
     for name, group in orders.items():
@@ -393,7 +393,7 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
     heads = head_sample(scores["hi"], config.heads, config.seed)
     max_k = min(config.max_k or max(1, len(every) // 4), len(every))
     ks = dose_points(max_k)
-    passes = len(heads) * len(config.modes) + (len(RANKINGS) + 2 * config.orders) * (len(ks) - 1) + 1
+    passes = len(heads) * len(config.modes) + (len(RANKINGS) + 2 * config.orders) * (len(ks) - 1)
     if progress is not None:
         progress("estimate", round(one_pass * passes), passes)
     if time_limit_s is not None and one_pass * passes > time_limit_s:
@@ -406,7 +406,7 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
     orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
     orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
     orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
-    curves = dose_response(loaded, batches, orders, ks, progress)
+    curves = dose_response(loaded, batches, orders, ks, baseline, progress)
     return Validation(
         model=loaded.name, dataset=str(dataset), task=task, config=config,
         split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description},

@@ -25,7 +25,7 @@ from .context import TUNED, AppContext
 from .explorer import ModelControls, forget
 from .feedback import reports_input_errors
 from .finetune_run import FinetuneSession, Live, RankingCache, finetune_job, ranking_key
-from .jobs import Jobs, duration
+from .jobs import Jobs, duration, progress_bar
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
 EVAL_LIMIT = 200  # held-out records captioned before and after tuning
@@ -43,10 +43,6 @@ DEFAULT_PRESET = "quick"
 def limit_note(limit: int | None) -> str | None:
     """A control's note of the deployment's limit (None: no limit, no note)."""
     return None if limit is None else f"at most {limit} here"
-
-
-def progress_bar(done: int, steps: int) -> str:
-    return f'\n\n<progress value="{done}" max="{steps}" style="width: 100%"></progress>'
 
 
 def live_status(live: Live, stopping: bool) -> str:

@@ -66,6 +66,11 @@ class Progress:
         return self._left
 
 
+def progress_bar(done: int, steps: int) -> str:
+    """A job's progress as the page draws it, below its status line."""
+    return f'\n\n<progress value="{done}" max="{steps}" style="width: 100%"></progress>'
+
+
 def duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

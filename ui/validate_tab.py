@@ -24,7 +24,7 @@ from .components import Figure
 from .context import AppContext
 from .explorer import ModelControls
 from .feedback import reports_input_errors
-from .jobs import Jobs, Progress, duration
+from .jobs import Jobs, Progress, duration, progress_bar
 from .settings import scrub_paths
 from .sources import DEMO_SET, SYNTHETIC, UPLOADED_ZIP, dataset_folder, record_limits
 
@@ -58,7 +58,7 @@ def live_status(live: ValidateLive, stopping: bool) -> str:
     line = f"**{stage}...** · {live.progress.done} of {live.progress.total} · {duration(live.progress.elapsed)}"
     if live.estimate:
         line += f" · in all: {live.estimate}"
-    return line + f'\n\n<progress value="{live.progress.done}" max="{live.progress.total}" style="width: 100%"></progress>'
+    return line + progress_bar(live.progress.done, live.progress.total)
 
 
 def summary(data: dict) -> str:
