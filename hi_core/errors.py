@@ -32,3 +32,9 @@ def check_number(field: str, value: float, allowed: str, ok: Callable[[float], b
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
         raise InputError(f"{field} must be {allowed}, got {value!r}")
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's message without the advice paragraphs some libraries append (at most `limit` characters)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(error).__name__

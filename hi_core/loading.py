@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 from .capture import check_capturable
-from .errors import InputError, check_choice
+from .errors import InputError, check_choice, first_line
 from .hub import check_hub_model
 from .families import FamilyAdapter, adapter_for, supported_families
 from .model_memory import MemoryPlan, check_device_fits, describe, memory_budget, parameter_count, plan, read_config_json
@@ -173,7 +173,7 @@ def load_model(config: LoadConfig) -> LoadedModel:
     try:
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError) as error:  # missing, not JSON, unknown model_type, remote code refused
-        raise InputError(f"could not load the configuration of model {config.model!r}: {_first_line(error)}") from None
+        raise InputError(f"could not load the configuration of model {config.model!r}: {first_line(error)}") from None
     adapter = _adapter(model_config.model_type, config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -181,7 +181,7 @@ def load_model(config: LoadConfig) -> LoadedModel:
         processor = load_processor(source, model_config, config.trust_remote_code)
     except (OSError, ValueError, KeyError) as error:  # a missing or damaged tokenizer or processor file
         raise InputError(f"could not load the processor (tokenizer, image processor) of model {config.model!r}: "
-                         f"{_first_line(error)}") from None
+                         f"{first_line(error)}") from None
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             source,
@@ -191,7 +191,7 @@ def load_model(config: LoadConfig) -> LoadedModel:
             attn_implementation=attention_implementation(model_config, adapter),
         )
     except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing or damaged files of the model
-        raise InputError(f"could not load model {config.model!r}: {_first_line(error)}") from None
+        raise InputError(f"could not load model {config.model!r}: {first_line(error)}") from None
     except RuntimeError as error:  # weights of other shapes than config.json says: transformers' report, then this
         if "mismatched_sizes" not in str(error):
             raise
@@ -226,12 +226,6 @@ def attention_implementation(model_config: Any, adapter: FamilyAdapter) -> str |
     if getattr(text_model_class, "_supports_sdpa", True):
         return "sdpa"
     return {"": "sdpa", adapter.text_config_key(None): "eager"}
-
-
-def _first_line(error: BaseException) -> str:
-    """An exception's message without the advice paragraphs some libraries append."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")

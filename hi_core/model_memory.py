@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 GB = 1e9  # the budget and the messages are in decimal gigabytes, as memory sizes are sold
 DEFAULT_SHARE = 0.5  # of the machine's memory for model weights; the rest for activations, the server, the OS
@@ -112,7 +112,7 @@ def read_config_json(source: str, name: str | None = None) -> object:
         text = path.read_bytes() if size <= MAX_CONFIG_BYTES else b""
         config = json.loads(text) if text else None
     except (OSError, ValueError, RecursionError) as error:  # missing, not UTF-8, not JSON, nested too deep
-        raise InputError(f"model {name!r}: config.json is not readable JSON ({_first_line(error)})") from None
+        raise InputError(f"model {name!r}: config.json is not readable JSON ({first_line(error, 300)})") from None
     if size > MAX_CONFIG_BYTES:
         raise InputError(f"model {name!r}: config.json has {size:,} bytes, more than any real model's "
                          f"(at most {MAX_CONFIG_BYTES:,} are read)")
@@ -151,7 +151,7 @@ def config_parameters(source: str, trust_remote_code: bool = False, name: str | 
         # (a ValueError for an unknown model_type, ZeroDivisionError for 0 heads, RuntimeError for a negative
         # size, a validation error for a wrong type), the configuration is at fault, not our code
         raise InputError(f"model {name!r}: transformers cannot build a model from its configuration "
-                         f"({type(error).__name__}: {_first_line(error)})") from None
+                         f"({type(error).__name__}: {first_line(error, 300)})") from None
     return sum(parameter.numel() for parameter in model.parameters())
 
 
@@ -161,11 +161,6 @@ def parameter_count(source: str, trust_remote_code: bool = False, name: str | No
     folder = Path(source)
     counted = safetensors_parameters(folder) if folder.is_dir() else None
     return max(config_parameters(source, trust_remote_code, name), counted or 0)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
 
 
 @dataclass(frozen=True)
