@@ -559,6 +559,9 @@ def _add_validate(subcommands: argparse._SubParsersAction) -> None:
                           help="training records averaged for mean ablation (default: %(default)s)")
     validate.add_argument("--batch-size", type=int, default=defaults.batch_size, help="records per forward pass (default: %(default)s)")
     validate.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples, orders and bootstrap (default: %(default)s)")
+    validate.add_argument("--cache-mb", type=int, default=defaults.cache_mb, metavar="MB",
+                          help="memory for the decoder layers' outputs reused between passes; 0 reuses only the image "
+                          "features (default: %(default)s)")
     validate.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (default: %(default)s)")
     validate.add_argument("--permutations", type=int, default=10_000, help="within-layer permutations (default: %(default)s)")
     _add_evaluation_options(validate, defaults.data, task="caption: the key phrase's tokens are scored (else the whole "
@@ -574,7 +577,8 @@ def _run_validate(args: argparse.Namespace) -> None:
             raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
     config = ValidationConfig(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()), heads=args.sample_heads,
                               orders=args.orders, max_k=args.max_k, ranking_records=args.ranking_records,
-                              mean_records=args.mean_records, batch_size=args.batch_size, seed=args.seed, data=_data_config(args))
+                              mean_records=args.mean_records, batch_size=args.batch_size, seed=args.seed,
+                              cache_mb=args.cache_mb, data=_data_config(args))
     check_output_folder(args.out, "--out")
     _, ranking, loaded = _tuning_inputs(args, layer_ranking=False, head_ranking=True)
     hi = None

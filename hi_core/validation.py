@@ -21,7 +21,8 @@
    band) and in as many layer-matched random orders (each head of HI's order swapped for a random head of the same
    layer), for k = 0..`max_k` (default: a quarter of the heads).
 
-Statistics and the report are `validation_report.py`.
+The passes of 3 and 4 are `head_effects.py`'s (they reuse what a removal cannot change: `replay.py`). Statistics
+and the report are `validation_report.py`.
 """
 
 from __future__ import annotations
@@ -38,30 +39,31 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .ablation import (
-    AblationMode,
-    HeadMeans,
-    ablate_heads,
-    head_output_means,
-    hooks_in_this_context,
-    num_attention_heads,
-    output_projections,
-)
+from .ablation import AblationMode, HeadMeans, head_output_means, hooks_in_this_context, num_attention_heads, output_projections
 from .analysis import analyze_image
-from .batching import collate, pad_token_id
 from .datasets import Record
 from .errors import InputError, check_choice, check_number
-from .finetune import MAX_SEED, DataConfig, check_task, split_dataset, training_inputs
+from .finetune import MAX_SEED, DataConfig, check_task, split_dataset
+from .head_effects import (
+    Progress,
+    ScoredBatch,
+    baseline_pass,
+    dose_points,
+    dose_response,
+    measure_effects,
+    order_passes,
+    prepare_batches,
+    token_losses,
+)
 from .head_selection import Head
 from .image_scoring import AnalysisConfig
 from .images import ImageLimits
-from .inputs import key_phrase_tokens, to_model_device
 from .loading import LoadedModel
+from .replay import Plan, install_replay, replaying
 
 logger = logging.getLogger(__name__)
 
 RANKINGS = ("hi", "mass", "localization", "gradient")
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class ValidationConfig:
     """One validation. heads: a seeded sample of this many heads to remove one by one (None: every head; state it
     for big models). orders: random orders of the dose-response, and as many layer-matched ones. max_k: heads removed
     at most in the dose-response (None: a quarter of the heads). selected: heads the localization criterion selects
-    per record. data: the held-out split and the prompt, as in `finetune` (`data.task`: caption or vqa)."""
+    per record. cache_mb: memory for the decoder layers' outputs reused between passes (`head_effects`; 0: reuse
+    only the image features). data: the held-out split and the prompt, as in `finetune` (`data.task`: caption or
+    vqa)."""
 
     modes: tuple[AblationMode, ...] = ("zero", "mean")
     heads: int | None = None
@@ -80,6 +84,7 @@ class ValidationConfig:
     selected: int = 10
     batch_size: int = 8
     seed: int = 0
+    cache_mb: int = 1024
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -92,81 +97,8 @@ class ValidationConfig:
         for name in ("heads", "max_k"):
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name), "a whole number of at least 1", lambda v: v == int(v) and v >= 1)
+        check_number("cache_mb", self.cache_mb, "a whole number of at least 0", lambda v: v == int(v) and v >= 0)
         check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
-
-
-# --- teacher-forced evaluation -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """A right-padded batch of records' sequences and where their scored tokens are. `positions`: the sequence
-    positions whose logits predict a scored token (shared by the batch: `logits_to_keep`); `rows`, `columns`: for
-    each scored token, its record and its index into `positions`; `targets`: its id; `first`: per record, the index
-    (into the scored tokens) of its first one."""
-
-    tensors: dict[str, torch.Tensor]
-    positions: torch.Tensor
-    rows: torch.Tensor
-    columns: torch.Tensor
-    targets: torch.Tensor
-    first: torch.Tensor
-    size: int
-
-
-def scored_tokens(loaded: LoadedModel, record: Record, task: str, prompt: str):
-    """(inputs, token indices): the record's teacher-forced sequence and the response tokens whose loss is measured:
-    a caption's key phrase (its whole description without one), a VQA answer's every token."""
-    inputs = training_inputs(loaded, record, prompt)
-    phrase = record.key_phrase if task == "caption" else None
-    return inputs, key_phrase_tokens(inputs, phrase)
-
-
-def prepare_batches(loaded: LoadedModel, records: Sequence[Record], task: str, prompt: str, batch_size: int) -> list[ScoredBatch]:
-    """The records as `ScoredBatch`es, built once (the processor runs once per record, whatever is removed later)."""
-    batches = []
-    for start in range(0, len(records), batch_size):
-        items = [scored_tokens(loaded, record, task, prompt) for record in records[start : start + batch_size]]
-        tensors = collate([inputs for inputs, _ in items], pad_token_id(loaded.processor.tokenizer))
-        predicting = [inputs.prefix_length + tokens - 1 for inputs, tokens in items]  # the logit before each token
-        positions = np.unique(np.concatenate(predicting))
-        rows, columns, targets, first = [], [], [], []
-        for row, ((inputs, tokens), where) in enumerate(zip(items, predicting)):
-            first.append(len(rows))
-            rows += [row] * len(where)
-            columns += list(np.searchsorted(positions, where))
-            targets += [int(tensors["input_ids"][row, position + 1]) for position in where]
-        batches.append(ScoredBatch(tensors, torch.as_tensor(positions), torch.as_tensor(rows), torch.as_tensor(columns),
-                                   torch.as_tensor(targets), torch.as_tensor(first), len(items)))
-    return batches
-
-
-def _token_losses(loaded: LoadedModel, batch: ScoredBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(losses, top): each scored token's cross-entropy and whether it was the model's top prediction."""
-    output = loaded.model(**to_model_device(batch.tensors, loaded.model), use_cache=False, logits_to_keep=batch.positions)
-    logits = output.logits[batch.rows, batch.columns].float()  # (scored tokens, vocabulary)
-    targets = batch.targets.to(logits.device)
-    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    return losses, logits.argmax(dim=-1) == targets
-
-
-def _per_record(values: torch.Tensor, batch: ScoredBatch) -> np.ndarray:
-    totals = torch.zeros(batch.size, dtype=torch.float64).index_add_(0, batch.rows, values.double().cpu())
-    return (totals / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1)).numpy()
-
-
-@torch.inference_mode()
-def evaluate(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head] = (), mode: AblationMode = "zero",
-             means: HeadMeans | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(loss, correct) per record with `heads` removed: the mean cross-entropy of its scored tokens, and whether its
-    first scored token is the model's top prediction."""
-    losses, correct = [], []
-    with ablate_heads(loaded, heads, mode, means):
-        for batch in batches:
-            token_losses, top = _token_losses(loaded, batch)
-            losses.append(_per_record(token_losses, batch))
-            correct.append(top.cpu().numpy()[batch.first.numpy()])
-    return np.concatenate(losses), np.concatenate(correct)
 
 
 # --- rankings --------------------------------------------------------------------------------------
@@ -213,13 +145,16 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
     """(layers, heads): Michel et al.'s importance, the mean over records of |dL/dg_h| where g_h = 1 gates head h's
     slice of o_proj's input and L is the record's mean scored-token loss. Only the gates get gradients
     (`torch.autograd.grad`): the model's parameters are left untouched, and the gates act only in this context
-    (thread), as `ablate_heads` does, so another session's forward on the shared model is not gated. NaN in layers
-    without softmax attention."""
+    (thread), as `ablate_heads` does, so another session's forward on the shared model is not gated; the image
+    features are computed without gradients (`Plan.frozen_vision`), so the graph holds the language model's
+    activations only (SmolVLM-256M at true size, one record of 1,147 tokens: +1.1 GB over the loaded model, +11
+    GB with the vision tower's graph). NaN
+    in layers without softmax attention."""
     projections = output_projections(loaded)
     num_heads = num_attention_heads(loaded)
     layers = len(loaded.adapter.attention_modules(loaded.model))
     totals, records = np.zeros((layers, num_heads)), 0
-    for batch in batches:
+    for index, batch in enumerate(batches):
         gates = {layer: torch.ones(batch.size, num_heads, requires_grad=True) for layer in projections}
 
         def gating(layer: int) -> Callable[..., tuple | None]:
@@ -234,11 +169,13 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
 
         with contextlib.ExitStack() as stack:
             mine = stack.enter_context(hooks_in_this_context())
+            stack.enter_context(install_replay(loaded))
+            stack.enter_context(replaying(Plan(index, frozen_vision=True)))
             handles = [projection.register_forward_pre_hook(gating(layer)) for layer, projection in projections.items()]
             stack.callback(lambda: [handle.remove() for handle in handles])
             with torch.enable_grad():
-                token_losses, _ = _token_losses(loaded, batch)
-                per_record = torch.zeros(batch.size, dtype=token_losses.dtype).index_add(0, batch.rows.to(token_losses.device), token_losses)
+                losses, _ = token_losses(loaded, batch)
+                per_record = torch.zeros(batch.size, dtype=losses.dtype).index_add(0, batch.rows.to(losses.device), losses)
                 per_record = per_record / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1).to(per_record)
                 grads = torch.autograd.grad(per_record.sum(), [gates[layer] for layer in projections])
         for layer, grad in zip(projections, grads):
@@ -278,40 +215,6 @@ def layer_matched(order: Sequence[Head], heads: Sequence[Head], rng: np.random.G
     return matched
 
 
-def dose_points(max_k: int) -> list[int]:
-    """The k of the dose-response: 0 to 4 each, then about 1.5x apart, and `max_k` (every removal is a forward pass
-    over the held-out records, for each of the hundreds of orders)."""
-    points, k = [0, 1, 2, 3, 4], 4
-    while k < max_k:
-        k = max(k + 1, round(k * 1.5))
-        points.append(k)
-    return sorted({point for point in points if point < max_k} | {max_k})
-
-
-def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: dict[str, list[list[Head]]], ks: Sequence[int],
-                  baseline: tuple[np.ndarray, np.ndarray], progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """name -> (orders, len(ks), 2): the mean loss and first-token accuracy over the records with the first k heads of
-    each order removed (zero ablation), for each k of `ks`. k = 0 is the model as it is: `baseline` (`evaluate` with
-    no head removed), for all orders."""
-    baseline = (float(baseline[0].mean()), float(baseline[1].mean()))
-    total, done = sum(len(group) for group in orders.values()) * sum(k > 0 for k in ks), 0
-    curves = {}
-    for name, group in orders.items():
-        curve = np.zeros((len(group), len(ks), 2))
-        for index, order in enumerate(group):
-            for column, k in enumerate(ks):
-                if k == 0:
-                    curve[index, column] = baseline
-                    continue
-                if progress is not None:
-                    progress("dose-response", done, total)
-                loss, correct = evaluate(loaded, batches, order[:k])
-                curve[index, column] = (loss.mean(), correct.mean())
-                done += 1
-        curves[name] = curve
-    return curves
-
-
 @dataclass(frozen=True)
 class Validation:
     """What `validate` measured: `scores[ranking]` (layers, heads); `heads` removed one by one; `effects[mode]`
@@ -336,19 +239,16 @@ class Validation:
     seconds: float = 0.0
 
 
-def measure_effects(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head], mode: AblationMode,
-                    baseline: tuple[np.ndarray, np.ndarray], means: HeadMeans | None,
-                    progress: Progress | None = None) -> np.ndarray:
-    """(heads, records, 2): per head removed alone, each record's rise in scored-token loss and drop in first-token
-    correctness against `baseline`."""
-    effects = np.zeros((len(heads), len(baseline[0]), 2))
-    for index, head in enumerate(heads):
-        if progress is not None:
-            progress(f"removing each head ({mode})", index, len(heads))
-        loss, correct = evaluate(loaded, batches, [head], mode, means)
-        effects[index, :, 0] = loss - baseline[0]
-        effects[index, :, 1] = baseline[1].astype(float) - correct
-    return effects
+def planned_passes(heads: Sequence[Head], modes: Sequence[str], orders: dict[str, list[list[Head]]], ks: Sequence[int],
+                   layers: int, keep_layers: bool, one_pass: float) -> tuple[int, float]:
+    """(passes, seconds): the forward passes a validation runs after its baseline, and their time, from `one_pass`
+    (a pass without the image features, which every later pass reuses) and the share of the decoder layers each
+    computes (`head_effects`: a head of layer l computes layers l and up)."""
+    single = [1.0 - (layer / layers if keep_layers else 0.0) for layer, _ in heads] * len(modes)
+    known = {frozenset([head]) for head in heads} if "zero" in modes else set()
+    dose = [share for group in orders.values() for order in group
+            for share in order_passes(order, ks, known, layers, keep_layers)]
+    return len(single) + len(dose), one_pass * (sum(single) + sum(dose))
 
 
 def mean_outputs(loaded: LoadedModel, train: Sequence[Record], config: ValidationConfig) -> HeadMeans | None:
@@ -383,30 +283,38 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
         scores["hi"] = np.asarray(hi, dtype=float)
     if progress is not None:
         progress("gradient importance", 0, 1)
-    scores["gradient"] = gradient_importance(loaded, prepare_batches(loaded, ranking_records, task, prompt, config.batch_size))
+    # one record per backward pass: the graph of a real model's language model is ~1 GB per record
+    scores["gradient"] = gradient_importance(loaded, prepare_batches(loaded, ranking_records, task, prompt, 1))
     held_out = [split.held_out[i] for i in range(len(split.held_out))]
     batches = prepare_batches(loaded, held_out, task, prompt, config.batch_size)
-    timed = time.perf_counter()
-    baseline = evaluate(loaded, batches)
-    one_pass = time.perf_counter() - timed
-    every = head_sample(scores["hi"], None, 0)
-    heads = head_sample(scores["hi"], config.heads, config.seed)
-    max_k = min(config.max_k or max(1, len(every) // 4), len(every))
-    ks = dose_points(max_k)
-    passes = len(heads) * len(config.modes) + (len(RANKINGS) + 2 * config.orders) * (len(ks) - 1)
-    if progress is not None:
-        progress("estimate", round(one_pass * passes), passes)
-    if time_limit_s is not None and one_pass * passes > time_limit_s:
-        raise InputError(f"this validation would take about {one_pass * passes / 60:.0f} min ({passes} passes over "
-                         f"{len(held_out)} held-out records at {one_pass:.1f} s each); this deployment allows "
-                         f"{time_limit_s / 60:.0f} min: sample fewer heads, use fewer orders or fewer held-out records")
-    means = mean_outputs(loaded, split.train, config)
-    effects = {mode: measure_effects(loaded, batches, heads, mode, baseline, means, progress) for mode in config.modes}
-    rng = np.random.default_rng(config.seed)
-    orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
-    orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
-    orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
-    curves = dose_response(loaded, batches, orders, ks, baseline, progress)
+    with install_replay(loaded):
+        timed = time.perf_counter()
+        baseline, cache = baseline_pass(loaded, batches, config.cache_mb * 2**20)
+        one_pass = time.perf_counter() - timed
+        every = head_sample(scores["hi"], None, 0)
+        heads = head_sample(scores["hi"], config.heads, config.seed)
+        max_k = min(config.max_k or max(1, len(every) // 4), len(every))
+        ks = dose_points(max_k)
+        rng = np.random.default_rng(config.seed)
+        orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
+        orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
+        orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
+        passes, seconds = planned_passes(heads, config.modes, orders, ks, len(scores["hi"]), cache.keep_layers,
+                                         one_pass - cache.vision_seconds)
+        if progress is not None:
+            progress("estimate", round(seconds), passes)
+        if time_limit_s is not None and seconds > time_limit_s:
+            raise InputError(f"this validation would take about {seconds / 60:.0f} min ({passes} passes over "
+                             f"{len(held_out)} held-out records, {one_pass:.1f} s for the first); this deployment "
+                             f"allows {time_limit_s / 60:.0f} min: sample fewer heads, use fewer orders or fewer "
+                             "held-out records")
+        means = mean_outputs(loaded, split.train, config)
+        effects, known = {}, {}
+        for mode in config.modes:
+            effects[mode], outcomes = measure_effects(loaded, batches, heads, mode, baseline, means, cache, progress)
+            if mode == "zero":
+                known = outcomes
+        curves = dose_response(loaded, batches, orders, ks, baseline, cache, known, progress)
     return Validation(
         model=loaded.name, dataset=str(dataset), task=task, config=config,
         split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description},

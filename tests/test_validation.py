@@ -12,17 +12,8 @@ from hi_core.ablation import ablate_heads, output_projections
 from hi_core.datasets import write_synthetic
 from hi_core.finetune import DataConfig, split_dataset
 from hi_core.loading import LoadConfig, load_model
-from hi_core.validation import (
-    ValidationConfig,
-    dose_points,
-    evaluate,
-    gradient_importance,
-    layer_matched,
-    prepare_batches,
-    ranked,
-    spatial_entropy,
-    validate,
-)
+from hi_core.head_effects import dose_points, evaluate, prepare_batches
+from hi_core.validation import ValidationConfig, gradient_importance, layer_matched, ranked, spatial_entropy, validate
 from hi_core.validation_report import write_validation_report
 
 PROMPT = DataConfig().prompt
@@ -90,6 +81,23 @@ def test_gradient_importance_is_the_derivative_of_the_loss_in_a_heads_gate(demo_
     assert importance[layer, head] == pytest.approx(abs(losses[0] - losses[1]) / 2e-3, rel=1e-2)
 
 
+def test_gradient_importance_builds_no_graph_through_the_vision_tower(demo_model, held_out, monkeypatch):
+    """The image features are computed without gradients: on a real model the vision tower's graph is most of the
+    memory (SmolVLM-256M: +11 GB for one record)."""
+    inner = type(demo_model.model.model)
+    original, seen = inner.get_image_features, []
+
+    def get_image_features(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        tensors = output if isinstance(output, torch.Tensor) else output.pooler_output
+        seen.append(torch.is_grad_enabled() or any(t.requires_grad for t in tensors))
+        return output
+
+    monkeypatch.setattr(inner, "get_image_features", get_image_features)
+    importance = gradient_importance(demo_model, prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 1))
+    assert seen == [False, False] and np.nanmax(importance) > 0
+
+
 def test_orders_and_points():
     heads = [(layer, head) for layer in range(3) for head in range(4)]
     scores = np.arange(12.0).reshape(3, 4)
@@ -120,6 +128,24 @@ def test_validate_end_to_end(demo_model, scenes, tmp_path):
     assert saved["correlations"]["zero"]["loss"]["hi"]["spearman"] == data["correlations"]["zero"]["loss"]["hi"]["spearman"]
     assert {"report.md", "effect_vs_hi.png", "dose_response.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert "Dose-response" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_reusing_passes_changes_no_number(demo_model, scenes, monkeypatch):
+    """`validate` reuses image features and lower layers' outputs between passes (`replay.py`): its effects and
+    curves equal those of every pass computed whole."""
+    import contextlib
+
+    import hi_core.head_effects as head_effects
+
+    config = ValidationConfig(orders=3, heads=5, max_k=4, ranking_records=2, mean_records=2, data=DataConfig(eval_fraction=0.25))
+    reused = validate(demo_model, scenes, config)
+    monkeypatch.setattr(head_effects, "replaying", lambda plan: contextlib.nullcontext())
+    whole = validate(demo_model, scenes, config)
+    for mode in config.modes:
+        np.testing.assert_allclose(reused.effects[mode], whole.effects[mode], atol=1e-6)
+    for name in whole.curves:
+        np.testing.assert_allclose(reused.curves[name], whole.curves[name], atol=1e-6)
+    assert reused.curves["random"][:, 1:].std() > 0  # the orders removed heads that matter
 
 
 def test_removal_is_undone_after_validation(demo_model, held_out):
@@ -169,7 +195,7 @@ def test_the_gradient_gates_leave_another_threads_forward_alone(demo_model, held
     ours = prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 2)
     theirs = prepare_batches(demo_model, held_out[2:3], "caption", PROMPT, 1)
     expected = evaluate(demo_model, theirs)[0]
-    seen, original, main = [], validation._token_losses, threading.current_thread()
+    seen, original, main = [], validation.token_losses, threading.current_thread()
 
     def with_another_session(loaded, batch):
         if threading.current_thread() is main and not seen:  # while the gates are installed
@@ -177,6 +203,6 @@ def test_the_gradient_gates_leave_another_threads_forward_alone(demo_model, held
                 seen.append(pool.submit(evaluate, loaded, theirs).result()[0])
         return original(loaded, batch)
 
-    monkeypatch.setattr(validation, "_token_losses", with_another_session)
+    monkeypatch.setattr(validation, "token_losses", with_another_session)
     gradient_importance(demo_model, ours)
     np.testing.assert_array_equal(seen[0], expected)
