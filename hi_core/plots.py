@@ -157,7 +157,8 @@ def layer_choices(selected: np.ndarray, labels: Sequence[str], scores: np.ndarra
 
 
 
-def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Sequence[int]) -> Figure:
+def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Sequence[int],
+                   hi_label: str = "HI") -> Figure:
     """Each head's effect when removed alone (one panel per ablation mode) against its HI, coloured by layer."""
     figure = Figure(figsize=(3.6 * len(effects) + 0.8, 3.3), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(effects), sharey=False))
@@ -169,7 +170,7 @@ def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Seque
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_yscale("symlog", linthresh=0.01)  # one head's effect can dwarf the rest: linear near 0, log beyond
         ax.set_ylim(bottom=min(-0.002, 1.5 * float(np.min(effect))))
-        ax.set_xlabel("HI (mean over the ranking records)")
+        ax.set_xlabel(hi_label)
         ax.set_ylabel("rise in scored-token loss (symlog)")
         ax.set_title(f"each head removed alone ({mode})", fontsize=9)
     if colours is not None:  # whole layers only

@@ -317,7 +317,8 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
         curves = dose_response(loaded, batches, orders, ks, baseline, cache, known, progress)
     return Validation(
         model=loaded.name, dataset=str(dataset), task=task, config=config,
-        split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description},
+        split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description,
+               "hi": "given" if hi is not None else "ranking records"},
         record_ids=[record.id for record in held_out], scores=scores, heads=heads,
         baseline=np.stack([baseline[0], baseline[1].astype(float)], axis=1), effects=effects, curves=curves,
         orders={name: [[list(head) for head in order] for order in group] for name, group in orders.items()},

@@ -101,13 +101,24 @@ def dose_summary(validation: Validation) -> dict[str, Any]:
     """Each ranking's curve and the random and layer-matched orders' mean and 95% band, per k (loss and accuracy)."""
     entry: dict[str, Any] = {"ks": validation.ks, "orders": {name: len(curves) for name, curves in validation.curves.items()}}
     for name, curves in validation.curves.items():
-        if len(curves) == 1:
+        if name in RANKINGS:  # one order each (the random groups may hold one order too: `--orders 1`)
             entry[name] = {"loss": curves[0, :, 0].tolist(), "first_token_accuracy": curves[0, :, 1].tolist()}
         else:
             entry[name] = {f"{metric}_{what}": getattr(np, function)(curves[:, :, column], *args, axis=0).tolist()
                            for column, metric in enumerate(("loss", "first_token_accuracy"))
                            for what, function, args in (("mean", "mean", ()), ("low", "percentile", (2.5,)), ("high", "percentile", (97.5,)))}
     return entry
+
+
+def _rankings_from(split: dict[str, Any]) -> str:
+    records = f"{split['ranking_records']} training records"
+    if split.get("hi") == "given":
+        return f"HI as given (e.g. a `score --dataset` JSON), the other rankings from {records}"
+    return f"rankings from {records}"
+
+
+def hi_label(split: dict[str, Any]) -> str:
+    return "HI (as given)" if split.get("hi") == "given" else "HI (mean over the ranking records)"
 
 
 def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
@@ -117,7 +128,7 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
     lines = [
         f"# Does HI find the heads that matter? `{data['model']}` on `{Path(data['dataset']).name}` ({data['task']})", "",
         f"Each of {sampled} removed alone ({', '.join(config['modes'])} ablation), teacher-forced on {split['held_out']} "
-        f"held-out records ({split['how']}); rankings from {split['ranking_records']} training records. Baseline: loss "
+        f"held-out records ({split['how']}); {_rankings_from(split)}. Baseline: loss "
         f"{data['baseline']['loss']:.3f}, first-token accuracy {data['baseline']['first_token_accuracy']:.1%}. "
         f"Intervals: 95% percentile bootstrap ({config['resamples']} resamples) over heads and over records; "
         f"within-layer p: {config['permutations']} permutations of the scores inside each layer. Seed {config['seed']}; "
@@ -167,7 +178,7 @@ def draw_figures(data: dict[str, Any]) -> dict[str, Any]:
     heads = data["heads_removed"]
     hi = np.array([data["scores"]["hi"][layer][head] for layer, head in heads], dtype=float)
     effects = {mode: np.asarray(values["loss"]) for mode, values in data["effects"].items()}
-    return {SCATTER: effect_scatter(hi, effects, [layer for layer, _ in heads]),
+    return {SCATTER: effect_scatter(hi, effects, [layer for layer, _ in heads], hi_label(data["split"])),
             CURVES: dose_response_figure(data["dose_response"], list(RANKINGS), RANKING_NAMES)}
 
 

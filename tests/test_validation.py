@@ -148,6 +148,20 @@ def test_reusing_passes_changes_no_number(demo_model, scenes, monkeypatch):
     assert reused.curves["random"][:, 1:].std() > 0  # the orders removed heads that matter
 
 
+def test_a_given_hi_is_validated_and_the_report_says_where_it_came_from(demo_model, scenes, tmp_path):
+    """Also one random order: its 'band' is a single curve, still drawn as a band."""
+    config = ValidationConfig(modes=("zero",), heads=3, orders=1, max_k=2, ranking_records=1, mean_records=1,
+                              data=DataConfig(eval_fraction=0.25))
+    given = np.arange(48.0).reshape(6, 8) / 48  # the last heads first: not HI of the ranking record
+    validation = validate(demo_model, scenes, config, hi=given)
+    np.testing.assert_array_equal(validation.scores["hi"], given)
+    assert validation.orders["hi"][0] == [[5, 7], [5, 6]] and validation.split["hi"] == "given"
+    write_validation_report(validation, tmp_path / "out", resamples=20, permutations=20)
+    assert "HI as given" in (tmp_path / "out" / "report.md").read_text()
+    computed = validate(demo_model, scenes, config)
+    assert computed.split["hi"] == "ranking records" and not np.array_equal(computed.scores["hi"], given)
+
+
 def test_removal_is_undone_after_validation(demo_model, held_out):
     batches = prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 2)
     before = evaluate(demo_model, batches)[0]
