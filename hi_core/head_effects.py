@@ -9,7 +9,7 @@ at the lowest layer of the heads it adds. A set of heads measured once (a head a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,17 +120,17 @@ def measure_effects(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: 
     for index, head in enumerate(heads):
         if progress is not None:
             progress(f"removing each head ({mode})", index, len(heads))
-        loss, correct = evaluate(loaded, batches, [head], mode, means, cache, start_layer(cache, [head]))
+        loss, correct = evaluate(loaded, batches, [head], mode, means, cache, start_layer([head], cache.keep_layers))
         effects[index, :, 0] = loss - baseline[0]
         effects[index, :, 1] = baseline[1].astype(float) - correct
         outcomes[frozenset([head])] = (loss, correct)
     return effects, outcomes
 
 
-def start_layer(cache: PassCache, added: Sequence[Head]) -> int:
-    """Where a pass that removes `added` on top of `cache`'s pass starts computing: their lowest layer (0 where the
-    cache holds no layer outputs)."""
-    return min(layer for layer, _ in added) if cache.keep_layers and added else 0
+def start_layer(added: Sequence[Head], keep_layers: bool) -> int:
+    """Where a pass that removes `added` on top of a recorded pass starts computing: their lowest layer (0 where the
+    recorded pass kept no layer outputs, `PassCache.keep_layers`)."""
+    return min(layer for layer, _ in added) if keep_layers and added else 0
 
 
 def dose_points(max_k: int) -> list[int]:
@@ -143,18 +143,17 @@ def dose_points(max_k: int) -> list[int]:
     return sorted({point for point in points if point < max_k} | {max_k})
 
 
-def order_passes(order: Sequence[Head], ks: Sequence[int], known: set[frozenset[Head]], layers: int,
-                 keep_layers: bool) -> list[float]:
-    """The share of the decoder layers each pass of `order`'s dose-response computes, as `dose_response` runs it
-    (for the time estimate): one entry per k not in `known`."""
-    shares, done = [], 0
+def order_steps(order: Sequence[Head], ks: Sequence[int], known: Collection[frozenset[Head]],
+                keep_layers: bool) -> dict[int, int]:
+    """k -> start layer for each k of `ks` that `dose_response` measures along `order`: not k = 0 (the baseline) nor a
+    head set in `known`; each step computes from the lowest layer of the heads it adds to the order's previous step
+    (`start_layer`). The time estimate counts the same steps."""
+    steps, measured = {}, 0
     for k in ks:
         if k == 0 or frozenset(order[:k]) in known:
             continue
-        added = order[done:k]
-        shares.append(1.0 - (min(layer for layer, _ in added) / layers if keep_layers else 0.0))
-        done = k
-    return shares
+        steps[k], measured = start_layer(order[measured:k], keep_layers), k
+    return steps
 
 
 def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: dict[str, list[list[Head]]], ks: Sequence[int],
@@ -165,21 +164,24 @@ def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: d
     no head removed), for all orders; a head set in `known` (zero ablation's outcomes) is not measured again. Each
     step starts from the order's last measured step (`cache`: the baseline pass)."""
     known = known or {}
-    total = sum(len(order_passes(order, ks, set(known), 1, False)) for group in orders.values() for order in group)
+    plans = {name: [order_steps(order, ks, known, cache.keep_layers) for order in group] for name, group in orders.items()}
+    total = sum(len(steps) for group in plans.values() for steps in group)
     done, curves = 0, {}
     for name, group in orders.items():
         curve = np.zeros((len(group), len(ks), 2))
-        for index, order in enumerate(group):
-            previous, measured = cache, 0
+        for index, (order, steps) in enumerate(zip(group, plans[name])):
+            previous = cache
             for column, k in enumerate(ks):
-                outcome = baseline if k == 0 else known.get(frozenset(order[:k]))
-                if outcome is None:
+                if k == 0:
+                    outcome = baseline
+                elif k not in steps:
+                    outcome = known[frozenset(order[:k])]
+                else:
                     if progress is not None:
                         progress("dose-response", done, total)
                     step = PassCache(keep_layers=cache.keep_layers, vision=cache.vision)
-                    outcome = evaluate(loaded, batches, order[:k], source=previous,
-                                       start=start_layer(cache, order[measured:k]), record=step)
-                    previous, measured, done = step, k, done + 1
+                    outcome = evaluate(loaded, batches, order[:k], source=previous, start=steps[k], record=step)
+                    previous, done = step, done + 1
                 curve[index, column] = (outcome[0].mean(), np.mean(outcome[1]))
         curves[name] = curve
     return curves

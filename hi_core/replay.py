@@ -150,5 +150,4 @@ def layer_output_bytes(loaded: LoadedModel, tokens: int) -> int:
     """About what recording every decoder layer's output for `tokens` sequence positions (all batches) holds."""
     config = loaded.model.config.get_text_config()
     layers = len(loaded.adapter.decoder_layers(loaded.model))
-    itemsize = torch.finfo(loaded.model.dtype).bits // 8 if loaded.model.dtype.is_floating_point else 4
-    return int(tokens) * int(config.hidden_size) * layers * itemsize
+    return int(tokens) * int(config.hidden_size) * layers * loaded.model.dtype.itemsize

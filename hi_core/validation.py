@@ -51,8 +51,9 @@ from .head_effects import (
     dose_points,
     dose_response,
     measure_effects,
-    order_passes,
+    order_steps,
     prepare_batches,
+    start_layer,
     token_losses,
 )
 from .head_selection import Head
@@ -148,8 +149,7 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
     (thread), as `ablate_heads` does, so another session's forward on the shared model is not gated; the image
     features are computed without gradients (`Plan.frozen_vision`), so the graph holds the language model's
     activations only (SmolVLM-256M at true size, one record of 1,147 tokens: +1.1 GB over the loaded model, +11
-    GB with the vision tower's graph). NaN
-    in layers without softmax attention."""
+    GB with the vision tower's graph). NaN in layers without softmax attention."""
     projections = output_projections(loaded)
     num_heads = num_attention_heads(loaded)
     layers = len(loaded.adapter.attention_modules(loaded.model))
@@ -244,10 +244,10 @@ def planned_passes(heads: Sequence[Head], modes: Sequence[str], orders: dict[str
     """(passes, seconds): the forward passes a validation runs after its baseline, and their time, from `one_pass`
     (a pass without the image features, which every later pass reuses) and the share of the decoder layers each
     computes (`head_effects`: a head of layer l computes layers l and up)."""
-    single = [1.0 - (layer / layers if keep_layers else 0.0) for layer, _ in heads] * len(modes)
+    single = [1.0 - start_layer([head], keep_layers) / layers for head in heads] * len(modes)
     known = {frozenset([head]) for head in heads} if "zero" in modes else set()
-    dose = [share for group in orders.values() for order in group
-            for share in order_passes(order, ks, known, layers, keep_layers)]
+    dose = [1.0 - start / layers for group in orders.values() for order in group
+            for start in order_steps(order, ks, known, keep_layers).values()]
     return len(single) + len(dose), one_pass * (sum(single) + sum(dose))
 
 
