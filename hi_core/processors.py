@@ -8,6 +8,7 @@ it, so ours stands in (`pixtral_inputs`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -46,26 +47,28 @@ def build_processor_without_video(
     processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str | None, **settings: Any
 ) -> Any:
     """Instantiate a processor that declares a video processor, passing None for it."""
-    # ProcessorMixin checks every declared attribute's class; it must accept None for the video
-    # processor, which we never use (images only).
-    original = processor_class.check_argument_for_proper_class
+    return _accepting_no_video(processor_class)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=chat_template,
+        **settings,
+    )
 
-    def check(self: Any, argument_name: str, argument: Any) -> Any:
+
+@functools.cache
+def _accepting_no_video(processor_class: type) -> type:
+    """A subclass of `processor_class` that accepts None for its video processor, which we never use (images
+    only): ProcessorMixin checks every declared attribute's class. A subclass, not a patch of the class, so that
+    nothing process-wide changes while other threads build processors; one per class (cached)."""
+
+    def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
         if argument is None and argument_name == "video_processor":
             return None
-        return original(self, argument_name, argument)
+        return processor_class.check_argument_for_proper_class(self, argument_name, argument)
 
-    processor_class.check_argument_for_proper_class = check
-    try:
-        return processor_class(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **settings,
-        )
-    finally:
-        processor_class.check_argument_for_proper_class = original
+    namespace = {"check_argument_for_proper_class": check_argument_for_proper_class, "__module__": processor_class.__module__}
+    return type(processor_class.__name__, (processor_class,), namespace)
 
 
 #: Families whose transformers processor cannot be imported at all without torchvision (not only its

@@ -206,3 +206,13 @@ def test_sequence_checks_name_what_was_expected_and_found(qwen):
     two_images = dict(tensors, image_grid_thw=tensors["image_grid_thw"].repeat(2, 1))
     with pytest.raises(InputError, match="expected one image in the processor's image_grid_thw, found 2"):
         loaded.adapter.image_layout(loaded.model, two_images)
+
+
+def test_processor_without_video_leaves_transformers_class_untouched(qwen):
+    """Without torchvision the processor is built with no video processor through a subclass, never by patching
+    transformers' class (another thread building a processor at the same time would see the patch)."""
+    loaded, _, _ = qwen
+    processor_class = type(loaded.processor).__mro__[1]
+    assert type(loaded.processor).__name__ == processor_class.__name__ and processor_class.__name__.endswith("VLProcessor")
+    assert "check_argument_for_proper_class" not in processor_class.__dict__
+    assert loaded.processor.video_processor is None
