@@ -36,7 +36,7 @@ from .analysis import ImageAnalysis, analyze_image
 from .captioning import generate_description
 from .datasets import Record
 from .image_scoring import AnalysisConfig
-from .errors import InputError, check_choice, check_number
+from .errors import InputError, check_choice, check_number, check_whole
 from .finetune import MAX_SEED, DataConfig, Split, check_task, split_dataset, training_batch
 from .head_selection import Head, HeadChoice, HeadRanking, HeadStrategy, check_head_choice, format_heads, parse_head_choice, select_heads
 from .inputs import to_model_device
@@ -297,7 +297,7 @@ class AblationConfig:
             raise InputError("heads must name at least one strategy or head")
         check_choice("mode", self.mode, AblationMode)
         for name in ("k", "seeds", "mean_records", "resamples"):
-            check_number(name, getattr(self, name), "at least 1", lambda v: v >= 1)
+            check_whole(name, getattr(self, name))
         check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
         if self.seed + self.seeds - 1 > MAX_SEED:
             raise InputError(f"seeds {self.seed}..{self.seed + self.seeds - 1} go past the largest seed {MAX_SEED}")

@@ -200,8 +200,6 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
         resamples=args.resamples,
         seed=args.seed,
     )
-    if args.seed < 0:
-        raise InputError(f"seed must be a whole number >= 0, got {args.seed}")
     _check_output_files(("--out", args.out), ("--images-csv", args.images_csv))
     out = Path(args.out) if args.out is not None else None
     cache = args.cache if args.cache is not None else (out.with_suffix(".cache") if out else None)

@@ -38,7 +38,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from .datasets import INDEX, make_dataset_folder
-from .errors import InputError
+from .errors import InputError, check_whole
 from .masks import load_image
 from .outputs import atomic_path
 
@@ -388,8 +388,7 @@ def convert_coco(instances: str | Path, captions: str | Path, images: str | Path
     `limit` stops after that many records. Images are copied as they are (`images/<id><ext>`), the
     key object's mask is written as `masks/<id>.png` (0/255, the image's size).
     """
-    if limit is not None and limit < 1:
-        raise InputError(f"limit must be at least 1, got {limit}")
+    check_whole("limit", limit, optional=True)
     images_dir = Path(images)
     if not images_dir.is_dir():
         raise InputError(f"images folder {str(images_dir)!r} does not exist")

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import stats
 
 from .distributed import is_main_process
-from .errors import InputError, check_number
+from .errors import InputError, check_whole
 from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, attention_targets, check_task, split_dataset
 from .head_lora import check_targets, head_counts
 from .head_selection import HeadRanking, check_head_choice, format_heads, select_heads
@@ -71,9 +71,8 @@ class CompareConfig:
     heads_k: int | None = None
 
     def __post_init__(self) -> None:
-        check_number("seeds", self.seeds, "at least 1", lambda v: v >= 1)
-        if self.heads_k is not None:
-            check_number("heads_k", self.heads_k, "at least 1", lambda v: v >= 1)
+        check_whole("seeds", self.seeds)
+        check_whole("heads_k", self.heads_k, optional=True)
         last = self.finetune.seed + self.seeds - 1
         if last > MAX_SEED:
             raise InputError(f"seeds {self.finetune.seed}..{last} go past the largest seed {MAX_SEED}: lower seed or seeds")

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from .image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
 from .distributed import process_state
-from .errors import InputError
+from .errors import InputError, check_number, check_whole
 from .images import ImageLimits
 from .loading import LoadedModel
 from .maps import batch_head_maps
@@ -82,14 +82,11 @@ class DatasetConfig:
     image_limits: ImageLimits | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise InputError(f"limit must be at least 1, got {self.limit}")
-        if not 0 < self.confidence < 1:
-            raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.resamples < 1:
-            raise InputError(f"resamples must be at least 1, got {self.resamples}")
+        check_whole("batch_size", self.batch_size)
+        check_whole("limit", self.limit, optional=True)
+        check_number("confidence", self.confidence, "a number in (0, 1)", lambda v: 0 < v < 1)
+        check_whole("resamples", self.resamples)
+        check_whole("seed", self.seed, 0)
 
     def record_analysis(self, record: Record) -> AnalysisConfig:
         """The per-image options a record is scored with: its own prompt, if it has one, and its own

@@ -34,6 +34,15 @@ def check_number(field: str, value: float, allowed: str, ok: Callable[[float], b
         raise InputError(f"{field} must be {allowed}, got {value!r}")
 
 
+def check_whole(field: str, value: float | None, low: int = 1, high: int | None = None, optional: bool = False) -> None:
+    """Raise InputError unless `value` is a whole number in [low, high] (None: no upper bound); `optional`: None
+    is accepted too (a setting that may be left unset). `True` is refused, though Python counts it as 1."""
+    if optional and value is None:
+        return
+    allowed = f"a whole number of at least {low}" if high is None else f"a whole number in [{low}, {high}]"
+    check_number(field, value, allowed, lambda v: v == int(v) and v >= low and (high is None or v <= high))  # type: ignore[arg-type]
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """An exception's message without the advice paragraphs some libraries append (at most `limit` characters)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .batching import collate, pad_token_id
 from .datasets import INDEX, Record, RecordLine, load_record, scan_dataset
-from .errors import InputError, check_choice, check_number
+from .errors import InputError, check_choice, check_number, check_whole
 from .images import ImageLimits
 from .inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
 from .head_selection import HeadChoice, format_heads, parse_head_choice
@@ -81,10 +81,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_choice("task", self.task, Task)
         check_number("eval_fraction", self.eval_fraction, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        if self.eval_limit is not None:
-            check_number("eval_limit", self.eval_limit, "at least 1", lambda v: v >= 1)
+        check_whole("eval_limit", self.eval_limit, optional=True)
         for name in ("max_new_tokens", "eval_batch_size"):
-            check_number(name, getattr(self, name), "at least 1", lambda v: v >= 1)
+            check_whole(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class FinetuneConfig:
             raise InputError(f"targets must be names of linear modules of the attention (e.g. q_proj), got {list(self.targets)}")
         check_choice("schedule", self.schedule, Schedule)
         for name in ("k", "rank", "steps", "batch_size"):
-            check_number(name, getattr(self, name), "at least 1", lambda v: v >= 1)
+            check_whole(name, getattr(self, name))
         check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
         # AdamW moves every weight by about lr per step: above 1 it only destroys the weights (and
         # near float32's range the step itself overflows), so such values are refused up front.

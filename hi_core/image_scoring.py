@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, check_choice
+from .errors import check_choice, check_whole
 from .inputs import DEFAULT_PROMPT, ModelInputs, Queries, build_inputs, key_phrase_tokens
 from .loading import LoadedModel
 from .masks import MaskGrid, mask_grid
@@ -42,8 +42,7 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         check_choice("queries", self.queries, Queries)
         check_choice("view", self.view, View)
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        check_whole("max_new_tokens", self.max_new_tokens)
 
 
 @dataclass(frozen=True)

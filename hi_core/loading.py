@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 from .capture import check_capturable
-from .errors import InputError, check_choice, first_line
+from .errors import InputError, check_choice, check_whole, first_line
 from .hub import check_hub_model
 from .families import FamilyAdapter, adapter_for, supported_families
 from .model_memory import MemoryPlan, check_device_fits, describe, memory_budget, parameter_count, plan, read_config_json
@@ -57,8 +57,7 @@ class LoadConfig:
         if self.lora is not None and not self.lora.strip():
             object.__setattr__(self, "lora", None)  # an empty field in a form: no adapter
         check_choice("device", self.device, Device)
-        if self.max_view_pixels is not None and self.max_view_pixels < 1:
-            raise InputError(f"max_view_pixels must be a positive number of pixels, got {self.max_view_pixels}")
+        check_whole("max_view_pixels", self.max_view_pixels, optional=True)
         check_choice("dtype", self.dtype, DType)
         if not self.model.strip():
             raise InputError("model is empty: give `demo`, a Hub id (owner/name) or a local folder")

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import hypergeom
 
-from .errors import InputError, check_choice, check_number
+from .errors import InputError, check_choice, check_number, check_whole
 
 Binarization = Literal["area", "quantile", "otsu"]
 LayerScore = Literal["max", "mean", "topn"]
@@ -44,8 +44,7 @@ class ScoringConfig:
         check_choice("binarize", self.binarize, Binarization)
         check_choice("layer_score", self.layer_score, LayerScore)
         check_number("quantile", self.quantile, "strictly between 0 and 1", lambda v: 0.0 < v < 1.0)
-        if self.top_n is not None:
-            check_number("top_n", self.top_n, "at least 1", lambda v: v >= 1)
+        check_whole("top_n", self.top_n, optional=True)
 
 
 def _binarize_area(maps: np.ndarray, k: int) -> np.ndarray:

@@ -42,7 +42,7 @@ from scipy import ndimage
 from .ablation import AblationMode, HeadMeans, head_output_means, hooks_in_this_context, num_attention_heads, output_projections
 from .analysis import analyze_image
 from .datasets import Record
-from .errors import InputError, check_choice, check_number
+from .errors import InputError, check_choice, check_number, check_whole
 from .finetune import MAX_SEED, DataConfig, check_task, split_dataset
 from .head_effects import (
     Progress,
@@ -94,11 +94,10 @@ class ValidationConfig:
         for mode in self.modes:
             check_choice("mode", mode, AblationMode)
         for name in ("orders", "ranking_records", "mean_records", "selected", "batch_size"):
-            check_number(name, getattr(self, name), "a whole number of at least 1", lambda v: v == int(v) and v >= 1)
+            check_whole(name, getattr(self, name))
         for name in ("heads", "max_k"):
-            if getattr(self, name) is not None:
-                check_number(name, getattr(self, name), "a whole number of at least 1", lambda v: v == int(v) and v >= 1)
-        check_number("cache_mb", self.cache_mb, "a whole number of at least 0", lambda v: v == int(v) and v >= 0)
+            check_whole(name, getattr(self, name), optional=True)
+        check_whole("cache_mb", self.cache_mb, 0)
         check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
 
 

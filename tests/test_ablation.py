@@ -225,8 +225,8 @@ def test_strategies_parse_and_the_config_refuses_bad_fields():
     assert parse_strategies("bottom,2:5,4:0") == ("bottom", ((2, 5), (4, 0)))
     assert AblationConfig(heads="top,1:0").condition_names() == ["top", "list"]
     for kwargs, message in [({"heads": "top,top"}, "names a strategy twice"), ({"heads": "top,middle"}, "heads must be one of"),
-                            ({"mode": "noise"}, "mode must be one of zero, mean"), ({"k": 0}, "k must be at least 1"),
-                            ({"seeds": float("nan")}, "seeds must be at least 1"), ({"resamples": 0}, "resamples must be at least 1"),
+                            ({"mode": "noise"}, "mode must be one of zero, mean"), ({"k": 0}, "k must be a whole number of at least 1"),
+                            ({"seeds": float("nan")}, "seeds must be a whole number of at least 1"), ({"resamples": 0}, "resamples must be a whole number of at least 1"),
                             ({"seed": 2**32 - 1, "seeds": 2}, "go past the largest seed")]:
         with pytest.raises(InputError, match=message):
             AblationConfig(**kwargs)
@@ -356,7 +356,7 @@ def test_cli_ablate_vqa_reports_answer_accuracy(llava_dir, tmp_path):
     (["--heads", "top,middle"], "heads must be one of top, bottom, random or layer:head pairs"),
     (["-k", "9"], "k must be between 1 and the language model's 8 scored heads, got 9"),
     (["--heads", "5:0"], "head 5:0: layer 5 is not a scored layer"),
-    (["--seeds", "0"], "seeds must be at least 1"),
+    (["--seeds", "0"], "seeds must be a whole number of at least 1"),
     (["--ranking", "nope.json"], "does not exist"),
     (["--task", "vqa"], "the VQA task needs records whose `prompt` is the question"),
     (["--out", "notes.txt"], "is a file, not a folder"),

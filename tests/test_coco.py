@@ -194,7 +194,7 @@ def test_cli_from_coco(coco, tmp_path, capsys):
 @pytest.mark.parametrize("case, message", [
     ("missing instances", "instances file"), ("malformed captions", "is not valid JSON"),
     ("not coco", "has no categories list"), ("no images dir", "images folder"), ("no field", "has no file_name"),
-    ("bad limit", "limit must be at least 1"),
+    ("bad limit", "limit must be a whole number of at least 1"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(case, message, coco, tmp_path, capsys):
     instances, captions, images_dir, _ = coco

@@ -127,7 +127,7 @@ def test_intervals_match_scipy():
 
 
 def test_config_validation():
-    with pytest.raises(InputError, match="seeds must be at least 1"):
+    with pytest.raises(InputError, match="seeds must be a whole number of at least 1"):
         CompareConfig(seeds=0)
     with pytest.raises(InputError, match="strategies must be among"):
         CompareConfig(strategies=("top", "middle"))
@@ -147,7 +147,7 @@ def test_cli_compare_and_its_errors(llava_dir, tiny_data, tmp_path, capsys):
     assert "run 2/3 top-seed0: finished earlier, reused" in err and "3 run(s) reused" in err
     for extra, message in [(["-k", "3"], "k must be between 1 and the language model's 2 layers, got 3"),
                            (["-k", "1", "--ranking", str(tmp_path / "nope.json")], "does not exist"),
-                           (["-k", "1", "--seeds", "0"], "seeds must be at least 1"),
+                           (["-k", "1", "--seeds", "0"], "seeds must be a whole number of at least 1"),
                            (["-k", "1", "--strategies", "top,best"], "strategies must be among")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_a_comparison_is_never_written_over_what_the_user_owns(llava, tiny_data,
     assert {str(p): p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
 
 
-@pytest.mark.parametrize("kwargs, message", [({"seeds": float("nan")}, "seeds must be at least 1, got nan"),
+@pytest.mark.parametrize("kwargs, message", [({"seeds": float("nan")}, "seeds must be a whole number of at least 1, got nan"),
                                              ({"seeds": 2, "finetune": FinetuneConfig(seed=2**32 - 1)}, "go past the largest seed")])
 def test_config_refuses_nan_and_seeds_past_numpys_range(kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -304,7 +304,7 @@ def test_cli_compare_head_strategies_and_their_errors(llava_dir, tiny_data, tmp_
     layers_only.write_text(json.dumps({"layers": [{"layer": 1, "score": 0.5}, {"layer": 0, "score": 0.1}]}))
     capsys.readouterr()
     for extra, message in [(["--strategies", "top-heads", "--heads-k", "9"], "k must be between 1 and the language model's 8 scored heads, got 9"),
-                           (["--strategies", "random-heads", "--heads-k", "0"], "heads_k must be at least 1, got 0"),
+                           (["--strategies", "random-heads", "--heads-k", "0"], "heads_k must be a whole number of at least 1, got 0"),
                            (["--strategies", "top,top-heads", "--ranking", str(layers_only)], "has no `heads` list"),
                            (["--strategies", "top,middle-heads"], "strategies must be among")]:
         argv = base + extra

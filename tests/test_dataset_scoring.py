@@ -150,7 +150,7 @@ def test_cli_score_dataset_writes_json_csv_and_resumes(dataset, tmp_path, capsys
     [
         (["--dataset", "nowhere"], "is not a dataset folder"),
         (["--dataset", "DATA", "--text", "a cat"], "drop --text"),
-        (["--dataset", "DATA", "--batch-size", "0"], "batch size must be at least 1"),
+        (["--dataset", "DATA", "--batch-size", "0"], "batch_size must be a whole number of at least 1"),
         (["--dataset", "DATA", "--cache", "FILE"], "is a file"),
         (["--dataset", "DATA", "--cache", "FILE/cache"], "is a file"),
         ([], "score needs --image, --mask, --text or --generate"),

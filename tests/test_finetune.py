@@ -246,7 +246,7 @@ NAN, INF = float("nan"), float("inf")
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("rank", 0, "rank must be at least 1, got 0"), ("steps", -1, "steps must be at least 1, got -1"),
+    [("rank", 0, "rank must be a whole number of at least 1, got 0"), ("steps", -1, "steps must be a whole number of at least 1, got -1"),
      ("lr", -1.0, r"lr must be a number in \(0, 1\], got -1.0"), ("lr", NAN, r"lr must be a number in \(0, 1\], got nan"),
      ("lr", INF, "lr must .*, got inf"), ("lr", 1e30, "lr must .*, got 1e\\+30"), ("alpha", NAN, "alpha must be a number > 0, got nan"),
      ("alpha", -INF, "alpha must .*, got -inf"), ("dropout", 1.5, r"dropout must be a number in \[0, 1\), got 1.5"),
@@ -344,7 +344,7 @@ def _cli_bad_cases(tmp_path, tiny_data, llava_dir):
         "no dataset": (["finetune", "--model", str(llava_dir), "--dataset", str(tmp_path / "nowhere"), "--layers", "all",
                         "--out", str(tmp_path / "o")], "is not a dataset folder"),
         "bad layers": (base + ["--layers", "best"], "layers must be one of top, bottom, random, all"),
-        "bad rank": (base + ["--layers", "all", "--rank", "0"], "rank must be at least 1"),
+        "bad rank": (base + ["--layers", "all", "--rank", "0"], "rank must be a whole number of at least 1"),
         "vqa without questions": (base + ["--layers", "all", "--task", "vqa"],
                                   f"the VQA task needs records whose `prompt` is the question (and `text` its answer); "
                                   f"no record of {str(tiny_data)!r} has a prompt"),

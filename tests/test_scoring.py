@@ -179,8 +179,8 @@ def test_rank_layers_descending_ties_by_index():
         ({"quantile": float("nan")}, "quantile must be strictly between 0 and 1, got nan"),
         ({"quantile": float("inf")}, "quantile must be strictly between 0 and 1, got inf"),
         ({"quantile": "0.5"}, "quantile must be strictly between 0 and 1, got '0.5'"),
-        ({"top_n": 0}, "top_n must be at least 1"),
-        ({"top_n": float("nan")}, "top_n must be at least 1, got nan"),
+        ({"top_n": 0}, "top_n must be a whole number of at least 1"),
+        ({"top_n": float("nan")}, "top_n must be a whole number of at least 1, got nan"),
     ],
 )
 def test_scoring_config_rejects_bad_values(kwargs, message):

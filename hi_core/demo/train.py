@@ -33,7 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..analysis import AnalysisConfig, analyze_image
 from ..captioning import generate_captions, generate_description
-from ..errors import InputError
+from ..errors import InputError, check_number, check_whole
 from ..families.llava import LlavaAdapter
 from ..inputs import DEFAULT_PROMPT
 from ..loading import LoadedModel
@@ -72,18 +72,19 @@ class TrainConfig:
     init: str = ""  # a trained demo model's folder to start from (same architecture); "": from scratch (seed)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.vqa_share <= 1.0:
-            raise InputError(f"vqa_share must be in [0, 1], got {self.vqa_share}")
-        if self.vision_hidden < 4 or self.vision_hidden % 4:
-            raise InputError(f"vision_hidden must be a multiple of 4 (its 4 heads), at least 4, got {self.vision_hidden}")
-        if not 0.0 <= self.patch_shape_weight < float("inf"):
-            raise InputError(f"patch_shape_weight must be a finite number >= 0, got {self.patch_shape_weight}")
-        if self.text_head_dim < 2 or self.text_head_dim % 2:
-            raise InputError(f"text_head_dim must be even (rotary embeddings) and at least 2, got {self.text_head_dim}")
-        if self.vision_layers < 1:
-            raise InputError(f"vision_layers must be at least 1, got {self.vision_layers}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}")
+        check_number("vqa_share", self.vqa_share, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("patch_shape_weight", self.patch_shape_weight, "a number >= 0", lambda v: v >= 0)
+        check_number("lr", self.lr, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_number("weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0)
+        check_number("vision_hidden", self.vision_hidden, "a multiple of 4 (its 4 heads), at least 4",
+                     lambda v: v == int(v) and v >= 4 and v % 4 == 0)
+        check_number("text_head_dim", self.text_head_dim, "even (rotary embeddings) and at least 2",
+                     lambda v: v == int(v) and v >= 2 and v % 2 == 0)
+        for name in ("steps", "batch_size", "vision_layers", "log_every"):
+            check_whole(name, getattr(self, name))
+        for name in ("warmup", "seed", "data_seed", "eval_seed", "eval_scenes", "eval_questions", "eval_single",
+                     "hi_scenes"):
+            check_whole(name, getattr(self, name), 0)
 
 
 @dataclass(frozen=True)
