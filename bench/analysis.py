@@ -1,10 +1,10 @@
 """How long "Analyze" and a heatmap click take, and how much of it is drawing: matplotlib (before) against
-the NumPy/PIL pictures of `hi_core.heatmap`, `hi_core.overlays` and `hi_core.bars` (after), side by side in one run.
+the NumPy/PIL pictures of `hi_core.figures.heatmap`, `hi_core.figures.overlays` and `hi_core.figures.bars` (after), side by side in one run.
 
 On the example images (`hi_core/assets/examples/`), for the demo model (3 layers x 4 heads) and a
 random-weight LLaVA with 28 text layers x 12 heads (built in a temporary folder, loaded through
-`hi_core.loading`), every repetition times, per image:
-  analyze     hi_core.analysis.analyze_image (inputs, capture, mask on the grid, HI of every head)
+`hi_core.model.loading`), every repetition times, per image:
+  analyze     hi_core.method.analysis.analyze_image (inputs, capture, mask on the grid, HI of every head)
   views old   what the explorer's Analyze handler drew before: three matplotlib `overlay_grid`s (the
               selected head + object patches, the top-N heads, every head of a layer) through
               `figure_to_array`, the fixed-cell heatmap and matplotlib layer bars (both kept below)
@@ -46,13 +46,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hi_core.analysis import AnalysisConfig, analyze_image  # noqa: E402
-from hi_core.bars import draw_layer_bars  # noqa: E402
-from hi_core.datasets import read_dataset  # noqa: E402
-from hi_core.heatmap import draw_heatmap  # noqa: E402
-from hi_core.loading import ASSETS_DIR, LoadConfig, load_model  # noqa: E402
-from hi_core.overlays import overlay_panels  # noqa: E402
-from hi_core.plots import figure_to_array, overlay_grid  # noqa: E402
+from hi_core.method.analysis import AnalysisConfig, analyze_image  # noqa: E402
+from hi_core.figures.bars import draw_layer_bars  # noqa: E402
+from hi_core.data.datasets import read_dataset  # noqa: E402
+from hi_core.figures.heatmap import draw_heatmap  # noqa: E402
+from hi_core.model.loading import ASSETS_DIR, LoadConfig, load_model  # noqa: E402
+from hi_core.figures.overlays import overlay_panels  # noqa: E402
+from hi_core.figures.plots import figure_to_array, overlay_grid  # noqa: E402
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 WIDE_LAYERS, WIDE_HEADS = 28, 12

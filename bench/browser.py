@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hi_core and ui f
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
-from hi_core.heatmap import HeatmapLayout  # noqa: E402
+from hi_core.figures.heatmap import HeatmapLayout  # noqa: E402
 from ui.app import build_demo, launch_options  # noqa: E402
 from ui.context import EXAMPLES_DIR  # noqa: E402
 from ui.settings import Settings  # noqa: E402

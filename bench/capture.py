@@ -1,7 +1,7 @@
 """Cost of capturing attention rows for HI, next to a plain forward and to eager attention.
 
 Three ways through one teacher-forced forward of a LLaVA-layout model, measured side by side:
-  (a) sdpa     plain SDPA forward, `use_cache=False, logits_to_keep=1` (hi_core.maps.run_forward);
+  (a) sdpa     plain SDPA forward, `use_cache=False, logits_to_keep=1` (hi_core.method.maps.run_forward);
   (b) capture  hi_core's path: `head_maps` (SDPA + response rows x image keys captured per layer),
                then `score_maps` (HI, mass, chance);
   (c) eager    eager attention with `output_attentions=True` (one (B, H, T, T) tensor per layer),
@@ -47,12 +47,12 @@ from transformers import AutoModelForImageTextToText, LlavaConfig, LlavaProcesso
 from transformers.initialization import no_init_weights  # noqa: E402
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
 
-from hi_core.maps import head_maps, run_forward  # noqa: E402
+from hi_core.method.maps import head_maps, run_forward  # noqa: E402
 from hi_core.families.llava import LlavaAdapter  # noqa: E402
-from hi_core.inputs import ModelInputs, build_inputs  # noqa: E402
-from hi_core.loading import LoadedModel  # noqa: E402
-from hi_core.masks import MaskGrid, object_patches  # noqa: E402
-from hi_core.scoring import ScoringConfig, score_maps  # noqa: E402
+from hi_core.model.inputs import ModelInputs, build_inputs  # noqa: E402
+from hi_core.model.loading import LoadedModel  # noqa: E402
+from hi_core.method.masks import MaskGrid, object_patches  # noqa: E402
+from hi_core.method.scoring import ScoringConfig, score_maps  # noqa: E402
 from tests.tiny_models import CHAT_TEMPLATE, word_tokenizer  # noqa: E402
 
 QWEN2_VL_2B_TEXT = dict(

@@ -1,6 +1,6 @@
 """Dataset scoring against a plain batched forward pass: images/s, where the time goes, peak memory.
 
-On one synthetic dataset (`hi_core.datasets.write_synthetic`, written to a temporary folder),
+On one synthetic dataset (`hi_core.data.datasets.write_synthetic`, written to a temporary folder),
 three ways through the same first `--images` records in the same batches of `--batch-size`:
   (a) forward   the floor: `read_dataset`, `build_inputs` per record, `collate`, `run_forward` per
                 batch (SDPA, no logits beyond the last position), nothing kept;
@@ -56,15 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/capture.py (th
 
 import torch  # noqa: E402
 
-import hi_core.dataset_scoring as dataset_scoring  # noqa: E402
-import hi_core.image_scoring as image_scoring  # noqa: E402
-import hi_core.maps as maps  # noqa: E402
-from hi_core.maps import run_forward  # noqa: E402
-from hi_core.batching import collate, pad_token_id  # noqa: E402
-from hi_core.dataset_scoring import DatasetConfig, score_dataset  # noqa: E402
-from hi_core.datasets import read_dataset, write_synthetic  # noqa: E402
-from hi_core.inputs import build_inputs  # noqa: E402
-from hi_core.loading import LoadConfig, LoadedModel, load_model  # noqa: E402
+import hi_core.data.dataset_scoring as dataset_scoring  # noqa: E402
+import hi_core.method.image_scoring as image_scoring  # noqa: E402
+import hi_core.method.maps as maps  # noqa: E402
+from hi_core.method.maps import run_forward  # noqa: E402
+from hi_core.model.batching import collate, pad_token_id  # noqa: E402
+from hi_core.data.dataset_scoring import DatasetConfig, score_dataset  # noqa: E402
+from hi_core.data.datasets import read_dataset, write_synthetic  # noqa: E402
+from hi_core.model.inputs import build_inputs  # noqa: E402
+from hi_core.model.loading import LoadConfig, LoadedModel, load_model  # noqa: E402
 
 TARGET = 1.5  # (b) / (a), issue 7
 LABELS = {"forward": "(a) plain batched forward", "score": "(b) score_dataset", "cached": "(c) score_dataset + cache"}

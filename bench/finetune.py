@@ -1,6 +1,6 @@
 """Cost of a LoRA training step on k layers against LoRA on all layers, on the same model.
 
-Variants, each hi_core's own training loop (`hi_core.finetune.train_lora`: batches built with
+Variants, each hi_core's own training loop (`hi_core.tuning.finetune.train_lora`: batches built with
 `build_inputs` + `collate`, AdamW, schedule) with LoRA (rank 8, alpha 16) on the q/k/v/o projections of:
   top-k     the k best layers of the model's HI ranking (the demo model: its shipped `eval.json`);
             for random-weight models there is no meaningful ranking, so two bounds instead:
@@ -19,7 +19,7 @@ tensors return to the OS): the peak RSS (VmHWM, reset through /proc/self/clear_r
 3-step training run above the RSS just before it, i.e. activations, gradients, optimizer state and
 temporaries. On CUDA: torch.cuda.max_memory_allocated above the memory allocated before the run.
 
-Dataset scale (`--records`): the peak memory of a whole run (`hi_core.runs.run_finetune` on the
+Dataset scale (`--records`): the peak memory of a whole run (`hi_core.tuning.runs.run_finetune` on the
 demo model: the held-out split (5% of the records), `--scale-steps` training steps, greedy
 2-token captions of every held-out record, the run folder) on the first N records of one generated
 dataset (`write_synthetic`, `--scale-size` px scenes), each N in a fresh subprocess as above,
@@ -52,12 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hi_core from thi
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import hi_core.runs as runs  # noqa: E402
-from hi_core.datasets import INDEX, read_dataset, write_synthetic  # noqa: E402
+import hi_core.tuning.runs as runs  # noqa: E402
+from hi_core.data.datasets import INDEX, read_dataset, write_synthetic  # noqa: E402
 from hi_core.families.llava import LlavaAdapter  # noqa: E402
-from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, lora_attached, lora_config, train_lora, trainable_parameters  # noqa: E402
-from hi_core.layer_selection import Ranking  # noqa: E402
-from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, LoadedModel, load_model  # noqa: E402
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainCallbacks, lora_attached, lora_config, train_lora, trainable_parameters  # noqa: E402
+from hi_core.method.layer_selection import Ranking  # noqa: E402
+from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, LoadedModel, load_model  # noqa: E402
 
 WIDE_TEXT = dict(model_type="llama", hidden_size=768, intermediate_size=2048, num_attention_heads=12,
                  num_key_value_heads=12, vocab_size=32000, max_position_embeddings=1024, tie_word_embeddings=False)

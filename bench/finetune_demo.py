@@ -2,11 +2,11 @@
 
 Each run is `ui.finetune_run.finetune_job` (what the tab's Launch runs in its worker thread: the generated
 scenes in reading order, a private copy of the demo model, the layer ranking, the untuned captions, LoRA,
-the tuned captions) with a preset of `hi_core.finetune_presets`, in one process with `--threads` torch
+the tuned captions) with a preset of `hi_core.tuning.finetune_presets`, in one process with `--threads` torch
 threads. The ranking cache is the app's (`RankingCache`): the first quick run ranks the layers, the second
 reuses that ranking, as a second launch in the app does. Stages are timed by watching the run's live stage
 (every 20 ms). Printed: seconds per stage and in all, the ratio of each run to the quick preset's first,
-and the per-unit rates (`RunRates`) the tab estimates from (hi_core.finetune_presets.DEMO_RATES holds them).
+and the per-unit rates (`RunRates`) the tab estimates from (hi_core.tuning.finetune_presets.DEMO_RATES holds them).
 
     python bench/finetune_demo.py                  # quick twice, then full: ~2-3 min on 2 cores
     python bench/finetune_demo.py --presets quick  # the quick preset alone (twice)
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hi_core and ui f
 
 import torch  # noqa: E402
 
-from hi_core.finetune_presets import RANK_LIMIT, finetune_preset  # noqa: E402
-from hi_core.loading import LoadConfig  # noqa: E402
+from hi_core.tuning.finetune_presets import RANK_LIMIT, finetune_preset  # noqa: E402
+from hi_core.model.loading import LoadConfig  # noqa: E402
 from ui.finetune_run import Live, RankingCache, finetune_job  # noqa: E402
 from ui.sources import SYNTHETIC, synthetic_set  # noqa: E402
 

@@ -10,9 +10,9 @@ global view, 832 image tokens; Qwen2-VL: a 27 x 37 grid, 999 image tokens). Each
 
 Each configuration (model x dtype x threads x view budget) runs in a fresh subprocess, so its peak memory is
 its own: `torch.set_num_threads(threads)`, then, timed with `time.perf_counter()` (wall clock):
-  load         hi_core.loading.load_model (folder on local disk, page cache warm after the first run), with
+  load         hi_core.model.loading.load_model (folder on local disk, page cache warm after the first run), with
                `LoadConfig.max_view_pixels` = the view budget (`none`: the processor's own sizes)
-  analyze 1st  hi_core.analysis.analyze_image on a seeded synthetic photo (1024 x 768, a red ball on a
+  analyze 1st  hi_core.method.analysis.analyze_image on a seeded synthetic photo (1024 x 768, a red ball on a
                textured ground under a sky) with the ball's mask and a fixed text (`--text`)
   analyze warm the same call again, broken down by forward hooks into the vision tower (Idefics3/SmolVLM:
                `model.model.vision_model`; Qwen2-VL: `model.model.visual`), the language model (the module
@@ -23,8 +23,8 @@ its own: `torch.set_num_threads(threads)`, then, timed with `time.perf_counter()
                brush layer), the loaded model already in the app's model cache: the same analysis with the
                per-token maps, then the five figures, the JSON and CSV; one call, so it includes the first
                drawing's warm-up (fonts, colour maps); `handler / warm` is its ratio to `analyze warm`
-  dataset of 8 hi_core.dataset_scoring.score_dataset over a folder of 8 photos of the same kind (seeds 0-7,
-               written with hi_core.datasets.write_generated, not timed), DatasetConfig() (batches of 8)
+  dataset of 8 hi_core.data.dataset_scoring.score_dataset over a folder of 8 photos of the same kind (seeds 0-7,
+               written with hi_core.data.datasets.write_generated, not timed), DatasetConfig() (batches of 8)
 and the child's peak resident memory, `resource.getrusage(RUSAGE_SELF).ru_maxrss` (whole process: imports,
 load, ...), read after the two analyses, after the handler and after the dataset (`peak RSS MiB`: the three,
 rising). The parent imports neither torch nor the models, so the child's ru_maxrss, which Linux carries over
@@ -91,7 +91,7 @@ def app_handler_seconds(run: Run) -> float:
     import gradio as gr
     import numpy as np
 
-    from hi_core.loading import ModelCache
+    from hi_core.model.loading import ModelCache
     from ui.context import AppContext
     from ui.explorer import ExplorerTab
     from ui.options import DEFAULTS
@@ -128,14 +128,14 @@ def app_handler_seconds(run: Run) -> float:
 
 
 def dataset_seconds(run: Run) -> float:
-    """Column "dataset of 8 s": `hi_core.dataset_scoring.score_dataset` over 8 photos like `run.image` (seeds 0-7,
+    """Column "dataset of 8 s": `hi_core.data.dataset_scoring.score_dataset` over 8 photos like `run.image` (seeds 0-7,
     each with its ball's mask and `run.text`), model loaded, `DatasetConfig()`; writing the folder is not timed."""
     import tempfile
 
     import numpy as np
 
-    from hi_core.dataset_scoring import DatasetConfig, score_dataset
-    from hi_core.datasets import write_generated
+    from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+    from hi_core.data.datasets import write_generated
 
     with tempfile.TemporaryDirectory(prefix="real-size-dataset-") as folder:
         records = ((f"photo-{seed}", np.asarray(image), mask, {"text": run.text})
@@ -202,8 +202,8 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
     torch.set_num_threads(settings["threads"])
-    from hi_core.analysis import analyze_image
-    from hi_core.loading import LoadConfig, load_model
+    from hi_core.method.analysis import analyze_image
+    from hi_core.model.loading import LoadConfig, load_model
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,4 +1,4 @@
-"""`validate` with and without reusing what a head's removal cannot change (hi_core/replay.py), side by side.
+"""`validate` with and without reusing what a head's removal cannot change (hi_core/model/replay.py), side by side.
 
 One process, one model, one dataset: a warm-up (a tiny `validate`), then the same `validate` twice, timed with
 `time.perf_counter()`: `whole` (every pass computes the image features and every decoder layer: the reuse turned
@@ -50,11 +50,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    import hi_core.head_effects as head_effects
-    from hi_core.datasets import write_synthetic
-    from hi_core.finetune import DataConfig
-    from hi_core.loading import LoadConfig, load_model
-    from hi_core.validation import ValidationConfig, validate
+    import hi_core.causal.head_effects as head_effects
+    from hi_core.data.datasets import write_synthetic
+    from hi_core.tuning.finetune import DataConfig
+    from hi_core.model.loading import LoadConfig, load_model
+    from hi_core.causal.validation import ValidationConfig, validate
 
     torch.set_num_threads(args.threads)
     loaded = load_model(LoadConfig(model_source(args.model), device="cpu"))

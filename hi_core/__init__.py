@@ -15,33 +15,33 @@ from typing import TYPE_CHECKING, Any
 #: Each public name and the module of hi_core that defines it.
 _EXPORTS = {
     **dict.fromkeys(("ablate_heads", "Ablation", "AblationConfig", "head_output_means", "HeadMeans",
-        "run_ablation",), "ablation"),
-    **dict.fromkeys(("write_ablation_report",), "ablation_report"),
-    **dict.fromkeys(("analyze_image", "hi_difference", "ImageAnalysis",), "analysis"),
-    **dict.fromkeys(("collate",), "batching"),
-    **dict.fromkeys(("generate_description",), "captioning"),
-    **dict.fromkeys(("AttentionCache", "capture_attention", "install_capture",), "capture"),
-    **dict.fromkeys(("convert_coco",), "coco"),
-    **dict.fromkeys(("CompareConfig", "Comparison", "run_compare",), "compare"),
-    **dict.fromkeys(("DatasetAnalysis", "DatasetConfig", "ImageScore", "score_dataset",), "dataset_scoring"),
-    **dict.fromkeys(("load_record", "read_dataset", "Record", "scan_dataset",), "datasets"),
-    **dict.fromkeys(("InputError",), "errors"),
+        "run_ablation",), "causal.ablation"),
+    **dict.fromkeys(("write_ablation_report",), "causal.ablation_report"),
+    **dict.fromkeys(("analyze_image", "hi_difference", "ImageAnalysis",), "method.analysis"),
+    **dict.fromkeys(("collate",), "model.batching"),
+    **dict.fromkeys(("generate_description",), "model.captioning"),
+    **dict.fromkeys(("AttentionCache", "capture_attention", "install_capture",), "model.capture"),
+    **dict.fromkeys(("convert_coco",), "data.coco"),
+    **dict.fromkeys(("CompareConfig", "Comparison", "run_compare",), "tuning.compare"),
+    **dict.fromkeys(("DatasetAnalysis", "DatasetConfig", "ImageScore", "score_dataset",), "data.dataset_scoring"),
+    **dict.fromkeys(("load_record", "read_dataset", "Record", "scan_dataset",), "data.datasets"),
+    **dict.fromkeys(("InputError",), "base.errors"),
     **dict.fromkeys(("adapter_for", "supported_families",), "families"),
     **dict.fromkeys(("DataConfig", "FinetuneConfig", "lora_config", "TrainCallbacks", "TrainingCancelled",
-        "TrainingDiverged",), "finetune"),
-    **dict.fromkeys(("AnalysisConfig", "prepare_image", "PreparedImage",), "image_scoring"),
-    **dict.fromkeys(("image_to_rgb", "mask_from_image", "MAX_IMAGE_PIXELS",), "images"),
-    **dict.fromkeys(("build_inputs", "DEFAULT_PROMPT", "key_phrase_tokens", "ModelInputs",), "inputs"),
-    **dict.fromkeys(("check_layer_choice", "Ranking", "read_ranking", "select_layers",), "layer_selection"),
-    **dict.fromkeys(("load_model", "LoadConfig", "LoadedModel",), "loading"),
-    **dict.fromkeys(("batch_head_maps", "head_maps", "run_forward",), "maps"),
-    **dict.fromkeys(("check_mask", "load_image", "load_mask", "mask_grid", "MaskGrid", "object_patches",), "masks"),
+        "TrainingDiverged",), "tuning.finetune"),
+    **dict.fromkeys(("AnalysisConfig", "prepare_image", "PreparedImage",), "method.image_scoring"),
+    **dict.fromkeys(("image_to_rgb", "load_image", "load_mask", "mask_from_image", "MAX_IMAGE_PIXELS",), "model.images"),
+    **dict.fromkeys(("build_inputs", "DEFAULT_PROMPT", "key_phrase_tokens", "ModelInputs",), "model.inputs"),
+    **dict.fromkeys(("check_layer_choice", "Ranking", "read_ranking", "select_layers",), "method.layer_selection"),
+    **dict.fromkeys(("load_model", "LoadConfig", "LoadedModel",), "model.loading"),
+    **dict.fromkeys(("batch_head_maps", "head_maps", "run_forward",), "method.maps"),
+    **dict.fromkeys(("check_mask", "mask_grid", "MaskGrid", "object_patches",), "method.masks"),
     **dict.fromkeys(("BeforeAfter", "dataset_ranking", "reuse_ranking", "run_before_after", "run_finetune",
-        "run_pretrained", "RunRecord",), "runs"),
+        "run_pretrained", "RunRecord",), "tuning.runs"),
     **dict.fromkeys(("attention_mass", "binarize", "chance_iou", "head_impact", "layer_scores", "rank_heads",
-        "rank_layers", "score_maps", "ScoringConfig",), "scoring"),
-    **dict.fromkeys(("validate", "Validation", "ValidationConfig",), "validation"),
-    **dict.fromkeys(("write_validation_report",), "validation_report"),
+        "rank_layers", "score_maps", "ScoringConfig",), "method.scoring"),
+    **dict.fromkeys(("validate", "Validation", "ValidationConfig",), "causal.validation"),
+    **dict.fromkeys(("write_validation_report",), "causal.validation_report"),
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -61,37 +61,37 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and editors see
-    from .ablation import (  # noqa: F401
+    from .causal.ablation import (  # noqa: F401
         ablate_heads, Ablation, AblationConfig, head_output_means, HeadMeans, run_ablation,
     )
-    from .ablation_report import write_ablation_report  # noqa: F401
-    from .analysis import analyze_image, hi_difference, ImageAnalysis  # noqa: F401
-    from .batching import collate  # noqa: F401
-    from .captioning import generate_description  # noqa: F401
-    from .capture import AttentionCache, capture_attention, install_capture  # noqa: F401
-    from .coco import convert_coco  # noqa: F401
-    from .compare import CompareConfig, Comparison, run_compare  # noqa: F401
-    from .dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
-    from .datasets import load_record, read_dataset, Record, scan_dataset  # noqa: F401
-    from .errors import InputError  # noqa: F401
+    from .causal.ablation_report import write_ablation_report  # noqa: F401
+    from .method.analysis import analyze_image, hi_difference, ImageAnalysis  # noqa: F401
+    from .model.batching import collate  # noqa: F401
+    from .model.captioning import generate_description  # noqa: F401
+    from .model.capture import AttentionCache, capture_attention, install_capture  # noqa: F401
+    from .data.coco import convert_coco  # noqa: F401
+    from .tuning.compare import CompareConfig, Comparison, run_compare  # noqa: F401
+    from .data.dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
+    from .data.datasets import load_record, read_dataset, Record, scan_dataset  # noqa: F401
+    from .base.errors import InputError  # noqa: F401
     from .families import adapter_for, supported_families  # noqa: F401
-    from .finetune import (  # noqa: F401
+    from .tuning.finetune import (  # noqa: F401
         DataConfig, FinetuneConfig, lora_config, TrainCallbacks, TrainingCancelled, TrainingDiverged,
     )
-    from .image_scoring import AnalysisConfig, prepare_image, PreparedImage  # noqa: F401
-    from .images import image_to_rgb, mask_from_image, MAX_IMAGE_PIXELS  # noqa: F401
-    from .inputs import build_inputs, DEFAULT_PROMPT, key_phrase_tokens, ModelInputs  # noqa: F401
-    from .layer_selection import check_layer_choice, Ranking, read_ranking, select_layers  # noqa: F401
-    from .loading import load_model, LoadConfig, LoadedModel  # noqa: F401
-    from .maps import batch_head_maps, head_maps, run_forward  # noqa: F401
-    from .masks import check_mask, load_image, load_mask, mask_grid, MaskGrid, object_patches  # noqa: F401
-    from .runs import (  # noqa: F401
+    from .method.image_scoring import AnalysisConfig, prepare_image, PreparedImage  # noqa: F401
+    from .model.images import image_to_rgb, load_image, load_mask, mask_from_image, MAX_IMAGE_PIXELS  # noqa: F401
+    from .model.inputs import build_inputs, DEFAULT_PROMPT, key_phrase_tokens, ModelInputs  # noqa: F401
+    from .method.layer_selection import check_layer_choice, Ranking, read_ranking, select_layers  # noqa: F401
+    from .model.loading import load_model, LoadConfig, LoadedModel  # noqa: F401
+    from .method.maps import batch_head_maps, head_maps, run_forward  # noqa: F401
+    from .method.masks import check_mask, mask_grid, MaskGrid, object_patches  # noqa: F401
+    from .tuning.runs import (  # noqa: F401
         BeforeAfter, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained,
         RunRecord,
     )
-    from .scoring import (  # noqa: F401
+    from .method.scoring import (  # noqa: F401
         attention_mass, binarize, chance_iou, head_impact, layer_scores, rank_heads, rank_layers,
         score_maps, ScoringConfig,
     )
-    from .validation import validate, Validation, ValidationConfig  # noqa: F401
-    from .validation_report import write_validation_report  # noqa: F401
+    from .causal.validation import validate, Validation, ValidationConfig  # noqa: F401
+    from .causal.validation_report import write_validation_report  # noqa: F401

@@ -1,10 +1,10 @@
-"""`python -m hi_core` runs the command line (its exit codes: `cli_exits`)."""
+"""`python -m hi_core` runs the command line (its exit codes: `hi_core.cli.exits`)."""
 
 import os
 import signal
 import sys
 
-from .cli_exits import report_interrupt
+from .cli.exits import report_interrupt
 
 
 def _interrupted_while_importing(signum: int, frame: object) -> None:
@@ -17,7 +17,7 @@ def _interrupted_while_importing(signum: int, frame: object) -> None:
 
 previous = signal.signal(signal.SIGINT, _interrupted_while_importing)
 try:
-    from .cli import main
+    from .cli.main import main
 finally:
     signal.signal(signal.SIGINT, previous)
 try:

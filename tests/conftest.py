@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.loading import LoadConfig, load_model
+from hi_core.model.loading import LoadConfig, load_model
 
 from . import tiny_models
 

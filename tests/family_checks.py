@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.capture import capture_attention
-from hi_core.cli import main
-from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
-from hi_core.inputs import build_inputs, key_phrase_tokens
-from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps, run_forward
-from hi_core.masks import mask_grid
+from hi_core.model.capture import capture_attention
+from hi_core.cli.main import main
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
+from hi_core.model.inputs import build_inputs, key_phrase_tokens
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.maps import batch_head_maps, head_maps, run_forward
+from hi_core.method.masks import mask_grid
 
 from .oracles import eager_rows, embedding_change, language_model_input
 

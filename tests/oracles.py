@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText
 
-from hi_core.inputs import to_model_device
-from hi_core.inputs import ModelInputs
+from hi_core.model.inputs import to_model_device
+from hi_core.model.inputs import ModelInputs
 
 
 @torch.no_grad()

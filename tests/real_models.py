@@ -31,10 +31,10 @@ The folder goes to a cache outside the repository, `~/.cache/hi-explorer/real-si
 folder beside it renamed into place when complete (under a file lock, so two builders do not race),
 and reused while its `real-size.json` records the same fingerprint of the published files and of
 this builder (`BUILD_VERSION`); otherwise it is rebuilt. `real_processor(name)` builds just the
-processor (tokenizer, image processor, chat template) the way `hi_core.loading` does, for cheap tests.
+processor (tokenizer, image processor, chat template) the way `hi_core.model.loading` does, for cheap tests.
 
 SmolVLM-256M's `model_type` is `idefics3` (its processor class Idefics3Processor, which owns no video
-processor); Qwen2-VL's processor owns one, so without torchvision `hi_core.loading` assembles it
+processor); Qwen2-VL's processor owns one, so without torchvision `hi_core.model.loading` assembles it
 from the tokenizer and image processor.
 """
 
@@ -364,10 +364,10 @@ def build_real_model(name: str, cache_dir: Path | None = None) -> Path:
 
 def real_processor(name: str) -> Any:
     """The processor of real-size model `name` (stand-in tokenizer, published image processor and chat
-    template), built as `hi_core.loading` builds it from a folder; no weights. A second or two."""
+    template), built as `hi_core.model.loading` builds it from a folder; no weights. A second or two."""
     from transformers import AutoConfig
 
-    from hi_core.loading import load_processor
+    from hi_core.model.loading import load_processor
 
     with tempfile.TemporaryDirectory(prefix=f"hi-real-processor-{name}-") as folder:
         write_processor_files(Path(folder), name)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import hi_core.ablation as ablation
-from hi_core.ablation import (
+import hi_core.causal.ablation as ablation
+from hi_core.causal.ablation import (
     AblationConfig,
     ablate_heads,
     answer_starts_right,
@@ -25,16 +25,16 @@ from hi_core.ablation import (
     parse_strategies,
     run_ablation,
 )
-from hi_core.ablation_report import check_ablation_folder, write_ablation_report
-from hi_core.cli import main
-from hi_core.compare import mean_interval
-from hi_core.datasets import write_synthetic
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig, scan_records, split_dataset, training_batch
-from hi_core.head_selection import HeadRanking, select_heads
-from hi_core.inputs import build_inputs, to_model_device
-from hi_core.loading import LoadConfig, load_model
-from hi_core.metrics import accuracy_interval
+from hi_core.causal.ablation_report import check_ablation_folder, write_ablation_report
+from hi_core.cli.main import main
+from hi_core.tuning.compare import mean_interval
+from hi_core.data.datasets import write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig, scan_records, split_dataset, training_batch
+from hi_core.method.head_selection import HeadRanking, select_heads
+from hi_core.model.inputs import build_inputs, to_model_device
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.metrics import accuracy_interval
 
 from . import tiny_qwen2_vl, tiny_qwen3_5
 from .family_checks import PROMPT, TEXT, random_image
@@ -403,9 +403,9 @@ def test_one_image_without_heads_regenerates_and_rescores_only_what_follows_them
     model's own with and without the heads."""
     from PIL import Image
 
-    from hi_core.analysis import analyze_image
-    from hi_core.captioning import generate_description
-    from hi_core.synth import make_scene
+    from hi_core.method.analysis import analyze_image
+    from hi_core.model.captioning import generate_description
+    from hi_core.data.synth import make_scene
 
     scene = make_scene(np.random.default_rng(3))
     image, mask = Image.fromarray(scene.image), scene.masks[scene.key]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
-from hi_core.loading import ModelCache
-from hi_core.scoring import ScoringConfig
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.loading import ModelCache
+from hi_core.method.scoring import ScoringConfig
 
 from . import (tiny_gemma3, tiny_idefics3, tiny_internvl, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_models,
                tiny_paligemma, tiny_qwen2_vl, tiny_qwen3_5, tiny_qwen3_vl)
@@ -150,7 +150,7 @@ def test_for_tokens_refuses_indices_outside_the_description(llava, scene, indice
 def test_hi_difference_is_tuned_minus_base_on_the_same_inputs(llava, scene):
     from dataclasses import replace
 
-    from hi_core.analysis import hi_difference
+    from hi_core.method.analysis import hi_difference
 
     image, mask = scene
     base = analyze_image(llava, image, mask, "a red square at the center")
@@ -183,7 +183,7 @@ def test_a_view_budget_gives_fewer_tiles_or_tokens_and_the_json_records_it(tmp_p
     limited = analyze_image(load_model(LoadConfig(qwen, device="cpu", max_view_pixels=10_000)), big, big_mask, TEXT)
     assert limited.views[0].tokens < free.views[0].tokens
     assert "at most 10,000 pixels per image" in limited.to_json()["view_budget"]
-    with pytest.raises(InputError, match="max_view_pixels must be a positive number"):
+    with pytest.raises(InputError, match="max_view_pixels must be a whole number of at least 1"):
         LoadConfig("demo", max_view_pixels=0)
 
 

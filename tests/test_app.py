@@ -23,15 +23,17 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core import ablation, archives
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.datasets import read_dataset
-from hi_core.errors import InputError
-from hi_core.heatmap import HeatmapLayout
-from hi_core.loading import LoadConfig, ModelCache, load_model
-from hi_core.masks import load_mask
-from hi_core.overlays import map_overlay
-from hi_core.scoring import ScoringConfig
+from hi_core.causal import ablation
+
+from hi_core.data import archives
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.data.datasets import read_dataset
+from hi_core.base.errors import InputError
+from hi_core.figures.heatmap import HeatmapLayout
+from hi_core.model.loading import LoadConfig, ModelCache, load_model
+from hi_core.model.images import load_mask
+from hi_core.figures.overlays import map_overlay
+from hi_core.method.scoring import ScoringConfig
 from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR, UNPACKED
 from ui.dataset_tab import GALLERY_SIZE

@@ -32,10 +32,10 @@ from ui.context import EXAMPLES_DIR
 from ui.dataset_tab import GALLERY_SIZE
 from ui.options import TOP_K_LAYERS
 from ui.settings import Settings
-from hi_core.dataset_scoring import DatasetConfig, score_dataset
-from hi_core.heatmap import HeatmapLayout
-from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
-from hi_core.plots import mask_overlay
+from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.figures.heatmap import HeatmapLayout
+from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, load_model
+from hi_core.figures.overlays import mask_overlay
 
 # The model the page analyzes: "demo" (the embedded model in hi_core/assets/demo-model/), or None for the
 # tiny random LLaVA of the `llava_dir` fixture (same family, same UI, random scores).

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hi_core.bars import OTHER_COLOUR, PLOT_HEIGHT, TOP_COLOUR, BarsLayout, bars_title, draw_layer_bars, marked_layers
-from hi_core.layer_selection import Ranking, select_layers
+from hi_core.figures.bars import OTHER_COLOUR, PLOT_HEIGHT, TOP_COLOUR, BarsLayout, bars_title, draw_layer_bars, marked_layers
+from hi_core.method.layer_selection import Ranking, select_layers
 
 
 def _bar_colours(picture: np.ndarray, layout: BarsLayout) -> list[tuple[int, ...]]:

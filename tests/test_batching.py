@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hi_core.batching import collate, pad_token_id
-from hi_core.inputs import build_inputs, key_phrase_tokens
-from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import batch_head_maps, head_maps
+from hi_core.model.batching import collate, pad_token_id
+from hi_core.model.inputs import build_inputs, key_phrase_tokens
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.maps import batch_head_maps, head_maps
 
 from . import tiny_idefics3, tiny_llava_next, tiny_models, tiny_paligemma, tiny_qwen2_vl
 

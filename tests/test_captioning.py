@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.captioning import evaluate_answers, evaluate_captions, generate_captions, left_padded
-from hi_core.metrics import accuracy_interval
+from hi_core.model.captioning import evaluate_answers, evaluate_captions, generate_captions, left_padded
+from hi_core.model.metrics import accuracy_interval
 
 
 def test_left_padding_aligns_the_ends_and_masks_the_padding():

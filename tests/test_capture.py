@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.maps import head_maps, run_forward
-from hi_core.capture import (
+from hi_core.method.maps import head_maps, run_forward
+from hi_core.model.capture import (
     _ACTIVE,
     IMPLEMENTATION,
     _capturing_attention,
     capture_attention,
     unsupported_attention_features,
 )
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs, key_phrase_tokens
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs, key_phrase_tokens
 
 from .oracles import eager_rows
 

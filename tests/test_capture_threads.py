@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hi_core.maps import batch_head_maps, head_maps, run_forward
-from hi_core.capture import IMPLEMENTATION, capture_attention, install_capture, remove_capture
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.method.maps import batch_head_maps, head_maps, run_forward
+from hi_core.model.capture import IMPLEMENTATION, capture_attention, install_capture, remove_capture
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 PROMPT = "Describe the image."
 TEXTS = ["a red square", "a red square at the top left and a blue circle", "a blue circle at the center", "a big star on the left"]

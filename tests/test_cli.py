@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hi_core.cli import main
+from hi_core.cli.main import main
 from hi_core.families import supported_families
 
 from .test_loading import BROKEN_MODELS, broken_model
@@ -133,7 +133,7 @@ def _tree(folder):
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
-    from hi_core.datasets import write_synthetic
+    from hi_core.data.datasets import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("data"), n=6, seed=1, size=48)
 
@@ -263,7 +263,7 @@ CASE_NAMES = [
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_every_bad_input_exits_2_with_one_line_before_work_and_writes_nothing(
         case, tmp_path, files, dataset_dir, llava_dir, capsys, monkeypatch):
-    import hi_core.cli as cli
+    import hi_core.cli.main as cli
 
     tmp = tmp_path / "work"
     tmp.mkdir()

@@ -1,4 +1,4 @@
-"""The command line's exits (hi_core/cli_exits.py) and atomic writes (hi_core/outputs.py) under what a user can do
+"""The command line's exits (hi_core/cli/exits.py) and atomic writes (hi_core/base/outputs.py) under what a user can do
 to a run: arguments that are not UTF-8, and Ctrl-C at any point. One line on stderr, exit 2 or 130, no traceback,
 nothing half-written."""
 
@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hi_core import cli, outputs
-from hi_core.outputs import atomic_path, write_json, write_npz
+from hi_core.cli import main as cli
+
+from hi_core.base import outputs
+from hi_core.base.outputs import atomic_path, write_json, write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_UTF8 = b"a red \xff\xfe circle".decode("utf-8", "surrogateescape")  # what Python makes of those bytes in argv
@@ -117,12 +119,12 @@ runpy.run_module("hi_core", run_name="__main__", alter_sys=True)
 """
 
 POINTS = {  # where Ctrl-C lands -> (module:function, before or after it runs)
-    "loading the processor": ("hi_core.loading:load_processor", "before"),
+    "loading the processor": ("hi_core.model.loading:load_processor", "before"),
     "loading the weights": ("transformers:AutoModelForImageTextToText.from_pretrained", "after"),
-    "scoring": ("hi_core.analysis:head_maps_and_views", "before"),
+    "scoring": ("hi_core.method.analysis:head_maps_and_views", "before"),
     "writing the maps, one array of two written": ("numpy.lib.format:write_array", "after"),
     "renaming the maps into place": ("os:replace", "before"),
-    "between the maps and the JSON": ("hi_core.analysis:write_json", "before"),
+    "between the maps and the JSON": ("hi_core.method.analysis:write_json", "before"),
 }
 
 
@@ -230,7 +232,7 @@ def test_ctrl_c_while_the_command_line_imports_torch_is_one_line_exit_130(delay)
 
 def test_import_hi_core_loads_nothing_heavy_and_keeps_its_public_names():
     code = ("import sys, hi_core; assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
-            "assert hi_core.score_maps.__module__ == 'hi_core.scoring'; from hi_core import *; print(len(hi_core.__all__))")
+            "assert hi_core.score_maps.__module__ == 'hi_core.method.scoring'; from hi_core import *; print(len(hi_core.__all__))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert result.returncode == 0, result.stderr

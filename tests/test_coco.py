@@ -12,11 +12,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from hi_core.cli import main
-from hi_core.coco import (DUPLICATE_IMAGE, MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, SYNONYMS, UNREADABLE_IMAGE, convert_coco,
+from hi_core.cli.main import main
+from hi_core.data.coco import (DUPLICATE_IMAGE, MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, SYNONYMS, UNREADABLE_IMAGE, convert_coco,
                           find_mentions, plural, vocabulary)
-from hi_core.datasets import Problems, read_dataset
-from hi_core.errors import InputError
+from hi_core.data.datasets import Problems, read_dataset
+from hi_core.base.errors import InputError
 
 CATEGORIES = {1: "person", 18: "dog", 3: "car", 58: "hot dog", 79: "oven"}
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import hi_core.compare as compare
-import hi_core.runs as runs
-from hi_core.cli import main
-from hi_core.compare import CompareConfig, difference_interval, mean_interval, run_compare
-from hi_core.datasets import write_synthetic
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig, FinetuneConfig
-from hi_core.head_selection import HeadRanking, select_heads
-from hi_core.layer_selection import Ranking, select_layers
-from hi_core.metrics import accuracy_interval
+import hi_core.tuning.compare as compare
+import hi_core.tuning.runs as runs
+from hi_core.cli.main import main
+from hi_core.tuning.compare import CompareConfig, difference_interval, mean_interval, run_compare
+from hi_core.data.datasets import write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig
+from hi_core.method.head_selection import HeadRanking, select_heads
+from hi_core.method.layer_selection import Ranking, select_layers
+from hi_core.model.metrics import accuracy_interval
 
 from .vqa_data import write_vqa_dataset
 

@@ -6,12 +6,12 @@ import math
 import pytest
 
 from hi_core import AnalysisConfig, DatasetConfig, FinetuneConfig, LoadConfig, ScoringConfig
-from hi_core.ablation import AblationConfig
-from hi_core.compare import CompareConfig
+from hi_core.causal.ablation import AblationConfig
+from hi_core.tuning.compare import CompareConfig
 from hi_core.demo.train import TrainConfig
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig
-from hi_core.validation import ValidationConfig
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig
+from hi_core.causal.validation import ValidationConfig
 
 COUNTS = [
     (AnalysisConfig, "max_new_tokens"),

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hi_core.dataset_scoring as dataset_scoring
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.cli import main
-from hi_core.dataset_scoring import DatasetConfig, bootstrap_interval, read_cache, score_dataset
-from hi_core.datasets import read_dataset, write_synthetic
-from hi_core.distributed import ProcessState
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, load_model
-from hi_core.inputs import DEFAULT_PROMPT
-from hi_core.masks import load_image, load_mask
+import hi_core.data.dataset_scoring as dataset_scoring
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.cli.main import main
+from hi_core.data.dataset_scoring import DatasetConfig, bootstrap_interval, read_cache, score_dataset
+from hi_core.data.datasets import read_dataset, write_synthetic
+from hi_core.base.distributed import ProcessState
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.inputs import DEFAULT_PROMPT
+from hi_core.model.images import load_image, load_mask
 
 from .vqa_data import QUESTIONS, write_vqa_dataset
 
@@ -365,7 +365,7 @@ def test_score_batch_scores_each_record_with_record_analysis(demo, dataset, monk
         if record.id == records[1].id:  # another prompt and binarization for this record only
             from dataclasses import replace
 
-            from hi_core.scoring import ScoringConfig
+            from hi_core.method.scoring import ScoringConfig
             options = replace(options, prompt="Which shape is it?", scoring=ScoringConfig(binarize="otsu"))
         return options
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hi_core.cli import main
-from hi_core.archives import check_record_paths
-from hi_core.datasets import Problems, count_records, read_dataset, scan_dataset, write_synthetic
-from hi_core.errors import InputError
+from hi_core.cli.main import main
+from hi_core.data.archives import check_record_paths
+from hi_core.data.datasets import Problems, count_records, read_dataset, scan_dataset, write_synthetic
+from hi_core.base.errors import InputError
 
 from .vqa_data import QUESTIONS, write_vqa_dataset
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.captioning import generate_description
-from hi_core.cli import main
-from hi_core.datasets import read_dataset
-from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
-from hi_core.synth import QUESTION_KINDS, make_vqa
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.model.captioning import generate_description
+from hi_core.cli.main import main
+from hi_core.data.datasets import read_dataset
+from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, load_model
+from hi_core.data.synth import QUESTION_KINDS, make_vqa
 
 EXAMPLES = DEMO_MODEL_DIR.parent / "examples"
 UNSEEN_SEED = 2026  # training streamed scenes from seed 0, the model card's held-out sets use 10000 and 10001

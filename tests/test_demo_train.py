@@ -23,10 +23,10 @@ from hi_core.demo.train import (
     training_examples,
     vqa_example,
 )
-from hi_core.errors import InputError
-from hi_core.loading import DEMO_MODEL_DIR, LoadConfig, load_model
-from hi_core.metrics import normalize_answer
-from hi_core.synth import QUESTION_KINDS, Scene, SceneObject, make_scene, make_vqa
+from hi_core.base.errors import InputError
+from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, load_model
+from hi_core.model.metrics import normalize_answer
+from hi_core.data.synth import QUESTION_KINDS, Scene, SceneObject, make_scene, make_vqa
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

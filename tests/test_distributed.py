@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hi_core import distributed
+from hi_core.base import distributed
 
 
 @pytest.mark.parametrize("env, size, main", [({}, 1, True), ({"WORLD_SIZE": "1", "RANK": "0"}, 1, True),

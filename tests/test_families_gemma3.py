@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.capture import capture_attention
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import run_forward
+from hi_core.model.capture import capture_attention
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.maps import run_forward
 
 from .family_checks import (
     BATCH_IMAGES,

@@ -20,12 +20,12 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.errors import InputError
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.base.errors import InputError
 from hi_core.families import ImageLayout, adapter_for
 from hi_core.families.internvl import InternVLAdapter
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 from . import tiny_internvl
 from .family_checks import (

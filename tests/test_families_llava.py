@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.errors import InputError
+from hi_core.base.errors import InputError
 from hi_core.families.llava import patch_grid_side
 
 from .family_checks import (

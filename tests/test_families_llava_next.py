@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.loading import LoadConfig, load_model
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.model.loading import LoadConfig, load_model
 
-from hi_core.inputs import build_inputs
-from hi_core.masks import mask_grid
+from hi_core.model.inputs import build_inputs
+from hi_core.method.masks import mask_grid
 
 from .family_checks import (
     PROMPT,

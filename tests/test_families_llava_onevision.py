@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 from . import tiny_llava_onevision
 from .family_checks import (

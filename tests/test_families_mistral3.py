@@ -25,10 +25,10 @@ from transformers.models.pixtral.image_processing_pil_pixtral import (
     get_resize_output_image_size,
 )
 
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
-from hi_core.pixtral_inputs import PixtralImageTextProcessor
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.pixtral_inputs import PixtralImageTextProcessor
 
 from . import tiny_mistral3
 from .family_checks import (

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.maps import run_forward
-from hi_core.capture import capture_attention
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.method.maps import run_forward
+from hi_core.model.capture import capture_attention
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 from .family_checks import PROMPT, TEXT, check_capture_equals_eager, check_region_lands_on_its_cells, two_scenes
 from .oracles import eager_rows

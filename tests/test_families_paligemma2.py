@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from hi_core.capture import IMPLEMENTATION, capture_attention, install_capture
-from hi_core.inputs import build_inputs, to_model_device
-from hi_core.loading import LoadConfig, load_model
-from hi_core.maps import run_forward
+from hi_core.model.capture import IMPLEMENTATION, capture_attention, install_capture
+from hi_core.model.inputs import build_inputs, to_model_device
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.maps import run_forward
 
 from .family_checks import (
     BATCH_IMAGES,

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.analysis import AnalysisConfig, analyze_image
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.method.analysis import AnalysisConfig, analyze_image
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 from . import tiny_qwen2_vl
 from .family_checks import (
@@ -76,7 +76,7 @@ CASES = {
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def qwen(request, tmp_path_factory):
-    """(loaded model, folder, case) for each tiny model, loaded through hi_core.loading (no torchvision)."""
+    """(loaded model, folder, case) for each tiny model, loaded through hi_core.model.loading (no torchvision)."""
     case = CASES[request.param]
     folder = case.build(tmp_path_factory.mktemp(request.param))
     loaded = load_model(LoadConfig(model=str(folder), device="cpu"))

@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hi_core.analysis import analyze_image
-from hi_core.cli import main
-from hi_core.dataset_scoring import DatasetConfig, score_dataset
-from hi_core.datasets import write_synthetic
-from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig, attention_targets, lora_config
-from hi_core.heatmap import NAN_COLOUR, HeatmapLayout
-from hi_core.image_scoring import AnalysisConfig
-from hi_core.inputs import build_inputs
-from hi_core.layer_selection import Ranking, select_layers
-from hi_core.loading import LoadConfig, load_model
-from hi_core.scoring import ScoringConfig
+from hi_core.method.analysis import analyze_image
+from hi_core.cli.main import main
+from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.data.datasets import write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import FinetuneConfig, attention_targets, lora_config
+from hi_core.figures.heatmap import NAN_COLOUR, HeatmapLayout
+from hi_core.method.image_scoring import AnalysisConfig
+from hi_core.model.inputs import build_inputs
+from hi_core.method.layer_selection import Ranking, select_layers
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.scoring import ScoringConfig
 from ui import explorer_views as views
 
 from . import tiny_qwen3_5

@@ -1,7 +1,7 @@
 """Qwen3-VL adapter (qwen3_vl, qwen3_vl_moe): Qwen2-VL's dynamic grid of `<|image_pad|>` tokens.
 
 Three tiny models (tests/tiny_qwen3_vl.py), loaded from Hub-like folders through
-`hi_core.loading` (no torchvision): dense and MoE with 8-px patches merged 2x2, and the exact
+`hi_core.model.loading` (no torchvision): dense and MoE with 8-px patches merged 2x2, and the exact
 config of transformers' own Qwen3-VL tester (16-px patches, merge 1). In all three one image
 token covers 16x16 px of the smart-resized image:
 - 130x90 (landscape) -> multiples of 16: round(90/16)=6 -> 96, round(130/16)=8 -> 128,
@@ -17,9 +17,9 @@ import json
 import numpy as np
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, load_model
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, load_model
 
 from . import tiny_qwen3_vl
 from .family_checks import (
@@ -48,7 +48,7 @@ MODEL_TYPES = {"qwen3_vl": "qwen3_vl", "qwen3_vl_moe": "qwen3_vl_moe", "tester":
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
 def qwen3(request, tmp_path_factory):
-    """(loaded model, folder) for each tiny model, loaded through hi_core.loading."""
+    """(loaded model, folder) for each tiny model, loaded through hi_core.model.loading."""
     folder = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
     loaded = load_model(LoadConfig(model=str(folder), device="cpu"))
     return loaded, folder, request.param

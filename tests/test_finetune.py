@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import hi_core.finetune as finetune
-from hi_core.cli import main
-from hi_core.datasets import read_dataset, write_synthetic
-from hi_core.errors import InputError
-from hi_core.finetune import (
+import hi_core.tuning.finetune as finetune
+from hi_core.cli.main import main
+from hi_core.data.datasets import read_dataset, write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import (
     DataConfig,
     DatasetRecords,
     FinetuneConfig,
@@ -34,7 +34,7 @@ from hi_core.finetune import (
     training_batch,
     trainable_parameters,
 )
-from hi_core.runs import run_pretrained
+from hi_core.tuning.runs import run_pretrained
 
 
 from .vqa_data import QUESTIONS, write_vqa_dataset
@@ -524,7 +524,7 @@ def test_cli_finetune_heads_trains_the_top_heads_and_says_which_kv_heads(llava_d
 
 
 def test_cli_finetune_head_list_scores_nothing(llava_dir, tiny_data, tmp_path, monkeypatch):
-    import hi_core.cli as cli
+    import hi_core.cli.main as cli
 
     monkeypatch.setattr(cli, "dataset_head_ranking", lambda *args: pytest.fail("a list of heads needs no ranking"))
     out = tmp_path / "run"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig
-from hi_core.finetune_presets import DEMO_RATES, PRESETS, RANK_LIMIT, RunRates, finetune_preset, preset_names
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.tuning.finetune_presets import DEMO_RATES, PRESETS, RANK_LIMIT, RunRates, finetune_preset, preset_names
 
 
 def test_every_preset_is_a_valid_config_with_a_rank_limit_and_quick_is_the_smaller_run():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.head_selection import (
+from hi_core.base.errors import InputError
+from hi_core.method.head_selection import (
     HeadRanking,
     check_head_choice,
     format_heads,

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hi_core.heatmap import MIN_CELL, VALUES_MAX, HeatmapLayout, draw_heatmap
-from hi_core.plots import HeatmapLayout as reexported
+from hi_core.figures.heatmap import MIN_CELL, VALUES_MAX, HeatmapLayout, draw_heatmap
 
 SHAPES = [(3, 4), (28, 12), (32, 32)]
 
@@ -126,10 +125,6 @@ def test_negative_values_use_a_diverging_scale_and_nan_is_grey():
     assert centre(0, 0)[2] > centre(0, 0)[0] and centre(0, 2)[0] > centre(0, 2)[2]  # blue below 0, red above
     assert (np.abs(centre(0, 1) - 247) < 12).all()  # 0 is near white
     assert (centre(1, 0) == 200).all()  # NaN
-
-
-def test_the_layout_is_reexported_from_plots():
-    assert reexported is HeatmapLayout
 
 
 def test_grey_cells_get_a_legend_line_that_moves_no_cell():

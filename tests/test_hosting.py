@@ -21,10 +21,10 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core.errors import InputError
+from hi_core.base.errors import InputError
 from hi_core.families import adapter_for
-from hi_core.finetune import FinetuneConfig
-from hi_core.loading import ModelCache
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.model.loading import ModelCache
 from ui.app import build_demo, launch_options
 from ui.components import bounded_open, refuse_in_handler
 from ui.feedback import Refused
@@ -341,7 +341,7 @@ def test_the_model_memory_budget_picks_bfloat16_when_float32_would_not_fit_and_t
     bfloat16 and the status says why; a budget too small for either refuses in one message with both numbers."""
     from dataclasses import replace
 
-    from hi_core.model_memory import GB, describe, safetensors_parameters
+    from hi_core.model.model_memory import GB, describe, safetensors_parameters
 
     parameters = safetensors_parameters(llava_dir)
     for budget, expected in ((parameters * 3, ("bfloat16, ", "in float32 its weights", "would not fit the model memory budget")),

@@ -1,4 +1,4 @@
-"""`hi_core.hub.check_hub_model`: a Hub id that cannot load is answered in seconds, offline at once, a missing
+"""`hi_core.model.hub.check_hub_model`: a Hub id that cannot load is answered in seconds, offline at once, a missing
 repository remembered. No test touches the network: the connection and the Hub's answer are replaced."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-from hi_core import hub
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, load_model
+from hi_core.model import hub
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig, load_model
 
 
 @pytest.fixture

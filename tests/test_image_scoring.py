@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hi_core.analysis as analysis
-import hi_core.dataset_scoring as dataset_scoring
-import hi_core.image_scoring as image_scoring
-import hi_core.maps as maps
-from hi_core.dataset_scoring import DatasetConfig, score_batch
-from hi_core.datasets import read_dataset, write_synthetic
-from hi_core.errors import InputError
-from hi_core.image_scoring import AnalysisConfig, prepare_image
-from hi_core.scoring import ScoringConfig, score_maps
+import hi_core.method.analysis as analysis
+import hi_core.data.dataset_scoring as dataset_scoring
+import hi_core.method.image_scoring as image_scoring
+import hi_core.method.maps as maps
+from hi_core.data.dataset_scoring import DatasetConfig, score_batch
+from hi_core.data.datasets import read_dataset, write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.method.image_scoring import AnalysisConfig, prepare_image
+from hi_core.method.scoring import ScoringConfig, score_maps
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hi_core.errors import InputError
-from hi_core.images import (
+from hi_core.base.errors import InputError
+from hi_core.model.images import (
     MIN_IMAGE_SIDE,
     check_image_size,
     image_to_rgb,

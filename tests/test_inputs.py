@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs, key_phrase_tokens, phrase_span
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs, key_phrase_tokens, phrase_span
 
 
 @pytest.fixture

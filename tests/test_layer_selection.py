@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hi_core.errors import InputError
-from hi_core.layer_selection import Ranking, check_layer_choice, parse_layer_choice, read_ranking, select_layers
+from hi_core.base.errors import InputError
+from hi_core.method.layer_selection import Ranking, check_layer_choice, parse_layer_choice, read_ranking, select_layers
 
 # layer scores of an 8-layer model: best 5, 2, 7, 0, ...; worst 3
 SCORES = np.array([0.40, 0.20, 0.70, 0.05, 0.30, 0.90, 0.10, 0.50])

@@ -1,4 +1,4 @@
-"""The load estimate (hi_core/model_memory.py, hi_core/loading.py's ModelCache, the CLI and the app): a model's size
+"""The load estimate (hi_core/model/model_memory.py, hi_core/model/loading.py's ModelCache, the CLI and the app): a model's size
 is known from its configuration before any weight is allocated, and a model that cannot fit is refused in one
 message naming both numbers; a configuration transformers cannot build, or one too deep to build at all, is one
 message too."""
@@ -14,10 +14,12 @@ import time
 import pytest
 from transformers import AutoModelForImageTextToText
 
-from hi_core import cli, loading
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, ModelCache, load_model
-from hi_core.model_memory import MAX_CONFIG_BYTES, MAX_LAYERS, GB, config_parameters, parameter_count
+from hi_core.cli import main as cli
+
+from hi_core.model import loading
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig, ModelCache, load_model
+from hi_core.model.model_memory import MAX_CONFIG_BYTES, MAX_LAYERS, GB, config_parameters, parameter_count
 
 CRAFTED = {"hidden_size": 65536, "num_hidden_layers": 200, "intermediate_size": 262144,
            "num_attention_heads": 512, "num_key_value_heads": 512}  # ~10.7 T parameters beside ~100 K of weights

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hi_core.capture import IMPLEMENTATION
-from hi_core.errors import InputError
-from hi_core.inputs import build_inputs
-from hi_core.loading import LoadConfig, ModelCache, load_model, resolve_source
+from hi_core.model.capture import IMPLEMENTATION
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import build_inputs
+from hi_core.model.loading import LoadConfig, ModelCache, load_model, resolve_source
 
 
 @pytest.mark.parametrize(

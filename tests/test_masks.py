@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from hi_core.errors import InputError
-from hi_core.masks import check_mask, grabcut_mask, load_image, load_mask, object_patches, painted_mask
+from hi_core.base.errors import InputError
+from hi_core.method.masks import check_mask, grabcut_mask, object_patches, painted_mask
+from hi_core.model.images import load_image, load_mask
 
 
 def test_rgba_mask_uses_alpha_and_any_channel(tmp_path):
@@ -137,11 +138,11 @@ def test_a_mask_covering_every_cell_is_refused_and_almost_every_cell_warned(capl
         object_patches(np.full((4, 5), 0.8), valid)
     almost = np.ones((4, 5))
     almost[0, :4] = 0.0  # 16 of 20 cells: 80%
-    with caplog.at_level("WARNING", logger="hi_core.masks"):
+    with caplog.at_level("WARNING", logger="hi_core.method.masks"):
         assert object_patches(almost).object_patches.sum() == 16
     assert "covers 16 of 20 grid cells" in caplog.text
     caplog.clear()
     almost[1, :2] = 0.0  # 14 of 20: 70%, no warning
-    with caplog.at_level("WARNING", logger="hi_core.masks"):
+    with caplog.at_level("WARNING", logger="hi_core.method.masks"):
         object_patches(almost)
     assert caplog.text == ""

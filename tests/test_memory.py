@@ -35,10 +35,11 @@ MAX_PEAK_MB = 1700  # the whole process, model included
 CHILD = r"""
 import json, re, sys
 import numpy as np
-from hi_core.analysis import analyze_image
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, load_model
-from hi_core.masks import check_mask, grabcut_mask, load_image, load_mask
+from hi_core.method.analysis import analyze_image
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.method.masks import check_mask, grabcut_mask
+from hi_core.model.images import load_image, load_mask
 
 def peak_mb():
     with open("/proc/self/status") as status:

@@ -7,7 +7,7 @@ import pytest
 
 from scipy import stats
 
-from hi_core.metrics import accuracy_interval, answer_accuracy, answer_correct, caption_metrics, normalize_answer, normalize_caption
+from hi_core.model.metrics import accuracy_interval, answer_accuracy, answer_correct, caption_metrics, normalize_answer, normalize_caption
 
 REFS = {"1": ["a big red circle at the top"], "2": ["a small blue star at the left"], "3": ["a big green square at the center"]}
 

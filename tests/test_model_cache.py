@@ -1,4 +1,4 @@
-"""ModelCache (hi_core/loading.py): loads outside its lock, one at a time, each model once."""
+"""ModelCache (hi_core/model/loading.py): loads outside its lock, one at a time, each model once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hi_core import loading
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig, ModelCache, load_model
+from hi_core.model import loading
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig, ModelCache, load_model
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_a_private_copy_counts_while_it_is_held(monkeypatch):
 
 
 def test_real_folders_are_sized_from_their_safetensors_and_load_in_bfloat16_when_they_must(llava_dir):
-    from hi_core.model_memory import safetensors_parameters
+    from hi_core.model.model_memory import safetensors_parameters
 
     parameters = safetensors_parameters(llava_dir)
     loaded = load_model(LoadConfig(str(llava_dir), device="cpu"))

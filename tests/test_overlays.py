@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hi_core.drawing import colormap_lut
-from hi_core.overlays import (
+from hi_core.figures.drawing import colormap_lut
+from hi_core.figures.overlays import (
     BRUSH_COLOURS,
     MAP_OPACITY,
     OUTLINE,

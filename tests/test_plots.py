@@ -5,7 +5,8 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
-from hi_core.plots import figure_to_array, mask_overlay, overlay_grid
+from hi_core.figures.overlays import mask_overlay
+from hi_core.figures.plots import figure_to_array, overlay_grid
 
 
 def test_figures_never_touch_pyplot_state():
@@ -21,17 +22,6 @@ def test_figures_never_touch_pyplot_state():
         array = figure_to_array(figure)
         assert array.ndim == 3 and array.shape[2] == 3 and array.std() > 0
     assert matplotlib.get_backend() == backend and plt.get_fignums() == before  # pyplot's state untouched
-
-
-def test_the_names_the_app_imports_stay_importable_from_plots():
-    from hi_core import bars, heatmap, overlays, plots
-
-    assert plots.map_overlay is overlays.map_overlay and plots.mask_overlay is overlays.mask_overlay
-    assert plots.overlay_panels is overlays.overlay_panels and plots.fit_for_display is overlays.fit_for_display
-    assert plots.draw_heatmap is heatmap.draw_heatmap and plots.HeatmapLayout is heatmap.HeatmapLayout
-    assert plots.draw_layer_bars is bars.draw_layer_bars
-    for name in ("figure_to_array", "layer_choices", "overlay_grid"):
-        assert callable(getattr(plots, name))
 
 
 def test_mask_overlay_tints_only_the_mask():

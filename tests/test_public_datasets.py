@@ -29,10 +29,10 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core import archives
-from hi_core.datasets import STOP_EVERY, Cancelled, Problems, check_index, read_dataset, scan_dataset
-from hi_core.errors import InputError
-from hi_core.images import ImageLimits
+from hi_core.data import archives
+from hi_core.data.datasets import STOP_EVERY, Cancelled, Problems, check_index, read_dataset, scan_dataset
+from hi_core.base.errors import InputError
+from hi_core.model.images import ImageLimits
 from ui.settings import Settings
 from ui.sources import UPLOADED_ZIP, dataset_folder
 from ui.storage import MIB, RunStorage, folder_bytes
@@ -46,9 +46,9 @@ CHILD = r"""
 import json, re, sys
 from pathlib import Path
 from PIL import Image
-from hi_core.dataset_scoring import DatasetConfig, score_dataset
-from hi_core.images import ImageLimits
-from hi_core.loading import LoadConfig, load_model
+from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.model.images import ImageLimits
+from hi_core.model.loading import LoadConfig, load_model
 
 def peak_mb():
     with open("/proc/self/status") as status:
@@ -124,7 +124,7 @@ def test_records_are_reduced_to_the_side_while_decoding_and_keep_their_mask_alig
 
 
 def test_fine_tune_records_are_read_within_the_same_limits(tmp_path):
-    from hi_core.finetune import DataConfig, split_dataset
+    from hi_core.tuning.finetune import DataConfig, split_dataset
 
     folder = _big_record_set(tmp_path / "set", records=1, size=(3000, 2000))
     split = split_dataset(folder, DataConfig(eval_fraction=0.0), image_limits=ImageLimits(max_side=300))
@@ -169,8 +169,8 @@ def test_a_stop_flag_stops_reading_while_the_index_is_scanned(tmp_path):
 
 
 def test_a_stop_flag_stops_scoring_between_batches(llava, tmp_path):
-    from hi_core.dataset_scoring import DatasetConfig, score_dataset
-    from hi_core.datasets import write_synthetic
+    from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+    from hi_core.data.datasets import write_synthetic
 
     folder = write_synthetic(tmp_path / "set", n=6, seed=3, size=64)
     batches = []
@@ -196,7 +196,7 @@ def huge_index(tmp_path_factory) -> Path:
     ({"max_mb": 4}, "data.jsonl is 15.0 MB; this deployment reads at most 4 MB"),
 ])
 def test_a_huge_index_is_refused_before_any_line_is_parsed(huge_index, monkeypatch, limits, message):
-    from hi_core import datasets
+    from hi_core.data import datasets
 
     monkeypatch.setattr(datasets, "_scan_line", lambda *args: pytest.fail("a line was parsed"))
     started = time.perf_counter()
@@ -213,7 +213,7 @@ def test_an_index_within_the_limits_passes(tmp_path):
 
 
 def test_an_uploaded_zip_with_a_huge_index_is_refused_after_unpacking_before_scanning(tmp_path, monkeypatch):
-    from hi_core import datasets
+    from hi_core.data import datasets
 
     archive = tmp_path / "lines.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
@@ -357,7 +357,7 @@ def test_a_damaged_member_is_one_message(tmp_path):
 @pytest.fixture(scope="module")
 def server():
     from ui.app import build_demo, launch_options
-    from hi_core.loading import ModelCache
+    from hi_core.model.loading import ModelCache
 
     settings = Settings(max_image_pixels=24_000_000, max_image_side=256, max_index_lines=2_000, max_run_storage_mb=8)
     demo = build_demo("demo", ModelCache(), settings)

@@ -32,9 +32,9 @@ from gradio.data_classes import FileData
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core.errors import InputError
-from hi_core.inputs import MAX_CHARS_PER_TOKEN, build_inputs, check_text_length, context_length
-from hi_core.loading import LoadConfig, ModelCache
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import MAX_CHARS_PER_TOKEN, build_inputs, check_text_length, context_length
+from hi_core.model.loading import LoadConfig, ModelCache
 from ui import budget
 from ui.app import build_demo, launch_options
 from ui.budget import TokenMaps, TokenMapBudget, UploadCacheSweep, forget

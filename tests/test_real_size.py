@@ -105,8 +105,8 @@ def test_qwen2_vl_2b_puts_a_1024x768_photo_on_a_grid_of_28_px_tokens(qwen2_vl):
 
 @slow
 def test_real_size_smolvlm_256m_loads_and_analyzes_a_1024x768_photo():
-    from hi_core.analysis import analyze_image
-    from hi_core.loading import LoadConfig, load_model
+    from hi_core.method.analysis import analyze_image
+    from hi_core.model.loading import LoadConfig, load_model
 
     folder = build_real_model("smolvlm-256m")
     loaded = load_model(LoadConfig(model=str(folder), device="cpu"))

@@ -1,4 +1,4 @@
-"""Reusing what a head's removal cannot change (`hi_core/replay.py`) gives the numbers a whole pass gives, for every
+"""Reusing what a head's removal cannot change (`hi_core/model/replay.py`) gives the numbers a whole pass gives, for every
 family, and skips what it claims to skip; the model is left as it was, and other threads' forwards are untouched."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from hi_core.datasets import write_synthetic
-from hi_core.finetune import DataConfig, split_dataset
-from hi_core.head_effects import baseline_pass, evaluate, prepare_batches
-from hi_core.loading import LoadConfig, load_model
-from hi_core.replay import PassCache, install_replay
+from hi_core.data.datasets import write_synthetic
+from hi_core.tuning.finetune import DataConfig, split_dataset
+from hi_core.causal.head_effects import baseline_pass, evaluate, prepare_batches
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.replay import PassCache, install_replay
 
 from .tiny_gemma3 import build_gemma3
 from .tiny_idefics3 import build_smolvlm
@@ -103,7 +103,7 @@ def test_the_wrappers_are_removed_after_the_last_user(llava):
 def test_another_threads_forward_computes_everything_while_a_plan_replays(llava, records):
     """A replay plan belongs to the context that set it: another session's pass on the shared model, in another
     thread while a validation replays, computes its own image features and layers."""
-    from hi_core import replay
+    from hi_core.model import replay
 
     ours = prepare_batches(llava, records[:2], "caption", PROMPT, 2)
     theirs = prepare_batches(llava, records[2:], "caption", PROMPT, 1)

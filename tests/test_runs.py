@@ -15,14 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hi_core.runs as runs
-from hi_core.datasets import write_synthetic
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
-from hi_core.layer_selection import Ranking
-from hi_core.loading import LoadConfig, load_model
-from hi_core.metrics import accuracy_interval, answer_correct
-from hi_core.runs import BeforeAfter, RunRecord, reuse_ranking, run_before_after, run_finetune, run_pretrained
+import hi_core.tuning.runs as runs
+from hi_core.data.datasets import write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
+from hi_core.method.layer_selection import Ranking
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.metrics import accuracy_interval, answer_correct
+from hi_core.tuning.runs import BeforeAfter, RunRecord, reuse_ranking, run_before_after, run_finetune, run_pretrained
 
 from .vqa_data import write_vqa_dataset
 
@@ -201,7 +201,7 @@ def test_data_parallel_run_on_two_cpu_processes(llava_dir, tiny_data, tmp_path):
 
 def _scored(layer_scores, images=3):
     """A DatasetAnalysis standing for the Dataset tab's scores (only layer_scores and images matter here)."""
-    from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig
+    from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig
 
     hi = torch.zeros(len(layer_scores), 2).numpy()
     return DatasetAnalysis(model="m", family="f", dataset="d", queries="producing", images=[None] * images, hi=hi,

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from hi_core.errors import InputError
-from hi_core.scoring import (
+from hi_core.base.errors import InputError
+from hi_core.method.scoring import (
     ScoringConfig,
     attention_mass,
     binarize,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hi_core.finetune import check_task
+from hi_core.tuning.finetune import check_task
 from ui.sources import SYNTHETIC, SYNTHETIC_SCENES, dataset_folder
 
 

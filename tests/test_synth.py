@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from hi_core.cli import main
-from hi_core.datasets import read_dataset, write_synthetic
-from hi_core.errors import InputError
-from hi_core.synth import COLOURS, NEW_KINDS, QUESTION_KINDS, make_scene, make_vqa, position_phrase
+from hi_core.cli.main import main
+from hi_core.data.datasets import read_dataset, write_synthetic
+from hi_core.base.errors import InputError
+from hi_core.data.synth import COLOURS, NEW_KINDS, QUESTION_KINDS, make_scene, make_vqa, position_phrase
 
 
 def test_same_seed_same_scene_other_seed_other_scene():
@@ -212,7 +212,7 @@ def test_order_with_the_vqa_task_is_an_input_error(tmp_path, capsys):
 
 
 def test_reading_order_is_read_from_the_positions_a_caption_writes():
-    from hi_core.synth import in_reading_order, listed_positions
+    from hi_core.data.synth import in_reading_order, listed_positions
 
     assert listed_positions("a big red circle at the top left and a small blue star at the center") == [(0, 0), (1, 1)]
     assert in_reading_order("a big red circle at the top left and a small blue star at the center")

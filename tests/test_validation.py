@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.ablation import ablate_heads, output_projections
-from hi_core.datasets import write_synthetic
-from hi_core.finetune import DataConfig, split_dataset
-from hi_core.loading import LoadConfig, load_model
-from hi_core.head_effects import dose_points, evaluate, prepare_batches
-from hi_core.validation import ValidationConfig, gradient_importance, layer_matched, ranked, spatial_entropy, validate
-from hi_core.validation_report import write_validation_report
+from hi_core.causal.ablation import ablate_heads, output_projections
+from hi_core.data.datasets import write_synthetic
+from hi_core.tuning.finetune import DataConfig, split_dataset
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.causal.head_effects import dose_points, evaluate, prepare_batches
+from hi_core.causal.validation import ValidationConfig, gradient_importance, layer_matched, ranked, spatial_entropy, validate
+from hi_core.causal.validation_report import write_validation_report
 
 PROMPT = DataConfig().prompt
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,7 +135,7 @@ def test_reusing_passes_changes_no_number(demo_model, scenes, monkeypatch):
     curves equal those of every pass computed whole."""
     import contextlib
 
-    import hi_core.head_effects as head_effects
+    import hi_core.causal.head_effects as head_effects
 
     config = ValidationConfig(orders=3, heads=5, max_k=4, ranking_records=2, mean_records=2, data=DataConfig(eval_fraction=0.25))
     reused = validate(demo_model, scenes, config)
@@ -171,7 +171,7 @@ def test_removal_is_undone_after_validation(demo_model, held_out):
 
 
 def test_the_cli_writes_the_report_and_refuses_bad_input(scenes, tmp_path, capsys):
-    from hi_core.cli import main
+    from hi_core.cli.main import main
 
     out = tmp_path / "validation"
     code = main(["validate", "--model", "demo", "--dataset", str(scenes), "--out", str(out), "--orders", "2",
@@ -189,7 +189,7 @@ def test_the_cli_writes_the_report_and_refuses_bad_input(scenes, tmp_path, capsy
 
 
 def test_a_validation_over_the_time_limit_is_refused_before_the_long_part(demo_model, scenes):
-    from hi_core.errors import InputError
+    from hi_core.base.errors import InputError
 
     seen = []
     config = ValidationConfig(orders=50, ranking_records=1, mean_records=1, data=DataConfig(eval_fraction=0.25))
@@ -204,7 +204,7 @@ def test_the_gradient_gates_leave_another_threads_forward_alone(demo_model, held
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import hi_core.validation as validation
+    import hi_core.causal.validation as validation
 
     ours = prepare_batches(demo_model, held_out[:2], "caption", PROMPT, 2)
     theirs = prepare_batches(demo_model, held_out[2:3], "caption", PROMPT, 1)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hi_core.errors import InputError
-from hi_core.validation_stats import (
+from hi_core.base.errors import InputError
+from hi_core.causal.validation_stats import (
     bootstrap_difference,
     bootstrap_heads,
     bootstrap_records,

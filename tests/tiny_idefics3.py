@@ -9,7 +9,7 @@ longest edge to 144 px. With image splitting on, a 120x60 image becomes 144x72, 
 Idefics3's processor saves and reloads normally. SmolVLM's owns a video processor, which cannot
 be built without torchvision, so its folder gets the tokenizer, the image processor
 (`SmolVLMImageProcessorPil`) and `chat_template.jinja` saved separately (the layout of a Hub
-checkpoint), and `hi_core.loading` assembles the processor itself. SmolVLM's processor also needs
+checkpoint), and `hi_core.model.loading` assembles the processor itself. SmolVLM's processor also needs
 the `num2words` package.
 """
 

@@ -8,7 +8,7 @@ a 72x60 image (aspect 1.2, nearest grid 1 x 1) is one tile, the image squashed t
 
 The processor owns a video processor that needs torchvision, so, as on the Hub, the folder holds
 the tokenizer, the image processor (`GotOcr2ImageProcessorPil`), `chat_template.jinja` and
-`processor_config.json` saved separately, and `hi_core.loading` assembles the processor.
+`processor_config.json` saved separately, and `hi_core.model.loading` assembles the processor.
 
 `build_internvl_tester` uses the config of transformers' own InternVL model tester
 (`InternVLVisionText2TextModelTester` in tests/models/internvl/test_modeling_internvl.py, values

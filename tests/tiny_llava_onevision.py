@@ -2,7 +2,7 @@
 
 The processor owns a video processor, which needs torchvision (absent), so the folder gets what a
 Hub checkpoint has: the tokenizer, the image processor (`LlavaOnevisionImageProcessorPil`),
-`processor_config.json` (the processor's own settings) and `chat_template.jinja`; `hi_core.loading`
+`processor_config.json` (the processor's own settings) and `chat_template.jinja`; `hi_core.model.loading`
 assembles the processor without its video processor.
 
 Geometry of `build_llava_onevision`: views of 48 x 48 px, 8-px patches, no CLS token (SigLIP,

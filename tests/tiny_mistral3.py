@@ -1,7 +1,7 @@
 """Tiny Mistral 3 models (Pixtral vision tower + Mistral), written as Hub-like folders, built offline.
 
 transformers' `PixtralProcessor` cannot be built without torchvision, so the folder is written by
-`hi_core.pixtral_inputs.PixtralImageTextProcessor.save_pretrained`: the tokenizer,
+`hi_core.model.pixtral_inputs.PixtralImageTextProcessor.save_pretrained`: the tokenizer,
 `preprocessor_config.json` (`PixtralImageProcessorPil`), `processor_config.json` (patch size,
 spatial merge, token strings; `processor_class` PixtralProcessor) and `chat_template.jinja`, the
 layout of a Hub checkpoint.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from hi_core.pixtral_inputs import PixtralImageTextProcessor
+from hi_core.model.pixtral_inputs import PixtralImageTextProcessor
 
 from .tiny_models import random_model, save_folder, tiny_text_config, tiny_vision_config, word_tokenizer
 

@@ -1,7 +1,7 @@
 """Tiny models of every supported family, built offline from configs with local tokenizers.
 
 Each builder writes a folder in the layout of a Hub checkpoint (config, safetensors weights,
-tokenizer, image processor, chat template) so tests also go through `hi_core.loading`.
+tokenizer, image processor, chat template) so tests also go through `hi_core.model.loading`.
 Sizes: hidden 64, 2 language layers, 4 heads (2 KV heads: grouped-query attention is exercised).
 """
 

@@ -3,7 +3,7 @@
 The processor owns a video processor, which cannot be built without torchvision, so its
 `save_pretrained` fails here: the folder gets the tokenizer, the image processor
 (`Qwen2VLImageProcessorPil`) and `chat_template.jinja` saved separately, the layout of a Hub
-checkpoint, and `hi_core.loading` has to assemble the processor itself.
+checkpoint, and `hi_core.model.loading` has to assemble the processor itself.
 
 Geometry: 8-px patches merged 2x2, so one language-model image token covers 16x16 px; images are
 smart-resized to multiples of 16 with 64*64 <= pixels <= 128*128, i.e. 4 to 8 tokens per side.

@@ -2,7 +2,7 @@
 
 As for Qwen2-VL (tests/tiny_qwen2_vl.py), the processor owns a video processor that needs
 torchvision, so the folder gets the tokenizer, the image processor (`Qwen2VLImageProcessorPil`,
-which Qwen3-VL uses) and `chat_template.jinja` saved separately, and `hi_core.loading` assembles
+which Qwen3-VL uses) and `chat_template.jinja` saved separately, and `hi_core.model.loading` assembles
 a `Qwen3VLProcessor` without the video processor.
 
 Geometry, the same for all three: one language-model image token covers 16x16 px, images are

@@ -13,8 +13,8 @@ import argparse
 
 import gradio as gr
 
-from hi_core.errors import InputError
-from hi_core.loading import ModelCache
+from hi_core.base.errors import InputError
+from hi_core.model.loading import ModelCache
 
 from .budget import forget, upload_cache_lifespan
 from .components import refuse_in_handler

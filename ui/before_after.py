@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 import gradio as gr
 import numpy as np
 
-from hi_core.analysis import ImageAnalysis, hi_difference
-from hi_core.errors import InputError
-from hi_core.heatmap import HeatmapLayout, draw_heatmap
-from hi_core.overlays import overlay_panels
-from hi_core.scoring import ScoringConfig
+from hi_core.method.analysis import ImageAnalysis, hi_difference
+from hi_core.base.errors import InputError
+from hi_core.figures.heatmap import HeatmapLayout, draw_heatmap
+from hi_core.figures.overlays import overlay_panels
+from hi_core.method.scoring import ScoringConfig
 
 from . import explorer_views as views
 from .components import Figure

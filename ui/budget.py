@@ -31,8 +31,8 @@ from typing import Any
 import anyio
 import numpy as np
 
-from hi_core.analysis import AnalysisConfig, ImageAnalysis
-from hi_core.loading import LoadedModel
+from hi_core.method.analysis import AnalysisConfig, ImageAnalysis
+from hi_core.model.loading import LoadedModel
 
 log = logging.getLogger("hi_explorer")
 

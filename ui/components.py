@@ -37,9 +37,9 @@ from gradio.components.image_editor import AcceptBlobs, EditorData
 from gradio.data_classes import FileData
 from gradio.processing_utils import hash_bytes
 
-from hi_core.errors import InputError
-from hi_core.images import image_to_rgb, open_bounded
-from hi_core.inputs import check_text_length
+from hi_core.base.errors import InputError
+from hi_core.model.images import image_to_rgb, open_bounded
+from hi_core.model.inputs import check_text_length
 
 from .feedback import Refused, shortened
 from .settings import scrub_paths

@@ -22,14 +22,14 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from hi_core.ablation import ImageAblation, ablate_image
-from hi_core.analysis import AnalysisConfig, ImageAnalysis, analyze_image
-from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
-from hi_core.datasets import read_dataset
-from hi_core.errors import InputError
-from hi_core.inputs import check_text_length
-from hi_core.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
-from hi_core.model_memory import describe
+from hi_core.causal.ablation import ImageAblation, ablate_image
+from hi_core.method.analysis import AnalysisConfig, ImageAnalysis, analyze_image
+from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from hi_core.data.datasets import read_dataset
+from hi_core.base.errors import InputError
+from hi_core.model.inputs import check_text_length
+from hi_core.model.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
+from hi_core.model.model_memory import describe
 
 from .budget import TokenMapBudget
 from .settings import Settings, scrub_paths

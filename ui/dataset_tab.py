@@ -18,11 +18,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from hi_core.dataset_scoring import DatasetAnalysis, DatasetConfig
-from hi_core.datasets import INDEX, Cancelled, Record, read_dataset
-from hi_core.errors import InputError
-from hi_core.loading import LoadConfig
-from hi_core.overlays import map_overlay
+from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig
+from hi_core.data.datasets import INDEX, Cancelled, Record, read_dataset
+from hi_core.base.errors import InputError
+from hi_core.model.loading import LoadConfig
+from hi_core.figures.overlays import map_overlay
 
 from . import explorer_views as views
 from .components import Figure

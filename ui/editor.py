@@ -8,9 +8,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from hi_core.errors import InputError
-from hi_core.masks import check_mask, load_mask, painted_mask
-from hi_core.overlays import contrasting_colour, map_overlay, mask_overlay
+from hi_core.base.errors import InputError
+from hi_core.method.masks import check_mask, painted_mask
+from hi_core.model.images import load_mask
+from hi_core.figures.overlays import contrasting_colour, map_overlay, mask_overlay
 
 MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this for the mask preview
 

@@ -20,10 +20,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from hi_core.errors import InputError
-from hi_core.masks import grabcut_mask, painted_mask
-from hi_core.model_memory import describe
-from hi_core.overlays import BRUSH_COLOURS, contrasting_colour
+from hi_core.base.errors import InputError
+from hi_core.method.masks import grabcut_mask, painted_mask
+from hi_core.model.model_memory import describe
+from hi_core.figures.overlays import BRUSH_COLOURS, contrasting_colour
 
 from . import explorer_views as views
 from .ablation_view import AblationTab

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hi_core.analysis import AnalysisConfig, ImageAnalysis
-from hi_core.errors import InputError
-from hi_core.bars import draw_layer_bars
-from hi_core.heatmap import HeatmapLayout, draw_heatmap
-from hi_core.overlays import overlay_panels
-from hi_core.scoring import ScoringConfig
+from hi_core.method.analysis import AnalysisConfig, ImageAnalysis
+from hi_core.base.errors import InputError
+from hi_core.figures.bars import draw_layer_bars
+from hi_core.figures.heatmap import HeatmapLayout, draw_heatmap
+from hi_core.figures.overlays import overlay_panels
+from hi_core.method.scoring import ScoringConfig
 
 from .options import top_k_for
 

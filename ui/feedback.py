@@ -27,7 +27,7 @@ from typing import Any
 
 import gradio as gr
 
-from hi_core.errors import InputError
+from hi_core.base.errors import InputError
 
 from .settings import scrub_paths
 

@@ -12,11 +12,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hi_core.datasets import count_records
-from hi_core.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
-from hi_core.layer_selection import Ranking, check_layer_choice, needs_ranking
-from hi_core.loading import LoadConfig, LoadedModel, ModelCache, load_model
-from hi_core.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
+from hi_core.data.datasets import count_records
+from hi_core.tuning.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
+from hi_core.method.layer_selection import Ranking, check_layer_choice, needs_ranking
+from hi_core.model.loading import LoadConfig, LoadedModel, ModelCache, load_model
+from hi_core.tuning.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
 
 from .jobs import Progress
 from .settings import Settings

@@ -12,13 +12,13 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from hi_core.compare import METRICS
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig, FinetuneConfig, TrainingCancelled
-from hi_core.finetune_presets import DEMO_RATES, RANK_LIMIT, RunRates, finetune_preset
-from hi_core.layer_selection import needs_ranking
-from hi_core.plots import figure_to_array, layer_choices
-from hi_core.runs import RunRecord
+from hi_core.tuning.compare import METRICS
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainingCancelled
+from hi_core.tuning.finetune_presets import DEMO_RATES, RANK_LIMIT, RunRates, finetune_preset
+from hi_core.method.layer_selection import needs_ranking
+from hi_core.figures.plots import figure_to_array, layer_choices
+from hi_core.tuning.runs import RunRecord
 
 from .components import BoundedTextbox, Figure
 from .context import TUNED, AppContext

@@ -8,10 +8,10 @@ from typing import get_args
 
 import gradio as gr
 
-from hi_core.analysis import AnalysisConfig
-from hi_core.image_scoring import View
-from hi_core.inputs import Queries, check_text_length
-from hi_core.scoring import Binarization, LayerScore, ScoringConfig
+from hi_core.method.analysis import AnalysisConfig
+from hi_core.method.image_scoring import View
+from hi_core.model.inputs import Queries, check_text_length
+from hi_core.method.scoring import Binarization, LayerScore, ScoringConfig
 
 from .components import BoundedTextbox
 

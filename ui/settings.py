@@ -20,9 +20,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
-from hi_core.errors import InputError
-from hi_core.finetune import FinetuneConfig
-from hi_core.model_memory import GB, memory_budget
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.model.model_memory import GB, memory_budget
 
 #: Small released models of supported families a public deployment offers by default, smallest
 #: first, with their config's `model_type` (all under 2.5B parameters, safetensors, no remote code).
@@ -178,7 +178,7 @@ class Settings:
 
     @property
     def model_memory(self) -> int:
-        """The model cache's budget in bytes: `model_memory_gb`, else `hi_core.model_memory.DEFAULT_SHARE` of the
+        """The model cache's budget in bytes: `model_memory_gb`, else `hi_core.model.model_memory.DEFAULT_SHARE` of the
         machine's memory."""
         return int(self.model_memory_gb * GB) if self.model_memory_gb else memory_budget({})
 

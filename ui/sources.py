@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from hi_core.archives import check_record_paths, extract_dataset_zip
-from hi_core.datasets import INDEX, check_index, write_synthetic
-from hi_core.images import ImageLimits
-from hi_core.synth_vqa import write_synthetic_vqa
+from hi_core.data.archives import check_record_paths, extract_dataset_zip
+from hi_core.data.datasets import INDEX, check_index, write_synthetic
+from hi_core.model.images import ImageLimits
+from hi_core.data.synth_vqa import write_synthetic_vqa
 
 from .context import EXAMPLES_DIR, UNPACKED
 from .settings import Settings

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hi_core.errors import InputError
+from hi_core.base.errors import InputError
 
 MIB = 1 << 20
 

@@ -1,6 +1,6 @@
 """The Validate tab: does HI find the heads that matter, for the Explorer's model on a dataset? Every head (or a
 sample) removed in turn, teacher-forced on held-out records, against HI and three other rankings; the dose-response
-against random orders (`hi_core.validation`). A background job with progress and Cancel; in public, a run is
+against random orders (`hi_core.causal.validation`). A background job with progress and Cancel; in public, a run is
 refused when its estimated time (from its first pass) is over `Settings.max_validation_minutes`."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from hi_core.datasets import Cancelled
-from hi_core.errors import InputError
-from hi_core.finetune import DataConfig
-from hi_core.loading import LoadConfig
-from hi_core.validation import ValidationConfig, validate
-from hi_core.validation_report import METRICS, RANKING_NAMES, write_validation_report
+from hi_core.data.datasets import Cancelled
+from hi_core.base.errors import InputError
+from hi_core.tuning.finetune import DataConfig
+from hi_core.model.loading import LoadConfig
+from hi_core.causal.validation import ValidationConfig, validate
+from hi_core.causal.validation_report import METRICS, RANKING_NAMES, write_validation_report
 
 from .components import Figure
 from .context import AppContext

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import permutation_test, spearmanr
 
-from hi_core.ablation import key_named
-from hi_core.compare import mean_interval
-from hi_core.synth import COLOURS, SHAPES, SIZES
+from hi_core.causal.ablation import key_named
+from hi_core.tuning.compare import mean_interval
+from hi_core.data.synth import COLOURS, SHAPES, SIZES
 
 from reading_order import captions, reading_order_share
 

@@ -1,6 +1,6 @@
 """The reading-order task measured directly: for each compare folder, the share of held-out scenes with
 several objects whose generated caption lists them top to bottom, then left to right (by the positions it
-writes: `hi_core.synth.in_reading_order`), per run, then per strategy (mean over seeds, 95% t-interval) and
+writes: `hi_core.data.synth.in_reading_order`), per run, then per strategy (mean over seeds, 95% t-interval) and
 top - random, top - bottom (95% Welch interval), as `compare` reports its metrics.
 
     python docs/compare-demo/reading_order.py COMPARE_FOLDER [COMPARE_FOLDER ...]
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hi_core.compare import difference_interval, mean_interval
-from hi_core.synth import in_reading_order
+from hi_core.tuning.compare import difference_interval, mean_interval
+from hi_core.data.synth import in_reading_order
 
 
 def captions(run: Path) -> list[dict]:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from hi_core.demo.build import IMAGE_SIZE, PATCH_SIZE, build_model
 from hi_core.demo.train import pixel_values
-from hi_core.loading import LoadConfig, load_model
-from hi_core.synth import SHAPES, make_scene
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.data.synth import SHAPES, make_scene
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from hi_core.ablation import key_named
-from hi_core.metrics import normalize_caption
-from hi_core.synth import COLOURS, SHAPES, SIZES
+from hi_core.causal.ablation import key_named
+from hi_core.model.metrics import normalize_caption
+from hi_core.data.synth import COLOURS, SHAPES, SIZES
 
 
 def attribute(phrase: list[str], vocabulary) -> str | None:

@@ -13,7 +13,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from hi_core.metrics import normalize_answer
+from hi_core.model.metrics import normalize_answer
 
 
 def main(dataset: str, folders: list[str]) -> None:

@@ -2,4 +2,6 @@
 
 `build.py` defines its tokenizer, processor and architecture; `train.py` trains, evaluates and
 saves it with a model card. The shipped weights live in `hi_core/assets/demo-model/`.
+
+May import: hi_core.base, hi_core.families, hi_core.model, hi_core.method, hi_core.data, hi_core.figures.
 """

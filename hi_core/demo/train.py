@@ -31,16 +31,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..analysis import AnalysisConfig, analyze_image
-from ..captioning import generate_captions, generate_description
-from ..errors import InputError, check_number, check_whole
+from ..method.analysis import AnalysisConfig, analyze_image
+from ..model.captioning import generate_captions, generate_description
+from ..base.errors import InputError, check_number, check_whole
 from ..families.llava import LlavaAdapter
-from ..inputs import DEFAULT_PROMPT
-from ..loading import LoadedModel
-from ..metrics import answer_correct, caption_metrics
-from ..outputs import write_json
-from ..plots import overlay_grid
-from ..synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
+from ..model.inputs import DEFAULT_PROMPT
+from ..model.loading import LoadedModel
+from ..model.metrics import answer_correct, caption_metrics
+from ..base.outputs import write_json
+from ..figures.plots import overlay_grid
+from ..data.synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
 from .build import IMAGE_SIZE, PATCH_SIZE, TEXT_HEAD_DIM, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
 
 logger = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ def model_card(report: dict[str, Any]) -> str:
     return f"""# HI Explorer demo model
 
 A tiny LLaVA (`LlavaForConditionalGeneration`) trained from scratch by `python -m hi_core.demo train`
-to describe synthetic scenes and to answer closed-form questions about them (`hi_core/synth.py`),
+to describe synthetic scenes and to answer closed-form questions about them (`hi_core/data/synth.py`),
 so that its attention heads really look at the objects they name or are asked about. It exists so
 the app and the CLI work offline, on CPU, with `--model demo`.
 
@@ -491,7 +491,7 @@ def save_trained(out: Path, model: Any, processor: Any, report: dict[str, Any]) 
 def evaluate(out: Path) -> dict[str, Any]:
     """Evaluate the model saved in `out` (and the same architecture untrained) on held-out scenes
     and questions; complete eval.json, write the model card and the figure."""
-    from ..loading import LoadConfig, load_model
+    from ..model.loading import LoadConfig, load_model
 
     report = json.loads((out / "eval.json").read_text())
     config = TrainConfig(**report["config"])

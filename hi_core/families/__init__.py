@@ -1,8 +1,12 @@
-"""Model families: one adapter per family, looked up by the config's `model_type`."""
+"""Model families: one adapter per family, looked up by the config's `model_type`: where a family's image
+tokens are, how they map onto the image, its decoder layers and attention modules.
+
+May import: hi_core.base.
+"""
 
 from __future__ import annotations
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import VIEWS, FamilyAdapter, ImageLayout, View
 from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..base.errors import InputError
 
 
 VIEWS = ("combined", "global", "tiles")  # what is scored of an image its model writes in several views (DESIGN 1.2)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
 
 

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from transformers.processing_utils import ProcessorMixin
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, stitched_layout, token_positions
 
 

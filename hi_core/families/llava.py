@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, token_positions
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
 from .llava import patch_grid_side
 

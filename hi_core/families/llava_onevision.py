@@ -12,14 +12,14 @@ vision tower differs (SigLIP, no CLS token: `vision_feature_select_strategy="ful
 The processor counts the tokens it writes from its own settings (`num_image_tokens`, its strategy,
 its image processor's pinpoints), the model splits its features by the config's; where they differ
 transformers fails in the middle of the forward pass. `check_loaded` compares them at load time.
-The processor owns a video processor that needs torchvision; `hi_core.loading` builds it without one.
+The processor owns a video processor that needs torchvision; `hi_core.model.loading` builds it without one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import size_value
 from .llava import patch_grid_side
 from .llava_next import LlavaNextAdapter

@@ -16,7 +16,7 @@ The grid is the rows x cols `[IMG]` tokens (break and end tokens excluded), in s
 `image_sizes` (1, 2) gives (H, W); the mask goes through the same image processor with the same
 patch (patch x merge) and is area-averaged onto (patch * merge)-px cells.
 
-transformers 5.24's `PixtralProcessor` needs torchvision; `hi_core.pixtral_inputs` stands in for it
+transformers 5.24's `PixtralProcessor` needs torchvision; `hi_core.model.pixtral_inputs` stands in for it
 (same attributes), and either one serves here.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, block_mean, processed_mask, size_value
 
 

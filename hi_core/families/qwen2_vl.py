@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .base import FamilyAdapter, ImageLayout, processed_mask, size_value, token_positions
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError
+from ..base.errors import InputError
 from .qwen3_vl import Qwen3VLAdapter
 
 #: The layer types of `text_config.layer_types` this adapter knows: softmax attention, or not.
