@@ -14,33 +14,177 @@ from typing import TYPE_CHECKING, Any
 
 #: Each public name and the module of hi_core that defines it.
 _EXPORTS = {
-    **dict.fromkeys(("ablate_heads", "Ablation", "AblationConfig", "head_output_means", "HeadMeans",
-        "run_ablation",), "causal.ablation"),
+    **dict.fromkeys(
+        (
+            "ablate_heads",
+            "Ablation",
+            "AblationConfig",
+            "head_output_means",
+            "HeadMeans",
+            "run_ablation",
+        ),
+        "causal.ablation",
+    ),
     **dict.fromkeys(("write_ablation_report",), "causal.ablation_report"),
-    **dict.fromkeys(("analyze_image", "hi_difference", "ImageAnalysis",), "method.analysis"),
+    **dict.fromkeys(
+        (
+            "analyze_image",
+            "hi_difference",
+            "ImageAnalysis",
+        ),
+        "method.analysis",
+    ),
     **dict.fromkeys(("collate",), "model.batching"),
     **dict.fromkeys(("generate_description",), "model.captioning"),
-    **dict.fromkeys(("AttentionCache", "capture_attention", "install_capture",), "model.capture"),
+    **dict.fromkeys(
+        (
+            "AttentionCache",
+            "capture_attention",
+            "install_capture",
+        ),
+        "model.capture",
+    ),
     **dict.fromkeys(("convert_coco",), "data.coco"),
-    **dict.fromkeys(("CompareConfig", "Comparison", "run_compare",), "tuning.compare"),
-    **dict.fromkeys(("DatasetAnalysis", "DatasetConfig", "ImageScore", "score_dataset",), "data.dataset_scoring"),
-    **dict.fromkeys(("load_record", "read_dataset", "Record", "scan_dataset",), "data.datasets"),
+    **dict.fromkeys(
+        (
+            "CompareConfig",
+            "Comparison",
+            "run_compare",
+        ),
+        "tuning.compare",
+    ),
+    **dict.fromkeys(
+        (
+            "DatasetAnalysis",
+            "DatasetConfig",
+            "ImageScore",
+            "score_dataset",
+        ),
+        "data.dataset_scoring",
+    ),
+    **dict.fromkeys(
+        (
+            "load_record",
+            "read_dataset",
+            "Record",
+            "scan_dataset",
+        ),
+        "data.datasets",
+    ),
     **dict.fromkeys(("InputError",), "base.errors"),
-    **dict.fromkeys(("adapter_for", "supported_families",), "families"),
-    **dict.fromkeys(("DataConfig", "FinetuneConfig", "lora_config", "TrainCallbacks", "TrainingCancelled",
-        "TrainingDiverged",), "tuning.finetune"),
-    **dict.fromkeys(("AnalysisConfig", "prepare_image", "PreparedImage",), "method.image_scoring"),
-    **dict.fromkeys(("image_to_rgb", "load_image", "load_mask", "mask_from_image", "MAX_IMAGE_PIXELS",), "model.images"),
-    **dict.fromkeys(("build_inputs", "DEFAULT_PROMPT", "key_phrase_tokens", "ModelInputs",), "model.inputs"),
-    **dict.fromkeys(("check_layer_choice", "Ranking", "read_ranking", "select_layers",), "method.layer_selection"),
-    **dict.fromkeys(("load_model", "LoadConfig", "LoadedModel",), "model.loading"),
-    **dict.fromkeys(("batch_head_maps", "head_maps", "run_forward",), "method.maps"),
-    **dict.fromkeys(("check_mask", "mask_grid", "MaskGrid", "object_patches",), "method.masks"),
-    **dict.fromkeys(("BeforeAfter", "dataset_ranking", "reuse_ranking", "run_before_after", "run_finetune",
-        "run_pretrained", "RunRecord",), "tuning.runs"),
-    **dict.fromkeys(("attention_mass", "binarize", "chance_iou", "head_impact", "layer_scores", "rank_heads",
-        "rank_layers", "score_maps", "ScoringConfig",), "method.scoring"),
-    **dict.fromkeys(("validate", "Validation", "ValidationConfig",), "causal.validation"),
+    **dict.fromkeys(
+        (
+            "adapter_for",
+            "supported_families",
+        ),
+        "families",
+    ),
+    **dict.fromkeys(
+        (
+            "DataConfig",
+            "FinetuneConfig",
+            "lora_config",
+            "TrainCallbacks",
+            "TrainingCancelled",
+            "TrainingDiverged",
+        ),
+        "tuning.finetune",
+    ),
+    **dict.fromkeys(
+        (
+            "AnalysisConfig",
+            "prepare_image",
+            "PreparedImage",
+        ),
+        "method.image_scoring",
+    ),
+    **dict.fromkeys(
+        (
+            "image_to_rgb",
+            "load_image",
+            "load_mask",
+            "mask_from_image",
+            "MAX_IMAGE_PIXELS",
+        ),
+        "model.images",
+    ),
+    **dict.fromkeys(
+        (
+            "build_inputs",
+            "DEFAULT_PROMPT",
+            "key_phrase_tokens",
+            "ModelInputs",
+        ),
+        "model.inputs",
+    ),
+    **dict.fromkeys(
+        (
+            "check_layer_choice",
+            "Ranking",
+            "read_ranking",
+            "select_layers",
+        ),
+        "method.layer_selection",
+    ),
+    **dict.fromkeys(
+        (
+            "load_model",
+            "LoadConfig",
+            "LoadedModel",
+        ),
+        "model.loading",
+    ),
+    **dict.fromkeys(
+        (
+            "batch_head_maps",
+            "head_maps",
+            "run_forward",
+        ),
+        "method.maps",
+    ),
+    **dict.fromkeys(
+        (
+            "check_mask",
+            "mask_grid",
+            "MaskGrid",
+            "object_patches",
+        ),
+        "method.masks",
+    ),
+    **dict.fromkeys(
+        (
+            "BeforeAfter",
+            "dataset_ranking",
+            "reuse_ranking",
+            "run_before_after",
+            "run_finetune",
+            "run_pretrained",
+            "RunRecord",
+        ),
+        "tuning.runs",
+    ),
+    **dict.fromkeys(
+        (
+            "attention_mass",
+            "binarize",
+            "chance_iou",
+            "head_impact",
+            "layer_scores",
+            "rank_heads",
+            "rank_layers",
+            "score_maps",
+            "ScoringConfig",
+        ),
+        "method.scoring",
+    ),
+    **dict.fromkeys(
+        (
+            "validate",
+            "Validation",
+            "ValidationConfig",
+        ),
+        "causal.validation",
+    ),
     **dict.fromkeys(("write_validation_report",), "causal.validation_report"),
 }
 
@@ -61,37 +205,59 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and editors see
+    from .base.errors import InputError  # noqa: F401
     from .causal.ablation import (  # noqa: F401
-        ablate_heads, Ablation, AblationConfig, head_output_means, HeadMeans, run_ablation,
+        Ablation,
+        AblationConfig,
+        HeadMeans,
+        ablate_heads,
+        head_output_means,
+        run_ablation,
     )
     from .causal.ablation_report import write_ablation_report  # noqa: F401
-    from .method.analysis import analyze_image, hi_difference, ImageAnalysis  # noqa: F401
+    from .causal.validation import Validation, ValidationConfig, validate  # noqa: F401
+    from .causal.validation_report import write_validation_report  # noqa: F401
+    from .data.coco import convert_coco  # noqa: F401
+    from .data.dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
+    from .data.datasets import Record, load_record, read_dataset, scan_dataset  # noqa: F401
+    from .families import adapter_for, supported_families  # noqa: F401
+    from .method.analysis import ImageAnalysis, analyze_image, hi_difference  # noqa: F401
+    from .method.image_scoring import AnalysisConfig, PreparedImage, prepare_image  # noqa: F401
+    from .method.layer_selection import Ranking, check_layer_choice, read_ranking, select_layers  # noqa: F401
+    from .method.maps import batch_head_maps, head_maps, run_forward  # noqa: F401
+    from .method.masks import MaskGrid, check_mask, mask_grid, object_patches  # noqa: F401
+    from .method.scoring import (  # noqa: F401
+        ScoringConfig,
+        attention_mass,
+        binarize,
+        chance_iou,
+        head_impact,
+        layer_scores,
+        rank_heads,
+        rank_layers,
+        score_maps,
+    )
     from .model.batching import collate  # noqa: F401
     from .model.captioning import generate_description  # noqa: F401
     from .model.capture import AttentionCache, capture_attention, install_capture  # noqa: F401
-    from .data.coco import convert_coco  # noqa: F401
+    from .model.images import MAX_IMAGE_PIXELS, image_to_rgb, load_image, load_mask, mask_from_image  # noqa: F401
+    from .model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs, key_phrase_tokens  # noqa: F401
+    from .model.loading import LoadConfig, LoadedModel, load_model  # noqa: F401
     from .tuning.compare import CompareConfig, Comparison, run_compare  # noqa: F401
-    from .data.dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
-    from .data.datasets import load_record, read_dataset, Record, scan_dataset  # noqa: F401
-    from .base.errors import InputError  # noqa: F401
-    from .families import adapter_for, supported_families  # noqa: F401
     from .tuning.finetune import (  # noqa: F401
-        DataConfig, FinetuneConfig, lora_config, TrainCallbacks, TrainingCancelled, TrainingDiverged,
+        DataConfig,
+        FinetuneConfig,
+        TrainCallbacks,
+        TrainingCancelled,
+        TrainingDiverged,
+        lora_config,
     )
-    from .method.image_scoring import AnalysisConfig, prepare_image, PreparedImage  # noqa: F401
-    from .model.images import image_to_rgb, load_image, load_mask, mask_from_image, MAX_IMAGE_PIXELS  # noqa: F401
-    from .model.inputs import build_inputs, DEFAULT_PROMPT, key_phrase_tokens, ModelInputs  # noqa: F401
-    from .method.layer_selection import check_layer_choice, Ranking, read_ranking, select_layers  # noqa: F401
-    from .model.loading import load_model, LoadConfig, LoadedModel  # noqa: F401
-    from .method.maps import batch_head_maps, head_maps, run_forward  # noqa: F401
-    from .method.masks import check_mask, mask_grid, MaskGrid, object_patches  # noqa: F401
     from .tuning.runs import (  # noqa: F401
-        BeforeAfter, dataset_ranking, reuse_ranking, run_before_after, run_finetune, run_pretrained,
+        BeforeAfter,
         RunRecord,
+        dataset_ranking,
+        reuse_ranking,
+        run_before_after,
+        run_finetune,
+        run_pretrained,
     )
-    from .method.scoring import (  # noqa: F401
-        attention_mass, binarize, chance_iou, head_impact, layer_scores, rank_heads, rank_layers,
-        score_maps, ScoringConfig,
-    )
-    from .causal.validation import validate, Validation, ValidationConfig  # noqa: F401
-    from .causal.validation_report import write_validation_report  # noqa: F401

@@ -13,9 +13,9 @@ import html
 
 import gradio as gr
 
+from hi_core.base.errors import InputError
 from hi_core.causal.ablation import ImageAblation
 from hi_core.method.analysis import hi_difference
-from hi_core.base.errors import InputError
 from hi_core.method.head_selection import Head, format_heads, parse_head_choice
 
 from .before_after import (
@@ -27,9 +27,9 @@ from .before_after import (
     largest_change,
     pair_views,
 )
+from .components import BoundedTextbox, refuse_in_handler
 from .context import AppContext
 from .explorer_views import Session
-from .components import BoundedTextbox, refuse_in_handler
 from .feedback import reports_input_errors
 
 WHICH = ("top-k heads by HI", "the selected head", "heads listed")
@@ -58,13 +58,16 @@ def chosen_heads(session: Session, which: str, k: int, listed: str) -> tuple[Hea
 def descriptions(result: ImageAblation) -> str:
     """The two descriptions side by side: an HTML table (Markdown leaves an HTML block as it is, so the model's words
     are never read as markup), escaped."""
+
     def cell(text: str) -> str:
         # on one line: a blank line would end Markdown's HTML block and the rest would be read as Markdown
         return html.escape(" ".join(text.split())) if text.strip() else "<i>(nothing: the model ended at once)</i>"
 
     removed = format_heads(result.heads).replace(",", ", ")
-    return (f"<table><tr><th>With every head</th><th>Without heads {removed} ({result.mode})</th></tr>"
-            f"<tr><td>{cell(result.intact_text)}</td><td>{cell(result.ablated_text)}</td></tr></table>")
+    return (
+        f"<table><tr><th>With every head</th><th>Without heads {removed} ({result.mode})</th></tr>"
+        f"<tr><td>{cell(result.intact_text)}</td><td>{cell(result.ablated_text)}</td></tr></table>"
+    )
 
 
 class AblationTab:
@@ -73,16 +76,25 @@ class AblationTab:
     def __init__(self, context: AppContext, state: gr.State) -> None:
         self.context, self.state = context, state  # the Explorer's session
         with gr.Tab("Ablation", id="ablation", elem_id="ablation-tab"):
-            gr.Markdown("Remove heads (their slice of the attention output set to zero) and see what the model "
-                        "says without them, and how the other heads' maps change on the analyzed text. Do the "
-                        "heads that look at the object matter? Compare the top heads with a few others.")
+            gr.Markdown(
+                "Remove heads (their slice of the attention output set to zero) and see what the model "
+                "says without them, and how the other heads' maps change on the analyzed text. Do the "
+                "heads that look at the object matter? Compare the top heads with a few others."
+            )
             with gr.Row():
-                self.which = refuse_in_handler(gr.Radio(list(WHICH), value=WHICH[0], label="Heads to remove",
-                                                        elem_id="ablate-which"))
-                self.k = refuse_in_handler(gr.Number(value=4, minimum=1, maximum=MAX_K, precision=0, label="k",
-                                                     elem_id="ablate-k"))
-                self.listed = BoundedTextbox("", max_chars=MAX_LISTED_CHARS, label="Heads listed (layer:head)",
-                                             placeholder="1:5,2:0", elem_id="ablate-list")
+                self.which = refuse_in_handler(
+                    gr.Radio(list(WHICH), value=WHICH[0], label="Heads to remove", elem_id="ablate-which")
+                )
+                self.k = refuse_in_handler(
+                    gr.Number(value=4, minimum=1, maximum=MAX_K, precision=0, label="k", elem_id="ablate-k")
+                )
+                self.listed = BoundedTextbox(
+                    "",
+                    max_chars=MAX_LISTED_CHARS,
+                    label="Heads listed (layer:head)",
+                    placeholder="1:5,2:0",
+                    elem_id="ablate-list",
+                )
             self.button = gr.Button("Remove the heads and describe again", elem_id="ablate")
             self.message = gr.Markdown("", label="Ablation message", elem_id="ablate-message")
             self.texts = gr.Markdown("", label="Descriptions with and without the heads", elem_id="ablate-texts")
@@ -92,14 +104,30 @@ class AblationTab:
     def views(self) -> list[gr.components.Component]:
         return [self.texts, self.heatmap, self.head_view, self.info, self.message]
 
-    def wire(self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State) -> None:
-        self.button.click(self.ablate, [self.state, self.which, self.k, self.listed, model_name, device, lora, tuned_state],
-                          [self.state, *self.views], api_name="ablate")
+    def wire(
+        self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State
+    ) -> None:
+        self.button.click(
+            self.ablate,
+            [self.state, self.which, self.k, self.listed, model_name, device, lora, tuned_state],
+            [self.state, *self.views],
+            api_name="ablate",
+        )
         self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_name=False)
 
     @reports_input_errors("message")
-    def ablate(self, session: Session | None, which: str, k: int, listed: str, model_name: str, device: str,
-               lora: str = "", tuned=None, progress=gr.Progress()):
+    def ablate(
+        self,
+        session: Session | None,
+        which: str,
+        k: int,
+        listed: str,
+        model_name: str,
+        device: str,
+        lora: str = "",
+        tuned=None,
+        progress=gr.Progress(),
+    ):
         """Describe the last analysis's image with and without the heads; score its text without them."""
         if session is None:
             raise InputError("run an analysis first: the heads are removed from the model on its image and text")
@@ -107,11 +135,18 @@ class AblationTab:
         load_config = self.context.model_config(model_name, device, lora, tuned)
         self.context.get_model(load_config, progress)
         progress(0.3, desc=f"describing and scoring without {len(heads)} head(s)")
-        result = self.context.work.ablate(load_config, session.image, session.mask, session.whole.text, heads, session.config)
+        result = self.context.work.ablate(
+            load_config, session.image, session.mask, session.whole.text, heads, session.config
+        )
         ablated = dataclasses.replace(result.ablated, model=self.context.shown(result.ablated.model))
         intact = session.whole.rescored(session.config.scoring)
-        pair = BeforeAfter(base=intact, tuned=ablated, selected=largest_change(hi_difference(intact, ablated)), names=NAMES,
-                           removed=tuple(result.heads))
+        pair = BeforeAfter(
+            base=intact,
+            tuned=ablated,
+            selected=largest_change(hi_difference(intact, ablated)),
+            names=NAMES,
+            removed=tuple(result.heads),
+        )
         session.ablation, session.ablation_texts = pair, descriptions(result)
         return self.render(session)
 
@@ -124,9 +159,14 @@ class AblationTab:
 
     def render(self, session: Session) -> dict:
         pair = session.ablation
-        return {self.state: session, self.message: "", self.texts: session.ablation_texts,
-                self.heatmap: difference_heatmap(pair), self.head_view: before_after_figure(session, pair),
-                self.info: before_after_info(pair, models=False)}
+        return {
+            self.state: session,
+            self.message: "",
+            self.texts: session.ablation_texts,
+            self.heatmap: difference_heatmap(pair),
+            self.head_view: before_after_figure(session, pair),
+            self.info: before_after_info(pair, models=False),
+        }
 
     def cleared(self) -> dict:
         """A new analysis: the ablation of the previous one goes."""

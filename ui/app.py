@@ -31,7 +31,9 @@ Which attention heads of a multimodal LM look at the object a description names?
 every head over a dataset, **Fine-tune** tunes LoRA on the top-HI layers, **Validate** removes heads to test HI."""
 
 
-def build_demo(default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None) -> gr.Blocks:
+def build_demo(
+    default_model: str = "demo", cache: ModelCache | None = None, settings: Settings | None = None
+) -> gr.Blocks:
     """The explorer's UI; `cache` holds loaded models across sessions; `settings` says what a visitor may
     do (default: open, as for a local user)."""
     settings = settings or Settings()
@@ -82,14 +84,23 @@ def launch_options(settings: Settings) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve HI Explorer.")
-    parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME, else loopback only; "
-                                       "0.0.0.0 serves the network; a Space sets it)")
+    parser.add_argument(
+        "--host",
+        help="address to bind (default: $GRADIO_SERVER_NAME, else loopback only; "
+        "0.0.0.0 serves the network; a Space sets it)",
+    )
     parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--model", default="demo", help="the model selected at start (default: demo)")
-    parser.add_argument("--public", action="store_true", help="apply the public deployment policy (automatic on a "
-                                                              "Space): allow-listed models only, limits on uploads and runs")
-    parser.add_argument("--allow-model", action="append", metavar="MODEL", help="add a model to the public allow-list (repeatable)")
+    parser.add_argument(
+        "--public",
+        action="store_true",
+        help="apply the public deployment policy (automatic on a "
+        "Space): allow-listed models only, limits on uploads and runs",
+    )
+    parser.add_argument(
+        "--allow-model", action="append", metavar="MODEL", help="add a model to the public allow-list (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(args)

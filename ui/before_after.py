@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 import gradio as gr
 import numpy as np
 
-from hi_core.method.analysis import ImageAnalysis, hi_difference
 from hi_core.base.errors import InputError
 from hi_core.figures.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.figures.overlays import overlay_panels
+from hi_core.method.analysis import ImageAnalysis, hi_difference
 from hi_core.method.scoring import ScoringConfig
 
 from . import explorer_views as views
@@ -57,9 +57,17 @@ def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
     reach = float(np.nanmax(np.abs(difference))) or 1e-3  # NaN: layers not scored (no softmax attention)
     missing = views.NOT_SCORED if not np.isfinite(difference).all() else None
     crossed = "; × removed" if compare.removed else ""
-    return draw_heatmap(difference, compare.selected, HeatmapLayout.fit(*difference.shape, legend=missing is not None),
-                        title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell{crossed}", label="ΔHI",
-                        vmin=-reach, vmax=reach, missing=missing, marked=compare.removed)
+    return draw_heatmap(
+        difference,
+        compare.selected,
+        HeatmapLayout.fit(*difference.shape, legend=missing is not None),
+        title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell{crossed}",
+        label="ΔHI",
+        vmin=-reach,
+        vmax=reach,
+        missing=missing,
+        marked=compare.removed,
+    )
 
 
 def before_after_figure(session: Session, compare: BeforeAfter) -> np.ndarray:
@@ -69,8 +77,10 @@ def before_after_figure(session: Session, compare: BeforeAfter) -> np.ndarray:
         [session.image, session.image],
         [compare.base.maps[layer, head], compare.tuned.maps[layer, head]],
         [session.mask, session.mask],
-        [f"{name}: layer {layer} head {head}, HI {analysis.hi[layer, head]:.3f}"
-         for name, analysis in zip(compare.names, (compare.base, compare.tuned))],
+        [
+            f"{name}: layer {layer} head {head}, HI {analysis.hi[layer, head]:.3f}"
+            for name, analysis in zip(compare.names, (compare.base, compare.tuned))
+        ],
         columns=2,
     )
 
@@ -82,17 +92,21 @@ def before_after_info(compare: BeforeAfter, models: bool = True) -> str:
     rise = np.unravel_index(np.argmax(difference), difference.shape)
     fall = np.unravel_index(np.argmin(difference), difference.shape)
     if np.any(difference):
-        changes = (f"Largest rise: layer {rise[0]}, head {rise[1]} ({difference[rise]:+.3f}) · largest fall: layer {fall[0]}, "
-                   f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}")
+        changes = (
+            f"Largest rise: layer {rise[0]}, head {rise[1]} ({difference[rise]:+.3f}) · largest fall: layer {fall[0]}, "
+            f"head {fall[1]} ({difference[fall]:+.3f}) · mean ΔHI {difference.mean():+.4f}"
+        )
     else:
         changes = "No head's HI changed (the maps may still move within the binarization: see the masses)"
     scored = f"Scored on: {compare.base.text} ({compare.base.response_tokens} token rows)"
     if models:
         scored += f" · {base} `{compare.base.model}` · {tuned} `{compare.tuned.model}`"
-    return (f"**Layer {layer}, head {head}** · HI {base} **{compare.base.hi[layer, head]:.3f}** → {tuned} "
-            f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · attention mass on the object "
-            f"{compare.base.mass[layer, head]:.3f} → {compare.tuned.mass[layer, head]:.3f}  \n"
-            f"{changes}  \n{scored}")
+    return (
+        f"**Layer {layer}, head {head}** · HI {base} **{compare.base.hi[layer, head]:.3f}** → {tuned} "
+        f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · attention mass on the object "
+        f"{compare.base.mass[layer, head]:.3f} → {compare.tuned.mass[layer, head]:.3f}  \n"
+        f"{changes}  \n{scored}"
+    )
 
 
 def pair_views(names: tuple[str, str], prefix: str) -> tuple[gr.Image, gr.Image, gr.Markdown]:
@@ -100,10 +114,19 @@ def pair_views(names: tuple[str, str], prefix: str) -> tuple[gr.Image, gr.Image,
     `{prefix}-head`, `{prefix}-info`), for a pair of analyses named `names`."""
     first, second = names
     with gr.Row():
-        heatmap = Figure(label=f"ΔHI ({second} − {first}) per head; click a cell", download_name=f"{prefix}-delta-hi-heatmap", elem_id=f"{prefix}-heatmap", height=280)
+        heatmap = Figure(
+            label=f"ΔHI ({second} − {first}) per head; click a cell",
+            download_name=f"{prefix}-delta-hi-heatmap",
+            elem_id=f"{prefix}-heatmap",
+            height=280,
+        )
         with gr.Column():
-            head_view = Figure(label=f"The selected head: {first} | {second}", download_name=f"{prefix}-selected-head", elem_id=f"{prefix}-head",
-                               height=220)
+            head_view = Figure(
+                label=f"The selected head: {first} | {second}",
+                download_name=f"{prefix}-selected-head",
+                elem_id=f"{prefix}-head",
+                height=220,
+            )
             info = gr.Markdown("", label=f"The selected head: {first} and {second}", elem_id=f"{prefix}-info")
     return heatmap, head_view, info
 
@@ -125,8 +148,10 @@ class BeforeAfterTab:
     def __init__(self, context: AppContext, state: gr.State) -> None:
         self.context, self.state = context, state  # the Explorer's session
         with gr.Tab("Before / after", id="before-after", visible=False, elem_id="before-after-tab") as self.tab:
-            gr.Markdown("The same image, mask and text (the last analysis's) scored by the base model and by the "
-                        "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps.")
+            gr.Markdown(
+                "The same image, mask and text (the last analysis's) scored by the base model and by the "
+                "tuned one (the LoRA adapter above): the change of every head's HI, and a head's two maps."
+            )
             self.button = gr.Button("Score with the base and the tuned model", elem_id="compare")
             self.message = gr.Markdown("", label="Before/after message", elem_id="compare-message")
             self.heatmap, self.head_view, self.info = pair_views(("base", "tuned"), "diff")
@@ -135,18 +160,25 @@ class BeforeAfterTab:
     def views(self) -> list[gr.components.Component]:
         return [self.heatmap, self.head_view, self.info, self.message]
 
-    def wire(self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State) -> None:
+    def wire(
+        self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State
+    ) -> None:
         lora.change(self.lora_changed, [lora], [self.tab], api_name=False, show_progress="hidden")
-        self.button.click(self.before_after, [self.state, model_name, device, lora, tuned_state], [self.state, *self.views],
-                          api_name="before_after")
+        self.button.click(
+            self.before_after,
+            [self.state, model_name, device, lora, tuned_state],
+            [self.state, *self.views],
+            api_name="before_after",
+        )
         self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_name=False)
 
     def lora_changed(self, lora: str):
         return {self.tab: gr.Tab(visible=bool((lora or "").strip()))}
 
     @reports_input_errors("message")
-    def before_after(self, session: Session | None, model_name: str, device: str, lora: str, tuned=None,
-                     progress=gr.Progress()):
+    def before_after(
+        self, session: Session | None, model_name: str, device: str, lora: str, tuned=None, progress=gr.Progress()
+    ):
         """The last analysis's image, mask, text and options scored by the base model and by the tuned one."""
         if not (lora or "").strip():
             raise InputError("set a LoRA adapter first (the Fine-tune tab's 'Use the tuned model')")
@@ -157,7 +189,9 @@ class BeforeAfterTab:
             load_config = context.model_config(model_name, device, adapter, tuned)
             context.get_model(load_config, progress)
             progress(0.3 + 0.35 * step, desc=f"scoring with the {which} model")
-            analysis = context.work.analyze(load_config, session.image, session.mask, session.whole.text, session.config)
+            analysis = context.work.analyze(
+                load_config, session.image, session.mask, session.whole.text, session.config
+            )
             scored[which] = dataclasses.replace(analysis, model=context.shown(analysis.model))
         selected = largest_change(hi_difference(scored["base"], scored["tuned"]))
         session.compare = BeforeAfter(base=scored["base"], tuned=scored["tuned"], selected=selected)
@@ -172,8 +206,13 @@ class BeforeAfterTab:
 
     def render(self, session: Session) -> dict:
         compare = session.compare
-        return {self.state: session, self.message: "", self.heatmap: difference_heatmap(compare),
-                self.head_view: before_after_figure(session, compare), self.info: before_after_info(compare)}
+        return {
+            self.state: session,
+            self.message: "",
+            self.heatmap: difference_heatmap(compare),
+            self.head_view: before_after_figure(session, compare),
+            self.info: before_after_info(compare),
+        }
 
     def cleared(self) -> dict:
         """A new analysis: the comparison of the previous one goes."""

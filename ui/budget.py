@@ -58,12 +58,16 @@ def token_maps_note(loaded: LoadedModel, text: str | None, config: AnalysisConfi
         return ""
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     heads = loaded.model.config.get_text_config().num_attention_heads
-    tokens = len(loaded.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else config.max_new_tokens
+    tokens = (
+        len(loaded.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else config.max_new_tokens
+    )
     count = token_map_count(layers, heads, tokens)
     if count <= limit:
         return ""
-    return (f"per-token view off: {tokens} tokens x {layers} x {heads} heads = {count:,} maps, "
-            f"more than the {limit:,} this server keeps for all its visitors together")
+    return (
+        f"per-token view off: {tokens} tokens x {layers} x {heads} heads = {count:,} maps, "
+        f"more than the {limit:,} this server keeps for all its visitors together"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,10 @@ class HeldTokenMaps:
     @property
     def dropped(self) -> str:
         """What a session whose maps were dropped is told."""
-        return (f"this analysis's per-token maps were dropped to make room for newer analyses (this server keeps "
-                f"{self.budget.limit:,} maps for all its visitors together): press Analyze again to choose tokens")
+        return (
+            f"this analysis's per-token maps were dropped to make room for newer analyses (this server keeps "
+            f"{self.budget.limit:,} maps for all its visitors together): press Analyze again to choose tokens"
+        )
 
 
 class TokenMapBudget:
@@ -202,6 +208,7 @@ def _kept_in_cache(blocks: Any) -> Callable[[], set[str]]:
         for component in list(blocks.blocks.values()):
             names.update(getattr(component, "keep_in_cache", set()))
         return names
+
     return kept
 
 

@@ -63,7 +63,9 @@ def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
     try:
         return super(type(self), self).preprocess(payload)
     except (gr.Error, InputError) as error:
-        return Refused(f"{name}: {scrub_paths(shortened(str(error.message if isinstance(error, gr.Error) else error)))}")
+        return Refused(
+            f"{name}: {scrub_paths(shortened(str(error.message if isinstance(error, gr.Error) else error)))}"
+        )
 
 
 MAX_CHOICE_CHARS = 4096  # a choice's value: a model's name or path at most
@@ -118,8 +120,14 @@ class RefusingCheckbox(gr.Checkbox):
 
 
 #: The refusing class of each checked input component (`refuse_in_handler`).
-REFUSING = {gr.Number: RefusingNumber, gr.Slider: RefusingSlider, gr.Dropdown: RefusingDropdown, gr.Radio: RefusingRadio,
-            gr.CheckboxGroup: RefusingCheckboxGroup, gr.Checkbox: RefusingCheckbox}
+REFUSING = {
+    gr.Number: RefusingNumber,
+    gr.Slider: RefusingSlider,
+    gr.Dropdown: RefusingDropdown,
+    gr.Radio: RefusingRadio,
+    gr.CheckboxGroup: RefusingCheckboxGroup,
+    gr.Checkbox: RefusingCheckbox,
+}
 
 
 def refuse_in_handler(component: gr.components.Component) -> gr.components.Component:
@@ -199,7 +207,9 @@ class BoundedImageEditor(gr.ImageEditor):
         index = data.data.get("index")
         if data.data.get("type") == "layer" and index not in (None, "", "null"):
             if not str(index).isdigit() or (self.max_layers is not None and int(index) >= self.max_layers):
-                raise gr.Error(f"a brush layer's index must be below {self.max_layers}, got {shortened(str(index), 20)}")
+                raise gr.Error(
+                    f"a brush layer's index must be below {self.max_layers}, got {shortened(str(index), 20)}"
+                )
         with self._blobs_lock:
             super().accept_blobs(data)
             while len(self.blob_storage) > MAX_PENDING_EDITS:
@@ -208,7 +218,7 @@ class BoundedImageEditor(gr.ImageEditor):
     def get_config(self, cls: type | None = None) -> dict[str, Any]:
         return super().get_config(cls or gr.ImageEditor)  # the page's props: the parent's parameters
 
-    def convert_and_format_image(self, file: FileData | None | bytes, flatten_on_white: bool = False) -> Any:
+    def convert_and_format_image(self, file: FileData | bytes | None, flatten_on_white: bool = False) -> Any:
         if file is None:
             return None
         source = file.path if isinstance(file, FileData) else BytesIO(file)
@@ -281,4 +291,3 @@ def save_png(pixels: np.ndarray, cache: Path, name: str) -> str:
     if not path.is_file():
         path.write_bytes(data)
     return str(path.resolve())
-

@@ -22,11 +22,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from hi_core.base.errors import InputError
 from hi_core.causal.ablation import ImageAblation, ablate_image
-from hi_core.method.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
 from hi_core.data.datasets import read_dataset
-from hi_core.base.errors import InputError
+from hi_core.method.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.model.inputs import check_text_length
 from hi_core.model.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
 from hi_core.model.model_memory import describe
@@ -87,11 +87,19 @@ class ModelWork:
 
 def model_work(cache: ModelCache) -> ModelWork:
     @on_gpu(GPU_SECONDS)
-    def analyze(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str | None,
-                analysis_config: AnalysisConfig, per_token: bool = False) -> ImageAnalysis:
+    def analyze(
+        config: LoadConfig,
+        image: np.ndarray,
+        mask: np.ndarray,
+        text: str | None,
+        analysis_config: AnalysisConfig,
+        per_token: bool = False,
+    ) -> ImageAnalysis:
         """One image (on a ZeroGPU Space: in the GPU worker; the model was loaded before); `per_token` also
         keeps every response token's maps (the same forward pass)."""
-        return analyze_image(cache.get(config), Image.fromarray(image), mask, text, analysis_config, per_token=per_token)
+        return analyze_image(
+            cache.get(config), Image.fromarray(image), mask, text, analysis_config, per_token=per_token
+        )
 
     @on_gpu(GPU_SECONDS_DATASET)
     def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress, stop=None) -> DatasetAnalysis:
@@ -99,8 +107,14 @@ def model_work(cache: ModelCache) -> ModelWork:
         return score_dataset(cache.get(config), folder, dataset_config, progress=progress, stop=stop)
 
     @on_gpu(GPU_SECONDS)
-    def ablate(config: LoadConfig, image: np.ndarray, mask: np.ndarray, text: str, heads: tuple[tuple[int, int], ...],
-               analysis_config: AnalysisConfig) -> ImageAblation:
+    def ablate(
+        config: LoadConfig,
+        image: np.ndarray,
+        mask: np.ndarray,
+        text: str,
+        heads: tuple[tuple[int, int], ...],
+        analysis_config: AnalysisConfig,
+    ) -> ImageAblation:
         """The image described with and without `heads`, and `text` scored without them."""
         return ablate_image(cache.get(config), Image.fromarray(image), mask, text, heads, analysis_config)
 
@@ -123,7 +137,9 @@ class AppContext:
         self.work = self.work or model_work(self.cache)
         self.token_maps = self.token_maps or TokenMapBudget(self.settings.max_token_maps)
 
-    def model_config(self, model_name: str, device: str, lora: str | None = "", tuned: FinetuneSession | None = None) -> LoadConfig:
+    def model_config(
+        self, model_name: str, device: str, lora: str | None = "", tuned: FinetuneSession | None = None
+    ) -> LoadConfig:
         """The model to load, as the deployment allows: the allow-list when public; a LoRA adapter is this
         session's fine-tune (`TUNED` + its run name) or, locally, any adapter folder. A name longer than any path
         is refused from its length (it is quoted in messages)."""
@@ -132,18 +148,28 @@ class AppContext:
         lora = (lora or "").strip()
         if lora.startswith(TUNED):
             if tuned is None or lora != TUNED + tuned.run_folder.name or not tuned.adapter.is_dir():
-                raise InputError("that tuned model is not this session's latest fine-tune (or its files were cleaned up)")
+                raise InputError(
+                    "that tuned model is not this session's latest fine-tune (or its files were cleaned up)"
+                )
             lora = str(tuned.adapter)
         elif lora and self.settings.public:
-            raise InputError("this deployment applies only the adapter of this session's fine-tune (its 'Use the tuned model')")
-        return LoadConfig(model=self.settings.check_model(model_name), device=device, lora=lora or None,
-                          max_view_pixels=self.settings.view_pixels(model_name.strip()))
+            raise InputError(
+                "this deployment applies only the adapter of this session's fine-tune (its 'Use the tuned model')"
+            )
+        return LoadConfig(
+            model=self.settings.check_model(model_name),
+            device=device,
+            lora=lora or None,
+            max_view_pixels=self.settings.view_pixels(model_name.strip()),
+        )
 
     def get_model(self, config: LoadConfig, progress: gr.Progress | None = None) -> LoadedModel:
         """A loaded model from the cache (in this process, never in a GPU worker); a load waits its turn."""
+
         def waiting(position: int) -> None:
             if progress is not None:
                 progress(0.05, desc=f"waiting for {position} other model load(s) to finish")
+
         if progress is not None and config not in self.cache:
             progress(0.1, desc=f"loading {config.model}")
         return self.cache.get(config, on_wait=waiting)
@@ -160,9 +186,14 @@ class AppContext:
         note = "" if len(scored) == layers else f" (scored: the softmax-attention layers {', '.join(map(str, scored))})"
         weights = sum(parameter.numel() * parameter.element_size() for parameter in loaded.model.parameters())
         dtype = str(loaded.model.dtype).removeprefix("torch.")
-        memory = (f"{dtype}, {describe(weights)} of weights (models are held within {describe(self.cache.budget)})"
-                  if loaded.device.type == "cpu" else f"{dtype} on {loaded.device.type}")
+        memory = (
+            f"{dtype}, {describe(weights)} of weights (models are held within {describe(self.cache.budget)})"
+            if loaded.device.type == "cpu"
+            else f"{dtype} on {loaded.device.type}"
+        )
         chosen = f"; {loaded.note}" if loaded.note else ""
         if self.settings.max_view_pixels is not None:
-            chosen += f"; view budget: {loaded.view_budget or 'none needed (this family sees images at one fixed size)'}"
+            chosen += (
+                f"; view budget: {loaded.view_budget or 'none needed (this family sees images at one fixed size)'}"
+            )
         return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}; {memory}{chosen}."

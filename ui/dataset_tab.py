@@ -18,11 +18,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from hi_core.base.errors import InputError
 from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig
 from hi_core.data.datasets import INDEX, Cancelled, Record, read_dataset
-from hi_core.base.errors import InputError
-from hi_core.model.loading import LoadConfig
 from hi_core.figures.overlays import map_overlay
+from hi_core.model.loading import LoadConfig
 
 from . import explorer_views as views
 from .components import Figure
@@ -92,17 +92,32 @@ def skipped_list(analysis: DatasetAnalysis) -> str:
 
 
 def ranking_rows(analysis: DatasetAnalysis) -> list[list]:
-    return [[l, h, *(round(float(values[l, h]), 4) for values in (analysis.hi, analysis.hi_low, analysis.hi_high, analysis.mass))]
-            for l, h in analysis.ranked_heads()]
+    return [
+        [
+            l,
+            h,
+            *(
+                round(float(values[l, h]), 4)
+                for values in (analysis.hi, analysis.hi_low, analysis.hi_high, analysis.mass)
+            ),
+        ]
+        for l, h in analysis.ranked_heads()
+    ]
 
 
 def head_line(session: DatasetSession, overlay: bool) -> str:
     analysis, (layer, head) = session.analysis, session.selected
     per_image = analysis.image_hi[:, layer, head]  # (images,)
-    return (f"**Layer {layer}, head {head}:** mean HI {analysis.hi[layer, head]:.3f} "
-            f"(interval {analysis.hi_low[layer, head]:.3f}–{analysis.hi_high[layer, head]:.3f}), mass {analysis.mass[layer, head]:.3f}; "
-            f"HI {per_image.min():.2f}–{per_image.max():.2f} over the images"
-            + (" (the head's attention over each image, the key object outlined)" if overlay else " (the key object outlined)"))
+    return (
+        f"**Layer {layer}, head {head}:** mean HI {analysis.hi[layer, head]:.3f} "
+        f"(interval {analysis.hi_low[layer, head]:.3f}–{analysis.hi_high[layer, head]:.3f}), mass {analysis.mass[layer, head]:.3f}; "
+        f"HI {per_image.min():.2f}–{per_image.max():.2f} over the images"
+        + (
+            " (the head's attention over each image, the key object outlined)"
+            if overlay
+            else " (the key object outlined)"
+        )
+    )
 
 
 def _records(session: DatasetSession, ids: list[str]) -> None:
@@ -113,7 +128,9 @@ def _records(session: DatasetSession, ids: list[str]) -> None:
     if not (session.folder / INDEX).is_file():
         raise InputError("this dataset's files were cleaned up after a long idle time; score it again")
     config = session.analysis.config
-    for record in read_dataset(session.folder, limit=config.limit, skip_ids=_AllBut(missing), limits=config.image_limits):
+    for record in read_dataset(
+        session.folder, limit=config.limit, skip_ids=_AllBut(missing), limits=config.image_limits
+    ):
         if record.id in missing:  # a duplicate id was scored once: its first record
             session.shown[record.id] = (record, None)
             missing.discard(record.id)
@@ -130,7 +147,7 @@ class DatasetTab:
         gr.Markdown(
             "Score every head over a dataset: mean HI with its interval over the images, the layer scores, and "
             "the images where a chosen head scores best and worst. The model is the one chosen in the Explorer tab. "
-            "A dataset .zip holds `data.jsonl` (one `{\"id\", \"image\", \"mask\", \"text\", \"key_phrase\"}` "
+            'A dataset .zip holds `data.jsonl` (one `{"id", "image", "mask", "text", "key_phrase"}` '
             "per line, paths relative to it) with its images and mask PNGs, at its root or in one top folder."
         )
         with gr.Row():
@@ -142,21 +159,40 @@ class DatasetTab:
 
     def _controls(self) -> None:
         settings = self.context.settings
-        self.source = gr.Radio([(f"demo set ({len(self.context.examples)} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
-                               value=DEMO_SET, label="Dataset", elem_id="ds-source")
+        self.source = gr.Radio(
+            [(f"demo set ({len(self.context.examples)} scenes)", DEMO_SET), ("uploaded .zip", UPLOADED_ZIP)],
+            value=DEMO_SET,
+            label="Dataset",
+            elem_id="ds-source",
+        )
         self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], type="filepath", elem_id="ds-zip")
         with gr.Accordion("Options", open=False):
             batch_cap = settings.max_batch_size
-            self.batch_size = gr.Slider(1, 32, value=DatasetConfig.batch_size, step=1, elem_id="ds-batch-size",
-                                        label=f"Batch size (images per forward pass{f'; at most {batch_cap} here' if batch_cap else ''})")
+            self.batch_size = gr.Slider(
+                1,
+                32,
+                value=DatasetConfig.batch_size,
+                step=1,
+                elem_id="ds-batch-size",
+                label=f"Batch size (images per forward pass{f'; at most {batch_cap} here' if batch_cap else ''})",
+            )
             cap = settings.max_dataset_images
-            self.limit = gr.Number(cap or 0, precision=0, minimum=0, elem_id="ds-limit",
-                                   label=f"Max images (0: all{f'; at most {cap} here' if cap else ''})")
-            self.use_key_phrases = gr.Checkbox(DatasetConfig.use_key_phrases, elem_id="ds-key-phrases",
-                                               label="Score each record's key-phrase tokens (else every token)")
+            self.limit = gr.Number(
+                cap or 0,
+                precision=0,
+                minimum=0,
+                elem_id="ds-limit",
+                label=f"Max images (0: all{f'; at most {cap} here' if cap else ''})",
+            )
+            self.use_key_phrases = gr.Checkbox(
+                DatasetConfig.use_key_phrases,
+                elem_id="ds-key-phrases",
+                label="Score each record's key-phrase tokens (else every token)",
+            )
             self.options = ScoringControls.build("ds-", max_chars=settings.max_text_chars)
-        self.overlay = gr.Checkbox(True, label="Show the head's attention on the gallery images (runs the model on them)",
-                                   elem_id="ds-overlay")
+        self.overlay = gr.Checkbox(
+            True, label="Show the head's attention on the gallery images (runs the model on them)", elem_id="ds-overlay"
+        )
         with gr.Row():
             self.score_button = gr.Button("Score dataset", variant="primary", elem_id="ds-score")
             self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="ds-cancel")
@@ -168,40 +204,87 @@ class DatasetTab:
         self.summary = gr.Markdown("Scores appear here.", label="Dataset summary", elem_id="ds-summary")
         self.skipped = gr.Markdown(label="Skipped records", elem_id="ds-skipped")
         with gr.Row():
-            self.heatmap = Figure(label="Mean HI: rows are layers, columns heads; click a cell", download_name="dataset-hi-heatmap",
-                                    elem_id="ds-heatmap", height=280)
+            self.heatmap = Figure(
+                label="Mean HI: rows are layers, columns heads; click a cell",
+                download_name="dataset-hi-heatmap",
+                elem_id="ds-heatmap",
+                height=280,
+            )
             with gr.Column():
                 self.top_k = top_k_slider("ds-top-k")
-                self.bars = Figure(label="Layer scores", download_name="dataset-layer-scores", elem_id="ds-layer-bars",
-                                     height=220)
+                self.bars = Figure(
+                    label="Layer scores", download_name="dataset-layer-scores", elem_id="ds-layer-bars", height=220
+                )
         with gr.Row():
             self.layer = gr.Number(label="Selected layer", precision=0, value=0, minimum=0, elem_id="ds-layer")
             self.head = gr.Number(label="Selected head", precision=0, value=0, minimum=0, elem_id="ds-head-number")
             self.show_head = gr.Button("Show head", size="sm", elem_id="ds-show-head")
         self.head_summary = gr.Markdown(label="Selected head in numbers", elem_id="ds-head")
-        self.best = gr.Gallery(label=f"Best {GALLERY_SIZE} images for the head (highest HI first)",
-                               columns=GALLERY_SIZE, rows=1, height=240, elem_id="ds-best")
-        self.worst = gr.Gallery(label=f"Worst {GALLERY_SIZE} images for the head (lowest HI first)",
-                                columns=GALLERY_SIZE, rows=1, height=240, elem_id="ds-worst")
-        self.ranking = gr.Dataframe(headers=["layer", "head", "mean HI", "HI low", "HI high", "mass"],
-                                    interactive=False, label="Dataset ranking", elem_id="ds-ranking", max_height=400)
-        self.downloads = gr.File(label="Downloads: dataset scores (JSON), per-image HI (CSV)",
-                                 file_count="multiple", elem_id="ds-downloads")
+        self.best = gr.Gallery(
+            label=f"Best {GALLERY_SIZE} images for the head (highest HI first)",
+            columns=GALLERY_SIZE,
+            rows=1,
+            height=240,
+            elem_id="ds-best",
+        )
+        self.worst = gr.Gallery(
+            label=f"Worst {GALLERY_SIZE} images for the head (lowest HI first)",
+            columns=GALLERY_SIZE,
+            rows=1,
+            height=240,
+            elem_id="ds-worst",
+        )
+        self.ranking = gr.Dataframe(
+            headers=["layer", "head", "mean HI", "HI low", "HI high", "mass"],
+            interactive=False,
+            label="Dataset ranking",
+            elem_id="ds-ranking",
+            max_height=400,
+        )
+        self.downloads = gr.File(
+            label="Downloads: dataset scores (JSON), per-image HI (CSV)", file_count="multiple", elem_id="ds-downloads"
+        )
 
     def _wire(self) -> None:
         model, options = self.model, self.options
         self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_name=False)
         self.archive.clear(lambda: DEMO_SET, None, self.source, api_name=False)
-        head_views = [self.state, self.heatmap, self.head_summary, self.layer, self.head, self.best, self.worst, self.message]
+        head_views = [
+            self.state,
+            self.heatmap,
+            self.head_summary,
+            self.layer,
+            self.head,
+            self.best,
+            self.worst,
+            self.message,
+        ]
         self.score_button.click(
             self.score,
-            [self.state, model.name, model.device, self.source, self.archive, self.batch_size, self.limit,
-             options.prompt, options.queries, *options.scoring, self.use_key_phrases, self.top_k, self.overlay,
-             model.lora, self.tuned_state, self.edits.count],
+            [
+                self.state,
+                model.name,
+                model.device,
+                self.source,
+                self.archive,
+                self.batch_size,
+                self.limit,
+                options.prompt,
+                options.queries,
+                *options.scoring,
+                self.use_key_phrases,
+                self.top_k,
+                self.overlay,
+                model.lora,
+                self.tuned_state,
+                self.edits.count,
+            ],
             [*head_views, self.stale, self.summary, self.ranking, self.bars, self.skipped, self.downloads, self.top_k],
             api_name="score_dataset",
             concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
-        ).then(self.inputs_changed, [self.state, self.edits.count], [self.stale], api_name=False, show_progress="hidden")
+        ).then(
+            self.inputs_changed, [self.state, self.edits.count], [self.stale], api_name=False, show_progress="hidden"
+        )
         self.cancel_button.click(self.cancel, None, None, api_name="cancel_dataset")
         self.heatmap.select(self.select_cell, [self.state, self.overlay], head_views, api_name=False)
         select = dict(fn=self.select_head, inputs=[self.state, self.layer, self.head, self.overlay], outputs=head_views)
@@ -210,38 +293,81 @@ class DatasetTab:
             box.submit(**select, api_name=False)
         self.overlay.change(**select, api_name=False)
         self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
-        self.edits.marks_stale([box.change for box in (model.name, model.device, model.lora, self.source)],
-                               self.inputs_changed, self.state, self.stale)
+        self.edits.marks_stale(
+            [box.change for box in (model.name, model.device, model.lora, self.source)],
+            self.inputs_changed,
+            self.state,
+            self.stale,
+        )
 
     @reports_input_errors("message")
-    def score(self, previous: DatasetSession | None, model_name: str, device: str, source: str, archive: str | None,
-              batch_size: int, limit: int, prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
-              use_key_phrases: bool, top_k: int, overlay: bool, lora: str = "", tuned=None,
-              edits: float | None = 0, progress=gr.Progress(), request: gr.Request = None):
+    def score(
+        self,
+        previous: DatasetSession | None,
+        model_name: str,
+        device: str,
+        source: str,
+        archive: str | None,
+        batch_size: int,
+        limit: int,
+        prompt: str,
+        queries: str,
+        binarize: str,
+        quantile: float,
+        layer_score: str,
+        use_key_phrases: bool,
+        top_k: int,
+        overlay: bool,
+        lora: str = "",
+        tuned=None,
+        edits: float | None = 0,
+        progress=gr.Progress(),
+        request: gr.Request = None,
+    ):
         context = self.context
         load = context.model_config(model_name, device, lora, tuned)
         context.settings.check_batch_size(int(batch_size))
-        config = DatasetConfig(analysis=analysis_config(prompt, queries, binarize, quantile, layer_score),
-                               use_key_phrases=bool(use_key_phrases), batch_size=int(batch_size),
-                               limit=context.settings.dataset_limit(int(limit or 0) or None),
-                               image_limits=record_limits(context.settings))
+        config = DatasetConfig(
+            analysis=analysis_config(prompt, queries, binarize, quantile, layer_score),
+            use_key_phrases=bool(use_key_phrases),
+            batch_size=int(batch_size),
+            limit=context.settings.dataset_limit(int(limit or 0) or None),
+            image_limits=record_limits(context.settings),
+        )
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose the demo set")
         try:
             with context.storage.run() as run_folder, self.jobs.flag(request.session_hash if request else "") as stop:
                 try:
                     progress(0, desc="unpacking the zip" if source == UPLOADED_ZIP else "reading the dataset")
-                    folder, name = dataset_folder(source, archive, run_folder, settings=context.settings,
-                                                  storage=context.storage, stop=stop.is_set)
+                    folder, name = dataset_folder(
+                        source,
+                        archive,
+                        run_folder,
+                        settings=context.settings,
+                        storage=context.storage,
+                        stop=stop.is_set,
+                    )
                     context.get_model(load, progress)
                     if stop.is_set():
                         raise Cancelled("stopped before scoring")
                     analysis = context.work.score_dataset(load, folder, config, _reporting(progress, stop), stop.is_set)
                     progress(1.0, desc="scored: drawing the heatmap and each head's best and worst images")
-                    analysis = dataclasses.replace(analysis, model=context.shown(analysis.model), dataset=context.shown(analysis.dataset),
-                                                   skipped=[(line, rid, scrub_paths(reason)) for line, rid, reason in analysis.skipped])
-                    session = DatasetSession(analysis, name, folder, run_folder, load, selected=analysis.ranked_heads()[0],
-                                             edits=int(edits or 0))
+                    analysis = dataclasses.replace(
+                        analysis,
+                        model=context.shown(analysis.model),
+                        dataset=context.shown(analysis.dataset),
+                        skipped=[(line, rid, scrub_paths(reason)) for line, rid, reason in analysis.skipped],
+                    )
+                    session = DatasetSession(
+                        analysis,
+                        name,
+                        folder,
+                        run_folder,
+                        load,
+                        selected=analysis.ranked_heads()[0],
+                        edits=int(edits or 0),
+                    )
                     shown = self._head_views(session, overlay)
                 except BaseException:
                     shutil.rmtree(run_folder, ignore_errors=True)
@@ -253,8 +379,12 @@ class DatasetTab:
         analysis.save_json(run_folder / "dataset_scores.json")
         analysis.save_csv(run_folder / "images.csv")
         return {
-            **shown, self.stale: "", self.summary: summary(session), self.ranking: ranking_rows(analysis),
-            self.bars: views.bars_figure(analysis, top_k), self.skipped: skipped_list(analysis),
+            **shown,
+            self.stale: "",
+            self.summary: summary(session),
+            self.ranking: ranking_rows(analysis),
+            self.bars: views.bars_figure(analysis, top_k),
+            self.skipped: skipped_list(analysis),
             self.downloads: [str(run_folder / "dataset_scores.json"), str(run_folder / "images.csv")],
             self.top_k: top_k_update(len(analysis.scored_layers), top_k),
         }
@@ -278,7 +408,9 @@ class DatasetTab:
     def select_head(self, session: DatasetSession | None, selected_layer: int, selected_head: int, overlay: bool):
         if session is None:
             raise InputError("score a dataset first")
-        session.selected = views.scored_head(session.analysis.hi, views.clip_head(session.analysis.hi, selected_layer, selected_head))
+        session.selected = views.scored_head(
+            session.analysis.hi, views.clip_head(session.analysis.hi, selected_layer, selected_head)
+        )
         return self._head_views(session, overlay)
 
     @reports_input_errors("message")
@@ -288,18 +420,28 @@ class DatasetTab:
     def inputs_changed(self, session: DatasetSession | None, edits: float | None):
         if not EditCount.edited_since(session, edits):
             return gr.skip()
-        return {self.stale: notice("<b>The model or the dataset changed: the scores below are for the previous ones.</b> "
-                                   "Press <b>Score dataset</b> to update them.")}
+        return {
+            self.stale: notice(
+                "<b>The model or the dataset changed: the scores below are for the previous ones.</b> "
+                "Press <b>Score dataset</b> to update them."
+            )
+        }
 
     def _head_views(self, session: DatasetSession, overlay: bool) -> dict:
         """The heatmap with the selected head outlined, its line of numbers, and its best/worst images."""
         analysis, (layer, head) = session.analysis, session.selected
         best, worst = analysis.extremes(layer, head, GALLERY_SIZE)
         return {
-            self.state: session, self.message: "",
-            self.heatmap: views.heatmap_image(analysis.hi, session.selected, "Mean HI over the images: click a cell", "mean HI"),
-            self.head_summary: head_line(session, bool(overlay)), self.layer: layer, self.head: head,
-            self.best: self._gallery(session, best, bool(overlay)), self.worst: self._gallery(session, worst, bool(overlay)),
+            self.state: session,
+            self.message: "",
+            self.heatmap: views.heatmap_image(
+                analysis.hi, session.selected, "Mean HI over the images: click a cell", "mean HI"
+            ),
+            self.head_summary: head_line(session, bool(overlay)),
+            self.layer: layer,
+            self.head: head,
+            self.best: self._gallery(session, best, bool(overlay)),
+            self.worst: self._gallery(session, worst, bool(overlay)),
         }
 
     def _gallery(self, session: DatasetSession, order: np.ndarray, overlay: bool) -> list[tuple[np.ndarray, str]]:
@@ -314,8 +456,12 @@ class DatasetTab:
             if overlay and maps is None:
                 maps = self._record_maps(session.load, record, session.analysis.config.record_analysis(record))
                 session.shown[image.id] = (record, maps)
-            picture = map_overlay(np.asarray(record.image.convert("RGB")), maps[layer, head] if overlay else None,
-                                  record.mask, min_side=192)
+            picture = map_overlay(
+                np.asarray(record.image.convert("RGB")),
+                maps[layer, head] if overlay else None,
+                record.mask,
+                min_side=192,
+            )
             items.append((picture, f"HI {image.hi[layer, head]:.2f} · {image.id}"))
         return items
 
@@ -327,8 +473,10 @@ class DatasetTab:
 
 def _reporting(progress: gr.Progress, stop) -> Callable[[int, int], None]:
     """`score_dataset`'s progress callback: the page's bar, and the session's Cancel (raised after a batch)."""
+
     def report(done: int, total: int) -> None:
         if stop.is_set():
             raise Cancelled(f"stopped after {done} of {total} records")
         progress((done, total), desc="scoring", unit="images")
+
     return report

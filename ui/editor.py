@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 
 from hi_core.base.errors import InputError
+from hi_core.figures.overlays import contrasting_colour, map_overlay, mask_overlay
 from hi_core.method.masks import check_mask, painted_mask
 from hi_core.model.images import load_mask
-from hi_core.figures.overlays import contrasting_colour, map_overlay, mask_overlay
 
 MASK_PREVIEW_PX = 240  # a small image is enlarged (nearest) to at least this for the mask preview
 
@@ -52,8 +52,9 @@ def background(editor: dict | None) -> np.ndarray:
     return np.asarray(editor["background"])[..., :3].astype(np.uint8)
 
 
-def mask_from_inputs(editor: dict | None, uploaded_mask: str | None, max_pixels: int,
-                     check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def mask_from_inputs(
+    editor: dict | None, uploaded_mask: str | None, max_pixels: int, check: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes; the mask
     checked for scoring (`check_mask`) unless `check` is False."""
     image = background(editor)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hi_core.method.analysis import AnalysisConfig, ImageAnalysis
 from hi_core.base.errors import InputError
 from hi_core.figures.bars import draw_layer_bars
 from hi_core.figures.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.figures.overlays import overlay_panels
+from hi_core.method.analysis import AnalysisConfig, ImageAnalysis
 from hi_core.method.scoring import ScoringConfig
 
 from .options import top_k_for
@@ -32,13 +32,15 @@ if TYPE_CHECKING:
 NOT_SCORED = "not scored (no softmax attention)"
 
 
-def heatmap_image(hi: np.ndarray, selected: tuple[int, int], title: str = "Head Impact: click a cell",
-                  label: str = "HI") -> np.ndarray:
+def heatmap_image(
+    hi: np.ndarray, selected: tuple[int, int], title: str = "Head Impact: click a cell", label: str = "HI"
+) -> np.ndarray:
     """The (layers, heads) values as a clickable heatmap (numbers, colour bar, the selected head marked); the
     layers not scored (NaN: no softmax attention, in a hybrid model) are grey rows, with a legend line."""
     legend = NOT_SCORED if not np.isfinite(hi).all() else None
-    return draw_heatmap(hi, selected, HeatmapLayout.fit(*hi.shape, legend=legend is not None), title=title, label=label,
-                        missing=legend)
+    return draw_heatmap(
+        hi, selected, HeatmapLayout.fit(*hi.shape, legend=legend is not None), title=title, label=label, missing=legend
+    )
 
 
 def not_scored_note(hi: np.ndarray) -> str:
@@ -46,8 +48,10 @@ def not_scored_note(hi: np.ndarray) -> str:
     scored = [int(layer) for layer in np.flatnonzero(np.isfinite(hi).any(axis=1))]
     if len(scored) == hi.shape[0]:
         return ""
-    return (f"scored layers {', '.join(map(str, scored))} of {hi.shape[0]}: only layers with softmax attention are scored "
-            "(the others, e.g. linear attention, are grey and never tuned)")
+    return (
+        f"scored layers {', '.join(map(str, scored))} of {hi.shape[0]}: only layers with softmax attention are scored "
+        "(the others, e.g. linear attention, are grey and never tuned)"
+    )
 
 
 def scored_head(hi: np.ndarray, head: tuple[int, int]) -> tuple[int, int]:
@@ -55,8 +59,10 @@ def scored_head(hi: np.ndarray, head: tuple[int, int]) -> tuple[int, int]:
     layer, _ = head
     if not np.isfinite(hi[head]):
         scored = np.flatnonzero(np.isfinite(hi).any(axis=1))
-        raise InputError(f"layer {layer} is not scored: it has no softmax attention (e.g. linear attention); "
-                         f"choose a head of layers {', '.join(map(str, scored))}")
+        raise InputError(
+            f"layer {layer} is not scored: it has no softmax attention (e.g. linear attention); "
+            f"choose a head of layers {', '.join(map(str, scored))}"
+        )
     return head
 
 
@@ -85,7 +91,9 @@ class Session:
     folder: Path  # this session's downloads, rewritten by each analysis; removed with the session
     token_note: str = ""  # why the per-token view is off, when it is
     edits: int = 0  # the browser's count of input edits when Analyze was pressed (feedback.EditCount)
-    inputs: dict[str, tuple] = field(default_factory=dict)  # the controls' values analyzed, by kind (Explorer.edit_inputs)
+    inputs: dict[str, tuple] = field(
+        default_factory=dict
+    )  # the controls' values analyzed, by kind (Explorer.edit_inputs)
     chosen: tuple[int, ...] = ()  # the tokens shown (indices into whole.tokens)
     selected: tuple[int, int] = (0, 0)
     analysis: ImageAnalysis = field(init=False)
@@ -127,7 +135,9 @@ class Session:
             self.analysis = self.analysis.rescored(scoring)
         else:
             chosen = tuple(sorted({int(i) for i in tokens}))
-            self.analysis = self.every_token().for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
+            self.analysis = (
+                self.every_token().for_tokens(chosen, scoring) if self.per_token else self.whole.rescored(scoring)
+            )
             self.chosen = chosen
         self.config = replace(self.config, scoring=scoring)
         if self.compare is not None:
@@ -190,7 +200,10 @@ def views_note(analysis: ImageAnalysis) -> str:
     """The views a tiled model wrote, with their grids and tokens ("" for an image written once)."""
     if len(analysis.views) < 2:
         return ""
-    parts = [f"{view.name} {'×'.join(map(str, view.grid)) + ', ' if view.grid else ''}{view.tokens} tokens" for view in analysis.views]
+    parts = [
+        f"{view.name} {'×'.join(map(str, view.grid)) + ', ' if view.grid else ''}{view.tokens} tokens"
+        for view in analysis.views
+    ]
     return f"{'; '.join(parts)} (scored: {analysis.view})"
 
 
@@ -199,7 +212,9 @@ def view_shares_note(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
     if len(analysis.views) < 2 or analysis.view_shares is None:
         return ""
     shares = analysis.view_shares[selected]
-    return " · its image attention: " + ", ".join(f"{view.name} **{share:.2f}**" for view, share in zip(analysis.views, shares))
+    return " · its image attention: " + ", ".join(
+        f"{view.name} **{share:.2f}**" for view, share in zip(analysis.views, shares)
+    )
 
 
 def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
@@ -209,9 +224,11 @@ def head_info(analysis: ImageAnalysis, selected: tuple[int, int]) -> str:
     if not np.isfinite(hi):
         return f"**Layer {layer}, head {head}** · {NOT_SCORED}"
     rank = analysis.ranked_heads().index(selected) + 1
-    return (f"**Layer {layer}, head {head}** · HI **{hi:.3f}** ({hi / max(analysis.chance, 1e-9):.1f}× chance "
-            f"{analysis.chance:.3f}) · attention mass on the object **{analysis.mass[layer, head]:.3f}** · "
-            f"rank {rank} of {analysis.hi.size}{view_shares_note(analysis, selected)}")
+    return (
+        f"**Layer {layer}, head {head}** · HI **{hi:.3f}** ({hi / max(analysis.chance, 1e-9):.1f}× chance "
+        f"{analysis.chance:.3f}) · attention mass on the object **{analysis.mass[layer, head]:.3f}** · "
+        f"rank {rank} of {analysis.hi.size}{view_shares_note(analysis, selected)}"
+    )
 
 
 def _shown_map(analysis: ImageAnalysis, layer: int, head: int) -> np.ndarray | None:
@@ -239,8 +256,11 @@ def top_figure(session: Session, top_n: int) -> np.ndarray:
     analysis = session.analysis
     top = analysis.ranked_heads()[: shown_top_n(session, top_n)]
     return overlay_panels(
-        [session.image] * len(top), [analysis.maps[l, h] for l, h in top], [session.mask] * len(top),
-        [f"L{l} H{h}: {analysis.hi[l, h]:.2f}" for l, h in top], title=f"top {len(top)} heads by HI",
+        [session.image] * len(top),
+        [analysis.maps[l, h] for l, h in top],
+        [session.mask] * len(top),
+        [f"L{l} H{h}: {analysis.hi[l, h]:.2f}" for l, h in top],
+        title=f"top {len(top)} heads by HI",
     )
 
 
@@ -260,7 +280,9 @@ def layer_figure(session: Session, layer: int) -> np.ndarray:
     layer = shown_layer(session, layer)
     scored = bool(np.isfinite(analysis.hi[layer]).any())
     return overlay_panels(
-        [session.image] * heads, [_shown_map(analysis, layer, h) for h in range(heads)], [session.mask] * heads,
+        [session.image] * heads,
+        [_shown_map(analysis, layer, h) for h in range(heads)],
+        [session.mask] * heads,
         [f"H{h}: {_hi_text(analysis.hi[layer, h], 2)}" for h in range(heads)],
         title=f"layer {layer}" if scored else f"layer {layer}: {NOT_SCORED}",
     )
@@ -272,7 +294,10 @@ def bars_figure(analysis, top_k: int) -> np.ndarray:
 
 
 def ranking_rows(analysis: ImageAnalysis) -> list[list]:
-    return [[l, h, round(float(analysis.hi[l, h]), 4), round(float(analysis.mass[l, h]), 4)] for l, h in analysis.ranked_heads()]
+    return [
+        [l, h, round(float(analysis.hi[l, h]), 4), round(float(analysis.mass[l, h]), 4)]
+        for l, h in analysis.ranked_heads()
+    ]
 
 
 def save_downloads(session: Session) -> list[str]:

@@ -21,8 +21,8 @@ import functools
 import html
 import inspect
 import logging
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -36,14 +36,18 @@ log = logging.getLogger("hi_explorer")
 
 def problem(text: str) -> str:
     """Markdown (with inline HTML: the app sets no CSS) for a message about a failed action."""
-    return (f'<div style="border-left: 4px solid #d62728; background: #fdecea; color: #611a15; padding: 6px 10px; '
-            f'border-radius: 4px">⚠ {html.escape(text, quote=False)}</div>')
+    return (
+        f'<div style="border-left: 4px solid #d62728; background: #fdecea; color: #611a15; padding: 6px 10px; '
+        f'border-radius: 4px">⚠ {html.escape(text, quote=False)}</div>'
+    )
 
 
 def notice(text: str) -> str:
     """Markdown for a note about the results shown (e.g. that they are stale)."""
-    return (f'<div style="border-left: 4px solid #e0a000; background: #fff6db; color: #5c4400; padding: 6px 10px; '
-            f'border-radius: 4px">{text}</div>')
+    return (
+        f'<div style="border-left: 4px solid #e0a000; background: #fff6db; color: #5c4400; padding: 6px 10px; '
+        f'border-radius: 4px">{text}</div>'
+    )
 
 
 MAX_MESSAGE = 500  # characters of a message shown and logged: Gradio's own refusals quote the value sent, of any size
@@ -115,15 +119,28 @@ class EditCount:
     def __init__(self, elem_id: str):
         self.count = gr.Number(0, precision=0, visible=False, elem_id=elem_id)
 
-    def marks_stale(self, events, handler, state: gr.State, stale: gr.Markdown, inputs: Sequence = (),
-                    clears: gr.Markdown | None = None) -> None:
+    def marks_stale(
+        self,
+        events,
+        handler,
+        state: gr.State,
+        stale: gr.Markdown,
+        inputs: Sequence = (),
+        clears: gr.Markdown | None = None,
+    ) -> None:
         """On each of `events`: count the edit, then `handler(session, count, *inputs)` updates `stale`; `clears`
         (a message about the last run, e.g. why Analyze failed) is emptied: it was about the inputs before this edit."""
         count = "(count) => (count || 0) + 1" if clears is None else "(count) => [(count || 0) + 1, '']"
         for event in events:
-            event(None, [self.count], [self.count] if clears is None else [self.count, clears], js=count, api_name=False,
-                  show_progress="hidden", queue=False
-                  ).then(handler, [state, self.count, *inputs], [stale], api_name=False, show_progress="hidden")
+            event(
+                None,
+                [self.count],
+                [self.count] if clears is None else [self.count, clears],
+                js=count,
+                api_name=False,
+                show_progress="hidden",
+                queue=False,
+            ).then(handler, [state, self.count, *inputs], [stale], api_name=False, show_progress="hidden")
 
     @staticmethod
     def edited_since(session: Any, count: float | None) -> bool:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hi_core.data.datasets import count_records
-from hi_core.tuning.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
 from hi_core.method.layer_selection import Ranking, check_layer_choice, needs_ranking
 from hi_core.model.loading import LoadConfig, LoadedModel, ModelCache, load_model
+from hi_core.tuning.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
 from hi_core.tuning.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
 
 from .jobs import Progress
@@ -97,21 +97,36 @@ class RankingWork:
     seconds: float = 0.0
 
 
-def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: LoadedModel, limit: int = RANKING_LIMIT,
-                  cache: RankingCache | None = None, cache_key: tuple | None = None,
-                  work: RankingWork | None = None, settings: Settings | None = None) -> Ranking:
+def layer_ranking(
+    scored,
+    load: LoadConfig,
+    folder: Path,
+    name: str,
+    loaded: LoadedModel,
+    limit: int = RANKING_LIMIT,
+    cache: RankingCache | None = None,
+    cache_key: tuple | None = None,
+    work: RankingWork | None = None,
+    settings: Settings | None = None,
+) -> Ranking:
     """Layers by Dataset HI: the Dataset tab's scores when they fit this run (`reuse_ranking`: the same model,
     the same records); else one made earlier for the same data (`cache` under `cache_key`); else scored now
     (default options, at most `limit` records decoded as `settings` allow; counted in `work`)."""
     if scored is not None:
         reused = reuse_ranking(scored.analysis, scored.load, scored.folder, load, folder)
         if reused is not None:
-            return dataclasses.replace(reused, source=f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)")
+            return dataclasses.replace(
+                reused, source=f"the Dataset tab's scores of {scored.name} ({len(scored.analysis.images)} images)"
+            )
     if cache is not None and cache_key is not None and (cached := cache.get(cache_key)) is not None:
-        return dataclasses.replace(cached, source=cached.source.replace("scored for this run", "scored for an earlier run"))
+        return dataclasses.replace(
+            cached, source=cached.source.replace("scored for this run", "scored for an earlier run")
+        )
     started = time.perf_counter()
     ranking = dataset_ranking(loaded, folder, limit=limit, image_limits=record_limits(settings or Settings()))
-    ranking = dataclasses.replace(ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {limit} records)")
+    ranking = dataclasses.replace(
+        ranking, source=f"Dataset HI of {name}, scored for this run (default options, at most {limit} records)"
+    )
     if work is not None:
         work.ranked, work.seconds = count_records(folder, limit), time.perf_counter() - started
     if cache is not None and cache_key is not None:
@@ -119,10 +134,21 @@ def layer_ranking(scored, load: LoadConfig, folder: Path, name: str, loaded: Loa
     return ranking
 
 
-def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
-                 scored, live: Live, stop: threading.Event, rank_limit: int = RANKING_LIMIT,
-                 rankings: RankingCache | None = None, memory: ModelCache | None = None,
-                 settings: Settings | None = None, storage: RunStorage | None = None) -> FinetuneSession:
+def finetune_job(
+    load: LoadConfig,
+    config: FinetuneConfig,
+    source: str,
+    archive: str | None,
+    run_folder: Path,
+    scored,
+    live: Live,
+    stop: threading.Event,
+    rank_limit: int = RANKING_LIMIT,
+    rankings: RankingCache | None = None,
+    memory: ModelCache | None = None,
+    settings: Settings | None = None,
+    storage: RunStorage | None = None,
+) -> FinetuneSession:
     """One run, reporting to `live`; stops (TrainingCancelled) once `stop` is set. `scored`: the session's
     Dataset tab results (a `DatasetSession`), whose ranking top/bottom reuse when they fit; else a ranking of
     `rankings` made for the same model and data, else one scored now on at most `rank_limit` records. The
@@ -131,14 +157,29 @@ def finetune_job(load: LoadConfig, config: FinetuneConfig, source: str, archive:
     decoded as the Dataset tab decodes them."""
     settings = settings or Settings()
     if memory is None:
-        return _finetune(load, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage)
+        return _finetune(
+            load, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage
+        )
     with memory.private(load) as planned:
-        return _finetune(planned, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage)
+        return _finetune(
+            planned, config, source, archive, run_folder, scored, live, stop, rank_limit, rankings, settings, storage
+        )
 
 
-def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: str | None, run_folder: Path,
-              scored, live: Live, stop: threading.Event, rank_limit: int, rankings: RankingCache | None,
-              settings: Settings, storage: RunStorage | None) -> FinetuneSession:
+def _finetune(
+    load: LoadConfig,
+    config: FinetuneConfig,
+    source: str,
+    archive: str | None,
+    run_folder: Path,
+    scored,
+    live: Live,
+    stop: threading.Event,
+    rank_limit: int,
+    rankings: RankingCache | None,
+    settings: Settings,
+    storage: RunStorage | None,
+) -> FinetuneSession:
 
     def stage(text: str) -> None:
         if stop.is_set():
@@ -162,6 +203,14 @@ def _finetune(load: LoadConfig, config: FinetuneConfig, source: str, archive: st
         stage("ranking the layers by Dataset HI")
         key = None if source == UPLOADED_ZIP else ranking_key(load, source, config.data.task, rank_limit)
         ranking = layer_ranking(scored, load, folder, name, loaded, rank_limit, rankings, key, work, settings)
-    tuned = run_before_after(loaded, folder, run_folder, config, ranking, TrainCallbacks(on_step, stop.is_set), on_stage=stage,
-                             image_limits=record_limits(settings))
+    tuned = run_before_after(
+        loaded,
+        folder,
+        run_folder,
+        config,
+        ranking,
+        TrainCallbacks(on_step, stop.is_set),
+        on_stage=stage,
+        image_limits=record_limits(settings),
+    )
     return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder, work)

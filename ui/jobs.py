@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-
 ETA_SMOOTHING = 0.15  # share of a new measurement in the time-left shown (read every `Jobs.refresh_s`)
 
 

@@ -10,8 +10,8 @@ import gradio as gr
 
 from hi_core.method.analysis import AnalysisConfig
 from hi_core.method.image_scoring import View
-from hi_core.model.inputs import Queries, check_text_length
 from hi_core.method.scoring import Binarization, LayerScore, ScoringConfig
+from hi_core.model.inputs import Queries, check_text_length
 
 from .components import BoundedTextbox
 
@@ -31,25 +31,57 @@ class ScoringControls:
     view: gr.Radio | None = None  # of a tiled model's image (`views=True`: the Explorer)
 
     @classmethod
-    def build(cls, elem_prefix: str = "", render: bool = True, views: bool = False, max_chars: int | None = None) -> ScoringControls:
+    def build(
+        cls, elem_prefix: str = "", render: bool = True, views: bool = False, max_chars: int | None = None
+    ) -> ScoringControls:
         """The widgets, in the current layout context (e.g. inside an Accordion); with `render=False`, to be placed
         later (`.render()` each where it belongs: the Explorer puts the scoring ones beside the heatmap). A prompt
         longer than `max_chars` is refused before the handler reads it."""
         scoring = DEFAULTS.scoring
         return cls(
-            prompt=BoundedTextbox(DEFAULTS.prompt, max_chars=max_chars, label="Prompt", elem_id=f"{elem_prefix}prompt",
-                                  render=render),
-            queries=gr.Radio(list(get_args(Queries)), value=DEFAULTS.queries, label="Query rows",
-                             elem_id=f"{elem_prefix}queries", render=render),
-            binarize=gr.Radio(list(get_args(Binarization)), value=scoring.binarize, label="Binarization",
-                              elem_id=f"{elem_prefix}binarize", render=render),
-            quantile=gr.Slider(0.5, 0.99, value=scoring.quantile, step=0.01, label="Quantile (for quantile binarization)",
-                               elem_id=f"{elem_prefix}quantile", render=render),
-            layer_score=gr.Radio(list(get_args(LayerScore)), value=scoring.layer_score, label="Layer score",
-                                 elem_id=f"{elem_prefix}layer-score", render=render),
-            view=gr.Radio(list(get_args(View)), value=DEFAULTS.view, elem_id=f"{elem_prefix}view", render=render,
-                          label="View of a tiled image (tiles + a global view): every token on the stitched tiles "
-                                "(combined), the global view alone, or the tiles alone") if views else None,
+            prompt=BoundedTextbox(
+                DEFAULTS.prompt, max_chars=max_chars, label="Prompt", elem_id=f"{elem_prefix}prompt", render=render
+            ),
+            queries=gr.Radio(
+                list(get_args(Queries)),
+                value=DEFAULTS.queries,
+                label="Query rows",
+                elem_id=f"{elem_prefix}queries",
+                render=render,
+            ),
+            binarize=gr.Radio(
+                list(get_args(Binarization)),
+                value=scoring.binarize,
+                label="Binarization",
+                elem_id=f"{elem_prefix}binarize",
+                render=render,
+            ),
+            quantile=gr.Slider(
+                0.5,
+                0.99,
+                value=scoring.quantile,
+                step=0.01,
+                label="Quantile (for quantile binarization)",
+                elem_id=f"{elem_prefix}quantile",
+                render=render,
+            ),
+            layer_score=gr.Radio(
+                list(get_args(LayerScore)),
+                value=scoring.layer_score,
+                label="Layer score",
+                elem_id=f"{elem_prefix}layer-score",
+                render=render,
+            ),
+            view=gr.Radio(
+                list(get_args(View)),
+                value=DEFAULTS.view,
+                elem_id=f"{elem_prefix}view",
+                render=render,
+                label="View of a tiled image (tiles + a global view): every token on the stitched tiles "
+                "(combined), the global view alone, or the tiles alone",
+            )
+            if views
+            else None,
         )
 
     @property
@@ -69,10 +101,22 @@ def check_texts(limit: int | None, **texts: str | None) -> None:
         check_text_length(field.replace("_", " "), text or "", limit)
 
 
-def analysis_config(prompt: str, queries: str, binarize: str, quantile: float, layer_score: str,
-                    key_phrase: str | None = None, view: str = DEFAULTS.view) -> AnalysisConfig:
-    return AnalysisConfig(prompt=prompt or DEFAULTS.prompt, key_phrase=key_phrase or None, queries=queries,
-                          scoring=scoring_config(binarize, quantile, layer_score), view=view)
+def analysis_config(
+    prompt: str,
+    queries: str,
+    binarize: str,
+    quantile: float,
+    layer_score: str,
+    key_phrase: str | None = None,
+    view: str = DEFAULTS.view,
+) -> AnalysisConfig:
+    return AnalysisConfig(
+        prompt=prompt or DEFAULTS.prompt,
+        key_phrase=key_phrase or None,
+        queries=queries,
+        scoring=scoring_config(binarize, quantile, layer_score),
+        view=view,
+    )
 
 
 def top_k_slider(elem_id: str) -> gr.Slider:
@@ -89,5 +133,7 @@ def top_k_update(num_layers: int, asked: int) -> gr.Slider:
     """The slider once a model's results are shown: its value within the model's scored layers (those with softmax
     attention: all of them, except in a hybrid model), which its label names.
     (Its maximum stays: an API caller's default would fall outside a lowered one and be refused.)"""
-    return gr.Slider(value=top_k_for(num_layers, asked),
-                     label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers} scored layers)")
+    return gr.Slider(
+        value=top_k_for(num_layers, asked),
+        label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers} scored layers)",
+    )

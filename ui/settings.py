@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import FinetuneConfig
 from hi_core.model.model_memory import GB, memory_budget
+from hi_core.tuning.finetune import FinetuneConfig
 
 #: Small released models of supported families a public deployment offers by default, smallest
 #: first, with their config's `model_type` (all under 2.5B parameters, safetensors, no remote code).
@@ -62,10 +62,16 @@ class Settings:
     # (layers x heads x tokens) for the whole server, all sessions together, e.g. 97 tokens on a 28 x 12-head model
     # (72 MiB on a 24 x 24 grid)
     max_token_maps: int | None = 65_536
-    max_editor_layers: int | None = None  # brush layers the image editor may send with its image (checked before decoding)
-    max_text_chars: int | None = 100_000  # a description, prompt or key phrase, in characters, checked before tokenizing
+    max_editor_layers: int | None = (
+        None  # brush layers the image editor may send with its image (checked before decoding)
+    )
+    max_text_chars: int | None = (
+        100_000  # a description, prompt or key phrase, in characters, checked before tokenizing
+    )
     max_index_mb: float | None = None  # an uploaded dataset's data.jsonl, in MB, checked before it is read
-    max_index_lines: int | None = None  # an uploaded dataset's data.jsonl, in lines, counted before any record is parsed
+    max_index_lines: int | None = (
+        None  # an uploaded dataset's data.jsonl, in lines, counted before any record is parsed
+    )
     session_idle_s: int | None = None  # a session's state (results, maps, run folder) is freed after this idle time
     max_upload_cache_mb: float | None = None  # Gradio's upload cache, in MB: swept of its oldest files beyond this
     max_validation_minutes: float | None = None  # a Validate run, estimated from its first pass, refused beyond this
@@ -135,7 +141,9 @@ class Settings:
             overrides[item.name] = _parse(item.name, raw)
         allowed = getattr(args, "allow_model", None)
         if allowed:
-            overrides["allowed_models"] = tuple(dict.fromkeys([*overrides.get("allowed_models", base.allowed_models), *allowed]))
+            overrides["allowed_models"] = tuple(
+                dict.fromkeys([*overrides.get("allowed_models", base.allowed_models), *allowed])
+            )
         return replace(base, **overrides)
 
     # --- the checks handlers make ----------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from hi_core.data.archives import check_record_paths, extract_dataset_zip
 from hi_core.data.datasets import INDEX, check_index, write_synthetic
-from hi_core.model.images import ImageLimits
 from hi_core.data.synth_vqa import write_synthetic_vqa
+from hi_core.model.images import ImageLimits
 
 from .context import EXAMPLES_DIR, UNPACKED
 from .settings import Settings
@@ -30,7 +30,9 @@ _synthetic_lock = threading.Lock()
 def synthetic_set(task: str = "caption") -> Path:
     """The generated scenes of `task` (same seed, same files), written once and shared by sessions: captioned in
     reading order, or one closed-form question each (`vqa`)."""
-    folder = UNPACKED / (f"synthetic-vqa-{SYNTHETIC_SCENES}" if task == "vqa" else f"synthetic-reading-{SYNTHETIC_SCENES}")
+    folder = UNPACKED / (
+        f"synthetic-vqa-{SYNTHETIC_SCENES}" if task == "vqa" else f"synthetic-reading-{SYNTHETIC_SCENES}"
+    )
     with _synthetic_lock:
         if not (folder / INDEX).is_file():  # data.jsonl is written last
             if task == "vqa":
@@ -46,8 +48,15 @@ def record_limits(settings: Settings) -> ImageLimits:
     return ImageLimits(max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
 
 
-def dataset_folder(source: str, archive: str | None, run_folder: Path, task: str = "caption", settings: Settings | None = None,
-                   storage: RunStorage | None = None, stop: Callable[[], bool] | None = None) -> tuple[Path, str]:
+def dataset_folder(
+    source: str,
+    archive: str | None,
+    run_folder: Path,
+    task: str = "caption",
+    settings: Settings | None = None,
+    storage: RunStorage | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[Path, str]:
     """The folder of the chosen dataset (an upload is unpacked and checked into `run_folder`; generated scenes
     for `task`) and its name in the page. An upload is unpacked into room `storage` reserves in `run_folder`
     (the size its zip declares), and its data.jsonl checked against `settings`' size and line limits before it is

@@ -81,8 +81,10 @@ class RunStorage:
             held, finished = self._runs()
             total = self._evict(finished, held + sum(run_bytes for _, run_bytes, _ in finished), cap - size)
             if total + size > cap:
-                raise InputError(f"the upload unpacks to {size / MIB:.1f} MiB, more than the {max(cap - total, 0) / MIB:.1f} MiB "
-                                 f"of this server's run storage ({self.max_mb:g} MiB) free now: try a smaller dataset, or later")
+                raise InputError(
+                    f"the upload unpacks to {size / MIB:.1f} MiB, more than the {max(cap - total, 0) / MIB:.1f} MiB "
+                    f"of this server's run storage ({self.max_mb:g} MiB) free now: try a smaller dataset, or later"
+                )
             self._reserved[folder] = self._reserved.get(folder, folder_bytes(folder)) + size
 
     def _runs(self) -> tuple[int, list[tuple[float, int, Path]]]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from hi_core.data.datasets import Cancelled
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import DataConfig
-from hi_core.model.loading import LoadConfig
 from hi_core.causal.validation import ValidationConfig, validate
 from hi_core.causal.validation_report import METRICS, RANKING_NAMES, write_validation_report
+from hi_core.data.datasets import Cancelled
+from hi_core.model.loading import LoadConfig
+from hi_core.tuning.finetune import DataConfig
 
 from .components import Figure
 from .context import AppContext
@@ -50,6 +50,7 @@ class ValidateLive:
             if stage != self.progress.stage:
                 self.progress = Progress(total=max(total, 1), stage=stage)
             self.progress.done = done
+
         return progress
 
 
@@ -70,20 +71,28 @@ def summary(data: dict) -> str:
     for name, entry in rankings.items():
         low, high = entry["interval_heads"]
         partial = entry["layer_partial"]
-        rows.append(f"| {RANKING_NAMES[name]} | {_n(entry['spearman'])} [{_n(low)}, {_n(high)}] | {_n(entry['within_layers_p'])} | "
-                    f"{'n/a' if partial is None else _n(partial['rho'])} |")
+        rows.append(
+            f"| {RANKING_NAMES[name]} | {_n(entry['spearman'])} [{_n(low)}, {_n(high)}] | {_n(entry['within_layers_p'])} | "
+            f"{'n/a' if partial is None else _n(partial['rho'])} |"
+        )
     dose = data["dose_response"]
     k = dose["ks"][-1]
     band = dose.get("random")
-    curve = (f"With the top {k} heads by HI removed the loss is {_n(dose['hi']['loss'][-1])} (baseline "
-             f"{_n(dose['hi']['loss'][0])}); {k} random heads: {_n(band['loss_mean'][-1])} "
-             f"[{_n(band['loss_low'][-1])}, {_n(band['loss_high'][-1])}]." if band else "")
+    curve = (
+        f"With the top {k} heads by HI removed the loss is {_n(dose['hi']['loss'][-1])} (baseline "
+        f"{_n(dose['hi']['loss'][0])}); {k} random heads: {_n(band['loss_mean'][-1])} "
+        f"[{_n(band['loss_low'][-1])}, {_n(band['loss_high'][-1])}]."
+        if band
+        else ""
+    )
     split = data["split"]
-    return (f"**{len(data['heads_removed'])} heads removed one at a time** ({mode} ablation), teacher-forced on "
-            f"{split['held_out']} held-out records; rankings from {split['ranking_records']} training records; "
-            f"{data['seconds']:.0f} s. Effect: the {METRICS['loss']}.\n\n" + "\n".join(rows) + f"\n\n{curve}\n\n"
-            "Few heads and few records make wide intervals: read them, not only the point estimates. Every number "
-            "is in the downloads (validation.json, report.md).")
+    return (
+        f"**{len(data['heads_removed'])} heads removed one at a time** ({mode} ablation), teacher-forced on "
+        f"{split['held_out']} held-out records; rankings from {split['ranking_records']} training records; "
+        f"{data['seconds']:.0f} s. Effect: the {METRICS['loss']}.\n\n" + "\n".join(rows) + f"\n\n{curve}\n\n"
+        "Few heads and few records make wide intervals: read them, not only the point estimates. Every number "
+        "is in the downloads (validation.json, report.md)."
+    )
 
 
 def _n(value) -> str:
@@ -96,21 +105,32 @@ class ValidateTab:
     def __init__(self, context: AppContext, model: ModelControls) -> None:
         self.context, self.model, self.jobs = context, model, Jobs()
         settings = context.settings
-        limit = (f" This deployment refuses a run estimated over {settings.max_validation_minutes:g} min."
-                 if settings.max_validation_minutes else "")
-        gr.Markdown("Does HI find the heads the model needs? Each head of the Explorer's model is removed in turn and the "
-                    "held-out records are run teacher-forced (no generation): the rise in the loss of the scored tokens is "
-                    "the head's effect, correlated with HI and with three other rankings (attention mass on the object, "
-                    "localization heads, gradient importance), and heads are removed cumulatively in each order against "
-                    "random orders. The CLI's `validate` runs the same, at any size." + limit)
+        limit = (
+            f" This deployment refuses a run estimated over {settings.max_validation_minutes:g} min."
+            if settings.max_validation_minutes
+            else ""
+        )
+        gr.Markdown(
+            "Does HI find the heads the model needs? Each head of the Explorer's model is removed in turn and the "
+            "held-out records are run teacher-forced (no generation): the rise in the loss of the scored tokens is "
+            "the head's effect, correlated with HI and with three other rankings (attention mass on the object, "
+            "localization heads, gradient importance), and heads are removed cumulatively in each order against "
+            "random orders. The CLI's `validate` runs the same, at any size." + limit
+        )
         with gr.Row():
             self.source = gr.Radio(SOURCES, value=SYNTHETIC, label="Dataset", elem_id="val-source")
             self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="val-archive")
             self.task = gr.Radio(TASKS, value="caption", label="Task", elem_id="val-task")
         with gr.Row():
-            self.heads = gr.Number(0, precision=0, minimum=0, label="Heads removed one by one (0: every head)", elem_id="val-heads")
-            self.orders = gr.Slider(5, 100, value=20, step=5, label="Random orders (and as many layer-matched)", elem_id="val-orders")
-            self.held_out = gr.Slider(8, HELD_OUT, value=HELD_OUT, step=8, label="Held-out records", elem_id="val-held-out")
+            self.heads = gr.Number(
+                0, precision=0, minimum=0, label="Heads removed one by one (0: every head)", elem_id="val-heads"
+            )
+            self.orders = gr.Slider(
+                5, 100, value=20, step=5, label="Random orders (and as many layer-matched)", elem_id="val-orders"
+            )
+            self.held_out = gr.Slider(
+                8, HELD_OUT, value=HELD_OUT, step=8, label="Held-out records", elem_id="val-held-out"
+            )
             self.modes = gr.CheckboxGroup(["zero", "mean"], value=["zero"], label="Ablation", elem_id="val-modes")
         with gr.Row():
             self.run = gr.Button("Validate", variant="primary", elem_id="val-run")
@@ -121,29 +141,63 @@ class ValidateTab:
             self.scatter = Figure("Effect of removing each head against its HI", "hi-validate-effect")
             self.curves = Figure("Dose-response", "hi-validate-dose")
         self.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="val-downloads")
-        self.run.click(self.validate, [model.name, model.device, self.source, self.archive, self.task, self.heads, self.orders,
-                                       self.held_out, self.modes],
-                       [self.status, self.summary, self.scatter, self.curves, self.downloads],
-                       api_name="validate", concurrency_limit=1, show_progress_on=[self.status])
+        self.run.click(
+            self.validate,
+            [
+                model.name,
+                model.device,
+                self.source,
+                self.archive,
+                self.task,
+                self.heads,
+                self.orders,
+                self.held_out,
+                self.modes,
+            ],
+            [self.status, self.summary, self.scatter, self.curves, self.downloads],
+            api_name="validate",
+            concurrency_limit=1,
+            show_progress_on=[self.status],
+        )
         self.cancel.click(self.cancel_validation, None, None, api_name="cancel_validation")
 
     @reports_input_errors("status")
-    def validate(self, model_name: str, device: str, source: str, archive: str | None, task: str, heads: float,
-                 orders: float, held_out: float, modes: list[str], request: gr.Request = None):
+    def validate(
+        self,
+        model_name: str,
+        device: str,
+        source: str,
+        archive: str | None,
+        task: str,
+        heads: float,
+        orders: float,
+        held_out: float,
+        modes: list[str],
+        request: gr.Request = None,
+    ):
         context = self.context
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose another dataset")
         held = max(2, min(int(held_out or HELD_OUT), HELD_OUT, context.settings.max_dataset_images or HELD_OUT))
-        config = ValidationConfig(modes=tuple(modes or ()), heads=int(heads or 0) or None, orders=int(orders or 20),
-                                  ranking_records=16, mean_records=16,
-                                  data=DataConfig(task=task, eval_fraction=0.25, eval_limit=held))
+        config = ValidationConfig(
+            modes=tuple(modes or ()),
+            heads=int(heads or 0) or None,
+            orders=int(orders or 20),
+            ranking_records=16,
+            mean_records=16,
+            data=DataConfig(task=task, eval_fraction=0.25, eval_limit=held),
+        )
         load = context.model_config(model_name, device)
-        limit = None if context.settings.max_validation_minutes is None else context.settings.max_validation_minutes * 60
+        limit = (
+            None if context.settings.max_validation_minutes is None else context.settings.max_validation_minutes * 60
+        )
         live = ValidateLive()
         with context.storage.run() as run_folder:
             try:
-                with self.jobs.start(request.session_hash if request else "", lambda stop: self._work(
-                        load, source, archive, task, config, run_folder, live.report(stop), limit)) as job:
+                with self.jobs.start(
+                    request.session_hash if request else "",
+                    lambda stop: self._work(load, source, archive, task, config, run_folder, live.report(stop), limit),
+                ) as job:
                     for _ in job.ticks():
                         yield {self.status: live_status(live, job.stop.is_set())}
                     data = job.result()
@@ -155,18 +209,37 @@ class ValidateTab:
                 shutil.rmtree(run_folder, ignore_errors=True)
                 raise
         out = run_folder / "validation"
-        yield {self.status: f"**Finished** in {duration(data['seconds'])}.", self.summary: summary(data),
-               self.scatter: str(out / "effect_vs_hi.png"), self.curves: str(out / "dose_response.png"),
-               self.downloads: [str(out / "validation.json"), str(out / "report.md")]}
+        yield {
+            self.status: f"**Finished** in {duration(data['seconds'])}.",
+            self.summary: summary(data),
+            self.scatter: str(out / "effect_vs_hi.png"),
+            self.curves: str(out / "dose_response.png"),
+            self.downloads: [str(out / "validation.json"), str(out / "report.md")],
+        }
 
-    def _work(self, load: LoadConfig, source: str, archive: str | None, task: str, config: ValidationConfig,
-              run_folder: Path, progress, limit: float | None) -> dict:
+    def _work(
+        self,
+        load: LoadConfig,
+        source: str,
+        archive: str | None,
+        task: str,
+        config: ValidationConfig,
+        run_folder: Path,
+        progress,
+        limit: float | None,
+    ) -> dict:
         """In the worker thread: the dataset, the model (from the cache), the validation and its report."""
         progress("reading the dataset", 0, 1)
         folder, _ = dataset_folder(source, archive, run_folder, task, self.context.settings, self.context.storage)
         loaded = self.context.get_model(load)
-        validation = validate(loaded, folder, config, progress=progress, time_limit_s=limit,
-                              image_limits=record_limits(self.context.settings))
+        validation = validate(
+            loaded,
+            folder,
+            config,
+            progress=progress,
+            time_limit_s=limit,
+            image_limits=record_limits(self.context.settings),
+        )
         validation = _shown(validation, self.context)
         return write_validation_report(validation, run_folder / "validation", resamples=1000, permutations=2000)
 
@@ -178,6 +251,6 @@ class ValidateTab:
 def _shown(validation, context: AppContext):
     """The validation as the page may show it: no server paths in its dataset or split description."""
     split = dict(validation.split, how=scrub_paths(str(validation.split["how"])))
-    return dataclasses.replace(validation, model=context.shown(validation.model), dataset=scrub_paths(validation.dataset),
-                               split=split)
-
+    return dataclasses.replace(
+        validation, model=context.shown(validation.model), dataset=scrub_paths(validation.dataset), split=split
+    )

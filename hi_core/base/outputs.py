@@ -113,6 +113,5 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, **arrays)

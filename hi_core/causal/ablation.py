@@ -32,16 +32,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..method.analysis import ImageAnalysis, analyze_image
-from ..model.captioning import generate_description
-from ..data.datasets import Record
-from ..method.image_scoring import AnalysisConfig
 from ..base.errors import InputError, check_choice, check_number, check_whole
-from ..tuning.finetune import MAX_SEED, DataConfig, Split, check_task, split_dataset, training_batch
-from ..method.head_selection import Head, HeadChoice, HeadRanking, HeadStrategy, check_head_choice, format_heads, parse_head_choice, select_heads
+from ..data.datasets import Record
+from ..method.analysis import ImageAnalysis, analyze_image
+from ..method.head_selection import (
+    Head,
+    HeadChoice,
+    HeadRanking,
+    HeadStrategy,
+    check_head_choice,
+    format_heads,
+    parse_head_choice,
+    select_heads,
+)
+from ..method.image_scoring import AnalysisConfig
+from ..model.captioning import generate_description
 from ..model.inputs import to_model_device
 from ..model.loading import LoadedModel
 from ..model.metrics import normalize_answer, normalize_caption
+from ..tuning.finetune import MAX_SEED, DataConfig, Split, check_task, split_dataset, training_batch
 from ..tuning.runs import dataset_head_ranking, evaluate_held_out
 
 logger = logging.getLogger(__name__)
@@ -73,8 +82,10 @@ def output_projections(loaded: LoadedModel) -> dict[int, torch.nn.Module]:
         projection = getattr(attention, "o_proj", None)
         width = getattr(projection, "in_features", None)
         if projection is None or width is None or width % heads:
-            raise InputError(f"head ablation needs an attention output projection `o_proj` taking {heads} head slices; "
-                             f"layer {layer} of this {loaded.family} model has none")
+            raise InputError(
+                f"head ablation needs an attention output projection `o_proj` taking {heads} head slices; "
+                f"layer {layer} of this {loaded.family} model has none"
+            )
         projections[layer] = projection
     return projections
 
@@ -116,8 +127,9 @@ def check_heads(loaded: LoadedModel, heads: Sequence[Head]) -> tuple[Head, ...]:
 
 
 @contextlib.contextmanager
-def ablate_heads(loaded: LoadedModel, heads: Sequence[Head], mode: AblationMode = "zero",
-                 means: HeadMeans | None = None) -> Iterator[tuple[Head, ...]]:
+def ablate_heads(
+    loaded: LoadedModel, heads: Sequence[Head], mode: AblationMode = "zero", means: HeadMeans | None = None
+) -> Iterator[tuple[Head, ...]]:
     """Inside the block the model runs without the heads' contributions: their slices of each
     o_proj input set to zero, or to their `means` (mode "mean"). Yields the heads, sorted. The hooks
     are removed on exit, always (also when the block raises), leaving the model as it was."""
@@ -139,15 +151,19 @@ def ablate_heads(loaded: LoadedModel, heads: Sequence[Head], mode: AblationMode 
         mean = means.means.get(layer)  # type: ignore[union-attr]
         if mean is None or tuple(mean.shape) != (num_heads, head_dim):
             found = "none" if mean is None else "x".join(map(str, mean.shape))
-            raise InputError(f"the head means do not fit layer {layer} of this model (expected {num_heads}x{head_dim}, "
-                             f"found {found}): compute them with this model")
+            raise InputError(
+                f"the head means do not fit layer {layer} of this model (expected {num_heads}x{head_dim}, "
+                f"found {found}): compute them with this model"
+            )
         fills[layer] = mean[layer_heads]  # (ablated heads, head_dim)
     key = object()
     handles = []
     active = _ACTIVE.set(_ACTIVE.get() | {key})
     try:
         for layer, layer_heads in by_layer.items():
-            handles.append(projections[layer].register_forward_pre_hook(_replace_slices(key, layer_heads, fills[layer], num_heads)))
+            handles.append(
+                projections[layer].register_forward_pre_hook(_replace_slices(key, layer_heads, fills[layer], num_heads))
+            )
         yield heads
     finally:
         for handle in handles:
@@ -155,7 +171,9 @@ def ablate_heads(loaded: LoadedModel, heads: Sequence[Head], mode: AblationMode 
         _ACTIVE.reset(active)
 
 
-def _replace_slices(key: object, heads: list[int], fill: torch.Tensor | None, num_heads: int) -> Callable[..., tuple | None]:
+def _replace_slices(
+    key: object, heads: list[int], fill: torch.Tensor | None, num_heads: int
+) -> Callable[..., tuple | None]:
     """A pre-hook for o_proj: the given heads' slices of its input replaced by zero or by `fill` (heads,
     head_dim), when the ablation `key` is active in the calling context; else the input as it is."""
     index = torch.tensor(heads)
@@ -182,7 +200,9 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
         raise InputError("the head means need at least one record")
     projections = output_projections(loaded)
     num_heads = num_attention_heads(loaded)
-    sums = {layer: torch.zeros(projection.in_features, dtype=torch.float64) for layer, projection in projections.items()}
+    sums = {
+        layer: torch.zeros(projection.in_features, dtype=torch.float64) for layer, projection in projections.items()
+    }
     state: dict[str, torch.Tensor] = {}
     key = object()
 
@@ -192,6 +212,7 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
                 return
             keep = state["mask"].to(args[0].device, args[0].dtype)[..., None]  # (batch, tokens, 1)
             sums[layer] += (args[0] * keep).sum(dim=(0, 1)).double().cpu()
+
         return hook
 
     positions = 0
@@ -199,7 +220,9 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
     handles = [projection.register_forward_pre_hook(summing(layer)) for layer, projection in projections.items()]
     try:
         for start in range(0, len(records), batch_size):
-            batch = training_batch(loaded, [records[i] for i in range(start, min(start + batch_size, len(records)))], prompt)
+            batch = training_batch(
+                loaded, [records[i] for i in range(start, min(start + batch_size, len(records)))], prompt
+            )
             batch.pop("labels")
             state["mask"] = batch["attention_mask"]
             positions += int(batch["attention_mask"].sum())
@@ -237,9 +260,16 @@ def _description(loaded: LoadedModel, image: Image.Image, config: AnalysisConfig
         return ""
 
 
-def ablate_image(loaded: LoadedModel, image: Image.Image, mask: np.ndarray, text: str, heads: Sequence[Head],
-                 config: AnalysisConfig = AnalysisConfig(), mode: AblationMode = "zero",
-                 means: HeadMeans | None = None) -> ImageAblation:
+def ablate_image(
+    loaded: LoadedModel,
+    image: Image.Image,
+    mask: np.ndarray,
+    text: str,
+    heads: Sequence[Head],
+    config: AnalysisConfig = AnalysisConfig(),
+    mode: AblationMode = "zero",
+    means: HeadMeans | None = None,
+) -> ImageAblation:
     """Regenerate the description with and without `heads`, and score `text` (the analyzed one) on
     the image and mask without them, with the same options."""
     heads = check_heads(loaded, heads)
@@ -262,7 +292,9 @@ def parse_strategies(text: str) -> tuple[HeadChoice, ...]:
     strategies = tuple(part for part in parts if part in get_args(HeadStrategy))
     pairs = [part for part in parts if part not in strategies]
     if not parts:
-        raise InputError("heads is empty: give top, random, bottom (comma-separated) and/or layer:head pairs like 2:5,4:0")
+        raise InputError(
+            "heads is empty: give top, random, bottom (comma-separated) and/or layer:head pairs like 2:5,4:0"
+        )
     if len(set(strategies)) != len(strategies):
         raise InputError(f"heads {text!r} names a strategy twice")
     listed = (parse_head_choice(",".join(pairs)),) if pairs else ()
@@ -298,7 +330,9 @@ class AblationConfig:
         check_choice("mode", self.mode, AblationMode)
         for name in ("k", "seeds", "mean_records", "resamples"):
             check_whole(name, getattr(self, name))
-        check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
+        check_number(
+            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
+        )
         if self.seed + self.seeds - 1 > MAX_SEED:
             raise InputError(f"seeds {self.seed}..{self.seed + self.seeds - 1} go past the largest seed {MAX_SEED}")
 
@@ -322,7 +356,12 @@ class ConditionRun:
     captions: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"condition": self.condition, "seed": self.seed, "heads": format_heads(self.heads), "metrics": self.metrics}
+        return {
+            "condition": self.condition,
+            "seed": self.seed,
+            "heads": format_heads(self.heads),
+            "metrics": self.metrics,
+        }
 
 
 @dataclass(frozen=True)
@@ -360,8 +399,15 @@ def answer_starts_right(reference: str, answer: str) -> bool:
     return bool(expected) and given[: len(expected)] == expected
 
 
-def _evaluate_condition(loaded: LoadedModel, split: Split, config: AblationConfig, condition: str, seed: int | None,
-                        heads: tuple[Head, ...], means: HeadMeans | None) -> ConditionRun:
+def _evaluate_condition(
+    loaded: LoadedModel,
+    split: Split,
+    config: AblationConfig,
+    condition: str,
+    seed: int | None,
+    heads: tuple[Head, ...],
+    means: HeadMeans | None,
+) -> ConditionRun:
     """One condition's held-out captions (answers) and metrics. Perception apart from formatting: for captions, the
     key phrase named whole and word by word (`key_words`); for VQA, the first words right (`first_word`) and the
     right answer followed by extra words (`extra_words`), beside exact accuracy."""
@@ -385,10 +431,14 @@ def _evaluate_condition(loaded: LoadedModel, split: Split, config: AblationConfi
             caption["extra_words"] = caption["first_word"] and not caption.get("correct", False)
         metrics["first_word"] = sum(caption["first_word"] for caption in captions) / len(captions)
         metrics["extra_words"] = sum(caption["extra_words"] for caption in captions) / len(captions)
-    return ConditionRun(condition=condition, seed=seed, heads=heads, metrics=metrics, notes=list(evaluation.notes), captions=captions)
+    return ConditionRun(
+        condition=condition, seed=seed, heads=heads, metrics=metrics, notes=list(evaluation.notes), captions=captions
+    )
 
 
-def check_ablation(loaded: LoadedModel, config: AblationConfig, dataset: str | Path, eval_dataset: str | Path | None = None) -> None:
+def check_ablation(
+    loaded: LoadedModel, config: AblationConfig, dataset: str | Path, eval_dataset: str | Path | None = None
+) -> None:
     """InputError before any slow work: a head list or k this model cannot take, a VQA task without questions."""
     layers, num_heads = loaded.adapter.scored_layers(loaded.model), num_attention_heads(loaded)
     output_projections(loaded)
@@ -415,8 +465,10 @@ def run_ablation(
     if not split.held_out:
         raise InputError("no held-out records to caption: raise eval_fraction, or give an evaluation dataset")
     if config.mode == "mean" and not split.train:
-        raise InputError("mean ablation takes the heads' mean outputs over the dataset's records outside the held-out set, "
-                         "and it has none: give another evaluation dataset, or use zero ablation")
+        raise InputError(
+            "mean ablation takes the heads' mean outputs over the dataset's records outside the held-out set, "
+            "and it has none: give another evaluation dataset, or use zero ablation"
+        )
     layers, num_heads = loaded.adapter.scored_layers(loaded.model), num_attention_heads(loaded)
     if config.needs_ranking() and ranking is None:
         ranking = dataset_head_ranking(loaded, dataset, ranking_limit)
@@ -429,7 +481,9 @@ def run_ablation(
             plan.append((name, seed, select_heads(choice, layers, num_heads, config.k, ranking, seed or 0)))
     means = None
     if config.mode == "mean":
-        means = head_output_means(loaded, split.train[: config.mean_records], config.data.prompt, config.data.eval_batch_size)
+        means = head_output_means(
+            loaded, split.train[: config.mean_records], config.data.prompt, config.data.eval_batch_size
+        )
     runs: dict[str, list[ConditionRun]] = {}
     for index, (name, seed, heads) in enumerate(plan, start=1):
         label = name if seed is None else f"{name} (seed {seed})"
@@ -437,5 +491,13 @@ def run_ablation(
             on_condition(index, len(plan), label)
         logger.info("evaluating %s: heads %s", label, format_heads(heads) or "none")
         runs.setdefault(name, []).append(_evaluate_condition(loaded, split, config, name, seed, heads, means))
-    return Ablation(config=config, model=loaded.name, dataset=str(dataset), eval_dataset=None if eval_dataset is None else str(eval_dataset),
-                    split={"held_out": len(split.held_out), "how": split.description}, ranking=ranking, means=means, runs=runs)
+    return Ablation(
+        config=config,
+        model=loaded.name,
+        dataset=str(dataset),
+        eval_dataset=None if eval_dataset is None else str(eval_dataset),
+        split={"held_out": len(split.held_out), "how": split.description},
+        ranking=ranking,
+        means=means,
+        runs=runs,
+    )

@@ -28,20 +28,30 @@ from typing import Any
 
 import numpy as np
 
-from .ablation import BASELINE, Ablation, ConditionRun
-from ..tuning.compare import METRICS as COMPARE_METRICS
-from ..tuning.compare import mean_interval
 from ..base.errors import InputError
+from ..base.outputs import atomic_path, check_output_folder, write_json
 from ..method.head_selection import format_heads
 from ..model.metrics import accuracy_interval, caption_metrics, normalize_caption
-from ..base.outputs import atomic_path, check_output_folder, write_json
+from ..tuning.compare import METRICS as COMPARE_METRICS
+from ..tuning.compare import mean_interval
+from .ablation import BASELINE, Ablation, ConditionRun
 
-METRICS = COMPARE_METRICS | {"first_word": "first words right", "extra_words": "right + extra words",
-                              "key_named": "key object named", "key_words": "key-phrase words named"}
+METRICS = COMPARE_METRICS | {
+    "first_word": "first words right",
+    "extra_words": "right + extra words",
+    "key_named": "key object named",
+    "key_words": "key-phrase words named",
+}
 CORPUS = ("bleu4", "rouge_l", "cider")  # recomputed on each bootstrap draw
 SHARES = ("exact", "key_named", "accuracy", "first_word", "extra_words")  # shares of records: Wilson intervals
 MEANS = ("key_words",)  # means of a per-record value in [0, 1]: bootstrap intervals
-BOUNDED = ("bleu4", "rouge_l", "meteor", *SHARES, *MEANS)  # in [0, 1]: a t-interval is clipped there (a difference to [-1, 1])
+BOUNDED = (
+    "bleu4",
+    "rouge_l",
+    "meteor",
+    *SHARES,
+    *MEANS,
+)  # in [0, 1]: a t-interval is clipped there (a difference to [-1, 1])
 RESULTS, REPORT, CAPTIONS, FIGURE = "results.json", "report.md", "captions.jsonl", "ablation.png"
 
 
@@ -51,7 +61,9 @@ def check_ablation_folder(out: str | Path, what: str = "ablation folder") -> Pat
     lands among a user's own files."""
     out = check_output_folder(out, what)
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
-        raise InputError(f"{what} {str(out)!r} exists and is not an ablation folder (no {RESULTS}); choose a new or empty folder")
+        raise InputError(
+            f"{what} {str(out)!r} exists and is not an ablation folder (no {RESULTS}); choose a new or empty folder"
+        )
     return out
 
 
@@ -62,7 +74,9 @@ def _indicators(run: ConditionRun, metric: str) -> np.ndarray:
     """Per record 1/0 for a share metric (a value in [0, 1] for `key_words`), NaN where it does not apply (a record
     without a key phrase)."""
     if metric == "exact":
-        return np.array([float(normalize_caption(c["generated"]) == normalize_caption(c["reference"])) for c in run.captions])
+        return np.array(
+            [float(normalize_caption(c["generated"]) == normalize_caption(c["reference"])) for c in run.captions]
+        )
     if metric in ("key_named", "key_words", "first_word", "extra_words"):
         return np.array([float(c[metric]) if metric in c else np.nan for c in run.captions])
     return np.array([float(c["correct"]) for c in run.captions])  # accuracy
@@ -105,7 +119,11 @@ def _single_entry(run: ConditionRun, name: str, boot: dict[str, np.ndarray]) -> 
         entry |= {"low": low, "high": high, "interval": f"Wilson over {indicator.size} held-out records"}
     elif name in boot:
         low, high = _percentiles(boot[name])
-        entry |= {"low": low, "high": high, "interval": f"bootstrap over the held-out records ({len(boot[name])} draws)"}
+        entry |= {
+            "low": low,
+            "high": high,
+            "interval": f"bootstrap over the held-out records ({len(boot[name])} draws)",
+        }
     return entry
 
 
@@ -114,7 +132,9 @@ def _metric_names(ablation: Ablation) -> list[str]:
     return [name for name in METRICS if name in present]
 
 
-def _difference(a: list[ConditionRun], b: list[ConditionRun], name: str, boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any] | None:
+def _difference(
+    a: list[ConditionRun], b: list[ConditionRun], name: str, boot: dict[str, dict[str, np.ndarray]]
+) -> dict[str, Any] | None:
     """mean(a) - mean(b) for one metric with its 95% interval and how it was made (module docstring)."""
     if not all(name in run.metrics for run in a + b):
         return None
@@ -161,12 +181,18 @@ def summarize(ablation: Ablation) -> dict[str, Any]:
                 if metric in BOUNDED:
                     entry |= {"low": max(entry["low"], 0.0), "high": min(entry["high"], 1.0)}
                 entries[metric] = entry
-        conditions[name] = {"runs": len(runs), "seeds": [run.seed for run in runs if run.seed is not None],
-                            "heads": [format_heads(run.heads) for run in runs], "metrics": entries}
+        conditions[name] = {
+            "runs": len(runs),
+            "seeds": [run.seed for run in runs if run.seed is not None],
+            "heads": [format_heads(run.heads) for run in runs],
+            "metrics": entries,
+        }
     pairs = [(a, b) for a, b in (("top", "random"), ("top", "bottom")) if a in ablation.runs and b in ablation.runs]
     pairs += [(name, BASELINE) for name in ablation.runs if name != BASELINE]
-    differences = {f"{a} - {b}": {metric: _difference(ablation.runs[a], ablation.runs[b], metric, boot) for metric in metrics}
-                   for a, b in pairs}
+    differences = {
+        f"{a} - {b}": {metric: _difference(ablation.runs[a], ablation.runs[b], metric, boot) for metric in metrics}
+        for a, b in pairs
+    }
     notes = sorted({note for runs in ablation.runs.values() for run in runs for note in run.notes})
     return {"conditions": conditions, "differences": differences, "notes": notes}
 
@@ -176,12 +202,23 @@ def summarize(ablation: Ablation) -> dict[str, Any]:
 
 def ablation_json(ablation: Ablation, summary: dict[str, Any]) -> dict[str, Any]:
     config = ablation.config
-    settings = asdict(config) | {"heads": [choice if isinstance(choice, str) else format_heads(choice) for choice in config.heads]}
-    means = None if ablation.means is None else {"records": ablation.means.records, "positions": ablation.means.positions}
-    return {"model": ablation.model, "dataset": ablation.dataset, "eval_dataset": ablation.eval_dataset,
-            "task": config.data.task, "config": settings, "split": ablation.split,
-            "ranking": None if ablation.ranking is None else ablation.ranking.to_json(), "means": means,
-            "runs": {name: [run.to_json() for run in runs] for name, runs in ablation.runs.items()}} | summary
+    settings = asdict(config) | {
+        "heads": [choice if isinstance(choice, str) else format_heads(choice) for choice in config.heads]
+    }
+    means = (
+        None if ablation.means is None else {"records": ablation.means.records, "positions": ablation.means.positions}
+    )
+    return {
+        "model": ablation.model,
+        "dataset": ablation.dataset,
+        "eval_dataset": ablation.eval_dataset,
+        "task": config.data.task,
+        "config": settings,
+        "split": ablation.split,
+        "ranking": None if ablation.ranking is None else ablation.ranking.to_json(),
+        "means": means,
+        "runs": {name: [run.to_json() for run in runs] for name, runs in ablation.runs.items()},
+    } | summary
 
 
 def _caption_lines(ablation: Ablation) -> str:
@@ -191,8 +228,11 @@ def _caption_lines(ablation: Ablation) -> str:
         for run in runs:
             label = name if run.seed is None else f"{name}-seed{run.seed}"
             for caption in run.captions:
-                line = records.setdefault(caption["id"], {key: caption[key] for key in ("id", "prompt", "reference", "key_phrase") if key in caption}
-                                          | {"generated": {}})
+                line = records.setdefault(
+                    caption["id"],
+                    {key: caption[key] for key in ("id", "prompt", "reference", "key_phrase") if key in caption}
+                    | {"generated": {}},
+                )
                 line["generated"][label] = caption["generated"]
     return "".join(json.dumps(line) + "\n" for line in records.values())
 
@@ -210,9 +250,12 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
     """The experiment as Markdown: settings, a table with 95% intervals, the differences and how each interval was made."""
     config = ablation.config
     metrics = [name for name in METRICS if any(name in entry["metrics"] for entry in data["conditions"].values())]
-    removed = ("their o_proj-input slices set to zero" if config.mode == "zero" else
-               f"their o_proj-input slices set to their mean over {data['means']['records']} training records "
-               f"({data['means']['positions']} positions)")
+    removed = (
+        "their o_proj-input slices set to zero"
+        if config.mode == "zero"
+        else f"their o_proj-input slices set to their mean over {data['means']['records']} training records "
+        f"({data['means']['positions']} positions)"
+    )
     lines = [
         "# Head ablation: do the top-HI heads matter?",
         "",
@@ -221,17 +264,28 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
         f"- removed: k = {config.k} heads per strategy ({removed}); random: seeds {config.seed}..{config.seed + config.seeds - 1}",
     ]
     if ablation.ranking is not None:
-        best = ", ".join(f"{l}:{h} ({s:.3f})" for (l, h), s in zip(ablation.ranking.heads[: config.k], ablation.ranking.scores))
+        best = ", ".join(
+            f"{l}:{h} ({s:.3f})" for (l, h), s in zip(ablation.ranking.heads[: config.k], ablation.ranking.scores)
+        )
         lines.append(f"- ranking (HI, best first): {best}, ...; from {ablation.ranking.source}")
     if config.data.task == "vqa":
-        lines.append("- task: closed-form VQA; answer accuracy = normalized exact match of the answer to each record's question")
+        lines.append(
+            "- task: closed-form VQA; answer accuracy = normalized exact match of the answer to each record's question"
+        )
     else:
-        lines.append("- key object named: the record's key phrase appears in the caption (whole words, ignoring case and punctuation)")
+        lines.append(
+            "- key object named: the record's key phrase appears in the caption (whole words, ignoring case and punctuation)"
+        )
     corpus = [METRICS[m] for m in metrics if m in CORPUS]
     lines += [
-        "- cells: value [95% interval]; a share of records (" + ", ".join(METRICS[m] for m in metrics if m in SHARES)
+        "- cells: value [95% interval]; a share of records ("
+        + ", ".join(METRICS[m] for m in metrics if m in SHARES)
         + "): Wilson interval over the records"
-        + (f"; {', '.join(corpus)} of one run: percentile bootstrap over the held-out records ({config.resamples} draws)" if corpus else "")
+        + (
+            f"; {', '.join(corpus)} of one run: percentile bootstrap over the held-out records ({config.resamples} draws)"
+            if corpus
+            else ""
+        )
         + "; random: mean over seeds [t-interval over seeds, clipped to [0, 1] but for CIDEr]"
         + ("; METEOR of one run: no interval" if "meteor" in metrics else ""),
         "",
@@ -241,10 +295,14 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
     for name, entry in data["conditions"].items():
         heads = " / ".join(entry["heads"]) or "none"
         lines.append(f"| {name} | {heads} | " + " | ".join(_cell(entry["metrics"].get(m)) for m in metrics) + " |")
-    lines += ["", "## Differences", "",
-              "Below 0: the metric is lower under the first condition (removing its heads hurts more). Intervals: two single "
-              "runs, paired bootstrap over the held-out records; a single run against random's seeds, the t-interval of the "
-              "seeds' mean (the single run is deterministic on these records)."]
+    lines += [
+        "",
+        "## Differences",
+        "",
+        "Below 0: the metric is lower under the first condition (removing its heads hurts more). Intervals: two single "
+        "runs, paired bootstrap over the held-out records; a single run against random's seeds, the t-interval of the "
+        "seeds' mean (the single run is deterministic on these records).",
+    ]
     for pair, differences in data["differences"].items():
         lines += ["", f"**{pair}**", ""]
         for metric, value in differences.items():
@@ -267,11 +325,28 @@ def write_ablation_report(ablation: Ablation, out: str | Path) -> dict[str, Any]
     metrics = [name for name in METRICS if any(name in entry["metrics"] for entry in data["conditions"].values())]
 
     def column(key: str) -> np.ndarray:
-        return np.array([[np.nan if data["conditions"][c]["metrics"].get(m, {}).get(key) is None
-                          else data["conditions"][c]["metrics"][m][key] for m in metrics] for c in conditions], dtype=np.float64)
+        return np.array(
+            [
+                [
+                    np.nan
+                    if data["conditions"][c]["metrics"].get(m, {}).get(key) is None
+                    else data["conditions"][c]["metrics"][m][key]
+                    for m in metrics
+                ]
+                for c in conditions
+            ],
+            dtype=np.float64,
+        )
 
-    figure = metric_bars(conditions, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high"),
-                         title="Held-out metrics with heads removed", whiskers="95% intervals, see report.md")
+    figure = metric_bars(
+        conditions,
+        [METRICS[m] for m in metrics],
+        column("mean"),
+        column("low"),
+        column("high"),
+        title="Held-out metrics with heads removed",
+        whiskers="95% intervals, see report.md",
+    )
     with atomic_path(out / FIGURE) as temporary:
         figure.savefig(temporary, format="png", dpi=110)
     with atomic_path(out / CAPTIONS) as temporary:

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ablation import AblationMode, HeadMeans, ablate_heads
-from ..model.batching import collate, pad_token_id
 from ..data.datasets import Record
-from ..tuning.finetune import training_inputs
 from ..method.head_selection import Head
+from ..model.batching import collate, pad_token_id
 from ..model.inputs import key_phrase_tokens, to_model_device
 from ..model.loading import LoadedModel
 from ..model.replay import PassCache, Plan, install_replay, layer_output_bytes, replaying
+from ..tuning.finetune import training_inputs
+from .ablation import AblationMode, HeadMeans, ablate_heads
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Outcome = tuple[np.ndarray, np.ndarray]  # per record: (mean scored-token loss, first token right)
@@ -52,7 +52,9 @@ def scored_tokens(loaded: LoadedModel, record: Record, task: str, prompt: str):
     return inputs, key_phrase_tokens(inputs, phrase)
 
 
-def prepare_batches(loaded: LoadedModel, records: Sequence[Record], task: str, prompt: str, batch_size: int) -> list[ScoredBatch]:
+def prepare_batches(
+    loaded: LoadedModel, records: Sequence[Record], task: str, prompt: str, batch_size: int
+) -> list[ScoredBatch]:
     """The records as `ScoredBatch`es, built once (the processor runs once per record, whatever is removed later)."""
     batches = []
     for start in range(0, len(records), batch_size):
@@ -66,14 +68,25 @@ def prepare_batches(loaded: LoadedModel, records: Sequence[Record], task: str, p
             rows += [row] * len(where)
             columns += list(np.searchsorted(positions, where))
             targets += [int(tensors["input_ids"][row, position + 1]) for position in where]
-        batches.append(ScoredBatch(tensors, torch.as_tensor(positions), torch.as_tensor(rows), torch.as_tensor(columns),
-                                   torch.as_tensor(targets), torch.as_tensor(first), len(items)))
+        batches.append(
+            ScoredBatch(
+                tensors,
+                torch.as_tensor(positions),
+                torch.as_tensor(rows),
+                torch.as_tensor(columns),
+                torch.as_tensor(targets),
+                torch.as_tensor(first),
+                len(items),
+            )
+        )
     return batches
 
 
 def token_losses(loaded: LoadedModel, batch: ScoredBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(losses, top): each scored token's cross-entropy and whether it was the model's top prediction."""
-    output = loaded.model(**to_model_device(batch.tensors, loaded.model), use_cache=False, logits_to_keep=batch.positions)
+    output = loaded.model(
+        **to_model_device(batch.tensors, loaded.model), use_cache=False, logits_to_keep=batch.positions
+    )
     logits = output.logits[batch.rows, batch.columns].float()  # (scored tokens, vocabulary)
     targets = batch.targets.to(logits.device)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
@@ -86,9 +99,16 @@ def _per_record(values: torch.Tensor, batch: ScoredBatch) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head] = (), mode: AblationMode = "zero",
-             means: HeadMeans | None = None, source: PassCache | None = None, start: int = 0,
-             record: PassCache | None = None) -> Outcome:
+def evaluate(
+    loaded: LoadedModel,
+    batches: Sequence[ScoredBatch],
+    heads: Sequence[Head] = (),
+    mode: AblationMode = "zero",
+    means: HeadMeans | None = None,
+    source: PassCache | None = None,
+    start: int = 0,
+    record: PassCache | None = None,
+) -> Outcome:
     """(loss, correct) per record with `heads` removed: the mean cross-entropy of its scored tokens, and whether its
     first scored token is the model's top prediction. `source`: a pass over the same batches whose image features,
     and outputs of the layers below `start`, are reused (they must be what this pass would compute: no removed head
@@ -111,9 +131,16 @@ def baseline_pass(loaded: LoadedModel, batches: Sequence[ScoredBatch], cache_byt
     return evaluate(loaded, batches, record=cache), cache
 
 
-def measure_effects(loaded: LoadedModel, batches: Sequence[ScoredBatch], heads: Sequence[Head], mode: AblationMode,
-                    baseline: Outcome, means: HeadMeans | None, cache: PassCache,
-                    progress: Progress | None = None) -> tuple[np.ndarray, dict[frozenset[Head], Outcome]]:
+def measure_effects(
+    loaded: LoadedModel,
+    batches: Sequence[ScoredBatch],
+    heads: Sequence[Head],
+    mode: AblationMode,
+    baseline: Outcome,
+    means: HeadMeans | None,
+    cache: PassCache,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict[frozenset[Head], Outcome]]:
     """(effects, outcomes): effects (heads, records, 2), per head removed alone, each record's rise in scored-token
     loss and drop in first-token correctness against `baseline`; outcomes: each head set's (loss, correct)."""
     effects, outcomes = np.zeros((len(heads), len(baseline[0]), 2)), {}
@@ -143,8 +170,9 @@ def dose_points(max_k: int) -> list[int]:
     return sorted({point for point in points if point < max_k} | {max_k})
 
 
-def order_steps(order: Sequence[Head], ks: Sequence[int], known: Collection[frozenset[Head]],
-                keep_layers: bool) -> dict[int, int]:
+def order_steps(
+    order: Sequence[Head], ks: Sequence[int], known: Collection[frozenset[Head]], keep_layers: bool
+) -> dict[int, int]:
     """k -> start layer for each k of `ks` that `dose_response` measures along `order`: not k = 0 (the baseline) nor a
     head set in `known`; each step computes from the lowest layer of the heads it adds to the order's previous step
     (`start_layer`). The time estimate counts the same steps."""
@@ -156,15 +184,24 @@ def order_steps(order: Sequence[Head], ks: Sequence[int], known: Collection[froz
     return steps
 
 
-def dose_response(loaded: LoadedModel, batches: Sequence[ScoredBatch], orders: dict[str, list[list[Head]]], ks: Sequence[int],
-                  baseline: Outcome, cache: PassCache, known: dict[frozenset[Head], Outcome] | None = None,
-                  progress: Progress | None = None) -> dict[str, np.ndarray]:
+def dose_response(
+    loaded: LoadedModel,
+    batches: Sequence[ScoredBatch],
+    orders: dict[str, list[list[Head]]],
+    ks: Sequence[int],
+    baseline: Outcome,
+    cache: PassCache,
+    known: dict[frozenset[Head], Outcome] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
     """name -> (orders, len(ks), 2): the mean loss and first-token accuracy over the records with the first k heads of
     each order removed (zero ablation), for each k of `ks`. k = 0 is the model as it is: `baseline` (`evaluate` with
     no head removed), for all orders; a head set in `known` (zero ablation's outcomes) is not measured again. Each
     step starts from the order's last measured step (`cache`: the baseline pass)."""
     known = known or {}
-    plans = {name: [order_steps(order, ks, known, cache.keep_layers) for order in group] for name, group in orders.items()}
+    plans = {
+        name: [order_steps(order, ks, known, cache.keep_layers) for order in group] for name, group in orders.items()
+    }
     total = sum(len(steps) for group in plans.values() for steps in group)
     done, curves = 0, {}
     for name, group in orders.items():

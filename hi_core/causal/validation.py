@@ -39,11 +39,23 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .ablation import AblationMode, HeadMeans, head_output_means, hooks_in_this_context, num_attention_heads, output_projections
-from ..method.analysis import analyze_image
-from ..data.datasets import Record
 from ..base.errors import InputError, check_choice, check_number, check_whole
+from ..data.datasets import Record
+from ..method.analysis import analyze_image
+from ..method.head_selection import Head
+from ..method.image_scoring import AnalysisConfig
+from ..model.images import ImageLimits
+from ..model.loading import LoadedModel
+from ..model.replay import Plan, install_replay, replaying
 from ..tuning.finetune import MAX_SEED, DataConfig, check_task, split_dataset
+from .ablation import (
+    AblationMode,
+    HeadMeans,
+    head_output_means,
+    hooks_in_this_context,
+    num_attention_heads,
+    output_projections,
+)
 from .head_effects import (
     Progress,
     ScoredBatch,
@@ -56,11 +68,6 @@ from .head_effects import (
     start_layer,
     token_losses,
 )
-from ..method.head_selection import Head
-from ..method.image_scoring import AnalysisConfig
-from ..model.images import ImageLimits
-from ..model.loading import LoadedModel
-from ..model.replay import Plan, install_replay, replaying
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +105,9 @@ class ValidationConfig:
         for name in ("heads", "max_k"):
             check_whole(name, getattr(self, name), optional=True)
         check_whole("cache_mb", self.cache_mb, 0)
-        check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
+        check_number(
+            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
+        )
 
 
 # --- rankings --------------------------------------------------------------------------------------
@@ -115,16 +124,22 @@ def spatial_entropy(attention: np.ndarray) -> float:
     return float(-(shares * np.log(shares)).sum())
 
 
-def image_rankings(loaded: LoadedModel, records: Sequence[Record], config: ValidationConfig,
-                   progress: Progress | None = None) -> dict[str, np.ndarray]:
+def image_rankings(
+    loaded: LoadedModel, records: Sequence[Record], config: ValidationConfig, progress: Progress | None = None
+) -> dict[str, np.ndarray]:
     """The map-based rankings (`hi`, `mass`, `localization`), each (layers, heads), from `records`: NaN in layers
     that are not scored."""
     hi, mass, selected = [], [], []
     for index, record in enumerate(records):
         if progress is not None:
             progress("ranking", index, len(records))
-        analysis = analyze_image(loaded, record.image, record.mask, record.text,
-                                 AnalysisConfig(key_phrase=record.key_phrase, prompt=record.prompt or config.data.prompt))
+        analysis = analyze_image(
+            loaded,
+            record.image,
+            record.mask,
+            record.text,
+            AnalysisConfig(key_phrase=record.key_phrase, prompt=record.prompt or config.data.prompt),
+        )
         hi.append(analysis.hi)
         mass.append(analysis.mass)
         maps = np.where(analysis.valid, analysis.maps, 0.0)  # (layers, heads, gh, gw)
@@ -164,6 +179,7 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
                 shaped = hidden.reshape(*hidden.shape[:-1], num_heads, -1)
                 gate = gates[layer].to(hidden.device, hidden.dtype)[:, None, :, None]
                 return ((shaped * gate).reshape(hidden.shape), *args[1:])
+
             return hook
 
         with contextlib.ExitStack() as stack:
@@ -174,7 +190,9 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
             stack.callback(lambda: [handle.remove() for handle in handles])
             with torch.enable_grad():
                 losses, _ = token_losses(loaded, batch)
-                per_record = torch.zeros(batch.size, dtype=losses.dtype).index_add(0, batch.rows.to(losses.device), losses)
+                per_record = torch.zeros(batch.size, dtype=losses.dtype).index_add(
+                    0, batch.rows.to(losses.device), losses
+                )
                 per_record = per_record / torch.bincount(batch.rows, minlength=batch.size).clamp(min=1).to(per_record)
                 grads = torch.autograd.grad(per_record.sum(), [gates[layer] for layer in projections])
         for layer, grad in zip(projections, grads):
@@ -238,15 +256,26 @@ class Validation:
     seconds: float = 0.0
 
 
-def planned_passes(heads: Sequence[Head], modes: Sequence[str], orders: dict[str, list[list[Head]]], ks: Sequence[int],
-                   layers: int, keep_layers: bool, one_pass: float) -> tuple[int, float]:
+def planned_passes(
+    heads: Sequence[Head],
+    modes: Sequence[str],
+    orders: dict[str, list[list[Head]]],
+    ks: Sequence[int],
+    layers: int,
+    keep_layers: bool,
+    one_pass: float,
+) -> tuple[int, float]:
     """(passes, seconds): the forward passes a validation runs after its baseline, and their time, from `one_pass`
     (a pass without the image features, which every later pass reuses) and the share of the decoder layers each
     computes (`head_effects`: a head of layer l computes layers l and up)."""
     single = [1.0 - start_layer([head], keep_layers) / layers for head in heads] * len(modes)
     known = {frozenset([head]) for head in heads} if "zero" in modes else set()
-    dose = [1.0 - start / layers for group in orders.values() for order in group
-            for start in order_steps(order, ks, known, keep_layers).values()]
+    dose = [
+        1.0 - start / layers
+        for group in orders.values()
+        for order in group
+        for start in order_steps(order, ks, known, keep_layers).values()
+    ]
     return len(single) + len(dose), one_pass * (sum(single) + sum(dose))
 
 
@@ -258,10 +287,16 @@ def mean_outputs(loaded: LoadedModel, train: Sequence[Record], config: Validatio
     return head_output_means(loaded, train[: config.mean_records], config.data.prompt, config.batch_size)
 
 
-def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig = ValidationConfig(),
-             hi: np.ndarray | None = None, eval_dataset: str | Path | None = None,
-             progress: Progress | None = None, time_limit_s: float | None = None,
-             image_limits: ImageLimits | None = None) -> Validation:
+def validate(
+    loaded: LoadedModel,
+    dataset: str | Path,
+    config: ValidationConfig = ValidationConfig(),
+    hi: np.ndarray | None = None,
+    eval_dataset: str | Path | None = None,
+    progress: Progress | None = None,
+    time_limit_s: float | None = None,
+    image_limits: ImageLimits | None = None,
+) -> Validation:
     """The whole experiment (module docstring). `hi`: (layers, heads) HI to validate (e.g. from a dataset-scores
     JSON); default: computed on the ranking records like the other rankings. Once the model as it is has run over
     the held-out records, the rest is estimated from that pass's time (`progress` is told: stage "estimate"); over
@@ -272,8 +307,10 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
     check_task(task, dataset if eval_dataset is None else eval_dataset)
     split = split_dataset(dataset, config.data, eval_dataset, need_train=True, image_limits=image_limits)
     if len(split.held_out) < 2:
-        raise InputError(f"validation needs at least 2 held-out records, the split has {len(split.held_out)}: raise "
-                         "eval_fraction, or give an evaluation dataset")
+        raise InputError(
+            f"validation needs at least 2 held-out records, the split has {len(split.held_out)}: raise "
+            "eval_fraction, or give an evaluation dataset"
+        )
     ranking_records = [split.train[i] for i in range(min(config.ranking_records, len(split.train)))]
     scores = image_rankings(loaded, ranking_records, config, progress)
     if hi is not None:
@@ -298,15 +335,18 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
         orders = {name: [ranked(np.nan_to_num(scores[name], nan=-np.inf), every)[:max_k]] for name in RANKINGS}
         orders["random"] = [[every[int(i)] for i in rng.permutation(len(every))[:max_k]] for _ in range(config.orders)]
         orders["layer-matched"] = [layer_matched(orders["hi"][0], every, rng) for _ in range(config.orders)]
-        passes, seconds = planned_passes(heads, config.modes, orders, ks, len(scores["hi"]), cache.keep_layers,
-                                         one_pass - cache.vision_seconds)
+        passes, seconds = planned_passes(
+            heads, config.modes, orders, ks, len(scores["hi"]), cache.keep_layers, one_pass - cache.vision_seconds
+        )
         if progress is not None:
             progress("estimate", round(seconds), passes)
         if time_limit_s is not None and seconds > time_limit_s:
-            raise InputError(f"this validation would take about {seconds / 60:.0f} min ({passes} passes over "
-                             f"{len(held_out)} held-out records, {one_pass:.1f} s for the first); this deployment "
-                             f"allows {time_limit_s / 60:.0f} min: sample fewer heads, use fewer orders or fewer "
-                             "held-out records")
+            raise InputError(
+                f"this validation would take about {seconds / 60:.0f} min ({passes} passes over "
+                f"{len(held_out)} held-out records, {one_pass:.1f} s for the first); this deployment "
+                f"allows {time_limit_s / 60:.0f} min: sample fewer heads, use fewer orders or fewer "
+                "held-out records"
+            )
         means = mean_outputs(loaded, split.train, config)
         effects, known = {}, {}
         for mode in config.modes:
@@ -315,11 +355,24 @@ def validate(loaded: LoadedModel, dataset: str | Path, config: ValidationConfig 
                 known = outcomes
         curves = dose_response(loaded, batches, orders, ks, baseline, cache, known, progress)
     return Validation(
-        model=loaded.name, dataset=str(dataset), task=task, config=config,
-        split={"held_out": len(held_out), "ranking_records": len(ranking_records), "how": split.description,
-               "hi": "given" if hi is not None else "ranking records"},
-        record_ids=[record.id for record in held_out], scores=scores, heads=heads,
-        baseline=np.stack([baseline[0], baseline[1].astype(float)], axis=1), effects=effects, curves=curves,
+        model=loaded.name,
+        dataset=str(dataset),
+        task=task,
+        config=config,
+        split={
+            "held_out": len(held_out),
+            "ranking_records": len(ranking_records),
+            "how": split.description,
+            "hi": "given" if hi is not None else "ranking records",
+        },
+        record_ids=[record.id for record in held_out],
+        scores=scores,
+        heads=heads,
+        baseline=np.stack([baseline[0], baseline[1].astype(float)], axis=1),
+        effects=effects,
+        curves=curves,
         orders={name: [[list(head) for head in order] for order in group] for name, group in orders.items()},
-        ks=ks, num_heads=num_attention_heads(loaded), seconds=time.perf_counter() - start,
+        ks=ks,
+        num_heads=num_attention_heads(loaded),
+        seconds=time.perf_counter() - start,
     )

@@ -30,7 +30,9 @@ from ..base.errors import InputError
 def _check(scores: np.ndarray, effects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores, effects = np.asarray(scores, dtype=float), np.asarray(effects, dtype=float)
     if scores.ndim != 1 or scores.shape != effects.shape[:1]:
-        raise InputError(f"need one score per head and one effect per head, got shapes {scores.shape} and {effects.shape}")
+        raise InputError(
+            f"need one score per head and one effect per head, got shapes {scores.shape} and {effects.shape}"
+        )
     if scores.size < 3:
         raise InputError(f"a rank correlation needs at least 3 heads, got {scores.size}")
     if not (np.isfinite(scores).all() and np.isfinite(effects).all()):
@@ -75,16 +77,18 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_heads(scores: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0,
-                    confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_heads(
+    scores: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
     """A percentile interval of Spearman's rho, resampling heads with replacement."""
     scores, effects = _check(scores, effects)
     picks = np.random.default_rng(seed).integers(0, scores.size, size=(draws, scores.size))
     return _interval(_spearman(scores[picks], effects[picks]), confidence)
 
 
-def bootstrap_records(scores: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0,
-                      confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_records(
+    scores: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
     """A percentile interval of Spearman's rho between scores and the effect averaged over records, resampling the
     records: `effects` is (heads, records), each head's effect on each record."""
     effects = np.asarray(effects, dtype=float)
@@ -103,8 +107,9 @@ class PermutationTest:
     permutations: int
 
 
-def layer_permutation_test(scores: np.ndarray, effects: np.ndarray, layers: np.ndarray, permutations: int = 10_000,
-                           seed: int = 0) -> PermutationTest:
+def layer_permutation_test(
+    scores: np.ndarray, effects: np.ndarray, layers: np.ndarray, permutations: int = 10_000, seed: int = 0
+) -> PermutationTest:
     """Spearman's rho against its distribution when the scores are shuffled within each layer.
 
     Shuffling only within layers keeps every layer's set of scores, so a correlation that comes from depth alone
@@ -145,7 +150,9 @@ def layer_partial_correlation(scores: np.ndarray, effects: np.ndarray, layers: n
     names, index = np.unique(layers, return_inverse=True)
     dof = scores.size - names.size - 1
     if dof < 1:
-        raise InputError(f"{scores.size} heads in {names.size} layers leave no degrees of freedom for a partial correlation")
+        raise InputError(
+            f"{scores.size} heads in {names.size} layers leave no degrees of freedom for a partial correlation"
+        )
 
     def within(values: np.ndarray) -> np.ndarray:
         ranks = stats.rankdata(values)
@@ -161,8 +168,14 @@ def layer_partial_correlation(scores: np.ndarray, effects: np.ndarray, layers: n
     return PartialCorrelation(rho, float(2 * stats.t.sf(abs(t), dof)), dof)
 
 
-def bootstrap_difference(first: np.ndarray, second: np.ndarray, effects: np.ndarray, draws: int = 2000, seed: int = 0,
-                         confidence: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    effects: np.ndarray,
+    draws: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
     """(difference, low, high): Spearman's rho of `first` with the effects minus that of `second`, and a percentile
     interval of it, resampling heads with replacement (the same heads for both: a paired comparison)."""
     first, effects = _check(first, effects)

@@ -39,8 +39,9 @@ def check_text_arguments(args: argparse.Namespace) -> None:
             except UnicodeEncodeError as error:
                 character = ord(text[error.start])
                 byte = f"byte 0x{character - 0xDC00:02x}" if 0xDC80 <= character <= 0xDCFF else f"U+{character:04X}"
-                raise InputError(f"--{dest.replace('_', '-')} is not UTF-8 text ({byte} at position {error.start}): "
-                                 "give it in UTF-8") from None
+                raise InputError(
+                    f"--{dest.replace('_', '-')} is not UTF-8 text ({byte} at position {error.start}): give it in UTF-8"
+                ) from None
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

@@ -19,8 +19,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from .datasets import INDEX, Stop, scan_dataset
 from ..base.errors import InputError
+from .datasets import INDEX, Stop, scan_dataset
 
 MAX_ZIP_BYTES = 1 << 30  # uncompressed, all members together
 MAX_ZIP_MEMBERS = 20_000
@@ -35,17 +35,25 @@ def _safe_member_path(member: zipfile.ZipInfo) -> PurePosixPath:
     name = member.filename.replace("\\", "/")
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
-        raise InputError(f"the zip holds an unsafe path {member.filename!r} (absolute, or with '..'); nothing was extracted")
+        raise InputError(
+            f"the zip holds an unsafe path {member.filename!r} (absolute, or with '..'); nothing was extracted"
+        )
     if stat.S_ISLNK(member.external_attr >> 16):
         raise InputError(f"the zip holds a symbolic link {member.filename!r}; links are not accepted")
     if not path.parts:
-        raise InputError(f"the zip holds a member named {member.filename!r}, which names no file or folder; nothing was extracted")
+        raise InputError(
+            f"the zip holds a member named {member.filename!r}, which names no file or folder; nothing was extracted"
+        )
     long = next((part for part in path.parts if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES), None)
     if long is not None:
-        raise InputError(f"the zip holds a name of {len(long)} characters ({long[:40]!r}...); file and folder names "
-                         f"of at most {MAX_NAME_BYTES} bytes are accepted")
+        raise InputError(
+            f"the zip holds a name of {len(long)} characters ({long[:40]!r}...); file and folder names "
+            f"of at most {MAX_NAME_BYTES} bytes are accepted"
+        )
     if len(name) > MAX_PATH_CHARS:
-        raise InputError(f"the zip holds a path of {len(name)} characters ({name[:40]!r}...); at most {MAX_PATH_CHARS} are accepted")
+        raise InputError(
+            f"the zip holds a path of {len(name)} characters ({name[:40]!r}...); at most {MAX_PATH_CHARS} are accepted"
+        )
     return path
 
 
@@ -58,7 +66,9 @@ def _check_members(bundle: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, PureP
     files = [(m, path) for m, path in zip(entries, paths) if not m.is_dir()]
     if len(files) > MAX_ZIP_MEMBERS:
         raise InputError(f"the zip holds {len(files)} files; at most {MAX_ZIP_MEMBERS} are accepted")
-    folders = {parent for _, path in files for parent in path.parents} | {path for m, path in zip(entries, paths) if m.is_dir()}
+    folders = {parent for _, path in files for parent in path.parents} | {
+        path for m, path in zip(entries, paths) if m.is_dir()
+    }
     clash = next((path for _, path in files if path in folders), None)
     if clash is not None:
         raise InputError(f"the zip holds {str(clash)!r} both as a file and as a folder; nothing was extracted")
@@ -77,7 +87,9 @@ def extract_dataset_zip(archive: str | Path, into: Path, reserve: Callable[[int]
             files = _check_members(bundle)
             size = sum(m.file_size for m, _ in files)
             if size > MAX_ZIP_BYTES:
-                raise InputError(f"the zip unpacks to {size / 2**20:.1f} MiB; at most {MAX_ZIP_BYTES / 2**20:.1f} MiB are accepted")
+                raise InputError(
+                    f"the zip unpacks to {size / 2**20:.1f} MiB; at most {MAX_ZIP_BYTES / 2**20:.1f} MiB are accepted"
+                )
             if reserve is not None:
                 reserve(size)
             written = 0
@@ -89,8 +101,10 @@ def extract_dataset_zip(archive: str | Path, into: Path, reserve: Callable[[int]
                     while block := source.read(_COPY_BLOCK):
                         written += len(block)
                         if written > size:
-                            raise InputError(f"the zip unpacks to more than its headers declare ({size / 2**20:.1f} MiB); "
-                                             "nothing was kept")
+                            raise InputError(
+                                f"the zip unpacks to more than its headers declare ({size / 2**20:.1f} MiB); "
+                                "nothing was kept"
+                            )
                         sink.write(block)
     except BaseException as error:
         shutil.rmtree(into, ignore_errors=True)
@@ -106,7 +120,9 @@ def extract_dataset_zip(archive: str | Path, into: Path, reserve: Callable[[int]
     found = sorted(into.glob(f"*/{INDEX}"))
     if len(found) != 1:
         where = f" (found {', '.join(str(f.relative_to(into)) for f in found)})" if found else ""
-        raise InputError(f"the zip has no {INDEX} at its root or in one top folder{where}: it is not a dataset in the HI format")
+        raise InputError(
+            f"the zip has no {INDEX} at its root or in one top folder{where}: it is not a dataset in the HI format"
+        )
     return found[0].parent
 
 

@@ -37,10 +37,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .datasets import INDEX, make_dataset_folder
 from ..base.errors import InputError, check_whole
-from ..model.images import load_image
 from ..base.outputs import atomic_path
+from ..model.images import load_image
+from .datasets import INDEX, make_dataset_folder
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,49 @@ logger = logging.getLogger(__name__)
 # without its entries that name another thing (goat as sheep, container as bowl, street light as
 # traffic light, bag as handbag).
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "person": ("man", "woman", "people", "boy", "girl", "child", "kid", "baby", "toddler", "adult", "guy",
-               "lady", "gentleman", "teenager", "player", "skier", "snowboarder", "skateboarder", "surfer",
-               "rider", "biker", "cyclist", "pitcher", "batter", "catcher", "umpire", "chef", "worker",
-               "officer", "policeman", "soldier", "tourist", "traveler", "passenger", "student", "bride",
-               "groom", "mother", "father", "driver", "spectator"),
+    "person": (
+        "man",
+        "woman",
+        "people",
+        "boy",
+        "girl",
+        "child",
+        "kid",
+        "baby",
+        "toddler",
+        "adult",
+        "guy",
+        "lady",
+        "gentleman",
+        "teenager",
+        "player",
+        "skier",
+        "snowboarder",
+        "skateboarder",
+        "surfer",
+        "rider",
+        "biker",
+        "cyclist",
+        "pitcher",
+        "batter",
+        "catcher",
+        "umpire",
+        "chef",
+        "worker",
+        "officer",
+        "policeman",
+        "soldier",
+        "tourist",
+        "traveler",
+        "passenger",
+        "student",
+        "bride",
+        "groom",
+        "mother",
+        "father",
+        "driver",
+        "spectator",
+    ),
     "bicycle": ("bike", "unicycle", "tricycle"),
     "car": ("automobile", "sedan", "suv", "taxi", "cab", "van", "minivan", "jeep"),
     "motorcycle": ("motorbike", "motor bike", "motor cycle", "dirt bike", "scooter", "moped"),
@@ -67,8 +105,22 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "stop sign": (),
     "parking meter": ("meter",),
     "bench": (),
-    "bird": ("pigeon", "seagull", "gull", "duck", "goose", "swan", "parrot", "owl", "sparrow", "crow",
-             "pelican", "heron", "flamingo", "rooster"),
+    "bird": (
+        "pigeon",
+        "seagull",
+        "gull",
+        "duck",
+        "goose",
+        "swan",
+        "parrot",
+        "owl",
+        "sparrow",
+        "crow",
+        "pelican",
+        "heron",
+        "flamingo",
+        "rooster",
+    ),
     "cat": ("kitten", "kitty", "feline"),
     "dog": ("puppy", "pup", "doggy", "canine"),
     "horse": ("pony", "foal", "colt", "mare", "stallion"),
@@ -138,9 +190,20 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 
 # Plurals the rules below would get wrong; a word that is already plural (or has no plural) maps to itself.
 _IRREGULAR = {
-    "person": "people", "child": "children", "mouse": "mice", "knife": "knives", "goose": "geese",
-    "ox": "oxen", "calf": "calves", "people": "people", "sheep": "sheep", "cattle": "cattle",
-    "skis": "skis", "scissors": "scissors", "luggage": "luggage", "broccoli": "broccoli",
+    "person": "people",
+    "child": "children",
+    "mouse": "mice",
+    "knife": "knives",
+    "goose": "geese",
+    "ox": "oxen",
+    "calf": "calves",
+    "people": "people",
+    "sheep": "sheep",
+    "cattle": "cattle",
+    "skis": "skis",
+    "scissors": "scissors",
+    "luggage": "luggage",
+    "broccoli": "broccoli",
 }
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -220,8 +283,9 @@ class KeyObject:
     key_phrase: str
 
 
-def choose_key_object(captions: Sequence[str], categories: Sequence[str], areas: Sequence[int],
-                      phrases: Mapping[tuple[str, ...], str]) -> KeyObject | None:
+def choose_key_object(
+    captions: Sequence[str], categories: Sequence[str], areas: Sequence[int], phrases: Mapping[tuple[str, ...], str]
+) -> KeyObject | None:
     """The key object among an image's non-crowd instances (`categories[i]`, `areas[i]` in pixels).
 
     The first caption naming a category with a non-empty instance decides; among the instances of
@@ -290,8 +354,15 @@ class _Coco:
 
 #: The JSON types each field must have (ids are integers or strings, as COCO-format tools write them).
 _TYPES: dict[str, tuple[type, ...]] = {
-    "id": (int, str), "image_id": (int, str), "category_id": (int, str), "name": (str,), "caption": (str,),
-    "file_name": (str,), "height": (int,), "width": (int,), "segmentation": (list, dict),
+    "id": (int, str),
+    "image_id": (int, str),
+    "category_id": (int, str),
+    "name": (str,),
+    "caption": (str,),
+    "file_name": (str,),
+    "height": (int,),
+    "width": (int,),
+    "segmentation": (list, dict),
 }
 
 
@@ -306,9 +377,13 @@ def _require(entry: Any, keys: Sequence[str], kind: str) -> None:
         value = entry[key]
         if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
             allowed = " or ".join(allowed_type.__name__ for allowed_type in _TYPES[key])
-            raise InputError(f"malformed COCO annotations: {kind} {entry.get('id')!r} has {key} {str(value)[:40]!r} (expected {allowed})")
+            raise InputError(
+                f"malformed COCO annotations: {kind} {entry.get('id')!r} has {key} {str(value)[:40]!r} (expected {allowed})"
+            )
     if kind == "image" and (entry["height"] < 1 or entry["width"] < 1):
-        raise InputError(f"malformed COCO annotations: image {entry['id']!r} is {entry['width']}x{entry['height']} pixels")
+        raise InputError(
+            f"malformed COCO annotations: image {entry['id']!r} is {entry['width']}x{entry['height']} pixels"
+        )
 
 
 def _index(instances_path: str | Path, captions_path: str | Path) -> _Coco:
@@ -342,7 +417,8 @@ class CocoSummary:
     def line(self) -> str:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
         return f"wrote {self.written} records to {self.folder}; skipped {sum(self.skipped.values())} images" + (
-            f" ({reasons})" if reasons else "")
+            f" ({reasons})" if reasons else ""
+        )
 
 
 def _annotation_rle(annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
@@ -381,8 +457,9 @@ def _image_problem(path: Path, width: int, height: int) -> str | None:
     return SIZE_MISMATCH if size != (width, height) else None
 
 
-def convert_coco(instances: str | Path, captions: str | Path, images: str | Path, out: str | Path,
-                 limit: int | None = None) -> CocoSummary:
+def convert_coco(
+    instances: str | Path, captions: str | Path, images: str | Path, out: str | Path, limit: int | None = None
+) -> CocoSummary:
     """Write the dataset format to `out` from COCO instances + captions JSONs and the image folder.
 
     `limit` stops after that many records. Images are copied as they are (`images/<id><ext>`), the
@@ -404,11 +481,16 @@ def convert_coco(instances: str | Path, captions: str | Path, images: str | Path
             continue
         seen.add(str(image["id"]))
         height, width = image["height"], image["width"]
-        candidates = [annotation for annotation in coco.instances.get(image["id"], []) if not annotation.get("iscrowd", 0)]
+        candidates = [
+            annotation for annotation in coco.instances.get(image["id"], []) if not annotation.get("iscrowd", 0)
+        ]
         rles = [_annotation_rle(annotation, height, width) for annotation in candidates]
-        key = choose_key_object(coco.captions.get(image["id"], []),
-                                [coco.categories.get(annotation["category_id"], "") for annotation in candidates],
-                                [int(mask_utils.area(rle)) for rle in rles], phrases)
+        key = choose_key_object(
+            coco.captions.get(image["id"], []),
+            [coco.categories.get(annotation["category_id"], "") for annotation in candidates],
+            [int(mask_utils.area(rle)) for rle in rles],
+            phrases,
+        )
         source = images_dir / image["file_name"]
         reason = _image_problem(source, width, height) if key is not None else NO_NAMED_OBJECT
         if key is None or reason is not None:
@@ -421,7 +503,9 @@ def convert_coco(instances: str | Path, captions: str | Path, images: str | Path
         shutil.copyfile(source, folder / image_path)
         mask = mask_utils.decode(rles[key.index])  # (height, width) uint8 0/1
         Image.fromarray(mask * 255).save(folder / mask_path)
-        records.append({"id": record_id, "image": image_path, "mask": mask_path, "text": key.text, "key_phrase": key.key_phrase})
+        records.append(
+            {"id": record_id, "image": image_path, "mask": mask_path, "text": key.text, "key_phrase": key.key_phrase}
+        )
         if limit is not None and len(records) >= limit:
             break
     with atomic_path(folder / INDEX) as temporary:

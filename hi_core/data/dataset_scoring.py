@@ -46,15 +46,15 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ..method.image_scoring import AnalysisConfig, PreparedImage, prepare_image
-from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
 from ..base.distributed import process_state
 from ..base.errors import InputError, check_number, check_whole
+from ..base.outputs import atomic_path, csv_number, json_number, write_json
+from ..method.image_scoring import AnalysisConfig, PreparedImage, prepare_image
+from ..method.maps import batch_head_maps
+from ..method.scoring import every_head, every_layer, layer_scores, rank_heads, scored_layers
 from ..model.images import ImageLimits
 from ..model.loading import LoadedModel
-from ..method.maps import batch_head_maps
-from ..base.outputs import atomic_path, csv_number, json_number, write_json
-from ..method.scoring import every_head, every_layer, layer_scores, rank_heads, scored_layers
+from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +112,17 @@ class ImageScore:
     def to_json(self) -> dict[str, Any]:
         """The cache's line; heads not scored (NaN: no softmax attention) are null."""
         entry = {key: value for key, value in asdict(self).items() if key not in ("hi", "mass")}
-        return entry | {key: np.where(np.isfinite(values), np.round(values, 7), None).tolist()
-                        for key, values in (("hi", self.hi), ("mass", self.mass))}
+        return entry | {
+            key: np.where(np.isfinite(values), np.round(values, 7), None).tolist()
+            for key, values in (("hi", self.hi), ("mass", self.mass))
+        }
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ImageScore:
-        return cls(**entry | {"hi": np.asarray(entry["hi"], dtype=np.float64), "mass": np.asarray(entry["mass"], dtype=np.float64)})
+        return cls(
+            **entry
+            | {"hi": np.asarray(entry["hi"], dtype=np.float64), "mass": np.asarray(entry["mass"], dtype=np.float64)}
+        )
 
 
 @dataclass(frozen=True)
@@ -157,13 +162,17 @@ class DatasetAnalysis:
         and lowest (ascending); equal HI keeps dataset order. Fewer when there are fewer images."""
         num_layers, num_heads = self.hi.shape
         if not (0 <= layer < num_layers and 0 <= head < num_heads):
-            raise InputError(f"head ({layer}, {head}) does not exist: the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}")
+            raise InputError(
+                f"head ({layer}, {head}) does not exist: the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}"
+            )
         if count < 0:
             raise InputError(f"count must be at least 0, got {count}")
         per_image = np.array([image.hi[layer, head] for image in self.images])
         if not np.isfinite(per_image).all():
-            raise InputError(f"layer {layer} was not scored (it has no softmax attention): choose a head of layers "
-                             f"{', '.join(map(str, self.scored_layers))}")
+            raise InputError(
+                f"layer {layer} was not scored (it has no softmax attention): choose a head of layers "
+                f"{', '.join(map(str, self.scored_layers))}"
+            )
         highest = np.argsort(-per_image, kind="stable")[:count]
         lowest = np.argsort(per_image, kind="stable")[:count]
         return highest, lowest
@@ -194,15 +203,28 @@ class DatasetAnalysis:
             "queries": self.queries,
             "key_phrases": "record" if self.config.use_key_phrases else self.config.analysis.key_phrase,
             "scoring": asdict(self.config.analysis.scoring),
-            "interval": {"confidence": self.config.confidence, "method": "percentile bootstrap over images",
-                         "resamples": self.config.resamples, "seed": self.config.seed},
+            "interval": {
+                "confidence": self.config.confidence,
+                "method": "percentile bootstrap over images",
+                "resamples": self.config.resamples,
+                "seed": self.config.seed,
+            },
             "scored_layers": self.scored_layers,
             "heads": [
-                {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "hi_low": json_number(self.hi_low[layer, head]),
-                 "hi_high": json_number(self.hi_high[layer, head]), "mass": json_number(self.mass[layer, head])}
+                {
+                    "layer": layer,
+                    "head": head,
+                    "hi": json_number(self.hi[layer, head]),
+                    "hi_low": json_number(self.hi_low[layer, head]),
+                    "hi_high": json_number(self.hi_high[layer, head]),
+                    "mass": json_number(self.mass[layer, head]),
+                }
                 for layer, head in every_head(self.hi)
             ],
-            "layers": [{"layer": layer, "score": json_number(self.layer_scores[layer])} for layer in every_layer(self.layer_scores)],
+            "layers": [
+                {"layer": layer, "score": json_number(self.layer_scores[layer])}
+                for layer in every_layer(self.layer_scores)
+            ],
         }
 
     def to_csv(self) -> str:
@@ -213,7 +235,17 @@ class DatasetAnalysis:
         writer.writerow(["id", "layer", "head", "hi", "mass", "object_patches", "chance"])
         for image in self.images:
             for (layer, head), hi in np.ndenumerate(image.hi):
-                writer.writerow([image.id, layer, head, csv_number(hi), csv_number(image.mass[layer, head]), image.object_patches, f"{image.chance:.6f}"])
+                writer.writerow(
+                    [
+                        image.id,
+                        layer,
+                        head,
+                        csv_number(hi),
+                        csv_number(image.mass[layer, head]),
+                        image.object_patches,
+                        f"{image.chance:.6f}",
+                    ]
+                )
         return text.getvalue()
 
     def save_json(self, path: str | Path) -> None:
@@ -259,8 +291,10 @@ def check_cache_folder(cache: str | Path) -> Path:
             break
     if cache.is_dir():
         if not (cache / CONFIG_FILE).is_file() and ((cache / CONFIG_FILE).exists() or any(cache.glob(PART_PATTERN))):
-            raise InputError(f"the folder {str(cache)!r} holds results without a readable {CONFIG_FILE}: "
-                             "it is not a cache of this program; delete it or choose another cache folder")
+            raise InputError(
+                f"the folder {str(cache)!r} holds results without a readable {CONFIG_FILE}: "
+                "it is not a cache of this program; delete it or choose another cache folder"
+            )
         odd = sorted(part.name for part in cache.glob(PART_PATTERN) if not part.is_file())
         if odd:
             raise InputError(f"the cache {str(cache)!r} holds {', '.join(odd)}, which should be files: delete them")
@@ -279,7 +313,9 @@ def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> Non
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             saved = None
         if not isinstance(saved, dict):
-            raise InputError(f"the cache {str(cache)!r} has an unreadable {CONFIG_FILE}; delete the folder or choose another")
+            raise InputError(
+                f"the cache {str(cache)!r} has an unreadable {CONFIG_FILE}; delete the folder or choose another"
+            )
         differing = sorted(key for key in settings.keys() | saved.keys() if settings.get(key) != saved.get(key))
         if differing:
             raise InputError(
@@ -345,7 +381,9 @@ def read_cache(cache: Path) -> Entries:
                     continue
                 fingerprint, entry = read
                 key = (entry.id if isinstance(entry, ImageScore) else entry["id"], fingerprint)
-                if isinstance(entry, ImageScore) or not isinstance(entries.get(key), ImageScore):  # a failure, unless scored
+                if isinstance(entry, ImageScore) or not isinstance(
+                    entries.get(key), ImageScore
+                ):  # a failure, unless scored
                     entries[key] = entry
     return entries
 
@@ -383,7 +421,9 @@ def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield batch
 
 
-def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfig) -> tuple[list[ImageScore], list[tuple[str, str]]]:
+def score_batch(
+    loaded: LoadedModel, records: list[Record], config: DatasetConfig
+) -> tuple[list[ImageScore], list[tuple[str, str]]]:
     """Score records in one forward pass: (their results, (id, reason) of those that failed).
 
     The steps of a one-image run (`image_scoring`), in its order: each record prepared with the
@@ -401,7 +441,9 @@ def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfi
     if not prepared:
         return [], failed
     # record_analysis keeps the run's query rows, so one batch has one kind
-    maps = batch_head_maps(loaded, [p.inputs for _, _, p in prepared], [p.tokens for _, _, p in prepared], config.analysis.queries)
+    maps = batch_head_maps(
+        loaded, [p.inputs for _, _, p in prepared], [p.tokens for _, _, p in prepared], config.analysis.queries
+    )
     results = []
     for (record, options, image), image_maps in zip(prepared, maps):
         hi, mass, chance = image.score(image_maps, options.scoring)
@@ -421,7 +463,9 @@ def score_batch(loaded: LoadedModel, records: list[Record], config: DatasetConfi
     return results, failed
 
 
-def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_interval(
+    values: np.ndarray, confidence: float, resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of the mean over axis 0, for every other entry at once; NaN where
     the values are (heads not scored)."""
     if values.shape[0] < 2:
@@ -434,8 +478,15 @@ def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, se
         return low_all.reshape(values.shape[1:]), high_all.reshape(values.shape[1:])
     batch = max(1, 1_000_000 // flat.size)  # resamples per step: ~8 MB at a time (larger is slower, too)
     result = stats.bootstrap(
-        (flat,), np.mean, axis=0, vectorized=True, n_resamples=resamples, confidence_level=confidence,
-        method="percentile", batch=batch, rng=np.random.default_rng(seed),
+        (flat,),
+        np.mean,
+        axis=0,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        batch=batch,
+        rng=np.random.default_rng(seed),
     )
     low, high = result.confidence_interval
     # a head with the same HI on every image has a zero-width interval (scipy gives NaN there)
@@ -472,13 +523,22 @@ def score_dataset(
     if cache is not None:
         open_cache(cache, _cache_settings(loaded, folder, config), process == 0)
         barrier()
-        done = {key for key, entry in read_cache(cache).items() if isinstance(entry, ImageScore)}  # failures are retried
+        done = {
+            key for key, entry in read_cache(cache).items() if isinstance(entry, ImageScore)
+        }  # failures are retried
         writer = _PartWriter(cache / f"part-{process}.jsonl")
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
 
     shard = _Shard(folder, config, process, processes, done, stop)
-    bar = tqdm(total=shard.size, initial=shard.already, desc=f"scoring {folder.name}", unit="img", disable=None, position=process)
+    bar = tqdm(
+        total=shard.size,
+        initial=shard.already,
+        desc=f"scoring {folder.name}",
+        unit="img",
+        disable=None,
+        position=process,
+    )
     fresh: Entries = {}  # this run's results, kept only when there is no cache to read them back from
     shown = shard.already
     try:
@@ -488,8 +548,10 @@ def score_dataset(
             results, failed = score_batch(loaded, batch, config)
             lines = {record.id: record.line for record in batch}
             fingerprints = {record.id: shard.fingerprints.pop(record.id) for record in batch}
-            failures = shard.take_failures() + [{"id": rid, "skipped": reason, "line": lines[rid], "record": fingerprints[rid]}
-                                                for rid, reason in failed]
+            failures = shard.take_failures() + [
+                {"id": rid, "skipped": reason, "line": lines[rid], "record": fingerprints[rid]}
+                for rid, reason in failed
+            ]
             _keep(writer, fresh, [(result, fingerprints[result.id]) for result in results], failures)
             bar.update(shard.passed - shown)
             shown = shard.passed
@@ -506,15 +568,22 @@ def score_dataset(
     return _summarize(loaded, folder, config, total, entries)
 
 
-def _keep(writer: _PartWriter | None, fresh: Entries, results: list[tuple[ImageScore, str]], failures: list[dict[str, Any]]) -> None:
+def _keep(
+    writer: _PartWriter | None, fresh: Entries, results: list[tuple[ImageScore, str]], failures: list[dict[str, Any]]
+) -> None:
     """Store a batch's (score, record fingerprint) pairs and failures (with their "record"): in the
     cache's part file, or in memory without a cache (rounded as the cache rounds them, so a run
     gives the same numbers with or without a cache)."""
     if writer is not None:
         writer.append([result.to_json() | {"record": fingerprint} for result, fingerprint in results] + failures)
     else:
-        fresh.update(((result.id, fingerprint), ImageScore.from_json(result.to_json())) for result, fingerprint in results)
-        fresh.update(((failure["id"], failure["record"]), {k: v for k, v in failure.items() if k != "record"}) for failure in failures)
+        fresh.update(
+            ((result.id, fingerprint), ImageScore.from_json(result.to_json())) for result, fingerprint in results
+        )
+        fresh.update(
+            ((failure["id"], failure["record"]), {k: v for k, v in failure.items() if k != "record"})
+            for failure in failures
+        )
 
 
 class _Shard:
@@ -526,11 +595,28 @@ class _Shard:
     fingerprint of each record yielded and not yet taken, by id.
     """
 
-    def __init__(self, folder: Path, config: DatasetConfig, process: int, processes: int, done: set[tuple[str, str]],
-                 stop: Stop | None = None) -> None:
-        self.folder, self.limit, self.process, self.processes, self.done = folder, config.limit, process, processes, done
+    def __init__(
+        self,
+        folder: Path,
+        config: DatasetConfig,
+        process: int,
+        processes: int,
+        done: set[tuple[str, str]],
+        stop: Stop | None = None,
+    ) -> None:
+        self.folder, self.limit, self.process, self.processes, self.done = (
+            folder,
+            config.limit,
+            process,
+            processes,
+            done,
+        )
         self.limits, self.stop = config.image_limits, stop
-        lines = (line for position, line in enumerate(scan_dataset(folder, self.limit, stop)) if position % processes == process)
+        lines = (
+            line
+            for position, line in enumerate(scan_dataset(folder, self.limit, stop))
+            if position % processes == process
+        )
         self.size, self.already = 0, 0
         for line in lines:
             self.size += 1
@@ -554,20 +640,28 @@ class _Shard:
                 yield load_record(self.folder, line, self.limits)
             except InputError as error:
                 logger.warning("skipping %s line %d: %s", INDEX, line.number, error)
-                self._failures.append({"id": line.id, "skipped": str(error), "line": line.number, "record": fingerprint})
+                self._failures.append(
+                    {"id": line.id, "skipped": str(error), "line": line.number, "record": fingerprint}
+                )
 
     def take_failures(self) -> list[dict[str, Any]]:
         failures, self._failures = self._failures, []
         return failures
 
 
-def _summarize(loaded: LoadedModel, folder: Path, config: DatasetConfig, total: int, entries: Entries) -> DatasetAnalysis:
+def _summarize(
+    loaded: LoadedModel, folder: Path, config: DatasetConfig, total: int, entries: Entries
+) -> DatasetAnalysis:
     """Merge per-image entries into the dataset result, in dataset order: the scan of data.jsonl
     decides which record each id means and which records are skipped, under their own line numbers."""
     images: list[ImageScore] = []
     skipped: list[tuple[int, str | None, str]] = []
     for line in scan_dataset(folder, total):
-        entry = entries.get((line.id, record_fingerprint(folder, line))) if line.id is not None and line.problem is None else None
+        entry = (
+            entries.get((line.id, record_fingerprint(folder, line)))
+            if line.id is not None and line.problem is None
+            else None
+        )
         if line.problem is not None:
             skipped.append((line.number, line.id, line.problem))
         elif isinstance(entry, ImageScore):

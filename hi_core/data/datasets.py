@@ -47,10 +47,10 @@ import numpy as np
 from PIL import Image
 
 from ..base.errors import InputError
+from ..base.outputs import atomic_path
+from ..method.masks import check_mask
 from ..model.images import ImageLimits, load_image_and_mask
 from ..model.inputs import phrase_span
-from ..method.masks import check_mask
-from ..base.outputs import atomic_path
 from .synth import Order, make_scene
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,10 @@ def _check_fields(entry: dict[str, Any]) -> tuple[dict[str, str | None], str | N
     if missing:
         return {}, f"missing field(s) {', '.join(missing)}"
     if _record_id(entry["id"]) is None:
-        return {}, f"id must be a non-empty string or an integer, got {_kind(entry['id'])} {json.dumps(entry['id'])[:40]}"
+        return (
+            {},
+            f"id must be a non-empty string or an integer, got {_kind(entry['id'])} {json.dumps(entry['id'])[:40]}",
+        )
     wrong = [key for key in ("image", "mask", "text") if not isinstance(entry[key], str)]
     wrong += [key for key in OPTIONAL if entry.get(key) is not None and not isinstance(entry[key], str)]
     if wrong:
@@ -247,11 +250,22 @@ def load_record(folder: str | Path, line: RecordLine, limits: ImageLimits | None
         raise InputError(line.problem or "the record has no id")
     folder = Path(folder)
     fields = line.fields
-    image, mask = load_image_and_mask(folder / fields["image"], folder / fields["mask"], limits or ImageLimits(),
-                                      names=(fields["image"], fields["mask"]))
+    image, mask = load_image_and_mask(
+        folder / fields["image"],
+        folder / fields["mask"],
+        limits or ImageLimits(),
+        names=(fields["image"], fields["mask"]),
+    )
     mask = check_mask(mask, image)
-    return Record(id=line.id, image=image, mask=mask, text=fields["text"], key_phrase=fields["key_phrase"],
-                  prompt=fields["prompt"], line=line.number)
+    return Record(
+        id=line.id,
+        image=image,
+        mask=mask,
+        text=fields["text"],
+        key_phrase=fields["key_phrase"],
+        prompt=fields["prompt"],
+        line=line.number,
+    )
 
 
 def read_dataset(
@@ -330,7 +344,11 @@ def write_synthetic(
     def records():
         for index in range(n):
             scene = make_scene(rng, size=size, max_objects=max_objects)
-            yield (f"synth-{seed}-{index:05d}", scene.image, scene.masks[scene.key],
-                   {"text": scene.caption(order), "key_phrase": scene.key_phrase})
+            yield (
+                f"synth-{seed}-{index:05d}",
+                scene.image,
+                scene.masks[scene.key],
+                {"text": scene.caption(order), "key_phrase": scene.key_phrase},
+            )
 
     return write_generated(folder, records())

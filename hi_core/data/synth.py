@@ -159,7 +159,9 @@ def _polygon(shape: str, centre: np.ndarray, radius: float) -> np.ndarray:
         points = np.stack([np.cos(angles_) * radii, -np.sin(angles_) * radii], axis=1)
     elif shape == "cross":
         a, b = radius, radius * 0.38
-        points = np.array([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)])
+        points = np.array(
+            [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        )
     else:
         scale = radius * (1.0 if shape != "square" else 1.25)
         points = np.stack([np.cos(angles[shape]) * scale, -np.sin(angles[shape]) * scale], axis=1)
@@ -169,7 +171,9 @@ def _polygon(shape: str, centre: np.ndarray, radius: float) -> np.ndarray:
 def draw_shape(canvas: np.ndarray, shape: str, centre: np.ndarray, radius: float, value) -> None:
     """Draw a filled shape (no anti-aliasing, so masks are exact)."""
     if shape == "circle":
-        cv2.circle(canvas, (int(centre[0]), int(centre[1])), int(round(radius)), value, thickness=-1, lineType=cv2.LINE_8)
+        cv2.circle(
+            canvas, (int(centre[0]), int(centre[1])), int(round(radius)), value, thickness=-1, lineType=cv2.LINE_8
+        )
     else:
         cv2.fillPoly(canvas, [_polygon(shape, centre, radius)], value, lineType=cv2.LINE_8)
 
@@ -182,15 +186,19 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     if rng.random() < 0.5:
         period = rng.integers(6, 16)
         stripes = (np.arange(size) // period % 2).astype(np.float32) * 18
-        field += (stripes[None, :, None] if rng.random() < 0.5 else stripes[:, None, None])
+        field += stripes[None, :, None] if rng.random() < 0.5 else stripes[:, None, None]
     return np.clip(field, 0, 255).astype(np.uint8)
 
 
 def check_scene_options(size: int, max_objects: int = 3) -> None:
     """Scenes need room for their smallest shape (a few pixels wide) and fit in memory; at most one
     object per cell of the 3 x 3 layout."""
-    check_number("size", size, f"a whole number of pixels in [{MIN_SIZE}, {MAX_SIZE}]",
-                 lambda v: v == int(v) and MIN_SIZE <= v <= MAX_SIZE)
+    check_number(
+        "size",
+        size,
+        f"a whole number of pixels in [{MIN_SIZE}, {MAX_SIZE}]",
+        lambda v: v == int(v) and MIN_SIZE <= v <= MAX_SIZE,
+    )
     check_number("max_objects", max_objects, "a whole number in [1, 9]", lambda v: v == int(v) and 1 <= v <= 9)
 
 
@@ -274,7 +282,9 @@ def make_question(rng: np.random.Generator, scene: Scene, kind: QuestionKind) ->
     return Question(kind, f"Is there a {other} {obj.shape}?", "no", target)
 
 
-def make_vqa(rng: np.random.Generator, kind: QuestionKind, size: int = 96, max_objects: int = 3) -> tuple[Scene, Question]:
+def make_vqa(
+    rng: np.random.Generator, kind: QuestionKind, size: int = 96, max_objects: int = 3
+) -> tuple[Scene, Question]:
     """A random scene and a question of this kind about it (scenes the kind cannot ask about are
     drawn again, from the same generator: the pair is a pure function of the generator's state)."""
     check_choice("kind", kind, QuestionKind)

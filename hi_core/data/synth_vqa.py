@@ -17,13 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import write_generated
 from ..base.errors import InputError, check_choice
+from .datasets import write_generated
 from .synth import QUESTION_KINDS, QuestionKind, make_vqa
 
 
-def write_synthetic_vqa(folder: str | Path, n: int = 100, seed: int = 0, size: int = 96, max_objects: int = 3,
-                        kinds: Sequence[str] = QUESTION_KINDS) -> Path:
+def write_synthetic_vqa(
+    folder: str | Path,
+    n: int = 100,
+    seed: int = 0,
+    size: int = 96,
+    max_objects: int = 3,
+    kinds: Sequence[str] = QUESTION_KINDS,
+) -> Path:
     """Write `n` generated scenes with one question each (images/, masks/, data.jsonl) to `folder`,
     the question kinds taking turns."""
     if n < 1:
@@ -39,7 +45,11 @@ def write_synthetic_vqa(folder: str | Path, n: int = 100, seed: int = 0, size: i
         for index in range(n):
             kind = kinds[index % len(kinds)]
             scene, question = make_vqa(rng, kind, size=size, max_objects=max_objects)
-            yield (f"synth-vqa-{seed}-{index:05d}", scene.image, scene.masks[question.target],
-                   {"text": question.answer, "prompt": question.text, "kind": question.kind})
+            yield (
+                f"synth-vqa-{seed}-{index:05d}",
+                scene.image,
+                scene.masks[question.target],
+                {"text": question.answer, "prompt": question.text, "kind": question.kind},
+            )
 
     return write_generated(folder, records())

@@ -22,9 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, type=Path, help="output folder (e.g. hi_core/assets/demo-model)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     for item in fields(TrainConfig):
-        train.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default), default=item.default,
-                           help=f"default: {item.default}")
-    again = commands.add_parser("evaluate", help="evaluate a trained demo model folder again; rewrite eval.json and its card")
+        train.add_argument(
+            f"--{item.name.replace('_', '-')}",
+            type=type(item.default),
+            default=item.default,
+            help=f"default: {item.default}",
+        )
+    again = commands.add_parser(
+        "evaluate", help="evaluate a trained demo model folder again; rewrite eval.json and its card"
+    )
     again.add_argument("--out", required=True, type=Path, help="the trained model's folder")
     again.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -39,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args.out, config, command=command, threads=args.threads)
     logging.getLogger("hi_core.demo").info(
         "best head HI: descriptions %.3f (untrained %.3f, chance %.3f), questions %.3f (untrained %.3f, chance %.3f); "
-        "VQA accuracy %.3f", report["hi_trained"]["best_hi"], report["hi_untrained"]["best_hi"], report["hi_trained"]["chance"],
-        report["hi_vqa_trained"]["best_hi"], report["hi_vqa_untrained"]["best_hi"], report["hi_vqa_trained"]["chance"],
-        report["vqa"]["accuracy"])
+        "VQA accuracy %.3f",
+        report["hi_trained"]["best_hi"],
+        report["hi_untrained"]["best_hi"],
+        report["hi_trained"]["chance"],
+        report["hi_vqa_trained"]["best_hi"],
+        report["hi_vqa_untrained"]["best_hi"],
+        report["hi_vqa_trained"]["chance"],
+        report["vqa"]["accuracy"],
+    )
     return 0
 
 

@@ -75,8 +75,12 @@ def build_processor() -> LlavaProcessor:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION_HIDDEN,
-                 vision_layers: int = VISION_LAYERS, text_head_dim: int = TEXT_HEAD_DIM) -> LlavaConfig:
+def build_config(
+    tokenizer: PreTrainedTokenizerFast,
+    vision_hidden: int = VISION_HIDDEN,
+    vision_layers: int = VISION_LAYERS,
+    text_head_dim: int = TEXT_HEAD_DIM,
+) -> LlavaConfig:
     """The demo's LLaVA config; `vision_hidden`: the CLIP layers' width (their MLP is twice as wide);
     `vision_layers`: how many CLIP layers (the features are the last one's); `text_head_dim`: the width
     of each language-model attention head (q/k/v project to 8 x this; 16 fills the hidden size 128)."""
@@ -112,12 +116,18 @@ def build_config(tokenizer: PreTrainedTokenizerFast, vision_hidden: int = VISION
     )
 
 
-def build_model(seed: int = 0, vision_hidden: int = VISION_HIDDEN, vision_layers: int = VISION_LAYERS,
-                text_head_dim: int = TEXT_HEAD_DIM) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_model(
+    seed: int = 0,
+    vision_hidden: int = VISION_HIDDEN,
+    vision_layers: int = VISION_LAYERS,
+    text_head_dim: int = TEXT_HEAD_DIM,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A freshly initialized demo model (seeded) and its processor."""
     processor = build_processor()
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, vision_hidden, vision_layers, text_head_dim))
+    model = LlavaForConditionalGeneration(
+        build_config(processor.tokenizer, vision_hidden, vision_layers, text_head_dim)
+    )
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor

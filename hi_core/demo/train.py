@@ -31,17 +31,26 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..base.errors import InputError, check_number, check_whole
+from ..base.outputs import write_json
+from ..data.synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
+from ..families.llava import LlavaAdapter
+from ..figures.plots import overlay_grid
 from ..method.analysis import AnalysisConfig, analyze_image
 from ..model.captioning import generate_captions, generate_description
-from ..base.errors import InputError, check_number, check_whole
-from ..families.llava import LlavaAdapter
 from ..model.inputs import DEFAULT_PROMPT
 from ..model.loading import LoadedModel
 from ..model.metrics import answer_correct, caption_metrics
-from ..base.outputs import write_json
-from ..figures.plots import overlay_grid
-from ..data.synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
-from .build import IMAGE_SIZE, PATCH_SIZE, TEXT_HEAD_DIM, TEXT_HEADS, TEXT_LAYERS, VISION_HIDDEN, VISION_LAYERS, build_model
+from .build import (
+    IMAGE_SIZE,
+    PATCH_SIZE,
+    TEXT_HEAD_DIM,
+    TEXT_HEADS,
+    TEXT_LAYERS,
+    VISION_HIDDEN,
+    VISION_LAYERS,
+    build_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +85,30 @@ class TrainConfig:
         check_number("patch_shape_weight", self.patch_shape_weight, "a number >= 0", lambda v: v >= 0)
         check_number("lr", self.lr, "a number in (0, 1]", lambda v: 0 < v <= 1)
         check_number("weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0)
-        check_number("vision_hidden", self.vision_hidden, "a multiple of 4 (its 4 heads), at least 4",
-                     lambda v: v == int(v) and v >= 4 and v % 4 == 0)
-        check_number("text_head_dim", self.text_head_dim, "even (rotary embeddings) and at least 2",
-                     lambda v: v == int(v) and v >= 2 and v % 2 == 0)
+        check_number(
+            "vision_hidden",
+            self.vision_hidden,
+            "a multiple of 4 (its 4 heads), at least 4",
+            lambda v: v == int(v) and v >= 4 and v % 4 == 0,
+        )
+        check_number(
+            "text_head_dim",
+            self.text_head_dim,
+            "even (rotary embeddings) and at least 2",
+            lambda v: v == int(v) and v >= 2 and v % 2 == 0,
+        )
         for name in ("steps", "batch_size", "vision_layers", "log_every"):
             check_whole(name, getattr(self, name))
-        for name in ("warmup", "seed", "data_seed", "eval_seed", "eval_scenes", "eval_questions", "eval_single",
-                     "hi_scenes"):
+        for name in (
+            "warmup",
+            "seed",
+            "data_seed",
+            "eval_seed",
+            "eval_scenes",
+            "eval_questions",
+            "eval_single",
+            "hi_scenes",
+        ):
             check_whole(name, getattr(self, name), 0)
 
 
@@ -103,7 +128,9 @@ def patch_shapes(scene: Scene) -> np.ndarray:
     """(grid * grid,) the shape under each image token, row-major: 1 + the index in SHAPES of the
     object covering most of the patch when it covers at least a quarter of it, else 0 (background)."""
     grid = IMAGE_SIZE // PATCH_SIZE
-    cover = scene.masks.reshape(len(scene.objects), grid, PATCH_SIZE, grid, PATCH_SIZE).mean(axis=(2, 4))  # (objects, g, g)
+    cover = scene.masks.reshape(len(scene.objects), grid, PATCH_SIZE, grid, PATCH_SIZE).mean(
+        axis=(2, 4)
+    )  # (objects, g, g)
     labels = np.array([SHAPES.index(obj.shape) + 1 for obj in scene.objects])[cover.argmax(axis=0)]
     return np.where(cover.max(axis=0) >= 0.25, labels, 0).reshape(-1)
 
@@ -165,8 +192,13 @@ def make_batch(processor: Any, prefixes: Prefixes, examples: list[Example]) -> d
         labels[row, start : len(sequence)] = torch.tensor(sequence[start:])
         attention_mask[row, : len(sequence)] = 1
     images = np.stack([example.image for example in examples])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "pixel_values": pixel_values(processor, images), "vqa": torch.tensor([e.task == "vqa" for e in examples])}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": pixel_values(processor, images),
+        "vqa": torch.tensor([e.task == "vqa" for e in examples]),
+    }
 
 
 def training_examples(rng: np.random.Generator, config: TrainConfig) -> list[Example]:
@@ -180,8 +212,12 @@ def training_examples(rng: np.random.Generator, config: TrainConfig) -> list[Exa
 
 def task_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over each task's target tokens, summed over the tasks present."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"], use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        use_cache=False,
+    ).logits[:, :-1]  # (B, T-1, V)
     targets = batch["labels"][:, 1:]  # (B, T-1)
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
     counted = (targets != -100).float()
@@ -247,9 +283,9 @@ def train(model: Any, processor: Any, config: TrainConfig) -> list[float]:
             schedule.step()
             losses.append(loss.item())
             if step % config.log_every == 0 or step == config.steps - 1:
-                progress.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.3f}")
-                extra = f" shape loss {np.mean(shape_losses[-config.log_every:]):.4f}" if shape_losses else ""
-                logger.info("step %d loss %.4f%s", step, np.mean(losses[-config.log_every:]), extra)
+                progress.set_postfix(loss=f"{np.mean(losses[-config.log_every :]):.3f}")
+                extra = f" shape loss {np.mean(shape_losses[-config.log_every :]):.4f}" if shape_losses else ""
+                logger.info("step %d loss %.4f%s", step, np.mean(losses[-config.log_every :]), extra)
     finally:
         if shape_loss is not None:
             shape_loss.remove()
@@ -285,8 +321,16 @@ def caption_report(loaded: LoadedModel, scenes: list[Scene]) -> dict[str, Any]:
 #: The attributes `single_object_report` checks.
 ATTRIBUTES = ("shape", "colour", "size", "position")
 #: "at the <position>" in a description; the longest phrases first, so "top left" is not read as "top".
-_POSITION = re.compile(r"\bat the ({})\b".format("|".join(sorted({position_phrase(row, column) for row in range(3)
-                                                                   for column in range(3)}, key=lambda phrase: (-len(phrase), phrase)))))
+_POSITION = re.compile(
+    r"\bat the ({})\b".format(
+        "|".join(
+            sorted(
+                {position_phrase(row, column) for row in range(3) for column in range(3)},
+                key=lambda phrase: (-len(phrase), phrase),
+            )
+        )
+    )
+)
 
 
 def single_object_report(loaded: LoadedModel, scenes: list[Scene]) -> dict[str, Any]:
@@ -364,7 +408,9 @@ def vqa_items(pairs: list[tuple[Scene, Question]]) -> list[tuple[np.ndarray, np.
 
 
 def _loaded(model: Any, processor: Any, name: str) -> LoadedModel:
-    return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=LlavaAdapter(), device=torch.device("cpu"))
+    return LoadedModel(
+        name=name, model=model.eval(), processor=processor, adapter=LlavaAdapter(), device=torch.device("cpu")
+    )
 
 
 def _figure(scenes: list[Scene], profile: dict[str, Any], path: Path) -> None:
@@ -385,8 +431,10 @@ def _hi_row(name: str, profile: dict[str, Any]) -> str:
     layer, head = profile["best_head"]
     ratio = profile["best_hi"] / profile["chance"]
     top = ", ".join(f"{v:.2f}" for v in profile["heads_sorted"][:5])
-    return (f"| {name} | layer {layer}, head {head} | {profile['best_hi']:.3f} | {profile['held_out_hi']:.3f} | "
-            f"{profile['chance']:.3f} | {ratio:.1f}x | {top} |")
+    return (
+        f"| {name} | layer {layer}, head {head} | {profile['best_hi']:.3f} | {profile['held_out_hi']:.3f} | "
+        f"{profile['chance']:.3f} | {ratio:.1f}x | {top} |"
+    )
 
 
 def _target(profile: dict[str, Any]) -> str:
@@ -398,9 +446,11 @@ def _target(profile: dict[str, Any]) -> str:
 def _shape_loss_line(config: TrainConfig) -> str:
     if not config.patch_shape_weight:
         return ""
-    return (f", plus {config.patch_shape_weight} x the image tokens' shape loss (`PatchShapeLoss`: a linear probe of the\n"
-            "  projector's output predicts the shape under each image token; the probe is dropped after training,\n"
-            "  and no attention head is given a target)")
+    return (
+        f", plus {config.patch_shape_weight} x the image tokens' shape loss (`PatchShapeLoss`: a linear probe of the\n"
+        "  projector's output predicts the shape under each image token; the probe is dropped after training,\n"
+        "  and no attention head is given a target)"
+    )
 
 
 def model_card(report: dict[str, Any]) -> str:
@@ -414,7 +464,7 @@ to describe synthetic scenes and to answer closed-form questions about them (`hi
 so that its attention heads really look at the objects they name or are asked about. It exists so
 the app and the CLI work offline, on CPU, with `--model demo`.
 
-## Architecture ({report['parameters']:,} parameters, float32 safetensors)
+## Architecture ({report["parameters"]:,} parameters, float32 safetensors)
 - Vision: CLIP, {config.vision_layers} layer{"s" if config.vision_layers > 1 else ""}, hidden {config.vision_hidden}, 4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
 - Projector: LLaVA's 2-layer MLP.
 - Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size {config.text_head_dim}), tied embeddings;
@@ -423,34 +473,34 @@ the app and the CLI work offline, on CPU, with `--model demo`.
   or a question ("What colour is the star?").
 
 ## Training
-- Command: `{report['command']}`{_init_line(report)}
+- Command: `{report["command"]}`{_init_line(report)}
 - Data: {config.steps * config.batch_size:,} generated examples ({config.steps} steps x batch {config.batch_size}, data seed {config.data_seed}),
   {1 - config.vqa_share:.0%} descriptions and {config.vqa_share:.0%} questions per batch; scenes of 1-3 objects (6 shapes, 8 colours,
   2 sizes, 3x3 positions) on textured backgrounds. Loss: mean over the description tokens plus mean over
   the answer tokens (each with its </s>){_shape_loss_line(config)}.
 - AdamW lr {config.lr}, {config.warmup} warm-up steps then cosine decay, weight decay {config.weight_decay}, init seed {config.seed}.
-- Final loss (mean of the last 100 steps, the two tasks' sum): {report['final_loss']:.4f};
-  {report['train_seconds'] / 60:.1f} minutes on {report['threads']} CPU thread(s) (a 2-core machine shared with other jobs).
+- Final loss (mean of the last 100 steps, the two tasks' sum): {report["final_loss"]:.4f};
+  {report["train_seconds"] / 60:.1f} minutes on {report["threads"]} CPU thread(s) (a 2-core machine shared with other jobs).
 
 ## Held-out descriptions ({config.eval_scenes} scenes, seed {config.eval_seed}, greedy)
 | BLEU-4 | ROUGE-L | CIDEr | exact captions | object names |
 |---|---|---|---|---|
-| {captions['bleu4']:.3f} | {captions['rouge_l']:.3f} | {captions['cider']:.3f} | {captions['exact_captions']:.3f} | {captions['object_names']:.3f} |
+| {captions["bleu4"]:.3f} | {captions["rouge_l"]:.3f} | {captions["cider"]:.3f} | {captions["exact_captions"]:.3f} | {captions["object_names"]:.3f} |
 
 Object names: the share of objects whose "size colour shape" phrase appears in the generated caption.
 
-One object alone ({single['scenes']} held-out scenes of one object, seed {config.eval_seed + 2}): the share of
+One object alone ({single["scenes"]} held-out scenes of one object, seed {config.eval_seed + 2}): the share of
 descriptions that state its attribute right, which separates what the model sees from how it binds
 attributes in several-object scenes.
 
 | shape | colour | size | position | all four |
 |---|---|---|---|---|
-| {' | '.join(f"{single[k]:.3f}" for k in (*ATTRIBUTES, 'all'))} |
+| {" | ".join(f"{single[k]:.3f}" for k in (*ATTRIBUTES, "all"))} |
 
 ## Held-out questions ({config.eval_questions} per kind, seed {config.eval_seed + 1}, greedy; accuracy = normalized exact match)
 | all | {kinds} |
-|---|{'---|' * len(QUESTION_KINDS)}
-| {vqa['accuracy']:.3f} | {' | '.join(f"{vqa['by_kind'][k]:.3f}" for k in QUESTION_KINDS)} |
+|---|{"---|" * len(QUESTION_KINDS)}
+| {vqa["accuracy"]:.3f} | {" | ".join(f"{vqa['by_kind'][k]:.3f}" for k in QUESTION_KINDS)} |
 
 Kinds: colour ("What colour is the star?" -> "red"), shape ("What shape is at the top left?" ->
 "circle"), position ("Where is the red star?" -> "top left"), exists ("Is there a blue star?" ->
@@ -463,17 +513,17 @@ that produce the reference answer, against the mask of the object asked about.
 
 | | best head | best HI | held-out best HI | chance | best / chance | top 5 heads' HI |
 |---|---|---|---|---|---|---|
-{_hi_row("descriptions, trained", report['hi_trained'])}
-{_hi_row(f"descriptions, untrained (same architecture, seed {config.seed})", report['hi_untrained'])}
-{_hi_row("questions, trained", report['hi_vqa_trained'])}
-{_hi_row("questions, untrained", report['hi_vqa_untrained'])}
+{_hi_row("descriptions, trained", report["hi_trained"])}
+{_hi_row(f"descriptions, untrained (same architecture, seed {config.seed})", report["hi_untrained"])}
+{_hi_row("questions, trained", report["hi_vqa_trained"])}
+{_hi_row("questions, untrained", report["hi_vqa_untrained"])}
 
 Held-out best HI: the head chosen on the first half of the scenes, scored on the other half.
-The target (best head HI >= 0.5 and >= 3x chance on unseen scenes) is {_target(report['hi_trained'])} on
-descriptions and {_target(report['hi_vqa_trained'])} on answers.
+The target (best head HI >= 0.5 and >= 3x chance on unseen scenes) is {_target(report["hi_trained"])} on
+descriptions and {_target(report["hi_vqa_trained"])} on answers.
 
-Best HI per layer (descriptions, trained): `{report['hi_trained']['layer_max']}`
-Best HI per layer (questions, trained): `{report['hi_vqa_trained']['layer_max']}`
+Best HI per layer (descriptions, trained): `{report["hi_trained"]["layer_max"]}`
+Best HI per layer (questions, trained): `{report["hi_vqa_trained"]["layer_max"]}`
 
 `top_head.png` shows the best description head's map over held-out scenes, with the key object's
 outline. `eval.json` holds every number above and every head's mean HI.
@@ -496,13 +546,16 @@ def evaluate(out: Path) -> dict[str, Any]:
     report = json.loads((out / "eval.json").read_text())
     config = TrainConfig(**report["config"])
     loaded = load_model(LoadConfig(str(out), device="cpu"))
-    untrained_model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim)
+    untrained_model, processor = build_model(
+        config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim
+    )
     untrained = _loaded(untrained_model, processor, "untrained")
     scenes, pairs = held_out_scenes(config), held_out_questions(config)
     report["captions"] = caption_report(loaded, scenes)
     single = np.random.default_rng(config.eval_seed + 2)
-    report["single_object"] = single_object_report(loaded, [make_scene(single, IMAGE_SIZE, max_objects=1)
-                                                            for _ in range(config.eval_single)])
+    report["single_object"] = single_object_report(
+        loaded, [make_scene(single, IMAGE_SIZE, max_objects=1) for _ in range(config.eval_single)]
+    )
     report["vqa"] = vqa_report(loaded, pairs)
     profiles = {  # the description profiles keep v1's keys (bench/finetune.py reads hi_trained)
         "hi_trained": hi_profile(loaded, caption_items(scenes[: config.hi_scenes])),
@@ -521,8 +574,10 @@ def _init_line(report: dict[str, Any]) -> str:
     parent = report.get("init_from")
     if not parent:
         return ""
-    return (f"\n- Started from the weights of a model trained by `{parent['command']}` ({parent['train_seconds'] / 60:.1f} "
-            f"minutes, final loss {parent['final_loss']:.4f}); this command continued it")
+    return (
+        f"\n- Started from the weights of a model trained by `{parent['command']}` ({parent['train_seconds'] / 60:.1f} "
+        f"minutes, final loss {parent['final_loss']:.4f}); this command continued it"
+    )
 
 
 def start_from(model: Any, folder: Path) -> dict[str, Any]:
@@ -541,7 +596,9 @@ def start_from(model: Any, folder: Path) -> dict[str, Any]:
     return {key: parent[key] for key in ("command", "train_seconds", "final_loss", "config")}
 
 
-def run(out: Path, config: TrainConfig, command: str = "python -m hi_core.demo train", threads: int | None = None) -> dict[str, Any]:
+def run(
+    out: Path, config: TrainConfig, command: str = "python -m hi_core.demo train", threads: int | None = None
+) -> dict[str, Any]:
     """Train (from scratch, or on from `config.init`), save weights + processor into `out`, then evaluate
     (`evaluate`) and write the card."""
     model, processor = build_model(config.seed, config.vision_hidden, config.vision_layers, config.text_head_dim)
@@ -550,14 +607,19 @@ def run(out: Path, config: TrainConfig, command: str = "python -m hi_core.demo t
     started = time.perf_counter()
     losses = train(model, processor, config)
     seconds = time.perf_counter() - started
-    save_trained(out, model, processor, {
-        "config": asdict(config),
-        "init_from": init_from,
-        "command": command,
-        "threads": threads or torch.get_num_threads(),
-        "parameters": parameters,
-        "train_seconds": seconds,
-        "final_loss": float(np.mean(losses[-100:])),
-        "loss_every_50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
-    })
+    save_trained(
+        out,
+        model,
+        processor,
+        {
+            "config": asdict(config),
+            "init_from": init_from,
+            "command": command,
+            "threads": threads or torch.get_num_threads(),
+            "parameters": parameters,
+            "train_seconds": seconds,
+            "final_loss": float(np.mean(losses[-100:])),
+            "loss_every_50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
+        },
+    )
     return evaluate(out)

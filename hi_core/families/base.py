@@ -24,7 +24,6 @@ from PIL import Image
 
 from ..base.errors import InputError
 
-
 VIEWS = ("combined", "global", "tiles")  # what is scored of an image its model writes in several views (DESIGN 1.2)
 
 
@@ -67,8 +66,12 @@ class ImageLayout:
         if not self.views:
             object.__setattr__(self, "views", (View("image", 0, int(self.keys.size), self.grid),))
         key, cell, weight = self.placement
-        if not key.shape == cell.shape == weight.shape or (key.size and (key.max() >= self.keys.size or cell.max() >= self.valid.size)):
-            raise ValueError(f"a placement of {key.size} entries does not fit {self.keys.size} keys on a {self.grid} grid")
+        if not key.shape == cell.shape == weight.shape or (
+            key.size and (key.max() >= self.keys.size or cell.max() >= self.valid.size)
+        ):
+            raise ValueError(
+                f"a placement of {key.size} entries does not fit {self.keys.size} keys on a {self.grid} grid"
+            )
         if sum(view.tokens for view in self.views) != self.keys.size:
             raise ValueError(f"views of {[view.tokens for view in self.views]} tokens for {self.keys.size} keys")
 
@@ -76,7 +79,12 @@ class ImageLayout:
     def cells(cls, positions: np.ndarray, valid: np.ndarray, view: str = "image") -> ImageLayout:
         """One token per grid cell: `positions` (gh, gw) the sequence position of the token at each cell."""
         index = np.arange(positions.size)
-        return cls(keys=positions.reshape(-1), placement=(index, index, np.ones(index.size, np.float32)), valid=valid, view=view)
+        return cls(
+            keys=positions.reshape(-1),
+            placement=(index, index, np.ones(index.size, np.float32)),
+            valid=valid,
+            view=view,
+        )
 
     @classmethod
     def one_view(cls, keys: np.ndarray, views: tuple[View, ...], scored: str, valid: np.ndarray) -> ImageLayout:
@@ -109,8 +117,15 @@ class ImageLayout:
         return placed.reshape(*values.shape[:-1], *self.grid).numpy()
 
 
-def stitched_layout(keys: np.ndarray, rows: int, cols: int, side: int, with_global: bool, global_name: str,
-                    valid: np.ndarray | None = None) -> ImageLayout:
+def stitched_layout(
+    keys: np.ndarray,
+    rows: int,
+    cols: int,
+    side: int,
+    with_global: bool,
+    global_name: str,
+    valid: np.ndarray | None = None,
+) -> ImageLayout:
     """Tiles of side x side tokens (rows x cols of them, row by row, each row-major) followed by one global view
     of side x side tokens of the whole image: the tiles stitched are the grid, one token per cell; with
     `with_global`, each global token is spread evenly over the rows x cols cells under it (the global view is
@@ -119,7 +134,10 @@ def stitched_layout(keys: np.ndarray, rows: int, cols: int, side: int, with_glob
     fine = (rows * side, cols * side)
     cells = np.arange(fine[0] * fine[1]).reshape(fine)
     # tile (r, c): its token (a, b) is fine cell (r * side + a, c * side + b)
-    key_index, cell_index = [np.arange(tiles)], [cells.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1)]
+    key_index, cell_index = (
+        [np.arange(tiles)],
+        [cells.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1)],
+    )
     weights = [np.ones(tiles, np.float32)]
     if with_global:  # global token (a, b): the rows x cols fine cells under it
         covered = cells.reshape(side, rows, side, cols).transpose(0, 2, 1, 3).reshape(side * side, rows * cols)
@@ -127,17 +145,23 @@ def stitched_layout(keys: np.ndarray, rows: int, cols: int, side: int, with_glob
         cell_index.append(covered.reshape(-1))
         weights.append(np.full(covered.size, 1.0 / (rows * cols), np.float32))
     views = (View("tiles", 0, tiles, fine), View(global_name, tiles, int(keys.size), (side, side)))
-    return ImageLayout(keys=keys, placement=(np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights)),
-                       valid=np.ones(fine, dtype=bool) if valid is None else valid,
-                       view=f"{rows * cols} tiles" + (f" + {global_name}" if with_global else ""), views=views)
+    return ImageLayout(
+        keys=keys,
+        placement=(np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights)),
+        valid=np.ones(fine, dtype=bool) if valid is None else valid,
+        view=f"{rows * cols} tiles" + (f" + {global_name}" if with_global else ""),
+        views=views,
+    )
 
 
 def block_mean(view: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
     """Area-average a (H, W) array onto (H // cell_h, W // cell_w) cells (H, W multiples of them)."""
     height, width = view.shape
     if height % cell_h or width % cell_w:
-        raise InputError(f"the processor's view of {height}x{width} px is not a multiple of the model's "
-                         f"{cell_h}x{cell_w}-px grid cell")
+        raise InputError(
+            f"the processor's view of {height}x{width} px is not a multiple of the model's "
+            f"{cell_h}x{cell_w}-px grid cell"
+        )
     return view.reshape(height // cell_h, cell_h, width // cell_w, cell_w).mean(axis=(1, 3))
 
 
@@ -210,8 +234,14 @@ class FamilyAdapter:
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:
         raise NotImplementedError
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
-                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+    def view_layout(
+        self,
+        model: Any,
+        processor: Any,
+        inputs: dict[str, torch.Tensor],
+        view: str = "combined",
+        image_size: tuple[int, int] | None = None,
+    ) -> ImageLayout:
         """The layout for `view` (one of `VIEWS`) of an image of `image_size` (width, height): families that write
         one view of the image have one layout whatever is asked (`image_layout`)."""
         return self.image_layout(model, inputs)

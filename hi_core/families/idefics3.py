@@ -44,8 +44,10 @@ def tile_geometry(model: Any) -> tuple[int, int, int]:
     vision = model.config.vision_config
     tile, patch, scale = int(vision.image_size), int(vision.patch_size), int(model.config.scale_factor)
     if tile % (patch * scale):
-        raise InputError(f"the vision tower's tile of {tile} px is not a multiple of its patch ({patch} px) x the "
-                         f"pixel-shuffle scale_factor ({scale}): no grid of image tokens fits it")
+        raise InputError(
+            f"the vision tower's tile of {tile} px is not a multiple of its patch ({patch} px) x the "
+            f"pixel-shuffle scale_factor ({scale}): no grid of image tokens fits it"
+        )
     return tile, patch * scale, tile // (patch * scale)
 
 
@@ -102,19 +104,31 @@ class Idefics3Adapter(FamilyAdapter):
         """The global view alone (where the tiles are needs the tokenizer: `view_layout`)."""
         return self.view_layout(model, None, inputs, "global")
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
-                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+    def view_layout(
+        self,
+        model: Any,
+        processor: Any,
+        inputs: dict[str, torch.Tensor],
+        view: str = "combined",
+        image_size: tuple[int, int] | None = None,
+    ) -> ImageLayout:
         _, cell, side = tile_geometry(model)
         runs = image_token_runs(inputs["input_ids"], model.config.image_token_id, side * side)
         pixels = tuple(inputs["pixel_values"].shape)
         if pixels[0] != 1 or pixels[1] != len(runs):
-            raise InputError(f"expected one run of image tokens per tile of one image (pixel_values {pixels}), "
-                             f"found {len(runs)} runs")
+            raise InputError(
+                f"expected one run of image tokens per tile of one image (pixel_values {pixels}), "
+                f"found {len(runs)} runs"
+            )
         keys = np.concatenate(runs)
         tiles = (len(runs) - 1) * side * side
         pixel_mask = inputs.get("pixel_attention_mask")
-        frames = [np.ones((side, side), dtype=bool) if pixel_mask is None  # a cell is image if any of its pixels is real
-                  else block_mean(pixel_mask[0, frame].float().numpy(), cell, cell) > 0 for frame in range(len(runs))]
+        frames = [
+            np.ones((side, side), dtype=bool)
+            if pixel_mask is None  # a cell is image if any of its pixels is real
+            else block_mean(pixel_mask[0, frame].float().numpy(), cell, cell) > 0
+            for frame in range(len(runs))
+        ]
         rows, cols = tile_rows_cols(processor, inputs["input_ids"], runs) if tiles and processor is not None else (0, 0)
         fine = (rows * side, cols * side)
         if not tiles or view == "global":

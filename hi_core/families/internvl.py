@@ -37,7 +37,16 @@ import numpy as np
 import torch
 
 from ..base.errors import InputError
-from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, size_value, stitched_layout, token_positions
+from .base import (
+    FamilyAdapter,
+    ImageLayout,
+    View,
+    block_mean,
+    processed_mask,
+    size_value,
+    stitched_layout,
+    token_positions,
+)
 
 
 def _side(value: Any, name: str) -> int:
@@ -80,7 +89,9 @@ class InternVLAdapter(FamilyAdapter):
             )
         layer = getattr(config, "vision_feature_layer", -1)
         if not isinstance(layer, int):
-            raise InputError(f"InternVL takes its image features from one vision layer; the config's vision_feature_layer is {layer!r}")
+            raise InputError(
+                f"InternVL takes its image features from one vision layer; the config's vision_feature_layer is {layer!r}"
+            )
         seq_length = getattr(processor, "image_seq_length", None)
         if seq_length != tokens:
             raise InputError(
@@ -122,8 +133,14 @@ class InternVLAdapter(FamilyAdapter):
         views = (View("tiles", 0, tiles, None), View("global view", tiles, int(positions.size), (side, side)))
         return ImageLayout.one_view(positions, views, "global view", valid)
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
-                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+    def view_layout(
+        self,
+        model: Any,
+        processor: Any,
+        inputs: dict[str, torch.Tensor],
+        view: str = "combined",
+        image_size: tuple[int, int] | None = None,
+    ) -> ImageLayout:
         """`combined`: the tiles stitched (cols x rows of them, as the image processor's own
         `get_optimal_tiled_canvas` picks for this image size) are the grid, and each thumbnail token is spread
         over the cols x rows cells under it; `tiles` the tiles alone; `global` the thumbnail alone."""
@@ -134,8 +151,10 @@ class InternVLAdapter(FamilyAdapter):
         cols, rows = self.tile_grid(processor, image_size)
         tiles = layout.views[0].tokens
         if cols * rows * side * side != tiles:
-            raise InputError(f"the image processor tiles a {image_size[0]}x{image_size[1]} image {cols}x{rows}, but the "
-                             f"sequence holds {tiles // (side * side)} tiles")
+            raise InputError(
+                f"the image processor tiles a {image_size[0]}x{image_size[1]} image {cols}x{rows}, but the "
+                f"sequence holds {tiles // (side * side)} tiles"
+            )
         return stitched_layout(layout.keys, rows, cols, side, view == "combined", "global view")
 
     @staticmethod
@@ -144,8 +163,9 @@ class InternVLAdapter(FamilyAdapter):
         image_processor = processor.image_processor
         module = importlib.import_module(type(image_processor).__module__)
         tile = (size_value(image_processor.size, "height"), size_value(image_processor.size, "width"))
-        cols, rows = module.get_optimal_tiled_canvas((image_size[1], image_size[0]), tile, int(image_processor.min_patches),
-                                                     int(image_processor.max_patches))
+        cols, rows = module.get_optimal_tiled_canvas(
+            (image_size[1], image_size[0]), tile, int(image_processor.min_patches), int(image_processor.max_patches)
+        )
         return int(cols), int(rows)
 
     def view_mask_fractions(

@@ -29,8 +29,10 @@ class LlavaAdapter(FamilyAdapter):
         _, side = patch_grid_side(model)
         positions = token_positions(inputs["input_ids"], model.config.image_token_id)
         if positions.size != side * side:
-            raise InputError(f"expected {side * side} image tokens for the vision tower's {side}x{side} grid, found "
-                             f"{positions.size}: the processor's image token count does not match the model")
+            raise InputError(
+                f"expected {side * side} image tokens for the vision tower's {side}x{side} grid, found "
+                f"{positions.size}: the processor's image token count does not match the model"
+            )
         return ImageLayout.cells(positions.reshape(side, side), np.ones((side, side), dtype=bool))
 
     def mask_fractions(

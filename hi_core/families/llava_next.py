@@ -51,42 +51,66 @@ class LlavaNextAdapter(FamilyAdapter):
         """The model's own packing of one image's features, on placeholders: (tokens,) 1.0 at each newline."""
         config = model.config
         module = importlib.import_module(type(model.model).__module__)
-        tall, wide = module.get_anyres_image_grid_shape(inputs["image_sizes"][0], config.image_grid_pinpoints,
-                                                         config.vision_config.image_size)
+        tall, wide = module.get_anyres_image_grid_shape(
+            inputs["image_sizes"][0], config.image_grid_pinpoints, config.vision_config.image_size
+        )
         placeholders = [torch.zeros(1 + int(tall) * int(wide), side * side, 1)]
         newline = torch.ones(1)
         if "vision_aspect_ratio" in inspect.signature(model.model.pack_image_features).parameters:  # OneVision
-            packed, _ = model.model.pack_image_features(placeholders, inputs["image_sizes"], image_newline=newline,
-                                                        vision_aspect_ratio=config.vision_aspect_ratio)
+            packed, _ = model.model.pack_image_features(
+                placeholders,
+                inputs["image_sizes"],
+                image_newline=newline,
+                vision_aspect_ratio=config.vision_aspect_ratio,
+            )
         else:
-            packed, _ = model.model.pack_image_features(placeholders, inputs["image_sizes"],
-                                                        config.vision_feature_select_strategy, image_newline=newline)
+            packed, _ = model.model.pack_image_features(
+                placeholders, inputs["image_sizes"], config.vision_feature_select_strategy, image_newline=newline
+            )
         return packed[0][:, 0]
 
-    def view_layout(self, model: Any, processor: Any, inputs: dict[str, torch.Tensor], view: str = "combined",
-                    image_size: tuple[int, int] | None = None) -> ImageLayout:
+    def view_layout(
+        self,
+        model: Any,
+        processor: Any,
+        inputs: dict[str, torch.Tensor],
+        view: str = "combined",
+        image_size: tuple[int, int] | None = None,
+    ) -> ImageLayout:
         base = self.image_layout(model, inputs)
         _, side = patch_grid_side(model)
         positions = base.keys
         packed = self.pack(model, inputs, side)
         if packed.numel() != positions.size:
-            raise InputError(f"the model packs {packed.numel()} image features but the sequence has {positions.size} "
-                             "image tokens: the processor and the model disagree on the tiles")
-        tile_part = packed[side * side:].numpy() > 0.5  # True at the newlines
+            raise InputError(
+                f"the model packs {packed.numel()} image features but the sequence has {positions.size} "
+                "image tokens: the processor and the model disagree on the tiles"
+            )
+        tile_part = packed[side * side :].numpy() > 0.5  # True at the newlines
         rows = int(tile_part.sum())
         cols = (tile_part.size - rows) // rows if rows else 0
         if not rows or not np.array_equal(np.flatnonzero(tile_part), np.arange(1, rows + 1) * (cols + 1) - 1):
             raise InputError("the tiles' image tokens do not form rows closed by a newline token")
-        tiles, newlines = positions[side * side:][~tile_part], positions[side * side:][tile_part]
+        tiles, newlines = positions[side * side :][~tile_part], positions[side * side :][tile_part]
         keys = np.concatenate([positions[: side * side], tiles, newlines])
         start = side * side
-        views = (View("base view", 0, start, (side, side)), View("tiles", start, start + tiles.size, (rows, cols)),
-                 View("row ends", start + tiles.size, int(keys.size), None))
+        views = (
+            View("base view", 0, start, (side, side)),
+            View("tiles", start, start + tiles.size, (rows, cols)),
+            View("row ends", start + tiles.size, int(keys.size), None),
+        )
         if view == "global":
             return ImageLayout.one_view(keys, views, "base view", base.valid)
-        key_index, cell_index, weights = [start + np.arange(tiles.size)], [np.arange(tiles.size)], [np.ones(tiles.size, np.float32)]
+        key_index, cell_index, weights = (
+            [start + np.arange(tiles.size)],
+            [np.arange(tiles.size)],
+            [np.ones(tiles.size, np.float32)],
+        )
         if view == "combined":
-            down, across = overlaps(side, rows), overlaps(side, cols)  # (side, rows), (side, cols): shares of a token's extent
+            down, across = (
+                overlaps(side, rows),
+                overlaps(side, cols),
+            )  # (side, rows), (side, cols): shares of a token's extent
             share = down[:, None, :, None] * across[None, :, None, :]  # (a, b, i, j)
             a, b, i, j = np.nonzero(share)
             key_index.append(a * side + b)
@@ -94,7 +118,9 @@ class LlavaNextAdapter(FamilyAdapter):
             weights.append(share[a, b, i, j].astype(np.float32))
         placement = (np.concatenate(key_index), np.concatenate(cell_index), np.concatenate(weights))
         scored = "tiles" + (" + base view" if view == "combined" else "")
-        return ImageLayout(keys=keys, placement=placement, valid=np.ones((rows, cols), dtype=bool), view=scored, views=views)
+        return ImageLayout(
+            keys=keys, placement=placement, valid=np.ones((rows, cols), dtype=bool), view=scored, views=views
+        )
 
     def view_mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor], layout: ImageLayout

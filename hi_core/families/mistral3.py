@@ -56,16 +56,27 @@ class Mistral3Adapter(FamilyAdapter):
         """The processor's image tokens and patch are the model's, and its three image tokens are distinct
         tokens of the vocabulary (else the rows could not be read, or transformers would fail mid-forward)."""
         config = model.config
-        for name, value in (("vision patch_size", config.vision_config.patch_size), ("spatial_merge_size", config.spatial_merge_size)):
+        for name, value in (
+            ("vision patch_size", config.vision_config.patch_size),
+            ("spatial_merge_size", config.spatial_merge_size),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"expected the model's {name} to be a positive integer (square patches), found {value!r}")
+                raise InputError(
+                    f"expected the model's {name} to be a positive integer (square patches), found {value!r}"
+                )
         pairs = {
             "image token id (config `image_token_index`, processor `[IMG]`)": (
                 config.image_token_id,
                 getattr(processor, "image_token_id", None),
             ),
-            "patch size (vision tower, processor)": (int(config.vision_config.patch_size), getattr(processor, "patch_size", None)),
-            "spatial_merge_size (config, processor)": (int(config.spatial_merge_size), getattr(processor, "spatial_merge_size", None)),
+            "patch size (vision tower, processor)": (
+                int(config.vision_config.patch_size),
+                getattr(processor, "patch_size", None),
+            ),
+            "spatial_merge_size (config, processor)": (
+                int(config.spatial_merge_size),
+                getattr(processor, "spatial_merge_size", None),
+            ),
         }
         for what, (expected, found) in pairs.items():
             if expected != found:
@@ -114,6 +125,7 @@ class Mistral3Adapter(FamilyAdapter):
         view = processed_mask(processor, mask, patch_size={"height": cell, "width": cell})[0].mean(axis=0)  # (H, W)
         height, width = (int(n) for n in inputs["image_sizes"].reshape(-1))
         if view.shape != (height, width):
-            raise InputError(f"the mask was resized to {view.shape[1]}x{view.shape[0]} px, the image to {width}x{height}")
+            raise InputError(
+                f"the mask was resized to {view.shape[1]}x{view.shape[0]} px, the image to {width}x{height}"
+            )
         return block_mean(view, cell, cell)
-

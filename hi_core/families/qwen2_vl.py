@@ -105,7 +105,10 @@ class Qwen2VLAdapter(FamilyAdapter):
         image_processor = processor.image_processor
         current = size_value(image_processor.size, "longest_edge") or int(max_pixels)
         smallest = size_value(image_processor.size, "shortest_edge")  # min_pixels
-        image_processor.size = {"shortest_edge": min(smallest or 1, int(max_pixels)), "longest_edge": min(current, int(max_pixels))}
+        image_processor.size = {
+            "shortest_edge": min(smallest or 1, int(max_pixels)),
+            "longest_edge": min(current, int(max_pixels)),
+        }
         return f"at most {min(current, int(max_pixels)):,} pixels per image (the processor's max_pixels)"
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:

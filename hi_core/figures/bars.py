@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import BACKGROUND, INK, cut, font, line_height, nice_ticks, text_width, tick_label
 from ..method.scoring import rank_layers
+from .drawing import BACKGROUND, INK, cut, font, line_height, nice_ticks, text_width, tick_label
 
 TOP_COLOUR, OTHER_COLOUR = (214, 39, 40), (140, 140, 140)  # the top-k layers, the others
 GRID_COLOUR = (228, 228, 228)
@@ -111,8 +111,12 @@ def draw_layer_bars(scores: np.ndarray, top_k: int = 4, title: str = "Layer scor
     picture = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(picture)
     labels, title_face = font(LABEL_PX), font(TITLE_PX, bold=True)
-    draw.text((PAD, PAD), cut(bars_title(title, layout.layers, int(top_k), finite.size), title_face, layout.width - 2 * PAD),
-              font=title_face, fill=INK)
+    draw.text(
+        (PAD, PAD),
+        cut(bars_title(title, layout.layers, int(top_k), finite.size), title_face, layout.width - 2 * PAD),
+        font=title_face,
+        fill=INK,
+    )
     right = layout.left + layout.layers * layout.slot
     for tick in ticks:
         y = layout.base - round(tick / high * PLOT_HEIGHT)

@@ -31,7 +31,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import BACKGROUND, INK, blank, colormap_lut, cut, font, line_height, lut_indices, nice_ticks, text_width, tick_label
+from .drawing import (
+    BACKGROUND,
+    INK,
+    blank,
+    colormap_lut,
+    cut,
+    font,
+    line_height,
+    lut_indices,
+    nice_ticks,
+    text_width,
+    tick_label,
+)
 
 MAX_WIDTH, MAX_HEIGHT = 420, 360  # the grid fits in this, unless cells would be smaller than MIN_CELL
 MIN_CELL, MAX_CELL = 10, 64  # px per head's square
@@ -75,8 +87,9 @@ class HeatmapLayout:
     legend_top: int | None = None  # the line saying what grey cells mean, below the caption (None: no such line)
 
     @classmethod
-    def fit(cls, layers: int, heads: int, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT,
-            legend: bool = False) -> HeatmapLayout:
+    def fit(
+        cls, layers: int, heads: int, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT, legend: bool = False
+    ) -> HeatmapLayout:
         """The layout for a (layers, heads) grid: square cells as large as fit `max_width` x `max_height`,
         between MIN_CELL and MAX_CELL px (a grid too large for MIN_CELL cells grows past the bounds).
         `legend`: a line below the caption says what grey (NaN) cells mean; it moves nothing above it,
@@ -99,8 +112,22 @@ class HeatmapLayout:
         head_label = digit * len(str(heads - 1)) + 4
         head_step = next(step for step in NICE_STEPS + (heads,) if step * cell >= head_label)
         values_shown = layers <= VALUES_MAX and heads <= VALUES_MAX
-        return cls(layers, heads, cell, left, top, width, height, bar_left, bar_height, caption_top,
-                   layer_step, head_step, values_shown, legend_top)
+        return cls(
+            layers,
+            heads,
+            cell,
+            left,
+            top,
+            width,
+            height,
+            bar_left,
+            bar_height,
+            caption_top,
+            layer_step,
+            head_step,
+            values_shown,
+            legend_top,
+        )
 
     @property
     def grid_box(self) -> tuple[int, int, int, int]:
@@ -210,7 +237,12 @@ def draw_heatmap(
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     labels, bold = font(LABEL_PX), font(LABEL_PX, bold=True)
-    draw.text((PAD, PAD), cut(title, font(TITLE_PX, bold=True), layout.width - 2 * PAD), font=font(TITLE_PX, bold=True), fill=INK)
+    draw.text(
+        (PAD, PAD),
+        cut(title, font(TITLE_PX, bold=True), layout.width - 2 * PAD),
+        font=font(TITLE_PX, bold=True),
+        fill=INK,
+    )
     draw.rectangle((bx0 - 1, by0 - 1, bx1, by1), outline=INK)
 
     # axes: "head ->" over the head numbers, a rotated "layer" left of the layer numbers
@@ -265,21 +297,31 @@ def draw_heatmap(
         cx0, cy0, cx1, cy1 = layout.cell_box(layer, head)
         reach = SELECTION_PX
         draw.rectangle((cx0 - reach, cy0 - reach, cx1 - 1 + reach, cy1 - 1 + reach), outline=(0, 0, 0), width=1)
-        draw.rectangle((cx0 - reach + 1, cy0 - reach + 1, cx1 - 2 + reach, cy1 - 2 + reach), outline=(255, 255, 255), width=2)
+        draw.rectangle(
+            (cx0 - reach + 1, cy0 - reach + 1, cx1 - 2 + reach, cy1 - 2 + reach), outline=(255, 255, 255), width=2
+        )
         draw.rectangle((cx0, cy0, cx1 - 1, cy1 - 1), outline=(0, 0, 0), width=1)
         _boxed(draw, (x0 - SELECTION_PX - 3, (cy0 + cy1) / 2), str(layer), bold, "rm")
         _boxed(draw, ((cx0 + cx1) / 2, head_row), str(head), bold, "ms")
         value = values[layer, head]
         grey = missing is not None and layout.legend_top is not None and not np.isfinite(value)
-        caption = f"selected layer {layer}, head {head}: {label} {_number(value, 3)}" + (" (grey, below)" if grey else "")
+        caption = f"selected layer {layer}, head {head}: {label} {_number(value, 3)}" + (
+            " (grey, below)" if grey else ""
+        )
         face = font(TITLE_PX, bold=True)
         draw.text((PAD, layout.caption_top), cut(caption, face, layout.width - 2 * PAD), font=face, fill=INK)
     if layout.legend_top is not None and missing is not None:
         swatch = LEGEND_BAND - 8
-        draw.rectangle((PAD, layout.legend_top + 2, PAD + swatch, layout.legend_top + 2 + swatch), fill=NAN_COLOUR, outline=INK)
+        draw.rectangle(
+            (PAD, layout.legend_top + 2, PAD + swatch, layout.legend_top + 2 + swatch), fill=NAN_COLOUR, outline=INK
+        )
         face = font(LABEL_PX)
-        draw.text((PAD + swatch + 6, layout.legend_top + 1), cut(f"grey: {missing}", face, layout.width - 3 * PAD - swatch),
-                  font=face, fill=INK)
+        draw.text(
+            (PAD + swatch + 6, layout.legend_top + 1),
+            cut(f"grey: {missing}", face, layout.width - 3 * PAD - swatch),
+            font=face,
+            fill=INK,
+        )
     return np.array(picture)
 
 

@@ -33,7 +33,9 @@ TITLE_PX = 12  # a panel's title
 SUPTITLE_PX = 14  # the grid's title
 
 
-def fit_for_display(image: np.ndarray, mask: np.ndarray | None = None, max_side: int = PANEL_SIDE) -> tuple[np.ndarray, np.ndarray | None]:
+def fit_for_display(
+    image: np.ndarray, mask: np.ndarray | None = None, max_side: int = PANEL_SIDE
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(image, mask) area-averaged down so the longer side is at most `max_side` (the mask as a coverage
     fraction in [0, 1]); unchanged when already that small."""
     height, width = image.shape[:2]
@@ -102,7 +104,9 @@ def _panel(image: np.ndarray, head_map: np.ndarray | None, edge: np.ndarray | No
     return image
 
 
-def map_overlay(image: np.ndarray, head_map: np.ndarray | None = None, mask: np.ndarray | None = None, min_side: int = 0) -> np.ndarray:
+def map_overlay(
+    image: np.ndarray, head_map: np.ndarray | None = None, mask: np.ndarray | None = None, min_side: int = 0
+) -> np.ndarray:
     """One panel as a (H', W', 3) uint8 array: the head's map (gh, gw) over the image as patch blocks
     (inferno over the map's range, 0.6 opacity) and the mask's 2-px outline in cyan. A small image is
     first enlarged by an integer factor (nearest) until its shorter side is at least `min_side` px, so
@@ -151,7 +155,11 @@ def overlay_panels(
     count = len(images)
     if count == 0:
         raise ValueError("overlay_panels needs at least one image")
-    if len(maps) != count or (masks is not None and len(masks) != count) or (titles is not None and len(titles) != count):
+    if (
+        len(maps) != count
+        or (masks is not None and len(masks) != count)
+        or (titles is not None and len(titles) != count)
+    ):
         raise ValueError("images, maps, masks and titles must have the same length")
     columns = max(1, min(columns, count))
     rows = -(-count // columns)
@@ -173,7 +181,9 @@ def overlay_panels(
                 inside = _mask_at(mask, size)
                 edges[key] = outline(inside) if inside.any() else None
             edge = edges[key]
-        pictures.append(_panel(picture, maps[index], edge) if (maps[index] is not None or edge is not None) else picture)
+        pictures.append(
+            _panel(picture, maps[index], edge) if (maps[index] is not None or edge is not None) else picture
+        )
 
     cell_width = max(p.shape[1] for p in pictures)
     cell_height = max(p.shape[0] for p in pictures)
@@ -212,7 +222,9 @@ def overlay_panels(
 BRUSH_COLOURS = ((255, 0, 255), (0, 255, 0), (255, 255, 0), (0, 160, 255), (255, 0, 0), (255, 255, 255), (0, 0, 0))
 
 
-def contrasting_colour(image: np.ndarray, colours: Sequence[tuple[int, int, int]] = BRUSH_COLOURS) -> tuple[int, int, int]:
+def contrasting_colour(
+    image: np.ndarray, colours: Sequence[tuple[int, int, int]] = BRUSH_COLOURS
+) -> tuple[int, int, int]:
     """Of `colours`, the one the image's pixels come least close to: the largest 5th percentile of the Euclidean
     RGB distance to the pixels (the closest 5% decide, so a small red object makes red a poor brush on it).
 

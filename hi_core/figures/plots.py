@@ -15,9 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
 from .overlays import fit_for_display
 
-def draw_overlay(ax: Axes, image: np.ndarray, head_map: np.ndarray, mask: np.ndarray | None = None, title: str = "") -> None:
+
+def draw_overlay(
+    ax: Axes, image: np.ndarray, head_map: np.ndarray, mask: np.ndarray | None = None, title: str = ""
+) -> None:
     """The image with a head's map (gh, gw) over it as patch blocks, and the mask's outline."""
     image, mask = fit_for_display(image, mask)
     height, width = image.shape[:2]
@@ -70,7 +74,13 @@ def figure_to_array(figure: Figure, dpi: int = 100) -> np.ndarray:
 
 
 #: One colour per fine-tuning strategy in the comparison figures.
-_STRATEGY_COLOURS = {"pretrained": "#8c8c8c", "top": "#d62728", "random": "#1f77b4", "bottom": "#2ca02c", "all": "#9467bd"}
+_STRATEGY_COLOURS = {
+    "pretrained": "#8c8c8c",
+    "top": "#d62728",
+    "random": "#1f77b4",
+    "bottom": "#2ca02c",
+    "all": "#9467bd",
+}
 
 
 def metric_bars(
@@ -105,7 +115,9 @@ def metric_bars(
     return figure
 
 
-def loss_curves(curves: dict[str, Sequence[np.ndarray]], ax: Axes | None = None, smooth: int = 0, title: str = "Training loss") -> Figure:
+def loss_curves(
+    curves: dict[str, Sequence[np.ndarray]], ax: Axes | None = None, smooth: int = 0, title: str = "Training loss"
+) -> Figure:
     """Training loss per step: for each strategy, every seed's curve (thin) and their mean (thick),
     smoothed by a moving average over `smooth` steps (0: about 1/20 of the steps)."""
     figure = ax.figure if ax is not None else Figure(figsize=(6.0, 3.2), layout="constrained")
@@ -117,12 +129,18 @@ def loss_curves(curves: dict[str, Sequence[np.ndarray]], ax: Axes | None = None,
         length = min(len(run) for run in runs)
         window = smooth or max(1, length // 20)
         kernel = np.ones(window) / window
-        colour = _STRATEGY_COLOURS.get(name, None)
+        colour = _STRATEGY_COLOURS.get(name)
         steps = np.arange(window, length + 1)
         for run in runs:
             ax.plot(steps, np.convolve(run[:length], kernel, mode="valid"), color=colour, alpha=0.25, linewidth=0.8)
         mean = np.mean([run[:length] for run in runs], axis=0)
-        ax.plot(steps, np.convolve(mean, kernel, mode="valid"), color=colour, linewidth=2, label=f"{name} ({len(runs)} runs)")
+        ax.plot(
+            steps,
+            np.convolve(mean, kernel, mode="valid"),
+            color=colour,
+            linewidth=2,
+            label=f"{name} ({len(runs)} runs)",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (moving average)")
     ax.set_title(title, fontsize=9)
@@ -130,13 +148,20 @@ def loss_curves(curves: dict[str, Sequence[np.ndarray]], ax: Axes | None = None,
     return figure
 
 
-def layer_choices(selected: np.ndarray, labels: Sequence[str], scores: np.ndarray | None = None, title: str = "Adapted layers") -> Figure:
+def layer_choices(
+    selected: np.ndarray, labels: Sequence[str], scores: np.ndarray | None = None, title: str = "Adapted layers"
+) -> Figure:
     """Which layers each run adapted: selected (runs, layers) bool as a grid, one row per run
     (labelled), and the layer scores of the ranking as bars above it when given."""
     runs, layers = selected.shape
     rows = 2 if scores is not None else 1
-    figure = Figure(figsize=(max(3.5, 0.35 * layers + 2.0), 0.28 * runs + 1.4 + (1.2 if scores is not None else 0)), layout="constrained")
-    axes = figure.subplots(rows, 1, squeeze=False, height_ratios=[1, max(1.0, runs / 5)] if scores is not None else None)[:, 0]
+    figure = Figure(
+        figsize=(max(3.5, 0.35 * layers + 2.0), 0.28 * runs + 1.4 + (1.2 if scores is not None else 0)),
+        layout="constrained",
+    )
+    axes = figure.subplots(
+        rows, 1, squeeze=False, height_ratios=[1, max(1.0, runs / 5)] if scores is not None else None
+    )[:, 0]
     if scores is not None:
         axes[0].bar(np.arange(layers), scores, color="#8c8c8c")
         axes[0].set_xlim(-0.5, layers - 0.5)
@@ -151,17 +176,26 @@ def layer_choices(selected: np.ndarray, labels: Sequence[str], scores: np.ndarra
     return figure
 
 
-
-def effect_scatter(hi: np.ndarray, effects: dict[str, np.ndarray], layers: Sequence[int],
-                   hi_label: str = "HI") -> Figure:
+def effect_scatter(
+    hi: np.ndarray, effects: dict[str, np.ndarray], layers: Sequence[int], hi_label: str = "HI"
+) -> Figure:
     """Each head's effect when removed alone (one panel per ablation mode) against its HI, coloured by layer."""
     figure = Figure(figsize=(3.6 * len(effects) + 0.8, 3.3), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(effects), sharey=False))
     layers = np.asarray(layers)
     colours = None
     for ax, (mode, effect) in zip(axes, effects.items()):
-        colours = ax.scatter(hi, effect, c=layers, cmap="viridis", s=22, edgecolors="black", linewidths=0.3,
-                             vmin=layers.min(), vmax=max(layers.max(), layers.min() + 1))
+        colours = ax.scatter(
+            hi,
+            effect,
+            c=layers,
+            cmap="viridis",
+            s=22,
+            edgecolors="black",
+            linewidths=0.3,
+            vmin=layers.min(),
+            vmax=max(layers.max(), layers.min() + 1),
+        )
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_yscale("symlog", linthresh=0.01)  # one head's effect can dwarf the rest: linear near 0, log beyond
         ax.set_ylim(bottom=min(-0.002, 1.5 * float(np.min(effect))))
@@ -184,11 +218,24 @@ def dose_response_figure(dose: dict, rankings: Sequence[str], names: dict[str, s
         if band is None:
             continue
         ax.fill_between(ks, band["loss_low"], band["loss_high"], color=colour, alpha=0.2, linewidth=0)
-        ax.plot(ks, band["loss_mean"], color=colour, linestyle="--", linewidth=1.2,
-                label=f"{name} ({dose['orders'][name]} orders, 95% band)")
+        ax.plot(
+            ks,
+            band["loss_mean"],
+            color=colour,
+            linestyle="--",
+            linewidth=1.2,
+            label=f"{name} ({dose['orders'][name]} orders, 95% band)",
+        )
     for name, colour in zip(rankings, ("tab:red", "tab:blue", "tab:green", "tab:purple")):
-        ax.plot(ks, dose[name]["loss"], color=colour, marker="o", markersize=3, linewidth=2 if name == "hi" else 1.2,
-                label=f"{names.get(name, name)} order")
+        ax.plot(
+            ks,
+            dose[name]["loss"],
+            color=colour,
+            marker="o",
+            markersize=3,
+            linewidth=2 if name == "hi" else 1.2,
+            label=f"{names.get(name, name)} order",
+        )
     ax.set_xlabel("heads removed (k)")
     ax.set_ylabel("scored-token loss (held-out mean)")
     ax.set_title("Dose-response: heads removed cumulatively (zero ablation)", fontsize=9)

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..model.captioning import generate_description
 from ..base.errors import InputError
-from .image_scoring import AnalysisConfig, prepare_image
-from ..model.loading import LoadedModel
+from ..base.outputs import csv_number, json_number, write_json, write_npz
 from ..families import View
+from ..model.captioning import generate_description
+from ..model.loading import LoadedModel
+from .image_scoring import AnalysisConfig, prepare_image
 from .maps import head_maps_and_views, shares, token_maps
 from .masks import MaskGrid, check_mask
-from ..base.outputs import csv_number, json_number, write_json, write_npz
 from .scoring import ScoringConfig, every_head, every_layer, layer_scores, rank_heads, score_maps, scored_layers
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class ImageAnalysis:
     views: tuple[View, ...] = ()
     view_shares: np.ndarray | None = None
     token_view_sums: np.ndarray | None = None
-    view_budget: str | None = None  # the processor's view budget the model was loaded with (`LoadConfig.max_view_pixels`)
+    view_budget: str | None = (
+        None  # the processor's view budget the model was loaded with (`LoadConfig.max_view_pixels`)
+    )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -100,18 +102,34 @@ class ImageAnalysis:
             "text": self.text,
             "view": self.view,
             "views": [
-                {"name": view.name, "grid": None if view.grid is None else list(view.grid), "tokens": view.tokens,
-                 "share": [[json_number(self.view_shares[layer, head, index]) for head in range(num_heads)]
-                            for layer in range(num_layers)] if self.view_shares is not None else None}
+                {
+                    "name": view.name,
+                    "grid": None if view.grid is None else list(view.grid),
+                    "tokens": view.tokens,
+                    "share": [
+                        [json_number(self.view_shares[layer, head, index]) for head in range(num_heads)]
+                        for layer in range(num_layers)
+                    ]
+                    if self.view_shares is not None
+                    else None,
+                }
                 for index, view in enumerate(self.views)
             ],
             "view_budget": self.view_budget,
             "scored_layers": self.scored_layers,
             "heads": [
-                {"layer": layer, "head": head, "hi": json_number(self.hi[layer, head]), "mass": json_number(self.mass[layer, head])}
+                {
+                    "layer": layer,
+                    "head": head,
+                    "hi": json_number(self.hi[layer, head]),
+                    "mass": json_number(self.mass[layer, head]),
+                }
                 for layer, head in every_head(self.hi)
             ],
-            "layers": [{"layer": layer, "score": json_number(self.layer_scores[layer])} for layer in every_layer(self.layer_scores)],
+            "layers": [
+                {"layer": layer, "score": json_number(self.layer_scores[layer])}
+                for layer in every_layer(self.layer_scores)
+            ],
         }
 
     def rescored(self, scoring: ScoringConfig) -> ImageAnalysis:
@@ -128,8 +146,10 @@ class ImageAnalysis:
         if chosen.size == 0:
             raise InputError("choose at least one token of the description")
         if chosen[0] < 0 or chosen[-1] >= len(self.tokens):
-            raise InputError(f"token {int(chosen[-1] if chosen[-1] >= len(self.tokens) else chosen[0])} is not one of "
-                             f"the description's {len(self.tokens)} tokens (0-{len(self.tokens) - 1})")
+            raise InputError(
+                f"token {int(chosen[-1] if chosen[-1] >= len(self.tokens) else chosen[0])} is not one of "
+                f"the description's {len(self.tokens)} tokens (0-{len(self.tokens) - 1})"
+            )
         maps = self.token_maps[:, :, chosen].mean(axis=2)  # (layers, heads, gh, gw)
         view_shares = None if self.token_view_sums is None else shares(self.token_view_sums[:, :, chosen].sum(axis=2))
         return replace(self, maps=maps, response_tokens=int(chosen.size), view_shares=view_shares).rescored(scoring)
@@ -137,8 +157,10 @@ class ImageAnalysis:
     def to_csv(self) -> str:
         """One row per head, by HI descending: layer, head, hi, mass (heads not scored last, hi and mass empty)."""
         rows = ["layer,head,hi,mass"]
-        rows += [f"{layer},{head},{csv_number(self.hi[layer, head])},{csv_number(self.mass[layer, head])}"
-                 for layer, head in every_head(self.hi)]
+        rows += [
+            f"{layer},{head},{csv_number(self.hi[layer, head])},{csv_number(self.mass[layer, head])}"
+            for layer, head in every_head(self.hi)
+        ]
         return "\n".join(rows) + "\n"
 
     def save_json(self, path: str | Path) -> None:
@@ -166,7 +188,9 @@ def analyze_image(
     prepared = prepare_image(loaded, image, mask, text, config)
     every_token = sums = None
     if per_token:
-        every_token, sums = token_maps(loaded, prepared.inputs, config.queries)  # (layers, heads, tokens, gh, gw | views)
+        every_token, sums = token_maps(
+            loaded, prepared.inputs, config.queries
+        )  # (layers, heads, tokens, gh, gw | views)
         maps = every_token[:, :, prepared.tokens].mean(axis=2)
         view_shares = shares(sums[:, :, prepared.tokens].sum(axis=2))
     else:

@@ -43,13 +43,22 @@ class HeadRanking:
         """From (layers, heads) HI: descending, ties by layer then head; NaN (not scored) left out."""
         hi = np.asarray(hi, dtype=np.float64)
         order = rank_heads(hi)
-        return cls(heads=tuple(order), scores=tuple(float(hi[head]) for head in order),
-                    num_layers=int(hi.shape[0]), num_heads=int(hi.shape[1]), source=source)
+        return cls(
+            heads=tuple(order),
+            scores=tuple(float(hi[head]) for head in order),
+            num_layers=int(hi.shape[0]),
+            num_heads=int(hi.shape[1]),
+            source=source,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """{source, num_layers, num_heads, heads: [{layer, head, hi}]} (the scored heads, best first)."""
-        return {"source": self.source, "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "heads": [{"layer": l, "head": h, "hi": s} for (l, h), s in zip(self.heads, self.scores)]}
+        return {
+            "source": self.source,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "heads": [{"layer": l, "head": h, "hi": s} for (l, h), s in zip(self.heads, self.scores)],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> HeadRanking:
@@ -60,10 +69,14 @@ class HeadRanking:
             raise InputError(f"ranking {source!r} has no `heads` list (expected the JSON written by `score`)")
         try:
             num_layers, num_heads = int(data["num_layers"]), int(data["num_heads"])
-            cells = [(int(e["layer"]), int(e["head"]), float("nan") if e["hi"] is None else float(e["hi"])) for e in entries]
+            cells = [
+                (int(e["layer"]), int(e["head"]), float("nan") if e["hi"] is None else float(e["hi"])) for e in entries
+            ]
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"ranking {source!r}: it needs `num_layers`, `num_heads` and a `heads` list whose "
-                             "entries have an integer `layer` and `head` and an `hi`") from None
+            raise InputError(
+                f"ranking {source!r}: it needs `num_layers`, `num_heads` and a `heads` list whose "
+                "entries have an integer `layer` and `head` and an `hi`"
+            ) from None
         hi = np.full((num_layers, num_heads), np.nan)
         for layer, head, value in cells:
             if not (0 <= layer < num_layers and 0 <= head < num_heads):
@@ -87,8 +100,9 @@ def parse_head_choice(text: str) -> HeadChoice:
     try:
         heads = tuple((int(layer), int(head)) for layer, head in (part.split(":") for part in text.split(",")))
     except ValueError:
-        raise InputError(f"heads must be one of {', '.join(get_args(HeadStrategy))} or layer:head pairs like 2:5,4:0; "
-                         f"got {text!r}") from None
+        raise InputError(
+            f"heads must be one of {', '.join(get_args(HeadStrategy))} or layer:head pairs like 2:5,4:0; got {text!r}"
+        ) from None
     return heads
 
 
@@ -107,22 +121,29 @@ def check_head_choice(heads: str | HeadChoice, layers: Sequence[int], num_heads:
             raise InputError("give at least one layer:head pair")
         for layer, head in choice:
             if layer not in layers:
-                raise InputError(f"head {layer}:{head}: layer {layer} is not a scored layer of the language model "
-                                 f"(its scored layers: {', '.join(map(str, layers))})")
+                raise InputError(
+                    f"head {layer}:{head}: layer {layer} is not a scored layer of the language model "
+                    f"(its scored layers: {', '.join(map(str, layers))})"
+                )
             if not 0 <= head < num_heads:
                 raise InputError(f"head {layer}:{head} does not exist: each layer has heads 0..{num_heads - 1}")
         if len(set(choice)) != len(choice):
             raise InputError(f"heads {', '.join(f'{l}:{h}' for l, h in choice)} repeat a head")
     elif not 1 <= k <= len(layers) * num_heads:
-        raise InputError(f"k must be between 1 and the language model's {len(layers) * num_heads} scored heads, got {k}")
+        raise InputError(
+            f"k must be between 1 and the language model's {len(layers) * num_heads} scored heads, got {k}"
+        )
 
 
-def select_heads(choice: HeadChoice, layers: Sequence[int], num_heads: int, k: int,
-                 ranking: HeadRanking | None = None, seed: int = 0) -> tuple[Head, ...]:
+def select_heads(
+    choice: HeadChoice, layers: Sequence[int], num_heads: int, k: int, ranking: HeadRanking | None = None, seed: int = 0
+) -> tuple[Head, ...]:
     """The heads to act on, sorted by (layer, head), among the `num_heads` heads of each scored
     layer in `layers`. `k` applies to top/bottom/random; `seed` to random."""
     if isinstance(choice, str) and choice not in get_args(HeadStrategy):
-        raise InputError(f"heads must be one of {', '.join(get_args(HeadStrategy))} or layer:head pairs, got {choice!r}")
+        raise InputError(
+            f"heads must be one of {', '.join(get_args(HeadStrategy))} or layer:head pairs, got {choice!r}"
+        )
     check_head_choice(choice, layers, num_heads, k)
     if isinstance(choice, tuple):
         return tuple(sorted(choice))
@@ -133,9 +154,11 @@ def select_heads(choice: HeadChoice, layers: Sequence[int], num_heads: int, k: i
     if ranking is None:
         raise InputError(f"heads {choice!r} needs a ranking: give --ranking SCORE.json (or a dataset to score)")
     if ranking.num_heads != num_heads or sorted(ranking.heads) != sorted(candidates):
-        raise InputError(f"ranking {ranking.source!r} ranks the heads of a {ranking.num_layers} x {ranking.num_heads} model "
-                         f"whose scored heads are not this model's ({len(candidates)} heads in {len(layers)} layers); "
-                         "it was made with another model")
+        raise InputError(
+            f"ranking {ranking.source!r} ranks the heads of a {ranking.num_layers} x {ranking.num_heads} model "
+            f"whose scored heads are not this model's ({len(candidates)} heads in {len(layers)} layers); "
+            "it was made with another model"
+        )
     picked = ranking.heads[:k] if choice == "top" else ranking.heads[-k:]
     return tuple(sorted(picked))
 

@@ -64,8 +64,12 @@ class PreparedImage:
         return score_maps(maps, self.grid.object_patches, self.valid, scoring)
 
 
-def prepare_image(loaded: LoadedModel, image: Image.Image, mask: np.ndarray, text: str, config: AnalysisConfig) -> PreparedImage:
+def prepare_image(
+    loaded: LoadedModel, image: Image.Image, mask: np.ndarray, text: str, config: AnalysisConfig
+) -> PreparedImage:
     """Steps 1 of DESIGN 1 for one image: sequence, selected response tokens, mask on the grid.
     `mask` is (H, W) of `image`, already checked (`masks.check_mask`, or a dataset record's own check)."""
     inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, image, config.prompt, text, config.view)
-    return PreparedImage(inputs=inputs, tokens=key_phrase_tokens(inputs, config.key_phrase), grid=mask_grid(loaded, inputs, mask))
+    return PreparedImage(
+        inputs=inputs, tokens=key_phrase_tokens(inputs, config.key_phrase), grid=mask_grid(loaded, inputs, mask)
+    )

@@ -70,7 +70,9 @@ class Ranking:
             layers = tuple(int(entry["layer"]) for entry in entries)
             scores = tuple(float("nan") if entry["score"] is None else float(entry["score"]) for entry in entries)
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"ranking {source!r}: every entry of `layers` needs an integer `layer` and a `score`") from None
+            raise InputError(
+                f"ranking {source!r}: every entry of `layers` needs an integer `layer` and a `score`"
+            ) from None
         if sorted(layers) != list(range(len(layers))):
             raise InputError(f"ranking {source!r} does not list each layer 0..{len(layers) - 1} exactly once")
         declared = data.get("num_layers")
@@ -80,7 +82,9 @@ class Ranking:
         if not ranked:
             raise InputError(f"ranking {source!r} has no scored layer (every `score` is null)")
         unscored = tuple(sorted(layer for layer, score in zip(layers, scores) if not np.isfinite(score)))
-        return cls(layers=tuple(l for l, _ in ranked), scores=tuple(s for _, s in ranked), source=source, unscored=unscored)
+        return cls(
+            layers=tuple(l for l, _ in ranked), scores=tuple(s for _, s in ranked), source=source, unscored=unscored
+        )
 
 
 def read_score_file(path: str | Path) -> Any:
@@ -109,7 +113,9 @@ def parse_layer_choice(text: str) -> LayerChoice:
     try:
         layers = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise InputError(f"layers must be one of {', '.join(get_args(Strategy))} or indices like 0,5,7; got {text!r}") from None
+        raise InputError(
+            f"layers must be one of {', '.join(get_args(Strategy))} or indices like 0,5,7; got {text!r}"
+        ) from None
     return layers
 
 
@@ -146,7 +152,9 @@ def check_layer_choice(layers: str | LayerChoice, adaptable: Adaptable, k: int) 
         raise InputError(f"k must be between 1 and {_described(adaptable)}, got {k}")
 
 
-def select_layers(choice: LayerChoice, adaptable: Adaptable, k: int, ranking: Ranking | None = None, seed: int = 0) -> tuple[int, ...]:
+def select_layers(
+    choice: LayerChoice, adaptable: Adaptable, k: int, ranking: Ranking | None = None, seed: int = 0
+) -> tuple[int, ...]:
     """The layers to adapt, ascending, among `adaptable` (the model's softmax-attention layers, or
     their count when that is every layer: layers that are not scored are never picked).
     `k` applies to top/bottom/random; `seed` to random."""
@@ -165,10 +173,14 @@ def select_layers(choice: LayerChoice, adaptable: Adaptable, k: int, ranking: Ra
         raise InputError(f"layers {choice!r} needs a ranking: give --ranking SCORE.json (or a dataset to score)")
     if sorted(ranking.layers) != list(adaptable):
         if not ranking.unscored and adaptable == tuple(range(len(adaptable))):
-            raise InputError(f"ranking {ranking.source!r} covers {ranking.num_layers} layers but the model has {len(adaptable)}; "
-                             "it was made with another model")
-        raise InputError(f"ranking {ranking.source!r} ranks layers {', '.join(map(str, sorted(ranking.layers)))} but the model's "
-                         f"scored layers are {', '.join(map(str, adaptable))}; it was made with another model")
+            raise InputError(
+                f"ranking {ranking.source!r} covers {ranking.num_layers} layers but the model has {len(adaptable)}; "
+                "it was made with another model"
+            )
+        raise InputError(
+            f"ranking {ranking.source!r} ranks layers {', '.join(map(str, sorted(ranking.layers)))} but the model's "
+            f"scored layers are {', '.join(map(str, adaptable))}; it was made with another model"
+        )
     picked = ranking.layers[:k] if choice == "top" else ranking.layers[-k:]
     return tuple(sorted(picked))
 
@@ -183,8 +195,9 @@ def check_layers(layers: Sequence[int], adaptable: Adaptable) -> tuple[int, ...]
     if bad and adaptable == tuple(range(len(adaptable))):
         raise InputError(f"layer {bad[0]} does not exist: the language model has layers 0..{len(adaptable) - 1}")
     if bad:
-        raise InputError(f"layer {bad[0]} cannot be adapted: LoRA goes only on {_described(adaptable)}, "
-                         "the layers that are scored")
+        raise InputError(
+            f"layer {bad[0]} cannot be adapted: LoRA goes only on {_described(adaptable)}, the layers that are scored"
+        )
     if len(set(layers)) != len(layers):
         raise InputError(f"layers {list(layers)} repeat an index")
     return tuple(sorted(layers))

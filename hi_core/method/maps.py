@@ -62,7 +62,9 @@ def batch_head_maps(
     placed = []
     for own, item in _captured_rows(loaded, items, token_indices, queries):
         mean = own.mean(dim=2)
-        placed.append((item.layout.place(mean), shares(view_sums(item.layout, mean))) if views else item.layout.place(mean))
+        placed.append(
+            (item.layout.place(mean), shares(view_sums(item.layout, mean))) if views else item.layout.place(mean)
+        )
     return placed
 
 
@@ -73,13 +75,17 @@ def token_maps(loaded: Any, inputs: ModelInputs, queries: Queries) -> tuple[np.n
     to each view's image tokens (`ImageLayout.views`). Averaged over a token set, the maps are that set's
     `head_maps`, and the view sums give its `view_shares`."""
     every_token = np.arange(inputs.num_response_tokens)
-    (own, item), = _captured_rows(loaded, [inputs], [every_token], queries)
+    ((own, item),) = _captured_rows(loaded, [inputs], [every_token], queries)
     return item.layout.place(own), view_sums(item.layout, own)
 
 
 def view_sums(layout: Any, attention: torch.Tensor) -> np.ndarray:
     """(..., K) attention to the keys -> (..., views) float32: the attention to each view's tokens."""
-    return torch.stack([attention[..., view.start:view.stop].sum(dim=-1) for view in layout.views], dim=-1).float().numpy()
+    return (
+        torch.stack([attention[..., view.start : view.stop].sum(dim=-1) for view in layout.views], dim=-1)
+        .float()
+        .numpy()
+    )
 
 
 def shares(sums: np.ndarray) -> np.ndarray:
@@ -88,7 +94,9 @@ def shares(sums: np.ndarray) -> np.ndarray:
     return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
 
 
-def head_maps_and_views(loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries) -> tuple[np.ndarray, np.ndarray]:
+def head_maps_and_views(
+    loaded: Any, inputs: ModelInputs, token_indices: np.ndarray, queries: Queries
+) -> tuple[np.ndarray, np.ndarray]:
     """`head_maps` of one sequence, and (layers, heads, views) each view's share of each head's image attention."""
     return batch_head_maps(loaded, [inputs], [token_indices], queries, views=True)[0]
 

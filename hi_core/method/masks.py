@@ -96,7 +96,10 @@ def object_patches(fractions: np.ndarray, valid: np.ndarray | None = None) -> Ma
     if covered > ALMOST_FULL_SHARE * cells:
         logger.warning(
             "the mask covers %d of %d grid cells (more than %.0f%%): HI tells heads apart poorly when the object "
-            "fills the image", covered, cells, 100 * ALMOST_FULL_SHARE,
+            "fills the image",
+            covered,
+            cells,
+            100 * ALMOST_FULL_SHARE,
         )
     return MaskGrid(fractions=fractions, object_patches=patches)
 
@@ -123,7 +126,11 @@ def painted_mask(layers: list[np.ndarray | None], size: tuple[int, int]) -> np.n
         if layer is None:
             continue
         layer = np.asarray(layer)
-        alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[-1] == 4 else (layer.max(axis=-1) if layer.ndim == 3 else layer)
+        alpha = (
+            layer[..., 3]
+            if layer.ndim == 3 and layer.shape[-1] == 4
+            else (layer.max(axis=-1) if layer.ndim == 3 else layer)
+        )
         if alpha.shape != (height, width):
             layer_height, layer_width = alpha.shape
             if abs(layer_width * height - layer_height * width) > max(width, height):
@@ -157,7 +164,9 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
         # A thin scribble must survive the downscale: any covered share marks the small pixel.
         hint = cv2.resize(np.where(hint, np.uint8(255), np.uint8(0)), small, interpolation=cv2.INTER_AREA) > 0
     if hint.all():
-        raise InputError("the hint covers the whole image: GrabCut needs background around the object; mark only the object")
+        raise InputError(
+            "the hint covers the whole image: GrabCut needs background around the object; mark only the object"
+        )
     pixels = np.asarray(rgb)[..., ::-1].copy()  # OpenCV wants BGR
     small_height, small_width = hint.shape
     ys, xs = np.nonzero(hint)
@@ -173,5 +182,8 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
     if not proposal.any():
         return original_hint
     if proposal.shape != (height, width):
-        proposal = cv2.resize(np.where(proposal, np.uint8(255), np.uint8(0)), (width, height), interpolation=cv2.INTER_LINEAR) >= 128
+        proposal = (
+            cv2.resize(np.where(proposal, np.uint8(255), np.uint8(0)), (width, height), interpolation=cv2.INTER_LINEAR)
+            >= 128
+        )
     return proposal

@@ -141,7 +141,9 @@ def binarized_chance(kept_counts: np.ndarray, cells: int, k: int) -> float:
     return float(np.average([chance_iou(cells, k, int(count)) for count in counts], weights=repeats))
 
 
-def score_maps(maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: ScoringConfig = ScoringConfig()) -> tuple[np.ndarray, np.ndarray, float]:
+def score_maps(
+    maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: ScoringConfig = ScoringConfig()
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(hi, mass, chance) of maps (layers, heads, gh, gw) against the object cells `objects` (gh, gw)
     bool, counting only the `valid` (gh, gw) cells (not processor padding). hi, mass: (layers, heads).
     chance: the expected IoU of random maps keeping as many cells as each scored head's binarized map, averaged
@@ -159,7 +161,11 @@ def score_maps(maps: np.ndarray, objects: np.ndarray, valid: np.ndarray, config:
     kept = binarize(cells[scored], k, config)
     hi[scored] = iou(kept, target)
     mass[scored] = attention_mass(cells[scored], target)
-    chance = chance_iou(int(valid.sum()), k) if config.binarize == "area" else binarized_chance(kept.sum(axis=-1), int(valid.sum()), k)
+    chance = (
+        chance_iou(int(valid.sum()), k)
+        if config.binarize == "area"
+        else binarized_chance(kept.sum(axis=-1), int(valid.sum()), k)
+    )
     return hi, mass, chance
 
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .batching import TOKEN_PAD_VALUES, pad_token_id
 from ..base.errors import InputError
+from .batching import TOKEN_PAD_VALUES, pad_token_id
 from .images import check_image_size
 from .inputs import DEFAULT_PROMPT, check_text_fits, to_model_device
 from .metrics import SPICE_NOTE, accuracy_interval, answer_correct, caption_metrics, meteor_score, normalize_caption
@@ -59,7 +59,9 @@ def _prefix(loaded: Any, image: Image.Image, prompt: str) -> dict[str, torch.Ten
 
 
 @torch.inference_mode()
-def generate_description(loaded: Any, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64) -> str:
+def generate_description(
+    loaded: Any, image: Image.Image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 64
+) -> str:
     """The model's own description of the image (greedy decoding), to be scored afterwards."""
     check_image_size(image.size)
     prefix = to_model_device(_prefix(loaded, image, prompt), loaded.model)
@@ -90,8 +92,13 @@ def left_padded(prefixes: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dic
 def _groups(prefixes: Iterable[dict[str, torch.Tensor]], batch_size: int) -> Iterator[list[dict[str, torch.Tensor]]]:
     """Prefixes batched together: consecutive ones whose image tensors have the same shape, each
     batch yielded as soon as the next prefix does not join it (one batch held at a time)."""
+
     def signature(prefix: dict[str, torch.Tensor]) -> tuple:
-        return tuple((key, tuple(value.shape[1:])) for key, value in prefix.items() if not (value.dim() == 2 and value.shape == prefix["input_ids"].shape))
+        return tuple(
+            (key, tuple(value.shape[1:]))
+            for key, value in prefix.items()
+            if not (value.dim() == 2 and value.shape == prefix["input_ids"].shape)
+        )
 
     group: list[dict[str, torch.Tensor]] = []
     for prefix in prefixes:
@@ -105,7 +112,11 @@ def _groups(prefixes: Iterable[dict[str, torch.Tensor]], batch_size: int) -> Ite
 
 @torch.inference_mode()
 def generate_captions(
-    loaded: Any, images: Iterable[Image.Image], prompt: str | Iterable[str], max_new_tokens: int = 64, batch_size: int = 16
+    loaded: Any,
+    images: Iterable[Image.Image],
+    prompt: str | Iterable[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
 ) -> list[str]:
     """Greedy captions of the images, in order (left-padded batches of up to `batch_size`).
     `prompt`: one for every image, or one per image (a VQA record's question). The images (and prompts)
@@ -124,19 +135,31 @@ def generate_captions(
     return captions
 
 
-def _samples(references: dict[str, str], generated: dict[str, str], prompts: dict[str, str] | None) -> list[dict[str, Any]]:
+def _samples(
+    references: dict[str, str], generated: dict[str, str], prompts: dict[str, str] | None
+) -> list[dict[str, Any]]:
     prompts = prompts or {}
-    return [{"id": key, **({"prompt": prompts[key]} if key in prompts else {}), "reference": text, "generated": generated[key]}
-            for key, text in references.items()]
+    return [
+        {
+            "id": key,
+            **({"prompt": prompts[key]} if key in prompts else {}),
+            "reference": text,
+            "generated": generated[key],
+        }
+        for key, text in references.items()
+    ]
 
 
-def evaluate_captions(references: dict[str, str], generated: dict[str, str], meteor: bool = True,
-                      prompts: dict[str, str] | None = None) -> CaptionEvaluation:
+def evaluate_captions(
+    references: dict[str, str], generated: dict[str, str], meteor: bool = True, prompts: dict[str, str] | None = None
+) -> CaptionEvaluation:
     """Corpus metrics of `generated` (id -> caption) against one reference per id; `prompts`: the
     records' own prompts (id -> prompt, for those that have one), kept beside their captions."""
     refs = {key: [text] for key, text in references.items()}
     metrics = caption_metrics(refs, generated)
-    metrics["exact"] = sum(normalize_caption(generated[key]) == normalize_caption(text) for key, text in references.items()) / len(references)
+    metrics["exact"] = sum(
+        normalize_caption(generated[key]) == normalize_caption(text) for key, text in references.items()
+    ) / len(references)
     notes = [SPICE_NOTE]
     if meteor:
         value, note = meteor_score(refs, generated)
@@ -149,7 +172,9 @@ def evaluate_captions(references: dict[str, str], generated: dict[str, str], met
     return CaptionEvaluation(metrics=metrics, notes=notes, captions=_samples(references, generated, prompts))
 
 
-def evaluate_answers(references: dict[str, str], generated: dict[str, str], prompts: dict[str, str] | None = None) -> CaptionEvaluation:
+def evaluate_answers(
+    references: dict[str, str], generated: dict[str, str], prompts: dict[str, str] | None = None
+) -> CaptionEvaluation:
     """Closed-form VQA: answer accuracy (normalized exact match, `metrics.answer_correct`) of
     `generated` (id -> answer) against one reference answer per id, with its 95% Wilson interval
     over the records. The caption metrics are not computed: on one-word answers they say nothing
@@ -161,7 +186,12 @@ def evaluate_answers(references: dict[str, str], generated: dict[str, str], prom
         caption["correct"] = answer_correct(caption["reference"], caption["generated"])
     correct = sum(caption["correct"] for caption in captions)
     low, high = accuracy_interval(correct, len(captions))
-    return CaptionEvaluation(metrics={"accuracy": correct / len(captions)}, captions=captions,
-                             notes=["answer accuracy: normalized exact match (the VQA evaluation's normalization), "
-                                    "95% Wilson interval over the held-out records"],
-                             intervals={"accuracy": {"low": low, "high": high}})
+    return CaptionEvaluation(
+        metrics={"accuracy": correct / len(captions)},
+        captions=captions,
+        notes=[
+            "answer accuracy: normalized exact match (the VQA evaluation's normalization), "
+            "95% Wilson interval over the held-out records"
+        ],
+        intervals={"accuracy": {"low": low, "high": high}},
+    )

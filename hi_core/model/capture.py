@@ -230,7 +230,15 @@ def _capturing_attention(
         recorder.cache.rows[recorder.layer_of[id(module)]] = rows.detach().cpu()
     if softcap is not None:
         output = _softcapped_attention(
-            module, query, key, value, attention_mask, softcap, causal, kwargs.get("dropout", 0.0), kwargs.get("scaling")
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            softcap,
+            causal,
+            kwargs.get("dropout", 0.0),
+            kwargs.get("scaling"),
         )
         return output, None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

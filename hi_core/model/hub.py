@@ -90,7 +90,9 @@ def check_hub_model(repo_id: str) -> None:
         raise InputError(known)
     unreachable = _hub_unreachable()
     if unreachable is not None:  # not remembered: the network may come back
-        raise InputError(f"could not load model {repo_id!r}: it is not in the local Hugging Face cache, and {unreachable}")
+        raise InputError(
+            f"could not load model {repo_id!r}: it is not in the local Hugging Face cache, and {unreachable}"
+        )
     from huggingface_hub import model_info
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -102,5 +104,5 @@ def check_hub_model(repo_id: str) -> None:
         why = f"there is no model {repo_id!r} on the Hugging Face Hub (or it is private): check the owner/name"
         MISSES.add(repo_id, why)
         raise InputError(why) from None
-    except Exception as error:  # noqa: BLE001 - a pre-check: whatever else happened, the load itself reports it
+    except Exception as error:
         logger.info("Hub check of %s inconclusive (%s); loading it as usual", repo_id, error)

@@ -117,7 +117,9 @@ def reduce_on_decode(image: Image.Image, max_side: int | None) -> Image.Image:
     return image
 
 
-def open_bounded(source: str | Path | BinaryIO, label: str, max_pixels: int | None, max_side: int | None) -> Image.Image:
+def open_bounded(
+    source: str | Path | BinaryIO, label: str, max_pixels: int | None, max_side: int | None
+) -> Image.Image:
     """An image file with at most `max_pixels` (else InputError naming `label`), reduced to `max_side`
     per side while decoding (`reduce_on_decode`): what the app's image editor and its dataset records
     decode."""
@@ -133,8 +135,13 @@ def _existing(path: Path, kind: str, name: str | None) -> str:
     return f"{kind} {shown}"
 
 
-def open_image(path: str | Path, kind: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS,
-               max_side: int | None = None, name: str | None = None) -> Image.Image:
+def open_image(
+    path: str | Path,
+    kind: str = "image",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_side: int | None = None,
+    name: str | None = None,
+) -> Image.Image:
     """The decoded image of a file, its size checked from the header before decoding (`open_header`),
     reduced to `max_side` per side while decoding (None: full size).
 
@@ -175,8 +182,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
     elif image.mode == "I":
         top = _integer_range_top(values)
-        grey = _stretch(values) if top is None or top > 65535 else (
-            values.astype(np.uint8) if top == 255 else (values >> 8).astype(np.uint8)
+        grey = (
+            _stretch(values)
+            if top is None or top > 65535
+            else (values.astype(np.uint8) if top == 255 else (values >> 8).astype(np.uint8))
         )
     else:  # F
         finite = np.isfinite(values).all()
@@ -201,9 +210,7 @@ def image_to_rgb(image: Image.Image) -> Image.Image:
 
 def _alpha(image: Image.Image) -> np.ndarray | None:
     """The alpha channel when the image has one that is not opaque everywhere, else None."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif image.mode in ("L", "1", "RGB") and "transparency" in image.info:
+    if (image.mode == "P" and "transparency" in image.info) or (image.mode in ("L", "1", "RGB") and "transparency" in image.info):
         image = image.convert("RGBA")
     if image.mode not in _ALPHA_MODES:
         return None
@@ -235,15 +242,21 @@ def mask_from_image(image: Image.Image) -> np.ndarray:
     return rgb.max(axis=-1) >= 128
 
 
-def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_side: int | None = None,
-               name: str | None = None) -> Image.Image:
+def load_image(
+    path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_side: int | None = None, name: str | None = None
+) -> Image.Image:
     """An 8-bit RGB image from a file of any mode; size checked before decoding, reduced to `max_side`
     while decoding (see module); messages call the file `name` (default: its path)."""
     return image_to_rgb(open_image(path, "image", max_pixels, max_side, name))
 
 
-def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_side: int | None = None,
-              name: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask(
+    path: str | Path,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_side: int | None = None,
+    name: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """A boolean (H, W) key-object mask from a file of any mode, thresholded at half its range; reduced
     to `max_side` while decoding (a reduced grey mask is thresholded after the box filter: cells at
     least half covered), then brought to `size` (width, height) when given and different (nearest
@@ -260,8 +273,12 @@ def load_mask(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS, max_s
     return mask
 
 
-def load_image_and_mask(image_path: str | Path, mask_path: str | Path, limits: ImageLimits = ImageLimits(),
-                        names: tuple[str | None, str | None] = (None, None)) -> tuple[Image.Image, np.ndarray]:
+def load_image_and_mask(
+    image_path: str | Path,
+    mask_path: str | Path,
+    limits: ImageLimits = ImageLimits(),
+    names: tuple[str | None, str | None] = (None, None),
+) -> tuple[Image.Image, np.ndarray]:
     """A record's RGB image and boolean (H, W) mask, decoded within `limits`. Reduced, a mask of another size
     than its image (as the files are) is an InputError before either is decoded, and the mask keeps its
     image's reduced size; unreduced, the caller checks the sizes (`masks.check_mask`). `names`: how messages
@@ -274,7 +291,11 @@ def load_image_and_mask(image_path: str | Path, mask_path: str | Path, limits: I
                 sizes.append(header.size)
         (width, height), (mask_width, mask_height) = sizes
         if sizes[0] != sizes[1]:
-            raise InputError(f"mask is {mask_width}x{mask_height} but the image is {width}x{height}: they must be the same size")
+            raise InputError(
+                f"mask is {mask_width}x{mask_height} but the image is {width}x{height}: they must be the same size"
+            )
     image = load_image(image_path, limits.max_pixels, limits.max_side, names[0])
-    mask = load_mask(mask_path, limits.max_pixels, limits.max_side, names[1], size=image.size if limits.max_side else None)
+    mask = load_mask(
+        mask_path, limits.max_pixels, limits.max_side, names[1], size=image.size if limits.max_side else None
+    )
     return image, mask

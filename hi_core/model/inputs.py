@@ -45,8 +45,10 @@ def check_text_length(field: str, text: str, limit: int | None) -> None:
     """Refuse (InputError) a `field` text longer than `limit` characters (None: any length), from its length alone:
     the message names the length and the limit, and quotes only the text's head."""
     if limit is not None and len(text) > limit:
-        raise InputError(f"the {field} is {len(text):,} characters long, more than the {limit:,} allowed "
-                         f"(it begins {text_head(text)}): shorten it")
+        raise InputError(
+            f"the {field} is {len(text):,} characters long, more than the {limit:,} allowed "
+            f"(it begins {text_head(text)}): shorten it"
+        )
 
 
 def check_text_fits(model: Any, **texts: str) -> None:
@@ -138,12 +140,19 @@ def check_plain_text(processor: Any, **texts: str) -> None:
     for field, text in texts.items():
         typed = sorted(token for token in specials if token in text)
         if typed:
-            raise InputError(f"the {field} contains {typed[0]!r}, a special token of this model's tokenizer "
-                             "(read as a control token, not as text): remove it")
+            raise InputError(
+                f"the {field} contains {typed[0]!r}, a special token of this model's tokenizer "
+                "(read as a control token, not as text): remove it"
+            )
 
 
 def build_inputs(
-    adapter: FamilyAdapter, model: Any, processor: Any, image: Image.Image, prompt: str, response_text: str,
+    adapter: FamilyAdapter,
+    model: Any,
+    processor: Any,
+    image: Image.Image,
+    prompt: str,
+    response_text: str,
     view: str = "combined",
 ) -> ModelInputs:
     """Prefix for (image, prompt) plus the response tokens, with every per-token tensor extended; its image tokens

@@ -24,11 +24,19 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from .capture import check_capturable
 from ..base.errors import InputError, check_choice, check_whole, first_line
-from .hub import check_hub_model
 from ..families import FamilyAdapter, adapter_for, supported_families
-from .model_memory import MemoryPlan, check_device_fits, describe, memory_budget, parameter_count, plan, read_config_json
+from .capture import check_capturable
+from .hub import check_hub_model
+from .model_memory import (
+    MemoryPlan,
+    check_device_fits,
+    describe,
+    memory_budget,
+    parameter_count,
+    plan,
+    read_config_json,
+)
 from .processors import load_processor
 
 logger = logging.getLogger(__name__)
@@ -124,17 +132,23 @@ def check_model_folder(folder: str | Path, name: str, trust_remote_code: bool = 
         raise InputError(f"model {name!r}: config.json is not a JSON object")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
-        raise InputError(f"model {name!r}: config.json has no `model_type`; supported families are {', '.join(supported_families())}")
+        raise InputError(
+            f"model {name!r}: config.json has no `model_type`; supported families are {', '.join(supported_families())}"
+        )
     if "auto_map" in config and not trust_remote_code:
-        raise InputError(f"model {name!r} ({model_type}) needs its own Python code (config.json has `auto_map`); "
-                         "allow it with --trust-remote-code only if you trust its source")
+        raise InputError(
+            f"model {name!r} ({model_type}) needs its own Python code (config.json has `auto_map`); "
+            "allow it with --trust-remote-code only if you trust its source"
+        )
     _adapter(model_type, name)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in folder.glob(pattern))
         if pickled:
-            raise InputError(f"model {name!r} has only pickled weights ({', '.join(pickled)}), which are never loaded "
-                             "(they can run code): convert them to model.safetensors")
+            raise InputError(
+                f"model {name!r} has only pickled weights ({', '.join(pickled)}), which are never loaded "
+                "(they can run code): convert them to model.safetensors"
+            )
         raise InputError(f"model {name!r} has no weights: expected model.safetensors (or its shards) in the folder")
     for path in weights:
         try:
@@ -179,8 +193,9 @@ def load_model(config: LoadConfig) -> LoadedModel:
     try:
         processor = load_processor(source, model_config, config.trust_remote_code)
     except (OSError, ValueError, KeyError) as error:  # a missing or damaged tokenizer or processor file
-        raise InputError(f"could not load the processor (tokenizer, image processor) of model {config.model!r}: "
-                         f"{first_line(error)}") from None
+        raise InputError(
+            f"could not load the processor (tokenizer, image processor) of model {config.model!r}: {first_line(error)}"
+        ) from None
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             source,
@@ -194,8 +209,10 @@ def load_model(config: LoadConfig) -> LoadedModel:
     except RuntimeError as error:  # weights of other shapes than config.json says: transformers' report, then this
         if "mismatched_sizes" not in str(error):
             raise
-        raise InputError(f"could not load model {config.model!r}: the shapes of its weights differ from those its "
-                         "config.json describes") from None
+        raise InputError(
+            f"could not load model {config.model!r}: the shapes of its weights differ from those its "
+            "config.json describes"
+        ) from None
     adapter.check_loaded(model, processor)
     try:
         check_capturable(model, adapter)
@@ -206,7 +223,9 @@ def load_model(config: LoadConfig) -> LoadedModel:
         model = merge_lora(model, config.lora)
     name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"
     budget = None if config.max_view_pixels is None else adapter.limit_view(processor, config.max_view_pixels)
-    return LoadedModel(name=name, model=model.eval(), processor=processor, adapter=adapter, device=device, view_budget=budget)
+    return LoadedModel(
+        name=name, model=model.eval(), processor=processor, adapter=adapter, device=device, view_budget=budget
+    )
 
 
 def attention_implementation(model_config: Any, adapter: FamilyAdapter) -> str | dict[str, str]:
@@ -241,7 +260,9 @@ def merge_lora(model: Any, folder: str) -> Any:
         raise InputError(f"LoRA adapter folder {folder!r} does not exist")
     missing = [name for name in LORA_FILES if not (path / name).is_file()]
     if missing:
-        raise InputError(f"LoRA adapter folder {folder!r} has no {missing[0]} (expected a peft adapter saved as safetensors)")
+        raise InputError(
+            f"LoRA adapter folder {folder!r} has no {missing[0]} (expected a peft adapter saved as safetensors)"
+        )
     try:
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -277,8 +298,9 @@ class ModelCache:
     model's memory is freed once no session still uses it. `capacity`: at most this many models (None: any).
     """
 
-    def __init__(self, capacity: int | None = None, budget: int | None = None,
-                 count: Callable[[LoadConfig], int] | None = None) -> None:
+    def __init__(
+        self, capacity: int | None = None, budget: int | None = None, count: Callable[[LoadConfig], int] | None = None
+    ) -> None:
         self.capacity = capacity
         self.budget = memory_budget() if budget is None else budget
         self._count = count or count_parameters

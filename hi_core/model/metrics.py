@@ -13,11 +13,10 @@ import logging
 import re
 import shutil
 
-from scipy import stats
-
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
+from scipy import stats
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,9 @@ def meteor_score(references: dict[str, list[str]], candidates: dict[str, str]) -
 # The VQA evaluation's normalization (Antol et al. 2015, vqaEval.py), on one reference answer:
 # lower-case; punctuation to spaces ("t-shirt" -> "t shirt"), except a decimal point between two
 # digits (kept) and a thousands separator (dropped); number words to digits; articles dropped.
-_NUMBERS = dict(zip("none zero one two three four five six seven eight nine ten".split(), "0 0 1 2 3 4 5 6 7 8 9 10".split()))
+_NUMBERS = dict(
+    zip(["none", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"], ["0", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"])
+)
 _ARTICLES = {"a", "an", "the"}
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")

@@ -114,8 +114,10 @@ def read_config_json(source: str, name: str | None = None) -> object:
     except (OSError, ValueError, RecursionError) as error:  # missing, not UTF-8, not JSON, nested too deep
         raise InputError(f"model {name!r}: config.json is not readable JSON ({first_line(error, 300)})") from None
     if size > MAX_CONFIG_BYTES:
-        raise InputError(f"model {name!r}: config.json has {size:,} bytes, more than any real model's "
-                         f"(at most {MAX_CONFIG_BYTES:,} are read)")
+        raise InputError(
+            f"model {name!r}: config.json has {size:,} bytes, more than any real model's "
+            f"(at most {MAX_CONFIG_BYTES:,} are read)"
+        )
     check_config_json(config, name)
     return config
 
@@ -124,16 +126,25 @@ def check_config_json(config: object, name: str, where: str = "") -> None:
     """Refuse a configuration (raw JSON) whose layer counts are beyond any real model's (`MAX_LAYERS`), before
     transformers builds anything from it: it builds per-layer lists, and modules, for every layer."""
     items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
-    if where.count(".") >= MAX_NESTING:  # real configs nest 2-3 levels; this keeps the walk off Python's recursion limit
+    if (
+        where.count(".") >= MAX_NESTING
+    ):  # real configs nest 2-3 levels; this keeps the walk off Python's recursion limit
         raise InputError(f"model {name!r}: config.json nests deeper than any real model's ({where.split('.')[0]}...)")
     for key, value in items:
         field = f"{where}.{key}" if where else str(key)
         if isinstance(value, (dict, list)):
             check_config_json(value, name, field)
-        elif (isinstance(key, str) and _LAYER_COUNT.search(key) and isinstance(value, int)
-              and not isinstance(value, bool) and value > MAX_LAYERS):
-            raise InputError(f"model {name!r}: config.json sets {field} = {value}, more layers than any real model "
-                             f"(at most {MAX_LAYERS} are accepted)")
+        elif (
+            isinstance(key, str)
+            and _LAYER_COUNT.search(key)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and value > MAX_LAYERS
+        ):
+            raise InputError(
+                f"model {name!r}: config.json sets {field} = {value}, more layers than any real model "
+                f"(at most {MAX_LAYERS} are accepted)"
+            )
 
 
 def config_parameters(source: str, trust_remote_code: bool = False, name: str | None = None) -> int:
@@ -147,11 +158,13 @@ def config_parameters(source: str, trust_remote_code: bool = False, name: str | 
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as error:  # noqa: BLE001 - the user's configuration: whatever it makes transformers raise
+    except Exception as error:
         # (a ValueError for an unknown model_type, ZeroDivisionError for 0 heads, RuntimeError for a negative
         # size, a validation error for a wrong type), the configuration is at fault, not our code
-        raise InputError(f"model {name!r}: transformers cannot build a model from its configuration "
-                         f"({type(error).__name__}: {first_line(error, 300)})") from None
+        raise InputError(
+            f"model {name!r}: transformers cannot build a model from its configuration "
+            f"({type(error).__name__}: {first_line(error, 300)})"
+        ) from None
     return sum(parameter.numel() for parameter in model.parameters())
 
 
@@ -181,8 +194,12 @@ def plan(name: str, parameters: int, dtype: torch.dtype | None, budget: int) -> 
             return MemoryPlan(torch.float32, full)
         half = parameters * 2
         if half <= budget:
-            return MemoryPlan(torch.bfloat16, half, f"in bfloat16: in float32 its weights ({describe(full)}) would not fit "
-                                                    f"the model memory budget of {describe(budget)}")
+            return MemoryPlan(
+                torch.bfloat16,
+                half,
+                f"in bfloat16: in float32 its weights ({describe(full)}) would not fit "
+                f"the model memory budget of {describe(budget)}",
+            )
         dtype = torch.bfloat16
     size = parameters * dtype.itemsize
     if size > budget:
@@ -203,5 +220,7 @@ def check_device_fits(name: str, parameters: int, dtype: torch.dtype, device: to
         limits.insert(0, (torch.cuda.get_device_properties(device).total_memory, f"the memory of {device}"))
     for limit, what in limits:
         if size > limit:
-            raise InputError(f"model {name!r} needs {describe(size)} for its {parameters / 1e9:.2f} B parameters in "
-                             f"{str(dtype).removeprefix('torch.')}, more than {describe(limit)}, {what}: choose a smaller model")
+            raise InputError(
+                f"model {name!r} needs {describe(size)} for its {parameters / 1e9:.2f} B parameters in "
+                f"{str(dtype).removeprefix('torch.')}, more than {describe(limit)}, {what}: choose a smaller model"
+            )

@@ -71,7 +71,9 @@ class PixtralImageTextProcessor:
         """Pixels per language-model token along each axis: patch x spatial merge."""
         return self.patch_size * self.spatial_merge_size
 
-    def __call__(self, text: str | list[str], images: list[Any] | None = None, return_tensors: str = "pt") -> BatchFeature:
+    def __call__(
+        self, text: str | list[str], images: list[Any] | None = None, return_tensors: str = "pt"
+    ) -> BatchFeature:
         """input_ids and attention_mask of the text with every `[IMG]` expanded, plus pixel_values and
         image_sizes of the images (in the order of their placeholders)."""
         texts = [text] if isinstance(text, str) else list(text)
@@ -85,7 +87,9 @@ class PixtralImageTextProcessor:
                 images, patch_size={"height": self.cell, "width": self.cell}, return_tensors=return_tensors
             )
             replacements = iter(
-                image_token_text(int(height), int(width), self.cell, self.image_token, self.image_break_token, self.image_end_token)
+                image_token_text(
+                    int(height), int(width), self.cell, self.image_token, self.image_break_token, self.image_end_token
+                )
                 for height, width in pixels["image_sizes"]
             )
             texts = ["".join(_expanded(sample, self.image_token, replacements)) for sample in texts]

@@ -67,7 +67,10 @@ def _accepting_no_video(processor_class: type) -> type:
             return None
         return processor_class.check_argument_for_proper_class(self, argument_name, argument)
 
-    namespace = {"check_argument_for_proper_class": check_argument_for_proper_class, "__module__": processor_class.__module__}
+    namespace = {
+        "check_argument_for_proper_class": check_argument_for_proper_class,
+        "__module__": processor_class.__module__,
+    }
     return type(processor_class.__name__, (processor_class,), namespace)
 
 

@@ -36,13 +36,21 @@ from scipy import stats
 
 from ..base.distributed import is_main_process
 from ..base.errors import InputError, check_whole
-from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, attention_targets, check_task, split_dataset
-from .head_lora import check_targets, head_counts
+from ..base.outputs import atomic_path, check_output_folder, write_json
 from ..method.head_selection import HeadRanking, check_head_choice, format_heads, select_heads
 from ..method.layer_selection import Ranking, select_layers
 from ..model.loading import LoadedModel
-from ..base.outputs import atomic_path, check_output_folder, write_json
-from .runs import RUN_FILE, RunRecord, dataset_head_ranking, dataset_ranking, dataset_rankings, run_finetune, run_pretrained
+from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, attention_targets, check_task, split_dataset
+from .head_lora import check_targets, head_counts
+from .runs import (
+    RUN_FILE,
+    RunRecord,
+    dataset_head_ranking,
+    dataset_ranking,
+    dataset_rankings,
+    run_finetune,
+    run_pretrained,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +59,21 @@ LAYER_STRATEGIES = ("pretrained", "top", "random", "bottom", "all")
 #: A head strategy's name -> the head choice of its runs.
 HEAD_STRATEGIES = {"top-heads": "top", "random-heads": "random", "bottom-heads": "bottom"}
 #: The differences reported (a - b), when both strategies ran.
-DIFFERENCES = (("top", "random"), ("top", "bottom"), ("top-heads", "random-heads"), ("top-heads", "bottom-heads"),
-               ("top-heads", "top"))
-METRICS = {"bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr", "meteor": "METEOR", "exact": "exact match",
-           "accuracy": "answer accuracy"}
+DIFFERENCES = (
+    ("top", "random"),
+    ("top", "bottom"),
+    ("top-heads", "random-heads"),
+    ("top-heads", "bottom-heads"),
+    ("top-heads", "top"),
+)
+METRICS = {
+    "bleu4": "BLEU-4",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+    "meteor": "METEOR",
+    "exact": "exact match",
+    "accuracy": "answer accuracy",
+}
 RANKING_FILE = "ranking.json"
 HEAD_RANKING_FILE = "head_ranking.json"
 
@@ -75,10 +94,14 @@ class CompareConfig:
         check_whole("heads_k", self.heads_k, optional=True)
         last = self.finetune.seed + self.seeds - 1
         if last > MAX_SEED:
-            raise InputError(f"seeds {self.finetune.seed}..{last} go past the largest seed {MAX_SEED}: lower seed or seeds")
+            raise InputError(
+                f"seeds {self.finetune.seed}..{last} go past the largest seed {MAX_SEED}: lower seed or seeds"
+            )
         unknown = [name for name in self.strategies if name not in get_args(CompareStrategy)]
         if unknown or not self.strategies:
-            raise InputError(f"strategies must be among {', '.join(get_args(CompareStrategy))}, got {list(self.strategies)}")
+            raise InputError(
+                f"strategies must be among {', '.join(get_args(CompareStrategy))}, got {list(self.strategies)}"
+            )
         if self.finetune.heads is not None:
             raise InputError("the comparison's finetune settings choose layers; head strategies are among `strategies`")
 
@@ -102,7 +125,10 @@ class CompareConfig:
             if strategy == "pretrained":
                 names.append(("pretrained", strategy, self.finetune.seed))
             else:
-                names += [(f"{strategy}-seed{seed}", strategy, seed) for seed in range(self.finetune.seed, self.finetune.seed + self.seeds)]
+                names += [
+                    (f"{strategy}-seed{seed}", strategy, seed)
+                    for seed in range(self.finetune.seed, self.finetune.seed + self.seeds)
+                ]
         return names
 
 
@@ -158,13 +184,21 @@ class Comparison:
                 "trainable_parameters": records[0].trainable_parameters,
                 "trainable_share": records[0].trainable_share,
                 "trainable_per_run": [record.trainable_parameters for record in records],
-                "metrics": {name: _metric_summary(records, name) for name in self.metric_names()
-                            if all(name in r.metrics for r in records)},
-                "final_loss": mean_interval([float(np.mean(r.losses[-10:])) for r in records]) if records[0].losses else None,
+                "metrics": {
+                    name: _metric_summary(records, name)
+                    for name in self.metric_names()
+                    if all(name in r.metrics for r in records)
+                },
+                "final_loss": mean_interval([float(np.mean(r.losses[-10:])) for r in records])
+                if records[0].losses
+                else None,
                 "seconds_per_step": float(np.mean([r.timings["seconds_per_step"] for r in records])),
             }
             if records[0].heads is not None:
-                result[strategy] |= {"heads": [record.heads for record in records], "kv_heads": [record.kv_heads for record in records]}
+                result[strategy] |= {
+                    "heads": [record.heads for record in records],
+                    "kv_heads": [record.kv_heads for record in records],
+                }
         return result
 
     def differences(self) -> dict[str, dict[str, Any]]:
@@ -175,7 +209,9 @@ class Comparison:
             if first not in self.runs or other not in self.runs:
                 continue
             result[f"{first} - {other}"] = {
-                name: difference_interval([r.metrics[name] for r in self.runs[first]], [r.metrics[name] for r in self.runs[other]])
+                name: difference_interval(
+                    [r.metrics[name] for r in self.runs[first]], [r.metrics[name] for r in self.runs[other]]
+                )
                 for name in self.metric_names()
                 if all(name in r.metrics for r in self.runs[first] + self.runs[other])
             }
@@ -195,7 +231,9 @@ class Comparison:
             "split": any_run.split,
             "strategies": self.summary(),
             "differences": self.differences(),
-            "metric_notes": sorted({note for records in self.runs.values() for r in records for note in r.metric_notes}),
+            "metric_notes": sorted(
+                {note for records in self.runs.values() for r in records for note in r.metric_notes}
+            ),
             "runs": {strategy: [f"runs/{_folder(r)}" for r in records] for strategy, records in self.runs.items()},
             "reused": self.reused,
         }
@@ -214,7 +252,11 @@ def _metric_summary(records: list[RunRecord], name: str) -> dict[str, Any]:
 
 
 def _folder(record: RunRecord) -> str:
-    return "pretrained" if record.strategy == "pretrained" else f"{record.strategy}-seed{record.settings['config']['seed']}"
+    return (
+        "pretrained"
+        if record.strategy == "pretrained"
+        else f"{record.strategy}-seed{record.settings['config']['seed']}"
+    )
 
 
 def _kept(path: Path, read: Callable[[dict[str, Any], str], Any]) -> Any:
@@ -230,8 +272,15 @@ def _kept(path: Path, read: Callable[[dict[str, Any], str], Any]) -> Any:
     return read(data, source)
 
 
-def _rankings(loaded: LoadedModel, dataset: str | Path, out: Path, config: CompareConfig, ranking: Ranking | None,
-              head_ranking: HeadRanking | None, limit: int | None) -> tuple[Ranking | None, HeadRanking | None]:
+def _rankings(
+    loaded: LoadedModel,
+    dataset: str | Path,
+    out: Path,
+    config: CompareConfig,
+    ranking: Ranking | None,
+    head_ranking: HeadRanking | None,
+    limit: int | None,
+) -> tuple[Ranking | None, HeadRanking | None]:
     """The layer ranking (if top/bottom run) and the head ranking (if top-heads/bottom-heads run):
     each the given one, else the one kept in OUT, else dataset HI computed now (one scoring pass
     for both) and kept."""
@@ -263,8 +312,10 @@ def check_compare_folder(out: str | Path, what: str = "comparison folder") -> Pa
     out = check_output_folder(out, what)
     ours = ("runs", RANKING_FILE, HEAD_RANKING_FILE, "results.json")
     if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
-        raise InputError(f"{what} {str(out)!r} exists and is not a comparison folder (no runs/ or results.json); "
-                         "choose a new or empty folder")
+        raise InputError(
+            f"{what} {str(out)!r} exists and is not a comparison folder (no runs/ or results.json); "
+            "choose a new or empty folder"
+        )
     return out
 
 
@@ -326,8 +377,16 @@ def run_compare(
             chosen = head_ranking if strategy in HEAD_STRATEGIES else ranking
             record = run_finetune(loaded, dataset, folder, run_config, chosen, eval_dataset, callbacks, split)
         runs.setdefault(strategy, []).append(record)
-    comparison = Comparison(config=config, model=loaded.name, dataset=str(dataset), ranking=ranking, runs=runs, reused=reused,
-                            head_ranking=head_ranking, heads_k=heads_k)
+    comparison = Comparison(
+        config=config,
+        model=loaded.name,
+        dataset=str(dataset),
+        ranking=ranking,
+        runs=runs,
+        reused=reused,
+        head_ranking=head_ranking,
+        heads_k=heads_k,
+    )
     if is_main_process():
         write_report(comparison, out)
     return comparison
@@ -347,15 +406,28 @@ def write_report(comparison: Comparison, out: Path) -> None:
     metrics = comparison.metric_names()
 
     def column(key: str) -> np.ndarray:
-        return np.array([[np.nan if summary[s]["metrics"].get(m, {}).get(key) is None else summary[s]["metrics"][m][key]
-                          for m in metrics] for s in strategies], dtype=np.float64)
+        return np.array(
+            [
+                [
+                    np.nan if summary[s]["metrics"].get(m, {}).get(key) is None else summary[s]["metrics"][m][key]
+                    for m in metrics
+                ]
+                for s in strategies
+            ],
+            dtype=np.float64,
+        )
 
     if metrics:
-        _save(metric_bars(strategies, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high")), out / "metrics.png")
+        _save(
+            metric_bars(strategies, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high")),
+            out / "metrics.png",
+        )
     curves = {s: [np.asarray(r.losses) for r in records] for s, records in comparison.runs.items() if records[0].losses}
     if curves:
         _save(loss_curves(curves), out / "loss.png")
-    labelled = [(_folder(r), r.layers) for records in comparison.runs.values() for r in records if r.strategy != "pretrained"]
+    labelled = [
+        (_folder(r), r.layers) for records in comparison.runs.values() for r in records if r.strategy != "pretrained"
+    ]
     if labelled:
         num_layers = next(iter(comparison.runs.values()))[0].num_layers
         selected = np.zeros((len(labelled), num_layers), dtype=bool)
@@ -388,8 +460,9 @@ def report_markdown(comparison: Comparison) -> str:
     ranking = comparison.ranking
     heads_only = not comparison.config.uses_layers() and any(s in HEAD_STRATEGIES for s in comparison.config.strategies)
     lines = [
-        "# LoRA on the top-HI heads against other heads" if heads_only else
-        "# LoRA layer selection: top-k HI layers against the same budget elsewhere",
+        "# LoRA on the top-HI heads against other heads"
+        if heads_only
+        else "# LoRA layer selection: top-k HI layers against the same budget elsewhere",
         "",
         f"- model: `{comparison.model}` ({data['num_layers']} language-model layers); dataset: `{comparison.dataset}` "
         f"({data['split']['train']} training records, {data['split']['held_out']} held out; {data['split']['how']})",
@@ -403,42 +476,71 @@ def report_markdown(comparison: Comparison) -> str:
     head_runs = [r for records in comparison.runs.values() for r in records if r.heads is not None]
     if head_runs:
         shape = head_runs[0]
-        sharing = (f"{shape.num_heads} query heads share {shape.num_kv_heads} KV heads per layer" if shape.num_kv_heads != shape.num_heads
-                   else "no grouped-query attention: each query head has its own KV head")
-        lines.append(f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
-                     f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
-                     f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
-                     "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads fall in")
+        sharing = (
+            f"{shape.num_heads} query heads share {shape.num_kv_heads} KV heads per layer"
+            if shape.num_kv_heads != shape.num_heads
+            else "no grouped-query attention: each query head has its own KV head"
+        )
+        lines.append(
+            f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
+            f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
+            f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
+            "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads fall in"
+        )
     head_ranking = comparison.head_ranking
     if head_ranking is not None:
-        best = ", ".join(f"{l}:{h} ({score:.3f})" for (l, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12]))
-        lines.append(f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; from {head_ranking.source}")
+        best = ", ".join(
+            f"{l}:{h} ({score:.3f})" for (l, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12])
+        )
+        lines.append(
+            f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; from {head_ranking.source}"
+        )
     if data["task"] == "vqa":
-        lines.append("- task: closed-form VQA (each record's prompt is its question, its text the answer); answer accuracy = "
-                     "normalized exact match (the VQA evaluation's normalization)")
+        lines.append(
+            "- task: closed-form VQA (each record's prompt is its question, its text the answer); answer accuracy = "
+            "normalized exact match (the VQA evaluation's normalization)"
+        )
     pretrained = summary.get("pretrained", {}).get("metrics", {})
     wilson = any(entry.get("interval") == "held-out records" for entry in pretrained.values())
     lines += [
         "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run"
         + (" [its answer accuracy: 95% Wilson interval over the held-out records]" if wilson else ""),
         "",
-        "| strategy | layers (per seed) | " + ("heads (per seed) | " if head_runs else "") + "trainable parameters | "
-        + " | ".join(METRICS[m] for m in metrics) + " | final loss |",
+        "| strategy | layers (per seed) | "
+        + ("heads (per seed) | " if head_runs else "")
+        + "trainable parameters | "
+        + " | ".join(METRICS[m] for m in metrics)
+        + " | final loss |",
         "|---|---|---|" + ("---|" if head_runs else "") + "---|" * len(metrics) + "---|",
     ]
     for strategy, entry in summary.items():
         layers = " / ".join(",".join(str(l) for l in layers) or "-" for layers in entry["layers"])
         heads = " / ".join(format_heads([tuple(h) for h in chosen]) for chosen in entry.get("heads", [])) or "-"
         counts = entry["trainable_per_run"]
-        share = f"{counts[0]:,} ({entry['trainable_share']:.3%})" if len(set(counts)) == 1 else " / ".join(f"{n:,}" for n in counts)
+        share = (
+            f"{counts[0]:,} ({entry['trainable_share']:.3%})"
+            if len(set(counts)) == 1
+            else " / ".join(f"{n:,}" for n in counts)
+        )
         cells = [_cell(entry["metrics"].get(m)) for m in metrics]
-        lines.append(f"| {strategy} | {layers} | " + (f"{heads} | " if head_runs else "") + f"{share} | " + " | ".join(cells)
-                     + f" | {_cell(entry['final_loss'])} |")
+        lines.append(
+            f"| {strategy} | {layers} | "
+            + (f"{heads} | " if head_runs else "")
+            + f"{share} | "
+            + " | ".join(cells)
+            + f" | {_cell(entry['final_loss'])} |"
+        )
     for name, differences in data["differences"].items():
-        lines += ["", f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours {name.split(' - ')[0]}):", ""]
+        lines += [
+            "",
+            f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours {name.split(' - ')[0]}):",
+            "",
+        ]
         for metric, value in differences.items():
             if value is not None:
-                lines.append(f"- {METRICS[metric]}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]")
+                lines.append(
+                    f"- {METRICS[metric]}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]"
+                )
     lines += ["", "Notes: " + "; ".join(data["metric_notes"]) + "." if data["metric_notes"] else ""]
     if comparison.reused:
         lines += ["", f"Reused finished runs: {', '.join(comparison.reused)}."]

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..model.batching import collate, pad_token_id
-from ..data.datasets import INDEX, Record, RecordLine, load_record, scan_dataset
 from ..base.errors import InputError, check_choice, check_number, check_whole
-from ..model.images import ImageLimits
-from ..model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
+from ..data.datasets import INDEX, Record, RecordLine, load_record, scan_dataset
 from ..method.head_selection import HeadChoice, format_heads, parse_head_choice
 from ..method.layer_selection import LayerChoice, check_layers, parse_layer_choice
+from ..model.batching import collate, pad_token_id
+from ..model.images import ImageLimits
+from ..model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
 from ..model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.heads is not None:
             if self.layers is not None:
-                raise InputError(f"give layers or heads, not both (got layers {self.layers!r} and heads {self.heads!r})")
+                raise InputError(
+                    f"give layers or heads, not both (got layers {self.layers!r} and heads {self.heads!r})"
+                )
             object.__setattr__(self, "heads", _head_choice(self.heads))
         elif self.layers is None:
             object.__setattr__(self, "layers", "top")
@@ -124,11 +126,15 @@ class FinetuneConfig:
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
         object.__setattr__(self, "targets", tuple(self.targets))
         if any(not isinstance(name, str) or not name.strip() for name in self.targets):
-            raise InputError(f"targets must be names of linear modules of the attention (e.g. q_proj), got {list(self.targets)}")
+            raise InputError(
+                f"targets must be names of linear modules of the attention (e.g. q_proj), got {list(self.targets)}"
+            )
         check_choice("schedule", self.schedule, Schedule)
         for name in ("k", "rank", "steps", "batch_size"):
             check_whole(name, getattr(self, name))
-        check_number("seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED)
+        check_number(
+            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
+        )
         # AdamW moves every weight by about lr per step: above 1 it only destroys the weights (and
         # near float32's range the step itself overflows), so such values are refused up front.
         check_number("lr", self.lr, "a number in (0, 1]", lambda v: 0 < v <= 1)
@@ -149,9 +155,14 @@ class FinetuneConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FinetuneConfig:
         layers, heads = data["layers"], data.get("heads")
-        return cls(**data | {"layers": tuple(layers) if isinstance(layers, list) else layers,
-                             "heads": tuple(tuple(pair) for pair in heads) if isinstance(heads, list) else heads,
-                             "data": DataConfig(**data["data"])})
+        return cls(
+            **data
+            | {
+                "layers": tuple(layers) if isinstance(layers, list) else layers,
+                "heads": tuple(tuple(pair) for pair in heads) if isinstance(heads, list) else heads,
+                "data": DataConfig(**data["data"]),
+            }
+        )
 
 
 def _head_choice(heads: Any) -> HeadChoice:
@@ -229,7 +240,9 @@ class DatasetRecords(Sequence[Record]):
         try:
             return load_record(self.folder, line, self.limits)
         except InputError as error:
-            raise InputError(f"record {line.id!r} (line {line.number} of {str(self.folder / INDEX)!r}) cannot be read: {error}") from None
+            raise InputError(
+                f"record {line.id!r} (line {line.number} of {str(self.folder / INDEX)!r}) cannot be read: {error}"
+            ) from None
 
     @property
     def ids(self) -> list[str]:
@@ -261,8 +274,13 @@ class Split:
     description: str
 
 
-def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dataset: str | Path | None = None,
-                  need_train: bool = True, image_limits: ImageLimits | None = None) -> Split:
+def split_dataset(
+    dataset: str | Path,
+    data: DataConfig = DataConfig(),
+    eval_dataset: str | Path | None = None,
+    need_train: bool = True,
+    image_limits: ImageLimits | None = None,
+) -> Split:
     """The training records and the held-out ones (a hashed share of `dataset`, or `eval_dataset`;
     the training set never contains a held-out id). Only data.jsonl is read here: images and masks
     are opened when a batch needs them (`DatasetRecords`), so a file that is missing or unreadable
@@ -274,13 +292,16 @@ def split_dataset(dataset: str | Path, data: DataConfig = DataConfig(), eval_dat
         held_out = scan_records(eval_dataset, image_limits)
         description = f"held out: {eval_dataset}"
     else:
-        held_out = DatasetRecords(dataset, [line for line in records.lines if is_held_out(str(line.id), data.eval_fraction)],
-                                  image_limits)
+        held_out = DatasetRecords(
+            dataset, [line for line in records.lines if is_held_out(str(line.id), data.eval_fraction)], image_limits
+        )
         description = f"held out: {data.eval_fraction:.0%} of {dataset} by a hash of the record id"
     held_ids = set(held_out.ids)
     train = DatasetRecords(dataset, [line for line in records.lines if line.id not in held_ids], image_limits)
     if need_train and not train:
-        raise InputError(f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else ""))
+        raise InputError(
+            f"dataset {str(dataset)!r} has no records to train on" + (" outside the held-out set" if records else "")
+        )
     if data.eval_limit is not None:
         held_out = held_out[: data.eval_limit]
     return Split(train=train, held_out=held_out, description=description)
@@ -295,8 +316,10 @@ def check_task(task: Task, dataset: str | Path, name: str | None = None) -> None
     """A VQA run needs questions: InputError when no record of `dataset` has a prompt (the default
     prompt would be asked of every record). `name`: the dataset as the message calls it."""
     if task == "vqa" and not has_prompts(dataset):
-        raise InputError(f"the VQA task needs records whose `prompt` is the question (and `text` its answer); no record of "
-                         f"{name or repr(str(dataset))} has a prompt: choose such a dataset, or the caption task")
+        raise InputError(
+            f"the VQA task needs records whose `prompt` is the question (and `text` its answer); no record of "
+            f"{name or repr(str(dataset))} has a prompt: choose such a dataset, or the caption task"
+        )
 
 
 # --- LoRA on the chosen layers ------------------------------------------------------------------
@@ -332,9 +355,13 @@ def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConf
     layer = loaded.adapter.decoder_layers(loaded.model)[_first_scored_layer(loaded)]
     largest = min(min(module.in_features, module.out_features) for module in map(layer.get_submodule, names))
     if config.rank > largest:  # a higher rank adds no expressiveness, only memory (rank 10**9 is out of memory)
-        raise InputError(f"rank must be at most {largest} for this model (the smallest size of the adapted projections), got {config.rank}")
+        raise InputError(
+            f"rank must be at most {largest} for this model (the smallest size of the adapted projections), got {config.rank}"
+        )
     regex = rf"{re.escape(path)}\.({'|'.join(str(layer) for layer in layers)})\.({'|'.join(re.escape(name) for name in names)})"
-    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=regex, bias="none")
+    return LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=regex, bias="none"
+    )
 
 
 @contextlib.contextmanager
@@ -371,7 +398,9 @@ def trainable_parameters(model: torch.nn.Module, masks: dict[torch.nn.Parameter,
 def training_inputs(loaded: LoadedModel, record: Record, prompt: str) -> ModelInputs:
     """The record's sequence (prefix + description) with the end-of-sequence token appended; the
     prefix is built with the record's own prompt (a VQA question) if it has one, else `prompt`."""
-    inputs = build_inputs(loaded.adapter, loaded.model, loaded.processor, record.image, record.prompt or prompt, record.text)
+    inputs = build_inputs(
+        loaded.adapter, loaded.model, loaded.processor, record.image, record.prompt or prompt, record.text
+    )
     eos = loaded.processor.tokenizer.eos_token_id
     if eos is None:
         return inputs
@@ -429,27 +458,42 @@ def train_lora(
     parameters = [parameter for parameter in loaded.model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     # stepped once per step by hand: an accelerate-prepared scheduler steps once per process
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=round(config.warmup * config.steps), num_training_steps=config.steps)
+    scheduler = get_scheduler(
+        config.schedule,
+        optimizer,
+        num_warmup_steps=round(config.warmup * config.steps),
+        num_training_steps=config.steps,
+    )
     model, optimizer = accelerator.prepare(loaded.model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     rank, processes = accelerator.process_index, accelerator.num_processes
     order = _sample_order(len(records), config.seed)
     losses: list[float] = []
     model.train()
-    progress = tqdm(range(1, config.steps + 1), desc="lora", unit="step", disable=not accelerator.is_local_main_process or None)
+    progress = tqdm(
+        range(1, config.steps + 1), desc="lora", unit="step", disable=not accelerator.is_local_main_process or None
+    )
     try:
         for step in progress:
             if callbacks.should_stop is not None and callbacks.should_stop():
                 raise TrainingCancelled(f"cancelled at step {step} of {config.steps}")
             drawn = [next(order) for _ in range(config.batch_size * processes)]  # the same on every process
-            mine = [records[index] for index in drawn[rank * config.batch_size : (rank + 1) * config.batch_size]]  # read now
+            mine = [
+                records[index] for index in drawn[rank * config.batch_size : (rank + 1) * config.batch_size]
+            ]  # read now
             batch = training_batch(loaded, mine, config.data.prompt)
-            batch = {key: value.to(accelerator.device, unwrapped.dtype) if value.is_floating_point() else value.to(accelerator.device)
-                     for key, value in batch.items()}
+            batch = {
+                key: value.to(accelerator.device, unwrapped.dtype)
+                if value.is_floating_point()
+                else value.to(accelerator.device)
+                for key, value in batch.items()
+            }
             loss = model(**batch, use_cache=False).loss
             value = float(accelerator.reduce(loss.detach(), reduction="mean"))  # the same on every process
             if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at step {step} of {config.steps} (loss {value}): lower lr (now {config.lr:g})")
+                raise TrainingDiverged(
+                    f"training diverged at step {step} of {config.steps} (loss {value}): lower lr (now {config.lr:g})"
+                )
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
@@ -458,8 +502,10 @@ def train_lora(
             # A finite loss can still give non-finite weights (an overflowing update); the adapter
             # would then be saved as NaN, so check the (few) trainable weights after every step.
             if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
-                raise TrainingDiverged(f"training diverged at step {step} of {config.steps} (the adapter's weights "
-                                       f"became NaN or infinite): lower lr (now {config.lr:g})")
+                raise TrainingDiverged(
+                    f"training diverged at step {step} of {config.steps} (the adapter's weights "
+                    f"became NaN or infinite): lower lr (now {config.lr:g})"
+                )
             losses.append(value)
             progress.set_postfix(loss=f"{value:.3f}")
             if callbacks.on_step is not None:

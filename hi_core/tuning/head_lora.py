@@ -78,22 +78,27 @@ def head_counts(loaded: LoadedModel) -> tuple[int, int]:
     num_heads = int(text.num_attention_heads)
     num_kv_heads = int(getattr(text, "num_key_value_heads", None) or num_heads)
     if num_heads % num_kv_heads:
-        raise InputError(f"the language model has {num_heads} query heads and {num_kv_heads} KV heads (not a whole group "
-                         "per KV head): head-level LoRA cannot tell which KV head a query head reads")
+        raise InputError(
+            f"the language model has {num_heads} query heads and {num_kv_heads} KV heads (not a whole group "
+            "per KV head): head-level LoRA cannot tell which KV head a query head reads"
+        )
     return num_heads, num_kv_heads
 
 
 def plan_heads(loaded: LoadedModel, heads: Sequence[Head]) -> HeadPlan:
     """The plan for `heads` (already selected and checked against the model: `select_heads`)."""
     num_heads, num_kv_heads = head_counts(loaded)
-    return HeadPlan(heads=tuple(sorted((int(l), int(h)) for l, h in heads)), num_heads=num_heads, num_kv_heads=num_kv_heads)
+    return HeadPlan(
+        heads=tuple(sorted((int(l), int(h)) for l, h in heads)), num_heads=num_heads, num_kv_heads=num_kv_heads
+    )
 
 
 def _block_mask(size: int, blocks: int, chosen: Sequence[int], what: str, name: str) -> torch.Tensor:
     """(size,) bool: True on the chosen blocks of `size` entries split into `blocks` equal blocks."""
     if size % blocks:
-        raise InputError(f"{name} has {size} {what}, not a whole number per head ({blocks} heads): "
-                         "head-level LoRA cannot slice it")
+        raise InputError(
+            f"{name} has {size} {what}, not a whole number per head ({blocks} heads): head-level LoRA cannot slice it"
+        )
     mask = torch.zeros(blocks, size // blocks, dtype=torch.bool)
     mask[list(chosen)] = True
     return mask.reshape(size)
@@ -104,8 +109,10 @@ def check_targets(names: Sequence[str]) -> None:
     head-level LoRA can slice."""
     unknown = [name for name in names if name.rsplit(".", 1)[-1] not in PROJECTIONS]
     if unknown:
-        raise InputError(f"head-level LoRA slices {', '.join(PROJECTIONS)} by head; this attention's target "
-                         f"{unknown[0]!r} is none of them: choose --targets among those, or --layers")
+        raise InputError(
+            f"head-level LoRA slices {', '.join(PROJECTIONS)} by head; this attention's target "
+            f"{unknown[0]!r} is none of them: choose --targets among those, or --layers"
+        )
 
 
 def head_masks(loaded: LoadedModel, plan: HeadPlan) -> dict[torch.nn.Parameter, torch.Tensor]:
@@ -158,4 +165,3 @@ def _masked_gradient(mask: torch.Tensor) -> Any:
         return gradient * mask.to(device=gradient.device, dtype=gradient.dtype)
 
     return hook
-

@@ -33,12 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.captioning import CaptionEvaluation, evaluate_answers, evaluate_captions, generate_captions
-from ..data.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
-from ..data.datasets import INDEX
 from ..base.distributed import is_distributed
 from ..base.errors import InputError
+from ..base.outputs import check_output_folder, write_json
+from ..data.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from ..data.datasets import INDEX
+from ..method.head_selection import HeadRanking, needs_head_ranking, select_heads
+from ..method.layer_selection import Ranking, needs_ranking, select_layers
+from ..model.captioning import CaptionEvaluation, evaluate_answers, evaluate_captions, generate_captions
 from ..model.images import ImageLimits
+from ..model.loading import LoadConfig, LoadedModel
 from .finetune import (
     DataConfig,
     FinetuneConfig,
@@ -54,10 +58,6 @@ from .finetune import (
     trainable_parameters,
 )
 from .head_lora import HeadPlan, check_targets, head_counts, head_masks, heads_only, plan_heads
-from ..method.head_selection import HeadRanking, needs_head_ranking, select_heads
-from ..method.layer_selection import Ranking, needs_ranking, select_layers
-from ..model.loading import LoadConfig, LoadedModel
-from ..base.outputs import check_output_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,13 @@ class RunRecord:
         return cls(**{key: value for key, value in data.items() if key in names})
 
 
-def run_settings(loaded: LoadedModel, dataset: str | Path, eval_dataset: str | Path | None, config: FinetuneConfig | DataConfig,
-                 ranking: Ranking | HeadRanking | None = None) -> dict[str, Any]:
+def run_settings(
+    loaded: LoadedModel,
+    dataset: str | Path,
+    eval_dataset: str | Path | None,
+    config: FinetuneConfig | DataConfig,
+    ranking: Ranking | HeadRanking | None = None,
+) -> dict[str, Any]:
     """What a run's result depends on; a finished run is reused only when these are equal.
     `ranking`: the one its layers (heads) were chosen from (top/bottom), else None."""
     chosen = asdict(config)
@@ -137,7 +142,9 @@ def check_run_folder(folder: str | Path, what: str = "run folder") -> Path:
     `run.json`; else InputError (a file, a folder under a file, a folder with other things in it)."""
     folder = check_output_folder(folder, what)
     if folder.is_dir() and not (folder / RUN_FILE).is_file() and any(folder.iterdir()):
-        raise InputError(f"{what} {str(folder)!r} exists and is not a run folder (no {RUN_FILE}); choose a new or empty folder")
+        raise InputError(
+            f"{what} {str(folder)!r} exists and is not a run folder (no {RUN_FILE}); choose a new or empty folder"
+        )
     return folder
 
 
@@ -161,11 +168,17 @@ def finished_run(folder: str | Path, settings: dict[str, Any]) -> RunRecord | No
     try:
         record = RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, AttributeError) as error:
-        raise InputError(f"{str(path)!r} is not a {RUN_FILE} written by a run ({error}); delete the folder or choose another") from None
+        raise InputError(
+            f"{str(path)!r} is not a {RUN_FILE} written by a run ({error}); delete the folder or choose another"
+        ) from None
     if _with_task(record.settings) != settings:
-        differing = sorted(key for key in settings.keys() | record.settings.keys() if settings.get(key) != record.settings.get(key))
-        raise InputError(f"{str(folder)!r} holds a run made with other settings ({', '.join(differing)}); "
-                         "delete it or choose another output folder")
+        differing = sorted(
+            key for key in settings.keys() | record.settings.keys() if settings.get(key) != record.settings.get(key)
+        )
+        raise InputError(
+            f"{str(folder)!r} holds a run made with other settings ({', '.join(differing)}); "
+            "delete it or choose another output folder"
+        )
     return record
 
 
@@ -220,7 +233,9 @@ def _check_task(task: str, dataset: str | Path, eval_dataset: str | Path | None)
             check_task(task, folder)  # type: ignore[arg-type]
 
 
-def _write_run(folder: Path, record: RunRecord, captions: list[dict[str, str]], save_adapter: Callable[[Path], None] | None) -> None:
+def _write_run(
+    folder: Path, record: RunRecord, captions: list[dict[str, str]], save_adapter: Callable[[Path], None] | None
+) -> None:
     with run_folder(folder) as partial:
         if save_adapter is not None:
             save_adapter(partial)
@@ -241,7 +256,9 @@ def needs_run_ranking(config: FinetuneConfig) -> bool:
     return needs_head_ranking(config.heads) if config.heads is not None else needs_ranking(config.layers)  # type: ignore[arg-type]
 
 
-def select_targets(loaded: LoadedModel, config: FinetuneConfig, ranking: Ranking | HeadRanking | None) -> tuple[tuple[int, ...], HeadPlan | None]:
+def select_targets(
+    loaded: LoadedModel, config: FinetuneConfig, ranking: Ranking | HeadRanking | None
+) -> tuple[tuple[int, ...], HeadPlan | None]:
     """The layers LoRA wraps, and for a head-level run the heads it trains in them (None for a
     layer run). `ranking`: a layer `Ranking` for top/bottom layers, a `HeadRanking` for top/bottom
     heads. InputError for a choice the model cannot take."""
@@ -314,8 +331,13 @@ def run_finetune(
             metric_notes=evaluation.notes,
             samples=evaluation.samples,
             split=_split_summary(split),
-            timings={"started": started, "finished": _now(), "train_seconds": train_seconds,
-                     "seconds_per_step": train_seconds / config.steps, "eval_seconds": eval_seconds},
+            timings={
+                "started": started,
+                "finished": _now(),
+                "train_seconds": train_seconds,
+                "seconds_per_step": train_seconds / config.steps,
+                "eval_seconds": eval_seconds,
+            },
             task=config.data.task,
             metric_intervals=evaluation.intervals,
             **(_head_fields(plan) if plan is not None else {}),
@@ -327,13 +349,21 @@ def run_finetune(
 
 
 def _head_fields(plan: HeadPlan) -> dict[str, Any]:
-    return {"heads": [list(head) for head in plan.heads], "kv_heads": plan.kv_heads_json(),
-            "num_heads": plan.num_heads, "num_kv_heads": plan.num_kv_heads}
+    return {
+        "heads": [list(head) for head in plan.heads],
+        "kv_heads": plan.kv_heads_json(),
+        "num_heads": plan.num_heads,
+        "num_kv_heads": plan.num_kv_heads,
+    }
 
 
 def run_pretrained(
-    loaded: LoadedModel, dataset: str | Path, out: str | Path, data: DataConfig = DataConfig(),
-    eval_dataset: str | Path | None = None, split: Split | None = None,
+    loaded: LoadedModel,
+    dataset: str | Path,
+    out: str | Path,
+    data: DataConfig = DataConfig(),
+    eval_dataset: str | Path | None = None,
+    split: Split | None = None,
 ) -> RunRecord:
     """The baseline without tuning: the held-out captions of the model as it is, in a run folder."""
     _check_task(data.task, dataset, eval_dataset)
@@ -349,12 +379,28 @@ def run_pretrained(
     evaluation = evaluate_held_out(loaded, split, data) if main else CaptionEvaluation(metrics={})
     total = sum(parameter.numel() for parameter in loaded.model.parameters())
     record = RunRecord(
-        strategy="pretrained", settings=settings, layers=[], num_layers=len(loaded.adapter.decoder_layers(loaded.model)),
-        targets=[], ranking=None, trainable_parameters=0, total_parameters=total, losses=[], metrics=evaluation.metrics,
-        metric_notes=evaluation.notes, samples=evaluation.samples, split=_split_summary(split),
-        timings={"started": started, "finished": _now(), "train_seconds": 0.0, "seconds_per_step": 0.0,
-                 "eval_seconds": time.perf_counter() - clock},
-        task=data.task, metric_intervals=evaluation.intervals,
+        strategy="pretrained",
+        settings=settings,
+        layers=[],
+        num_layers=len(loaded.adapter.decoder_layers(loaded.model)),
+        targets=[],
+        ranking=None,
+        trainable_parameters=0,
+        total_parameters=total,
+        losses=[],
+        metrics=evaluation.metrics,
+        metric_notes=evaluation.notes,
+        samples=evaluation.samples,
+        split=_split_summary(split),
+        timings={
+            "started": started,
+            "finished": _now(),
+            "train_seconds": 0.0,
+            "seconds_per_step": 0.0,
+            "eval_seconds": time.perf_counter() - clock,
+        },
+        task=data.task,
+        metric_intervals=evaluation.intervals,
     )
     if main:
         _write_run(Path(out), record, evaluation.captions, None)
@@ -362,8 +408,9 @@ def run_pretrained(
     return record
 
 
-def dataset_rankings(loaded: LoadedModel, dataset: str | Path, limit: int | None = None,
-                     image_limits: ImageLimits | None = None) -> tuple[Ranking, HeadRanking]:
+def dataset_rankings(
+    loaded: LoadedModel, dataset: str | Path, limit: int | None = None, image_limits: ImageLimits | None = None
+) -> tuple[Ranking, HeadRanking]:
     """Layers and heads ranked by dataset HI (`score --dataset` with default options, the records
     decoded within `image_limits`), from one scoring pass computed now."""
     if is_distributed():
@@ -375,8 +422,9 @@ def dataset_rankings(loaded: LoadedModel, dataset: str | Path, limit: int | None
     return Ranking.from_scores(analysis.layer_scores, source), HeadRanking.from_hi(analysis.hi, source)
 
 
-def dataset_ranking(loaded: LoadedModel, dataset: str | Path, limit: int | None = None,
-                    image_limits: ImageLimits | None = None) -> Ranking:
+def dataset_ranking(
+    loaded: LoadedModel, dataset: str | Path, limit: int | None = None, image_limits: ImageLimits | None = None
+) -> Ranking:
     """Layers ranked by dataset HI (`score --dataset` with default options), computed now."""
     return dataset_rankings(loaded, dataset, limit, image_limits)[0]
 
@@ -405,7 +453,9 @@ def reuse_ranking(
         return None
     if not same_records:
         return None
-    return Ranking.from_scores(scored.layer_scores, f"dataset HI of {Path(folder).name} ({len(scored.images)} images, scored earlier)")
+    return Ranking.from_scores(
+        scored.layer_scores, f"dataset HI of {Path(folder).name} ({len(scored.images)} images, scored earlier)"
+    )
 
 
 @dataclass(frozen=True)
@@ -429,8 +479,10 @@ def check_before_after_folder(out: str | Path, what: str = "output folder") -> P
     if out.is_dir():
         others = sorted(p.name for p in out.iterdir() if p.name not in (PRETRAINED_FOLDER, ADAPTER_FOLDER))
         if others:
-            raise InputError(f"{what} {str(out)!r} holds other things ({', '.join(others[:3])}): choose a new or empty folder "
-                             f"(a before/after run writes {PRETRAINED_FOLDER}/ and {ADAPTER_FOLDER}/ there)")
+            raise InputError(
+                f"{what} {str(out)!r} holds other things ({', '.join(others[:3])}): choose a new or empty folder "
+                f"(a before/after run writes {PRETRAINED_FOLDER}/ and {ADAPTER_FOLDER}/ there)"
+            )
     for name in (PRETRAINED_FOLDER, ADAPTER_FOLDER):
         check_run_folder(out / name, f"{what}'s {name}/")
     return out
