@@ -12,6 +12,7 @@ from PIL import Image
 from hi_core.method.analysis import AnalysisConfig, analyze_image
 from hi_core.model.captioning import generate_description
 from hi_core.cli.main import main
+from hi_core.demo import build
 from hi_core.data.datasets import read_dataset
 from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.data.synth import QUESTION_KINDS, make_vqa
@@ -95,3 +96,25 @@ def test_cli_scores_an_example_with_the_demo(demo, tmp_path):
     text = demo.model.config.text_config
     assert (result["num_layers"], result["num_heads"]) == (text.num_hidden_layers, text.num_attention_heads)
     assert len(result["heads"]) == text.num_hidden_layers * text.num_attention_heads
+
+
+def test_the_cards_architecture_and_builds_constants_are_the_shipped_configs():
+    """The card's architecture lines and demo/build.py's constants say what config.json holds (they once said one
+    CLIP layer when the model had two)."""
+    config = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
+    vision, text = config["vision_config"], config["text_config"]
+    card = (DEMO_MODEL_DIR / "README.md").read_text()
+    assert (
+        f"- Vision: CLIP, {vision['num_hidden_layers']} layers, hidden {vision['hidden_size']}, "
+        f"{vision['num_attention_heads']} heads, {vision['image_size']}x{vision['image_size']} images, "
+        f"{vision['patch_size']}-px patches" in card
+    )
+    head_size = text["hidden_size"] // text["num_attention_heads"]
+    assert (
+        f"- Language model: Llama, {text['num_hidden_layers']} layers, hidden {text['hidden_size']}, "
+        f"{text['num_attention_heads']} heads (head size {head_size})" in card
+    )
+    assert (build.VISION_LAYERS, build.VISION_HIDDEN) == (vision["num_hidden_layers"], vision["hidden_size"])
+    assert (build.TEXT_LAYERS, build.TEXT_HEADS, build.TEXT_HEAD_DIM) == (
+        text["num_hidden_layers"], text["num_attention_heads"], head_size)
+    assert (build.IMAGE_SIZE, build.PATCH_SIZE) == (vision["image_size"], vision["patch_size"])

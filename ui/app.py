@@ -67,7 +67,8 @@ CSS = """
 #examples .grid-wrap { overflow: hidden !important; }
 #examples .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
                             grid-auto-rows: auto !important; }
-#examples .thumbnail-item { min-width: 0 !important; width: 100% !important; height: auto !important; aspect-ratio: 1 / 1; }
+#examples .thumbnail-item { min-width: 0 !important; width: 100% !important; height: auto !important; \
+aspect-ratio: 1 / 1; }
 .hi-figure .image-container { padding-top: 30px; box-sizing: border-box; }
 """  # figures: their download / fullscreen buttons sit in a band above the picture, not over its title
 

@@ -103,7 +103,8 @@ def before_after_info(compare: BeforeAfter, models: bool = True) -> str:
         scored += f" · {base} `{compare.base.model}` · {tuned} `{compare.tuned.model}`"
     return (
         f"**Layer {layer}, head {head}** · HI {base} **{compare.base.hi[layer, head]:.3f}** → {tuned} "
-        f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · attention mass on the object "
+        f"**{compare.tuned.hi[layer, head]:.3f}** (ΔHI **{difference[layer, head]:+.3f}**) · "
+        f"attention mass on the object "
         f"{compare.base.mass[layer, head]:.3f} → {compare.tuned.mass[layer, head]:.3f}  \n"
         f"{changes}  \n{scored}"
     )
@@ -143,7 +144,8 @@ def clicked_pair(pair: BeforeAfter | None, event: gr.SelectData) -> BeforeAfter 
 
 
 class BeforeAfterTab:
-    """The "Before / after" result tab (built in the current Tabs context, hidden until a LoRA is set) and its handlers."""
+    """The "Before / after" result tab (built in the current Tabs context, hidden until a LoRA is set) and its
+    handlers."""
 
     def __init__(self, context: AppContext, state: gr.State) -> None:
         self.context, self.state = context, state  # the Explorer's session

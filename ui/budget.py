@@ -105,7 +105,8 @@ class HeldTokenMaps:
 
 
 class TokenMapBudget:
-    """Per-token maps of every session, at most `limit` maps (None: no limit) in all; least recently used dropped first."""
+    """Per-token maps of every session, at most `limit` maps (None: no limit) in all; least recently used dropped
+    first."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit

@@ -205,11 +205,12 @@ class BoundedImageEditor(gr.ImageEditor):
     def accept_blobs(self, data: AcceptBlobs) -> None:
         """Gradio's, with the layer's index bounded by `max_layers` and at most `MAX_PENDING_EDITS` values held."""
         index = data.data.get("index")
-        if data.data.get("type") == "layer" and index not in (None, "", "null"):
-            if not str(index).isdigit() or (self.max_layers is not None and int(index) >= self.max_layers):
-                raise gr.Error(
-                    f"a brush layer's index must be below {self.max_layers}, got {shortened(str(index), 20)}"
-                )
+        if (
+            data.data.get("type") == "layer"
+            and index not in (None, "", "null")
+            and (not str(index).isdigit() or (self.max_layers is not None and int(index) >= self.max_layers))
+        ):
+            raise gr.Error(f"a brush layer's index must be below {self.max_layers}, got {shortened(str(index), 20)}")
         with self._blobs_lock:
             super().accept_blobs(data)
             while len(self.blob_storage) > MAX_PENDING_EDITS:
@@ -252,7 +253,8 @@ class Figure(gr.Image):
     default, lossy WebP, smears the small numbers on the figures), with a download and a fullscreen button.
 
     The figures carry their own titles, so the component's label (`label`: what screen readers and the API
-    name) is not drawn over them. A download is named `download_name`.png, or after what a `Picture` value says it shows."""
+    name) is not drawn over them. A download is named `download_name`.png, or after what a `Picture` value says it
+    shows."""
 
     is_template = True
 

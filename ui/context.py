@@ -196,4 +196,7 @@ class AppContext:
             chosen += (
                 f"; view budget: {loaded.view_budget or 'none needed (this family sees images at one fixed size)'}"
             )
-        return f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}; {memory}{chosen}."
+        return (
+            f"Loaded `{self.shown(loaded.name)}`: {loaded.family}, {layers} language-model layers{note}; "
+            f"{memory}{chosen}."
+        )

@@ -94,14 +94,14 @@ def skipped_list(analysis: DatasetAnalysis) -> str:
 def ranking_rows(analysis: DatasetAnalysis) -> list[list]:
     return [
         [
-            l,
+            layer,
             h,
             *(
-                round(float(values[l, h]), 4)
+                round(float(values[layer, h]), 4)
                 for values in (analysis.hi, analysis.hi_low, analysis.hi_high, analysis.mass)
             ),
         ]
-        for l, h in analysis.ranked_heads()
+        for layer, h in analysis.ranked_heads()
     ]
 
 
@@ -110,7 +110,8 @@ def head_line(session: DatasetSession, overlay: bool) -> str:
     per_image = analysis.image_hi[:, layer, head]  # (images,)
     return (
         f"**Layer {layer}, head {head}:** mean HI {analysis.hi[layer, head]:.3f} "
-        f"(interval {analysis.hi_low[layer, head]:.3f}–{analysis.hi_high[layer, head]:.3f}), mass {analysis.mass[layer, head]:.3f}; "
+        f"(interval {analysis.hi_low[layer, head]:.3f}–{analysis.hi_high[layer, head]:.3f}), "
+        f"mass {analysis.mass[layer, head]:.3f}; "
         f"HI {per_image.min():.2f}–{per_image.max():.2f} over the images"
         + (
             " (the head's attention over each image, the key object outlined)"

@@ -82,7 +82,8 @@ class ExplorerTab:
         self.tuned_state = tuned_state  # the Fine-tune tab's last run: its adapter may be the LoRA chosen here
         # freed when the session ends, or after the idle time without a new result (API sessions never "end")
         self.state = gr.State(None, time_to_live=context.settings.session_idle_s, delete_callback=forget)
-        # the editor's brush colour (hex) as last sent: an image that keeps it gets no editor update (see image_uploaded)
+        # the editor's brush colour (hex) as last sent: an image that keeps it gets no editor update (see
+        # image_uploaded)
         self.brush_colour = gr.State(hex_colour(BRUSH_COLOURS[0]))
         with gr.Row():
             with gr.Column(scale=2, min_width=340):
@@ -158,7 +159,10 @@ class ExplorerTab:
             else ""
         )
         if settings.max_view_pixels:
-            limits += f" The model sees at most ~{settings.max_view_pixels / 1e6:.1f} Mpx of an image (view budget: fewer tiles"
+            limits += (
+                f" The model sees at most ~{settings.max_view_pixels / 1e6:.1f} Mpx of an image "
+                "(view budget: fewer tiles"
+            )
             large = settings.view_pixels(min(LARGE_VIEW_MODELS))
             limits += (
                 f"; the ~2 B models ~{large / 1e6:.2f} Mpx)." if large and large < settings.max_view_pixels else ")."
@@ -251,11 +255,14 @@ class ExplorerTab:
             )
             self.all_tokens_button = gr.Button("All tokens", size="sm", elem_id="tokens-all", visible=False, scale=0)
             self.token_message = gr.Markdown("", label="Token message", elem_id="tokens-message")
-        with gr.Accordion(
-            "Scoring options: binarization, layer score (rescores the same maps, no new forward pass)",
-            open=False,
-            elem_id="scoring-options",
-        ), gr.Row():
+        with (
+            gr.Accordion(
+                "Scoring options: binarization, layer score (rescores the same maps, no new forward pass)",
+                open=False,
+                elem_id="scoring-options",
+            ),
+            gr.Row(),
+        ):
             for control in self.options.scoring:
                 control.render()
         with gr.Row():
@@ -295,7 +302,10 @@ class ExplorerTab:
             self.ablation = AblationTab(self.context, self.state)
             self.compare = BeforeAfterTab(self.context, self.state)  # shown while a LoRA adapter is set
         self.downloads = gr.File(
-            label="Downloads: the scores shown (JSON with the tokens they are on, CSV); each figure has its own download button (PNG)",
+            label=(
+                "Downloads: the scores shown (JSON with the tokens they are on, CSV); "
+                "each figure has its own download button (PNG)"
+            ),
             file_count="multiple",
             elem_id="downloads",
         )

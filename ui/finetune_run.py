@@ -1,6 +1,7 @@
 """One fine-tune as the Fine-tune tab runs it (in a worker thread, see `ui.jobs`): the dataset (for VQA,
-checked to have questions before the model loads), a private copy of the model (so the Explorer's cached model never carries LoRA, and keeps serving), the layer
-ranking, the untuned baseline, LoRA, and what the page shows while it runs."""
+checked to have questions before the model loads), a private copy of the model (so the Explorer's cached model
+never carries LoRA, and keeps serving), the layer ranking, the untuned baseline, LoRA, and what the page shows
+while it runs."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class Live:
 
 
 def ranking_key(load: LoadConfig, source: str, task: str, rank_limit: int) -> tuple:
-    """What a cached ranking of one of the app's own datasets depends on: the model, the dataset, its task, the records scored."""
+    """What a cached ranking of one of the app's own datasets depends on: the model, the dataset, its task, the
+    records scored."""
     return (load, source, task, rank_limit)
 
 

@@ -112,7 +112,8 @@ def accuracy_line(before: RunRecord, after: RunRecord) -> str:
 
 
 def sample_frame(before: RunRecord, after: RunRecord) -> pd.DataFrame:
-    """The held-out samples before and after; for VQA with the question, the reference answer and whether each answer is right."""
+    """The held-out samples before and after; for VQA with the question, the reference answer and whether each
+    answer is right."""
     untuned = {sample["id"]: sample for sample in before.samples}
     if after.task != "vqa":
         return pd.DataFrame(
@@ -173,11 +174,13 @@ class FinetuneTab:
         self.rates = {"demo": DEMO_RATES}  # model name -> RunRates measured by its last run here (demo: the bench's)
         self._rates_lock = threading.Lock()
         gr.Markdown(
-            "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), then "
-            "caption the held-out records (a hashed 20% of the dataset) before and after, or, for the VQA task, answer their "
-            "questions (each record's `prompt`; its `text` is the answer) and report answer accuracy (normalized exact match). "
-            "`top`/`bottom` take the layers by Dataset HI: the Dataset tab's scores if you scored the same dataset there "
-            "with the same model, else one made for an earlier run on the same data, else scored when the run starts. "
+            "Tune LoRA on chosen language-model layers of the model named in the Explorer tab (without its adapter), "
+            "then caption the held-out records (a hashed 20% of the dataset) before and after, or, for the VQA task, "
+            "answer their questions (each record's `prompt`; its `text` is the answer) and report answer accuracy "
+            "(normalized exact match). "
+            "`top`/`bottom` take the layers by Dataset HI: the Dataset tab's scores if you scored the same dataset "
+            "there with the same model, else one made for an earlier run on the same data, else scored when the run "
+            "starts. "
             "The presets suit the demo model (6 layers): the synthetic scenes are captioned in reading order, a shift "
             "LoRA teaches it; **quick** is a first look, **full** the run of the project's experiment pages. "
             "Training uses a private copy of the model; the explorer keeps serving meanwhile."

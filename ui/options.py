@@ -95,8 +95,9 @@ def scoring_config(binarize: str, quantile: float, layer_score: str) -> ScoringC
 
 
 def check_texts(limit: int | None, **texts: str | None) -> None:
-    """Refuse (InputError) a text (named by its keyword: description=..., key_phrase=...) longer than `limit` characters,
-    from its length alone: the handler's own check, before any tokenizer (the boxes refuse such a text too)."""
+    """Refuse (InputError) a text (named by its keyword: description=..., key_phrase=...) longer than `limit`
+    characters, from its length alone: the handler's own check, before any tokenizer (the boxes refuse such a text
+    too)."""
     for field, text in texts.items():
         check_text_length(field.replace("_", " "), text or "", limit)
 
@@ -135,5 +136,8 @@ def top_k_update(num_layers: int, asked: int) -> gr.Slider:
     (Its maximum stays: an API caller's default would fall outside a lowered one and be refused.)"""
     return gr.Slider(
         value=top_k_for(num_layers, asked),
-        label=f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's {num_layers} scored layers)",
+        label=(
+            f"Top-k layers to highlight (LoRA's k; at most {max(1, num_layers - 1)} of this model's "
+            f"{num_layers} scored layers)"
+        ),
     )

@@ -89,9 +89,12 @@ class Settings:
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value) or value <= 0:
-                    raise InputError(f"setting {item.name} must be a positive number, got {value!r}")
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (not math.isfinite(value) or value <= 0)
+            ):
+                raise InputError(f"setting {item.name} must be a positive number, got {value!r}")
         if not self.allowed_models:
             raise InputError("setting allowed_models is empty: name at least one model (e.g. demo)")
 

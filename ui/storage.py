@@ -4,7 +4,8 @@
 belong to the browser session that made it (removed with it, or when it makes its next run);
 `session-*` folders hold one session's analysis downloads. A new folder first removes runs older
 than `ttl_s`, then, while all runs together exceed `max_mb`, the oldest finished runs. Runs in
-progress count towards the total but are never removed. A session whose finished run was removed is told to run it again.
+progress count towards the total but are never removed. A session whose finished run was removed is told to run
+it again.
 
 An upload is unpacked only into room reserved first (`reserve`, with the size its zip declares): the
 oldest finished runs make way, and what runs in progress hold or have reserved is never counted as

@@ -72,7 +72,8 @@ def summary(data: dict) -> str:
         low, high = entry["interval_heads"]
         partial = entry["layer_partial"]
         rows.append(
-            f"| {RANKING_NAMES[name]} | {_n(entry['spearman'])} [{_n(low)}, {_n(high)}] | {_n(entry['within_layers_p'])} | "
+            f"| {RANKING_NAMES[name]} | {_n(entry['spearman'])} [{_n(low)}, {_n(high)}] | "
+            f"{_n(entry['within_layers_p'])} | "
             f"{'n/a' if partial is None else _n(partial['rho'])} |"
         )
     dose = data["dose_response"]

@@ -61,7 +61,8 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
 
 def _process_umask() -> int:
     """This process's umask, read without changing it where Linux reports it (/proc/self/status), else by setting and
-    restoring it once, here at import: while serving nothing process-wide may change (threads write at the same time)."""
+    restoring it once, here at import: while serving nothing process-wide may change (threads write at the same
+    time)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):

@@ -101,7 +101,10 @@ class HeadMeans:
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self.means.values())).shape) if self.means else ()
-        return f"HeadMeans(layers={sorted(self.means)}, per layer {shape}, {self.records} records, {self.positions} positions)"
+        return (
+            f"HeadMeans(layers={sorted(self.means)}, per layer {shape}, {self.records} records, "
+            f"{self.positions} positions)"
+        )
 
 
 @contextlib.contextmanager

@@ -247,7 +247,8 @@ def _cell(entry: dict[str, Any] | None) -> str:
 
 
 def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
-    """The experiment as Markdown: settings, a table with 95% intervals, the differences and how each interval was made."""
+    """The experiment as Markdown: settings, a table with 95% intervals, the differences and how each interval was
+    made."""
     config = ablation.config
     metrics = [name for name in METRICS if any(name in entry["metrics"] for entry in data["conditions"].values())]
     removed = (
@@ -261,11 +262,13 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
         "",
         f"- model: `{ablation.model}`; dataset: `{ablation.dataset}`; {data['split']['held_out']} held-out records "
         f"({data['split']['how']}), captioned greedily (at most {config.data.max_new_tokens} new tokens)",
-        f"- removed: k = {config.k} heads per strategy ({removed}); random: seeds {config.seed}..{config.seed + config.seeds - 1}",
+        f"- removed: k = {config.k} heads per strategy ({removed}); "
+        f"random: seeds {config.seed}..{config.seed + config.seeds - 1}",
     ]
     if ablation.ranking is not None:
         best = ", ".join(
-            f"{l}:{h} ({s:.3f})" for (l, h), s in zip(ablation.ranking.heads[: config.k], ablation.ranking.scores)
+            f"{layer}:{h} ({s:.3f})"
+            for (layer, h), s in zip(ablation.ranking.heads[: config.k], ablation.ranking.scores)
         )
         lines.append(f"- ranking (HI, best first): {best}, ...; from {ablation.ranking.source}")
     if config.data.task == "vqa":
@@ -274,7 +277,8 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
         )
     else:
         lines.append(
-            "- key object named: the record's key phrase appears in the caption (whole words, ignoring case and punctuation)"
+            "- key object named: the record's key phrase appears in the caption "
+            "(whole words, ignoring case and punctuation)"
         )
     corpus = [METRICS[m] for m in metrics if m in CORPUS]
     lines += [
@@ -282,7 +286,8 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
         + ", ".join(METRICS[m] for m in metrics if m in SHARES)
         + "): Wilson interval over the records"
         + (
-            f"; {', '.join(corpus)} of one run: percentile bootstrap over the held-out records ({config.resamples} draws)"
+            f"; {', '.join(corpus)} of one run: percentile bootstrap over the held-out records "
+            f"({config.resamples} draws)"
             if corpus
             else ""
         )
@@ -316,7 +321,8 @@ def report_markdown(ablation: Ablation, data: dict[str, Any]) -> str:
 
 
 def write_ablation_report(ablation: Ablation, out: str | Path) -> dict[str, Any]:
-    """Write ablation.png, captions.jsonl, results.json and report.md into `out` (each atomically); return results.json's data."""
+    """Write ablation.png, captions.jsonl, results.json and report.md into `out` (each atomically); return
+    results.json's data."""
     from ..figures.plots import metric_bars  # matplotlib only when a report is written
 
     out = check_ablation_folder(out)

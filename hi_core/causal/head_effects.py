@@ -63,7 +63,7 @@ def prepare_batches(
         predicting = [inputs.prefix_length + tokens - 1 for inputs, tokens in items]  # the logit before each token
         positions = np.unique(np.concatenate(predicting))
         rows, columns, targets, first = [], [], [], []
-        for row, ((inputs, tokens), where) in enumerate(zip(items, predicting)):
+        for row, ((_inputs, _tokens), where) in enumerate(zip(items, predicting)):
             first.append(len(rows))
             rows += [row] * len(where)
             columns += list(np.searchsorted(positions, where))

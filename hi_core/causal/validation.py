@@ -171,7 +171,7 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
     for index, batch in enumerate(batches):
         gates = {layer: torch.ones(batch.size, num_heads, requires_grad=True) for layer in projections}
 
-        def gating(layer: int) -> Callable[..., tuple | None]:
+        def gating(layer: int, gates: dict[int, torch.Tensor], mine: Callable[[], bool]) -> Callable[..., tuple | None]:
             def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
                 if not mine():  # another thread's forward on the same (shared) model
                     return None
@@ -186,8 +186,11 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
             mine = stack.enter_context(hooks_in_this_context())
             stack.enter_context(install_replay(loaded))
             stack.enter_context(replaying(Plan(index, frozen_vision=True)))
-            handles = [projection.register_forward_pre_hook(gating(layer)) for layer, projection in projections.items()]
-            stack.callback(lambda: [handle.remove() for handle in handles])
+            handles = [
+                projection.register_forward_pre_hook(gating(layer, gates, mine))
+                for layer, projection in projections.items()
+            ]
+            stack.callback(lambda handles=handles: [handle.remove() for handle in handles])
             with torch.enable_grad():
                 losses, _ = token_losses(loaded, batch)
                 per_record = torch.zeros(batch.size, dtype=losses.dtype).index_add(

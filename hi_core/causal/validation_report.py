@@ -181,11 +181,13 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
     lines = [
         f"# Does HI find the heads that matter? `{data['model']}` on `{Path(data['dataset']).name}` ({data['task']})",
         "",
-        f"Each of {sampled} removed alone ({', '.join(config['modes'])} ablation), teacher-forced on {split['held_out']} "
+        f"Each of {sampled} removed alone ({', '.join(config['modes'])} ablation), "
+        f"teacher-forced on {split['held_out']} "
         f"held-out records ({split['how']}); {_rankings_from(split)}. Baseline: loss "
         f"{data['baseline']['loss']:.3f}, first-token accuracy {data['baseline']['first_token_accuracy']:.1%}. "
         f"Intervals: 95% percentile bootstrap ({config['resamples']} resamples) over heads and over records; "
-        f"within-layer p: {config['permutations']} permutations of the scores inside each layer. Seed {config['seed']}; "
+        f"within-layer p: {config['permutations']} permutations of the scores inside each layer. "
+        f"Seed {config['seed']}; "
         f"{data['seconds']:.0f} s.",
         "",
         f"Few heads and few records make wide intervals: n = {len(data['heads_removed'])} heads, {split['held_out']} "
@@ -197,7 +199,8 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
             lines += [
                 f"## {METRICS[metric].capitalize()} ({mode} ablation)",
                 "",
-                "| ranking | Spearman | 95% over heads | 95% over records | Kendall | within-layer p | layer-partial rho (p) | HI minus this ranking's rho [95%] |",
+                "| ranking | Spearman | 95% over heads | 95% over records | Kendall | within-layer p "
+                "| layer-partial rho (p) | HI minus this ranking's rho [95%] |",
                 "|---|---|---|---|---|---|---|---|",
             ]
             for name, entry in rankings.items():
@@ -213,7 +216,8 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
                     + (
                         ""
                         if against is None
-                        else f"{_number(against['difference'])} [{_number(against['low'], 2)}, {_number(against['high'], 2)}]"
+                        else f"{_number(against['difference'])} "
+                        f"[{_number(against['low'], 2)}, {_number(against['high'], 2)}]"
                     )
                     + " |"
                 )
@@ -222,7 +226,8 @@ def report_markdown(validation: Validation, data: dict[str, Any]) -> str:
     lines += [
         "## Dose-response: heads removed cumulatively (zero ablation)",
         "",
-        f"Loss of the scored tokens with the first k heads of each order removed; random: {dose['orders'].get('random', 0)} "
+        f"Loss of the scored tokens with the first k heads of each order removed; "
+        f"random: {dose['orders'].get('random', 0)} "
         f"orders, layer-matched: {dose['orders'].get('layer-matched', 0)} (HI's layers at every k, other heads); "
         "bands: 2.5-97.5 percentiles of those orders.",
         "",

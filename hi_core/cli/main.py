@@ -154,7 +154,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-    """--model, sized and held to the memory budget as in the app (`ModelCache`); bound to its device under accelerate."""
+    """--model, sized and held to the memory budget as in the app (`ModelCache`); bound to its device under
+    accelerate."""
     if is_distributed():
         process_state(cpu=resolve_device(args.device).type == "cpu")
     loaded = ModelCache(1).get(
@@ -690,7 +691,8 @@ def _add_ablate(subcommands: argparse._SubParsersAction) -> None:
         ablate,
         defaults.data,
         task="caption: caption metrics and the share of key objects named; vqa: answer accuracy (default: %(default)s)",
-        fraction="share of records held out, by a hash of the id: the records `finetune` holds out (default: %(default)s)",
+        fraction="share of records held out, by a hash of the id: the records `finetune` holds out "
+        "(default: %(default)s)",
         eval_dataset="a separate held-out dataset to caption instead",
     )
     ablate.set_defaults(run=_run_ablate)
@@ -732,11 +734,12 @@ def _add_validate(subcommands: argparse._SubParsersAction) -> None:
     validate = subcommands.add_parser(
         "validate",
         help="does HI find the heads that matter? remove each head and measure the loss, against other rankings",
-        description="Remove every head (or a seeded sample) in turn and measure, teacher-forced on the held-out records, "
-        "the loss of the scored tokens and the first-token accuracy; correlate with HI and with baseline rankings (attention "
-        "mass, localization heads, gradient importance), with bootstrap intervals, a within-layer permutation test and the "
-        "layer-partial correlation; remove heads cumulatively in each ranking's order against random and layer-matched "
-        "orders. Writes report.md, validation.json, effect_vs_hi.png and dose_response.png to --out.",
+        description="Remove every head (or a seeded sample) in turn and measure, teacher-forced on the held-out "
+        "records, the loss of the scored tokens and the first-token accuracy; correlate with HI and with baseline "
+        "rankings (attention mass, localization heads, gradient importance), with bootstrap intervals, a within-layer "
+        "permutation test and the layer-partial correlation; remove heads cumulatively in each ranking's order "
+        "against random and layer-matched orders. Writes report.md, validation.json, effect_vs_hi.png and "
+        "dose_response.png to --out.",
     )
     validate.add_argument("--model", required=True, help="`demo`, a Hub id (owner/name) or a local model folder")
     validate.add_argument(

@@ -378,7 +378,8 @@ def _require(entry: Any, keys: Sequence[str], kind: str) -> None:
         if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
             allowed = " or ".join(allowed_type.__name__ for allowed_type in _TYPES[key])
             raise InputError(
-                f"malformed COCO annotations: {kind} {entry.get('id')!r} has {key} {str(value)[:40]!r} (expected {allowed})"
+                f"malformed COCO annotations: {kind} {entry.get('id')!r} has {key} {str(value)[:40]!r} "
+                f"(expected {allowed})"
             )
     if kind == "image" and (entry["height"] < 1 or entry["width"] < 1):
         raise InputError(

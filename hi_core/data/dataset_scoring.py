@@ -1,11 +1,11 @@
 """Dataset HI (DESIGN 1.7): every head's mean HI over a dataset, with a 95% bootstrap interval.
 
-`score_dataset` streams the records of a dataset folder (never the whole set in memory), scores
-them with the per-image steps of a one-image run (`image_scoring.py`), the forward step batched
-(`maps.batch_head_maps`: each image's maps equal its one-at-a-time maps), and appends each image's per-head HI and mass to a JSON-lines file in a cache folder as soon as
-its batch is done. A rerun with the same settings, or a run after an interruption, reads the
-cache and scores only the images that are missing. Intervals are percentile bootstrap intervals
-over images (scipy.stats.bootstrap), and layers are ranked by the layer score of the mean HI.
+`score_dataset` streams the records of a dataset folder (never the whole set in memory), scores them with the
+per-image steps of a one-image run (`image_scoring.py`), the forward step batched (`maps.batch_head_maps`: each
+image's maps equal its one-at-a-time maps), and appends each image's per-head HI and mass to a JSON-lines file in a
+cache folder as soon as its batch is done. A rerun with the same settings, or a run after an interruption, reads the
+cache and scores only the images that are missing. Intervals are percentile bootstrap intervals over images
+(scipy.stats.bootstrap), and layers are ranked by the layer score of the mean HI.
 
 Data-parallel: under `accelerate launch`, each process scores every num_processes-th record
 (its shard) into its own part file; after a barrier the main process merges all parts into the
@@ -129,9 +129,9 @@ class ImageScore:
 class DatasetAnalysis:
     """Every head's HI over a dataset.
 
-    image_hi, image_mass: (images, layers, heads), in dataset order; hi, hi_low, hi_high, mass:
-    (layers, heads) means and interval bounds; layer_scores: (layers,) from the mean HI. Layers
-    without softmax attention keep their index and are NaN throughout (not scored).
+    images: each scored image's `ImageScore`, in dataset order (`image_hi` stacks their HI: (images, layers,
+    heads)); hi, hi_low, hi_high, mass: (layers, heads) means and interval bounds; layer_scores: (layers,) from
+    the mean HI. Layers without softmax attention keep their index and are NaN throughout (not scored).
     skipped: (line, id, reason) of each record that could not be scored.
     """
 
@@ -163,7 +163,8 @@ class DatasetAnalysis:
         num_layers, num_heads = self.hi.shape
         if not (0 <= layer < num_layers and 0 <= head < num_heads):
             raise InputError(
-                f"head ({layer}, {head}) does not exist: the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}"
+                f"head ({layer}, {head}) does not exist: "
+                f"the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}"
             )
         if count < 0:
             raise InputError(f"count must be at least 0, got {count}")

@@ -141,7 +141,7 @@ def check_index(folder: str | Path, max_mb: float | None = None, max_lines: int 
 def _raw_lines(index: Path, stop: Stop | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of every non-blank line of the file, streamed; `Cancelled` once `stop()`."""
     try:
-        lines = open(index, "rb")
+        lines = open(index, "rb")  # noqa: SIM115  closed by the `with` below; only opening may raise OSError here
     except OSError as error:
         raise InputError(f"cannot read {str(index)!r} ({error.strerror or error})") from None
     with lines:

@@ -171,9 +171,7 @@ def _polygon(shape: str, centre: np.ndarray, radius: float) -> np.ndarray:
 def draw_shape(canvas: np.ndarray, shape: str, centre: np.ndarray, radius: float, value) -> None:
     """Draw a filled shape (no anti-aliasing, so masks are exact)."""
     if shape == "circle":
-        cv2.circle(
-            canvas, (int(centre[0]), int(centre[1])), int(round(radius)), value, thickness=-1, lineType=cv2.LINE_8
-        )
+        cv2.circle(canvas, (int(centre[0]), int(centre[1])), round(radius), value, thickness=-1, lineType=cv2.LINE_8)
     else:
         cv2.fillPoly(canvas, [_polygon(shape, centre, radius)], value, lineType=cv2.LINE_8)
 

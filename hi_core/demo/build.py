@@ -1,12 +1,10 @@
 """The demo model's vocabulary, tokenizer, processor and architecture (a standard transformers LLaVA).
 
 A word-level tokenizer over the synthetic scenes' words (descriptions, questions and answers); a
-CLIP vision tower (1 layer, hidden 64, 8-px patches on 96-px images: a 12 x 12 grid) and a Llama
-language model (`TEXT_LAYERS` layers, hidden 128, `TEXT_HEADS` heads). Everything is built
-locally: no download.
-
-One vision layer: features taken before a second CLIP layer put the heads' localization on the
-object's own words, where the last of two layers put it on the token before them (NOTES.md).
+CLIP vision tower (`VISION_LAYERS` layers, `VISION_HIDDEN` wide, 8-px patches on 96-px images: a 12 x 12
+grid) and a Llama language model (`TEXT_LAYERS` layers, hidden 128, `TEXT_HEADS` heads). Everything is
+built locally: no download. The constants are the shipped model's (tests/test_demo_model.py checks them
+against its config.json); `train` can build other sizes.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from ..data.synth import ANSWER_WORDS, COLOURS, COLUMNS, QUESTION_WORDS, ROWS, S
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
 VISION_HIDDEN = 64  # the shipped model's; `train --vision-hidden 128` builds a wider vision tower
-VISION_LAYERS = 2  # the shipped model's (v3); v2's was 1
+VISION_LAYERS = 2  # the shipped model's (since v3; v2 had 1)
 TEXT_HEAD_DIM = 16  # the shipped model's (128 / 8 heads); `train --text-head-dim 32` builds wider heads
 TEXT_LAYERS = 6
 TEXT_HEADS = 8

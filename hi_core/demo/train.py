@@ -203,7 +203,7 @@ def make_batch(processor: Any, prefixes: Prefixes, examples: list[Example]) -> d
 
 def training_examples(rng: np.random.Generator, config: TrainConfig) -> list[Example]:
     """One step's rows: descriptions first, then questions of random kinds (vqa_share of the rows)."""
-    questions = int(round(config.batch_size * config.vqa_share))
+    questions = round(config.batch_size * config.vqa_share)
     examples = [caption_example(make_scene(rng, IMAGE_SIZE)) for _ in range(config.batch_size - questions)]
     for _ in range(questions):
         examples.append(vqa_example(*make_vqa(rng, str(rng.choice(QUESTION_KINDS)), IMAGE_SIZE)))
@@ -465,27 +465,34 @@ so that its attention heads really look at the objects they name or are asked ab
 the app and the CLI work offline, on CPU, with `--model demo`.
 
 ## Architecture ({report["parameters"]:,} parameters, float32 safetensors)
-- Vision: CLIP, {config.vision_layers} layer{"s" if config.vision_layers > 1 else ""}, hidden {config.vision_hidden}, 4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
+- Vision: CLIP, {config.vision_layers} layer{"s" if config.vision_layers > 1 else ""}, hidden {config.vision_hidden}, \
+4 heads, 96x96 images, 8-px patches -> a 12x12 grid of image tokens.
 - Projector: LLaVA's 2-layer MLP.
-- Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size {config.text_head_dim}), tied embeddings;
+- Language model: Llama, {TEXT_LAYERS} layers, hidden 128, {TEXT_HEADS} heads (head size {config.text_head_dim}), \
+tied embeddings;
   word-level tokenizer of the scenes' words.
 - Prompt: the chat template `USER: <image>\n{{prompt}} ASSISTANT:`; default prompt "Describe the image.",
   or a question ("What colour is the star?").
 
 ## Training
 - Command: `{report["command"]}`{_init_line(report)}
-- Data: {config.steps * config.batch_size:,} generated examples ({config.steps} steps x batch {config.batch_size}, data seed {config.data_seed}),
-  {1 - config.vqa_share:.0%} descriptions and {config.vqa_share:.0%} questions per batch; scenes of 1-3 objects (6 shapes, 8 colours,
+- Data: {config.steps * config.batch_size:,} generated examples \
+({config.steps} steps x batch {config.batch_size}, data seed {config.data_seed}),
+  {1 - config.vqa_share:.0%} descriptions and {config.vqa_share:.0%} questions per batch; \
+scenes of 1-3 objects (6 shapes, 8 colours,
   2 sizes, 3x3 positions) on textured backgrounds. Loss: mean over the description tokens plus mean over
   the answer tokens (each with its </s>){_shape_loss_line(config)}.
-- AdamW lr {config.lr}, {config.warmup} warm-up steps then cosine decay, weight decay {config.weight_decay}, init seed {config.seed}.
+- AdamW lr {config.lr}, {config.warmup} warm-up steps then cosine decay, \
+weight decay {config.weight_decay}, init seed {config.seed}.
 - Final loss (mean of the last 100 steps, the two tasks' sum): {report["final_loss"]:.4f};
-  {report["train_seconds"] / 60:.1f} minutes on {report["threads"]} CPU thread(s) (a 2-core machine shared with other jobs).
+  {report["train_seconds"] / 60:.1f} minutes on {report["threads"]} CPU thread(s) \
+(a 2-core machine shared with other jobs).
 
 ## Held-out descriptions ({config.eval_scenes} scenes, seed {config.eval_seed}, greedy)
 | BLEU-4 | ROUGE-L | CIDEr | exact captions | object names |
 |---|---|---|---|---|
-| {captions["bleu4"]:.3f} | {captions["rouge_l"]:.3f} | {captions["cider"]:.3f} | {captions["exact_captions"]:.3f} | {captions["object_names"]:.3f} |
+| {captions["bleu4"]:.3f} | {captions["rouge_l"]:.3f} | {captions["cider"]:.3f} | \
+{captions["exact_captions"]:.3f} | {captions["object_names"]:.3f} |
 
 Object names: the share of objects whose "size colour shape" phrase appears in the generated caption.
 
@@ -497,7 +504,8 @@ attributes in several-object scenes.
 |---|---|---|---|---|
 | {" | ".join(f"{single[k]:.3f}" for k in (*ATTRIBUTES, "all"))} |
 
-## Held-out questions ({config.eval_questions} per kind, seed {config.eval_seed + 1}, greedy; accuracy = normalized exact match)
+## Held-out questions ({config.eval_questions} per kind, seed {config.eval_seed + 1}, greedy; \
+accuracy = normalized exact match)
 | all | {kinds} |
 |---|{"---|" * len(QUESTION_KINDS)}
 | {vqa["accuracy"]:.3f} | {" | ".join(f"{vqa['by_kind'][k]:.3f}" for k in QUESTION_KINDS)} |

@@ -90,7 +90,8 @@ class InternVLAdapter(FamilyAdapter):
         layer = getattr(config, "vision_feature_layer", -1)
         if not isinstance(layer, int):
             raise InputError(
-                f"InternVL takes its image features from one vision layer; the config's vision_feature_layer is {layer!r}"
+                "InternVL takes its image features from one vision layer; "
+                f"the config's vision_feature_layer is {layer!r}"
             )
         seq_length = getattr(processor, "image_seq_length", None)
         if seq_length != tokens:
@@ -171,7 +172,7 @@ class InternVLAdapter(FamilyAdapter):
     def view_mask_fractions(
         self, model: Any, processor: Any, mask: np.ndarray, inputs: dict[str, torch.Tensor], layout: ImageLayout
     ) -> np.ndarray:
-        tile, cell, side = tile_geometry(model.config)
+        _, cell, side = tile_geometry(model.config)
         if layout.grid == (side, side):
             return self.mask_fractions(model, processor, mask, inputs)
         views = processed_mask(processor, mask, **dict(getattr(processor, "images_kwargs", None) or {}))

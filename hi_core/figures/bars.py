@@ -6,8 +6,8 @@ ties to the lower layer) are red, the others grey, but only when k is smaller th
 k >= layers would paint every bar "top", so then none is marked and the title says why. Layers that were not
 scored (NaN: a hybrid model's layers without softmax attention) have no bar and are never marked; k counts
 the scored layers. Each bar's value is printed above it when there are at most `VALUES_MAX` layers; layer
-numbers are thinned when bars are narrow. `BarsLayout.fit(layers)` decides where everything lies from the count alone, so a test (or a UI)
-can find a layer's bar without reading the drawing code."""
+numbers are thinned when bars are narrow. `BarsLayout.fit(layers)` decides where everything lies from the count
+alone, so a test (or a UI) can find a layer's bar without reading the drawing code."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """One image end to end: the library's main entry point (the CLI's `score` and the app call it).
 
-`analyze_image` checks the mask against the image (both stay as given: the processor gets the model's
-own pixels, and the mask goes through the same processor geometry), generates the description when none is given (`captioning.generate_description`),
-then runs the per-image steps of `image_scoring` (the same steps a dataset run takes, in the same
-order): `prepare_image` -> `maps.head_maps` -> `PreparedImage.score` -> `scoring.layer_scores`.
+`analyze_image` checks the mask against the image (both stay as given: the processor gets the model's own pixels,
+and the mask goes through the same processor geometry), generates the description when none is given
+(`captioning.generate_description`), then runs the per-image steps of `image_scoring` (the same steps a dataset run
+takes, in the same order): `prepare_image` -> `maps.head_maps` -> `PreparedImage.score` -> `scoring.layer_scores`.
 The result, `ImageAnalysis`, holds every head's map and score, and writes the `score` JSON.
 """
 
@@ -226,7 +226,8 @@ def hi_difference(base: ImageAnalysis, tuned: ImageAnalysis) -> np.ndarray:
     if base.hi.shape != tuned.hi.shape or base.grid != tuned.grid:
         raise InputError(
             f"the two analyses are of different models: {base.hi.shape[0]}x{base.hi.shape[1]} heads on a "
-            f"{base.grid[0]}x{base.grid[1]} grid vs {tuned.hi.shape[0]}x{tuned.hi.shape[1]} on {tuned.grid[0]}x{tuned.grid[1]}"
+            f"{base.grid[0]}x{base.grid[1]} grid vs {tuned.hi.shape[0]}x{tuned.hi.shape[1]} on "
+            f"{tuned.grid[0]}x{tuned.grid[1]}"
         )
     if base.text != tuned.text or not np.array_equal(base.mask.object_patches, tuned.mask.object_patches):
         raise InputError("the two analyses score different texts or masks: compare the same image, mask and text")

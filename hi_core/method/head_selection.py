@@ -57,7 +57,9 @@ class HeadRanking:
             "source": self.source,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
-            "heads": [{"layer": l, "head": h, "hi": s} for (l, h), s in zip(self.heads, self.scores)],
+            "heads": [
+                {"layer": layer, "head": head, "hi": score} for (layer, head), score in zip(self.heads, self.scores)
+            ],
         }
 
     @classmethod
@@ -128,7 +130,7 @@ def check_head_choice(heads: str | HeadChoice, layers: Sequence[int], num_heads:
             if not 0 <= head < num_heads:
                 raise InputError(f"head {layer}:{head} does not exist: each layer has heads 0..{num_heads - 1}")
         if len(set(choice)) != len(choice):
-            raise InputError(f"heads {', '.join(f'{l}:{h}' for l, h in choice)} repeat a head")
+            raise InputError(f"heads {', '.join(f'{layer}:{head}' for layer, head in choice)} repeat a head")
     elif not 1 <= k <= len(layers) * num_heads:
         raise InputError(
             f"k must be between 1 and the language model's {len(layers) * num_heads} scored heads, got {k}"

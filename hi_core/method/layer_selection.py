@@ -56,8 +56,8 @@ class Ranking:
 
     def to_json(self) -> dict[str, Any]:
         """{source, layers: [{layer, score}]}: the ranked layers, then those not scored with score null."""
-        ranked = [{"layer": l, "score": s} for l, s in zip(self.layers, self.scores)]
-        return {"source": self.source, "layers": ranked + [{"layer": l, "score": None} for l in self.unscored]}
+        ranked = [{"layer": layer, "score": score} for layer, score in zip(self.layers, self.scores)]
+        return {"source": self.source, "layers": ranked + [{"layer": layer, "score": None} for layer in self.unscored]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> Ranking:
@@ -83,7 +83,10 @@ class Ranking:
             raise InputError(f"ranking {source!r} has no scored layer (every `score` is null)")
         unscored = tuple(sorted(layer for layer, score in zip(layers, scores) if not np.isfinite(score)))
         return cls(
-            layers=tuple(l for l, _ in ranked), scores=tuple(s for _, s in ranked), source=source, unscored=unscored
+            layers=tuple(layer for layer, _ in ranked),
+            scores=tuple(score for _, score in ranked),
+            source=source,
+            unscored=unscored,
         )
 
 

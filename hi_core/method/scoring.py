@@ -208,7 +208,7 @@ def every_head(hi: np.ndarray) -> list[tuple[int, int]]:
     """Every (layer, head) of hi (layers, heads): the scored ones by HI descending (`rank_heads`), then
     those not scored in layer, head order (for results that list every head)."""
     ranked = rank_heads(hi)
-    return ranked + [(int(l), int(h)) for l, h in zip(*np.nonzero(~np.isfinite(hi)))]
+    return ranked + [(int(layer), int(head)) for layer, head in zip(*np.nonzero(~np.isfinite(hi)))]
 
 
 def every_layer(scores: np.ndarray) -> list[int]:

@@ -210,7 +210,7 @@ def image_to_rgb(image: Image.Image) -> Image.Image:
 
 def _alpha(image: Image.Image) -> np.ndarray | None:
     """The alpha channel when the image has one that is not opaque everywhere, else None."""
-    if (image.mode == "P" and "transparency" in image.info) or (image.mode in ("L", "1", "RGB") and "transparency" in image.info):
+    if image.mode in ("P", "L", "1", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode not in _ALPHA_MODES:
         return None
@@ -267,8 +267,9 @@ def load_mask(
     mask = mask_from_image(picture)
     if not mask.any():
         raise InputError(
-            f"mask is empty: no pixel of {str(path) if name is None else name!r} marks the object, which takes at least "
-            "half the range (>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least half opaque"
+            f"mask is empty: no pixel of {str(path) if name is None else name!r} marks the object, which takes at "
+            "least half the range (>= 128 of 255, >= 32768 of 65535, >= 0.5 as float) or, with transparency, at least "
+            "half opaque"
         )
     return mask
 

@@ -69,7 +69,10 @@ def meteor_score(references: dict[str, list[str]], candidates: dict[str, str]) -
 # lower-case; punctuation to spaces ("t-shirt" -> "t shirt"), except a decimal point between two
 # digits (kept) and a thousands separator (dropped); number words to digits; articles dropped.
 _NUMBERS = dict(
-    zip(["none", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"], ["0", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"])
+    zip(
+        ["none", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
+        ["0", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+    )
 )
 _ARTICLES = {"a", "an", "the"}
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")

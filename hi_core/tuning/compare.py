@@ -485,15 +485,17 @@ def report_markdown(comparison: Comparison) -> str:
             f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
             f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
             f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
-            "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads fall in"
+            "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads "
+            "fall in"
         )
     head_ranking = comparison.head_ranking
     if head_ranking is not None:
         best = ", ".join(
-            f"{l}:{h} ({score:.3f})" for (l, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12])
+            f"{layer}:{h} ({score:.3f})" for (layer, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12])
         )
         lines.append(
-            f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; from {head_ranking.source}"
+            f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; "
+            f"from {head_ranking.source}"
         )
     if data["task"] == "vqa":
         lines.append(
@@ -514,7 +516,7 @@ def report_markdown(comparison: Comparison) -> str:
         "|---|---|---|" + ("---|" if head_runs else "") + "---|" * len(metrics) + "---|",
     ]
     for strategy, entry in summary.items():
-        layers = " / ".join(",".join(str(l) for l in layers) or "-" for layers in entry["layers"])
+        layers = " / ".join(",".join(str(layer) for layer in layers) or "-" for layers in entry["layers"])
         heads = " / ".join(format_heads([tuple(h) for h in chosen]) for chosen in entry.get("heads", [])) or "-"
         counts = entry["trainable_per_run"]
         share = (
@@ -533,7 +535,8 @@ def report_markdown(comparison: Comparison) -> str:
     for name, differences in data["differences"].items():
         lines += [
             "",
-            f"**{name}** (difference of means, 95% Welch interval; an interval above 0 favours {name.split(' - ')[0]}):",
+            f"**{name}** (difference of means, 95% Welch interval; "
+            f"an interval above 0 favours {name.split(' - ')[0]}):",
             "",
         ]
         for metric, value in differences.items():

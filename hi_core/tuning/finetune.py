@@ -356,9 +356,13 @@ def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConf
     largest = min(min(module.in_features, module.out_features) for module in map(layer.get_submodule, names))
     if config.rank > largest:  # a higher rank adds no expressiveness, only memory (rank 10**9 is out of memory)
         raise InputError(
-            f"rank must be at most {largest} for this model (the smallest size of the adapted projections), got {config.rank}"
+            f"rank must be at most {largest} for this model (the smallest size of the adapted projections), "
+            f"got {config.rank}"
         )
-    regex = rf"{re.escape(path)}\.({'|'.join(str(layer) for layer in layers)})\.({'|'.join(re.escape(name) for name in names)})"
+    regex = (
+        rf"{re.escape(path)}\.({'|'.join(str(layer) for layer in layers)})"
+        rf"\.({'|'.join(re.escape(name) for name in names)})"
+    )
     return LoraConfig(
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=regex, bias="none"
     )

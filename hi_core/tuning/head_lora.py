@@ -58,7 +58,7 @@ class HeadPlan:
         return tuple(sorted({layer for layer, _ in self.heads}))
 
     def query_heads(self, layer: int) -> tuple[int, ...]:
-        return tuple(head for l, head in self.heads if l == layer)
+        return tuple(head for head_layer, head in self.heads if head_layer == layer)
 
     def kv_heads(self, layer: int) -> tuple[int, ...]:
         """The KV heads trained in `layer`: those read by any chosen query head."""
@@ -89,7 +89,7 @@ def plan_heads(loaded: LoadedModel, heads: Sequence[Head]) -> HeadPlan:
     """The plan for `heads` (already selected and checked against the model: `select_heads`)."""
     num_heads, num_kv_heads = head_counts(loaded)
     return HeadPlan(
-        heads=tuple(sorted((int(l), int(h)) for l, h in heads)), num_heads=num_heads, num_kv_heads=num_kv_heads
+        heads=tuple(sorted((int(layer), int(h)) for layer, h in heads)), num_heads=num_heads, num_kv_heads=num_kv_heads
     )
 
 

@@ -3,8 +3,8 @@
 `run_finetune` does one run end to end: the held-out split, layer selection (`layer_selection.py`),
 LoRA training (`finetune.py`), greedy captions of the held-out records (`captioning.py`; each asked
 with its own prompt if it has one; scored as captions, or as VQA answers by answer accuracy when the
-task is `vqa`), then a run folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`), the held-out
-captions (`captions.jsonl`) and `run.json` (`RunRecord`). The folder is written under a temporary
+task is `vqa`), then a run folder with the peft adapter (`adapter_config.json`, `adapter_model.safetensors`),
+the held-out captions (`captions.jsonl`) and `run.json` (`RunRecord`). The folder is written under a temporary
 name and renamed into place, `run.json` last, so an interrupted run leaves nothing behind; a rerun
 with the same settings finds the finished run and returns it without training again. The output
 folder must be new or empty (or hold that finished run): a file there, or a folder with anything
