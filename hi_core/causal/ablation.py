@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..base.errors import InputError, check_choice, check_number, check_whole
+from ..base.errors import InputError, check_choice, check_whole
 from ..data.datasets import Record
 from ..method.analysis import ImageAnalysis, analyze_image
 from ..method.head_selection import (
@@ -333,9 +333,7 @@ class AblationConfig:
         check_choice("mode", self.mode, AblationMode)
         for name in ("k", "seeds", "mean_records", "resamples"):
             check_whole(name, getattr(self, name))
-        check_number(
-            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
-        )
+        check_whole("seed", self.seed, 0, MAX_SEED)
         if self.seed + self.seeds - 1 > MAX_SEED:
             raise InputError(f"seeds {self.seed}..{self.seed + self.seeds - 1} go past the largest seed {MAX_SEED}")
 

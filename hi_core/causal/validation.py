@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..base.errors import InputError, check_choice, check_number, check_whole
+from ..base.errors import InputError, check_choice, check_whole
 from ..data.datasets import Record
 from ..method.analysis import analyze_image
 from ..method.head_selection import Head
@@ -105,9 +105,7 @@ class ValidationConfig:
         for name in ("heads", "max_k"):
             check_whole(name, getattr(self, name), optional=True)
         check_whole("cache_mb", self.cache_mb, 0)
-        check_number(
-            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
-        )
+        check_whole("seed", self.seed, 0, MAX_SEED)
 
 
 # --- rankings --------------------------------------------------------------------------------------

@@ -166,6 +166,11 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     return loaded
 
 
+def _scoring(args: argparse.Namespace) -> ScoringConfig:
+    """The scoring options of `score` (one image or a dataset)."""
+    return ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score)
+
+
 def _run_score(args: argparse.Namespace) -> None:
     if args.dataset is not None:
         _run_score_dataset(args)
@@ -179,7 +184,7 @@ def _run_score(args: argparse.Namespace) -> None:
         prompt=args.prompt,
         key_phrase=args.key_phrase,
         queries=args.queries,
-        scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
+        scoring=_scoring(args),
         max_new_tokens=args.max_new_tokens,
         view=args.view,
     )
@@ -230,7 +235,7 @@ def _run_score_dataset(args: argparse.Namespace) -> None:
             prompt=args.prompt,
             key_phrase=args.key_phrase,
             queries=args.queries,
-            scoring=ScoringConfig(binarize=args.binarize, quantile=args.quantile, layer_score=args.layer_score),
+            scoring=_scoring(args),
             view=args.view,
         ),
         use_key_phrases=not args.all_tokens and args.key_phrase is None,

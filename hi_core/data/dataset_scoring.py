@@ -48,10 +48,10 @@ from tqdm.auto import tqdm
 
 from ..base.distributed import process_state
 from ..base.errors import InputError, check_number, check_whole
-from ..base.outputs import atomic_path, csv_number, json_number, write_json
+from ..base.outputs import atomic_path, csv_number, write_json
 from ..method.image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from ..method.maps import batch_head_maps
-from ..method.scoring import every_head, every_layer, layer_scores, rank_heads, scored_layers
+from ..method.scoring import layer_scores, rank_heads, ranking_json, scored_layers
 from ..model.images import ImageLimits
 from ..model.loading import LoadedModel
 from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
@@ -210,22 +210,7 @@ class DatasetAnalysis:
                 "resamples": self.config.resamples,
                 "seed": self.config.seed,
             },
-            "scored_layers": self.scored_layers,
-            "heads": [
-                {
-                    "layer": layer,
-                    "head": head,
-                    "hi": json_number(self.hi[layer, head]),
-                    "hi_low": json_number(self.hi_low[layer, head]),
-                    "hi_high": json_number(self.hi_high[layer, head]),
-                    "mass": json_number(self.mass[layer, head]),
-                }
-                for layer, head in every_head(self.hi)
-            ],
-            "layers": [
-                {"layer": layer, "score": json_number(self.layer_scores[layer])}
-                for layer in every_layer(self.layer_scores)
-            ],
+            **ranking_json(self.hi, self.layer_scores, hi_low=self.hi_low, hi_high=self.hi_high, mass=self.mass),
         }
 
     def to_csv(self) -> str:

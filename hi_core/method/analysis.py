@@ -26,7 +26,7 @@ from ..model.loading import LoadedModel
 from .image_scoring import AnalysisConfig, prepare_image
 from .maps import head_maps_and_views, shares, token_maps
 from .masks import MaskGrid, check_mask
-from .scoring import ScoringConfig, every_head, every_layer, layer_scores, rank_heads, score_maps, scored_layers
+from .scoring import ScoringConfig, every_head, layer_scores, rank_heads, ranking_json, score_maps, scored_layers
 
 logger = logging.getLogger(__name__)
 
@@ -116,20 +116,7 @@ class ImageAnalysis:
                 for index, view in enumerate(self.views)
             ],
             "view_budget": self.view_budget,
-            "scored_layers": self.scored_layers,
-            "heads": [
-                {
-                    "layer": layer,
-                    "head": head,
-                    "hi": json_number(self.hi[layer, head]),
-                    "mass": json_number(self.mass[layer, head]),
-                }
-                for layer, head in every_head(self.hi)
-            ],
-            "layers": [
-                {"layer": layer, "score": json_number(self.layer_scores[layer])}
-                for layer in every_layer(self.layer_scores)
-            ],
+            **ranking_json(self.hi, self.layer_scores, mass=self.mass),
         }
 
     def rescored(self, scoring: ScoringConfig) -> ImageAnalysis:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import hypergeom
 
 from ..base.errors import InputError, check_choice, check_number, check_whole
+from ..base.outputs import json_number
 
 Binarization = Literal["area", "quantile", "otsu"]
 LayerScore = Literal["max", "mean", "topn"]
@@ -215,3 +216,18 @@ def every_layer(scores: np.ndarray) -> list[int]:
     """Every layer of (layers,) scores: the scored ones by score descending (`rank_layers`), then
     those not scored in index order."""
     return rank_layers(scores) + [int(layer) for layer in np.flatnonzero(~np.isfinite(scores))]
+
+
+def ranking_json(hi: np.ndarray, scores: np.ndarray, **columns: np.ndarray) -> dict[str, list]:
+    """The part every score JSON shares (DESIGN 6): `scored_layers`; `heads`, every head best first (`every_head`)
+    with its HI and each of `columns` ((layers, heads) arrays, in the order given); `layers`, every layer best
+    first with its score. NaN (not scored) is written as null."""
+    return {
+        "scored_layers": scored_layers(hi),
+        "heads": [
+            {"layer": layer, "head": head, "hi": json_number(hi[layer, head])}
+            | {name: json_number(values[layer, head]) for name, values in columns.items()}
+            for layer, head in every_head(hi)
+        ],
+        "layers": [{"layer": layer, "score": json_number(scores[layer])} for layer in every_layer(scores)],
+    }

@@ -132,9 +132,7 @@ class FinetuneConfig:
         check_choice("schedule", self.schedule, Schedule)
         for name in ("k", "rank", "steps", "batch_size"):
             check_whole(name, getattr(self, name))
-        check_number(
-            "seed", self.seed, f"a whole number in [0, {MAX_SEED}]", lambda v: v == int(v) and 0 <= v <= MAX_SEED
-        )
+        check_whole("seed", self.seed, 0, MAX_SEED)
         # AdamW moves every weight by about lr per step: above 1 it only destroys the weights (and
         # near float32's range the step itself overflows), so such values are refused up front.
         check_number("lr", self.lr, "a number in (0, 1]", lambda v: 0 < v <= 1)
