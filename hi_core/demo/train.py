@@ -34,6 +34,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..base.errors import InputError, check_number, check_whole
 from ..base.outputs import write_json
 from ..data.synth import QUESTION_KINDS, SHAPES, Question, Scene, make_scene, make_vqa, position_phrase
+from ..families.base import chat_prompt
 from ..families.llava import LlavaAdapter
 from ..figures.plots import overlay_grid
 from ..method.analysis import AnalysisConfig, analyze_image
@@ -137,10 +138,8 @@ def patch_shapes(scene: Scene) -> np.ndarray:
 
 def prefix_ids(processor: Any, prompt: str = DEFAULT_PROMPT) -> list[int]:
     """Token ids of the prefix (same for every 96-px image): chat template with the image expanded."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     blank = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))
-    return processor(text=text, images=[blank], return_tensors="pt")["input_ids"][0].tolist()
+    return processor(text=chat_prompt(processor, prompt), images=[blank], return_tensors="pt")["input_ids"][0].tolist()
 
 
 class Prefixes:

@@ -15,6 +15,7 @@ An adapter answers four questions about a loaded model, and nothing else in `hi_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -201,6 +202,16 @@ def token_positions(input_ids: torch.Tensor, token_id: int) -> np.ndarray:
     return torch.nonzero(input_ids.reshape(-1) == token_id).reshape(-1).cpu().numpy()
 
 
+def chat_prompt(processor: Any, prompt: str, apply_template: Callable[..., str] | None = None) -> str:
+    """The text of one user turn, an image then `prompt`, in the processor's chat template, ending with the
+    generation prompt (what every family's prefix starts from). `apply_template(processor, messages, ...)`:
+    another implementation of `apply_chat_template` to use (default: the processor's own)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    if apply_template is None:
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return apply_template(processor, messages, add_generation_prompt=True, tokenize=False)
+
+
 class FamilyAdapter:
     """Base adapter; subclasses set `name`, `model_types` and implement the grid and the mask."""
 
@@ -215,9 +226,7 @@ class FamilyAdapter:
 
     def prefix_inputs(self, processor: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
         """Processor outputs for the prompt with the image and the generation prompt (batch of 1)."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return dict(processor(text=text, images=[image], return_tensors="pt"))
+        return dict(processor(text=chat_prompt(processor, prompt), images=[image], return_tensors="pt"))
 
     def check_loaded(self, model: Any, processor: Any) -> None:
         """Raise `InputError` naming what was expected and what was found when this model or processor is

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..base.errors import InputError
-from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, token_positions
+from .base import FamilyAdapter, ImageLayout, View, block_mean, chat_prompt, processed_mask, token_positions
 
 
 def pooled_grid(model: Any) -> tuple[int, int, int]:
@@ -64,9 +64,9 @@ class Gemma3Adapter(FamilyAdapter):
             )
 
     def prefix_inputs(self, processor: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=text, images=[image], return_tensors="pt", do_pan_and_scan=False)
+        inputs = processor(
+            text=chat_prompt(processor, prompt), images=[image], return_tensors="pt", do_pan_and_scan=False
+        )
         return {key: value for key, value in inputs.items() if key != "num_crops"}
 
     def image_layout(self, model: Any, inputs: dict[str, torch.Tensor]) -> ImageLayout:

@@ -36,7 +36,16 @@ from PIL import Image
 from transformers.processing_utils import ProcessorMixin
 
 from ..base.errors import InputError
-from .base import FamilyAdapter, ImageLayout, View, block_mean, processed_mask, stitched_layout, token_positions
+from .base import (
+    FamilyAdapter,
+    ImageLayout,
+    View,
+    block_mean,
+    chat_prompt,
+    processed_mask,
+    stitched_layout,
+    token_positions,
+)
 
 
 def tile_geometry(model: Any) -> tuple[int, int, int]:
@@ -83,8 +92,7 @@ class Idefics3Adapter(FamilyAdapter):
     model_types = ("idefics3",)
 
     def prefix_inputs(self, processor: Any, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = ProcessorMixin.apply_chat_template(processor, messages, add_generation_prompt=True, tokenize=False)
+        text = chat_prompt(processor, prompt, ProcessorMixin.apply_chat_template)
         return dict(processor(text=text, images=[image], return_tensors="pt"))
 
     def check_loaded(self, model: Any, processor: Any) -> None:
