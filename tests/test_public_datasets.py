@@ -6,7 +6,7 @@ batches, skipped records without the server's paths, and one message for every o
 Each budget is set small through `Settings(...)` so each case runs in seconds.
 
 Peak memory is measured as tests/test_memory.py does: in a child process, by the high-water mark of its
-resident memory (`VmHWM`), which starts anew at exec. The child is also the measuring script for the README:
+resident memory (`VmHWM`), which starts anew at exec. The child is also the measuring script for docs/hosting.md:
 `python tests/test_public_datasets.py RECORDS BATCH [SIDE]` prints the rise (no SIDE: decoded at full size).
 """
 
@@ -471,7 +471,7 @@ def test_zip_bombs_uploaded_through_the_page_are_refused_before_writing(server, 
     assert watch.peak <= 8 * MIB
 
 
-if __name__ == "__main__":  # the README's measurement: RECORDS BATCH [SIDE]
+if __name__ == "__main__":  # docs/hosting.md's measurement: RECORDS BATCH [SIDE]
     with tempfile.TemporaryDirectory() as scratch:
         side = int(sys.argv[3]) if len(sys.argv) > 3 else None
         print(_scored_in_child(Path(scratch) / "set", int(sys.argv[1]), int(sys.argv[2]), side))

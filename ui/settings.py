@@ -5,7 +5,7 @@ no caps beyond the library's own. In public (on a Hugging Face Space, where `SPA
 with `--public` / `HI_PUBLIC=1`) a visitor can load only the allow-listed models, never a path on
 the server; messages never name the server's files; images, uploads, datasets, fine-tunes, the queue
 and the temporary files are bounded. Every limit is a field below with its environment variable, and
-the README's reliability table lists them with their defaults.
+docs/hosting.md's table lists them with their defaults.
 
 The app reads `Settings.from_env(args)` once at start-up; the object is frozen (shared by every
 session of a threaded server).
