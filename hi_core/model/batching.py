@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .inputs import ModelInputs
+from .inputs import ModelInputs, is_per_token
 
 #: Padding value of each per-token tensor; input_ids use the tokenizer's pad (or eos) id.
 TOKEN_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
@@ -32,10 +32,6 @@ def pad_token_id(tokenizer: Any) -> int:
         if isinstance(value, int):
             return value
     return 0
-
-
-def _is_per_token(value: Any, length: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (1, length)
 
 
 def _stack_padded(values: Sequence[torch.Tensor], pad: int | float | bool) -> torch.Tensor:
@@ -62,11 +58,10 @@ def collate(items: Sequence[ModelInputs], pad_id: int) -> dict[str, torch.Tensor
     keys = list(items[0].tensors)
     if any(list(item.tensors) != keys for item in items):
         raise ValueError("the sequences have different input tensors; they come from different processors")
-    lengths = [int(item.tensors["input_ids"].shape[1]) for item in items]
     batch: dict[str, torch.Tensor] = {}
     for key in keys:
         values = [item.tensors[key] for item in items]
-        if all(_is_per_token(value, length) for value, length in zip(values, lengths)):
+        if all(is_per_token(value, item.tensors["input_ids"]) for value, item in zip(values, items)):
             pad = pad_id if key == "input_ids" else TOKEN_PAD_VALUES.get(key, 0)
             batch[key] = _stack_padded(values, pad)
         elif all(isinstance(value, torch.Tensor) for value in values):

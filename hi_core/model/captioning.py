@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..base.errors import InputError
 from .batching import TOKEN_PAD_VALUES, pad_token_id
 from .images import check_image_size
-from .inputs import DEFAULT_PROMPT, check_text_fits, to_model_device
+from .inputs import DEFAULT_PROMPT, check_text_fits, is_per_token, to_model_device
 from .metrics import SPICE_NOTE, accuracy_interval, answer_correct, caption_metrics, meteor_score, normalize_caption
 
 SAMPLES = 5  # captions kept in a run record
@@ -80,7 +80,7 @@ def left_padded(prefixes: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dic
     batch: dict[str, torch.Tensor] = {}
     for key in prefixes[0]:
         values = [prefix[key] for prefix in prefixes]
-        per_token = all(v.dim() == 2 and v.shape == p["input_ids"].shape for v, p in zip(values, prefixes))
+        per_token = all(is_per_token(v, p["input_ids"]) for v, p in zip(values, prefixes))
         if per_token:
             pad = pad_id if key == "input_ids" else TOKEN_PAD_VALUES.get(key, 0)
             batch[key] = torch.cat([F.pad(v, (length - v.shape[1], 0), value=pad) for v in values])
@@ -97,7 +97,7 @@ def _groups(prefixes: Iterable[dict[str, torch.Tensor]], batch_size: int) -> Ite
         return tuple(
             (key, tuple(value.shape[1:]))
             for key, value in prefix.items()
-            if not (value.dim() == 2 and value.shape == prefix["input_ids"].shape)
+            if not is_per_token(value, prefix["input_ids"])
         )
 
     group: list[dict[str, torch.Tensor]] = []

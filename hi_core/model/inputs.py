@@ -90,6 +90,28 @@ class ModelInputs:
         return self.prefix_length + np.asarray(token_indices, dtype=np.int64) + shift
 
 
+def is_per_token(value: Any, input_ids: torch.Tensor) -> bool:
+    """Whether `value` is one of the processor's per-token tensors (attention_mask, token_type_ids, ...): 2-D with
+    the shape of the sequence's `input_ids`, so it grows with the sequence, where image tensors do not."""
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == input_ids.shape
+
+
+def extend_sequence(tensors: dict[str, Any], new_ids: list[int], adapter: FamilyAdapter) -> dict[str, Any]:
+    """The processor's tensors of one sequence with `new_ids` appended: `input_ids` gets them, every other
+    per-token tensor its response value over them (`adapter.response_token_values`, else its last value, as a
+    mask's 1), and the image tensors stay as they are."""
+    input_ids = tensors["input_ids"]
+    extended: dict[str, Any] = {}
+    for key, value in tensors.items():
+        if key == "input_ids":
+            value = torch.cat([value, torch.tensor([new_ids], dtype=value.dtype)], dim=1)
+        elif is_per_token(value, input_ids):
+            fill = adapter.response_token_values.get(key, int(value[0, -1]))
+            value = torch.cat([value, torch.full((1, len(new_ids)), fill, dtype=value.dtype)], dim=1)
+        extended[key] = value
+    return extended
+
+
 def _response_offsets(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:
     """Character span of each response token: from the fast tokenizer, else by decoding prefixes."""
     if getattr(tokenizer, "is_fast", False):
@@ -182,14 +204,7 @@ def build_inputs(
             f"prompt, image and description are {prefix_length + extra} tokens ({prefix_length} + {extra} of the "
             f"description), more than the model's context of {limit} tokens: shorten the description"
         )
-    extended: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        if key == "input_ids":
-            value = torch.cat([value, torch.tensor([response_ids], dtype=value.dtype)], dim=1)
-        elif isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == input_ids.shape:
-            fill = adapter.response_token_values.get(key, int(value[0, -1]))
-            value = torch.cat([value, torch.full((1, extra), fill, dtype=value.dtype)], dim=1)
-        extended[key] = value
+    extended = extend_sequence(tensors, list(response_ids), adapter)
     layout = adapter.view_layout(model, processor, extended, view, image.size)
     return ModelInputs(
         tensors=extended,

@@ -46,7 +46,7 @@ from ..method.head_selection import HeadChoice, format_heads, parse_head_choice
 from ..method.layer_selection import LayerChoice, check_layers, parse_layer_choice
 from ..model.batching import collate, pad_token_id
 from ..model.images import ImageLimits
-from ..model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs
+from ..model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs, extend_sequence
 from ..model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -406,14 +406,7 @@ def training_inputs(loaded: LoadedModel, record: Record, prompt: str) -> ModelIn
     eos = loaded.processor.tokenizer.eos_token_id
     if eos is None:
         return inputs
-    length = inputs.tensors["input_ids"].shape[1]
-    tensors = {}
-    for key, value in inputs.tensors.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:
-            fill = eos if key == "input_ids" else loaded.adapter.response_token_values.get(key, int(value[0, -1]))
-            value = torch.cat([value, torch.full((1, 1), fill, dtype=value.dtype)], dim=1)
-        tensors[key] = value
-    return dataclasses.replace(inputs, tensors=tensors)
+    return dataclasses.replace(inputs, tensors=extend_sequence(inputs.tensors, [eos], loaded.adapter))
 
 
 def training_batch(loaded: LoadedModel, records: Sequence[Record], prompt: str) -> dict[str, torch.Tensor]:
