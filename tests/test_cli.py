@@ -263,7 +263,7 @@ CASE_NAMES = [
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_every_bad_input_exits_2_with_one_line_before_work_and_writes_nothing(
         case, tmp_path, files, dataset_dir, llava_dir, capsys, monkeypatch):
-    import hi_core.cli.main as cli
+    import hi_core.cli.common as common
 
     tmp = tmp_path / "work"
     tmp.mkdir()
@@ -272,7 +272,7 @@ def test_every_bad_input_exits_2_with_one_line_before_work_and_writes_nothing(
         def no_model(args):
             raise AssertionError("the model was loaded before the bad input was found")
 
-        monkeypatch.setattr(cli, "_load", no_model)
+        monkeypatch.setattr(common, "load", no_model)
     before, data_before = _tree(tmp_path), _tree(dataset_dir)
     code = _cli(argv)
     captured = capsys.readouterr()

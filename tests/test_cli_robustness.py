@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hi_core.cli import common
 from hi_core.cli import main as cli
 
 from hi_core.base import outputs
@@ -65,7 +66,7 @@ def test_the_table_covers_every_subcommand_and_its_text_options():
 
 @pytest.mark.parametrize("command, flag, argv", STRING_OPTIONS, ids=[f"{c}:{f}" for c, f, _ in STRING_OPTIONS])
 def test_an_argument_that_is_not_utf8_is_one_line_exit_2_before_anything_runs(command, flag, argv, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "_load", lambda args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(common, "load", lambda args: pytest.fail("a model was loaded"))
     monkeypatch.chdir(tmp_path)
     code = cli.main(argv)
     lines = capsys.readouterr().err.strip().splitlines()

@@ -524,9 +524,9 @@ def test_cli_finetune_heads_trains_the_top_heads_and_says_which_kv_heads(llava_d
 
 
 def test_cli_finetune_head_list_scores_nothing(llava_dir, tiny_data, tmp_path, monkeypatch):
-    import hi_core.cli.main as cli
+    import hi_core.cli.tuning_commands as commands
 
-    monkeypatch.setattr(cli, "dataset_head_ranking", lambda *args: pytest.fail("a list of heads needs no ranking"))
+    monkeypatch.setattr(commands, "dataset_head_ranking", lambda *args: pytest.fail("a list of heads needs no ranking"))
     out = tmp_path / "run"
     argv = ["finetune", "--model", str(llava_dir), "--dataset", str(tiny_data), "--heads", "1:0,1:1", "--steps", "1",
             "--batch-size", "2", "--rank", "2", "--max-new-tokens", "2", "--no-meteor", "--before", "--out", str(out)]
