@@ -11,6 +11,8 @@ from hi_core.tuning.compare import CompareConfig
 from hi_core.demo.train import TrainConfig
 from hi_core.base.errors import InputError
 from hi_core.tuning.finetune import DataConfig
+from hi_core.data.datasets import write_synthetic
+from hi_core.data.synth_vqa import write_synthetic_vqa
 from hi_core.causal.validation import ValidationConfig
 
 COUNTS = [
@@ -70,3 +72,11 @@ def test_counts_accept_a_whole_number(config_class, field):
 def test_ranges_refuse_values_outside_them(config_class, field, bad):
     with pytest.raises(InputError, match=field):
         build(config_class, **{field: bad})
+
+
+@pytest.mark.parametrize("bad", [True, 2.5, 0])
+@pytest.mark.parametrize("write", [write_synthetic, write_synthetic_vqa], ids=["scenes", "questions"])
+def test_synthetic_writers_refuse_a_count_that_is_not_a_whole_number_and_write_nothing(write, bad, tmp_path):
+    with pytest.raises(InputError, match="n must be a whole number of at least 1"):
+        write(tmp_path / "out", bad)
+    assert not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ def check_choice(field: str, value: str, literal: object) -> None:
         raise InputError(f"{field} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def check_number(field: str, value: float, allowed: str, ok: Callable[[float], bool]) -> None:
+def check_number(field: str, value: object, allowed: str, ok: Callable[[float], bool]) -> None:
     """Raise InputError unless `value` is a finite number for which `ok(value)` holds.
 
     `allowed` says what is accepted, e.g. "a number > 0": NaN and infinities are always refused
@@ -34,13 +34,13 @@ def check_number(field: str, value: float, allowed: str, ok: Callable[[float], b
         raise InputError(f"{field} must be {allowed}, got {value!r}")
 
 
-def check_whole(field: str, value: float | None, low: int = 1, high: int | None = None, optional: bool = False) -> None:
+def check_whole(field: str, value: object, low: int = 1, high: int | None = None, optional: bool = False) -> None:
     """Raise InputError unless `value` is a whole number in [low, high] (None: no upper bound); `optional`: None
     is accepted too (a setting that may be left unset). `True` is refused, though Python counts it as 1."""
     if optional and value is None:
         return
     allowed = f"a whole number of at least {low}" if high is None else f"a whole number in [{low}, {high}]"
-    check_number(field, value, allowed, lambda v: v == int(v) and v >= low and (high is None or v <= high))  # type: ignore[arg-type]
+    check_number(field, value, allowed, lambda v: v == int(v) and v >= low and (high is None or v <= high))
 
 
 def first_line(error: BaseException, limit: int | None = None) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..base.errors import InputError
+from ..base.errors import InputError, check_whole
 from ..base.outputs import atomic_path
 from ..method.masks import check_mask
 from ..model.images import ImageLimits, load_image_and_mask
@@ -337,8 +337,7 @@ def write_synthetic(
     `order`: objects listed as drawn (the demo model's captions) or in reading order; the images,
     masks and key phrases do not depend on it.
     """
-    if n < 1:
-        raise InputError(f"n must be at least 1, got {n}")
+    check_whole("n", n)
     rng = np.random.default_rng(seed)
 
     def records():

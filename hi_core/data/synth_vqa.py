@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base.errors import InputError, check_choice
+from ..base.errors import InputError, check_choice, check_whole
 from .datasets import write_generated
 from .synth import QUESTION_KINDS, QuestionKind, make_vqa
 
@@ -32,8 +32,7 @@ def write_synthetic_vqa(
 ) -> Path:
     """Write `n` generated scenes with one question each (images/, masks/, data.jsonl) to `folder`,
     the question kinds taking turns."""
-    if n < 1:
-        raise InputError(f"n must be at least 1, got {n}")
+    check_whole("n", n)
     kinds = tuple(kinds)
     if not kinds:
         raise InputError("give at least one question kind")
