@@ -25,7 +25,7 @@ def test_a_single_process_is_0_of_1_and_never_sets_up_accelerate(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setitem(sys.modules, "accelerate", None)  # importing it would fail
     state = distributed.process_state(cpu=True)
-    assert (state.index, state.count) == (0, 1) and state.barrier() is None
+    assert (state.process, state.processes) == (0, 1) and state.barrier() is None
 
 
 def test_under_a_launcher_the_state_is_accelerates(monkeypatch):

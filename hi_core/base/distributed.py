@@ -4,7 +4,7 @@ this, and the barrier between them. The one place that reads the launchers' envi
 A launcher sets WORLD_SIZE and RANK for every process it starts; without one, this is process 0
 of 1 and accelerate is never imported. Under a launcher, `process_state` sets up accelerate's
 `PartialState` (gloo between CPU processes, NCCL between GPUs): the process group that the dataset
-scorer's barrier and the training `Accelerator` (`finetune.make_accelerator`) share.
+scorer's barrier and the training `Accelerator` (`training.make_accelerator`) share.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ def is_main_process() -> bool:
 
 
 class ProcessState(NamedTuple):
-    """This process's index among `count` processes, and a barrier that waits for all of them."""
+    """This process's index (`process`) among `processes`, and a barrier that waits for all of them. (Not
+    `index`/`count`: a NamedTuple's fields would hide the tuple's methods of those names.)"""
 
-    index: int
-    count: int
+    process: int
+    processes: int
     barrier: Callable[[], None]
 
 

@@ -30,7 +30,12 @@ def check_number(field: str, value: object, allowed: str, ok: Callable[[float], 
     `allowed` says what is accepted, e.g. "a number > 0": NaN and infinities are always refused
     (they compare False with everything, so a bare `value <= 0` lets NaN through).
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not ok(float(value))
+    ):
         raise InputError(f"{field} must be {allowed}, got {value!r}")
 
 

@@ -115,4 +115,4 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
+        np.savez_compressed(handle, allow_pickle=False, **arrays)

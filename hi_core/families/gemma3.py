@@ -77,7 +77,7 @@ class Gemma3Adapter(FamilyAdapter):
                 f"expected {side * side} Gemma 3 image tokens (a {side}x{side} grid), found {positions.size}"
             )
         # The main view comes first (pan-and-scan crops, if any, follow it).
-        views = (View("image", 0, side * side, (side, side)),)
+        views: tuple[View, ...] = (View("image", 0, side * side, (side, side)),)
         if positions.size > side * side:
             views += (View("crops", side * side, int(positions.size), None),)
         return ImageLayout.one_view(positions, views, "image", np.ones((side, side), dtype=bool))

@@ -66,9 +66,9 @@ def tile_rows_cols(processor: Any, input_ids: torch.Tensor, runs: list[np.ndarra
     ids = input_ids.reshape(-1)
     markers = processor.tokenizer.convert_ids_to_tokens([int(ids[run[0] - 1]) for run in runs[:-1]])
     places = [re.fullmatch(r"<row_(\d+)_col_(\d+)>", str(marker)) for marker in markers]
-    if not all(places):
+    cells = [(int(place.group(1)), int(place.group(2))) for place in places if place is not None]
+    if len(cells) < len(places):
         raise InputError(f"expected each tile's image tokens after a <row_r_col_c> token, found {markers}")
-    cells = [(int(place.group(1)), int(place.group(2))) for place in places]
     rows, cols = (max(cell[0] for cell in cells), max(cell[1] for cell in cells)) if cells else (0, 0)
     if cells != [(row, col) for row in range(1, rows + 1) for col in range(1, cols + 1)]:
         raise InputError(f"the tiles' <row_r_col_c> tokens do not form a grid, row by row: {markers}")
@@ -140,7 +140,7 @@ class Idefics3Adapter(FamilyAdapter):
         rows, cols = tile_rows_cols(processor, inputs["input_ids"], runs) if tiles and processor is not None else (0, 0)
         fine = (rows * side, cols * side)
         if not tiles or view == "global":
-            views = (View("tiles", 0, tiles, fine if rows else None),) if tiles else ()
+            views: tuple[View, ...] = (View("tiles", 0, tiles, fine if rows else None),) if tiles else ()
             views += (View("global view", tiles, int(keys.size), (side, side)),)
             return ImageLayout.one_view(keys, views, "global view", frames[-1])
         valid = np.block([[frames[r * cols + c] for c in range(cols)] for r in range(rows)])

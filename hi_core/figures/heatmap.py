@@ -215,7 +215,7 @@ def draw_heatmap(
     values = np.asarray(values, np.float64)
     if values.ndim != 2:
         raise ValueError(f"a heatmap needs a (layers, heads) array, got shape {values.shape}")
-    layout = layout or HeatmapLayout.fit(*values.shape, legend=missing is not None)
+    layout = layout or HeatmapLayout.fit(values.shape[0], values.shape[1], legend=missing is not None)
     if (layout.layers, layout.heads) != values.shape:
         raise ValueError(f"layout for {layout.layers} x {layout.heads} heads, values {values.shape}")
     low, high, colormap = _scale(values, vmin, vmax)

@@ -233,4 +233,5 @@ def contrasting_colour(
     pixels = pixels[:: max(1, len(pixels) // 65_536)].astype(np.float32)  # (n, 3)
     palette = np.asarray(colours, np.float32)  # (c, 3)
     distances = np.linalg.norm(pixels[None] - palette[:, None], axis=-1)  # (c, n)
-    return tuple(int(v) for v in colours[int(np.percentile(distances, 5, axis=1).argmax())])
+    red, green, blue = colours[int(np.percentile(distances, 5, axis=1).argmax())]
+    return int(red), int(green), int(blue)

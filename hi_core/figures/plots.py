@@ -120,8 +120,14 @@ def loss_curves(
 ) -> Figure:
     """Training loss per step: for each strategy, every seed's curve (thin) and their mean (thick),
     smoothed by a moving average over `smooth` steps (0: about 1/20 of the steps)."""
-    figure = ax.figure if ax is not None else Figure(figsize=(6.0, 3.2), layout="constrained")
-    ax = ax if ax is not None else figure.subplots()
+    if ax is None:
+        figure = Figure(figsize=(6.0, 3.2), layout="constrained")
+        ax = figure.subplots()
+    else:
+        root = ax.get_figure(root=True)
+        if not isinstance(root, Figure):
+            raise ValueError("ax must belong to a figure")
+        figure = root
     for name, runs in curves.items():
         runs = [np.asarray(run, dtype=np.float64) for run in runs if len(run)]
         if not runs:
@@ -182,19 +188,19 @@ def effect_scatter(
     """Each head's effect when removed alone (one panel per ablation mode) against its HI, coloured by layer."""
     figure = Figure(figsize=(3.6 * len(effects) + 0.8, 3.3), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(effects), sharey=False))
-    layers = np.asarray(layers)
+    layer_of = np.asarray(layers)  # each head's layer
     colours = None
     for ax, (mode, effect) in zip(axes, effects.items()):
         colours = ax.scatter(
             hi,
             effect,
-            c=layers,
+            c=layer_of,
             cmap="viridis",
             s=22,
             edgecolors="black",
             linewidths=0.3,
-            vmin=layers.min(),
-            vmax=max(layers.max(), layers.min() + 1),
+            vmin=layer_of.min(),
+            vmax=max(layer_of.max(), layer_of.min() + 1),
         )
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_yscale("symlog", linthresh=0.01)  # one head's effect can dwarf the rest: linear near 0, log beyond

@@ -15,7 +15,7 @@ maps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -48,6 +48,22 @@ def _captured_rows(loaded: Any, items: Sequence[ModelInputs], token_indices: Seq
         yield captured[:, index, :, : rows[index].size, : keys[index].size], item
 
 
+@overload
+def batch_head_maps(
+    loaded: Any,
+    items: Sequence[ModelInputs],
+    token_indices: Sequence[np.ndarray],
+    queries: Queries,
+    views: Literal[False] = False,
+) -> list[np.ndarray]: ...
+@overload
+def batch_head_maps(
+    loaded: Any,
+    items: Sequence[ModelInputs],
+    token_indices: Sequence[np.ndarray],
+    queries: Queries,
+    views: Literal[True],
+) -> list[tuple[np.ndarray, np.ndarray]]: ...
 @torch.inference_mode()
 def batch_head_maps(
     loaded: Any,
@@ -59,13 +75,10 @@ def batch_head_maps(
     """Each sequence's (layers, heads, gh, gw) float32 maps, from one batched forward pass:
     the mean attention of its query rows (`queries`, for its `token_indices`) to each grid cell. With `views`,
     each as (maps, (layers, heads, views) each view's share of the head's image attention)."""
-    placed = []
-    for own, item in _captured_rows(loaded, items, token_indices, queries):
-        mean = own.mean(dim=2)
-        placed.append(
-            (item.layout.place(mean), shares(view_sums(item.layout, mean))) if views else item.layout.place(mean)
-        )
-    return placed
+    rows = [(own.mean(dim=2), item) for own, item in _captured_rows(loaded, items, token_indices, queries)]
+    if views:
+        return [(item.layout.place(mean), shares(view_sums(item.layout, mean))) for mean, item in rows]
+    return [item.layout.place(mean) for mean, item in rows]
 
 
 @torch.inference_mode()

@@ -177,7 +177,8 @@ def grabcut_mask(image: Image.Image, hint: np.ndarray, iterations: int = 5) -> n
     labels[y0 : y1 + 1, x0 : x1 + 1] = cv2.GC_PR_BGD
     labels[hint] = cv2.GC_PR_FGD
     background_model, foreground_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(pixels, labels, None, background_model, foreground_model, iterations, cv2.GC_INIT_WITH_MASK)
+    no_rect = (0, 0, 0, 0)  # GC_INIT_WITH_MASK starts from `labels`; the rectangle is unused
+    cv2.grabCut(pixels, labels, no_rect, background_model, foreground_model, iterations, cv2.GC_INIT_WITH_MASK)
     proposal = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     if not proposal.any():
         return original_hint
