@@ -57,11 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/capture.py (th
 import torch  # noqa: E402
 
 import hi_core.data.dataset_scoring as dataset_scoring  # noqa: E402
+import hi_core.data.score_cache as score_cache  # noqa: E402
 import hi_core.method.image_scoring as image_scoring  # noqa: E402
 import hi_core.method.maps as maps  # noqa: E402
 from hi_core.method.maps import run_forward  # noqa: E402
 from hi_core.model.batching import collate, pad_token_id  # noqa: E402
-from hi_core.data.dataset_scoring import DatasetConfig, score_dataset  # noqa: E402
+from hi_core.data.dataset_analysis import DatasetConfig  # noqa: E402
+from hi_core.data.dataset_scoring import score_dataset  # noqa: E402
 from hi_core.data.datasets import read_dataset, write_synthetic  # noqa: E402
 from hi_core.model.inputs import build_inputs  # noqa: E402
 from hi_core.model.loading import LoadConfig, LoadedModel, load_model  # noqa: E402
@@ -167,7 +169,7 @@ STAGES = (
     (maps, "run_forward", "forward (with the capture in b, c)", False),
     (dataset_scoring, "batch_head_maps", "batch_head_maps", False),
     (image_scoring, "score_maps", "score_maps (HI, mass, chance)", False),
-    (dataset_scoring._PartWriter, "append", "cache writes (append, fsync)", False),
+    (score_cache.PartWriter, "append", "cache writes (append, fsync)", False),
     (dataset_scoring, "_summarize", "summary (read cache, bootstrap)", False),
 )
 STAGE_ORDER = [

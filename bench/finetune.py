@@ -1,6 +1,6 @@
 """Cost of a LoRA training step on k layers against LoRA on all layers, on the same model.
 
-Variants, each hi_core's own training loop (`hi_core.tuning.finetune.train_lora`: batches built with
+Variants, each hi_core's own training loop (`hi_core.tuning.training.train_lora`: batches built with
 `build_inputs` + `collate`, AdamW, schedule) with LoRA (rank 8, alpha 16) on the q/k/v/o projections of:
   top-k     the k best layers of the model's HI ranking (the demo model: its shipped `eval.json`);
             for random-weight models there is no meaningful ranking, so two bounds instead:
@@ -55,7 +55,8 @@ import torch  # noqa: E402
 import hi_core.tuning.runs as runs  # noqa: E402
 from hi_core.data.datasets import INDEX, read_dataset, write_synthetic  # noqa: E402
 from hi_core.families.llava import LlavaAdapter  # noqa: E402
-from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainCallbacks, lora_attached, lora_config, train_lora, trainable_parameters  # noqa: E402
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig  # noqa: E402
+from hi_core.tuning.training import TrainCallbacks, lora_attached, lora_config, train_lora, trainable_parameters  # noqa: E402
 from hi_core.method.layer_selection import Ranking  # noqa: E402
 from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, LoadedModel, load_model  # noqa: E402
 
@@ -206,7 +207,7 @@ def measure_scale(args: argparse.Namespace) -> dict[str, float]:
                     Path("/proc/self/clear_refs").write_text("5")
             return call
 
-        stages = {"split": "split_dataset", "training": "train_lora", "captions": "_evaluate"}
+        stages = {"split": "split_dataset", "training": "train_lora", "captions": "evaluate_held_out"}
         originals = {name: getattr(runs, name) for name in stages.values()}
         for stage, name in stages.items():
             setattr(runs, name, measured(stage, originals[name]))

@@ -91,7 +91,7 @@ def app_handler_seconds(run: Run) -> float:
     import gradio as gr
     import numpy as np
 
-    from hi_core.model.loading import ModelCache
+    from hi_core.model.model_cache import ModelCache
     from ui.context import AppContext
     from ui.explorer import ExplorerTab
     from ui.options import DEFAULTS
@@ -134,7 +134,8 @@ def dataset_seconds(run: Run) -> float:
 
     import numpy as np
 
-    from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+    from hi_core.data.dataset_analysis import DatasetConfig
+    from hi_core.data.dataset_scoring import score_dataset
     from hi_core.data.datasets import write_generated
 
     with tempfile.TemporaryDirectory(prefix="real-size-dataset-") as folder:

@@ -16,14 +16,19 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     **dict.fromkeys(
         (
-            "ablate_heads",
             "Ablation",
             "AblationConfig",
-            "head_output_means",
-            "HeadMeans",
             "run_ablation",
         ),
         "causal.ablation",
+    ),
+    **dict.fromkeys(
+        (
+            "ablate_heads",
+            "head_output_means",
+            "HeadMeans",
+        ),
+        "causal.head_ablation",
     ),
     **dict.fromkeys(("write_ablation_report",), "causal.ablation_report"),
     **dict.fromkeys(
@@ -58,10 +63,10 @@ _EXPORTS = {
             "DatasetAnalysis",
             "DatasetConfig",
             "ImageScore",
-            "score_dataset",
         ),
-        "data.dataset_scoring",
+        "data.dataset_analysis",
     ),
+    **dict.fromkeys(("score_dataset",), "data.dataset_scoring"),
     **dict.fromkeys(
         (
             "load_record",
@@ -83,12 +88,17 @@ _EXPORTS = {
         (
             "DataConfig",
             "FinetuneConfig",
+        ),
+        "tuning.finetune",
+    ),
+    **dict.fromkeys(
+        (
             "lora_config",
             "TrainCallbacks",
             "TrainingCancelled",
             "TrainingDiverged",
         ),
-        "tuning.finetune",
+        "tuning.training",
     ),
     **dict.fromkeys(
         (
@@ -153,13 +163,18 @@ _EXPORTS = {
     ),
     **dict.fromkeys(
         (
-            "BeforeAfter",
             "dataset_ranking",
             "reuse_ranking",
+        ),
+        "tuning.rankings",
+    ),
+    **dict.fromkeys(("RunRecord",), "tuning.run_folders"),
+    **dict.fromkeys(
+        (
+            "BeforeAfter",
             "run_before_after",
             "run_finetune",
             "run_pretrained",
-            "RunRecord",
         ),
         "tuning.runs",
     ),
@@ -206,19 +221,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static checkers and editors see
     from .base.errors import InputError  # noqa: F401
-    from .causal.ablation import (  # noqa: F401
-        Ablation,
-        AblationConfig,
-        HeadMeans,
-        ablate_heads,
-        head_output_means,
-        run_ablation,
-    )
+    from .causal.ablation import Ablation, AblationConfig, run_ablation  # noqa: F401
     from .causal.ablation_report import write_ablation_report  # noqa: F401
+    from .causal.head_ablation import HeadMeans, ablate_heads, head_output_means  # noqa: F401
     from .causal.validation import Validation, ValidationConfig, validate  # noqa: F401
     from .causal.validation_report import write_validation_report  # noqa: F401
     from .data.coco import convert_coco  # noqa: F401
-    from .data.dataset_scoring import DatasetAnalysis, DatasetConfig, ImageScore, score_dataset  # noqa: F401
+    from .data.dataset_analysis import DatasetAnalysis, DatasetConfig, ImageScore  # noqa: F401
+    from .data.dataset_scoring import score_dataset  # noqa: F401
     from .data.datasets import Record, load_record, read_dataset, scan_dataset  # noqa: F401
     from .families import adapter_for, supported_families  # noqa: F401
     from .method.analysis import ImageAnalysis, analyze_image, hi_difference  # noqa: F401
@@ -244,20 +254,8 @@ if TYPE_CHECKING:  # what static checkers and editors see
     from .model.inputs import DEFAULT_PROMPT, ModelInputs, build_inputs, key_phrase_tokens  # noqa: F401
     from .model.loading import LoadConfig, LoadedModel, load_model  # noqa: F401
     from .tuning.compare import CompareConfig, Comparison, run_compare  # noqa: F401
-    from .tuning.finetune import (  # noqa: F401
-        DataConfig,
-        FinetuneConfig,
-        TrainCallbacks,
-        TrainingCancelled,
-        TrainingDiverged,
-        lora_config,
-    )
-    from .tuning.runs import (  # noqa: F401
-        BeforeAfter,
-        RunRecord,
-        dataset_ranking,
-        reuse_ranking,
-        run_before_after,
-        run_finetune,
-        run_pretrained,
-    )
+    from .tuning.finetune import DataConfig, FinetuneConfig  # noqa: F401
+    from .tuning.rankings import dataset_ranking, reuse_ranking  # noqa: F401
+    from .tuning.run_folders import RunRecord  # noqa: F401
+    from .tuning.runs import BeforeAfter, run_before_after, run_finetune, run_pretrained  # noqa: F401
+    from .tuning.training import TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_config  # noqa: F401

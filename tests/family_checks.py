@@ -17,7 +17,8 @@ from PIL import Image
 from hi_core.model.capture import capture_attention
 from hi_core.cli.main import main
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import FinetuneConfig, lora_attached, lora_config, trainable_parameters
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.tuning.training import lora_attached, lora_config, trainable_parameters
 from hi_core.model.inputs import build_inputs, key_phrase_tokens
 from hi_core.model.loading import LoadConfig, load_model
 from hi_core.method.maps import batch_head_maps, head_maps, run_forward

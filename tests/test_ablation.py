@@ -15,22 +15,23 @@ import pytest
 import torch
 
 import hi_core.causal.ablation as ablation
+import hi_core.causal.head_ablation as head_ablation
 from hi_core.causal.ablation import (
     AblationConfig,
-    ablate_heads,
     answer_starts_right,
-    head_output_means,
     key_named,
     key_words_named,
     parse_strategies,
     run_ablation,
 )
 from hi_core.causal.ablation_report import check_ablation_folder, write_ablation_report
+from hi_core.causal.head_ablation import ablate_heads, head_output_means
 from hi_core.cli.main import main
-from hi_core.tuning.compare import mean_interval
+from hi_core.tuning.intervals import mean_interval
 from hi_core.data.datasets import write_synthetic
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import DataConfig, scan_records, split_dataset, training_batch
+from hi_core.tuning.finetune import DataConfig, scan_records, split_dataset
+from hi_core.tuning.training import training_batch
 from hi_core.method.head_selection import HeadRanking, select_heads
 from hi_core.model.inputs import build_inputs, to_model_device
 from hi_core.model.loading import LoadConfig, load_model
@@ -411,7 +412,7 @@ def test_one_image_without_heads_regenerates_and_rescores_only_what_follows_them
     image, mask = Image.fromarray(scene.image), scene.masks[scene.key]
     intact = analyze_image(demo, image, mask, scene.text)
     hooks = _pre_hooks(demo)
-    result = ablation.ablate_image(demo, image, mask, scene.text, [(1, 5), (1, 2)])
+    result = head_ablation.ablate_image(demo, image, mask, scene.text, [(1, 5), (1, 2)])
     assert result.heads == ((1, 2), (1, 5)) and _pre_hooks(demo) == hooks
     assert result.intact_text == generate_description(demo, image)
     with ablate_heads(demo, [(1, 2), (1, 5)]):
@@ -420,4 +421,4 @@ def test_one_image_without_heads_regenerates_and_rescores_only_what_follows_them
     assert not np.allclose(result.ablated.maps[2:], intact.maps[2:], atol=1e-4)
     assert result.ablated.text == intact.text == scene.text
     with pytest.raises(InputError, match="at least one head"):
-        ablation.ablate_image(demo, image, mask, scene.text, [])
+        head_ablation.ablate_image(demo, image, mask, scene.text, [])

@@ -11,7 +11,7 @@ from hi_core.method.analysis import AnalysisConfig, analyze_image
 from hi_core.base.errors import InputError
 from hi_core.model.inputs import build_inputs
 from hi_core.model.loading import LoadConfig, load_model
-from hi_core.model.loading import ModelCache
+from hi_core.model.model_cache import ModelCache
 from hi_core.method.scoring import ScoringConfig
 
 from . import (tiny_gemma3, tiny_idefics3, tiny_internvl, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_models,

@@ -23,20 +23,21 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hi_core.causal import ablation
+from hi_core.causal import head_ablation
 
 from hi_core.data import archives
 from hi_core.method.analysis import AnalysisConfig, analyze_image
 from hi_core.data.datasets import read_dataset
 from hi_core.base.errors import InputError
 from hi_core.figures.heatmap import HeatmapLayout
-from hi_core.model.loading import LoadConfig, ModelCache, load_model
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.model_cache import ModelCache
 from hi_core.model.images import load_mask
 from hi_core.figures.overlays import map_overlay
 from hi_core.method.scoring import ScoringConfig
 from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR, UNPACKED
-from ui.dataset_tab import GALLERY_SIZE
+from ui.dataset_views import GALLERY_SIZE
 from ui.editor import NO_MASK
 from ui.settings import Settings
 
@@ -185,7 +186,7 @@ def test_the_key_phrases_tokens_are_marked_and_chosen_first_and_choosing_tokens_
     (None, 2 * 4 * AnalysisConfig().max_new_tokens - 1, True),  # a generated text counts as its longest
 ])
 def test_the_per_token_view_keeps_at_most_the_servers_bound_of_maps(llava, text, limit, off):
-    from ui.explorer import token_maps_note
+    from ui.budget import token_maps_note
 
     note = token_maps_note(llava, text, AnalysisConfig(), limit)
     assert bool(note) == off
@@ -197,9 +198,9 @@ def test_a_text_over_the_token_bound_is_scored_without_the_per_token_view(server
     url, model = server
     client = Client(url, verbose=False)
     _, mask, _ = _example()
-    from ui import explorer
+    from ui import explorer_handlers
 
-    monkeypatch.setattr(explorer, "token_maps_note", lambda *args: "per-token view off: too many maps")
+    monkeypatch.setattr(explorer_handlers, "token_maps_note", lambda *args: "per-token view off: too many maps")
     shown = _analyze(client, model, mask, key_phrase="orange cross")
     assert not shown["tokens"]["visible"] and "too many maps" in shown["summary"] and "Best head" in shown["summary"]
     assert "kept no per-token maps" in predict(client, "/all_tokens")["tokens-message"]
@@ -489,8 +490,8 @@ def test_the_ablation_view_describes_again_without_the_top_heads_and_shows_how_t
     loaded = explorer_cache.get(LoadConfig(model=model, device="cpu"))
     mask = load_mask(mask_file)
     config = AnalysisConfig(key_phrase="orange cross")
-    expected = ablation.ablate_image(loaded, Image.open(image).convert("RGB"), mask, "a small orange cross at the left",
-                                     ranked[:2], config)
+    expected = head_ablation.ablate_image(loaded, Image.open(image).convert("RGB"), mask, "a small orange cross at the left",
+                                          ranked[:2], config)
     intact = analyze_image(loaded, Image.open(image).convert("RGB"), mask, "a small orange cross at the left", config)
     removed = ", ".join(f"{l}:{h}" for l, h in sorted(ranked[:2]))
     assert f"Without heads {removed} (zero)" in shown["ablate-texts"]

@@ -29,10 +29,11 @@ from transformers import AutoConfig
 
 from ui.app import build_demo, launch_options
 from ui.context import EXAMPLES_DIR
-from ui.dataset_tab import GALLERY_SIZE
+from ui.dataset_views import GALLERY_SIZE
 from ui.options import TOP_K_LAYERS
 from ui.settings import Settings
-from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.data.dataset_analysis import DatasetConfig
+from hi_core.data.dataset_scoring import score_dataset
 from hi_core.figures.heatmap import HeatmapLayout
 from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, load_model
 from hi_core.figures.overlays import mask_overlay

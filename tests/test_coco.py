@@ -13,8 +13,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from hi_core.cli.main import main
-from hi_core.data.coco import (DUPLICATE_IMAGE, MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, SYNONYMS, UNREADABLE_IMAGE, convert_coco,
-                          find_mentions, plural, vocabulary)
+from hi_core.data.coco import DUPLICATE_IMAGE, MISSING_IMAGE, NO_NAMED_OBJECT, SIZE_MISMATCH, UNREADABLE_IMAGE, convert_coco
+from hi_core.data.coco_captions import SYNONYMS, find_mentions, plural, vocabulary
 from hi_core.data.datasets import Problems, read_dataset
 from hi_core.base.errors import InputError
 

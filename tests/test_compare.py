@@ -12,9 +12,12 @@ import pytest
 from scipy import stats
 
 import hi_core.tuning.compare as compare
+import hi_core.tuning.compare_report as compare_report
+import hi_core.tuning.rankings as rankings
 import hi_core.tuning.runs as runs
 from hi_core.cli.main import main
-from hi_core.tuning.compare import CompareConfig, difference_interval, mean_interval, run_compare
+from hi_core.tuning.compare import CompareConfig, run_compare
+from hi_core.tuning.intervals import difference_interval, mean_interval
 from hi_core.data.datasets import write_synthetic
 from hi_core.base.errors import InputError
 from hi_core.tuning.finetune import DataConfig, FinetuneConfig
@@ -266,7 +269,7 @@ def test_head_strategies_in_the_report(head_compared):
     report = (out / "report.md").read_text()
     assert report.startswith("# LoRA layer selection")  # a layer strategy ran too
     heads_only = replace(comparison, config=replace(comparison.config, strategies=tuple(compare.HEAD_STRATEGIES)))
-    assert compare.report_markdown(heads_only).startswith("# LoRA on the top-HI heads against other heads")
+    assert compare_report.report_markdown(heads_only).startswith("# LoRA on the top-HI heads against other heads")
     assert "| strategy | layers (per seed) | heads (per seed) | trainable parameters |" in report
     top = f"| top-heads | 0,1 / 0,1 | 0:1,1:0,1:2,1:3 / 0:1,1:0,1:2,1:3 | {_by_hand(HEAD_RANKING.heads[:4]):,} ("
     assert top in report and "| top | 1 / 1 | - |" in report
@@ -277,8 +280,8 @@ def test_head_strategies_in_the_report(head_compared):
 
 def test_both_rankings_come_from_one_scoring_pass_and_are_kept(llava, tiny_data, tmp_path, monkeypatch):
     passes = []
-    score = runs.score_dataset
-    monkeypatch.setattr(runs, "score_dataset", lambda *args, **kwargs: passes.append(1) or score(*args, **kwargs))
+    score = rankings.score_dataset
+    monkeypatch.setattr(rankings, "score_dataset", lambda *args, **kwargs: passes.append(1) or score(*args, **kwargs))
     config = CompareConfig(finetune=replace(CONFIG.finetune, steps=1), seeds=1, strategies=("top", "bottom-heads"), heads_k=2)
     comparison = run_compare(llava, tiny_data, tmp_path, config)
     assert passes == [1]

@@ -16,9 +16,12 @@ import pytest
 from PIL import Image
 
 import hi_core.data.dataset_scoring as dataset_scoring
+import hi_core.data.score_cache as score_cache
 from hi_core.method.analysis import AnalysisConfig, analyze_image
 from hi_core.cli.main import main
-from hi_core.data.dataset_scoring import DatasetConfig, bootstrap_interval, read_cache, score_dataset
+from hi_core.data.dataset_analysis import DatasetAnalysis, DatasetConfig, ImageScore
+from hi_core.data.dataset_scoring import bootstrap_interval, score_dataset
+from hi_core.data.score_cache import read_cache
 from hi_core.data.datasets import read_dataset, write_synthetic
 from hi_core.base.distributed import ProcessState
 from hi_core.base.errors import InputError
@@ -230,7 +233,7 @@ def test_duplicate_ids_and_bad_lines_give_one_result_whatever_the_history(demo, 
 
     barriers = []
     # two data-parallel processes, one after the other, sharing the cache; the main one creates it before the first barrier
-    dataset_scoring.open_cache(tmp_path / "shards", dataset_scoring._cache_settings(demo, folder, config), main_process=True)
+    score_cache.open_cache(tmp_path / "shards", score_cache.cache_settings(demo, folder, config), main_process=True)
     for process in (1, 0):
         monkeypatch.setattr(dataset_scoring, "process_state", lambda cpu, p=process: ProcessState(p, 2, lambda: barriers.append(p)))
         sharded = score_dataset(demo, folder, config, cache=tmp_path / "shards")
@@ -320,15 +323,15 @@ def test_a_record_edited_or_whose_image_was_replaced_since_it_was_cached_is_scor
     np.testing.assert_allclose([image.mass for image in again.images], [image.mass for image in fresh.images], atol=1e-5)
 
 
-def _analysis_of(per_image_hi: list[list[float]], chances: list[float]) -> dataset_scoring.DatasetAnalysis:
+def _analysis_of(per_image_hi: list[list[float]], chances: list[float]) -> DatasetAnalysis:
     """A DatasetAnalysis of 1 layer x len(row) heads from per-image HI, without a model."""
     images = [
-        dataset_scoring.ImageScore(id=f"r{i}", text="t", key_phrase=None, object_patches=1, cells=4, chance=chance,
-                                   response_tokens=1, hi=np.array([row]), mass=np.array([row]))
+        ImageScore(id=f"r{i}", text="t", key_phrase=None, object_patches=1, cells=4, chance=chance,
+                   response_tokens=1, hi=np.array([row]), mass=np.array([row]))
         for i, (row, chance) in enumerate(zip(per_image_hi, chances))
     ]
     hi = np.mean([image.hi for image in images], axis=0)
-    return dataset_scoring.DatasetAnalysis(
+    return DatasetAnalysis(
         model="m", family="f", dataset="d", queries="producing", images=images, hi=hi, hi_low=hi, hi_high=hi, mass=hi,
         layer_scores=hi.max(axis=1), skipped=[], config=DatasetConfig())
 

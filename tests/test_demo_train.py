@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hi_core.demo.evaluation as demo_evaluation
 import hi_core.demo.train as demo_train
 from hi_core.demo.build import build_model, vocabulary
 from hi_core.demo.train import (
@@ -134,8 +135,8 @@ def test_single_object_report_counts_each_attribute_stated_right(monkeypatch):
     captions = ["a big red star at the top",  # all four right
                 "a small blue square at the center",  # the shape wrong
                 "a big white cross at the bottom"]  # the position wrong: bottom left
-    monkeypatch.setattr(demo_train, "generate_captions", lambda loaded, images, prompt, max_new_tokens: captions)
-    report = demo_train.single_object_report(None, scenes)
+    monkeypatch.setattr(demo_evaluation, "generate_captions", lambda loaded, images, prompt, max_new_tokens: captions)
+    report = demo_evaluation.single_object_report(None, scenes)
     assert report == {"shape": pytest.approx(2 / 3), "colour": 1.0, "size": 1.0, "position": pytest.approx(2 / 3),
                       "all": pytest.approx(1 / 3), "scenes": 3}
 
@@ -143,7 +144,7 @@ def test_single_object_report_counts_each_attribute_stated_right(monkeypatch):
 def test_a_short_run_saves_a_loadable_model_and_a_card_of_every_evaluation(tmp_path):
     config = TrainConfig(steps=3, batch_size=2, warmup=1, eval_scenes=3, eval_questions=1, hi_scenes=2, eval_single=2,
                          vision_layers=2, patch_shape_weight=0.5)
-    report = demo_train.run(tmp_path / "model", config, command="python -m hi_core.demo train --steps 3", threads=1)
+    report = demo_evaluation.run(tmp_path / "model", config, command="python -m hi_core.demo train --steps 3", threads=1)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["vision_config"]["num_hidden_layers"] == 2 and report["config"]["vision_layers"] == 2
     assert report["single_object"]["scenes"] == 2 and report["vqa"]["questions_per_kind"] == {k: 1 for k in QUESTION_KINDS}
@@ -188,8 +189,8 @@ def test_training_can_start_from_a_trained_demo_model_of_the_same_architecture(t
     shipped = load_model(LoadConfig(str(DEMO_MODEL_DIR), device="cpu")).model.state_dict()
     assert all(torch.equal(value, shipped[name]) for name, value in model.state_dict().items())
     assert parent["command"].startswith("python -m hi_core.demo train")
-    line = demo_train._init_line({"init_from": parent})
-    assert parent["command"] in line and "continued it" in line and demo_train._init_line({"init_from": None}) == ""
+    line = demo_evaluation._init_line({"init_from": parent})
+    assert parent["command"] in line and "continued it" in line and demo_evaluation._init_line({"init_from": None}) == ""
     wide, _ = build_model(seed=0, vision_hidden=128)
     with pytest.raises(InputError, match="architecture"):
         demo_train.start_from(wide, DEMO_MODEL_DIR)

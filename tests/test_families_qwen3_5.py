@@ -21,10 +21,12 @@ import pytest
 
 from hi_core.method.analysis import analyze_image
 from hi_core.cli.main import main
-from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.data.dataset_analysis import DatasetConfig
+from hi_core.data.dataset_scoring import score_dataset
 from hi_core.data.datasets import write_synthetic
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import FinetuneConfig, attention_targets, lora_config
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.tuning.training import attention_targets, lora_config
 from hi_core.figures.heatmap import NAN_COLOUR, HeatmapLayout
 from hi_core.method.image_scoring import AnalysisConfig
 from hi_core.model.inputs import build_inputs

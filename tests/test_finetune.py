@@ -17,23 +17,8 @@ import hi_core.tuning.finetune as finetune
 from hi_core.cli.main import main
 from hi_core.data.datasets import read_dataset, write_synthetic
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import (
-    DataConfig,
-    DatasetRecords,
-    FinetuneConfig,
-    TrainCallbacks,
-    TrainingCancelled,
-    TrainingDiverged,
-    check_task,
-    has_prompts,
-    is_held_out,
-    lora_attached,
-    lora_config,
-    split_dataset,
-    train_lora,
-    training_batch,
-    trainable_parameters,
-)
+from hi_core.tuning.finetune import DataConfig, DatasetRecords, FinetuneConfig, check_task, has_prompts, is_held_out, split_dataset
+from hi_core.tuning.training import TrainCallbacks, TrainingCancelled, TrainingDiverged, lora_attached, lora_config, train_lora, trainable_parameters, training_batch
 from hi_core.tuning.runs import run_pretrained
 
 

@@ -16,7 +16,8 @@ import torch
 
 from hi_core.data.datasets import read_dataset, write_synthetic
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import DataConfig, FinetuneConfig, lora_attached, lora_config, train_lora, trainable_parameters
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig
+from hi_core.tuning.training import lora_attached, lora_config, train_lora, trainable_parameters
 from hi_core.tuning.head_lora import HeadPlan, check_targets, head_counts, head_masks, heads_only, plan_heads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,7 +143,7 @@ def test_the_saved_adapter_loads_with_plain_peft_and_gives_the_same_logits(llava
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    from hi_core.tuning.finetune import training_batch
+    from hi_core.tuning.training import training_batch
 
     plan, config = _attached(llava, ((0, 1), (1, 3)))
     batch = training_batch(llava, records[:2], config.data.prompt)
@@ -214,7 +215,7 @@ def test_the_trained_rows_feed_only_the_chosen_heads(request, records, family, l
     """Fill the trainable entries of LoRA B (those the masks keep, for query head 1) with noise, and
     look at each head's attention output (o_proj's input, in head blocks): only head 1 changes for
     q_proj (its query, and in Qwen3.5 its gate), only the heads reading KV head 0 (0 and 1) for k/v."""
-    from hi_core.tuning.finetune import training_batch
+    from hi_core.tuning.training import training_batch
 
     loaded = request.getfixturevalue(family)
     plan = plan_heads(loaded, ((layer, 1),))

@@ -24,7 +24,7 @@ from PIL import Image
 from hi_core.base.errors import InputError
 from hi_core.families import adapter_for
 from hi_core.tuning.finetune import FinetuneConfig
-from hi_core.model.loading import ModelCache
+from hi_core.model.model_cache import ModelCache
 from ui.app import build_demo, launch_options
 from ui.components import bounded_open, refuse_in_handler
 from ui.feedback import Refused

@@ -10,7 +10,8 @@ import hi_core.method.analysis as analysis
 import hi_core.data.dataset_scoring as dataset_scoring
 import hi_core.method.image_scoring as image_scoring
 import hi_core.method.maps as maps
-from hi_core.data.dataset_scoring import DatasetConfig, score_batch
+from hi_core.data.dataset_analysis import DatasetConfig
+from hi_core.data.dataset_scoring import score_batch
 from hi_core.data.datasets import read_dataset, write_synthetic
 from hi_core.base.errors import InputError
 from hi_core.method.image_scoring import AnalysisConfig, prepare_image

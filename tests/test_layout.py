@@ -11,6 +11,8 @@ import pytest
 import hi_core
 
 ROOT = Path(hi_core.__file__).parent
+APP = ROOT.parent / "ui"
+MAX_LINES = 400  # STYLE: a module is one concept, readable alone; split by concept past this
 RULE = re.compile(r"^May import: (.+?)\.\s*$", re.M | re.S)  # the list may wrap onto several lines
 
 
@@ -107,3 +109,10 @@ def test_the_check_finds_an_upward_import_a_missing_rule_and_the_app(tmp_path):
     (root / "model" / "__init__.py").write_text('"""No rule."""\n')
     with pytest.raises(AssertionError, match="no 'May import"):
         violations(root)
+
+
+def test_no_module_of_the_library_or_the_app_is_over_the_size_limit():
+    modules = [*ROOT.rglob("*.py"), *APP.rglob("*.py"), ROOT.parent / "app.py"]
+    assert len(modules) > 80
+    sizes = {str(path.relative_to(ROOT.parent)): len(path.read_text().splitlines()) for path in modules}
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}

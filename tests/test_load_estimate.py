@@ -1,4 +1,4 @@
-"""The load estimate (hi_core/model/model_memory.py, hi_core/model/loading.py's ModelCache, the CLI and the app): a model's size
+"""The load estimate (hi_core/model/model_memory.py, hi_core/model/model_cache.py's ModelCache, the CLI and the app): a model's size
 is known from its configuration before any weight is allocated, and a model that cannot fit is refused in one
 message naming both numbers; a configuration transformers cannot build, or one too deep to build at all, is one
 message too."""
@@ -16,9 +16,10 @@ from transformers import AutoModelForImageTextToText
 
 from hi_core.cli import main as cli
 
-from hi_core.model import loading
+from hi_core.model import model_cache
 from hi_core.base.errors import InputError
-from hi_core.model.loading import LoadConfig, ModelCache, load_model
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.model_cache import ModelCache
 from hi_core.model.model_memory import MAX_CONFIG_BYTES, MAX_LAYERS, GB, config_parameters, parameter_count
 
 CRAFTED = {"hidden_size": 65536, "num_hidden_layers": 200, "intermediate_size": 262144,
@@ -56,7 +57,7 @@ def test_a_crafted_config_beside_small_weights_is_counted_from_the_config(crafte
 
 def test_a_crafted_config_is_refused_in_one_message_before_any_weight_is_allocated(crafted_dir, monkeypatch):
     loads = []
-    monkeypatch.setattr(loading, "load_model", lambda config: loads.append(config))
+    monkeypatch.setattr(model_cache, "load_model", lambda config: loads.append(config))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB
     started = time.monotonic()
     with pytest.raises(InputError, match=TOO_BIG) as refused:

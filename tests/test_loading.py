@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from hi_core.model.capture import IMPLEMENTATION
 from hi_core.base.errors import InputError
 from hi_core.model.inputs import build_inputs
-from hi_core.model.loading import LoadConfig, ModelCache, load_model, resolve_source
+from hi_core.model.loading import LoadConfig, load_model, resolve_source
+from hi_core.model.model_cache import ModelCache
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""ModelCache (hi_core/model/loading.py): loads outside its lock, one at a time, each model once."""
+"""ModelCache (hi_core/model/model_cache.py): loads outside its lock, one at a time, each model once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hi_core.model import loading
+from hi_core.model import loading, model_cache
 from hi_core.base.errors import InputError
-from hi_core.model.loading import LoadConfig, ModelCache, load_model
+from hi_core.model.loading import LoadConfig, load_model
+from hi_core.model.model_cache import ModelCache
 
 
 @pytest.fixture
@@ -27,8 +28,8 @@ def slow_loads(monkeypatch):
         log.append(("end", config.model, time.monotonic()))
         return SimpleNamespace(name=config.model)
 
-    monkeypatch.setattr(loading, "load_model", fake_load)
-    monkeypatch.setattr(loading, "count_parameters", lambda config: 1000)  # sizes: see the budget tests
+    monkeypatch.setattr(model_cache, "load_model", fake_load)
+    monkeypatch.setattr(model_cache, "count_parameters", lambda config: 1000)  # sizes: see the budget tests
     return log
 
 
@@ -97,8 +98,8 @@ def _sized(monkeypatch, sizes: dict[str, int]) -> list[LoadConfig]:
         loads.append(config)
         return loading.LoadedModel(name=config.model, model=None, processor=None, adapter=None, device=torch.device("cpu"))
 
-    monkeypatch.setattr(loading, "load_model", fake_load)
-    monkeypatch.setattr(loading, "count_parameters", lambda config: sizes[config.model])
+    monkeypatch.setattr(model_cache, "load_model", fake_load)
+    monkeypatch.setattr(model_cache, "count_parameters", lambda config: sizes[config.model])
     return loads
 
 

@@ -46,7 +46,8 @@ CHILD = r"""
 import json, re, sys
 from pathlib import Path
 from PIL import Image
-from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+from hi_core.data.dataset_analysis import DatasetConfig
+from hi_core.data.dataset_scoring import score_dataset
 from hi_core.model.images import ImageLimits
 from hi_core.model.loading import LoadConfig, load_model
 
@@ -169,7 +170,8 @@ def test_a_stop_flag_stops_reading_while_the_index_is_scanned(tmp_path):
 
 
 def test_a_stop_flag_stops_scoring_between_batches(llava, tmp_path):
-    from hi_core.data.dataset_scoring import DatasetConfig, score_dataset
+    from hi_core.data.dataset_analysis import DatasetConfig
+    from hi_core.data.dataset_scoring import score_dataset
     from hi_core.data.datasets import write_synthetic
 
     folder = write_synthetic(tmp_path / "set", n=6, seed=3, size=64)
@@ -357,7 +359,7 @@ def test_a_damaged_member_is_one_message(tmp_path):
 @pytest.fixture(scope="module")
 def server():
     from ui.app import build_demo, launch_options
-    from hi_core.model.loading import ModelCache
+    from hi_core.model.model_cache import ModelCache
 
     settings = Settings(max_image_pixels=24_000_000, max_image_side=256, max_index_lines=2_000, max_run_storage_mb=8)
     demo = build_demo("demo", ModelCache(), settings)

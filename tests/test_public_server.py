@@ -1,5 +1,5 @@
-"""The public resource budget, round two (ui/budget.py, ui/components.py, ui/explorer.py): every byte a visitor can
-make the Explorer's server hold has a bound. Each test sets a small cap through `Settings(...)`.
+"""The public resource budget, round two (ui/budget.py, ui/components.py, ui/explorer_handlers.py): every byte a
+visitor can make the Explorer's server hold has a bound. Each test sets a small cap through `Settings(...)`.
 
 - the image editor refuses more brush layers than allowed before decoding any (300 copies of one layer: refused in
   milliseconds, no memory);
@@ -34,7 +34,8 @@ from PIL import Image
 
 from hi_core.base.errors import InputError
 from hi_core.model.inputs import MAX_CHARS_PER_TOKEN, build_inputs, check_text_length, context_length
-from hi_core.model.loading import LoadConfig, ModelCache
+from hi_core.model.loading import LoadConfig
+from hi_core.model.model_cache import ModelCache
 from ui import budget
 from ui.app import build_demo, launch_options
 from ui.budget import TokenMaps, TokenMapBudget, UploadCacheSweep, forget

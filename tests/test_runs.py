@@ -15,14 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import hi_core.tuning.run_folders as run_folders
 import hi_core.tuning.runs as runs
 from hi_core.data.datasets import write_synthetic
 from hi_core.base.errors import InputError
-from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainCallbacks, TrainingCancelled, split_dataset, training_batch
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig, split_dataset
+from hi_core.tuning.training import TrainCallbacks, TrainingCancelled, training_batch
 from hi_core.method.layer_selection import Ranking
 from hi_core.model.loading import LoadConfig, load_model
 from hi_core.model.metrics import accuracy_interval, answer_correct
-from hi_core.tuning.runs import BeforeAfter, RunRecord, reuse_ranking, run_before_after, run_finetune, run_pretrained
+from hi_core.tuning.rankings import reuse_ranking
+from hi_core.tuning.run_folders import RunRecord
+from hi_core.tuning.runs import BeforeAfter, run_before_after, run_finetune, run_pretrained
 
 from .vqa_data import write_vqa_dataset
 
@@ -146,7 +150,7 @@ def test_a_run_is_never_written_over_what_the_user_owns(llava, tiny_data, tmp_pa
 def test_run_folder_does_not_replace_what_appeared_meanwhile(tmp_path, appears):
     target = tmp_path / "run"
     with pytest.raises(InputError):
-        with runs.run_folder(target) as partial:
+        with run_folders.run_folder(target) as partial:
             (partial / "run.json").write_text("{}")
             if appears == "file":
                 target.write_text("theirs")
@@ -158,7 +162,7 @@ def test_run_folder_does_not_replace_what_appeared_meanwhile(tmp_path, appears):
 
 def test_run_folder_takes_the_place_of_an_empty_folder(tmp_path):
     (tmp_path / "run").mkdir()
-    with runs.run_folder(tmp_path / "run") as partial:
+    with run_folders.run_folder(tmp_path / "run") as partial:
         (partial / "run.json").write_text("{}")
     assert _tree(tmp_path) == {"run": "folder", "run/run.json": b"{}"}
 
@@ -201,7 +205,7 @@ def test_data_parallel_run_on_two_cpu_processes(llava_dir, tiny_data, tmp_path):
 
 def _scored(layer_scores, images=3):
     """A DatasetAnalysis standing for the Dataset tab's scores (only layer_scores and images matter here)."""
-    from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig
+    from hi_core.data.dataset_analysis import DatasetAnalysis, DatasetConfig
 
     hi = torch.zeros(len(layer_scores), 2).numpy()
     return DatasetAnalysis(model="m", family="f", dataset="d", queries="producing", images=[None] * images, hi=hi,

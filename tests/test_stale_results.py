@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from hi_core.model.loading import ModelCache
+from hi_core.model.model_cache import ModelCache
 from ui.context import AppContext
 from ui.explorer import ExplorerTab
 from ui.options import DEFAULTS

@@ -20,7 +20,7 @@ SMALL = {"model_name": "demo", "device": "cpu", "source": "synthetic", "archive"
 
 
 def _serve(settings: Settings):
-    from hi_core.model.loading import ModelCache
+    from hi_core.model.model_cache import ModelCache
     from ui.app import build_demo, launch_options
 
     demo = build_demo("demo", ModelCache(), settings)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hi_core.causal.ablation import ablate_heads, output_projections
+from hi_core.causal.head_ablation import ablate_heads, output_projections
 from hi_core.data.datasets import write_synthetic
 from hi_core.tuning.finetune import DataConfig, split_dataset
 from hi_core.model.loading import LoadConfig, load_model

@@ -2,7 +2,7 @@
 described again by the model with every head and without chosen heads (the top-k by this analysis's HI, the
 selected head, or a list), side by side, and the analyzed text is scored again without them: ΔHI = without
 − with of every head as a clickable heatmap, and the selected head's two maps (`before_after`'s drawing).
-Heads are removed by zeroing their slice of the attention output (`hi_core.causal.ablation.ablate_heads`); the
+Heads are removed by zeroing their slice of the attention output (`hi_core.causal.head_ablation.ablate_heads`); the
 dataset-mean variant needs a dataset and lives in the CLI (`python -m hi_core ablate --mode mean`).
 """
 
@@ -14,7 +14,7 @@ import html
 import gradio as gr
 
 from hi_core.base.errors import InputError
-from hi_core.causal.ablation import ImageAblation
+from hi_core.causal.head_ablation import ImageAblation
 from hi_core.method.analysis import hi_difference
 from hi_core.method.head_selection import Head, format_heads, parse_head_choice
 

@@ -1,10 +1,10 @@
 """HI Explorer in the browser: load a model, mark the key object, see where every head looks.
 
 UI only: every number shown is computed by `hi_core`. `build_demo()` returns the Blocks (tests import
-it without serving); `main()` parses the flags and serves it. Three tabs, one module each: the
-single-image Explorer (`ui.explorer`), the Dataset tab (`ui.dataset_tab`) and the Fine-tune tab
-(`ui.finetune_tab`), each built from the shared `AppContext` (`ui.context`). On a ZeroGPU Space the
-model runs under `spaces.GPU`; without that package it runs as is.
+it without serving); `main()` parses the flags and serves it. The tabs, each laid out in one module (its handlers
+and views beside it): the single-image Explorer (`ui.explorer`), the Dataset tab (`ui.dataset_tab`), the Fine-tune
+tab (`ui.finetune_tab`) and the Validate tab (`ui.validate_tab`), each built from the shared `AppContext`
+(`ui.context`). On a ZeroGPU Space the model runs under `spaces.GPU`; without that package it runs as is.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import gradio as gr
 
 from hi_core.base.errors import InputError
-from hi_core.model.loading import ModelCache
+from hi_core.model.model_cache import ModelCache
 
 from .budget import forget, upload_cache_lifespan
 from .components import refuse_in_handler

@@ -23,12 +23,14 @@ import numpy as np
 from PIL import Image
 
 from hi_core.base.errors import InputError
-from hi_core.causal.ablation import ImageAblation, ablate_image
-from hi_core.data.dataset_scoring import DatasetAnalysis, DatasetConfig, score_dataset
+from hi_core.causal.head_ablation import ImageAblation, ablate_image
+from hi_core.data.dataset_analysis import DatasetAnalysis, DatasetConfig
+from hi_core.data.dataset_scoring import score_dataset
 from hi_core.data.datasets import read_dataset
 from hi_core.method.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.model.inputs import check_text_length
-from hi_core.model.loading import ASSETS_DIR, LoadConfig, LoadedModel, ModelCache
+from hi_core.model.loading import ASSETS_DIR, LoadConfig, LoadedModel
+from hi_core.model.model_cache import ModelCache
 from hi_core.model.model_memory import describe
 
 from .budget import TokenMapBudget

@@ -1,6 +1,6 @@
 """The image editor's side of the Explorer: what the editor is sent (an image, an example's mask as its brush
 layer, a brush in a colour that stands out) and what is read back from it (the image, the painted or uploaded
-mask), and the mask preview drawn from them. No Gradio events here: `ui.explorer` wires them."""
+mask), and the mask preview drawn from them. No Gradio events here: `ui.explorer_events` wires them."""
 
 from __future__ import annotations
 

@@ -15,9 +15,13 @@ from pathlib import Path
 
 from hi_core.data.datasets import count_records
 from hi_core.method.layer_selection import Ranking, check_layer_choice, needs_ranking
-from hi_core.model.loading import LoadConfig, LoadedModel, ModelCache, load_model
-from hi_core.tuning.finetune import FinetuneConfig, TrainCallbacks, TrainingCancelled, check_task
-from hi_core.tuning.runs import ADAPTER_FOLDER, RunRecord, dataset_ranking, reuse_ranking, run_before_after
+from hi_core.model.loading import LoadConfig, LoadedModel, load_model
+from hi_core.model.model_cache import ModelCache
+from hi_core.tuning.finetune import FinetuneConfig, check_task
+from hi_core.tuning.rankings import dataset_ranking, reuse_ranking
+from hi_core.tuning.run_folders import RunRecord
+from hi_core.tuning.runs import ADAPTER_FOLDER, run_before_after
+from hi_core.tuning.training import TrainCallbacks, TrainingCancelled
 
 from .jobs import Progress
 from .settings import Settings

@@ -1,36 +1,29 @@
 """The Fine-tune tab: LoRA on chosen language-model layers of the Explorer's model (a private copy, so the
 Explorer's cached model never carries LoRA and keeps serving), with live progress and a Cancel button;
 the held-out records captioned (task `caption`) or their questions answered (task `vqa`: answer
-accuracy) before and after; the adapter as a zip, and the tuned model back in the Explorer."""
+accuracy) before and after; the adapter as a zip, and the tuned model back in the Explorer.
+
+This module lays the tab out and wires its events; `finetune_handlers` answers them and `finetune_views` draws
+what they show."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import gradio as gr
-import numpy as np
-import pandas as pd
 
-from hi_core.base.errors import InputError
-from hi_core.figures.plots import figure_to_array, layer_choices
-from hi_core.method.layer_selection import needs_ranking
-from hi_core.tuning.compare import METRICS
-from hi_core.tuning.finetune import DataConfig, FinetuneConfig, TrainingCancelled
-from hi_core.tuning.finetune_presets import DEMO_RATES, RANK_LIMIT, RunRates, finetune_preset
-from hi_core.tuning.runs import RunRecord
+from hi_core.tuning.finetune import FinetuneConfig
+from hi_core.tuning.finetune_presets import DEMO_RATES, finetune_preset
 
 from .components import BoundedTextbox, Figure
-from .context import TUNED, AppContext
-from .explorer import ModelControls, forget
-from .feedback import reports_input_errors
-from .finetune_run import FinetuneSession, Live, RankingCache, finetune_job, ranking_key
-from .jobs import Jobs, duration, progress_bar
+from .context import AppContext
+from .explorer import ModelControls
+from .finetune_handlers import DEFAULT_PRESET, EVAL_LIMIT, FinetuneHandlers
+from .finetune_run import RankingCache
+from .jobs import Jobs
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
-EVAL_LIMIT = 200  # held-out records captioned before and after tuning
 MAX_LAYER_LIST_CHARS = 1000  # the "these:" layer list: far more than any model has layers
-LOSS_POINTS = 1000  # at most this many points (+ the last) in the loss plot; run.json keeps every step
 STRATEGIES = [
     ("top-k by HI", "top"),
     ("bottom-k by HI", "bottom"),
@@ -45,7 +38,6 @@ PRESET_CHOICES = [
     ("quick: 30 steps of 8, 16 held-out records", "quick"),
     ("full: 100 steps of 16, up to 200 held-out records, METEOR (the experiment pages' run)", "full"),
 ]
-DEFAULT_PRESET = "quick"
 
 
 def limit_note(limit: int | None) -> str | None:
@@ -53,117 +45,10 @@ def limit_note(limit: int | None) -> str | None:
     return None if limit is None else f"at most {limit} here"
 
 
-def live_status(live: Live, stopping: bool) -> str:
-    """Stage, step, loss, elapsed time and what is left, as the run goes."""
-    progress = live.progress
-    stage = "Cancelling" if stopping else progress.stage[:1].upper() + progress.stage[1:]
-    line = f"**{stage}...**"
-    if progress.done:
-        line += f" · step {progress.done} of {progress.total} · loss {live.losses[-1]:.3f}"
-    line += f" · {duration(progress.elapsed)} elapsed"
-    left = progress.seconds_left()
-    if left is not None and progress.done < progress.total:
-        line += f" · about {duration(left)} of training left"
-    return line + progress_bar(progress.done, progress.total)
+class FinetuneTab(FinetuneHandlers):
+    """The tab's components (built in the current Blocks context) and their events; its handlers
+    (`FinetuneHandlers`) are mixed in."""
 
-
-def loss_frame(losses: list[float]) -> pd.DataFrame:
-    """(step, loss) rows for the live plot: every step, or every n-th and the last beyond LOSS_POINTS steps."""
-    steps = np.arange(1, len(losses) + 1)
-    if len(losses) > LOSS_POINTS:
-        steps = np.unique(np.append(steps[:: -(-len(losses) // LOSS_POINTS)], len(losses)))
-    return pd.DataFrame({"step": steps, "loss": np.asarray(losses, dtype=float)[steps - 1]})
-
-
-def tuned_summary(session: FinetuneSession) -> str:
-    after, ranking = session.after, session.ranking
-    config = after.settings["config"]
-    how = {
-        "top": f"the top {config['k']} by HI",
-        "bottom": f"the bottom {config['k']} by HI",
-        "all": "every layer",
-        "random": f"{config['k']} drawn at random, seed {config['seed']}",
-        "list": "chosen by hand",
-    }[after.strategy]
-    return (
-        f"**Tuned** `{session.load.model}` on {session.dataset}: LoRA rank {config['rank']} on layer(s) "
-        f"{', '.join(map(str, after.layers))} of {after.num_layers} ({how}) · **trainable parameters** "
-        f"{after.trainable_parameters:,} of {after.total_parameters:,} ({100 * after.trainable_share:.3g}%)  \n"
-        + (f"**Ranking:** {ranking.source}  \n" if ranking is not None else "")
-        + ("**Captioned before and after:** " if after.task != "vqa" else "**Questions answered before and after:** ")
-        + f"{after.split['held_out']} held-out record(s); trained on {after.split['train']}. "
-        + accuracy_line(session.before, after)
-        + " ".join(note.rstrip(".") + "." for note in after.metric_notes)
-    )
-
-
-def accuracy_line(before: RunRecord, after: RunRecord) -> str:
-    """VQA: the answer accuracy before and after tuning, each with its 95% interval over the held-out records."""
-
-    def shown(record: RunRecord) -> str:
-        interval = record.metric_intervals.get("accuracy")
-        return f"**{record.metrics['accuracy']:.3f}**" + (
-            f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else ""
-        )
-
-    if "accuracy" not in before.metrics or "accuracy" not in after.metrics:
-        return ""
-    return f"  \n**Answer accuracy** (95% interval): before {shown(before)} → after {shown(after)}.  \n"
-
-
-def sample_frame(before: RunRecord, after: RunRecord) -> pd.DataFrame:
-    """The held-out samples before and after; for VQA with the question, the reference answer and whether each
-    answer is right."""
-    untuned = {sample["id"]: sample for sample in before.samples}
-    if after.task != "vqa":
-        return pd.DataFrame(
-            [
-                [s["id"], s["reference"], untuned.get(s["id"], {}).get("generated", ""), s["generated"]]
-                for s in after.samples
-            ],
-            columns=["id", "reference", "before", "after"],
-        )
-
-    def answer(sample: dict | None) -> str:
-        return "" if sample is None else sample["generated"] + (" ✓" if sample.get("correct") else " ✗")
-
-    return pd.DataFrame(
-        [
-            [s["id"], s.get("prompt", ""), s["reference"], answer(untuned.get(s["id"])), answer(s)]
-            for s in after.samples
-        ],
-        columns=["id", "question", "answer", "before", "after"],
-    )
-
-
-def metric_rows(before: RunRecord, after: RunRecord) -> list[list]:
-    return [
-        [
-            label,
-            *(
-                round(value, 4)
-                for value in (before.metrics[key], after.metrics[key], after.metrics[key] - before.metrics[key])
-            ),
-        ]
-        for key, label in METRICS.items()
-        if key in before.metrics and key in after.metrics
-    ]
-
-
-def layers_figure(session: FinetuneSession) -> np.ndarray:
-    after, ranking = session.after, session.ranking
-    selected = np.zeros((1, after.num_layers), bool)  # (runs, layers)
-    selected[0, after.layers] = True
-    scores = None
-    if ranking is not None:
-        scores = np.zeros(after.num_layers)
-        scores[list(ranking.layers)] = ranking.scores
-    return figure_to_array(
-        layer_choices(selected, [after.strategy], scores, title="Adapted layers (bars: layer scores)")
-    )
-
-
-class FinetuneTab:
     def __init__(
         self, context: AppContext, model: ModelControls, dataset_state: gr.State, tabs: gr.Tabs, state: gr.State
     ) -> None:
@@ -370,201 +255,3 @@ class FinetuneTab:
             [model.name, model.device, model.lora, model.status, model.lora_options, self.tabs, self.status],
             api_name="use_tuned_model",
         )
-
-    @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
-    def finetune(
-        self,
-        previous: FinetuneSession | None,
-        scored,
-        model_name: str,
-        device: str,
-        source: str,
-        archive: str | None,
-        strategy: str,
-        layer_list: str,
-        k: int,
-        rank: int,
-        steps: int,
-        lr: float,
-        batch_size: int,
-        seed: int,
-        meteor: bool = True,
-        task: str = "caption",
-        eval_limit: int = EVAL_LIMIT,
-        preset: str = DEFAULT_PRESET,
-        request: gr.Request = None,
-    ):
-        if strategy == "list" and not (layer_list or "").strip():
-            raise InputError("type the layers to tune, e.g. 0,2")
-        config = FinetuneConfig(
-            layers=layer_list if strategy == "list" else strategy,
-            k=int(k or 0),
-            rank=int(rank or 0),
-            steps=int(steps or 0),
-            lr=float(lr or 0),
-            batch_size=int(batch_size or 0),
-            seed=int(seed or 0),
-            data=DataConfig(task=task, eval_limit=min(int(eval_limit or EVAL_LIMIT), EVAL_LIMIT), meteor=bool(meteor)),
-        )
-        self.context.settings.check_finetune(config)
-        if source == UPLOADED_ZIP and not archive:
-            raise InputError("upload a dataset .zip first, or choose another dataset")
-        load = self.context.model_config(model_name, device)
-        live, fresh = Live(config.steps), None
-        with self.context.storage.run() as run_folder:
-            try:
-                with self.jobs.start(
-                    request.session_hash,
-                    lambda stop: finetune_job(
-                        load,
-                        config,
-                        source,
-                        archive,
-                        run_folder,
-                        scored,
-                        live,
-                        stop,
-                        RANK_LIMIT[preset],
-                        self.rankings,
-                        self.context.cache,
-                        self.context.settings,
-                        self.context.storage,
-                    ),
-                ) as job:
-                    for _ in job.ticks():
-                        yield {self.status: live_status(live, job.stop.is_set()), self.loss: loss_frame(live.losses)}
-                    fresh = job.result()
-            except TrainingCancelled as cancelled:
-                kept = " (below: the last finished run)" if previous is not None else ""
-                said = str(cancelled)
-                yield {
-                    self.status: f"**{said[:1].upper() + said[1:]}**: nothing was saved{kept}."
-                    + progress_bar(live.progress.done, config.steps),
-                    self.loss: loss_frame(live.losses),
-                }
-            finally:
-                if fresh is None:
-                    shutil.rmtree(run_folder, ignore_errors=True)
-        if fresh is not None:
-            forget(previous)  # the previous run's files, now that this one stands
-            self._measured(fresh)
-            yield self._finished(fresh) | {
-                self.estimate: self.show_estimate(
-                    model_name, device, source, strategy, preset, steps, batch_size, eval_limit, task
-                )
-            }
-
-    def _finished(self, session: FinetuneSession) -> dict:
-        after = session.after
-        shutil.make_archive(str(session.archive.with_suffix("")), "zip", root_dir=session.adapter)
-        return {
-            self.state: session,
-            self.status: (
-                f"**Finished:** {len(after.losses)} steps, final loss {after.losses[-1]:.3f}, "
-                f"{after.timings['train_seconds']:.1f} s of training"
-                + progress_bar(len(after.losses), len(after.losses))
-            ),
-            self.loss: loss_frame(after.losses),
-            self.metrics: metric_rows(session.before, after),
-            self.summary: tuned_summary(session),
-            self.layers: layers_figure(session),
-            self.samples: sample_frame(session.before, after),
-            self.download: str(session.archive),
-            self.use: gr.Button(interactive=True),
-        }
-
-    def apply_preset(self, preset: str):
-        """The preset's settings in the controls."""
-        config = finetune_preset(preset if preset in RANK_LIMIT else DEFAULT_PRESET)
-        return {
-            self.k: config.k,
-            self.rank: config.rank,
-            self.steps: config.steps,
-            self.lr: config.lr,
-            self.batch_size: config.batch_size,
-            self.eval_limit: config.data.eval_limit,
-            self.meteor: config.data.meteor,
-        }
-
-    def show_estimate(
-        self,
-        model_name: str,
-        device: str,
-        source: str,
-        strategy: str,
-        preset: str,
-        steps: float | None,
-        batch_size: float | None,
-        eval_limit: float | None,
-        task: str = "caption",
-    ) -> str:
-        """What a launch with these settings will take, from the rates this model's last run here measured."""
-        with self._rates_lock:
-            rates = self.rates.get((model_name or "").strip())
-        if rates is None:
-            return "_How long a run takes is shown once this model has finished a run on this server._"
-        try:
-            config = FinetuneConfig(layers="top", steps=int(steps or 0), batch_size=int(batch_size or 0))
-            load = self.context.model_config(model_name, device)
-        except (InputError, TypeError, ValueError):
-            return ""  # the launch will say what is wrong
-        scenes = {SYNTHETIC: SYNTHETIC_SCENES, DEMO_SET: len(self.context.examples)}.get(source)
-        expected = max(1, round(scenes * DataConfig().eval_fraction)) if scenes else int(eval_limit or EVAL_LIMIT)
-        held_out = min(expected, int(eval_limit or EVAL_LIMIT), EVAL_LIMIT)
-        limit = RANK_LIMIT.get(preset, RANK_LIMIT[DEFAULT_PRESET])
-        cached = source != UPLOADED_ZIP and self.rankings.get(ranking_key(load, source, task, limit)) is not None
-        ranked = 0 if cached or not needs_ranking(strategy) else min(limit, scenes or limit)
-        stages = rates.estimate(config, held_out, ranked)
-        ranking = (
-            f"ranking {ranked} records {duration(stages['ranking'])}"
-            if ranked
-            else "ranking: reused"
-            if needs_ranking(strategy)
-            else "no ranking"
-        )
-        return (
-            f"**About {duration(stages['total'])}** to run: training {duration(stages['training'])}, captioning "
-            f"{held_out} held-out records twice {duration(stages['captioning'])}, {ranking}; loading and METEOR "
-            f"not counted. Rates {rates.source}."
-        )
-
-    def _measured(self, session: FinetuneSession) -> None:
-        """This model's rates, from the run just finished."""
-        before, after, work = session.before, session.after, session.ranking_work
-        captioned = max(1, int(after.split["held_out"]))
-        batch = int(after.settings["config"]["batch_size"])
-        measured = dict(
-            train_sample_s=after.timings["seconds_per_step"] / batch,
-            caption_s=(before.timings["eval_seconds"] + after.timings["eval_seconds"]) / (2 * captioned),
-            rank_s=work.seconds / work.ranked if work.ranked else None,
-            source="measured by this server's last run of this model",
-        )
-        with self._rates_lock:
-            known = self.rates.get(session.load.model)
-            self.rates[session.load.model] = (
-                known.updated(**measured)
-                if known is not None
-                else RunRates(**{**measured, "rank_s": measured["rank_s"] or 0.0})
-            )
-
-    def cancel_finetune(self, request: gr.Request):
-        if not self.jobs.cancel(request.session_hash):
-            gr.Warning("Nothing is training in this session.")
-
-    @reports_input_errors("status")
-    def use_tuned_model(self, session: FinetuneSession | None, progress=gr.Progress()):
-        if session is None:
-            raise InputError("fine-tune a model first")
-        context, model = self.context, self.model
-        lora = TUNED + session.run_folder.name
-        loaded = context.get_model(
-            context.model_config(session.load.model, session.load.device, lora, session), progress
-        )
-        return {
-            model.name: session.load.model,
-            model.device: session.load.device,
-            model.lora: lora,
-            model.status: context.loaded_message(loaded),
-            model.lora_options: gr.Accordion(open=True),
-            self.tabs: gr.Tabs(selected="explorer"),
-        }

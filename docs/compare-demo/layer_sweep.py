@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import permutation_test, spearmanr
 
 from hi_core.causal.ablation import key_named
-from hi_core.tuning.compare import mean_interval
+from hi_core.tuning.intervals import mean_interval
 from hi_core.data.synth import COLOURS, SHAPES, SIZES
 
 from reading_order import captions, reading_order_share

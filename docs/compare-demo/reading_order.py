@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hi_core.tuning.compare import difference_interval, mean_interval
+from hi_core.tuning.intervals import difference_interval, mean_interval
 from hi_core.data.synth import in_reading_order
 
 

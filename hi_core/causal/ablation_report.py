@@ -33,7 +33,7 @@ from ..base.outputs import atomic_path, check_output_folder, write_json
 from ..method.head_selection import format_heads
 from ..model.metrics import accuracy_interval, caption_metrics, normalize_caption
 from ..tuning.compare import METRICS as COMPARE_METRICS
-from ..tuning.compare import mean_interval
+from ..tuning.intervals import mean_interval
 from .ablation import BASELINE, Ablation, ConditionRun
 
 METRICS = COMPARE_METRICS | {

@@ -21,8 +21,8 @@ from ..model.batching import collate, pad_token_id
 from ..model.inputs import key_phrase_tokens, to_model_device
 from ..model.loading import LoadedModel
 from ..model.replay import PassCache, Plan, install_replay, layer_output_bytes, replaying
-from ..tuning.finetune import training_inputs
-from .ablation import AblationMode, HeadMeans, ablate_heads
+from ..tuning.training import training_inputs
+from .head_ablation import AblationMode, HeadMeans, ablate_heads
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Outcome = tuple[np.ndarray, np.ndarray]  # per record: (mean scored-token loss, first token right)

@@ -48,7 +48,7 @@ from ..model.images import ImageLimits
 from ..model.loading import LoadedModel
 from ..model.replay import Plan, install_replay, replaying
 from ..tuning.finetune import MAX_SEED, DataConfig, check_task, split_dataset
-from .ablation import (
+from .head_ablation import (
     AblationMode,
     HeadMeans,
     head_output_means,

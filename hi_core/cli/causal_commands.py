@@ -11,9 +11,10 @@ import numpy as np
 
 from ..base.errors import InputError
 from ..base.outputs import check_output_folder
-from ..causal.ablation import AblationConfig, AblationMode, check_ablation, run_ablation
+from ..causal.ablation import AblationConfig, check_ablation, run_ablation
 from ..causal.ablation_report import METRICS as ABLATION_METRICS
 from ..causal.ablation_report import check_ablation_folder, write_ablation_report
+from ..causal.head_ablation import AblationMode
 from ..causal.validation import ValidationConfig
 from ..causal.validation import validate as validate_heads
 from ..causal.validation_report import write_validation_report

@@ -11,7 +11,8 @@ from typing import get_args
 from ..base.distributed import is_distributed, process_state
 from ..base.errors import InputError
 from ..base.outputs import check_output_file
-from ..model.loading import Device, DType, LoadConfig, LoadedModel, ModelCache, resolve_device
+from ..model.loading import Device, DType, LoadConfig, LoadedModel, resolve_device
+from ..model.model_cache import ModelCache
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,7 +12,8 @@ from typing import get_args
 from ..base.errors import InputError, check_choice
 from ..base.outputs import check_output_file, check_output_folder
 from ..data.coco import convert_coco
-from ..data.dataset_scoring import DatasetConfig, score_dataset
+from ..data.dataset_analysis import DatasetConfig
+from ..data.dataset_scoring import score_dataset
 from ..data.datasets import count_records, write_synthetic
 from ..data.synth import NEW_KINDS, QUESTION_KINDS, Order, QuestionKind, check_scene_options
 from ..data.synth_vqa import write_synthetic_vqa

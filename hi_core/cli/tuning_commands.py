@@ -18,21 +18,19 @@ from ..method.layer_selection import Ranking, check_layer_choice, read_ranking
 from ..model.inputs import DEFAULT_PROMPT
 from ..model.loading import LoadedModel
 from ..tuning.compare import CompareConfig, CompareStrategy, check_compare_folder, run_compare
-from ..tuning.finetune import DataConfig, FinetuneConfig, Schedule, Task, attention_targets, check_task
+from ..tuning.finetune import DataConfig, FinetuneConfig, Schedule, Task, check_task
 from ..tuning.head_lora import check_targets, head_counts
+from ..tuning.rankings import dataset_head_ranking, dataset_ranking
+from ..tuning.run_folders import RUN_FILE, RunRecord, check_run_folder
 from ..tuning.runs import (
     ADAPTER_FOLDER,
     PRETRAINED_FOLDER,
-    RUN_FILE,
-    RunRecord,
     check_before_after_folder,
-    check_run_folder,
-    dataset_head_ranking,
-    dataset_ranking,
     needs_run_ranking,
     run_before_after,
     run_finetune,
 )
+from ..tuning.training import attention_targets
 from . import common
 from .common import add_model_options
 

@@ -17,13 +17,8 @@ alike; the summary lists every skipped record under its line in data.jsonl, by t
 result never depends on which run scored what. A record's own `prompt` replaces the run's prompt
 for that record (`DatasetConfig.record_analysis`).
 
-The cache folder holds `config.json` (the settings its results depend on; a cache of other
-settings, a file, or a folder of part files without config.json is refused with an InputError
-before any image is scored: `check_cache_folder`) and one part file per process: scored images and
-records whose files failed, by id and the record's fingerprint (its fields, and its image's and
-mask's size and modification time: `record_fingerprint`), so a record edited or whose files were
-replaced since it was cached is scored again. Lines of a part file that cannot be read (cut short
-by a kill, or edited) are ignored, and those records scored again.
+The cache folder (`score_cache`) holds the settings and one part file per process; a record edited
+or whose files were replaced since it was cached is scored again.
 
 The memory held is one batch of images and their maps, plus a (images, layers, heads) array of
 HI and mass for the intervals (a few KB per image).
@@ -31,14 +26,8 @@ HI and mass for the intervals (a few KB per image).
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import logging
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,353 +36,24 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..base.distributed import process_state
-from ..base.errors import InputError, check_number, check_whole
-from ..base.outputs import atomic_path, csv_number, write_json
+from ..base.errors import InputError
 from ..method.image_scoring import AnalysisConfig, PreparedImage, prepare_image
 from ..method.maps import batch_head_maps
-from ..method.scoring import layer_scores, rank_heads, ranking_json, scored_layers
-from ..model.images import ImageLimits
+from ..method.scoring import layer_scores
 from ..model.loading import LoadedModel
+from .dataset_analysis import DatasetAnalysis, DatasetConfig, ImageScore
 from .datasets import INDEX, Cancelled, Record, RecordLine, Stop, count_records, load_record, scan_dataset
+from .score_cache import (
+    Entries,
+    PartWriter,
+    cache_settings,
+    check_cache_folder,
+    open_cache,
+    read_cache,
+    record_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-PART_PATTERN = "part-*.jsonl"
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """How a dataset is scored.
-
-    analysis: the per-image options (prompt, queries, scoring). key phrases: with
-    `use_key_phrases`, a record's own `key_phrase` selects its response tokens (the words naming
-    the key object); otherwise `analysis.key_phrase`, or every token. image_limits: how far each
-    record's files are decoded (None: the library's pixel cap, at full size; a server passes its own).
-    """
-
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    use_key_phrases: bool = True
-    batch_size: int = 8
-    limit: int | None = None
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    image_limits: ImageLimits | None = None
-
-    def __post_init__(self) -> None:
-        check_whole("batch_size", self.batch_size)
-        check_whole("limit", self.limit, optional=True)
-        check_number("confidence", self.confidence, "a number in (0, 1)", lambda v: 0 < v < 1)
-        check_whole("resamples", self.resamples)
-        check_whole("seed", self.seed, 0)
-
-    def record_analysis(self, record: Record) -> AnalysisConfig:
-        """The per-image options a record is scored with: its own prompt, if it has one, and its own
-        key phrase with `use_key_phrases` (else the run's key phrase, or every token)."""
-        phrase = record.key_phrase if self.use_key_phrases and record.key_phrase else self.analysis.key_phrase
-        return replace(self.analysis, prompt=record.prompt or self.analysis.prompt, key_phrase=phrase)
-
-
-@dataclass(frozen=True)
-class ImageScore:
-    """One image's result: per-head HI and mass (layers, heads), and what they were measured on."""
-
-    id: str
-    text: str
-    key_phrase: str | None
-    object_patches: int
-    cells: int
-    chance: float
-    response_tokens: int
-    hi: np.ndarray
-    mass: np.ndarray
-
-    def to_json(self) -> dict[str, Any]:
-        """The cache's line; heads not scored (NaN: no softmax attention) are null."""
-        entry = {key: value for key, value in asdict(self).items() if key not in ("hi", "mass")}
-        return entry | {
-            key: np.where(np.isfinite(values), np.round(values, 7), None).tolist()
-            for key, values in (("hi", self.hi), ("mass", self.mass))
-        }
-
-    @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> ImageScore:
-        return cls(
-            **entry
-            | {"hi": np.asarray(entry["hi"], dtype=np.float64), "mass": np.asarray(entry["mass"], dtype=np.float64)}
-        )
-
-
-@dataclass(frozen=True)
-class DatasetAnalysis:
-    """Every head's HI over a dataset.
-
-    images: each scored image's `ImageScore`, in dataset order (`image_hi` stacks their HI: (images, layers,
-    heads)); hi, hi_low, hi_high, mass: (layers, heads) means and interval bounds; layer_scores: (layers,) from
-    the mean HI. Layers without softmax attention keep their index and are NaN throughout (not scored).
-    skipped: (line, id, reason) of each record that could not be scored.
-    """
-
-    model: str
-    family: str
-    dataset: str
-    queries: str
-    images: list[ImageScore]
-    hi: np.ndarray
-    hi_low: np.ndarray
-    hi_high: np.ndarray
-    mass: np.ndarray
-    layer_scores: np.ndarray
-    skipped: list[tuple[int, str | None, str]]
-    config: DatasetConfig
-
-    @property
-    def image_hi(self) -> np.ndarray:
-        return np.stack([image.hi for image in self.images])
-
-    @property
-    def mean_chance(self) -> float:
-        """The chance IoU (DESIGN 1.6) averaged over the scored images: what a mean HI is set against."""
-        return float(np.mean([image.chance for image in self.images]))
-
-    def extremes(self, layer: int, head: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into `images` of the `count` images where this head's HI is highest (descending)
-        and lowest (ascending); equal HI keeps dataset order. Fewer when there are fewer images."""
-        num_layers, num_heads = self.hi.shape
-        if not (0 <= layer < num_layers and 0 <= head < num_heads):
-            raise InputError(
-                f"head ({layer}, {head}) does not exist: "
-                f"the model has layers 0..{num_layers - 1}, heads 0..{num_heads - 1}"
-            )
-        if count < 0:
-            raise InputError(f"count must be at least 0, got {count}")
-        per_image = np.array([image.hi[layer, head] for image in self.images])
-        if not np.isfinite(per_image).all():
-            raise InputError(
-                f"layer {layer} was not scored (it has no softmax attention): choose a head of layers "
-                f"{', '.join(map(str, self.scored_layers))}"
-            )
-        highest = np.argsort(-per_image, kind="stable")[:count]
-        lowest = np.argsort(per_image, kind="stable")[:count]
-        return highest, lowest
-
-    def ranked_heads(self) -> list[tuple[int, int]]:
-        """The scored heads, by mean HI descending."""
-        return rank_heads(self.hi)
-
-    @property
-    def scored_layers(self) -> list[int]:
-        """The layers scored: those with softmax attention (every layer, except in hybrid models)."""
-        return scored_layers(self.hi)
-
-    def to_json(self) -> dict[str, Any]:
-        """The `score --dataset` JSON (DESIGN 6): per-head mean HI with its interval, ranked."""
-        num_layers, num_heads = self.hi.shape
-        return {
-            "model": self.model,
-            "family": self.family,
-            "dataset": self.dataset,
-            "images": len(self.images),
-            "skipped": [{"line": line, "id": rid, "reason": reason} for line, rid, reason in self.skipped],
-            "num_layers": int(num_layers),
-            "num_heads": int(num_heads),
-            "object_patches": float(np.mean([image.object_patches for image in self.images])),
-            "chance": self.mean_chance,
-            "response_tokens": float(np.mean([image.response_tokens for image in self.images])),
-            "queries": self.queries,
-            "key_phrases": "record" if self.config.use_key_phrases else self.config.analysis.key_phrase,
-            "scoring": asdict(self.config.analysis.scoring),
-            "interval": {
-                "confidence": self.config.confidence,
-                "method": "percentile bootstrap over images",
-                "resamples": self.config.resamples,
-                "seed": self.config.seed,
-            },
-            **ranking_json(self.hi, self.layer_scores, hi_low=self.hi_low, hi_high=self.hi_high, mass=self.mass),
-        }
-
-    def to_csv(self) -> str:
-        """Per-image results, one row per (image, head): id, layer, head, hi, mass, object_patches, chance
-        (hi and mass empty for a head not scored)."""
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["id", "layer", "head", "hi", "mass", "object_patches", "chance"])
-        for image in self.images:
-            for (layer, head), hi in np.ndenumerate(image.hi):
-                writer.writerow(
-                    [
-                        image.id,
-                        layer,
-                        head,
-                        csv_number(hi),
-                        csv_number(image.mass[layer, head]),
-                        image.object_patches,
-                        f"{image.chance:.6f}",
-                    ]
-                )
-        return text.getvalue()
-
-    def save_json(self, path: str | Path) -> None:
-        write_json(path, self.to_json())
-
-    def save_csv(self, path: str | Path) -> None:
-        with atomic_path(path) as temporary:
-            temporary.write_text(self.to_csv(), encoding="utf-8")
-
-
-#: A record's result by (id, fingerprint): its score, or its failure {"id", "skipped": reason, "line"?: n}.
-Entries = dict[tuple[str, str], "ImageScore | dict[str, Any]"]
-
-
-# --- the cache: config.json + one JSON-lines part file per process ---------------------------
-
-
-def _cache_settings(loaded: LoadedModel, folder: Path, config: DatasetConfig) -> dict[str, Any]:
-    """What a cached per-image result depends on; a cache made with other settings is refused."""
-    analysis = config.analysis
-    return {
-        "model": loaded.name,
-        "dataset": str(folder.resolve()),
-        "dtype": str(loaded.model.dtype),
-        "prompt": analysis.prompt,
-        "queries": analysis.queries,
-        "key_phrase": analysis.key_phrase,
-        "use_key_phrases": config.use_key_phrases,
-        "scoring": asdict(analysis.scoring),
-    } | ({"image_limits": asdict(config.image_limits)} if config.image_limits is not None else {})
-
-
-def check_cache_folder(cache: str | Path) -> Path:
-    """Refuse a cache path that cannot be a cache folder, before any model work: an existing file,
-    a path under a file, or a folder holding part files but no config.json (results of unknown
-    settings). The CLI can call this before loading the model."""
-    cache = Path(cache)
-    for parent in (cache, *cache.parents):
-        if parent.exists() and not parent.is_dir():
-            what = "is a file" if parent == cache else f"is under {str(parent)!r}, which is a file"
-            raise InputError(f"the cache {str(cache)!r} {what}: give a folder (it is created if missing)")
-        if parent.is_dir():
-            break
-    if cache.is_dir():
-        if not (cache / CONFIG_FILE).is_file() and ((cache / CONFIG_FILE).exists() or any(cache.glob(PART_PATTERN))):
-            raise InputError(
-                f"the folder {str(cache)!r} holds results without a readable {CONFIG_FILE}: "
-                "it is not a cache of this program; delete it or choose another cache folder"
-            )
-        odd = sorted(part.name for part in cache.glob(PART_PATTERN) if not part.is_file())
-        if odd:
-            raise InputError(f"the cache {str(cache)!r} holds {', '.join(odd)}, which should be files: delete them")
-        if not os.access(cache, os.W_OK | os.X_OK):
-            raise InputError(f"the cache folder {str(cache)!r} is not writable")
-    return cache
-
-
-def open_cache(cache: Path, settings: dict[str, Any], main_process: bool) -> None:
-    """Create the cache folder, or check that an existing one was made with the same settings."""
-    check_cache_folder(cache)
-    path = cache / CONFIG_FILE
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            saved = None
-        if not isinstance(saved, dict):
-            raise InputError(
-                f"the cache {str(cache)!r} has an unreadable {CONFIG_FILE}; delete the folder or choose another"
-            )
-        differing = sorted(key for key in settings.keys() | saved.keys() if settings.get(key) != saved.get(key))
-        if differing:
-            raise InputError(
-                f"the cache {str(cache)!r} holds results made with other settings ({', '.join(differing)}); "
-                "delete it or choose another cache folder"
-            )
-    elif main_process:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            write_json(path, settings)
-        except OSError as error:
-            raise InputError(f"cannot create the cache folder {str(cache)!r} ({error.strerror or error})") from None
-
-
-def record_fingerprint(folder: Path, line: RecordLine) -> str:
-    """What a record's score depends on besides the run's settings: its checked fields (text, key
-    phrase, prompt, file names) and its image's and mask's size and modification time. A cached
-    result whose fingerprint differs from the record's now is stale and scored again."""
-    parts = [json.dumps(line.fields, sort_keys=True)]
-    for key in ("image", "mask"):
-        try:
-            stat = (folder / line.fields[key]).stat()
-            parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-        except (KeyError, TypeError, OSError, ValueError):  # no such field, or no such file (it fails when loaded)
-            parts.append("-")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _cache_entry(line: bytes) -> tuple[str, ImageScore | dict[str, Any]] | None:
-    """A part file's line as (fingerprint, a score or a failure {"id", "skipped", "line"?}); None if
-    unreadable or written without a fingerprint."""
-    try:
-        entry = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-        return None
-    fingerprint = entry.pop("record", None)
-    if not isinstance(fingerprint, str):
-        return None
-    if "skipped" in entry:
-        return (fingerprint, entry) if isinstance(entry["skipped"], str) else None
-    try:
-        score = ImageScore.from_json(entry)
-    except (TypeError, ValueError):  # missing or extra keys, ragged arrays
-        return None
-    return (fingerprint, score) if score.hi.ndim == 2 and score.hi.shape == score.mass.shape else None
-
-
-def read_cache(cache: Path) -> Entries:
-    """Every cached record by (id, fingerprint) (scored images and failures), from all part files,
-    streamed.
-
-    A line that cannot be read (cut short by an interruption, or edited) is ignored (its image is
-    scored again); a score wins over a failure of the same record.
-    """
-    entries: Entries = {}
-    for part in sorted(cache.glob(PART_PATTERN)):
-        with open(part, "rb") as lines:
-            for line in lines:
-                read = _cache_entry(line)
-                if read is None:
-                    continue
-                fingerprint, entry = read
-                key = (entry.id if isinstance(entry, ImageScore) else entry["id"], fingerprint)
-                if isinstance(entry, ImageScore) or not isinstance(
-                    entries.get(key), ImageScore
-                ):  # a failure, unless scored
-                    entries[key] = entry
-    return entries
-
-
-class _PartWriter:
-    """Appends entries to this process's part file, one flushed and synced line each batch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.is_file():  # drop a last line cut short by an interruption before appending
-            text = path.read_bytes()
-            if text and not text.endswith(b"\n"):
-                path.write_bytes(text[: text.rfind(b"\n") + 1])
-
-    def append(self, entries: list[dict[str, Any]]) -> None:
-        if not entries:
-            return
-        with open(self.path, "a", encoding="utf-8") as part:
-            part.write("".join(json.dumps(entry) + "\n" for entry in entries))
-            part.flush()
-            os.fsync(part.fileno())
-
-
-# --- scoring ------------------------------------------------------------------------------------
 
 
 def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -507,12 +167,12 @@ def score_dataset(
     done: set[str] = set()
     writer = None
     if cache is not None:
-        open_cache(cache, _cache_settings(loaded, folder, config), process == 0)
+        open_cache(cache, cache_settings(loaded, folder, config), process == 0)
         barrier()
         done = {
             key for key, entry in read_cache(cache).items() if isinstance(entry, ImageScore)
         }  # failures are retried
-        writer = _PartWriter(cache / f"part-{process}.jsonl")
+        writer = PartWriter(cache / f"part-{process}.jsonl")
         if done:
             logger.info("resuming: %d records already in %s", len(done), cache)
 
@@ -555,7 +215,7 @@ def score_dataset(
 
 
 def _keep(
-    writer: _PartWriter | None, fresh: Entries, results: list[tuple[ImageScore, str]], failures: list[dict[str, Any]]
+    writer: PartWriter | None, fresh: Entries, results: list[tuple[ImageScore, str]], failures: list[dict[str, Any]]
 ) -> None:
     """Store a batch's (score, record fingerprint) pairs and failures (with their "record"): in the
     cache's part file, or in memory without a cache (rounded as the cache rounds them, so a run

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .train import TrainConfig, evaluate, run
+from .evaluation import evaluate, run
+from .train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ images differ in size (tiles, views) their other axes are zero-padded, as the pr
 batch (the models drop all-zero tiles, or read the real size from `image_sizes`).
 
 Scoring runs the batch with the capture installed (`maps.batch_head_maps`); training runs it with
-labels (`finetune.training_batch`).
+labels (`training.training_batch`).
 """
 
 from __future__ import annotations

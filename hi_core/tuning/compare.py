@@ -3,12 +3,13 @@ random or bottom-k layers, on all layers, and no tuning, over several seeds.
 
 `run_compare` runs, in `OUT/runs/`, `pretrained` once and each other strategy once per seed
 (seed s sets the LoRA initialization, the data order and, for `random`, the layers); each run is a
-run folder of `runs.py`, so a rerun reuses the finished ones (and says so through `on_run`) and an
+run folder (`run_folders.py`), so a rerun reuses the finished ones (and says so through `on_run`) and an
 interruption loses only the run in progress. Then it summarizes the held-out metrics per strategy
 (mean over seeds, 95% t-interval; the one `pretrained` run's answer accuracy with its 95% Wilson
 interval over the held-out records), the differences top - random and top - bottom (95% Welch
-interval), and writes `results.json`, `report.md` and the figures `metrics.png`, `loss.png`,
-`layers.png`. The ranking, when computed from the dataset, is kept in `ranking.json` for reruns.
+interval; `intervals.py`), and writes `results.json`, `report.md` and the figures `metrics.png`,
+`loss.png`, `layers.png` (`compare_report.py`). The ranking, when computed from the dataset, is kept
+in `ranking.json` for reruns.
 
 Head strategies (`top-heads`, `random-heads`, `bottom-heads`) run head-level LoRA (`head_lora.py`)
 on `heads_k` heads, by default k x the heads of one layer: as many heads as the layer strategies'
@@ -32,25 +33,20 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
-from scipy import stats
 
 from ..base.distributed import is_main_process
 from ..base.errors import InputError, check_whole
-from ..base.outputs import atomic_path, check_output_folder, write_json
-from ..method.head_selection import HeadRanking, check_head_choice, format_heads, select_heads
+from ..base.outputs import check_output_folder, write_json
+from ..method.head_selection import HeadRanking, check_head_choice, select_heads
 from ..method.layer_selection import Ranking, select_layers
 from ..model.loading import LoadedModel
-from .finetune import MAX_SEED, FinetuneConfig, TrainCallbacks, attention_targets, check_task, split_dataset
+from .finetune import MAX_SEED, FinetuneConfig, check_task, split_dataset
 from .head_lora import check_targets, head_counts
-from .runs import (
-    RUN_FILE,
-    RunRecord,
-    dataset_head_ranking,
-    dataset_ranking,
-    dataset_rankings,
-    run_finetune,
-    run_pretrained,
-)
+from .intervals import difference_interval, mean_interval
+from .rankings import dataset_head_ranking, dataset_ranking, dataset_rankings
+from .run_folders import RUN_FILE, RunRecord
+from .runs import run_finetune, run_pretrained
+from .training import TrainCallbacks, attention_targets
 
 logger = logging.getLogger(__name__)
 
@@ -132,30 +128,6 @@ class CompareConfig:
         return names
 
 
-def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of runs with a t-interval (low/high None for a single run)."""
-    array = np.asarray(values, dtype=np.float64)
-    mean = float(array.mean())
-    if array.size < 2:
-        return {"mean": mean, "low": None, "high": None, "values": array.tolist()}
-    half = float(stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "values": array.tolist()}
-
-
-def difference_interval(a: list[float], b: list[float], confidence: float = 0.95) -> dict[str, Any] | None:
-    """mean(a) - mean(b) with a Welch t-interval; None when either side has fewer than 2 runs."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.size < 2 or y.size < 2:
-        return None
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    difference = float(x.mean() - y.mean())
-    if vx + vy == 0:
-        return {"difference": difference, "low": difference, "high": difference}
-    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * np.sqrt(vx + vy))
-    return {"difference": difference, "low": difference - half, "high": difference + half}
-
-
 @dataclass(frozen=True)
 class Comparison:
     """Every run of a comparison by strategy (in seed order), and which were reused."""
@@ -234,7 +206,7 @@ class Comparison:
             "metric_notes": sorted(
                 {note for records in self.runs.values() for r in records for note in r.metric_notes}
             ),
-            "runs": {strategy: [f"runs/{_folder(r)}" for r in records] for strategy, records in self.runs.items()},
+            "runs": {strategy: [f"runs/{run_name(r)}" for r in records] for strategy, records in self.runs.items()},
             "reused": self.reused,
         }
 
@@ -251,7 +223,8 @@ def _metric_summary(records: list[RunRecord], name: str) -> dict[str, Any]:
     return entry | {"interval": None}
 
 
-def _folder(record: RunRecord) -> str:
+def run_name(record: RunRecord) -> str:
+    """The folder of a comparison's run under OUT/runs/ (as `CompareConfig.run_names` names it)."""
     return (
         "pretrained"
         if record.strategy == "pretrained"
@@ -388,164 +361,7 @@ def run_compare(
         heads_k=heads_k,
     )
     if is_main_process():
+        from .compare_report import write_report  # here: the report module imports this one's Comparison
+
         write_report(comparison, out)
     return comparison
-
-
-def _save(figure: Any, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-
-
-def write_report(comparison: Comparison, out: Path) -> None:
-    """results.json, report.md and the figures, each written atomically."""
-    from ..figures.plots import layer_choices, loss_curves, metric_bars  # matplotlib only when a report is written
-
-    summary = comparison.summary()
-    strategies = list(summary)
-    metrics = comparison.metric_names()
-
-    def column(key: str) -> np.ndarray:
-        return np.array(
-            [
-                [
-                    np.nan if summary[s]["metrics"].get(m, {}).get(key) is None else summary[s]["metrics"][m][key]
-                    for m in metrics
-                ]
-                for s in strategies
-            ],
-            dtype=np.float64,
-        )
-
-    if metrics:
-        _save(
-            metric_bars(strategies, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high")),
-            out / "metrics.png",
-        )
-    curves = {s: [np.asarray(r.losses) for r in records] for s, records in comparison.runs.items() if records[0].losses}
-    if curves:
-        _save(loss_curves(curves), out / "loss.png")
-    labelled = [
-        (_folder(r), r.layers) for records in comparison.runs.values() for r in records if r.strategy != "pretrained"
-    ]
-    if labelled:
-        num_layers = next(iter(comparison.runs.values()))[0].num_layers
-        selected = np.zeros((len(labelled), num_layers), dtype=bool)
-        for row, (_, layers) in enumerate(labelled):
-            selected[row, layers] = True
-        scores = None
-        if comparison.ranking is not None:
-            scores = np.zeros(num_layers)
-            scores[list(comparison.ranking.layers)] = comparison.ranking.scores
-        _save(layer_choices(selected, [label for label, _ in labelled], scores), out / "layers.png")
-    write_json(out / "results.json", comparison.to_json())
-    with atomic_path(out / "report.md") as temporary:
-        temporary.write_text(report_markdown(comparison), encoding="utf-8")
-
-
-def _cell(entry: dict[str, Any] | None, digits: int = 3) -> str:
-    if entry is None:
-        return "-"
-    if entry["low"] is None:
-        return f"{entry['mean']:.{digits}f}"
-    return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
-
-
-def report_markdown(comparison: Comparison) -> str:
-    """The comparison as a Markdown report: settings, the table with 95% intervals, differences."""
-    data = comparison.to_json()
-    summary = data["strategies"]
-    metrics = comparison.metric_names()
-    tuned = comparison.config.finetune
-    ranking = comparison.ranking
-    heads_only = not comparison.config.uses_layers() and any(s in HEAD_STRATEGIES for s in comparison.config.strategies)
-    lines = [
-        "# LoRA on the top-HI heads against other heads"
-        if heads_only
-        else "# LoRA layer selection: top-k HI layers against the same budget elsewhere",
-        "",
-        f"- model: `{comparison.model}` ({data['num_layers']} language-model layers); dataset: `{comparison.dataset}` "
-        f"({data['split']['train']} training records, {data['split']['held_out']} held out; {data['split']['how']})",
-        f"- LoRA: k = {tuned.k}, rank {tuned.rank}, alpha {tuned.alpha:g}, dropout {tuned.dropout:g}, lr {tuned.lr:g}, "
-        f"{tuned.steps} steps x batch {tuned.batch_size}, {tuned.schedule} schedule with {tuned.warmup:.0%} warm-up; "
-        f"seeds {tuned.seed}..{tuned.seed + comparison.config.seeds - 1}",
-    ]
-    if ranking is not None:
-        order = ", ".join(f"{layer} ({score:.3f})" for layer, score in zip(ranking.layers, ranking.scores))
-        lines.append(f"- ranking (layer score, best first): {order}; from {ranking.source}")
-    head_runs = [r for records in comparison.runs.values() for r in records if r.heads is not None]
-    if head_runs:
-        shape = head_runs[0]
-        sharing = (
-            f"{shape.num_heads} query heads share {shape.num_kv_heads} KV heads per layer"
-            if shape.num_kv_heads != shape.num_heads
-            else "no grouped-query attention: each query head has its own KV head"
-        )
-        lines.append(
-            f"- head strategies: head-level LoRA on {comparison.heads_k} heads (default: k x {shape.num_heads} heads "
-            f"per layer, as many heads as k layers hold), on the layers holding them, restricted to their q rows, "
-            f"the k/v rows of the KV heads they read ({sharing}) and their o columns; the shared LoRA factors "
-            "of each wrapped layer (4 x rank x hidden) make the counts differ with the number of layers the heads "
-            "fall in"
-        )
-    head_ranking = comparison.head_ranking
-    if head_ranking is not None:
-        best = ", ".join(
-            f"{layer}:{h} ({score:.3f})" for (layer, h), score in zip(head_ranking.heads[:12], head_ranking.scores[:12])
-        )
-        lines.append(
-            f"- head ranking (HI, best first): {best}{', ...' if len(head_ranking.heads) > 12 else ''}; "
-            f"from {head_ranking.source}"
-        )
-    if data["task"] == "vqa":
-        lines.append(
-            "- task: closed-form VQA (each record's prompt is its question, its text the answer); answer accuracy = "
-            "normalized exact match (the VQA evaluation's normalization)"
-        )
-    pretrained = summary.get("pretrained", {}).get("metrics", {})
-    wilson = any(entry.get("interval") == "held-out records" for entry in pretrained.values())
-    lines += [
-        "- cells: mean over seeds [95% t-interval]; `pretrained` is one deterministic run"
-        + (" [its answer accuracy: 95% Wilson interval over the held-out records]" if wilson else ""),
-        "",
-        "| strategy | layers (per seed) | "
-        + ("heads (per seed) | " if head_runs else "")
-        + "trainable parameters | "
-        + " | ".join(METRICS[m] for m in metrics)
-        + " | final loss |",
-        "|---|---|---|" + ("---|" if head_runs else "") + "---|" * len(metrics) + "---|",
-    ]
-    for strategy, entry in summary.items():
-        layers = " / ".join(",".join(str(layer) for layer in layers) or "-" for layers in entry["layers"])
-        heads = " / ".join(format_heads([tuple(h) for h in chosen]) for chosen in entry.get("heads", [])) or "-"
-        counts = entry["trainable_per_run"]
-        share = (
-            f"{counts[0]:,} ({entry['trainable_share']:.3%})"
-            if len(set(counts)) == 1
-            else " / ".join(f"{n:,}" for n in counts)
-        )
-        cells = [_cell(entry["metrics"].get(m)) for m in metrics]
-        lines.append(
-            f"| {strategy} | {layers} | "
-            + (f"{heads} | " if head_runs else "")
-            + f"{share} | "
-            + " | ".join(cells)
-            + f" | {_cell(entry['final_loss'])} |"
-        )
-    for name, differences in data["differences"].items():
-        lines += [
-            "",
-            f"**{name}** (difference of means, 95% Welch interval; "
-            f"an interval above 0 favours {name.split(' - ')[0]}):",
-            "",
-        ]
-        for metric, value in differences.items():
-            if value is not None:
-                lines.append(
-                    f"- {METRICS[metric]}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]"
-                )
-    lines += ["", "Notes: " + "; ".join(data["metric_notes"]) + "." if data["metric_notes"] else ""]
-    if comparison.reused:
-        lines += ["", f"Reused finished runs: {', '.join(comparison.reused)}."]
-    lines += ["", "![metrics](metrics.png)", "", "![loss](loss.png)", "", "![layers](layers.png)", ""]
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ peft's LoRA adds `delta W = B @ A` (times alpha / r) to a projection. An attenti
 of the projections' weights: its rows of `q_proj` (its query; a gated query, as in Qwen3.5, keeps
 the gate beside it in the same block), the rows of `k_proj`/`v_proj` of the KV head it reads, and its
 block of input columns of `o_proj`. Head-level LoRA wraps the layers that hold a chosen head as
-layer LoRA does (`finetune.lora_config`), then confines the update to the chosen blocks:
+layer LoRA does (`training.lora_config`), then confines the update to the chosen blocks:
 - q_proj: rows of `lora_B` outside the chosen query heads are zero, so delta W's rows are too;
 - k_proj, v_proj: rows of `lora_B` outside the trained KV heads are zero. Under grouped-query
   attention a KV head serves `num_heads / num_kv_heads` query heads (transformers' `repeat_kv`:
@@ -18,7 +18,7 @@ adapter is a plain peft adapter whose masked entries are zero: `PeftModel.from_p
 
 The shared factors (A of q/k/v, B of o) stay whole: each wrapped layer costs `rank x hidden` per
 projection whatever the number of its heads, plus `rank x head block` per chosen (KV) head.
-`finetune.trainable_parameters(model, masks)` counts the entries that can move: what a run reports.
+`training.trainable_parameters(model, masks)` counts the entries that can move: what a run reports.
 """
 
 from __future__ import annotations
