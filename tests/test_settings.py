@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from hi_core.base.errors import InputError
 from ui.settings import LARGE_VIEW_MODELS, RELEASED_MODEL_TYPES, Settings
 
 
@@ -21,3 +24,13 @@ def test_view_budgets_follow_the_settings():
     assert Settings(large_model_view_pixels=262_144).view_pixels("demo") is None
     environ = {"HI_PUBLIC": "1", "HI_LARGE_MODEL_VIEW_PIXELS": ""}  # an empty value: no limit of its own
     assert Settings.from_env(environ=environ).view_pixels(large) == 1_048_576
+
+
+@pytest.mark.parametrize("name", ["max_image_pixels", "max_image_side", "concurrency", "max_run_storage_mb", "cache_ttl_s"])
+def test_an_empty_variable_is_refused_for_a_bound_that_has_no_off(name):
+    with pytest.raises(InputError, match=f"setting {name} must be a positive number: it has no 'no limit'"):
+        Settings.from_env(environ={"HI_PUBLIC": "1", f"HI_{name.upper()}": ""})
+
+
+def test_an_empty_variable_lifts_a_bound_that_may_be_off():
+    assert Settings.from_env(environ={"HI_PUBLIC": "1", "HI_MAX_DATASET_IMAGES": ""}).max_dataset_images is None

@@ -14,9 +14,11 @@ import html
 import gradio as gr
 
 from hi_core.base.errors import InputError
+from hi_core.causal.ablation import AblationConfig
 from hi_core.causal.head_ablation import ImageAblation
 from hi_core.method.analysis import hi_difference
 from hi_core.method.head_selection import Head, format_heads, parse_head_choice
+from hi_core.model.loading import Device
 
 from .before_after import (
     BeforeAfter,
@@ -86,7 +88,14 @@ class AblationTab:
                     gr.Radio(list(WHICH), value=WHICH[0], label="Heads to remove", elem_id="ablate-which")
                 )
                 self.k = refuse_in_handler(
-                    gr.Number(value=4, minimum=1, maximum=MAX_K, precision=0, label="k", elem_id="ablate-k")
+                    gr.Number(
+                        value=AblationConfig.k,  # as many as the CLI's `ablate` removes
+                        minimum=1,
+                        maximum=MAX_K,
+                        precision=0,
+                        label="k",
+                        elem_id="ablate-k",
+                    )
                 )
                 self.listed = BoundedTextbox(
                     "",
@@ -113,7 +122,7 @@ class AblationTab:
             [self.state, *self.views],
             api_name="ablate",
         )
-        self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_name=False)
+        self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_visibility="private")
 
     @reports_input_errors("message")
     def ablate(
@@ -123,7 +132,7 @@ class AblationTab:
         k: int,
         listed: str,
         model_name: str,
-        device: str,
+        device: Device,
         lora: str = "",
         tuned=None,
         progress=gr.Progress(),
@@ -151,14 +160,19 @@ class AblationTab:
         return self.render(session)
 
     def select_cell(self, session: Session | None, event: gr.SelectData):
-        pair = clicked_pair(session.ablation if session is not None else None, event)
+        if session is None:
+            return gr.skip()
+        pair = clicked_pair(session.ablation, event)
         if pair is None:
             return gr.skip()
         session.ablation = pair
         return self.render(session)
 
     def render(self, session: Session) -> dict:
+        """The session's ablation shown (it has one: the Explorer renders only then)."""
         pair = session.ablation
+        if pair is None:
+            raise ValueError("render needs a session with an ablation (session.ablation is None)")
         return {
             self.state: session,
             self.message: "",

@@ -18,6 +18,7 @@ from hi_core.figures.heatmap import HeatmapLayout, draw_heatmap
 from hi_core.figures.overlays import overlay_panels
 from hi_core.method.analysis import ImageAnalysis, hi_difference
 from hi_core.method.scoring import ScoringConfig
+from hi_core.model.loading import Device
 
 from . import explorer_views as views
 from .components import Figure
@@ -57,10 +58,11 @@ def difference_heatmap(compare: BeforeAfter) -> np.ndarray:
     reach = float(np.nanmax(np.abs(difference))) or 1e-3  # NaN: layers not scored (no softmax attention)
     missing = views.NOT_SCORED if not np.isfinite(difference).all() else None
     crossed = "; × removed" if compare.removed else ""
+    layers, heads = difference.shape
     return draw_heatmap(
         difference,
         compare.selected,
-        HeatmapLayout.fit(*difference.shape, legend=missing is not None),
+        HeatmapLayout.fit(layers, heads, legend=missing is not None),
         title=f"ΔHI = {compare.names[1]} − {compare.names[0]}: click a cell{crossed}",
         label="ΔHI",
         vmin=-reach,
@@ -165,21 +167,21 @@ class BeforeAfterTab:
     def wire(
         self, model_name: gr.components.Component, device: gr.Dropdown, lora: gr.Textbox, tuned_state: gr.State
     ) -> None:
-        lora.change(self.lora_changed, [lora], [self.tab], api_name=False, show_progress="hidden")
+        lora.change(self.lora_changed, [lora], [self.tab], api_visibility="private", show_progress="hidden")
         self.button.click(
             self.before_after,
             [self.state, model_name, device, lora, tuned_state],
             [self.state, *self.views],
             api_name="before_after",
         )
-        self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_name=False)
+        self.heatmap.select(self.select_cell, [self.state], [self.state, *self.views], api_visibility="private")
 
     def lora_changed(self, lora: str):
         return {self.tab: gr.Tab(visible=bool((lora or "").strip()))}
 
     @reports_input_errors("message")
     def before_after(
-        self, session: Session | None, model_name: str, device: str, lora: str, tuned=None, progress=gr.Progress()
+        self, session: Session | None, model_name: str, device: Device, lora: str, tuned=None, progress=gr.Progress()
     ):
         """The last analysis's image, mask, text and options scored by the base model and by the tuned one."""
         if not (lora or "").strip():
@@ -200,14 +202,19 @@ class BeforeAfterTab:
         return self.render(session)
 
     def select_cell(self, session: Session | None, event: gr.SelectData):
-        pair = clicked_pair(session.compare if session is not None else None, event)
+        if session is None:
+            return gr.skip()
+        pair = clicked_pair(session.compare, event)
         if pair is None:
             return gr.skip()
         session.compare = pair
         return self.render(session)
 
     def render(self, session: Session) -> dict:
+        """The session's comparison shown (it has one: the Explorer renders only then)."""
         compare = session.compare
+        if compare is None:
+            raise ValueError("render needs a session with a comparison (session.compare is None)")
         return {
             self.state: session,
             self.message: "",

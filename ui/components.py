@@ -56,7 +56,7 @@ def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
     handler taking it is wrapped by `feedback.reports_input_errors`, which reports it beside the action. The
     `preprocess` of the classes below: each a direct subclass of a Gradio component, drawn in the page by that
     component's frontend (`is_template`, as Gradio's own templates do)."""
-    name = self.label or self.elem_id or type(self).__name__
+    name = component_name(self)
     expected = wrong_type(self, payload)  # sent through the API, e.g. "abc" for a number: Gradio's checks would raise
     if expected:
         return Refused(f"{name}: expected {expected}, got {reprlib.repr(payload)}")
@@ -66,6 +66,11 @@ def refuse_in_preprocess(self: gr.components.Component, payload: Any) -> Any:
         return Refused(
             f"{name}: {scrub_paths(shortened(str(error.message if isinstance(error, gr.Error) else error)))}"
         )
+
+
+def component_name(component: gr.components.Component) -> str:
+    """The component as a refusal names it: its label (a translated one as Gradio writes it), else its elem_id."""
+    return str(component.label or component.elem_id or type(component).__name__)
 
 
 MAX_CHOICE_CHARS = 4096  # a choice's value: a model's name or path at most
@@ -120,7 +125,7 @@ class RefusingCheckbox(gr.Checkbox):
 
 
 #: The refusing class of each checked input component (`refuse_in_handler`).
-REFUSING = {
+REFUSING: dict[type[gr.components.Component], type[gr.components.Component]] = {
     gr.Number: RefusingNumber,
     gr.Slider: RefusingSlider,
     gr.Dropdown: RefusingDropdown,
@@ -153,7 +158,7 @@ class BoundedTextbox(gr.Textbox):
         return super().get_config(cls or gr.Textbox)  # the page's props: the parent's parameters
 
     def preprocess(self, payload: str | None) -> Any:
-        name = self.label or self.elem_id or type(self).__name__
+        name = component_name(self)
         if payload is not None and not isinstance(payload, str):
             return Refused(f"{name}: expected text, got {reprlib.repr(payload)}")
         try:

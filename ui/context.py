@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from hi_core.data.dataset_scoring import score_dataset
 from hi_core.data.datasets import read_dataset
 from hi_core.method.analysis import AnalysisConfig, ImageAnalysis, analyze_image
 from hi_core.model.inputs import check_text_length
-from hi_core.model.loading import ASSETS_DIR, LoadConfig, LoadedModel
+from hi_core.model.loading import ASSETS_DIR, Device, LoadConfig, LoadedModel
 from hi_core.model.model_cache import ModelCache
 from hi_core.model.model_memory import describe
 
@@ -106,7 +106,10 @@ def model_work(cache: ModelCache) -> ModelWork:
     @on_gpu(GPU_SECONDS_DATASET)
     def score(config: LoadConfig, folder: Path, dataset_config: DatasetConfig, progress, stop=None) -> DatasetAnalysis:
         """`stop()` true: Cancel (while data.jsonl is read, and between batches)."""
-        return score_dataset(cache.get(config), folder, dataset_config, progress=progress, stop=stop)
+        analysis = score_dataset(cache.get(config), folder, dataset_config, progress=progress, stop=stop)
+        if analysis is None:  # only a data-parallel run's other processes get None; the app scores in one
+            raise RuntimeError("score_dataset returned no analysis in the app's single process")
+        return analysis
 
     @on_gpu(GPU_SECONDS)
     def ablate(
@@ -123,24 +126,38 @@ def model_work(cache: ModelCache) -> ModelWork:
     return ModelWork(analyze, score, ablate)
 
 
-@dataclass
+@dataclass(init=False)
 class AppContext:
-    """The app's shared state: one per served app, read by every session (models are loaded once, here)."""
+    """The app's shared state: one per served app, read by every session (models are loaded once, here). A part not
+    given is made from the settings (and the cache)."""
 
-    settings: Settings = field(default_factory=Settings)
-    cache: ModelCache = field(default_factory=ModelCache)
-    examples: list[Example] = field(default_factory=load_examples)
-    storage: RunStorage | None = None
-    work: ModelWork | None = None
-    token_maps: TokenMapBudget | None = None  # the Explorer's per-token maps, all sessions together
+    settings: Settings
+    cache: ModelCache
+    examples: list[Example]
+    storage: RunStorage
+    work: ModelWork
+    token_maps: TokenMapBudget  # the Explorer's per-token maps, all sessions together
 
-    def __post_init__(self) -> None:
-        self.storage = self.storage or RunStorage(UNPACKED, self.settings.max_run_storage_mb, UNPACKED_TTL_S)
-        self.work = self.work or model_work(self.cache)
-        self.token_maps = self.token_maps or TokenMapBudget(self.settings.max_token_maps)
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        cache: ModelCache | None = None,
+        examples: list[Example] | None = None,
+        storage: RunStorage | None = None,
+        work: ModelWork | None = None,
+        token_maps: TokenMapBudget | None = None,
+    ) -> None:
+        self.settings = Settings() if settings is None else settings
+        self.cache = ModelCache() if cache is None else cache
+        self.examples = load_examples() if examples is None else examples
+        self.storage = (
+            RunStorage(UNPACKED, self.settings.max_run_storage_mb, UNPACKED_TTL_S) if storage is None else storage
+        )
+        self.work = model_work(self.cache) if work is None else work
+        self.token_maps = TokenMapBudget(self.settings.max_token_maps) if token_maps is None else token_maps
 
     def model_config(
-        self, model_name: str, device: str, lora: str | None = "", tuned: FinetuneSession | None = None
+        self, model_name: str, device: Device, lora: str | None = "", tuned: FinetuneSession | None = None
     ) -> LoadConfig:
         """The model to load, as the deployment allows: the allow-list when public; a LoRA adapter is this
         session's fine-tune (`TUNED` + its run name) or, locally, any adapter folder. A name longer than any path

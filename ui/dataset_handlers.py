@@ -20,12 +20,17 @@ from hi_core.base.errors import InputError
 from hi_core.data.dataset_analysis import DatasetConfig
 from hi_core.data.datasets import INDEX, Cancelled, Record, read_dataset
 from hi_core.figures.overlays import map_overlay
-from hi_core.model.loading import LoadConfig
+from hi_core.method.scoring import Binarization, LayerScore
+from hi_core.model.inputs import Queries
+from hi_core.model.loading import Device, LoadConfig
 
 from . import explorer_views as views
 from .budget import forget
+from .components import Figure
+from .context import AppContext
 from .dataset_views import GALLERY_SIZE, DatasetSession, head_line, ranking_rows, skipped_list, summary
 from .feedback import EditCount, notice, reports_input_errors
+from .jobs import Jobs, session_key
 from .options import analysis_config, top_k_update
 from .settings import scrub_paths
 from .sources import UPLOADED_ZIP, dataset_folder, record_limits
@@ -62,25 +67,47 @@ def _records(session: DatasetSession, ids: list[str]) -> None:
             del session.shown[old]
 
 
-class DatasetHandlers:
+class DatasetParts:
+    """What `DatasetTab` builds (annotations only: the tab assigns each) and its handlers use."""
+
+    context: AppContext
+    jobs: Jobs  # each session's running score, for its Cancel
+    state: gr.State  # this session's last scores (a `DatasetSession`)
+    message: gr.Markdown  # beside Score dataset
+    stale: gr.Markdown
+    summary: gr.Markdown
+    skipped: gr.Markdown
+    heatmap: Figure
+    top_k: gr.Slider
+    bars: Figure
+    layer: gr.Number
+    head: gr.Number
+    head_summary: gr.Markdown
+    best: gr.Gallery
+    worst: gr.Gallery
+    ranking: gr.Dataframe
+    downloads: gr.File
+
+
+class DatasetHandlers(DatasetParts):
     """The handlers of `DatasetTab` (mixed into it): they read `context`, `jobs` and the components its layout
-    builds."""
+    builds, all declared in `DatasetParts`."""
 
     @reports_input_errors("message")
     def score(
         self,
         previous: DatasetSession | None,
         model_name: str,
-        device: str,
+        device: Device,
         source: str,
         archive: str | None,
         batch_size: int,
         limit: int,
         prompt: str,
-        queries: str,
-        binarize: str,
+        queries: Queries,
+        binarize: Binarization,
         quantile: float,
-        layer_score: str,
+        layer_score: LayerScore,
         use_key_phrases: bool,
         top_k: int,
         overlay: bool,
@@ -88,7 +115,7 @@ class DatasetHandlers:
         tuned=None,
         edits: float | None = 0,
         progress=gr.Progress(),
-        request: gr.Request = None,
+        request: gr.Request | None = None,
     ):
         context = self.context
         load = context.model_config(model_name, device, lora, tuned)
@@ -103,7 +130,7 @@ class DatasetHandlers:
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose the demo set")
         try:
-            with context.storage.run() as run_folder, self.jobs.flag(request.session_hash if request else "") as stop:
+            with context.storage.run() as run_folder, self.jobs.flag(session_key(request)) as stop:
                 try:
                     progress(0, desc="unpacking the zip" if source == UPLOADED_ZIP else "reading the dataset")
                     folder, name = dataset_folder(
@@ -157,7 +184,7 @@ class DatasetHandlers:
 
     def cancel(self, request: gr.Request):
         """Stops this session's scoring at its next check (between batches, or while its data.jsonl is read)."""
-        if not self.jobs.cancel(request.session_hash):
+        if not self.jobs.cancel(session_key(request)):
             gr.Warning("Nothing is being scored in this session.")
 
     @reports_input_errors("message")
@@ -219,15 +246,13 @@ class DatasetHandlers:
         items = []
         for image in images:
             record, maps = session.shown[image.id]
-            if overlay and maps is None:
-                maps = self._record_maps(session.load, record, session.analysis.config.record_analysis(record))
-                session.shown[image.id] = (record, maps)
-            picture = map_overlay(
-                np.asarray(record.image.convert("RGB")),
-                maps[layer, head] if overlay else None,
-                record.mask,
-                min_side=192,
-            )
+            head_map = None
+            if overlay:
+                if maps is None:
+                    maps = self._record_maps(session.load, record, session.analysis.config.record_analysis(record))
+                    session.shown[image.id] = (record, maps)
+                head_map = maps[layer, head]
+            picture = map_overlay(np.asarray(record.image.convert("RGB")), head_map, record.mask, min_side=192)
             items.append((picture, f"HI {image.hi[layer, head]:.2f} · {image.id}"))
         return items
 

@@ -16,7 +16,7 @@ from .components import Figure
 from .context import AppContext
 from .dataset_handlers import DatasetHandlers
 from .dataset_views import GALLERY_SIZE
-from .explorer import ModelControls
+from .explorer_parts import ModelControls
 from .feedback import EditCount
 from .jobs import Jobs
 from .options import ScoringControls, top_k_slider
@@ -134,8 +134,8 @@ class DatasetTab(DatasetHandlers):
 
     def _wire(self) -> None:
         model, options = self.model, self.options
-        self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_name=False)
-        self.archive.clear(lambda: DEMO_SET, None, self.source, api_name=False)
+        self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_visibility="private")
+        self.archive.clear(lambda: DEMO_SET, None, self.source, api_visibility="private")
         head_views = [
             self.state,
             self.heatmap,
@@ -170,16 +170,22 @@ class DatasetTab(DatasetHandlers):
             api_name="score_dataset",
             concurrency_limit=1,  # one dataset at a time; the explorer keeps the other worker
         ).then(
-            self.inputs_changed, [self.state, self.edits.count], [self.stale], api_name=False, show_progress="hidden"
+            self.inputs_changed,
+            [self.state, self.edits.count],
+            [self.stale],
+            api_visibility="private",
+            show_progress="hidden",
         )
         self.cancel_button.click(self.cancel, None, None, api_name="cancel_dataset")
-        self.heatmap.select(self.select_cell, [self.state, self.overlay], head_views, api_name=False)
+        self.heatmap.select(self.select_cell, [self.state, self.overlay], head_views, api_visibility="private")
         select = dict(fn=self.select_head, inputs=[self.state, self.layer, self.head, self.overlay], outputs=head_views)
         self.show_head.click(**select, api_name="select_dataset_head")
         for box in (self.layer, self.head):
-            box.submit(**select, api_name=False)
-        self.overlay.change(**select, api_name=False)
-        self.top_k.change(self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_name=False)
+            box.submit(**select, api_visibility="private")
+        self.overlay.change(**select, api_visibility="private")
+        self.top_k.change(
+            self.redraw_bars, [self.state, self.top_k], [self.bars, self.message], api_visibility="private"
+        )
         self.edits.marks_stale(
             [box.change for box in (model.name, model.device, model.lora, self.source)],
             self.inputs_changed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 import numpy as np
+from gradio.components.image_editor import EditorValue
 from PIL import Image
 
 from hi_core.base.errors import InputError
@@ -37,7 +38,9 @@ def brush(colour: tuple[int, int, int]) -> gr.Brush:
     return gr.Brush(colors=[shown], default_color=shown, default_size=6, color_mode="fixed")
 
 
-def editor_value(image: np.ndarray, mask: np.ndarray | None = None, colour: tuple[int, int, int] | None = None) -> dict:
+def editor_value(
+    image: np.ndarray, mask: np.ndarray | None = None, colour: tuple[int, int, int] | None = None
+) -> EditorValue:
     """The editor's value: `image` with `mask` (if any) as its brush layer, half see-through, in `colour` (default:
     the brush colour that stands out on `image`)."""
     strokes = np.zeros(image.shape[:2] + (4,), np.uint8)  # (H, W, RGBA)
@@ -46,10 +49,15 @@ def editor_value(image: np.ndarray, mask: np.ndarray | None = None, colour: tupl
     return {"background": image, "layers": [strokes], "composite": image}
 
 
-def background(editor: dict | None) -> np.ndarray:
+def with_image(editor: dict | None) -> dict:
+    """The editor's value, refused (InputError) when it holds no image."""
     if not editor or editor.get("background") is None:
         raise InputError("upload an image or pick an example first")
-    return np.asarray(editor["background"])[..., :3].astype(np.uint8)
+    return editor
+
+
+def background(editor: dict | None) -> np.ndarray:
+    return np.asarray(with_image(editor)["background"])[..., :3].astype(np.uint8)
 
 
 def mask_from_inputs(
@@ -57,12 +65,13 @@ def mask_from_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask): the uploaded mask file (at most `max_pixels`) if given, else the painted strokes; the mask
     checked for scoring (`check_mask`) unless `check` is False."""
-    image = background(editor)
+    value = with_image(editor)
+    image = background(value)
     size = (image.shape[1], image.shape[0])
     if uploaded_mask:  # a mask of the uploaded image's size, reduced like the image if the editor reduced it
         mask = painted_mask([load_mask(uploaded_mask, max_pixels=max_pixels)], size)
     else:
-        mask = painted_mask(list(editor.get("layers") or []), size)
+        mask = painted_mask(list(value.get("layers") or []), size)
     if check and not mask.any():
         raise InputError(NO_MASK)
     return image, check_mask(mask, Image.fromarray(image)) if check else mask

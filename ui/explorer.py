@@ -7,12 +7,11 @@ summary, the description's tokens (tick some to see every view on those rows alo
 the heatmap and the selected head, and `result_tabs` (top heads, one layer, ranking, layer bars, and,
 while a LoRA adapter is set, the before/after view: the base and the tuned model on the same inputs).
 
-This module lays the tab out; `explorer_events` wires its events and `explorer_handlers` answers them.
+This module lays the tab out (`explorer_parts` declares the parts its mixins use); `explorer_events` wires its events
+and `explorer_handlers` answers them.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import gradio as gr
 
@@ -26,26 +25,15 @@ from .components import BoundedImageEditor, BoundedTextbox, Figure, refuse_in_ha
 from .context import MAX_NAME_CHARS, AppContext
 from .editor import brush, hex_colour
 from .explorer_events import ExplorerEvents
-from .explorer_handlers import ExplorerHandlers
+from .explorer_parts import ModelControls
 from .feedback import EditCount
 from .options import ScoringControls, top_k_slider
 from .settings import LARGE_VIEW_MODELS
 
 
-@dataclass
-class ModelControls:
-    """The model every tab uses, chosen in the Explorer: name, device, LoRA adapter, and its status line."""
-
-    name: gr.Textbox | gr.Dropdown
-    device: gr.Dropdown
-    lora: gr.Textbox
-    status: gr.Markdown
-    lora_options: gr.Accordion  # holds `lora`; opened when a tuned model is set
-
-
-class ExplorerTab(ExplorerEvents, ExplorerHandlers):
-    """The tab's components (built in the current Blocks context); its events (`ExplorerEvents`) and handlers
-    (`ExplorerHandlers`) are mixed in."""
+class ExplorerTab(ExplorerEvents):
+    """The tab's components (built in the current Blocks context; `ExplorerParts` declares those its mixins use); its
+    events (`ExplorerEvents`) and, under them, its handlers (`ExplorerHandlers`) are mixed in."""
 
     def __init__(self, context: AppContext, tuned_state: gr.State, default_model: str) -> None:
         self.context = context
@@ -67,6 +55,7 @@ class ExplorerTab(ExplorerEvents, ExplorerHandlers):
 
     def _model_controls(self, default_model: str) -> ModelControls:
         settings = self.context.settings
+        name: gr.Textbox | gr.Dropdown
         with gr.Group():
             with gr.Row(equal_height=True):
                 if settings.public:  # a visitor picks from the allow-list; nothing else is loaded
@@ -175,9 +164,8 @@ class ExplorerTab(ExplorerEvents, ExplorerHandlers):
                 elem_id="key-phrase",
             )
         with gr.Row(equal_height=True):
-            self.generate = refuse_in_handler(
-                gr.Checkbox(label="Let the model describe it instead", scale=2, elem_id="generate")
-            )
+            self.generate = gr.Checkbox(label="Let the model describe it instead", scale=2, elem_id="generate")
+            refuse_in_handler(self.generate)  # made a refusing Checkbox in place
             self.analyze_button = gr.Button("Analyze", variant="primary", scale=1, elem_id="analyze")
         self.message = gr.Markdown("", label="Analysis message", elem_id="analyze-message")
         with gr.Row(equal_height=True):
@@ -204,10 +192,13 @@ class ExplorerTab(ExplorerEvents, ExplorerHandlers):
                 )
                 gr.Markdown("The key-object mask over the image", elem_id="mask-view-caption")
         self.options = ScoringControls.build(render=False, views=True, max_chars=settings.max_text_chars)
+        if self.options.view is None:
+            raise RuntimeError("ScoringControls.build(views=True) built no view control")
+        self.view = self.options.view
         with gr.Accordion("Analysis options: prompt, query rows, view", open=False, elem_id="analysis-options"):
             self.options.prompt.render()
             self.options.queries.render()
-            self.options.view.render()
+            self.view.render()
 
     def _result_views(self) -> None:
         self.stale = gr.Markdown("", label="Stale results", elem_id="stale")

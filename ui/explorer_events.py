@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import itertools
 
+from .explorer_handlers import ExplorerHandlers
+
 # After Analyze: the results' top comes into view (unless the message beside Analyze says it failed).
 SCROLL_TO_RESULTS = """() => setTimeout(() => {
   const failed = document.querySelector('#analyze-message')?.innerText.trim();
@@ -13,8 +15,9 @@ SCROLL_TO_RESULTS = """() => setTimeout(() => {
 }, 150)"""
 
 
-class ExplorerEvents:
-    """`ExplorerTab._wire`: mixed into `ExplorerTab`, whose layout builds the components wired here."""
+class ExplorerEvents(ExplorerHandlers):
+    """`ExplorerTab._wire`: mixed into `ExplorerTab`, whose layout builds the components wired here (declared in
+    `ExplorerParts`) to the handlers of `ExplorerHandlers`."""
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -39,7 +42,7 @@ class ExplorerEvents:
                     self.mask_view,
                     self.message,
                 ],
-                api_name=False,
+                api_visibility="private",
                 show_progress_on=[self.text],
             )
             marks_stale([self.gallery.select], self.example_picked)
@@ -51,14 +54,17 @@ class ExplorerEvents:
             show_progress_on=[self.mask_view],
         )
         self.uploaded_mask.change(
-            self.preview_mask, [self.editor, self.uploaded_mask], [self.mask_view, self.message], api_name=False
+            self.preview_mask,
+            [self.editor, self.uploaded_mask],
+            [self.mask_view, self.message],
+            api_visibility="private",
         )
         # the mask preview follows the brush as it paints; a new image gets a brush that stands out on it
         self.editor.input(
             self.preview_painted,
             [self.editor, self.uploaded_mask, self.message],
             [self.mask_view, self.message],
-            api_name=False,
+            api_visibility="private",
             show_progress="hidden",
             trigger_mode="always_last",
         )
@@ -66,7 +72,7 @@ class ExplorerEvents:
             self.image_uploaded,
             [self.editor, self.brush_colour],
             [self.editor, self.brush_colour, self.mask_view],
-            api_name=False,
+            api_visibility="private",
             show_progress="hidden",
         )
         # What a person does (not `.change`: the editor also changes when an event uploads its layers). An edit
@@ -76,7 +82,7 @@ class ExplorerEvents:
             "image": [self.editor, self.uploaded_mask],
             "text": [self.text, self.generate, self.key_phrase],
             "model": [model.name, model.device, model.lora],
-            "options": [options.prompt, options.queries, options.view],
+            "options": [options.prompt, options.queries, self.view],
         }
         edit_events = {
             "image": [
@@ -86,9 +92,9 @@ class ExplorerEvents:
                 self.uploaded_mask.upload,
                 self.uploaded_mask.clear,
             ],
-            "text": [box.input for box in self.edit_inputs["text"]],
-            "model": [box.change for box in self.edit_inputs["model"]],
-            "options": [box.input for box in self.edit_inputs["options"]],
+            "text": [self.text.input, self.generate.input, self.key_phrase.input],
+            "model": [model.name.change, model.device.change, model.lora.change],
+            "options": [options.prompt.input, options.queries.input, self.view.input],
         }
         for what, events in edit_events.items():
             # the editor also sends `input` after redrawing a value it was sent (late, even after Analyze): a message
@@ -132,7 +138,7 @@ class ExplorerEvents:
                 self.key_phrase,
                 options.prompt,
                 options.queries,
-                options.view,
+                self.view,
                 *options.scoring,
                 self.top_n,
                 self.layer,
@@ -148,11 +154,11 @@ class ExplorerEvents:
             self.changed_during_analysis,
             [self.state, self.edits.count, *itertools.chain(*self.edit_inputs.values())],
             [self.stale],
-            api_name=False,
+            api_visibility="private",
             show_progress="hidden",
-        ).then(None, js=SCROLL_TO_RESULTS, api_name=False)
+        ).then(None, js=SCROLL_TO_RESULTS, api_visibility="private")
         shown = [self.state, self.top_n, self.layer, self.top_k]
-        self.heatmap.select(self.select_cell, shown, full, api_name=False)
+        self.heatmap.select(self.select_cell, shown, full, api_visibility="private")
         select = dict(
             fn=self.select_head,
             inputs=[self.state, self.selected_layer, self.selected_head, self.top_n, self.layer, self.top_k],
@@ -160,33 +166,41 @@ class ExplorerEvents:
         )
         self.show_head.click(**select, api_name="select_head")
         for box in (self.selected_layer, self.selected_head):
-            box.submit(**select, api_name=False)
+            box.submit(**select, api_visibility="private")
         for option in options.scoring:
             option.change(
                 self.rescore,
                 [self.state, *options.scoring, *shown[1:]],
                 [*full, *self.compare.views, *self.ablation.views],
-                api_name=False,
+                api_visibility="private",
             )
-        shown_tokens = dict(outputs=full, show_progress="minimal")
         # ticks in quick succession: the last one's choice is drawn, not each in turn
         self.tokens.input(
             self.choose_tokens,
             [self.state, self.tokens, *shown[1:]],
-            **shown_tokens,
+            full,
+            show_progress="minimal",
             api_name="choose_tokens",
             trigger_mode="always_last",
         )
-        self.key_tokens_button.click(self.key_phrase_tokens, shown, **shown_tokens, api_name="key_phrase_tokens")
-        self.all_tokens_button.click(self.every_token, shown, **shown_tokens, api_name="all_tokens")
+        self.key_tokens_button.click(
+            self.key_phrase_tokens, shown, full, show_progress="minimal", api_name="key_phrase_tokens"
+        )
+        self.all_tokens_button.click(self.every_token, shown, full, show_progress="minimal", api_name="all_tokens")
         self.compare.wire(model.name, model.device, model.lora, self.tuned_state)
         self.ablation.wire(model.name, model.device, model.lora, self.tuned_state)
         self.top_n.change(
-            self.redraw_top, [self.state, self.top_n], [self.top_view, self.top_n, self.message], api_name=False
+            self.redraw_top,
+            [self.state, self.top_n],
+            [self.top_view, self.top_n, self.message],
+            api_visibility="private",
         )
         self.layer.change(
-            self.redraw_layer, [self.state, self.layer], [self.layer_view, self.layer, self.message], api_name=False
+            self.redraw_layer,
+            [self.state, self.layer],
+            [self.layer_view, self.layer, self.message],
+            api_visibility="private",
         )
         self.top_k.change(
-            self.redraw_bars, [self.state, self.top_k], [self.bars, self.top_k, self.message], api_name=False
+            self.redraw_bars, [self.state, self.top_k], [self.bars, self.top_k, self.message], api_visibility="private"
         )

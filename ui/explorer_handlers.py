@@ -13,12 +13,17 @@ from PIL import Image
 
 from hi_core.base.errors import InputError
 from hi_core.figures.overlays import contrasting_colour
+from hi_core.method.image_scoring import View
 from hi_core.method.masks import grabcut_mask, painted_mask
+from hi_core.method.scoring import Binarization, LayerScore
+from hi_core.model.inputs import Queries
+from hi_core.model.loading import Device
 
 from . import explorer_views as views
 from .budget import token_maps_note
 from .components import Picture, file_name
 from .editor import NO_MASK, background, brush, editor_value, hex_colour, mask_from_inputs, mask_preview
+from .explorer_parts import ExplorerParts
 from .explorer_views import Session
 from .feedback import EditCount, Refused, notice, reports_input_errors
 from .options import analysis_config, check_texts, scoring_config, top_k_for, top_k_update
@@ -36,14 +41,14 @@ def named(session: Session, pixels: np.ndarray, what: str) -> Picture:
     return Picture(pixels, file_name(what, session.analysis.model))
 
 
-class ExplorerHandlers:
+class ExplorerHandlers(ExplorerParts):
     """The handlers of `ExplorerTab` (mixed into it): they read `context`, `state` and the components its layout
-    builds, and `edit_inputs` from its events (`ExplorerEvents`)."""
+    builds, and `edit_inputs` from its events (`ExplorerEvents`), all declared in `ExplorerParts`."""
 
     # --- handlers -------------------------------------------------------------------------------
 
     @reports_input_errors("model_status")
-    def load(self, model_name: str, device: str, lora: str = "", tuned=None, progress=gr.Progress()):
+    def load(self, model_name: str, device: Device, lora: str = "", tuned=None, progress=gr.Progress()):
         context = self.context
         loaded = context.get_model(context.model_config(model_name, device, lora, tuned), progress)
         return {self.model.status: context.loaded_message(loaded)}
@@ -94,8 +99,9 @@ class ExplorerHandlers:
 
     @reports_input_errors("message")
     def propose_mask(self, editor: dict | None):
-        image = background(editor)
-        hint = painted_mask(list(editor.get("layers") or []), (image.shape[1], image.shape[0]))
+        image = background(editor)  # refuses a missing image
+        layers = editor.get("layers") if editor is not None else None
+        hint = painted_mask(list(layers or []), (image.shape[1], image.shape[0]))
         proposal = grabcut_mask(Image.fromarray(image), hint)
         return {
             self.editor: editor_value(image, proposal),
@@ -132,7 +138,7 @@ class ExplorerHandlers:
         return not (np.array_equal(image, session.image) and np.array_equal(mask, session.mask))
 
     def inputs_changed(self, what: str, session: Session | None, edits: float | None, *values):
-        if EditCount.edited_since(session, edits) and self._differs(what, session, values):
+        if session is not None and EditCount.edited_since(session, edits) and self._differs(what, session, values):
             return self._banner(what)
         return gr.skip()
 
@@ -142,10 +148,10 @@ class ExplorerHandlers:
     def changed_during_analysis(self, session: Session | None, edits: float | None, *values):
         """After Analyze (whose results clear the banner, and which may have failed): the banner again if the
         inputs changed after it was pressed, naming the first kind that differs."""
-        if not EditCount.edited_since(session, edits):
+        if session is None or not EditCount.edited_since(session, edits):
             return gr.skip()
-        values = iter(values)
-        grouped = {what: [next(values) for _ in boxes] for what, boxes in self.edit_inputs.items()}
+        remaining = iter(values)
+        grouped = {what: [next(remaining) for _ in boxes] for what, boxes in self.edit_inputs.items()}
         changed = [what for what, group in grouped.items() if self._differs(what, session, group)]
         return self._banner(changed[0]) if changed else gr.skip()
 
@@ -153,18 +159,18 @@ class ExplorerHandlers:
     def analyze(
         self,
         model_name: str,
-        device: str,
+        device: Device,
         editor: dict | None,
         uploaded_mask: str | None,
         text: str,
         generate: bool,
         key_phrase: str,
         prompt: str,
-        queries: str,
-        view: str,
-        binarize: str,
+        queries: Queries,
+        view: View,
+        binarize: Binarization,
         quantile: float,
-        layer_score: str,
+        layer_score: LayerScore,
         top_n: int,
         layer: int,
         top_k: int,
@@ -188,17 +194,20 @@ class ExplorerHandlers:
         config = analysis_config(prompt, queries, binarize, quantile, layer_score, key_phrase, view)
         if not generate and not (text or "").strip():
             raise InputError("type the description to score, or tick 'generate'")
+        work, token_maps, storage = context.work, context.token_maps, context.storage
+        if work is None or token_maps is None or storage is None:
+            raise RuntimeError("AppContext.__post_init__ sets work, token_maps and storage; one is None")
         loaded = context.get_model(load_config, progress)
-        text = None if generate else text
-        token_note = token_maps_note(loaded, text, config, context.settings.max_token_maps)
+        scored_text = None if generate else text  # None: the model describes the image
+        token_note = token_maps_note(loaded, scored_text, config, context.settings.max_token_maps)
         progress(0.5, desc="capturing attention")
-        analysis = context.work.analyze(load_config, image, mask, text, config, per_token=not token_note)
+        analysis = work.analyze(load_config, image, mask, scored_text, config, per_token=not token_note)
         if previous is not None:  # its maps make room for these (its folder is reused)
             previous.release_token_maps()
-        whole, held = context.token_maps.hold(dataclasses.replace(analysis, model=context.shown(analysis.model)))
+        whole, held = token_maps.hold(dataclasses.replace(analysis, model=context.shown(analysis.model)))
         if generate:  # the box shows the text that was scored, and the session counts it as what was analyzed
             inputs["text"] = (analysis.text, generate, key_phrase)
-        folder = previous.folder if previous is not None else context.storage.new_session_folder()
+        folder = previous.folder if previous is not None else storage.new_session_folder()
         session = Session(
             whole=whole,
             image=image,
@@ -245,9 +254,9 @@ class ExplorerHandlers:
     def rescore(
         self,
         session: Session | None,
-        binarize: str,
+        binarize: Binarization,
         quantile: float,
-        layer_score: str,
+        layer_score: LayerScore,
         top_n: int,
         layer: int,
         top_k: int,
@@ -309,7 +318,9 @@ class ExplorerHandlers:
     def _choose_by_button(self, session: Session | None, tokens: list[int], top_n: int, layer: int, top_k: int):
         """A button's choice: the views and the boxes, which show it."""
         update = self.choose_tokens(session, tokens, top_n, layer, top_k)
-        return update | self._token_controls(session) if self.state in update else update  # else: the error alone
+        if session is None or self.state not in update:  # the error alone
+            return update
+        return update | self._token_controls(session)
 
     # --- drawing --------------------------------------------------------------------------------
 

@@ -38,9 +38,9 @@ def heatmap_image(
     """The (layers, heads) values as a clickable heatmap (numbers, colour bar, the selected head marked); the
     layers not scored (NaN: no softmax attention, in a hybrid model) are grey rows, with a legend line."""
     legend = NOT_SCORED if not np.isfinite(hi).all() else None
-    return draw_heatmap(
-        hi, selected, HeatmapLayout.fit(*hi.shape, legend=legend is not None), title=title, label=label, missing=legend
-    )
+    layers, heads = hi.shape
+    layout = HeatmapLayout.fit(layers, heads, legend=legend is not None)
+    return draw_heatmap(hi, selected, layout, title=title, label=label, missing=legend)
 
 
 def not_scored_note(hi: np.ndarray) -> str:

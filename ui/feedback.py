@@ -137,10 +137,10 @@ class EditCount:
                 [self.count],
                 [self.count] if clears is None else [self.count, clears],
                 js=count,
-                api_name=False,
+                api_visibility="private",
                 show_progress="hidden",
                 queue=False,
-            ).then(handler, [state, self.count, *inputs], [stale], api_name=False, show_progress="hidden")
+            ).then(handler, [state, self.count, *inputs], [stale], api_visibility="private", show_progress="hidden")
 
     @staticmethod
     def edited_since(session: Any, count: float | None) -> bool:

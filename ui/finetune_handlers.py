@@ -5,30 +5,70 @@ estimate a launch's time from the rates measured here, and take the tuned model 
 from __future__ import annotations
 
 import shutil
+import threading
+from typing import Literal
 
 import gradio as gr
 
 from hi_core.base.errors import InputError
-from hi_core.method.layer_selection import needs_ranking
-from hi_core.tuning.finetune import DataConfig, FinetuneConfig
-from hi_core.tuning.finetune_presets import RANK_LIMIT, RunRates, finetune_preset
+from hi_core.method.layer_selection import Strategy, needs_ranking, parse_layer_choice
+from hi_core.model.loading import Device
+from hi_core.tuning.finetune import DataConfig, FinetuneConfig, Task
+from hi_core.tuning.finetune_presets import RANK_LIMIT, Preset, RunRates, finetune_preset
 from hi_core.tuning.training import TrainingCancelled
 
 from .budget import forget
-from .context import TUNED
+from .components import Figure
+from .context import TUNED, AppContext
+from .explorer_parts import ModelControls
 from .feedback import reports_input_errors
-from .finetune_run import FinetuneSession, Live, finetune_job, ranking_key
+from .finetune_run import FinetuneSession, Live, RankingCache, finetune_job, ranking_key
 from .finetune_views import layers_figure, live_status, loss_frame, metric_rows, sample_frame, tuned_summary
-from .jobs import duration, progress_bar
+from .jobs import Jobs, duration, progress_bar, session_key
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
 EVAL_LIMIT = 200  # held-out records captioned before and after tuning
-DEFAULT_PRESET = "quick"
+DEFAULT_PRESET: Preset = "quick"
+#: The "Layers to tune" choices: a strategy, or "list" (the layers typed beside it)
+LayerStrategy = Strategy | Literal["list"]
 
 
-class FinetuneHandlers:
+class FinetuneParts:
+    """What `FinetuneTab` builds (annotations only: the tab assigns each) and its handlers use."""
+
+    context: AppContext
+    model: ModelControls  # the Explorer's
+    tabs: gr.Tabs  # the app's tabs: "Use the tuned model" selects the Explorer
+    state: gr.State  # this session's last finished run (a `FinetuneSession`)
+    jobs: Jobs  # each session's running fine-tune, for its Cancel
+    rankings: RankingCache
+    rates: dict[str, RunRates]  # model name -> the rates its last run here measured
+    _rates_lock: threading.Lock
+
+    # the settings a preset fills
+    k: gr.Number
+    rank: gr.Number
+    steps: gr.Number
+    lr: gr.Number
+    batch_size: gr.Number
+    eval_limit: gr.Number
+    meteor: gr.Checkbox
+
+    # the run and its results
+    estimate: gr.Markdown
+    status: gr.Markdown
+    loss: gr.LinePlot
+    summary: gr.Markdown
+    metrics: gr.Dataframe
+    samples: gr.Dataframe
+    layers: Figure
+    download: gr.File
+    use: gr.Button
+
+
+class FinetuneHandlers(FinetuneParts):
     """The handlers of `FinetuneTab` (mixed into it): they read `context`, `jobs`, `rankings`, `rates` and the
-    components its layout builds."""
+    components its layout builds, all declared in `FinetuneParts`."""
 
     @reports_input_errors("status")  # not on a ZeroGPU worker: training outlasts a free visitor's GPU quota
     def finetune(
@@ -36,10 +76,10 @@ class FinetuneHandlers:
         previous: FinetuneSession | None,
         scored,
         model_name: str,
-        device: str,
+        device: Device,
         source: str,
         archive: str | None,
-        strategy: str,
+        strategy: LayerStrategy,
         layer_list: str,
         k: int,
         rank: int,
@@ -48,15 +88,15 @@ class FinetuneHandlers:
         batch_size: int,
         seed: int,
         meteor: bool = True,
-        task: str = "caption",
+        task: Task = "caption",
         eval_limit: int = EVAL_LIMIT,
-        preset: str = DEFAULT_PRESET,
-        request: gr.Request = None,
+        preset: Preset = DEFAULT_PRESET,
+        request: gr.Request | None = None,
     ):
         if strategy == "list" and not (layer_list or "").strip():
             raise InputError("type the layers to tune, e.g. 0,2")
         config = FinetuneConfig(
-            layers=layer_list if strategy == "list" else strategy,
+            layers=parse_layer_choice(layer_list) if strategy == "list" else strategy,
             k=int(k or 0),
             rank=int(rank or 0),
             steps=int(steps or 0),
@@ -73,7 +113,7 @@ class FinetuneHandlers:
         with self.context.storage.run() as run_folder:
             try:
                 with self.jobs.start(
-                    request.session_hash,
+                    session_key(request),
                     lambda stop: finetune_job(
                         load,
                         config,
@@ -132,7 +172,7 @@ class FinetuneHandlers:
             self.use: gr.Button(interactive=True),
         }
 
-    def apply_preset(self, preset: str):
+    def apply_preset(self, preset: Preset):
         """The preset's settings in the controls."""
         config = finetune_preset(preset if preset in RANK_LIMIT else DEFAULT_PRESET)
         return {
@@ -148,14 +188,14 @@ class FinetuneHandlers:
     def show_estimate(
         self,
         model_name: str,
-        device: str,
+        device: Device,
         source: str,
-        strategy: str,
-        preset: str,
+        strategy: LayerStrategy,
+        preset: Preset,
         steps: float | None,
         batch_size: float | None,
         eval_limit: float | None,
-        task: str = "caption",
+        task: Task = "caption",
     ) -> str:
         """What a launch with these settings will take, from the rates this model's last run here measured."""
         with self._rates_lock:
@@ -172,13 +212,14 @@ class FinetuneHandlers:
         held_out = min(expected, int(eval_limit or EVAL_LIMIT), EVAL_LIMIT)
         limit = RANK_LIMIT.get(preset, RANK_LIMIT[DEFAULT_PRESET])
         cached = source != UPLOADED_ZIP and self.rankings.get(ranking_key(load, source, task, limit)) is not None
-        ranked = 0 if cached or not needs_ranking(strategy) else min(limit, scenes or limit)
+        ranking_needed = strategy != "list" and needs_ranking(strategy)
+        ranked = 0 if cached or not ranking_needed else min(limit, scenes or limit)
         stages = rates.estimate(config, held_out, ranked)
         ranking = (
             f"ranking {ranked} records {duration(stages['ranking'])}"
             if ranked
             else "ranking: reused"
-            if needs_ranking(strategy)
+            if ranking_needed
             else "no ranking"
         )
         return (
@@ -192,22 +233,20 @@ class FinetuneHandlers:
         before, after, work = session.before, session.after, session.ranking_work
         captioned = max(1, int(after.split["held_out"]))
         batch = int(after.settings["config"]["batch_size"])
-        measured = dict(
-            train_sample_s=after.timings["seconds_per_step"] / batch,
-            caption_s=(before.timings["eval_seconds"] + after.timings["eval_seconds"]) / (2 * captioned),
-            rank_s=work.seconds / work.ranked if work.ranked else None,
-            source="measured by this server's last run of this model",
-        )
+        train_sample_s = after.timings["seconds_per_step"] / batch
+        caption_s = (before.timings["eval_seconds"] + after.timings["eval_seconds"]) / (2 * captioned)
+        rank_s = work.seconds / work.ranked if work.ranked else None  # None: no record ranked (reused, or not needed)
+        source = "measured by this server's last run of this model"
         with self._rates_lock:
             known = self.rates.get(session.load.model)
             self.rates[session.load.model] = (
-                known.updated(**measured)
+                known.updated(train_sample_s, caption_s, rank_s, source)
                 if known is not None
-                else RunRates(**{**measured, "rank_s": measured["rank_s"] or 0.0})
+                else RunRates(train_sample_s, caption_s, rank_s or 0.0, source)
             )
 
     def cancel_finetune(self, request: gr.Request):
-        if not self.jobs.cancel(request.session_hash):
+        if not self.jobs.cancel(session_key(request)):
             gr.Warning("Nothing is training in this session.")
 
     @reports_input_errors("status")

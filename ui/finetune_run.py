@@ -61,10 +61,10 @@ class Live:
 
     steps: int
     losses: list[float] = field(default_factory=list)  # (steps done,)
-    progress: Progress = None  # type: ignore[assignment]
+    progress: Progress = field(init=False)  # of `steps`
 
     def __post_init__(self) -> None:
-        self.progress = self.progress or Progress(total=self.steps)
+        self.progress = Progress(total=self.steps)
 
 
 def ranking_key(load: LoadConfig, source: str, task: str, rank_limit: int) -> tuple:
@@ -202,10 +202,11 @@ def _finetune(
     folder, name = dataset_folder(source, archive, run_folder, config.data.task, settings, storage)
     check_task(config.data.task, folder, name)  # VQA without questions: said in the page, before the model loads
     stage("loading a private copy of the model")
+    layers = config.layer_choice  # the app tunes layers, never heads
     loaded = load_model(load)
-    check_layer_choice(config.layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before the slow steps
+    check_layer_choice(layers, loaded.adapter.scored_layers(loaded.model), config.k)  # before the slow steps
     ranking, work = None, RankingWork()
-    if needs_ranking(config.layers):
+    if needs_ranking(layers):
         stage("ranking the layers by Dataset HI")
         key = None if source == UPLOADED_ZIP else ranking_key(load, source, config.data.task, rank_limit)
         ranking = layer_ranking(scored, load, folder, name, loaded, rank_limit, rankings, key, work, settings)
@@ -219,4 +220,5 @@ def _finetune(
         on_stage=stage,
         image_limits=record_limits(settings),
     )
-    return FinetuneSession(load, name, tuned.ranking, tuned.before, tuned.after, run_folder, work)
+    # `ranking`: what a layer run chose from (tuned.ranking is the same, typed for head-level runs too)
+    return FinetuneSession(load, name, ranking, tuned.before, tuned.after, run_folder, work)

@@ -17,7 +17,7 @@ from hi_core.tuning.finetune_presets import DEMO_RATES, finetune_preset
 
 from .components import BoundedTextbox, Figure
 from .context import AppContext
-from .explorer import ModelControls
+from .explorer_parts import ModelControls
 from .finetune_handlers import DEFAULT_PRESET, EVAL_LIMIT, FinetuneHandlers
 from .finetune_run import RankingCache
 from .jobs import Jobs
@@ -191,11 +191,11 @@ class FinetuneTab(FinetuneHandlers):
 
     def _wire(self) -> None:
         model = self.model
-        self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_name=False)
-        self.archive.clear(lambda: SYNTHETIC, None, self.source, api_name=False)
-        self.layer_list.input(lambda: "list", None, self.strategy, api_name=False)
+        self.archive.upload(lambda: UPLOADED_ZIP, None, self.source, api_visibility="private")
+        self.archive.clear(lambda: SYNTHETIC, None, self.source, api_visibility="private")
+        self.layer_list.input(lambda: "list", None, self.strategy, api_visibility="private")
         filled = [self.k, self.rank, self.steps, self.lr, self.batch_size, self.eval_limit, self.meteor]
-        self.preset.input(self.apply_preset, [self.preset], filled, api_name=False)
+        self.preset.input(self.apply_preset, [self.preset], filled, api_visibility="private")
         costs = [
             model.name,
             model.device,
@@ -208,8 +208,8 @@ class FinetuneTab(FinetuneHandlers):
             self.task,
         ]
         for control in costs:
-            control.change(self.show_estimate, costs, [self.estimate], api_name=False, show_progress="hidden")
-        self.tabs.select(self.show_estimate, costs, [self.estimate], api_name=False, show_progress="hidden")
+            control.change(self.show_estimate, costs, [self.estimate], api_visibility="private", show_progress="hidden")
+        self.tabs.select(self.show_estimate, costs, [self.estimate], api_visibility="private", show_progress="hidden")
         self.launch.click(
             self.finetune,
             [

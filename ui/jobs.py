@@ -1,7 +1,7 @@
 """Long work with live progress and a cancel button: the work runs in a worker thread while the event's
 generator refreshes the page; each browser session has at most one job, which its Cancel stops.
 
-    with jobs.start(request.session_hash, work) as job:   # work(stop: threading.Event) -> result
+    with jobs.start(session_key(request), work) as job:   # work(stop: threading.Event) -> result
         for _ in job.ticks():                              # every `refresh_s` while it runs
             yield {status: ...}
         result = job.result()                              # its value, or its error raised here
@@ -11,7 +11,7 @@ worker, so a job never outlives its event. The work checks `stop.is_set()` betwe
 
 Work that must run in the event's own thread (where `gr.Progress` reaches the page) takes only the flag:
 
-    with jobs.flag(request.session_hash) as stop:          # the session's Cancel sets it
+    with jobs.flag(session_key(request)) as stop:          # the session's Cancel sets it
         result = work(stop)
 """
 
@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import gradio as gr
 
 ETA_SMOOTHING = 0.15  # share of a new measurement in the time-left shown (read every `Jobs.refresh_s`)
 
@@ -73,6 +75,13 @@ def progress_bar(done: int, steps: int) -> str:
 def duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The key of the browser session's job: its session hash ("" for a call without a session, e.g. a direct one)."""
+    if request is None or request.session_hash is None:
+        return ""
+    return request.session_hash
 
 
 class Job:

@@ -85,12 +85,12 @@ class ScoringControls:
         )
 
     @property
-    def scoring(self) -> list[gr.components.Component]:
+    def scoring(self) -> list[gr.Radio | gr.Slider]:
         """The controls that change only the scores (a rescore, no new forward pass), in `scoring_config`'s order."""
         return [self.binarize, self.quantile, self.layer_score]
 
 
-def scoring_config(binarize: str, quantile: float, layer_score: str) -> ScoringConfig:
+def scoring_config(binarize: Binarization, quantile: float, layer_score: LayerScore) -> ScoringConfig:
     return ScoringConfig(binarize=binarize, quantile=float(quantile), layer_score=layer_score)
 
 
@@ -104,12 +104,12 @@ def check_texts(limit: int | None, **texts: str | None) -> None:
 
 def analysis_config(
     prompt: str,
-    queries: str,
-    binarize: str,
+    queries: Queries,
+    binarize: Binarization,
     quantile: float,
-    layer_score: str,
+    layer_score: LayerScore,
     key_phrase: str | None = None,
-    view: str = DEFAULTS.view,
+    view: View = DEFAULTS.view,
 ) -> AnalysisConfig:
     return AnalysisConfig(
         prompt=prompt or DEFAULTS.prompt,

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from hi_core.base.errors import InputError
 from hi_core.model.model_memory import GB, memory_budget
@@ -95,6 +96,8 @@ class Settings:
                 and (not math.isfinite(value) or value <= 0)
             ):
                 raise InputError(f"setting {item.name} must be a positive number, got {value!r}")
+            if value is None and "None" not in str(item.type):  # e.g. HI_MAX_IMAGE_SIDE="": that bound has no "off"
+                raise InputError(f"setting {item.name} must be a positive number: it has no 'no limit'")
         if not self.allowed_models:
             raise InputError("setting allowed_models is empty: name at least one model (e.g. demo)")
 
@@ -136,7 +139,9 @@ class Settings:
         public = bool(environ.get("SPACE_ID")) or environ.get("HI_PUBLIC", "").lower() in _TRUE
         public = public or bool(getattr(args, "public", False))
         base = cls.public_defaults() if public else cls()
-        overrides: dict[str, object] = {}
+        # field name -> its value from the environment as `_parse` reads it: the allow-list (a tuple of names) or a
+        # limit (a number; None: no limit), each for a field of its own type; Settings checks the numbers
+        overrides: dict[str, Any] = {}
         for item in fields(cls):
             raw = environ.get(f"HI_{item.name.upper()}")
             if raw is None or item.name == "public":

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from hi_core.base.errors import InputError
 from hi_core.data.archives import check_record_paths, extract_dataset_zip
 from hi_core.data.datasets import INDEX, check_index, write_synthetic
 from hi_core.data.synth_vqa import write_synthetic_vqa
@@ -62,6 +63,8 @@ def dataset_folder(
     (the size its zip declares), and its data.jsonl checked against `settings`' size and line limits before it is
     scanned; `stop` is looked at while it is scanned (`Cancelled`)."""
     if source == UPLOADED_ZIP:
+        if not archive:
+            raise InputError("upload a dataset .zip first, or choose another dataset")
         settings = settings or Settings()
         reserve = None if storage is None else functools.partial(storage.reserve, run_folder)
         folder = extract_dataset_zip(archive, run_folder / "dataset", reserve)

@@ -5,32 +5,33 @@ refused when its estimated time (from its first pass) is over `Settings.max_vali
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 import gradio as gr
 
 from hi_core.base.errors import InputError
-from hi_core.causal.validation import ValidationConfig, validate
+from hi_core.causal.head_ablation import AblationMode
+from hi_core.causal.validation import EXPLORER_HELD_OUT, EXPLORER_VALIDATION, ValidationConfig, validate
 from hi_core.causal.validation_report import METRICS, RANKING_NAMES, write_validation_report
 from hi_core.data.datasets import Cancelled
-from hi_core.model.loading import LoadConfig
-from hi_core.tuning.finetune import DataConfig
+from hi_core.model.loading import Device, LoadConfig
+from hi_core.tuning.finetune import Task
 
 from .components import Figure
 from .context import AppContext
-from .explorer import ModelControls
+from .explorer_parts import ModelControls
 from .feedback import reports_input_errors
-from .jobs import Jobs, Progress, duration, progress_bar
+from .jobs import Jobs, Progress, duration, progress_bar, session_key
 from .settings import scrub_paths
 from .sources import DEMO_SET, SYNTHETIC, UPLOADED_ZIP, dataset_folder, record_limits
 
 TASKS = [("captioning: the key phrase's tokens", "caption"), ("closed-form VQA: the answer's tokens", "vqa")]
 SOURCES = [("the synthetic scenes", SYNTHETIC), ("the demo set", DEMO_SET), ("a .zip of your own", UPLOADED_ZIP)]
-HELD_OUT = 48  # held-out records the effects are measured on (the page's default and cap)
+START = EXPLORER_VALIDATION  # the run the page starts from; its controls change these fields
 
 
 @dataclass
@@ -121,18 +122,29 @@ class ValidateTab:
         with gr.Row():
             self.source = gr.Radio(SOURCES, value=SYNTHETIC, label="Dataset", elem_id="val-source")
             self.archive = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="val-archive")
-            self.task = gr.Radio(TASKS, value="caption", label="Task", elem_id="val-task")
+            self.task = gr.Radio(TASKS, value=START.data.task, label="Task", elem_id="val-task")
         with gr.Row():
             self.heads = gr.Number(
-                0, precision=0, minimum=0, label="Heads removed one by one (0: every head)", elem_id="val-heads"
+                START.heads or 0,
+                precision=0,
+                minimum=0,
+                label="Heads removed one by one (0: every head)",
+                elem_id="val-heads",
             )
             self.orders = gr.Slider(
-                5, 100, value=20, step=5, label="Random orders (and as many layer-matched)", elem_id="val-orders"
+                5,
+                ValidationConfig.orders,  # up to the CLI's default
+                value=START.orders,
+                step=5,
+                label="Random orders (and as many layer-matched)",
+                elem_id="val-orders",
             )
             self.held_out = gr.Slider(
-                8, HELD_OUT, value=HELD_OUT, step=8, label="Held-out records", elem_id="val-held-out"
+                8, EXPLORER_HELD_OUT, value=EXPLORER_HELD_OUT, step=8, label="Held-out records", elem_id="val-held-out"
             )
-            self.modes = gr.CheckboxGroup(["zero", "mean"], value=["zero"], label="Ablation", elem_id="val-modes")
+            self.modes = gr.CheckboxGroup(
+                list(get_args(AblationMode)), value=list(START.modes), label="Ablation", elem_id="val-modes"
+            )
         with gr.Row():
             self.run = gr.Button("Validate", variant="primary", elem_id="val-run")
             self.cancel = gr.Button("Cancel", variant="stop", elem_id="val-cancel")
@@ -166,27 +178,27 @@ class ValidateTab:
     def validate(
         self,
         model_name: str,
-        device: str,
+        device: Device,
         source: str,
         archive: str | None,
-        task: str,
+        task: Task,
         heads: float,
         orders: float,
         held_out: float,
-        modes: list[str],
-        request: gr.Request = None,
+        modes: list[AblationMode],
+        request: gr.Request | None = None,
     ):
         context = self.context
         if source == UPLOADED_ZIP and not archive:
             raise InputError("upload a dataset .zip first, or choose another dataset")
-        held = max(2, min(int(held_out or HELD_OUT), HELD_OUT, context.settings.max_dataset_images or HELD_OUT))
-        config = ValidationConfig(
+        cap = min(EXPLORER_HELD_OUT, context.settings.max_dataset_images or EXPLORER_HELD_OUT)
+        held = max(2, min(int(held_out or EXPLORER_HELD_OUT), cap))
+        config = replace(
+            START,
             modes=tuple(modes or ()),
             heads=int(heads or 0) or None,
-            orders=int(orders or 20),
-            ranking_records=16,
-            mean_records=16,
-            data=DataConfig(task=task, eval_fraction=0.25, eval_limit=held),
+            orders=int(orders or START.orders),
+            data=replace(START.data, task=task, eval_limit=held),
         )
         load = context.model_config(model_name, device)
         limit = (
@@ -196,7 +208,7 @@ class ValidateTab:
         with context.storage.run() as run_folder:
             try:
                 with self.jobs.start(
-                    request.session_hash if request else "",
+                    session_key(request),
                     lambda stop: self._work(load, source, archive, task, config, run_folder, live.report(stop), limit),
                 ) as job:
                     for _ in job.ticks():
@@ -223,7 +235,7 @@ class ValidateTab:
         load: LoadConfig,
         source: str,
         archive: str | None,
-        task: str,
+        task: Task,
         config: ValidationConfig,
         run_folder: Path,
         progress,
@@ -245,13 +257,13 @@ class ValidateTab:
         return write_validation_report(validation, run_folder / "validation", resamples=1000, permutations=2000)
 
     def cancel_validation(self, request: gr.Request):
-        if not self.jobs.cancel(request.session_hash):
+        if not self.jobs.cancel(session_key(request)):
             gr.Info("no validation is running in this session")
 
 
 def _shown(validation, context: AppContext):
     """The validation as the page may show it: no server paths in its dataset or split description."""
     split = dict(validation.split, how=scrub_paths(str(validation.split["how"])))
-    return dataclasses.replace(
+    return replace(
         validation, model=context.shown(validation.model), dataset=scrub_paths(validation.dataset), split=split
     )

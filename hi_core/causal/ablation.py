@@ -56,7 +56,7 @@ def parse_strategies(text: str) -> tuple[HeadChoice, ...]:
     """`top,random,bottom`, a list of layer:head pairs (`2:5,4:0`), or both (`top,2:5,4:0`): the
     strategies named, then the pairs as one condition."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    strategies = tuple(part for part in parts if part in get_args(HeadStrategy))
+    strategies = tuple(parse_head_choice(part) for part in parts if part in get_args(HeadStrategy))
     pairs = [part for part in parts if part not in strategies]
     if not parts:
         raise InputError(
@@ -65,7 +65,7 @@ def parse_strategies(text: str) -> tuple[HeadChoice, ...]:
     if len(set(strategies)) != len(strategies):
         raise InputError(f"heads {text!r} names a strategy twice")
     listed = (parse_head_choice(",".join(pairs)),) if pairs else ()
-    return strategies + listed  # type: ignore[return-value]
+    return strategies + listed
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class AblationConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        heads = parse_strategies(self.heads) if isinstance(self.heads, str) else tuple(self.heads)
+        heads = self.choices
         object.__setattr__(self, "heads", heads)
         if not heads:
             raise InputError("heads must name at least one strategy or head")
@@ -101,11 +101,16 @@ class AblationConfig:
         if self.seed + self.seeds - 1 > MAX_SEED:
             raise InputError(f"seeds {self.seed}..{self.seed + self.seeds - 1} go past the largest seed {MAX_SEED}")
 
+    @property
+    def choices(self) -> tuple[HeadChoice, ...]:
+        """The conditions, one per strategy or head list: `heads` parsed (as `__post_init__` stores it)."""
+        return parse_strategies(self.heads) if isinstance(self.heads, str) else tuple(self.heads)
+
     def condition_names(self) -> list[str]:
-        return [choice if isinstance(choice, str) else LIST for choice in self.heads]  # type: ignore[misc]
+        return [choice if isinstance(choice, str) else LIST for choice in self.choices]
 
     def needs_ranking(self) -> bool:
-        return any(choice in ("top", "bottom") for choice in self.heads)
+        return any(choice in ("top", "bottom") for choice in self.choices)
 
 
 @dataclass(frozen=True)
@@ -207,10 +212,11 @@ def check_ablation(
     """InputError before any slow work: a head list or k this model cannot take, a VQA task without questions."""
     layers, num_heads = loaded.adapter.scored_layers(loaded.model), num_attention_heads(loaded)
     output_projections(loaded)
-    for choice in config.heads:
+    for choice in config.choices:
         check_head_choice(choice, layers, num_heads, config.k)
-    for folder in filter(None, (dataset, eval_dataset)):
-        check_task(config.data.task, folder)
+    for folder in (dataset, eval_dataset):
+        if folder:  # no evaluation dataset: None
+            check_task(config.data.task, folder)
 
 
 def run_ablation(
@@ -240,7 +246,7 @@ def run_ablation(
     if not config.needs_ranking():
         ranking = None
     plan: list[tuple[str, int | None, tuple[Head, ...]]] = [(BASELINE, None, ())]
-    for name, choice in zip(config.condition_names(), config.heads):
+    for name, choice in zip(config.condition_names(), config.choices):
         seeds = range(config.seed, config.seed + config.seeds) if choice == "random" else [None]
         for seed in seeds:
             plan.append((name, seed, select_heads(choice, layers, num_heads, config.k, ranking, seed or 0)))

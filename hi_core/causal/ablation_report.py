@@ -118,10 +118,10 @@ def _single_entry(run: ConditionRun, name: str, boot: dict[str, np.ndarray]) -> 
         low, high = accuracy_interval(int(indicator.sum()), int(indicator.size))
         entry |= {"low": low, "high": high, "interval": f"Wilson over {indicator.size} held-out records"}
     elif name in boot:
-        low, high = _percentiles(boot[name])
+        boot_low, boot_high = _percentiles(boot[name])
         entry |= {
-            "low": low,
-            "high": high,
+            "low": boot_low,
+            "high": boot_high,
             "interval": f"bootstrap over the held-out records ({len(boot[name])} draws)",
         }
     return entry
@@ -203,7 +203,7 @@ def summarize(ablation: Ablation) -> dict[str, Any]:
 def ablation_json(ablation: Ablation, summary: dict[str, Any]) -> dict[str, Any]:
     config = ablation.config
     settings = asdict(config) | {
-        "heads": [choice if isinstance(choice, str) else format_heads(choice) for choice in config.heads]
+        "heads": [choice if isinstance(choice, str) else format_heads(choice) for choice in config.choices]
     }
     means = (
         None if ablation.means is None else {"records": ablation.means.records, "positions": ablation.means.positions}

@@ -67,6 +67,14 @@ def output_projections(loaded: LoadedModel) -> dict[int, torch.nn.Module]:
     return projections
 
 
+def _input_width(projection: torch.nn.Module) -> int:
+    """The input width (`in_features`: heads x head_dim) of a projection that `output_projections` returned."""
+    width = getattr(projection, "in_features", None)
+    if not isinstance(width, int):
+        raise TypeError(f"{type(projection).__name__} has no whole-number in_features: not from output_projections")
+    return width
+
+
 @dataclass(frozen=True)
 class HeadMeans:
     """Each head's mean attention output (its o_proj-input slice) over every position of some records.
@@ -124,11 +132,11 @@ def ablate_heads(
         by_layer.setdefault(layer, []).append(head)
     fills: dict[int, torch.Tensor | None] = {}
     for layer, layer_heads in by_layer.items():
-        head_dim = projections[layer].in_features // num_heads
+        head_dim = _input_width(projections[layer]) // num_heads
         if mode == "zero":
             fills[layer] = None
             continue
-        mean = means.means.get(layer)  # type: ignore[union-attr]
+        mean = None if means is None else means.means.get(layer)  # means is None only in mode "zero" (see above)
         if mean is None or tuple(mean.shape) != (num_heads, head_dim):
             found = "none" if mean is None else "x".join(map(str, mean.shape))
             raise InputError(
@@ -181,7 +189,7 @@ def head_output_means(loaded: LoadedModel, records: Sequence[Record], prompt: st
     projections = output_projections(loaded)
     num_heads = num_attention_heads(loaded)
     sums = {
-        layer: torch.zeros(projection.in_features, dtype=torch.float64) for layer, projection in projections.items()
+        layer: torch.zeros(_input_width(projection), dtype=torch.float64) for layer, projection in projections.items()
     }
     state: dict[str, torch.Tensor] = {}
     key = object()

@@ -62,7 +62,8 @@ def prepare_batches(
         tensors = collate([inputs for inputs, _ in items], pad_token_id(loaded.processor.tokenizer))
         predicting = [inputs.prefix_length + tokens - 1 for inputs, tokens in items]  # the logit before each token
         positions = np.unique(np.concatenate(predicting))
-        rows, columns, targets, first = [], [], [], []
+        rows: list[int] = []  # (predicted tokens,) the batch row of each
+        columns, targets, first = [], [], []
         for row, ((_inputs, _tokens), where) in enumerate(zip(items, predicting)):
             first.append(len(rows))
             rows += [row] * len(where)

@@ -57,6 +57,7 @@ from .head_ablation import (
     output_projections,
 )
 from .head_effects import (
+    Outcome,
     Progress,
     ScoredBatch,
     baseline_pass,
@@ -106,6 +107,19 @@ class ValidationConfig:
             check_whole(name, getattr(self, name), optional=True)
         check_whole("cache_mb", self.cache_mb, 0)
         check_whole("seed", self.seed, 0, MAX_SEED)
+
+
+#: The explorer's Validate tab starts from this run, sized for minutes on a CPU: zero ablation only, 20 random
+#: orders, rankings and means from 16 training records, at most EXPLORER_HELD_OUT held-out records (a quarter of
+#: the set; the tab's cap too).
+EXPLORER_HELD_OUT = 48
+EXPLORER_VALIDATION = ValidationConfig(
+    modes=("zero",),
+    orders=20,
+    ranking_records=16,
+    mean_records=16,
+    data=DataConfig(eval_fraction=0.25, eval_limit=EXPLORER_HELD_OUT),
+)
 
 
 # --- rankings --------------------------------------------------------------------------------------
@@ -184,11 +198,8 @@ def gradient_importance(loaded: LoadedModel, batches: Sequence[ScoredBatch]) -> 
             mine = stack.enter_context(hooks_in_this_context())
             stack.enter_context(install_replay(loaded))
             stack.enter_context(replaying(Plan(index, frozen_vision=True)))
-            handles = [
-                projection.register_forward_pre_hook(gating(layer, gates, mine))
-                for layer, projection in projections.items()
-            ]
-            stack.callback(lambda handles=handles: [handle.remove() for handle in handles])
+            for layer, projection in projections.items():
+                stack.callback(projection.register_forward_pre_hook(gating(layer, gates, mine)).remove)
             with torch.enable_grad():
                 losses, _ = token_losses(loaded, batch)
                 per_record = torch.zeros(batch.size, dtype=losses.dtype).index_add(
@@ -349,7 +360,8 @@ def validate(
                 "held-out records"
             )
         means = mean_outputs(loaded, split.train, config)
-        effects, known = {}, {}
+        effects: dict[str, np.ndarray] = {}  # by mode: (heads, records, 2)
+        known: dict[frozenset[Head], Outcome] = {}
         for mode in config.modes:
             effects[mode], outcomes = measure_effects(loaded, batches, heads, mode, baseline, means, cache, progress)
             if mode == "zero":

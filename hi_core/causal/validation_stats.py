@@ -40,8 +40,9 @@ def _check(scores: np.ndarray, effects: np.ndarray) -> tuple[np.ndarray, np.ndar
     return scores, effects
 
 
-def _spearman(scores: np.ndarray, effects: np.ndarray) -> float:
-    """Spearman's rho of the last axis: the Pearson correlation of average ranks; NaN for a constant variable."""
+def _spearman(scores: np.ndarray, effects: np.ndarray) -> np.ndarray:
+    """Spearman's rho along the last axis, one per leading index (0-d for 1-d inputs): the Pearson correlation of
+    average ranks; NaN for a constant variable."""
     a, b = stats.rankdata(scores, axis=-1), stats.rankdata(effects, axis=-1)
     a, b = a - a.mean(axis=-1, keepdims=True), b - b.mean(axis=-1, keepdims=True)
     norm = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))

@@ -227,7 +227,7 @@ def _run_validate(args: argparse.Namespace) -> None:
         hi = np.full((ranking.num_layers, ranking.num_heads), np.nan)
         for head, score in zip(ranking.heads, ranking.scores):
             hi[head] = score
-    shown = {"stage": None}
+    shown: dict[str, str | None] = {"stage": None}
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage == "estimate":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import NoReturn, get_args
 
 from ..base.distributed import is_distributed, process_state
 from ..base.errors import InputError
@@ -18,7 +18,7 @@ from ..model.model_cache import ModelCache
 class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line (exit 2), like every other input error."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

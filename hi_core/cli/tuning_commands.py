@@ -13,8 +13,8 @@ import torch
 from ..base.distributed import is_main_process
 from ..base.errors import InputError
 from ..data.datasets import count_records
-from ..method.head_selection import HeadRanking, check_head_choice, format_heads, read_head_ranking
-from ..method.layer_selection import Ranking, check_layer_choice, read_ranking
+from ..method.head_selection import HeadRanking, check_head_choice, format_heads, parse_head_choice, read_head_ranking
+from ..method.layer_selection import Ranking, check_layer_choice, parse_layer_choice, read_ranking
 from ..model.inputs import DEFAULT_PROMPT
 from ..model.loading import LoadedModel
 from ..tuning.compare import CompareConfig, CompareStrategy, check_compare_folder, run_compare
@@ -186,8 +186,8 @@ def _finetune_config(args: argparse.Namespace, layers: str | None, heads: str | 
     data = data_config(args)
     targets = tuple(name.strip() for name in args.targets.split(",")) if args.targets else ()
     return FinetuneConfig(
-        layers=layers,
-        heads=heads,
+        layers=None if layers is None else parse_layer_choice(layers),
+        heads=None if heads is None else parse_head_choice(heads),
         k=args.k,
         rank=args.rank,
         alpha=args.alpha,
@@ -244,7 +244,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
     layer_ranking, head_ranking, loaded = tuning_inputs(args, config.heads is None, config.heads is not None)
     adaptable = loaded.adapter.scored_layers(loaded.model)
     if config.heads is None:  # the choice is checked before any ranking is scored
-        check_layer_choice(config.layers, adaptable, config.k)  # type: ignore[arg-type]
+        check_layer_choice(config.layer_choice, adaptable, config.k)
         ranking: Ranking | HeadRanking | None = layer_ranking
     else:
         check_head_choice(config.heads, adaptable, head_counts(loaded)[0], config.k)
@@ -269,8 +269,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
         )
     chosen = f"layers {record.layers}"
     if record.heads is not None:
-        kv = "; ".join(f"{layer}: {','.join(map(str, heads))}" for layer, heads in record.kv_heads.items())  # type: ignore[union-attr]
-        chosen = f"heads {format_heads([tuple(head) for head in record.heads])} (KV heads trained by layer: {kv})"
+        kv_heads = record.kv_heads or {}  # a head-level run records both
+        kv = "; ".join(f"{layer}: {','.join(map(str, heads))}" for layer, heads in kv_heads.items())
+        chosen = (
+            f"heads {format_heads([(layer, head) for layer, head in record.heads])} (KV heads trained by layer: {kv})"
+        )
     print(
         f"{chosen}: {record.trainable_parameters:,} trainable parameters "
         f"({record.trainable_share:.4%}); held-out {_metrics_line(record)}; wrote {adapter}",
@@ -287,11 +290,12 @@ def _metrics_line(record: RunRecord) -> str:
 
 
 def _run_compare(args: argparse.Namespace) -> None:
-    strategies = tuple(name.strip() for name in args.strategies.split(","))
+    # names as given: CompareConfig refuses any that is not a CompareStrategy
+    strategies: tuple[CompareStrategy, ...] = tuple(name.strip() for name in args.strategies.split(","))
     config = CompareConfig(
         finetune=_finetune_config(args, "top"),
         seeds=args.seeds,
-        strategies=strategies,  # type: ignore[arg-type]
+        strategies=strategies,
         heads_k=args.heads_k,
     )
     check_compare_folder(args.out, "--out")

@@ -56,6 +56,13 @@ class DatasetConfig:
         return replace(self.analysis, prompt=record.prompt or self.analysis.prompt, key_phrase=phrase)
 
 
+def _rounded_or_null(values: np.ndarray) -> list[Any]:
+    """`values` as nested lists for JSON, rounded to 7 decimals, with null where a value is not finite."""
+    rounded = np.round(values, 7).astype(object)
+    rounded[~np.isfinite(values)] = None
+    return rounded.tolist()
+
+
 @dataclass(frozen=True)
 class ImageScore:
     """One image's result: per-head HI and mass (layers, heads), and what they were measured on."""
@@ -73,10 +80,7 @@ class ImageScore:
     def to_json(self) -> dict[str, Any]:
         """The cache's line; heads not scored (NaN: no softmax attention) are null."""
         entry = {key: value for key, value in asdict(self).items() if key not in ("hi", "mass")}
-        return entry | {
-            key: np.where(np.isfinite(values), np.round(values, 7), None).tolist()
-            for key, values in (("hi", self.hi), ("mass", self.mass))
-        }
+        return entry | {key: _rounded_or_null(values) for key, values in (("hi", self.hi), ("mass", self.mass))}
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ImageScore:
@@ -187,8 +191,8 @@ class DatasetAnalysis:
                         image.id,
                         layer,
                         head,
-                        csv_number(hi),
-                        csv_number(image.mass[layer, head]),
+                        csv_number(float(hi)),
+                        csv_number(float(image.mass[layer, head])),
                         image.object_patches,
                         f"{image.chance:.6f}",
                     ]

@@ -164,7 +164,7 @@ def score_dataset(
     process, processes, barrier = process_state(cpu=loaded.device.type == "cpu")
     if processes > 1 and cache is None:
         raise InputError("a data-parallel run needs a cache folder (--cache, or --out) to merge its parts")
-    done: set[str] = set()
+    done: set[tuple[str, str]] = set()  # (id, fingerprint) of the records scored before
     writer = None
     if cache is not None:
         open_cache(cache, cache_settings(loaded, folder, config), process == 0)
@@ -279,7 +279,7 @@ class _Shard:
             if position % self.processes != self.process or self._cached(line):
                 continue
             self.passed += 1
-            if line.problem is not None:
+            if line.problem is not None or line.id is None:  # malformed (a record without an id has a problem)
                 continue
             fingerprint = self.fingerprints[line.id] = record_fingerprint(self.folder, line)
             try:

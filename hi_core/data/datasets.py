@@ -41,7 +41,7 @@ import logging
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -66,6 +66,17 @@ Stop = Callable[[], bool]
 
 class Cancelled(Exception):
     """A read (or a scoring run) stopped because its caller's stop flag was set; nothing was kept."""
+
+
+class RecordFields(TypedDict, total=False):
+    """The checked fields of a well-formed record of data.jsonl (none for a malformed one): file names relative
+    to the dataset folder, the description, and the optional key phrase and prompt (None when left out)."""
+
+    image: str
+    mask: str
+    text: str
+    key_phrase: str | None
+    prompt: str | None
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class RecordLine:
 
     number: int
     id: str | None
-    fields: dict[str, str | None] = field(default_factory=dict)
+    fields: RecordFields = field(default_factory=RecordFields)
     problem: str | None = None
 
 
@@ -183,26 +194,32 @@ def _kind(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _check_fields(entry: dict[str, Any]) -> tuple[dict[str, str | None], str | None]:
+def _check_fields(entry: dict[str, Any]) -> tuple[RecordFields, str | None]:
     """The record's checked fields, and why it is malformed (None when it is not)."""
     missing = [key for key in REQUIRED if entry.get(key) is None or entry.get(key) == ""]
     if missing:
-        return {}, f"missing field(s) {', '.join(missing)}"
+        return RecordFields(), f"missing field(s) {', '.join(missing)}"
     if _record_id(entry["id"]) is None:
         return (
-            {},
+            RecordFields(),
             f"id must be a non-empty string or an integer, got {_kind(entry['id'])} {json.dumps(entry['id'])[:40]}",
         )
     wrong = [key for key in ("image", "mask", "text") if not isinstance(entry[key], str)]
     wrong += [key for key in OPTIONAL if entry.get(key) is not None and not isinstance(entry[key], str)]
     if wrong:
-        return {}, "; ".join(f"{key} must be a string, got {_kind(entry[key])}" for key in wrong)
+        return RecordFields(), "; ".join(f"{key} must be a string, got {_kind(entry[key])}" for key in wrong)
     empty = [key for key in OPTIONAL if isinstance(entry.get(key), str) and not entry[key].strip()]
     if empty:
-        return {}, f"field(s) {', '.join(empty)} are empty (leave them out, or write null, for none)"
-    fields = {key: entry[key] for key in ("image", "mask", "text")} | {key: entry.get(key) for key in OPTIONAL}
+        return RecordFields(), f"field(s) {', '.join(empty)} are empty (leave them out, or write null, for none)"
+    fields = RecordFields(
+        image=entry["image"],
+        mask=entry["mask"],
+        text=entry["text"],
+        key_phrase=entry.get("key_phrase"),
+        prompt=entry.get("prompt"),
+    )
     if fields["key_phrase"] is not None and phrase_span(fields["text"], fields["key_phrase"].strip()) is None:
-        return {}, f"key phrase {fields['key_phrase']!r} does not occur in the text"
+        return RecordFields(), f"key phrase {fields['key_phrase']!r} does not occur in the text"
     return fields, None
 
 
@@ -234,11 +251,12 @@ def scan_dataset(folder: str | Path, limit: int | None = None, stop: Stop | None
         if limit is not None and position >= limit:
             return
         line = _scan_line(number, raw)
-        if line.id is not None:
-            if line.id in first_line:
-                line = RecordLine(number, line.id, problem=f"duplicate id, first at line {first_line[line.id]}")
+        record_id = line.id
+        if record_id is not None:
+            if record_id in first_line:
+                line = RecordLine(number, record_id, problem=f"duplicate id, first at line {first_line[record_id]}")
             else:
-                first_line[line.id] = number
+                first_line[record_id] = number
         yield line
 
 

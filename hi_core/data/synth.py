@@ -66,7 +66,7 @@ Order = Literal["drawing", "reading"]
 #: The closed-form question kinds (module docstring).
 QuestionKind = Literal["colour", "shape", "position", "exists", "colour_at", "size"]
 #: The kinds the demo model is trained on (and `dataset synth --task vqa` writes by default).
-QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "position", "exists")
+QUESTION_KINDS: tuple[QuestionKind, ...] = ("colour", "shape", "position", "exists")
 #: Kinds the demo model never saw in training: new tasks to fine-tune it on.
 NEW_KINDS: tuple[str, ...] = tuple(kind for kind in get_args(QuestionKind) if kind not in QUESTION_KINDS)
 QUESTION_WORDS = ("what", "colour", "is", "shape", "where", "there", "?")
@@ -179,7 +179,7 @@ def draw_shape(canvas: np.ndarray, shape: str, centre: np.ndarray, radius: float
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A dull textured background: a smooth colour field plus noise, sometimes stripes."""
     low = rng.random((4, 4, 3)).astype(np.float32)
-    field = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) * 70 + 25
+    field = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32, copy=False) * 70 + 25
     field += rng.normal(0, 6, (size, size, 3)).astype(np.float32)
     if rng.random() < 0.5:
         period = rng.integers(6, 16)

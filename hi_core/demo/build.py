@@ -82,6 +82,9 @@ def build_config(
     """The demo's LLaVA config; `vision_hidden`: the CLIP layers' width (their MLP is twice as wide);
     `vision_layers`: how many CLIP layers (the features are the last one's); `text_head_dim`: the width
     of each language-model attention head (q/k/v project to 8 x this; 16 fills the hidden size 128)."""
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")  # one token in, one id out
+    if not isinstance(image_token_id, int):
+        raise TypeError(f"the tokenizer gave {image_token_id!r} as the id of <image>, not one id")
     return LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
@@ -107,7 +110,7 @@ def build_config(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         tie_word_embeddings=True,

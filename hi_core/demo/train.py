@@ -99,7 +99,7 @@ class Example:
     prompt: str
     target: str
     task: str  # "caption" or "vqa"
-    shapes: np.ndarray | None = None  # (grid * grid,) int
+    shapes: np.ndarray  # (grid * grid,) int
 
 
 def patch_shapes(scene: Scene) -> np.ndarray:
@@ -182,7 +182,8 @@ def training_examples(rng: np.random.Generator, config: TrainConfig) -> list[Exa
     questions = round(config.batch_size * config.vqa_share)
     examples = [caption_example(make_scene(rng, IMAGE_SIZE)) for _ in range(config.batch_size - questions)]
     for _ in range(questions):
-        examples.append(vqa_example(*make_vqa(rng, str(rng.choice(QUESTION_KINDS)), IMAGE_SIZE)))
+        kind = QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS)))]  # the same draw as rng.choice(QUESTION_KINDS)
+        examples.append(vqa_example(*make_vqa(rng, kind, IMAGE_SIZE)))
     return examples
 
 

@@ -97,7 +97,8 @@ class ImageLayout:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(int(n) for n in self.valid.shape)  # type: ignore[return-value]
+        rows, columns = self.valid.shape
+        return int(rows), int(columns)
 
     @property
     def positions(self) -> np.ndarray:

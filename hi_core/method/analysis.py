@@ -75,7 +75,7 @@ class ImageAnalysis:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.valid.shape  # type: ignore[return-value]
+        return self.valid.shape
 
     def ranked_heads(self) -> list[tuple[int, int]]:
         """The scored heads, by HI descending."""

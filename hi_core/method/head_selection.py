@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def parse_head_choice(text: str) -> HeadChoice:
     """`top`, `bottom`, `random`, or comma-separated `layer:head` pairs such as `2:5,4:0`."""
     text = text.strip()
     if text in get_args(HeadStrategy):
-        return text  # type: ignore[return-value]
+        return cast(HeadStrategy, text)  # checked against its options just above
     try:
         heads = tuple((int(layer), int(head)) for layer, head in (part.split(":") for part in text.split(",")))
     except ValueError:

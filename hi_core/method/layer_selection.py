@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
@@ -112,7 +112,7 @@ def parse_layer_choice(text: str) -> LayerChoice:
     """`top`, `bottom`, `random`, `all`, or comma-separated layer indices such as `0,5,7`."""
     text = text.strip()
     if text in get_args(Strategy):
-        return text  # type: ignore[return-value]
+        return cast(Strategy, text)  # checked against its options just above
     try:
         layers = tuple(int(part) for part in text.split(","))
     except ValueError:

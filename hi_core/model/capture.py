@@ -78,21 +78,23 @@ class AttentionCache:
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
     scored: tuple[int, ...] | None = None  # None: every layer
 
-    def __post_init__(self) -> None:
-        if self.scored is None:
-            self.scored = tuple(range(self.num_layers))
+    @property
+    def scored_layers(self) -> tuple[int, ...]:
+        """The indices of the layers recorded: `scored`, or every layer."""
+        return tuple(range(self.num_layers)) if self.scored is None else self.scored
 
     def __repr__(self) -> str:
         shapes = {layer: tuple(t.shape) for layer, t in sorted(self.rows.items())}
-        return f"AttentionCache(num_layers={self.num_layers}, scored={list(self.scored)}, rows={shapes})"
+        return f"AttentionCache(num_layers={self.num_layers}, scored={list(self.scored_layers)}, rows={shapes})"
 
     def stacked(self) -> torch.Tensor:
         """(layers, batch, heads, queries, image_keys) over all `num_layers` layers, NaN in the
         layers that are not scored; every scored layer must have been recorded."""
-        missing = [layer for layer in self.scored if layer not in self.rows]
-        if missing or not self.scored:
+        scored = self.scored_layers
+        missing = [layer for layer in scored if layer not in self.rows]
+        if missing or not scored:
             raise RuntimeError(f"no attention was captured for layers {missing or 'any'}")
-        blank = torch.full_like(self.rows[self.scored[0]], float("nan"))  # a layer without softmax attention
+        blank = torch.full_like(self.rows[scored[0]], float("nan"))  # a layer without softmax attention
         return torch.stack([self.rows.get(layer, blank) for layer in range(self.num_layers)])
 
     @property

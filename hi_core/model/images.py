@@ -159,12 +159,17 @@ def open_image(
     return image
 
 
+def _range_top(high: int) -> int:
+    """The top of the smallest of the ranges 0..255, 0..65535, 0..2^31-1 holding a non-negative `high`."""
+    return next(top for top in (255, 65535, 2**31 - 1) if high <= top)
+
+
 def _integer_range_top(values: np.ndarray) -> int | None:
-    """The top of the smallest of the ranges 0..255, 0..65535, 0..2^31-1 holding `values`."""
+    """The top of the smallest of the ranges 0..255, 0..65535, 0..2^31-1 holding `values`; None if one is negative."""
     low, high = int(values.min()), int(values.max())
     if low < 0:
         return None
-    return next(top for top in (255, 65535, 2**31 - 1) if high <= top)
+    return _range_top(high)
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
@@ -230,7 +235,7 @@ def mask_from_image(image: Image.Image) -> np.ndarray:
         return np.asarray(image).astype(np.uint16) >= 32768
     if mode == "I":
         values = np.asarray(image)
-        top = _integer_range_top(np.maximum(values, 0))
+        top = _range_top(max(int(values.max()), 0))  # negative values count as 0
         return values >= (top + 1) // 2
     if mode == "F":
         return np.asarray(image) >= 0.5

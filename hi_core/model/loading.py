@@ -205,7 +205,7 @@ def load_model(config: LoadConfig) -> LoadedModel:
         check_capturable(model, adapter)
     except InputError as error:
         raise InputError(f"model {config.model!r}: {error}") from None
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # typeshed's functools.wraps does not bind self (transformers' .to)
     if config.lora is not None:
         model = merge_lora(model, config.lora)
     name = config.model if config.lora is None else f"{config.model} + LoRA {config.lora}"

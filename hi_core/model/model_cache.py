@@ -17,6 +17,7 @@ import torch
 from ..base.errors import InputError
 from .hub import check_hub_model
 from .loading import (
+    DType,
     LoadConfig,
     LoadedModel,
     check_model_folder,
@@ -26,6 +27,13 @@ from .loading import (
     resolve_source,
 )
 from .model_memory import MemoryPlan, check_device_fits, describe, memory_budget, parameter_count, plan
+
+#: The `LoadConfig.dtype` that loads in each torch dtype (the inverse of `resolve_dtype` for all but "auto").
+_DTYPE_NAMES: dict[torch.dtype, DType] = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
 
 
 def count_parameters(config: LoadConfig) -> int:
@@ -145,7 +153,7 @@ class ModelCache:
     def _as_planned(config: LoadConfig, memory: MemoryPlan | None) -> LoadConfig:
         if memory is None or config.dtype != "auto" or memory.dtype == torch.float32:
             return config
-        return replace(config, dtype=str(memory.dtype).removeprefix("torch."))
+        return replace(config, dtype=_DTYPE_NAMES[memory.dtype])
 
     def _held(self) -> int:
         return sum(self._sizes.values()) + self._reserved

@@ -13,11 +13,14 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoProcessor
 
 from .pixtral_inputs import PixtralImageTextProcessor
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,10 @@ def _processor_without_video(source: str, config: Any, trust_remote_code: bool) 
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-    processor_class = PROCESSOR_MAPPING[type(config)]
+    # transformers annotates every auto mapping's values as (slow, fast) tokenizer pairs; PROCESSOR_MAPPING's are
+    # processor classes.
+    processor_class: type[ProcessorMixin]
+    processor_class = PROCESSOR_MAPPING[type(config)]  # type: ignore[assignment]  # values mis-annotated as pairs
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     chat_template = getattr(tokenizer, "chat_template", None)
@@ -44,10 +50,15 @@ def _processor_without_video(source: str, config: Any, trust_remote_code: bool) 
 
 
 def build_processor_without_video(
-    processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str | None, **settings: Any
+    processor_class: type[ProcessorMixin],
+    image_processor: Any,
+    tokenizer: Any,
+    chat_template: str | None,
+    **settings: Any,
 ) -> Any:
     """Instantiate a processor that declares a video processor, passing None for it."""
-    return _accepting_no_video(processor_class)(
+    no_video = _accepting_no_video(processor_class)  # type: ignore[arg-type]  # mypy#11470: a class isn't Hashable
+    return no_video(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=None,
@@ -57,7 +68,7 @@ def build_processor_without_video(
 
 
 @functools.cache
-def _accepting_no_video(processor_class: type) -> type:
+def _accepting_no_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """A subclass of `processor_class` that accepts None for its video processor, which we never use (images
     only): ProcessorMixin checks every declared attribute's class. A subclass, not a patch of the class, so that
     nothing process-wide changes while other threads build processors; one per class (cached)."""

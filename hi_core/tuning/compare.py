@@ -37,8 +37,8 @@ import numpy as np
 from ..base.distributed import is_main_process
 from ..base.errors import InputError, check_whole
 from ..base.outputs import check_output_folder, write_json
-from ..method.head_selection import HeadRanking, check_head_choice, select_heads
-from ..method.layer_selection import Ranking, select_layers
+from ..method.head_selection import HeadRanking, HeadStrategy, check_head_choice, select_heads
+from ..method.layer_selection import Ranking, Strategy, select_layers
 from ..model.loading import LoadedModel
 from .finetune import MAX_SEED, FinetuneConfig, check_task, split_dataset
 from .head_lora import check_targets, head_counts
@@ -51,9 +51,15 @@ from .training import TrainCallbacks, attention_targets
 logger = logging.getLogger(__name__)
 
 CompareStrategy = Literal["pretrained", "top", "random", "bottom", "all", "top-heads", "random-heads", "bottom-heads"]
-LAYER_STRATEGIES = ("pretrained", "top", "random", "bottom", "all")
+LAYER_STRATEGIES: tuple[CompareStrategy, ...] = ("pretrained", "top", "random", "bottom", "all")
+#: A tuned layer strategy's name -> the layer choice of its runs.
+LAYER_CHOICES: dict[CompareStrategy, Strategy] = {"top": "top", "random": "random", "bottom": "bottom", "all": "all"}
 #: A head strategy's name -> the head choice of its runs.
-HEAD_STRATEGIES = {"top-heads": "top", "random-heads": "random", "bottom-heads": "bottom"}
+HEAD_STRATEGIES: dict[CompareStrategy, HeadStrategy] = {
+    "top-heads": "top",
+    "random-heads": "random",
+    "bottom-heads": "bottom",
+}
 #: The differences reported (a - b), when both strategies ran.
 DIFFERENCES = (
     ("top", "random"),
@@ -108,15 +114,17 @@ class CompareConfig:
     def needs_head_ranking(self) -> bool:
         return any(strategy in ("top-heads", "bottom-heads") for strategy in self.strategies)
 
-    def run_config(self, strategy: str, seed: int, heads_k: int) -> FinetuneConfig:
+    def run_config(self, strategy: CompareStrategy, seed: int, heads_k: int) -> FinetuneConfig:
         """The `FinetuneConfig` of a tuned run of `strategy` with `seed`; `heads_k`: heads of a head strategy."""
         if strategy in HEAD_STRATEGIES:
             return replace(self.finetune, layers=None, heads=HEAD_STRATEGIES[strategy], k=heads_k, seed=seed)
-        return replace(self.finetune, layers=strategy, seed=seed)
+        if strategy not in LAYER_CHOICES:
+            raise InputError(f"{strategy!r} is not a tuned strategy: it has no fine-tuning settings")
+        return replace(self.finetune, layers=LAYER_CHOICES[strategy], seed=seed)
 
-    def run_names(self) -> list[tuple[str, str, int]]:
+    def run_names(self) -> list[tuple[str, CompareStrategy, int]]:
         """(folder name, strategy, seed) of every run, in the order they run."""
-        names = []
+        names: list[tuple[str, CompareStrategy, int]] = []
         for strategy in self.strategies:
             if strategy == "pretrained":
                 names.append(("pretrained", strategy, self.finetune.seed))
@@ -264,17 +272,19 @@ def _rankings(
     if need_heads and head_ranking is None:
         head_ranking = _kept(out / HEAD_RANKING_FILE, HeadRanking.from_json)
     missing_layers, missing_heads = need_layers and ranking is None, need_heads and head_ranking is None
+    scored: dict[str, Ranking | HeadRanking] = {}  # file name -> a ranking scored now, to keep
     if missing_layers and missing_heads:
         ranking, head_ranking = dataset_rankings(loaded, dataset, limit)
+        scored = {RANKING_FILE: ranking, HEAD_RANKING_FILE: head_ranking}
     elif missing_layers:
         ranking = dataset_ranking(loaded, dataset, limit)
+        scored = {RANKING_FILE: ranking}
     elif missing_heads:
         head_ranking = dataset_head_ranking(loaded, dataset, limit)
+        scored = {HEAD_RANKING_FILE: head_ranking}
     if is_main_process():
-        if missing_layers:
-            write_json(out / RANKING_FILE, ranking.to_json())  # type: ignore[union-attr]
-        if missing_heads:
-            write_json(out / HEAD_RANKING_FILE, head_ranking.to_json())  # type: ignore[union-attr]
+        for name, kept in scored.items():
+            write_json(out / name, kept.to_json())
     return (ranking if need_layers else None), (head_ranking if need_heads else None)
 
 
@@ -312,16 +322,15 @@ def run_compare(
     out = check_compare_folder(out)
     adaptable = loaded.adapter.scored_layers(loaded.model)  # softmax-attention layers
     heads = [strategy for strategy in config.strategies if strategy in HEAD_STRATEGIES]
-    heads_k = None
+    num_heads = head_counts(loaded)[0] if heads else 0  # 0 (unused) when no head strategy runs
+    heads_k = config.heads_k if config.heads_k is not None else config.finetune.k * num_heads
     if heads:
-        num_heads = head_counts(loaded)[0]
-        heads_k = config.heads_k if config.heads_k is not None else config.finetune.k * num_heads
         check_targets(attention_targets(loaded, config.finetune.targets))
     for strategy in config.strategies:  # input errors (k too large, ...) before any work
         if strategy in HEAD_STRATEGIES:
-            check_head_choice(HEAD_STRATEGIES[strategy], adaptable, num_heads, heads_k)  # type: ignore[arg-type]
-        elif strategy not in ("pretrained", "top", "bottom"):
-            select_layers(strategy, adaptable, config.finetune.k, None, config.finetune.seed)
+            check_head_choice(HEAD_STRATEGIES[strategy], adaptable, num_heads, heads_k)
+        elif strategy in ("random", "all"):
+            select_layers(LAYER_CHOICES[strategy], adaptable, config.finetune.k, None, config.finetune.seed)
     for folder in (dataset, eval_dataset):  # a VQA comparison needs questions, before the ranking is scored
         if folder is not None:
             check_task(config.finetune.data.task, folder)
@@ -329,7 +338,7 @@ def run_compare(
     if ranking is not None:
         select_layers("top", adaptable, config.finetune.k, ranking)
     if head_ranking is not None:
-        select_heads("top", adaptable, num_heads, heads_k, head_ranking)  # type: ignore[arg-type]
+        select_heads("top", adaptable, num_heads, heads_k, head_ranking)
     split = None
     runs: dict[str, list[RunRecord]] = {}
     reused: list[str] = []
@@ -346,7 +355,7 @@ def run_compare(
         if strategy == "pretrained":
             record = run_pretrained(loaded, dataset, folder, config.finetune.data, eval_dataset, split)
         else:
-            run_config = config.run_config(strategy, seed, heads_k or 0)
+            run_config = config.run_config(strategy, seed, heads_k)
             chosen = head_ranking if strategy in HEAD_STRATEGIES else ranking
             record = run_finetune(loaded, dataset, folder, run_config, chosen, eval_dataset, callbacks, split)
         runs.setdefault(strategy, []).append(record)
@@ -358,7 +367,7 @@ def run_compare(
         runs=runs,
         reused=reused,
         head_ranking=head_ranking,
-        heads_k=heads_k,
+        heads_k=heads_k if heads else None,
     )
     if is_main_process():
         from .compare_report import write_report  # here: the report module imports this one's Comparison

@@ -5,6 +5,7 @@ metrics per strategy with 95% intervals, the differences) and the figures `metri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def write_report(comparison: Comparison, out: Path) -> None:
             metric_bars(strategies, [METRICS[m] for m in metrics], column("mean"), column("low"), column("high")),
             out / "metrics.png",
         )
-    curves = {s: [np.asarray(r.losses) for r in records] for s, records in comparison.runs.items() if records[0].losses}
+    curves: dict[str, Sequence[np.ndarray]] = {
+        s: [np.asarray(r.losses) for r in records] for s, records in comparison.runs.items() if records[0].losses
+    }
     if curves:
         _save(loss_curves(curves), out / "loss.png")
     labelled = [

@@ -128,6 +128,14 @@ class FinetuneConfig:
             return f"{self.heads if isinstance(self.heads, str) else 'list'}-heads"
         return self.layers if isinstance(self.layers, str) else "list"
 
+    @property
+    def layer_choice(self) -> LayerChoice:
+        """`layers` of a layer run (never None once built when `heads` is None); ValueError for a
+        head-level run, whose layers are those of its heads."""
+        if self.layers is None:
+            raise ValueError(f"a head-level run ({self.heads!r}) chooses heads, not layers")
+        return self.layers
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FinetuneConfig:
         layers, heads = data["layers"], data.get("heads")
@@ -141,9 +149,10 @@ class FinetuneConfig:
         )
 
 
-def _head_choice(heads: Any) -> HeadChoice:
+def _head_choice(heads: str | HeadChoice) -> HeadChoice:
     """A head strategy, or (layer, head) pairs (from text such as `2:5,4:0`, or pairs), checked for
-    what needs no model: at least one pair, no negative index, no repeat."""
+    what needs no model: at least one pair, no negative index, no repeat (pairs given as anything else
+    are an InputError)."""
     choice = parse_head_choice(heads) if isinstance(heads, str) else heads
     if isinstance(choice, str):
         return choice

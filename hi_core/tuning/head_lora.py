@@ -124,23 +124,34 @@ def head_masks(loaded: LoadedModel, plan: HeadPlan) -> dict[torch.nn.Parameter, 
     attention = loaded.adapter.attention_modules(loaded.model)
     masks: dict[torch.nn.Parameter, torch.Tensor] = {}
     for layer in plan.layers:
-        wrapped = [(name, module) for name, module in attention[layer].named_modules() if isinstance(module, LoraLayer)]
+        layer_attention = attention[layer]
+        if layer_attention is None:
+            raise RuntimeError(f"layer {layer} holds chosen heads but has no softmax attention")
+        wrapped = [(name, module) for name, module in layer_attention.named_modules() if isinstance(module, LoraLayer)]
         check_targets([name for name, _ in wrapped])
         for name, module in wrapped:
             kind = PROJECTIONS[name.rsplit(".", 1)[-1]]
             where = f"layer {layer}'s {name}"
             for adapter_name in module.lora_A:
                 if kind == "query columns":
-                    weight = module.lora_A[adapter_name].weight  # (rank, in): in = num_heads x head block
+                    weight = _lora_weight(module.lora_A[adapter_name], where)  # (rank, in): in = num_heads x head block
                     keep = _block_mask(weight.shape[1], plan.num_heads, plan.query_heads(layer), "input columns", where)
                     masks[weight] = keep.expand(weight.shape).clone()
                 else:
-                    weight = module.lora_B[adapter_name].weight  # (out, rank): out = heads x head block
+                    weight = _lora_weight(module.lora_B[adapter_name], where)  # (out, rank): out = heads x head block
                     heads = plan.query_heads(layer) if kind == "query rows" else plan.kv_heads(layer)
                     blocks = plan.num_heads if kind == "query rows" else plan.num_kv_heads
                     keep = _block_mask(weight.shape[0], blocks, heads, "output rows", where)
                     masks[weight] = keep[:, None].expand(weight.shape).clone()
     return masks
+
+
+def _lora_weight(factor: torch.nn.Module, where: str) -> torch.nn.Parameter:
+    """The weight of a LoRA factor (peft's `lora_A`/`lora_B` of a linear projection: an nn.Linear)."""
+    weight = factor.weight
+    if not isinstance(weight, torch.nn.Parameter):
+        raise TypeError(f"{where}: LoRA factor {type(factor).__name__} has no weight parameter")
+    return weight
 
 
 @contextlib.contextmanager

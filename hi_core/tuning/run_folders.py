@@ -88,7 +88,7 @@ def run_settings(
     chosen = asdict(config)
     if chosen.get("heads", ...) is None:  # a layer run: its settings as before head-level runs existed
         del chosen["heads"]
-    order = None
+    order: dict[str, Any] | None = None
     if isinstance(ranking, HeadRanking):
         order = {"source": ranking.source, "heads": [list(head) for head in ranking.heads]}
     elif ranking is not None:

@@ -32,7 +32,7 @@ from ..method.layer_selection import Ranking, needs_ranking, select_layers
 from ..model.captioning import CaptionEvaluation, evaluate_answers, evaluate_captions, generate_captions
 from ..model.images import ImageLimits
 from ..model.loading import LoadedModel
-from .finetune import DataConfig, FinetuneConfig, Split, check_task, split_dataset
+from .finetune import DataConfig, FinetuneConfig, Split, Task, check_task, split_dataset
 from .head_lora import HeadPlan, check_targets, head_counts, head_masks, heads_only, plan_heads
 from .run_folders import RunRecord, check_run_folder, finished_run, run_settings, write_run
 from .training import (
@@ -56,19 +56,22 @@ def evaluate_held_out(loaded: LoadedModel, split: Split, data: DataConfig) -> Ca
     prompts = [line.fields["prompt"] or data.prompt for line in held_out.lines]  # from the index: no image opened
     images = (record.image for record in held_out)  # each record read when its batch is captioned
     generated = generate_captions(loaded, images, prompts, data.max_new_tokens, data.eval_batch_size)
-    references = {line.id: line.fields["text"] for line in held_out.lines}
+    # a held-out line is well-formed (`DatasetRecords`): its text is a string, as its id (`ids`)
+    references = {record_id: str(line.fields["text"]) for record_id, line in zip(held_out.ids, held_out.lines)}
     answers = dict(zip(held_out.ids, generated))
-    own_prompts = {line.id: line.fields["prompt"] for line in held_out.lines if line.fields["prompt"]}
+    own_prompts = {
+        record_id: prompt for record_id, line in zip(held_out.ids, held_out.lines) if (prompt := line.fields["prompt"])
+    }
     if data.task == "vqa":
         return evaluate_answers(references, answers, own_prompts)
     return evaluate_captions(references, answers, data.meteor, own_prompts)
 
 
-def _check_task(task: str, dataset: str | Path, eval_dataset: str | Path | None) -> None:
+def _check_task(task: Task, dataset: str | Path, eval_dataset: str | Path | None) -> None:
     """A VQA run's training set and held-out set must have questions (prompts): InputError before any work."""
     for folder in (dataset, eval_dataset):
         if folder is not None:
-            check_task(task, folder)  # type: ignore[arg-type]
+            check_task(task, folder)
 
 
 def _split_summary(split: Split) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def _now() -> str:
 
 def needs_run_ranking(config: FinetuneConfig) -> bool:
     """Whether the run's choice (top/bottom layers or heads) needs a ranking."""
-    return needs_head_ranking(config.heads) if config.heads is not None else needs_ranking(config.layers)  # type: ignore[arg-type]
+    return needs_head_ranking(config.heads) if config.heads is not None else needs_ranking(config.layer_choice)
 
 
 def select_targets(
@@ -94,7 +97,7 @@ def select_targets(
     if config.heads is None:
         if isinstance(ranking, HeadRanking):
             raise TypeError("a layer choice needs a layer Ranking, got a HeadRanking")
-        return select_layers(config.layers, adaptable, config.k, ranking, config.seed), None  # type: ignore[arg-type]
+        return select_layers(config.layer_choice, adaptable, config.k, ranking, config.seed), None
     if isinstance(ranking, Ranking):
         raise TypeError("a head choice needs a HeadRanking, got a layer Ranking")
     num_heads, _ = head_counts(loaded)

@@ -72,6 +72,8 @@ def attention_targets(loaded: LoadedModel, targets: Sequence[str] = ()) -> list[
     index = _first_scored_layer(loaded)
     layer = loaded.adapter.decoder_layers(loaded.model)[index]
     attention = loaded.adapter.attention_modules(loaded.model)[index]
+    if attention is None:
+        raise RuntimeError(f"layer {index} is listed among the scored layers but has no softmax attention")
     prefix = next(name for name, module in layer.named_modules() if module is attention)
     linears = [name for name, module in attention.named_modules() if isinstance(module, torch.nn.Linear)]
     unknown = [name for name in targets if name not in linears]
@@ -89,7 +91,8 @@ def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConf
     path = loaded.adapter.decoder_layers_path(loaded.model)
     names = attention_targets(loaded, config.targets)
     layer = loaded.adapter.decoder_layers(loaded.model)[_first_scored_layer(loaded)]
-    largest = min(min(module.in_features, module.out_features) for module in map(layer.get_submodule, names))
+    projections = [layer.get_submodule(name) for name in names]  # nn.Linear: `attention_targets` lists no other
+    largest = min(min(m.in_features, m.out_features) for m in projections if isinstance(m, torch.nn.Linear))
     if config.rank > largest:  # a higher rank adds no expressiveness, only memory (rank 10**9 is out of memory)
         raise InputError(
             f"rank must be at most {largest} for this model (the smallest size of the adapted projections), "
@@ -100,7 +103,11 @@ def lora_config(loaded: LoadedModel, layers: Sequence[int], config: FinetuneConf
         rf"\.({'|'.join(re.escape(name) for name in names)})"
     )
     return LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=regex, bias="none"
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft types it int; a float works (only alpha / r)
+        lora_dropout=config.dropout,
+        target_modules=regex,
+        bias="none",
     )
 
 
