@@ -13,9 +13,12 @@ and `explorer_handlers` answers them.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import gradio as gr
 
 from hi_core.figures.overlays import BRUSH_COLOURS
+from hi_core.model.loading import Device, LoadConfig
 from hi_core.model.model_memory import describe
 
 from .ablation_view import AblationTab
@@ -76,7 +79,12 @@ class ExplorerTab(ExplorerEvents):
                         placeholder="demo, a Hub id or a local folder",
                     )
                 device = gr.Dropdown(
-                    ["auto", "cpu", "cuda"], value="auto", label="Device", scale=1, min_width=90, elem_id="device"
+                    list(get_args(Device)),
+                    value=LoadConfig.device,
+                    label="Device",
+                    scale=1,
+                    min_width=90,
+                    elem_id="device",
                 )
                 self.load_button = gr.Button("Load model", size="sm", scale=1, min_width=90, elem_id="load-model")
             # one line (Analyze stays above the fold); once loaded it says the dtype and why

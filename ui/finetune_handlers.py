@@ -14,7 +14,7 @@ from hi_core.base.errors import InputError
 from hi_core.method.layer_selection import Strategy, needs_ranking, parse_layer_choice
 from hi_core.model.loading import Device
 from hi_core.tuning.finetune import DataConfig, FinetuneConfig, Task
-from hi_core.tuning.finetune_presets import RANK_LIMIT, Preset, RunRates, finetune_preset
+from hi_core.tuning.finetune_presets import DEFAULT_PRESET, RANK_LIMIT, Preset, RunRates, finetune_preset
 from hi_core.tuning.training import TrainingCancelled
 
 from .budget import forget
@@ -28,7 +28,6 @@ from .jobs import Jobs, duration, progress_bar, session_key
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
 
 EVAL_LIMIT = 200  # held-out records captioned before and after tuning
-DEFAULT_PRESET: Preset = "quick"
 #: The "Layers to tune" choices: a strategy, or "list" (the layers typed beside it)
 LayerStrategy = Strategy | Literal["list"]
 

@@ -12,13 +12,13 @@ import threading
 
 import gradio as gr
 
-from hi_core.tuning.finetune import FinetuneConfig
-from hi_core.tuning.finetune_presets import DEMO_RATES, finetune_preset
+from hi_core.tuning.finetune import MAX_SEED, FinetuneConfig
+from hi_core.tuning.finetune_presets import DEFAULT_PRESET, DEMO_RATES, finetune_preset
 
 from .components import BoundedTextbox, Figure
 from .context import AppContext
 from .explorer_parts import ModelControls
-from .finetune_handlers import DEFAULT_PRESET, EVAL_LIMIT, FinetuneHandlers
+from .finetune_handlers import EVAL_LIMIT, FinetuneHandlers
 from .finetune_run import RankingCache
 from .jobs import Jobs
 from .sources import DEMO_SET, SYNTHETIC, SYNTHETIC_SCENES, UPLOADED_ZIP
@@ -141,7 +141,9 @@ class FinetuneTab(FinetuneHandlers):
                 elem_id="ft-batch-size",
                 info=limit_note(settings.max_batch_size),
             )
-            self.seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="ft-seed")
+            self.seed = gr.Number(
+                start.seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", min_width=90, elem_id="ft-seed"
+            )
         with gr.Row():
             self.eval_limit = gr.Number(
                 start.data.eval_limit,

@@ -12,11 +12,12 @@ from hi_core.method.analysis import AnalysisConfig
 from hi_core.method.image_scoring import View
 from hi_core.method.scoring import Binarization, LayerScore, ScoringConfig
 from hi_core.model.inputs import Queries, check_text_length
+from hi_core.tuning.finetune_presets import DEFAULT_PRESET, finetune_preset
 
 from .components import BoundedTextbox
 
 DEFAULTS = AnalysisConfig()
-TOP_K_LAYERS = 2  # layers highlighted in the layer bars (LoRA's k; the Fine-tune tab's default for the 6-layer demo)
+TOP_K_LAYERS = finetune_preset(DEFAULT_PRESET).k  # layers highlighted in the layer bars: the Fine-tune tab's k
 
 
 @dataclass

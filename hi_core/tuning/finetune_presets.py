@@ -27,6 +27,8 @@ PRESETS: dict[str, FinetuneConfig] = {
         layers="top", k=2, rank=8, lr=2e-3, steps=100, batch_size=16, data=DataConfig(eval_limit=200, meteor=True)
     ),
 }
+#: The run the explorer's Fine-tune tab starts from (and whose k its layer bars highlight).
+DEFAULT_PRESET: Preset = "quick"
 #: Records a run that ranks the layers itself scores (the app's default; the CLI ranks all unless told).
 RANK_LIMIT = {"quick": 40, "full": 200}
 
