@@ -7,7 +7,8 @@ visitor can make the Explorer's server hold has a bound. Each test sets a small 
 - per-token maps are bounded for the whole server (all sessions), and freed when a session ends or idles;
 - Gradio's upload cache is swept by size;
 - numbers and other values of the wrong type sent through the API get one message, never an error without one;
-- no output of any Explorer endpoint names a server path, for normal and hostile input.
+- no output of any Explorer endpoint names a server path, for normal and hostile input;
+- a request body over the cap, or of unstated length, is refused before any of it is read (uploads excepted).
 """
 
 from __future__ import annotations
@@ -471,3 +472,59 @@ def test_no_output_of_any_explorer_endpoint_names_a_server_path(public_server, t
                     checked += 1
                     assert not any(path in text for path in server_paths), (endpoint, hostile, text[:300])
     assert checked > 100
+
+
+# --- 8. request bodies -------------------------------------------------------------------------------------------------
+
+
+def _raw_post(url: str, path: str, headers: str) -> tuple[str, str]:
+    """The status line and body the server answers to a POST of these headers, sending no body at all."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        while len(body) < int(lengths[0].split(b":")[1]):
+            body += sock.recv(65536)
+    return head.split(b"\r\n")[0].decode(), body.decode()
+
+
+def test_a_body_over_the_cap_is_refused_from_its_stated_length_before_any_byte_is_sent(public_server):
+    url, _ = public_server
+    started = time.perf_counter()
+    status, body = _raw_post(url, "/gradio_api/queue/join", "Content-Type: application/json\r\nContent-Length: 3000000000\r\n")
+    assert status.startswith("HTTP/1.1 413")
+    assert body == "a request body may hold at most 1,048,576 bytes here, this one holds 3,000,000,000"
+    assert time.perf_counter() - started < 5  # answered at once: the 3 GB were never sent, nor waited for
+
+
+def test_a_body_over_the_cap_is_refused_on_every_route_but_uploads_and_the_app_keeps_serving(public_server):
+    url, _ = public_server
+    big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    for path in ("gradio_api/queue/join", "gradio_api/run/analyze", "gradio_api/call/analyze"):
+        response = httpx.post(url + path, content=big, headers={"Content-Type": "application/json"}, timeout=30)
+        assert response.status_code == 413, path
+    uploaded = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", big)}, timeout=30)
+    assert uploaded.status_code == 200  # bounded by max_upload_mb (50 MB) instead
+    assert httpx.get(url + "config", timeout=30).status_code == 200
+
+
+def test_a_body_that_does_not_state_its_length_is_refused(public_server):
+    url, _ = public_server
+
+    def streamed():
+        yield b'{"data": []}'
+
+    response = httpx.post(url + "gradio_api/queue/join", content=streamed(), timeout=30)
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 411
+    assert "must state its length" in response.text
+
+
+def test_launch_options_bound_request_bodies_only_in_public():
+    assert "app_kwargs" not in launch_options(Settings())
+    (limit,) = launch_options(Settings.public_defaults())["app_kwargs"]["middleware"]
+    assert limit.kwargs == {"max_bytes": 1024 * 1024}

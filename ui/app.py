@@ -10,6 +10,7 @@ tab (`ui.finetune_tab`) and the Validate tab (`ui.validate_tab`), each built fro
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import gradio as gr
 
@@ -22,6 +23,7 @@ from .context import AppContext
 from .dataset_tab import DatasetTab
 from .explorer import ExplorerTab
 from .finetune_tab import FinetuneTab
+from .request_limit import request_body_limit
 from .settings import Settings
 from .validate_tab import ValidateTab
 
@@ -74,13 +76,16 @@ aspect-ratio: 1 / 1; }
 
 
 def launch_options(settings: Settings) -> dict:
-    """What `launch()` gets besides where to serve: the theme, the style rules, the upload limit and the upload cache's
-    size sweep (`budget.upload_cache_lifespan`). `python app.py` and the tests that drive the page in a browser use
-    this one dict, so the tests see what visitors see."""
-    options = {"theme": THEME, "css": CSS, "max_file_size": settings.max_file_size}
+    """What `launch()` gets besides where to serve: the theme, the style rules, the upload limit, the upload cache's
+    size sweep (`budget.upload_cache_lifespan`) and the bound on request bodies (`request_limit`). `python app.py`
+    and the tests that drive the page in a browser use this one dict, so the tests see what visitors see."""
+    options: dict[str, Any] = {"theme": THEME, "css": CSS, "max_file_size": settings.max_file_size}
+    app_kwargs: dict[str, Any] = {}  # FastAPI's own arguments
     if settings.max_upload_cache_mb is not None:
-        options["app_kwargs"] = {"lifespan": upload_cache_lifespan(int(settings.max_upload_cache_mb * 1024 * 1024))}
-    return options
+        app_kwargs["lifespan"] = upload_cache_lifespan(int(settings.max_upload_cache_mb * 1024 * 1024))
+    if settings.max_request_kb is not None:
+        app_kwargs["middleware"] = [request_body_limit(int(settings.max_request_kb * 1024))]
+    return options | ({"app_kwargs": app_kwargs} if app_kwargs else {})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,6 +55,7 @@ class Settings:
     max_image_pixels: int = 50_000_000  # an upload's pixels, read from its header before decoding
     max_image_side: int = 2048  # images are brought to at most this side on arrival (the models see less)
     max_upload_mb: float | None = None  # per uploaded file (Gradio's max_file_size)
+    max_request_kb: float | None = None  # a request's body on every route but the upload (`request_limit`)
     max_dataset_images: int | None = None  # records scored per dataset run
     max_finetune_steps: int | None = None
     max_lora_rank: int | None = None
@@ -111,6 +112,7 @@ class Settings:
             max_view_pixels=1_048_576,
             large_model_view_pixels=262_144,
             max_upload_mb=50,
+            max_request_kb=1024,
             max_dataset_images=200,
             max_finetune_steps=500,
             max_lora_rank=64,
