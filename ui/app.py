@@ -44,7 +44,8 @@ def build_demo(
     # `launch_options`, of the oldest beyond its size).
     ttl = context.settings.cache_ttl_s
     with gr.Blocks(title="HI Explorer", delete_cache=(ttl, ttl)) as demo:
-        tuned_state = gr.State(None, delete_callback=forget)  # the Fine-tune tab's last run, read by the other tabs
+        # the Fine-tune tab's last run, read by the other tabs; freed like the tabs' results (its files go with it)
+        tuned_state = gr.State(None, time_to_live=context.settings.session_idle_s, delete_callback=forget)
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Explorer", id="explorer"):
