@@ -60,6 +60,8 @@ from hi_core.tuning.training import TrainCallbacks, lora_attached, lora_config, 
 from hi_core.method.layer_selection import Ranking  # noqa: E402
 from hi_core.model.loading import DEMO_MODEL_DIR, LoadConfig, LoadedModel, load_model  # noqa: E402
 
+# stage -> the function of hi_core.tuning.runs that run_finetune calls for it (wrapped to measure its peak memory)
+STAGES = {"split": "split_dataset", "training": "train_lora", "captions": "evaluate_held_out"}
 WIDE_TEXT = dict(model_type="llama", hidden_size=768, intermediate_size=2048, num_attention_heads=12,
                  num_key_value_heads=12, vocab_size=32000, max_position_embeddings=1024, tie_word_embeddings=False)
 
@@ -207,7 +209,7 @@ def measure_scale(args: argparse.Namespace) -> dict[str, float]:
                     Path("/proc/self/clear_refs").write_text("5")
             return call
 
-        stages = {"split": "split_dataset", "training": "train_lora", "captions": "evaluate_held_out"}
+        stages = STAGES
         originals = {name: getattr(runs, name) for name in stages.values()}
         for stage, name in stages.items():
             setattr(runs, name, measured(stage, originals[name]))
