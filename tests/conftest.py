@@ -49,6 +49,15 @@ def llava(llava_dir):
     return load_model(LoadConfig(model=str(llava_dir), device="cpu"))
 
 
+@pytest.fixture(scope="session")
+def page_config() -> dict:
+    """The config Gradio sends the browser for the app as `python app.py` builds it (default settings): components
+    and events, built once for the tests that read the page's wiring."""
+    from ui.app import build_demo
+
+    return build_demo().get_config_file()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Training tiny models: ~30x faster on one torch thread on a shared 2-core machine (bench/README.md)."""

@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from ui.app import build_demo
-
 DOC = Path(__file__).resolve().parents[1] / "docs" / "explorer.md"
 
 
 @pytest.fixture(scope="module")
-def events() -> list[tuple[dict, list[tuple[str | None, str]]]]:
+def events(page_config) -> list[tuple[dict, list[tuple[str | None, str]]]]:
     """Each event's config, with its triggers as (component type, event name); a chained step's type is None."""
-    config = build_demo().get_config_file()
-    types = {component["id"]: component["type"] for component in config["components"]}
+    types = {component["id"]: component["type"] for component in page_config["components"]}
     return [
-        (event, [(types.get(target), name) for target, name in event["targets"]]) for event in config["dependencies"]
+        (event, [(types.get(target), name) for target, name in event["targets"]])
+        for event in page_config["dependencies"]
     ]
 
 

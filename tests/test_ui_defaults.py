@@ -15,14 +15,12 @@ from hi_core.data.dataset_analysis import DatasetConfig
 from hi_core.model.loading import Device, LoadConfig
 from hi_core.tuning.finetune import MAX_SEED
 from hi_core.tuning.finetune_presets import DEFAULT_PRESET, finetune_preset
-from ui.app import build_demo
 
 
 @pytest.fixture(scope="module")
-def props() -> dict[str, dict]:
+def props(page_config) -> dict[str, dict]:
     """Each control's properties, by elem_id."""
-    config = build_demo().get_config_file()
-    return {c["props"]["elem_id"]: c["props"] for c in config["components"] if c["props"].get("elem_id")}
+    return {c["props"]["elem_id"]: c["props"] for c in page_config["components"] if c["props"].get("elem_id")}
 
 
 def test_the_finetune_tab_starts_from_the_default_preset(props):
