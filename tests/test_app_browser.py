@@ -223,9 +223,10 @@ def _click_heatmap_cell(page: Page, elem_id: str, cell_of: tuple[int, int], shap
     width, height = heatmap.evaluate("image => image.decode().then(() => [image.naturalWidth, image.naturalHeight])")
     box = heatmap.bounding_box()
     scale = min(box["width"] / width, box["height"] / height, 1.0)
-    left, top = box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2
+    left, top = (box["width"] - width * scale) / 2, (box["height"] - height * scale) / 2
     x, y = HeatmapLayout.fit(*shape).cell_centre(*cell_of)  # the drawing's own geometry
-    page.mouse.click(left + x * scale, top + y * scale)
+    # relative to the image, where it is when clicked: the page may still scroll to the results after an analysis
+    heatmap.click(position={"x": left + x * scale, "y": top + y * scale})
 
 
 def _in_viewport(page: Page, selector: str) -> bool:
